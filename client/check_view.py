@@ -1,0 +1,62 @@
+"""Render a site check for people: rich tables on the terminal."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _counts_table(title: str, counts: dict, key_header: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(key_header)
+    table.add_column("images", justify="right")
+    for k, v in counts.items():
+        table.add_row(str(k), str(v))
+    return table
+
+
+def render_check(report: dict, console: Console, max_rows: int = 20) -> None:
+    img = report["images"]
+    console.print(
+        f"[bold]Site check[/] {report['data']}: {img['files']} files, "
+        f"[green]{img['usable']} usable[/], [yellow]{img['rejected']} rejected[/]"
+    )
+    console.print(_counts_table("Labelled usable images per class", report["classes"], "class"))
+    for title, field, header in (
+        ("Modalities", "modalities", "modality"),
+        ("Manufacturers", "manufacturers", "manufacturer"),
+        ("Matrix sizes", "matrix_sizes", "rows x columns"),
+        ("Transfer syntaxes", "transfer_syntaxes", "transfer syntax"),
+    ):
+        if report[field]:
+            console.print(_counts_table(title, report[field], header))
+    if report["rejected_by_reason"]:
+        table = Table(title="Rejected files by reason", title_justify="left")
+        table.add_column("reason")
+        table.add_column("files", justify="right")
+        table.add_column("what it means")
+        table.add_column("example")
+        examples: dict[str, str] = {}
+        for r in report["rejected"]:
+            examples.setdefault(r["reason"], f"{r['path']}: {r['detail']}")
+        for reason, info in report["rejected_by_reason"].items():
+            table.add_row(reason, str(info["count"]), info["explanation"], examples.get(reason, ""))
+        console.print(table)
+    labels = report["labels"]
+    console.print(
+        f"Labels: {labels['rows']} rows, {labels['matched']} images matched, "
+        f"{len(labels['problems'])} problems, {report['unlabelled_images']} usable images without a label"
+    )
+    if labels["problems"]:
+        table = Table(title="Label problems", title_justify="left")
+        for col in ("key", "reason", "detail"):
+            table.add_column(col)
+        for p in labels["problems"][:max_rows]:
+            table.add_row(p["key"], p["reason"], p["detail"])
+        console.print(table)
+        if len(labels["problems"]) > max_rows:
+            console.print(f"… and {len(labels['problems']) - max_rows} more (use --json for the full list)")
+    if report["cache"].get("warning"):
+        console.print(f"[yellow]warning:[/] {report['cache']['warning']}")
+    colour = "green" if report["ok"] else "red"
+    console.print(f"[bold {colour}]{report['verdict']}[/]")

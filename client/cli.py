@@ -1,0 +1,153 @@
+"""``fedrad-site``: the hospital IT and site data-scientist command line.
+
+Each command is a thin layer over a function the tests call directly.
+Exit codes: 0 success, 1 the answer is "no" (data cannot train), 2 bad
+invocation or configuration, 3 internal error. ``--json`` prints one JSON
+object on stdout; progress and tables go to stderr/stdout only without it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from shared.cli_support import EXIT_NO, err, handle_errors, out, progress_bar
+
+app = typer.Typer(
+    name="fedrad-site",
+    help="FedRad site client: check a DICOM export, train and evaluate models locally, join a consortium.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="site.yaml with data, labels, key, classes (flags override it).")
+DataOpt = typer.Option(None, "--data", help="Folder of the DICOM export (searched recursively).")
+LabelsOpt = typer.Option(None, "--labels", help="CSV with a key column and a label column.")
+ClassesOpt = typer.Option(None, "--classes", help="Comma-separated class names, e.g. normal,nodule (last = positive).")
+KeyOpt = typer.Option(None, "--key", help="Label key column: SOPInstanceUID, StudyInstanceUID, AccessionNumber or path.")
+LabelColOpt = typer.Option(None, "--label-column", help="Label column name in the CSV (default: label).")
+SizeOpt = typer.Option(None, "--image-size", help="Model input side in pixels (default 64).")
+CacheOpt = typer.Option(None, "--cache-dir", help="Preprocessed-tensor cache (default: beside the data folder).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables.")
+
+
+def _print_json(obj: dict) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+@app.command()
+@handle_errors
+def check(
+    config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
+    classes: Optional[str] = ClassesOpt, key: Optional[str] = KeyOpt, label_column: Optional[str] = LabelColOpt,
+    image_size: Optional[int] = SizeOpt, cache_dir: Optional[Path] = CacheOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Scan the export, join the labels and say which images are usable, and why the others are not."""
+    from client.check_view import render_check
+    from client.site_options import site_data_config
+    from shared.site_data import check_site
+
+    cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir)
+    with progress_bar("Scanning DICOM", enabled=not as_json) as update:
+        report = check_site(cfg, on_progress=update).to_json()
+    if as_json:
+        _print_json(report)
+    else:
+        render_check(report, out)
+    if not report["ok"]:
+        raise typer.Exit(EXIT_NO)
+
+
+@app.command("train-local")
+@handle_errors
+def train_local(
+    out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the model file (.pt)."),
+    config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
+    classes: Optional[str] = ClassesOpt, key: Optional[str] = KeyOpt, label_column: Optional[str] = LabelColOpt,
+    image_size: Optional[int] = SizeOpt, cache_dir: Optional[Path] = CacheOpt,
+    model: str = typer.Option("smallcnn", "--model", help="Architecture: smallcnn, densenet121, resnet18."),
+    epochs: int = typer.Option(15, "--epochs", min=1, help="Training epochs."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0),
+    augment: float = typer.Option(1.0, "--augment", min=0.0, help="Augmentation strength (0 = off)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9),
+    seed: int = typer.Option(0, "--seed"),
+    site_name: str = typer.Option("local-site", "--site-name", help="Recorded in the model's provenance."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads (1 is fastest when sites share cores)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train a local baseline on this site's data only; nothing leaves the site."""
+    from client.site_options import site_data_config
+    from client.train_local import TrainLocalOptions, run_train_local
+
+    cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir)
+    opts = TrainLocalOptions(
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
+        val_fraction=val_fraction, seed=seed, site_name=site_name, threads=threads,
+    )
+    summary = run_train_local(cfg, opts, out_path, show_progress=not as_json, console=out)
+    if as_json:
+        _print_json(summary)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    model_path: Path = typer.Option(..., "--model", "-m", help="A FedRad model file (local or global)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Report folder (stays at the site)."),
+    config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
+    key: Optional[str] = KeyOpt, label_column: Optional[str] = LabelColOpt, cache_dir: Optional[Path] = CacheOpt,
+    n_bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap replicates for the AUC CI."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Evaluate a model on this site's labelled images: metrics, plots and an HTML report in OUT."""
+    from client.evaluate import run_evaluate
+
+    metrics = run_evaluate(
+        model_path, out_dir, config=config, data=data, labels=labels, key=key, label_column=label_column,
+        cache_dir=cache_dir, n_bootstrap=n_bootstrap, show_progress=not as_json, console=out,
+    )
+    if as_json:
+        _print_json(metrics)
+
+
+@app.command()
+@handle_errors
+def synth(
+    out_dir: Path = typer.Argument(..., help="Folder to write the synthetic sites into."),
+    sites: int = typer.Option(3, "--sites", min=1, max=8, help="Number of training sites."),
+    unseen: int = typer.Option(0, "--unseen", min=0, max=4, help="Extra sites with a different scanner."),
+    seed: int = typer.Option(0, "--seed"),
+    scale: float = typer.Option(1.0, "--scale", min=0.01, help="Multiply the default site sizes."),
+    shift: float = typer.Option(1.0, "--shift", min=0.0, help="Scanner shift between sites (0 none, 1 moderate, 2 strong)."),
+    difficulty: Optional[float] = typer.Option(None, "--difficulty", help="Lower = fainter nodules."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write synthetic chest radiograph sites as real DICOM plus labels.csv, for dry runs and demos."""
+    from client.synth_command import run_synth
+
+    summary = run_synth(out_dir, sites, unseen, seed, scale, shift, difficulty)
+    if as_json:
+        _print_json(summary)
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"Synthetic cohort in {out_dir}", title_justify="left")
+        for col in ("site", "images", "classes", "scanner"):
+            table.add_column(col)
+        for s in summary["sites"]:
+            table.add_row(s["name"], str(s["n_images"]), json.dumps(s["classes"]), s["profile"])
+        out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

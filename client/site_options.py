@@ -1,0 +1,47 @@
+"""Build a validated :class:`SiteDataConfig` from ``--config site.yaml`` and/or command-line flags.
+
+Flags override the file. Relative paths in site.yaml are relative to the file's
+folder, so a site bundle can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping, parse_model
+
+SITE_YAML_DATA_KEYS = set(SiteDataConfig.model_fields)
+
+
+def site_data_config(
+    config: Path | None = None,
+    data: Path | None = None,
+    labels: Path | None = None,
+    classes: str | None = None,
+    key: str | None = None,
+    label_column: str | None = None,
+    image_size: int | None = None,
+    cache_dir: Path | None = None,
+) -> SiteDataConfig:
+    values: dict = {}
+    source = "command line"
+    base_dir = None
+    if config is not None:
+        values = load_yaml_mapping(config)
+        source, base_dir = str(config), Path(config).resolve().parent
+    flags = {
+        "data": data, "labels": labels, "key": key, "label_column": label_column,
+        "image_size": image_size, "cache_dir": cache_dir,
+        "classes": [c.strip() for c in classes.split(",")] if classes else None,
+    }
+    for name, value in flags.items():
+        if value is not None:
+            values[name] = value
+    for required, flag in (("data", "--data"), ("labels", "--labels")):
+        if required not in values:
+            raise ConfigError(f"no {required} folder/file given: pass {flag} or set '{required}' in site.yaml (--config)")
+    cfg = parse_model(SiteDataConfig, values, source, base_dir)
+    for name in ("data", "labels", "cache_dir"):
+        if flags.get(name) is not None:  # flags are relative to the working directory, not to site.yaml
+            setattr(cfg, name, Path(flags[name]).resolve())
+    return cfg

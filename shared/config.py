@@ -1,0 +1,133 @@
+"""Typed, validated configuration shared by the site and the server.
+
+Config is validated once at the edge (CLI flags or YAML) into these pydantic
+models; everything inside FedRad receives typed objects. Unknown keys are an
+error that names the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+LabelKey = Literal["SOPInstanceUID", "StudyInstanceUID", "AccessionNumber", "path"]
+LABEL_KEYS: tuple[str, ...] = ("SOPInstanceUID", "StudyInstanceUID", "AccessionNumber", "path")
+
+
+class ConfigError(Exception):
+    """A configuration problem the user must fix; the message names the file and key."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are rejected, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class PreprocessConfig(StrictModel):
+    """How a decoded DICOM image becomes a model input; part of the cache key and of the model file."""
+
+    image_size: int = Field(64, ge=16, le=1024, description="Side of the square model input, pixels.")
+    window_low_pct: float = Field(0.5, ge=0, lt=50, description="Lower intensity percentile mapped to 0.")
+    window_high_pct: float = Field(99.5, gt=50, le=100, description="Upper intensity percentile mapped to 1.")
+
+    def cache_tag(self) -> str:
+        """A short string that changes whenever any preprocessing parameter changes."""
+        return f"s{self.image_size}-w{self.window_low_pct:g}-{self.window_high_pct:g}-v1"
+
+
+class TaskConfig(StrictModel):
+    """What the consortium is learning: the class list, input size and architecture."""
+
+    classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)
+    image_size: int = Field(64, ge=16, le=1024)
+    model: str = Field("smallcnn", description="Architecture name, see shared.models.MODEL_BUILDERS.")
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, v: list[str]) -> list[str]:
+        v = [c.strip() for c in v]
+        if any(not c for c in v):
+            raise ValueError("class names must be non-empty")
+        if len(set(v)) != len(v):
+            raise ValueError(f"class names must be unique, got {v}")
+        return v
+
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(image_size=self.image_size)
+
+
+class SiteDataConfig(StrictModel):
+    """Where a site's images and labels are and how they join."""
+
+    data: Path
+    labels: Path
+    key: LabelKey = "SOPInstanceUID"
+    label_column: str = "label"
+    classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)
+    image_size: int = Field(64, ge=16, le=1024)
+    cache_dir: Path | None = Field(None, description="Preprocessed tensor cache; default DATA/../.fedrad-cache.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SiteDataConfig":
+        TaskConfig(classes=self.classes)  # reuse the class-list rules
+        return self
+
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(image_size=self.image_size)
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        return Path(self.data).resolve().parent / ".fedrad-cache"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """Render pydantic errors as one line per problem, naming the key: 'site.yaml: key 'x': ...'."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{loc}' (check its spelling; see the documented keys)")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: missing required key '{loc}'")
+        else:
+            lines.append(f"{source}: key '{loc}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_yaml_mapping(path: Path) -> dict:
+    """Read a YAML file that must hold a mapping; every failure becomes a ConfigError naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied (check the file's owner and mode)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def parse_model(model_cls: type[StrictModel], data: dict, source: str, base_dir: Path | None = None):
+    """Validate ``data`` into ``model_cls``; relative paths are taken relative to ``base_dir``."""
+    try:
+        obj = model_cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+    if base_dir is not None:
+        for name, value in list(obj.__dict__.items()):
+            if isinstance(value, Path) and not value.is_absolute():
+                setattr(obj, name, (base_dir / value))
+    return obj

@@ -1,0 +1,46 @@
+"""A site's usable, labelled images as in-memory tensors, ready to train or evaluate.
+
+Images are small after preprocessing (64×64 float32 = 16 KiB), so a whole site
+fits in memory; every epoch after the first reads RAM, and every process after
+the first reads the on-disk tensor cache instead of decoding DICOM again.
+Nothing here leaves the site: keys, paths and patient groups are for local
+splits and local reports only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SiteDataset:
+    """Preprocessed images with their labels and the site-local bookkeeping needed for splits."""
+
+    images: torch.Tensor  # (N, 1, S, S) float32, intensities windowed to about [0, 1]
+    labels: torch.Tensor  # (N,) int64, index into ``classes``
+    classes: list[str]
+    groups: list[str] = field(default_factory=list)  # patient grouping key per case (site-local)
+    keys: list[str] = field(default_factory=list)  # label-manifest key per case (site-local)
+    paths: list[str] = field(default_factory=list)  # path relative to the data folder (site-local)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: list[int] | torch.Tensor) -> "SiteDataset":
+        """The cases at ``index``, in that order."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        pick = idx.tolist()
+        return SiteDataset(
+            images=self.images[idx],
+            labels=self.labels[idx],
+            classes=list(self.classes),
+            groups=[self.groups[i] for i in pick] if self.groups else [],
+            keys=[self.keys[i] for i in pick] if self.keys else [],
+            paths=[self.paths[i] for i in pick] if self.paths else [],
+        )
+
+    def class_counts(self) -> dict[str, int]:
+        counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+        return {c: int(n) for c, n in zip(self.classes, counts)}

@@ -1,0 +1,182 @@
+"""Read one file: decide whether it is a usable 2D grayscale radiograph and decode it.
+
+Every failure is turned into a :class:`Rejection` with a stable reason code;
+nothing a file contains can crash a scan. Decoding uses pydicom's pixel
+backend with the pylibjpeg / pyjpegls plugins, so every transfer syntax those
+support works without code here.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.uid import UID
+
+from shared.ingest.reasons import Reason, Rejection
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+MIN_SIDE = 32
+COLOUR_PHOTOMETRICS = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR", "YBR_PARTIAL_420"}
+
+
+@dataclass
+class ImageHeader:
+    """The header fields FedRad uses; they stay at the site (QC summaries, splits, label joins)."""
+
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    accession_number: str = ""
+    patient_id: str = ""
+    modality: str = ""
+    manufacturer: str = ""
+    rows: int = 0
+    columns: int = 0
+    bits_stored: int = 0
+    pixel_representation: int = 0
+    photometric: str = ""
+    transfer_syntax: str = ""
+    pixel_spacing: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword, "")
+    except Exception:  # a malformed element must not stop the scan
+        return ""
+    return "" if value is None else str(value).strip()
+
+
+def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
+    try:
+        value = ds.get(keyword, default)
+        return int(value) if value not in (None, "") else default
+    except Exception:
+        return default
+
+
+def parse_dataset(raw: bytes) -> pydicom.Dataset:
+    """Parse bytes as DICOM; files without the 128-byte preamble are accepted when they parse as DICOM."""
+    try:
+        return pydicom.dcmread(io.BytesIO(raw))
+    except InvalidDicomError:
+        pass
+    except (EOFError, OSError) as exc:
+        raise Rejection(Reason.TRUNCATED, f"header ends early ({exc})") from None
+    except Exception as exc:
+        raise Rejection(Reason.NOT_DICOM, f"header could not be parsed ({type(exc).__name__})") from None
+    # No 'DICM' preamble: old exports omit it. Accept only if it parses into recognisable image tags.
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw), force=True)
+        known = [k for k in ("SOPClassUID", "Modality", "Rows", "PixelData", "StudyInstanceUID") if k in ds]
+    except Exception:
+        known = []
+    if not known:
+        raise Rejection(Reason.NOT_DICOM, "no DICOM preamble and no recognisable DICOM elements")
+    return ds
+
+
+def read_header(ds: pydicom.Dataset) -> ImageHeader:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    spacing = []
+    try:
+        spacing = [float(v) for v in (ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or [])]
+    except Exception:
+        spacing = []
+    return ImageHeader(
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        accession_number=_text(ds, "AccessionNumber"),
+        patient_id=_text(ds, "PatientID"),
+        modality=_text(ds, "Modality"),
+        manufacturer=_text(ds, "Manufacturer"),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        bits_stored=_int(ds, "BitsStored"),
+        pixel_representation=_int(ds, "PixelRepresentation"),
+        photometric=_text(ds, "PhotometricInterpretation").upper(),
+        transfer_syntax=UID(str(ts)).name if ts else "",
+        pixel_spacing=spacing,
+    )
+
+
+def check_image_object(ds: pydicom.Dataset, header: ImageHeader) -> None:
+    """Reject objects FedRad cannot train on before spending time decoding them."""
+    sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID")
+    if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        raise Rejection(Reason.DICOMDIR, "media storage directory (DICOMDIR)")
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
+            raise Rejection(Reason.TRUNCATED, "image header present but the file ends before its pixel data")
+        what = _text(ds, "Modality") or "unknown modality"
+        raise Rejection(Reason.NO_PIXEL_DATA, f"no pixel data ({what})")
+    samples = _int(ds, "SamplesPerPixel", 1)
+    if samples != 1 or header.photometric in COLOUR_PHOTOMETRICS:
+        raise Rejection(Reason.NOT_GRAYSCALE, f"{header.photometric or 'unknown'} with {samples} samples per pixel")
+    frames = _int(ds, "NumberOfFrames", 1)
+    if frames > 1:
+        raise Rejection(Reason.MULTI_FRAME, f"{frames} frames")
+    if header.rows < MIN_SIDE or header.columns < MIN_SIDE:
+        raise Rejection(Reason.TOO_SMALL, f"{header.rows}x{header.columns} pixels, minimum {MIN_SIDE}x{MIN_SIDE}")
+
+
+def _check_decodable(ds: pydicom.Dataset) -> None:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or not UID(str(ts)).is_compressed:
+        return
+    try:
+        decoder = get_decoder(UID(str(ts)))
+    except NotImplementedError:
+        decoder = None
+    if decoder is None or not decoder.is_available:
+        name = UID(str(ts)).name
+        raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{name} ({ts}): no installed decoder")
+
+
+def decode_values(ds: pydicom.Dataset, header: ImageHeader) -> np.ndarray:
+    """Stored pixels → modality values (modality LUT / rescale applied), MONOCHROME1 inverted."""
+    _check_decodable(ds)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        msg = str(exc)
+        lowered = msg.lower()
+        if "less than expected" in lowered or "truncat" in lowered or "insufficient" in lowered or isinstance(exc, EOFError):
+            raise Rejection(Reason.TRUNCATED, f"pixel data shorter than its header says ({msg[:160]})") from None
+        if isinstance(exc, (NotImplementedError, RuntimeError)) and "plugin" in lowered:
+            raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{header.transfer_syntax}: {msg[:160]}") from None
+        raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"{type(exc).__name__}: {msg[:160]}") from None
+    if arr.ndim != 2:
+        raise Rejection(Reason.NOT_GRAYSCALE if arr.ndim == 3 and arr.shape[-1] in (3, 4) else Reason.MULTI_FRAME,
+                        f"decoded array has shape {arr.shape}")
+    try:
+        values = apply_modality_lut(arr, ds)
+    except Exception as exc:
+        raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"modality LUT could not be applied ({type(exc).__name__})") from None
+    values = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise Rejection(Reason.CORRUPT_PIXEL_DATA, "pixel values are not finite after rescale")
+    if header.photometric == "MONOCHROME1":
+        values = values.max() - values  # MONOCHROME1: high values are dark; flip so dense = bright
+    if values.min() == values.max():
+        raise Rejection(Reason.CONSTANT_IMAGE, f"all pixels equal {float(values.min()):g}")
+    return values
+
+
+def read_image(raw: bytes) -> tuple[ImageHeader, np.ndarray]:
+    """Bytes of one file → (header, modality values). Raises :class:`Rejection` for anything unusable."""
+    ds = parse_dataset(raw)
+    header = read_header(ds)
+    try:
+        check_image_object(ds, header)
+        return header, decode_values(ds, header)
+    except Rejection as rej:
+        rej.header = header  # keeps the keys so a label pointing at this file says "image-rejected"
+        raise
