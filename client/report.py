@@ -1,0 +1,287 @@
+"""The site's evaluation report: metrics.json, three plots, predictions.csv and one self-contained HTML page.
+
+The HTML embeds its images as base64 data URIs, so it is a single file a
+clinician can open from a USB stick or attach to an e-mail inside the hospital.
+``metrics.json`` holds only aggregate figures; ``predictions.csv`` and the HTML
+hold per-case results and must stay at the site, which the page says up front.
+
+Plots use matplotlib's object API (``Figure``) rather than pyplot: it renders
+through the Agg canvas with no display, keeps no global figure registry to leak,
+and does not switch the backend of a process that imports this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from shared.metrics import DEFAULT_THRESHOLD, calibration_bins, roc_points
+
+PER_CASE_NOTICE = "This report and predictions.csv contain per-case results: keep them at the site."
+MODEL_INFO_FIRST = ("architecture", "classes", "provenance", "sha256")
+DPI = 110
+
+
+def write_report(
+    out_dir: Path,
+    metrics: dict,
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    classes: list[str],
+    case_ids: list[str] | None = None,
+    title: str = "FedRad site evaluation",
+    model_info: dict | None = None,
+) -> dict[str, Path]:
+    """Write every report file into ``out_dir`` (created if needed); returns {kind: path}.
+
+    ``metrics`` is the output of :func:`shared.metrics.evaluate_predictions` for the
+    same ``y_true``/``proba``; the plots mark its operating and Youden points.
+    """
+    y = np.asarray(y_true).astype(int).ravel()
+    p = np.asarray(proba, dtype=float)
+    if p.ndim != 2 or p.shape != (y.size, len(classes)):
+        raise ValueError(f"proba must have shape ({y.size}, {len(classes)}) for classes {classes}, got {p.shape}")
+    if case_ids is None:
+        case_ids = [f"case-{i + 1:05d}" for i in range(y.size)]
+    if len(case_ids) != y.size:
+        raise ValueError(f"got {len(case_ids)} case ids for {y.size} cases")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    paths = {
+        "metrics": out_dir / "metrics.json",
+        "roc": out_dir / "roc.png",
+        "calibration": out_dir / "calibration.png",
+        "confusion": out_dir / "confusion.png",
+        "predictions": out_dir / "predictions.csv",
+        "report": out_dir / "report.html",
+    }
+    paths["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    _save(_roc_figure(y, p, classes, metrics), paths["roc"])
+    _save(_calibration_figure(y, p, classes, metrics), paths["calibration"])
+    _save(_confusion_figure(metrics, classes), paths["confusion"])
+    _write_predictions(paths["predictions"], case_ids, y, p, classes, metrics)
+    images = {k: paths[k] for k in ("roc", "calibration", "confusion")}
+    paths["report"].write_text(_html(title, metrics, classes, model_info or {}, images), encoding="utf-8")
+    return paths
+
+
+def predicted_labels(proba: np.ndarray, metrics: dict) -> np.ndarray:
+    """Class index per case as the metrics define it: binary at the operating threshold, else argmax."""
+    p = np.asarray(proba, dtype=float)
+    if p.shape[1] == 2:
+        thr = metrics.get("threshold")
+        return (p[:, 1] >= (DEFAULT_THRESHOLD if thr is None else thr)).astype(int)
+    return p.argmax(axis=1)
+
+
+# --- plots ----------------------------------------------------------------------------------------
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, format="png", dpi=DPI)
+
+
+def _roc_figure(y: np.ndarray, p: np.ndarray, classes: list[str], m: dict) -> Figure:
+    fig = Figure(figsize=(5.2, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="chance")
+    ci = _fmt_ci(m.get("auc_ci95"))
+    if m.get("auc") is None:
+        ax.text(0.5, 0.5, "ROC undefined:\nonly one class present", ha="center", va="center", fontsize=12)
+        ax.set_title("ROC")
+    elif len(classes) == 2:
+        fpr, tpr, _ = roc_points(y == 1, p[:, 1])
+        ax.plot(fpr, tpr, lw=2, color="C0", label=f"AUC {m['auc']:.3f}{' (95% CI ' + ci + ')' if ci else ''}")
+        if m.get("sensitivity") is not None and m.get("specificity") is not None:
+            ax.plot(1 - m["specificity"], m["sensitivity"], "o", ms=9, color="C3",
+                    label=f"operating point (threshold {m['threshold']:.3g})")
+        yd = m.get("youden")
+        if yd:
+            ax.plot(1 - yd["specificity"], yd["sensitivity"], "D", ms=7, mfc="none", mew=2, color="C2",
+                    label=f"Youden point (threshold {yd['threshold']:.3g})")
+        ax.set_title(f"ROC: {classes[1]} vs {classes[0]}")
+    else:
+        for k, c in enumerate(classes):
+            auc_k = m.get("per_class_auc", {}).get(c)
+            if auc_k is None:
+                continue
+            fpr, tpr, _ = roc_points(y == k, p[:, k])
+            ax.plot(fpr, tpr, lw=1.5, label=f"{c} vs rest: AUC {auc_k:.3f}")
+        ax.set_title(f"ROC one-vs-rest, macro AUC {m['auc']:.3f}" + (f"\n95% CI {ci}" if ci else ""))
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="1 - specificity (false positive rate)",
+           ylabel="Sensitivity (true positive rate)", aspect="equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def _calibration_figure(y: np.ndarray, p: np.ndarray, classes: list[str], m: dict) -> Figure:
+    if len(classes) == 2:
+        outcome, prob = (y == 1), p[:, 1]
+        xlabel, ylabel = f"Predicted probability of {classes[1]}", f"Observed fraction {classes[1]}"
+    else:
+        outcome, prob = (p.argmax(axis=1) == y), p.max(axis=1)
+        xlabel, ylabel = "Confidence (highest class probability)", "Observed accuracy"
+    bins = calibration_bins(outcome, prob, n_bins=10)
+    fig = Figure(figsize=(5.2, 6.0), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="perfect calibration")
+    filled = [b for b in bins if b["count"]]
+    top.plot([b["mean_pred"] for b in filled], [b["frac_pos"] for b in filled], "o-", color="C0", label="model")
+    top.set(ylim=(-0.02, 1.02), ylabel=ylabel, title=f"Reliability diagram (ECE {m.get('ece', float('nan')):.3f})")
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=8)
+    lo = [b["bin_lo"] for b in bins]
+    bottom.bar(lo, [b["count"] for b in bins], width=[b["bin_hi"] - b["bin_lo"] for b in bins], align="edge",
+               color="C0", alpha=0.6, edgecolor="white")
+    bottom.set(xlim=(0, 1), xlabel=xlabel, ylabel="Cases")
+    return fig
+
+
+def _confusion_figure(m: dict, classes: list[str]) -> Figure:
+    cm = np.asarray(m["confusion"], dtype=int)
+    n_classes = len(classes)
+    side = 3.2 + 0.6 * n_classes
+    fig = Figure(figsize=(side, side * 0.9), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(int(cm.max()), 1))
+    row = cm.sum(axis=1, keepdims=True)
+    pct = np.divide(cm, row, out=np.zeros(cm.shape), where=row > 0)
+    dark = cm > 0.6 * max(int(cm.max()), 1)
+    for i in range(n_classes):
+        for j in range(n_classes):
+            ax.text(j, i, f"{cm[i, j]}\n{pct[i, j]:.0%}", ha="center", va="center", fontsize=11,
+                    color="white" if dark[i, j] else "black")
+    ax.set(xticks=range(n_classes), yticks=range(n_classes), xlabel="Predicted", ylabel="True")
+    ax.set_xticklabels(classes, rotation=30 if n_classes > 3 else 0, ha="right" if n_classes > 3 else "center")
+    ax.set_yticklabels(classes)
+    sub = f" at threshold {m['threshold']:.3g}" if n_classes == 2 and m.get("threshold") is not None else ""
+    ax.set_title(f"Confusion matrix{sub}\n(count, % of true class)", fontsize=10)
+    return fig
+
+
+# --- per-case table -------------------------------------------------------------------------------
+
+
+def _write_predictions(path: Path, case_ids, y, p, classes, metrics) -> None:
+    pred = predicted_labels(p, metrics)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "true_label", *[f"p_{c}" for c in classes], "predicted_label"])
+        for cid, t, probs, k in zip(case_ids, y, p, pred):
+            w.writerow([cid, classes[t], *[f"{v:.6f}" for v in probs], classes[k]])
+
+
+# --- HTML -----------------------------------------------------------------------------------------
+
+
+def _html(title: str, m: dict, classes: list[str], model_info: dict, images: dict[str, Path]) -> str:
+    esc = html.escape
+    img = {k: base64.b64encode(v.read_bytes()).decode("ascii") for k, v in images.items()}
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    warn = "".join(f"<li>{esc(w)}</li>" for w in m.get("warnings", []))
+    figures = "".join(
+        f'<figure><img alt="{k}" src="data:image/png;base64,{b64}"><figcaption>{esc(cap)}</figcaption></figure>'
+        for (k, b64), cap in zip(
+            img.items(), ["ROC curve", "Calibration (reliability diagram and histogram)", "Confusion matrix"]
+        )
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{esc(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+.notice {{ border: 2px solid #b00; background: #fee; padding: .6em 1em; font-weight: 600; }}
+.warn {{ border-left: 4px solid #d80; background: #fff6e0; padding: .3em 1em; }}
+table {{ border-collapse: collapse; margin: .5em 0 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: .25em .7em; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+figure {{ display: inline-block; margin: 0 1em 1em 0; }}
+img {{ max-width: 520px; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<p>Generated {generated}.</p>
+<p class="notice">{esc(PER_CASE_NOTICE)}</p>
+{f'<div class="warn"><p>Warnings:</p><ul>{warn}</ul></div>' if warn else ''}
+<h2>Metrics</h2>
+{_metrics_table(m, classes)}
+<h2>Cases per class</h2>
+{_counts_table(m, classes)}
+<h2>Model</h2>
+{_model_table(model_info) if model_info else "<p>No model information given.</p>"}
+<h2>Plots</h2>
+{figures}
+<p>Per-case predictions: <code>predictions.csv</code> next to this file.
+Aggregate figures: <code>metrics.json</code>.</p>
+</body></html>
+"""
+
+
+def _metrics_table(m: dict, classes: list[str]) -> str:
+    rows = [("AUC" + (" (macro one-vs-rest)" if len(classes) > 2 else ""), _num(m.get("auc"))),
+            ("AUC 95% CI (stratified bootstrap)", _fmt_ci(m.get("auc_ci95")) or "n/a")]
+    if len(classes) == 2:
+        rows += [
+            ("Positive class", html.escape(str(m.get("positive_class", classes[1])))),
+            ("Operating threshold", _num(m.get("threshold"))),
+            ("Sensitivity", _num(m.get("sensitivity"))),
+            ("Specificity", _num(m.get("specificity"))),
+        ]
+        yd = m.get("youden")
+        if yd:
+            rows.append(("Youden point", f"threshold {_num(yd['threshold'])}, sensitivity {_num(yd['sensitivity'])}, "
+                                         f"specificity {_num(yd['specificity'])}, J {_num(yd['j'])}"))
+    else:
+        for c, a in (m.get("per_class_auc") or {}).items():
+            rows.append((f"AUC {c} vs rest", _num(a)))
+    rows += [
+        ("Accuracy", _num(m.get("accuracy"))),
+        ("Balanced accuracy", _num(m.get("balanced_accuracy"))),
+        ("Expected calibration error (10 bins)", _num(m.get("ece"))),
+        ("Cases", str(m.get("n", ""))),
+    ]
+    return _rows_table(rows, escape=False, numeric=True)
+
+
+def _counts_table(m: dict, classes: list[str]) -> str:
+    per_class = m.get("n_per_class", {})
+    rows = [(c, str(per_class.get(c, ""))) for c in classes] + [("total", str(m.get("n", "")))]
+    return _rows_table(rows, numeric=True)
+
+
+def _model_table(info: dict) -> str:
+    keys = [k for k in MODEL_INFO_FIRST if k in info] + [k for k in info if k not in MODEL_INFO_FIRST]
+    rows = []
+    for k in keys:
+        v = info[k]
+        if isinstance(v, (list, tuple)):
+            v = ", ".join(map(str, v))
+        elif isinstance(v, dict):
+            v = json.dumps(v, sort_keys=True, default=str)
+        rows.append((str(k), str(v)))
+    return _rows_table(rows)
+
+
+def _rows_table(rows: list[tuple[str, str]], escape: bool = True, numeric: bool = False) -> str:
+    """Two-column key/value table; row keys are always escaped, values unless already HTML."""
+    e = html.escape if escape else (lambda s: s)
+    td = '<td class="num">' if numeric else "<td>"
+    body = "".join(f"<tr><th>{html.escape(k)}</th>{td}{e(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def _fmt_ci(ci) -> str:
+    return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else ""

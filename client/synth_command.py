@@ -1,0 +1,19 @@
+"""``fedrad-site synth``: a synthetic cohort for dry runs, the demo and tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.synth import DEFAULT_DIFFICULTY, write_cohort
+
+
+def run_synth(out_dir: Path, sites: int, unseen: int, seed: int, scale: float, shift: float,
+              difficulty: float | None) -> dict:
+    summaries = write_cohort(
+        Path(out_dir), n_sites=sites, seed=seed, unseen=unseen, scale=scale, shift=shift,
+        difficulty=DEFAULT_DIFFICULTY if difficulty is None else difficulty,
+    )
+    return {"out": str(out_dir), "sites": [
+        {"name": Path(s.path).name, "path": str(s.path), "n_images": s.n_images, "classes": s.class_counts,
+         "profile": s.profile_name} for s in summaries
+    ]}
