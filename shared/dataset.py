@@ -44,3 +44,20 @@ class SiteDataset:
     def class_counts(self) -> dict[str, int]:
         counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
         return {c: int(n) for c, n in zip(self.classes, counts)}
+
+
+def concat_datasets(parts: list[SiteDataset]) -> SiteDataset:
+    """Pool several sites' datasets (same classes); patient groups are prefixed so sites never collide."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    classes = parts[0].classes
+    if any(p.classes != classes for p in parts):
+        raise ValueError("datasets have different class lists")
+    return SiteDataset(
+        images=torch.cat([p.images for p in parts]),
+        labels=torch.cat([p.labels for p in parts]),
+        classes=list(classes),
+        groups=[f"{i}:{g}" for i, p in enumerate(parts) for g in p.groups],
+        keys=[k for p in parts for k in p.keys],
+        paths=[f"{i}:{q}" for i, p in enumerate(parts) for q in p.paths],
+    )

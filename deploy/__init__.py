@@ -1,0 +1,1 @@
+"""Deployment material and the local demo (``make demo``)."""

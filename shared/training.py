@@ -1,0 +1,219 @@
+"""Local training and inference on in-memory tensors: used alone and inside every federated round.
+
+The whole site's data is already a tensor (:class:`shared.dataset.SiteDataset`),
+so batches are taken by indexing with a random permutation per epoch: no
+DataLoader, no worker processes, no per-sample Python. The hot loop adds only
+batched augmentation and a few tensor ops to a bare PyTorch loop
+(``benchmarks/bench_training.py`` measures the difference).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.augment import build_augment
+from shared.dataset import SiteDataset
+
+
+@dataclass
+class TrainConfig:
+    """Local training hyper-parameters; the same object drives local and federated training."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    augment: float = 1.0  # augmentation strength, 0 = off (see shared.augment)
+    seed: int = 0  # federated callers should vary it per round (e.g. seed + round)
+    class_weighted: bool = True  # inverse class frequency weights in the loss
+    proximal_mu: float = 0.0  # FedProx: adds mu/2·||w − w_start||² to the loss
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 (BatchNorm needs it), got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or self.augment < 0 or self.proximal_mu < 0:
+            raise ValueError("weight_decay, augment and proximal_mu must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels (warn, don't fail, if none)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, n / (C · n_c); 0 for a class absent here (it never enters the loss)."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    w = labels.numel() / (num_classes * counts.clamp(min=1))
+    return torch.where(counts > 0, w, torch.zeros_like(w))
+
+
+def train_model(
+    model: nn.Module,
+    data: SiteDataset,
+    cfg: TrainConfig,
+    val: SiteDataset | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place on ``data``; return one history dict per epoch.
+
+    Each dict has ``epoch`` (1-based), ``loss`` (mean training loss), ``train_acc``,
+    ``images_per_s`` and, when ``val`` is given, ``val_loss`` (unweighted cross
+    entropy), ``val_acc`` and ``val_auc`` (None unless every class is present
+    in ``val``). ``on_epoch`` gets each dict as it is made; ``on_batch`` gets
+    (steps done, total steps) over the whole run. The global RNGs are seeded
+    from ``cfg.seed``, so the same model, data and config give the same weights.
+    A last batch of a single image is skipped (BatchNorm cannot train on one).
+
+    BatchNorm running statistics are re-estimated during the last epoch as a
+    plain average over its batches (no extra forward passes): the default
+    exponential average still holds ~12 % of its (mean 0, var 1) start values
+    after 20 steps, which on a small site makes eval-mode predictions collapse
+    to one class although training accuracy is perfect.
+    """
+    n = len(data)
+    if n < 2:
+        raise ValueError(f"need at least 2 training images, got {n}")
+    num_classes = len(data.classes)
+    if int(data.labels.min()) < 0 or int(data.labels.max()) >= num_classes:
+        raise ValueError(f"labels must be class indices 0..{num_classes - 1} for classes {data.classes}")
+    seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    augment = build_augment(cfg.augment)
+
+    images, labels = data.images, data.labels
+    weight = class_weights(labels, num_classes) if cfg.class_weighted else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    mu = float(cfg.proximal_mu)
+    anchor = [p.detach().clone() for p in params] if mu > 0 else []
+
+    bs = cfg.batch_size
+    starts = [s for s in range(0, n, bs) if n - s >= 2]
+    total_steps, step = cfg.epochs * len(starts), 0
+    history: list[dict] = []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        bn_saved = _start_bn_average(model) if epoch == cfg.epochs else None
+        perm = torch.randperm(n, generator=gen)
+        loss_sum = torch.zeros(())
+        correct = torch.zeros((), dtype=torch.long)
+        seen = 0
+        t0 = time.perf_counter()
+        try:
+            for s in starts:
+                idx = perm[s : s + bs]
+                x, y = images[idx], labels[idx]
+                x = augment(x, gen)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, weight=weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if mu > 0:  # gradient of mu/2·||w − w0||², added directly instead of through autograd
+                    for p, p0 in zip(params, anchor):
+                        if p.grad is not None:
+                            p.grad.add_(p.detach() - p0, alpha=mu)
+                optimizer.step()
+                with torch.no_grad():
+                    loss_sum += loss.detach() * len(idx)
+                    correct += (logits.argmax(1) == y).sum()
+                seen += len(idx)
+                step += 1
+                if on_batch is not None:
+                    on_batch(step, total_steps)
+        finally:  # a callback may raise to cancel training; never leave BN in averaging mode
+            if bn_saved is not None:
+                _end_bn_average(bn_saved)
+        elapsed = time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            "loss": float(loss_sum) / seen,
+            "train_acc": int(correct) / seen,
+            "images_per_s": seen / elapsed if elapsed > 0 else float("inf"),
+        }
+        if val is not None and len(val) > 0:
+            record.update(evaluate(model, val))
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    model.eval()
+    return history
+
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _start_bn_average(model: nn.Module) -> list[tuple[nn.Module, float | None, torch.Tensor]]:
+    """Reset BN running stats and switch them to a cumulative average; returns what to restore."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, _BN_TYPES) and m.track_running_stats and m.running_mean is not None:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.reset_running_stats()
+            m.momentum = None
+    return saved
+
+
+def _end_bn_average(saved: list[tuple[nn.Module, float | None, torch.Tensor]]) -> None:
+    """Restore each BN layer's momentum; its batch counter continues from before the reset."""
+    for m, momentum, count in saved:
+        m.momentum = momentum
+        m.num_batches_tracked += count
+
+
+def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = [model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, C) as float32, in eval mode without gradients; the model's mode is restored."""
+    return torch.softmax(_logits(model, images, batch_size).float(), dim=1).numpy()
+
+
+def evaluate(model: nn.Module, data: SiteDataset, batch_size: int = 256) -> dict:
+    """``val_loss`` (unweighted cross entropy), ``val_acc`` and ``val_auc`` of ``model`` on ``data``.
+
+    ``val_auc`` is the ROC AUC of the positive class (index 1) for two classes,
+    macro one-vs-rest for more, and None when a class is missing from ``data``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    logits = _logits(model, data.images, batch_size)
+    y = data.labels
+    loss = float(F.cross_entropy(logits, y))
+    acc = float((logits.argmax(1) == y).float().mean())
+    proba = torch.softmax(logits.float(), 1).numpy()
+    y_np = y.numpy()
+    auc = None
+    num_classes = proba.shape[1]
+    if len(np.unique(y_np)) == num_classes:
+        if num_classes == 2:
+            auc = float(roc_auc_score(y_np, proba[:, 1]))
+        else:
+            auc = float(roc_auc_score(y_np, proba, multi_class="ovr", average="macro"))
+    return {"val_loss": loss, "val_acc": acc, "val_auc": auc}
