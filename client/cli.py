@@ -137,10 +137,10 @@ def synth(
         from rich.table import Table
 
         table = Table(title=f"Synthetic cohort in {out_dir}", title_justify="left")
-        for col in ("site", "images", "classes", "scanner"):
+        for col in ("site", "images", "classes", "transfer syntax"):
             table.add_column(col)
         for s in summary["sites"]:
-            table.add_row(s["name"], str(s["n_images"]), json.dumps(s["classes"]), s["profile"])
+            table.add_row(s["name"], str(s["n_images"]), json.dumps(s["classes"]), s["transfer_syntax"])
         out.print(table)
 
 

@@ -14,6 +14,6 @@ def run_synth(out_dir: Path, sites: int, unseen: int, seed: int, scale: float, s
         difficulty=DEFAULT_DIFFICULTY if difficulty is None else difficulty,
     )
     return {"out": str(out_dir), "sites": [
-        {"name": Path(s.path).name, "path": str(s.path), "n_images": s.n_images, "classes": s.class_counts,
-         "profile": s.profile_name} for s in summaries
+        {"name": s.name, "path": str(s.path), "n_images": s.n_images, "patients": s.n_patients,
+         "classes": s.class_counts, "profile": s.profile, "transfer_syntax": s.transfer_syntax} for s in summaries
     ]}

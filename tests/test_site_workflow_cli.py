@@ -1,0 +1,89 @@
+"""The site data scientist's workflow as real processes: synth → check → train-local → evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.modelfile import load_model_file
+
+CLI = [sys.executable, "-m", "client"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=240, env=env)
+
+
+def site_args(site) -> list[str]:
+    return ["--data", str(site.dicom_dir), "--labels", str(site.labels_csv)]
+
+
+@pytest.fixture(scope="module")
+def trained(small_cohort, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("model") / "local.pt"
+    proc = run("train-local", *site_args(small_cohort[0]), "--out", str(out), "--epochs", "3", "--site-name",
+               "site-1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return out, json.loads(proc.stdout)
+
+
+def test_train_local_writes_a_self_describing_model(trained) -> None:
+    path, summary = trained
+    assert summary["train_images"] > 0 and summary["val_images"] > 0
+    assert len(summary["history"]) == 3
+    loaded = load_model_file(path)
+    assert loaded.classes == ["normal", "nodule"]
+    assert loaded.preprocess.image_size == 64
+    assert loaded.provenance["trained_by"] == "site-1" and loaded.provenance["kind"] == "local"
+    assert loaded.weights_sha256 == summary["weights_sha256"]
+
+
+def test_evaluate_writes_report_and_prints_metrics(trained, small_cohort, tmp_path: Path) -> None:
+    model, _ = trained
+    unseen = small_cohort[-1]
+    report = tmp_path / "report"
+    proc = run("evaluate", "--model", str(model), *site_args(unseen), "--out", str(report), "--json",
+               "--bootstrap", "200")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert 0.0 <= metrics["auc"] <= 1.0
+    assert metrics["auc_ci95"][0] <= metrics["auc"] <= metrics["auc_ci95"][1]
+    assert sum(metrics["n_per_class"].values()) == unseen.n_images
+    for name in ("metrics.json", "roc.png", "calibration.png", "confusion.png", "report.html", "predictions.csv"):
+        assert (report / name).stat().st_size > 0, name
+    with open(report / "predictions.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == unseen.n_images
+    assert json.loads((report / "metrics.json").read_text())["auc"] == metrics["auc"]
+
+
+def test_evaluate_rejects_a_file_that_is_not_a_model(small_cohort, tmp_path: Path) -> None:
+    bogus = tmp_path / "weights.pt"
+    bogus.write_bytes(b"not a model at all")
+    proc = run("evaluate", "--model", str(bogus), *site_args(small_cohort[0]), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert "weights.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_local_refuses_single_class_data(small_cohort, tmp_path: Path) -> None:
+    site = small_cohort[0]
+    labels = tmp_path / "one-class.csv"
+    labels.write_text(site.labels_csv.read_text().replace("nodule", "normal"))
+    proc = run("train-local", "--data", str(site.dicom_dir), "--labels", str(labels), "--out", str(tmp_path / "m.pt"))
+    assert proc.returncode == 2
+    assert "cannot train" in proc.stderr and not (tmp_path / "m.pt").exists()
+
+
+def test_synth_command_writes_sites(tmp_path: Path) -> None:
+    proc = run("synth", str(tmp_path / "c"), "--sites", "2", "--scale", "0.05", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert [s["name"] for s in summary["sites"]] == ["site-1", "site-2"]
+    for s in summary["sites"]:
+        assert (Path(s["path"]) / "labels.csv").exists()
