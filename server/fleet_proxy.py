@@ -1,0 +1,215 @@
+"""Hospital-facing TLS reverse proxy that forwards Flower's Fleet API and nothing else.
+
+Why: in Flower 1.42 the SuperLink serves the Fleet API (SuperNodes), the
+Control API (``flwr run``/``flwr supernode register``: unauthenticated in open
+source, so whoever reaches it runs code on every site) and the Runtime API
+(SuperExec/ServerApp) on ONE uvicorn HTTP port. They cannot be split onto
+different ports, so FedRad binds the SuperLink to 127.0.0.1 and puts this proxy
+on the public address. It terminates TLS with the consortium's server
+certificate and forwards only ``POST /v1/fleet/<name>`` to the loopback
+SuperLink over TLS (verified against the consortium CA). Everything else —
+``/v1/control/*``, ``/v1/runtime/*``, ``/docs``, ``/openapi.json``, other
+methods, odd encodings — gets 404 without touching the SuperLink.
+
+The Fleet transport in 1.42 is protobuf over plain HTTP/1.1 POSTs (httpx on the
+SuperNode, unary request/response, objects pushed/pulled in <= 5 MB chunks),
+so buffering each body with a size cap is enough. SuperNode authentication
+(signed timestamp headers) passes through untouched and is checked by the
+SuperLink. Upstream outages answer 502, which SuperNodes retry.
+
+Run: ``python -m server.fleet_proxy --listen 0.0.0.0:9443 --upstream 127.0.0.1:9092
+--certfile server.crt --keyfile server.key --ca-certfile ca.crt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.processes import ManagedProcess, ProcessSet, wait_for_port
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+FLEET_PATH = re.compile(rb"^/v1/fleet/[a-z][a-z-]{0,63}$")  # matched on the raw, undecoded path
+MAX_BODY_BYTES = 64 * 1024 * 1024  # Flower chunks arrays at 5 MB; 64 MB leaves headroom
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "x-forwarded-for",  # set by the proxy itself; a client-supplied one is dropped
+    }
+)
+log = logging.getLogger("fedrad.fleet_proxy")
+
+
+def is_fleet_request(method: str, raw_path: bytes, query: bytes = b"") -> bool:
+    """The whole policy: a POST to one Fleet endpoint, no query string, no encoded characters."""
+    return method == "POST" and not query and bool(FLEET_PATH.match(raw_path))
+
+
+def build_app(upstream: str, ca_certfile: Path | None, *, timeout: float = 120.0) -> Callable:
+    """ASGI app forwarding Fleet calls to ``https://<upstream>`` (plain http if ``ca_certfile`` is None)."""
+    import httpx
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    verify: ssl.SSLContext | bool = False
+    scheme = "http"
+    if ca_certfile is not None:
+        verify = ssl.create_default_context(cafile=str(ca_certfile))
+        scheme = "https"
+    base = f"{scheme}://{upstream}"
+    client = httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=False)
+
+    async def proxy(request: Request) -> Response:
+        scope = request.scope
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        peer = request.client.host if request.client else "?"
+        if not is_fleet_request(request.method, raw_path, scope.get("query_string", b"")):
+            log.warning("refused %s %r from %s", request.method, raw_path[:200], peer)
+            return Response(b"not found\n", status_code=404, media_type="text/plain")
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            return Response(b"request too large\n", status_code=413, media_type="text/plain")
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > MAX_BODY_BYTES:
+                return Response(b"request too large\n", status_code=413, media_type="text/plain")
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        headers.append(("x-forwarded-for", peer))
+        try:
+            upstream_req = client.build_request(
+                "POST", base + raw_path.decode("ascii"), headers=headers, content=bytes(body)
+            )
+            resp = await client.send(upstream_req, stream=True)
+            try:
+                payload = b"".join([part async for part in resp.aiter_raw()])
+            finally:
+                await resp.aclose()
+        except httpx.HTTPError as exc:
+            log.warning("upstream %s unavailable: %s", base, exc)
+            return Response(b"superlink unavailable\n", status_code=502, media_type="text/plain")
+        out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+        return Response(payload, status_code=resp.status_code, headers=out_headers)
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        """Plain ASGI: one handler for every path, so refusals look identical (404)."""
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await client.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":  # websockets etc.: refuse
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        response = await proxy(Request(scope, receive))
+        await response(scope, receive, send)
+
+    return app
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def serve(listen: str, upstream: str, certfile: Path, keyfile: Path, ca_certfile: Path | None) -> None:
+    """Serve the proxy until interrupted (blocking)."""
+    import uvicorn
+
+    host, port = _split(listen)
+    uvicorn.run(
+        build_app(upstream, ca_certfile),
+        host=host,
+        port=port,
+        ssl_certfile=str(certfile),
+        ssl_keyfile=str(keyfile),
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=30,
+    )
+
+
+def proxy_command(listen: str, upstream: str, certfile: Path, keyfile: Path, ca_certfile: Path) -> list[str]:
+    """Command line that runs this module as a separate process."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "server.fleet_proxy",
+        "--listen",
+        listen,
+        "--upstream",
+        upstream,
+        "--certfile",
+        str(certfile),
+        "--keyfile",
+        str(keyfile),
+        "--ca-certfile",
+        str(ca_certfile),
+    ]
+
+
+def start_fleet_proxy(
+    ps: ProcessSet,
+    *,
+    listen: str,
+    upstream: str,
+    certfile: Path,
+    keyfile: Path,
+    ca_certfile: Path,
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+) -> ManagedProcess:
+    """Start the proxy through ``ps`` and wait until it listens.
+
+    ``cwd`` must let ``python -m server.fleet_proxy`` import FedRad (repo root or installed package).
+    """
+    proc = ps.start("fleet-proxy", proxy_command(listen, upstream, certfile, keyfile, ca_certfile), cwd=cwd)
+    host, port = _split(listen)
+    wait_for_port("127.0.0.1" if host in ("0.0.0.0", "") else host, port, timeout, proc)
+    return proc
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI entry point (``python -m server.fleet_proxy``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--listen", required=True, help="HOST:PORT hospitals connect to")
+    parser.add_argument("--upstream", required=True, help="loopback HOST:PORT of the SuperLink")
+    parser.add_argument("--certfile", required=True, type=Path)
+    parser.add_argument("--keyfile", required=True, type=Path)
+    parser.add_argument("--ca-certfile", type=Path, help="CA that signed the SuperLink certificate")
+    args = parser.parse_args(argv)
+    # No timestamps here: the supervisor (ProcessSet, journald, docker) stamps each line.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per forwarded call is noise
+    serve(args.listen, args.upstream, args.certfile, args.keyfile, args.ca_certfile)
+
+
+if __name__ == "__main__":
+    main()

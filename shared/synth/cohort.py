@@ -1,0 +1,266 @@
+"""Write synthetic sites as PACS-style DICOM exports with a label manifest.
+
+Layout of one site (what a hospital's IT would hand over)::
+
+    OUT/site-1/dicom/<PatientID>/<study dir>/[<series dir>/]IMG0001[.dcm]
+    OUT/site-1/labels.csv   SOPInstanceUID,label,AccessionNumber,StudyInstanceUID,path
+
+Each patient has 1–3 studies (one image each) of the *same* anatomy with a
+small positioning jitter and the same label, so images of one patient are
+correlated and only patient-grouped splits give honest validation numbers.
+Everything is a pure function of ``seed`` (UIDs too: ``generate_uid`` with
+deterministic entropy), so the same call writes byte-identical files.
+
+Run ``python -m shared.synth OUT`` for a default cohort.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import math
+import shutil
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from shared.synth.anatomy import DEFAULT_DIFFICULTY, expose, sample_patient
+from shared.synth.dicom_writer import ImageMeta, build_dataset, encode_pixels, write_dicom
+from shared.synth.profiles import TRAINING_PROFILES, UNSEEN_PROFILES, SiteProfile, derive_profile
+
+CLASSES = ("normal", "nodule")
+LABEL_COLUMNS = ("SOPInstanceUID", "label", "AccessionNumber", "StudyInstanceUID", "path")
+STUDIES_PER_PATIENT = (1, 2, 3)
+STUDIES_P = (0.45, 0.35, 0.20)
+FOLLOW_UP_JITTER_PX = 3  # positioning jitter between a patient's studies, on the 128 render grid
+MIN_SITE_IMAGES = 4
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    """What was written for one site."""
+
+    name: str  # folder name, e.g. "site-1" or "unseen-1"
+    path: Path  # the site folder (holds dicom/ and labels.csv)
+    profile: str
+    n_images: int
+    n_patients: int
+    class_counts: dict[str, int] = field(default_factory=dict)
+    transfer_syntax: str = ""
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def dicom_dir(self) -> Path:
+        return self.path / "dicom"
+
+    @property
+    def labels_csv(self) -> Path:
+        return self.path / "labels.csv"
+
+
+def _rng(seed: int, profile: SiteProfile, *extra: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(profile.name.encode()), *extra])
+
+
+def _plan(rng: np.random.Generator, n_images: int, prevalence: float) -> list[tuple[int, bool]]:
+    """(studies, has_nodule) per patient: sizes sum to ``n_images``, nodule images ≈ prevalence."""
+    sizes: list[int] = []
+    while sum(sizes) < n_images:
+        k = int(rng.choice(STUDIES_PER_PATIENT, p=STUDIES_P))
+        sizes.append(min(k, n_images - sum(sizes)))
+    if len(sizes) == 1 and n_images >= 2:  # both classes need a patient each
+        sizes = [n_images - 1, 1]
+    target = int(round(prevalence * n_images))
+    target = min(max(target, 1), n_images - 1) if n_images >= 2 else target
+    sick = [False] * len(sizes)
+    count = 0
+    for i in rng.permutation(len(sizes)):
+        if count + sizes[i] <= target:
+            sick[i] = True
+            count += sizes[i]
+    if count == 0 and n_images >= 2:  # every patient was bigger than the target: take the smallest
+        i = int(np.argmin(sizes))
+        sick[i] = True
+    return list(zip(sizes, sick))
+
+
+def _uid(*parts: object):
+    return generate_uid(entropy_srcs=["fedrad-synth", *(str(p) for p in parts)])
+
+
+def write_site(
+    out_dir: Path,
+    profile: SiteProfile,
+    n_images: int,
+    seed: int,
+    difficulty: float = DEFAULT_DIFFICULTY,
+    shift: float = 1.0,
+    *,
+    overwrite: bool = False,
+) -> SiteSummary:
+    """Write ``n_images`` DICOM files of one site into ``out_dir`` (dicom/ and labels.csv).
+
+    Refuses to write into an existing non-empty ``out_dir/dicom`` unless ``overwrite``
+    (then only that folder and labels.csv are replaced).
+    """
+    if n_images < 1:
+        raise ValueError(f"{profile.name}: n_images must be at least 1, got {n_images}")
+    out_dir = Path(out_dir)
+    dicom_dir = out_dir / "dicom"
+    if dicom_dir.exists() and any(dicom_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{dicom_dir} already holds files; delete it, choose another output folder, or pass overwrite"
+            )
+        shutil.rmtree(dicom_dir)
+    t0 = time.perf_counter()
+    look = profile.look(shift)
+    plan = _plan(_rng(seed, profile), n_images, profile.prevalence)
+    rows: list[dict[str, str]] = []
+    total_bytes = 0
+    study_no = 0
+    for pidx, (n_studies, sick) in enumerate(plan):
+        prng = _rng(seed, profile, pidx)
+        pid = f"{profile.id_prefix}{(seed * 7919 + (pidx + 1) * 104729) % 10**7:07d}"
+        patient = sample_patient(prng, sick, difficulty, look)
+        birth = date(1930, 1, 1) + timedelta(days=int(prng.integers(0, 365 * 70)))
+        first = date(2019, 1, 1) + timedelta(days=int(prng.integers(0, 365 * 5)))
+        sex = "F" if prng.random() < 0.5 else "M"
+        for j in range(n_studies):
+            study_no += 1
+            study_uid = _uid(seed, profile.name, pid, "study", j)
+            meta = ImageMeta(
+                patient_id=pid,
+                patient_name=f"SYNTHETIC^{profile.id_prefix}{pidx + 1:04d}",
+                birth_date=birth.strftime("%Y%m%d"),
+                sex=sex,
+                study_uid=study_uid,
+                series_uid=_uid(seed, profile.name, pid, "series", j),
+                sop_uid=_uid(seed, profile.name, pid, "image", j),
+                accession=f"{profile.id_prefix}{seed % 1000:03d}{study_no:07d}",
+                study_date=(first + timedelta(days=int(prng.integers(30, 400)) * j)).strftime("%Y%m%d"),
+                study_time=f"{int(prng.integers(7, 20)):02d}{int(prng.integers(0, 60)):02d}{int(prng.integers(0, 60)):02d}",
+                study_id=str(j + 1),
+                kvp=float(prng.choice([110, 115, 120, 125])) if profile.view == "PA" else 90.0,
+            )
+            img = expose(patient, prng, look, profile.matrix, jitter_px=FOLLOW_UP_JITTER_PX if j else 1)
+            ds = build_dataset(encode_pixels(img, profile), profile, meta)
+            study_dir = "ST" + hashlib.sha1(study_uid.encode()).hexdigest()[:8].upper()
+            rel = Path(pid) / study_dir
+            if profile.series_dirs:
+                rel = rel / "SE0001"
+            rel = rel / ("IMG0001.dcm" if prng.random() < profile.dcm_suffix_prob else "IMG0001")
+            total_bytes += write_dicom(dicom_dir / rel, ds)
+            rows.append(
+                {
+                    "SOPInstanceUID": meta.sop_uid,
+                    "label": CLASSES[int(sick)],
+                    "AccessionNumber": meta.accession,
+                    "StudyInstanceUID": study_uid,
+                    "path": rel.as_posix(),
+                }
+            )
+    with open(out_dir / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    counts = {c: sum(r["label"] == c for r in rows) for c in CLASSES}
+    return SiteSummary(
+        name=out_dir.name,
+        path=out_dir,
+        profile=profile.name,
+        n_images=len(rows),
+        n_patients=len(plan),
+        class_counts=counts,
+        transfer_syntax=profile.transfer_syntax.name,
+        bytes=total_bytes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def cohort_profiles(n_sites: int = 3, unseen: int = 1, seed: int = 0) -> list[SiteProfile]:
+    """The training profiles (built-ins first, then derived look-alikes) followed by the unseen ones."""
+    if n_sites < 0 or unseen < 0:
+        raise ValueError("n_sites and unseen must be >= 0")
+    train = [
+        TRAINING_PROFILES[k]
+        if k < len(TRAINING_PROFILES)
+        else derive_profile(TRAINING_PROFILES[k % len(TRAINING_PROFILES)], f"site-{k + 1}", f"X{k + 1}", seed)
+        for k in range(n_sites)
+    ]
+    held = [
+        UNSEEN_PROFILES[k]
+        if k < len(UNSEEN_PROFILES)
+        else derive_profile(UNSEEN_PROFILES[k % len(UNSEEN_PROFILES)], f"unseen-{k + 1}", f"U{k + 1}", seed)
+        for k in range(unseen)
+    ]
+    return train + held
+
+
+def write_cohort(
+    out: Path,
+    n_sites: int = 3,
+    seed: int = 0,
+    unseen: int = 1,
+    scale: float = 1.0,
+    difficulty: float = DEFAULT_DIFFICULTY,
+    shift: float = 1.0,
+    *,
+    overwrite: bool = False,
+) -> list[SiteSummary]:
+    """Write ``n_sites`` training sites (``site-<k>``) and ``unseen`` held-out sites (``unseen-<k>``).
+
+    Site sizes are the profiles' defaults (400, 250, 60, 150, 150, …; unseen 200) times ``scale``,
+    at least 4 images each.
+    """
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for profile in cohort_profiles(n_sites, unseen, seed):
+        n = max(MIN_SITE_IMAGES, int(round(profile.default_size * scale)))
+        summaries.append(
+            write_site(out / profile.name, profile, n, seed, difficulty, shift, overwrite=overwrite)
+        )
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shared.synth OUT [--sites 3] [--unseen 1] [--seed 0] [--scale 1] ...``."""
+    ap = argparse.ArgumentParser(prog="python -m shared.synth", description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--sites", type=int, default=3)
+    ap.add_argument("--unseen", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--difficulty", type=float, default=DEFAULT_DIFFICULTY)
+    ap.add_argument("--shift", type=float, default=1.0)
+    ap.add_argument("--overwrite", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        sums = write_cohort(
+            a.out, a.sites, a.seed, a.unseen, a.scale, a.difficulty, a.shift, overwrite=a.overwrite
+        )
+    except (FileExistsError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for s in sums:
+        counts = ", ".join(f"{k} {v}" for k, v in s.class_counts.items())
+        print(
+            f"{s.name:10s} {s.profile:10s} {s.n_images:4d} images {s.n_patients:4d} patients ({counts}) "
+            f"{s.transfer_syntax}, {s.bytes / 2**20:.1f} MiB, {s.n_images / max(s.seconds, 1e-9):.0f} img/s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""Real Flower 1.42 processes on 127.0.0.1: TLS, SuperNode auth, fleet-only proxy, a 2-round run.
+
+One consortium is built once for the module (CA + server cert, SuperLink with
+auth and a persistent database, fleet proxy, 2 registered sites), the run is
+submitted right away, and the refusal checks run while it trains, so the
+whole file takes ~70-90 s on 2 cores that other jobs keep busy. Every process is
+started through ``shared.processes`` and the fixture proves none is left.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from client.keys import generate_site_keys
+from client.supernode import flower_exit_code, start_supernode, supernode_command
+from server.fleet_proxy import start_fleet_proxy
+from server.pki import ServerTls, certificate_names, init_pki
+from server.superlink import SuperLink, flwr_json, stage_app, start_superlink, submit_run, write_cli_config
+from shared.processes import ManagedProcess, ProcessId, ProcessSet, executable, free_port, is_running, run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+REPO = Path(__file__).resolve().parents[2]
+ROUNDS = 2
+SITES = ("site-a", "site-b")
+
+
+@dataclass
+class Fed:
+    tmp: Path
+    tls: ServerTls
+    ps: ProcessSet
+    link: SuperLink
+    proxy_port: int
+    keys: dict[str, tuple[Path, Path]]
+    supernodes: dict[str, ManagedProcess] = field(default_factory=dict)
+    run_id: int = 0
+    t_submit: float = 0.0
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
+    tmp = tmp_path_factory.mktemp("fed")
+    tls = init_pki(tmp / "pki", "TestConsortium", "hospital-gw.example.org:9443")
+    keys = {name: generate_site_keys(tmp / "keys" / name) for name in (*SITES, "rogue")}
+    ps = ProcessSet(tmp / "logs")
+    started: set[ProcessId] = set()
+    try:
+        link = start_superlink(
+            ps, tls=tls, port=free_port(), database=tmp / "state" / "superlink.db", flwr_home=tmp / "server-home"
+        )
+        proxy_port = free_port()
+        start_fleet_proxy(
+            ps,
+            listen=f"127.0.0.1:{proxy_port}",
+            upstream=link.address,
+            certfile=tls.server_cert,
+            keyfile=tls.server_key,
+            ca_certfile=tls.ca_cert,
+            cwd=REPO,
+        )
+        f = Fed(tmp=tmp, tls=tls, ps=ps, link=link, proxy_port=proxy_port, keys=keys)
+        with link.control() as control:
+            for name in SITES:
+                assert control.register(keys[name][1], name) is not None
+            assert control.register(keys[SITES[0]][1], SITES[0]) is None  # idempotent: already registered
+        for i, name in enumerate(SITES):
+            f.supernodes[name] = start_supernode(
+                ps,
+                name,
+                superlink=f"127.0.0.1:{proxy_port}",  # through the proxy, as a hospital would
+                ca_cert=tls.ca_cert,
+                private_key=keys[name][0],
+                node_config={"seed": i + 1, "site-name": name},
+                work_dir=tmp / "sites" / name,
+                runtime_port=free_port(),
+            )
+        app_dir = stage_app(
+            tmp / "app",
+            REPO,
+            config_defaults={"min-sites": len(SITES), "round-timeout-s": 90, "evaluate-every": ROUNDS},
+        )
+        f.t_submit = time.monotonic()
+        f.run_id = submit_run(link, app_dir, {"num-server-rounds": ROUNDS})
+        yield f
+    finally:
+        started |= ps.all_procs()
+        ps.stop_all()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(is_running(p) for p in started):
+        time.sleep(0.1)
+    assert len(started) >= 6  # superlink, proxy, 2 supernodes, their superexecs: the check is not vacuous
+    assert not [p for p in started if is_running(p)], "processes left behind"
+
+
+def _tls_ctx(fed: Fed) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(fed.tls.ca_cert))
+
+
+def _raw_https(fed: Fed, port: int, request: bytes) -> bytes:
+    """Send a raw request line (no client-side path normalisation) over verified TLS."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with _tls_ctx(fed).wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            tls.sendall(request)
+            return tls.recv(4096)
+
+
+def _post(fed: Fed, port: int, path: str) -> int:
+    import httpx
+
+    with httpx.Client(verify=_tls_ctx(fed), timeout=10) as client:
+        return client.post(
+            f"https://127.0.0.1:{port}{path}", content=b"", headers={"content-type": "application/protobuf"}
+        ).status_code
+
+
+def test_proxy_policy_matches_flowers_fleet_routes() -> None:
+    """Every Fleet route Flower serves passes the proxy policy; Control/Runtime routes do not."""
+    from flwr.superlink.routers.control.router import router as control_router
+    from flwr.superlink.routers.fleet.router import router as fleet_router
+
+    from server.fleet_proxy import is_fleet_request
+
+    fleet = [r.path for r in fleet_router.routes]
+    assert len(fleet) >= 10 and all(is_fleet_request("POST", p.encode()) for p in fleet)
+    assert not any(is_fleet_request("POST", r.path.encode()) for r in control_router.routes)
+    assert not is_fleet_request("GET", b"/v1/fleet/get-run")
+
+
+def test_server_certificate_names(fed: Fed) -> None:
+    names = certificate_names(fed.tls.server_cert)
+    assert {"hospital-gw.example.org", "127.0.0.1", "localhost"} <= set(names)
+
+
+def test_control_api_not_reachable_through_fleet_proxy(fed: Fed) -> None:
+    port, sl_port = fed.proxy_port, int(fed.link.address.rsplit(":", 1)[1])
+    # Positive control: the route exists and answers on the loopback SuperLink ...
+    assert _post(fed, sl_port, "/v1/control/list-runs") == 200
+    # ... but the hospital-facing port refuses Control, Runtime and docs, however spelled.
+    for path in ("/v1/control/list-runs", "/v1/control/start-run", "/v1/runtime/acquire-task", "/v1/fleet"):
+        assert _post(fed, port, path) == 404, path
+    for raw in (
+        b"GET /docs HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v1/fleet/../control/list-runs HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/fleet/%2e%2e/control/list-runs HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/fleet/pull-messages?x=/v1/control HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"GET /v1/fleet/get-run HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        assert _raw_https(fed, port, raw).startswith(b"HTTP/1.1 404"), raw
+    # The real Flower CLI pointed at the proxy cannot list (or start) runs.
+    cfg_home = fed.tmp / "via-proxy-home"
+    write_cli_config(cfg_home, f"127.0.0.1:{port}", fed.tls.ca_cert)
+    via_proxy = SuperLink(proc=fed.link.proc, address=f"127.0.0.1:{port}", flwr_home=cfg_home, ca_cert=fed.tls.ca_cert)
+    assert flwr_json(via_proxy, ["ls", via_proxy.connection])["success"] is False
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+def test_superlink_listens_on_loopback_only(fed: Fed) -> None:
+    port = int(fed.link.address.rsplit(":", 1)[1])
+    listening = [
+        line.split()[1]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == port
+    ]
+    assert listening == [f"0100007F:{port:04X}"]  # 127.0.0.1 only, no IPv4 wildcard
+    v6 = Path("/proc/net/tcp6")
+    if v6.exists():
+        rows = [ln.split() for ln in v6.read_text().splitlines()[1:]]
+        assert not [r for r in rows if r[3] == "0A" and r[1].endswith(f":{port:04X}")]
+
+
+def test_unregistered_key_is_refused(fed: Fed) -> None:
+    rogue = start_supernode(
+        fed.ps,
+        "rogue",
+        superlink=f"127.0.0.1:{fed.proxy_port}",
+        ca_cert=fed.tls.ca_cert,
+        private_key=fed.keys["rogue"][0],
+        node_config={"seed": 99},
+        work_dir=fed.tmp / "sites" / "rogue",
+        runtime_port=free_port(),
+    )
+    assert rogue.wait(timeout=60) == 1  # Flower exits 1 on every error ...
+    assert flower_exit_code(rogue.log_text()) == 305  # ... and logs its own code
+    assert "Failed to activate SuperNode" in rogue.log_text()
+
+
+def test_plaintext_client_is_refused(fed: Fed) -> None:
+    for port in (fed.proxy_port, int(fed.link.address.rsplit(":", 1)[1])):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            try:
+                reply = sock.recv(4096)
+            except (ConnectionResetError, TimeoutError):
+                reply = b""
+        assert not re.match(rb"HTTP/1\.[01] 2", reply), reply[:80]
+    cmd = supernode_command(
+        superlink=f"127.0.0.1:{fed.proxy_port}",
+        ca_cert=None,
+        private_key=None,
+        node_config=None,
+        runtime_port=free_port(),
+        max_retries=0,
+        max_wait_time=10,
+        insecure=True,
+    )
+    plain = fed.ps.start("supernode-plaintext", cmd, env={"FLWR_HOME": str(fed.tmp / "sites" / "plain")})
+    assert plain.wait(timeout=60) != 0
+    assert flower_exit_code(plain.log_text()) == 305  # "Server disconnected without sending a response"
+    assert "SuperNode ID" not in plain.log_text()
+
+
+def test_two_sites_complete_two_rounds(fed: Fed) -> None:
+    with fed.link.control() as control:
+        info = control.wait_for_run(fed.run_id, timeout=110, poll=1)
+        elapsed = time.monotonic() - fed.t_submit
+        assert info["status"] == "finished:completed", info
+        nodes = {n.name: n.status for n in control.nodes()}
+    assert nodes == {"site-a": "online", "site-b": "online"}  # the rogue and plaintext nodes never joined
+    for name in SITES:
+        log = fed.supernodes[name].log_text()
+        assert log.count("Receiving: train message") == ROUNDS, name
+        assert log.count("Receiving: evaluate message") == 1, name  # evaluate-every=ROUNDS: last round only
+    res = run_cli(
+        [executable("flwr"), "log", str(fed.run_id), fed.link.connection, "--show"],
+        env={"FLWR_HOME": str(fed.link.flwr_home)},
+        cwd=fed.link.flwr_home,
+        timeout=60,
+    )
+    assert f"FEDRAD rounds_completed={ROUNDS} of {ROUNDS}" in res.stdout, res.stdout[-3000:]
+    rounds = re.findall(r"FEDRAD round=(\d+) .*?seconds=([\d.]+)", res.stdout)
+    print(
+        f"\nrun {fed.run_id}: submit->finished {elapsed:.1f} s, round seconds {[float(s) for _, s in rounds]}, "
+        f"clientapp total {info['clientapp-seconds']:.1f} s, bytes sent/recv {info['bytes-sent']}/{info['bytes-recv']}"
+    )
