@@ -88,7 +88,7 @@ class SiteCheck:
         }
 
 
-def check_site(config: SiteDataConfig, on_progress: ProgressFn | None = None) -> SiteCheck:
+def check_site(config: SiteDataConfig, on_progress: ProgressFn | None = None, workers: int | None = None) -> SiteCheck:
     """Scan the export and join labels. Raises ConfigError for a missing folder or unusable label file."""
     data = Path(config.data)
     if not data.exists():
@@ -98,7 +98,7 @@ def check_site(config: SiteDataConfig, on_progress: ProgressFn | None = None) ->
     rows = read_labels(Path(config.labels), config.key, config.label_column)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # pydicom's per-file warnings become reasons, not noise
-        scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), on_progress)
+        scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), on_progress, workers)
     return SiteCheck(config=config, scan=scan, join=join_labels(scan.records, rows, config.key, config.classes))
 
 
@@ -116,7 +116,7 @@ def build_dataset(check: SiteCheck) -> SiteDataset:
             groups.append(rec.header.patient_id or rec.header.study_instance_uid or rec.path)
             keys.append(record_key(rec, check.config.key))
             paths.append(rec.path)
-    check.scan.cache.flush()
+    check.scan.flush_cache()  # persists any entry rebuilt above
     return SiteDataset(
         images=torch.from_numpy(images),
         labels=torch.tensor(labels, dtype=torch.long),
@@ -127,6 +127,8 @@ def build_dataset(check: SiteCheck) -> SiteDataset:
     )
 
 
-def load_site_dataset(config: SiteDataConfig, on_progress: ProgressFn | None = None) -> tuple[SiteDataset, SiteCheck]:
-    check = check_site(config, on_progress)
+def load_site_dataset(
+    config: SiteDataConfig, on_progress: ProgressFn | None = None, workers: int | None = None,
+) -> tuple[SiteDataset, SiteCheck]:
+    check = check_site(config, on_progress, workers)
     return build_dataset(check), check

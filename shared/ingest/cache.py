@@ -6,15 +6,20 @@ Layout under the cache folder (which lives at the site, never leaves it):
   (independent of preprocessing parameters).
 - ``stat-memo.json``: absolute path → (size, mtime_ns, sha256), so an
   unchanged file is not even re-read to hash it on the next scan.
-- ``tensors/<preprocess tag>/<sha[:2]>/<sha>.npy``: the preprocessed image.
+- ``tensors/<preprocess tag>/<folder id>.npy`` + ``.json``: one stacked array of
+  the preprocessed images of a data folder and the content hash of each row.
+  One file instead of one per image makes a fresh process's load a single
+  read, and a scan's write a single atomic rename.
 
 Writes are atomic (temp file + rename). A cache that cannot be written (disk
-full, read-only) degrades to memory with one warning; a corrupt entry is
-treated as a miss and rebuilt. The cache never changes results, only speed.
+full, read-only) degrades to memory with one warning; a corrupt entry or pack
+is treated as a miss and rebuilt. The cache never changes results, only speed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -25,7 +30,7 @@ import numpy as np
 
 from shared.config import PreprocessConfig
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -41,40 +46,49 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class IngestCache:
-    """Content-addressed cache of ingest records and preprocessed tensors for one preprocessing setting."""
+    """Content-addressed ingest records plus the preprocessed-image pack of one data folder."""
 
-    def __init__(self, root: Path | None, params: PreprocessConfig) -> None:
+    def __init__(self, root: Path | None, params: PreprocessConfig, folder: Path | None = None) -> None:
         self.root = Path(root) if root is not None else None
         self.params = params
+        folder_id = hashlib.sha256(str(Path(folder).resolve() if folder else "").encode()).hexdigest()[:16]
+        self._pack_base = (self.root / "tensors" / params.cache_tag() / folder_id) if self.root else None
         self.records: dict[str, dict] = {}
         self.stat_memo: dict[str, list] = {}
-        self._memory: dict[str, np.ndarray] = {}
+        self._fresh: dict[str, np.ndarray] = {}
+        self._pack: np.ndarray | None = None
+        self._pack_rows: dict[str, int] = {}
+        self._dirty = False  # indexes changed since loading
         self.writable = self.root is not None
         self.warning: str | None = None
         self.hits = 0
         self.decoded = 0
         if self.root is not None:
-            self.records = self._load_json("records.json")
-            self.stat_memo = self._load_json("stat-memo.json")
+            self.records = self._load_json(self.root / "records.json")
+            self.stat_memo = self._load_json(self.root / "stat-memo.json")
+            self._load_pack()
 
-    # -- json indexes -----------------------------------------------------------------
-    def _load_json(self, name: str) -> dict:
-        path = self.root / name
+    # -- indexes ----------------------------------------------------------------------------
+    @staticmethod
+    def _load_json(path: Path) -> dict:
         try:
             data = json.loads(path.read_text())
             if data.get("version") == CACHE_VERSION and isinstance(data.get("entries"), dict):
                 return data["entries"]
-        except FileNotFoundError:
-            pass
         except (OSError, ValueError, AttributeError):
-            pass  # corrupt index: rebuilt from the files, nothing is lost
+            pass  # missing or corrupt index: rebuilt from the files, nothing is lost
         return {}
 
-    def flush(self) -> None:
-        """Persist the indexes; called once at the end of a scan."""
-        for name, entries in (("records.json", self.records), ("stat-memo.json", self.stat_memo)):
-            payload = json.dumps({"version": CACHE_VERSION, "entries": entries}).encode()
-            self._write(self.root / name if self.root else None, payload)
+    def _load_pack(self) -> None:
+        try:
+            shas = json.loads(self._pack_base.with_suffix(".json").read_text())["shas"]
+            pack = np.load(self._pack_base.with_suffix(".npy"), allow_pickle=False)
+        except (OSError, ValueError, KeyError, TypeError, EOFError):
+            return
+        size = self.params.image_size
+        if pack.dtype != np.float32 or pack.shape != (len(shas), size, size):
+            return
+        self._pack, self._pack_rows = pack, {sha: i for i, sha in enumerate(shas)}
 
     def _write(self, path: Path | None, data: bytes) -> bool:
         if path is None or not self.writable:
@@ -88,59 +102,57 @@ class IngestCache:
                 f"cache folder {self.root} is not writable ({exc.strerror or exc}); "
                 "continuing in memory: the next run will decode again. Free space or fix permissions."
             )
-            warnings.warn(self.warning, RuntimeWarning, stacklevel=2)
+            warnings.warn(self.warning, RuntimeWarning, stacklevel=3)
             return False
 
-    # -- content hashes -----------------------------------------------------------------
+    def flush(self, keep: list[str]) -> None:
+        """Persist the indexes, and the pack of the images ``keep`` lists (in that order) if it changed."""
+        if self._dirty:
+            for name, entries in (("records.json", self.records), ("stat-memo.json", self.stat_memo)):
+                payload = json.dumps({"version": CACHE_VERSION, "entries": entries}).encode()
+                self._write(self.root / name if self.root else None, payload)
+            self._dirty = False
+        if self._pack_base is None or (not self._fresh and list(self._pack_rows) == keep):
+            return
+        images = [self.get_tensor(sha) for sha in keep]
+        shas = [sha for sha, img in zip(keep, images) if img is not None]
+        size = self.params.image_size
+        stack = np.stack([img for img in images if img is not None]) if shas else np.zeros((0, size, size), np.float32)
+        bio = io.BytesIO()
+        np.save(bio, stack.astype(np.float32, copy=False), allow_pickle=False)
+        # Array first, then its index: a crash between the two leaves a mismatch that _load_pack rejects.
+        if self._write(self._pack_base.with_suffix(".npy"), bio.getvalue()):
+            self._write(self._pack_base.with_suffix(".json"), json.dumps({"shas": shas}).encode())
+
+    # -- content hashes -----------------------------------------------------------------------
     def memo_sha(self, path: Path, stat: os.stat_result) -> str | None:
         entry = self.stat_memo.get(str(path))
         if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
             return entry[2]
         return None
 
-    def remember_sha(self, path: Path, stat: os.stat_result, sha: str) -> None:
+    def remember(self, path: Path, stat: os.stat_result, sha: str, entry: dict) -> None:
+        """Record a freshly ingested file: its content hash (by stat) and its verdict (by content)."""
         self.stat_memo[str(path)] = [stat.st_size, stat.st_mtime_ns, sha]
+        self.records[sha] = entry
+        self._dirty = True
 
-    # -- tensors ------------------------------------------------------------------------
-    def _tensor_path(self, sha: str) -> Path | None:
-        if self.root is None:
-            return None
-        return self.root / "tensors" / self.params.cache_tag() / sha[:2] / f"{sha}.npy"
-
+    # -- tensors ------------------------------------------------------------------------------
     def has_tensor(self, sha: str) -> bool:
-        path = self._tensor_path(sha)
-        return sha in self._memory or (path is not None and path.exists())
+        return sha in self._fresh or sha in self._pack_rows
 
     def put_tensor(self, sha: str, image: np.ndarray) -> None:
-        path = self._tensor_path(sha)
-        buf = _npy_bytes(image)
-        if not self._write(path, buf):
-            self._memory[sha] = image
+        self._fresh[sha] = np.ascontiguousarray(image, dtype=np.float32)
 
     def get_tensor(self, sha: str) -> np.ndarray | None:
-        """The cached image, or None when missing or unreadable (a corrupt entry is deleted)."""
-        if sha in self._memory:
-            return self._memory[sha]
-        path = self._tensor_path(sha)
-        if path is None:
+        """The cached image, or None when missing or damaged (a damaged row is forgotten)."""
+        if sha in self._fresh:
+            return self._fresh[sha]
+        row = self._pack_rows.get(sha)
+        if row is None:
             return None
-        try:
-            img = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, EOFError):
-            path.unlink(missing_ok=True)
-            return None
-        size = self.params.image_size
-        if img.shape != (size, size) or img.dtype != np.float32 or not np.isfinite(img).all():
-            path.unlink(missing_ok=True)
+        img = self._pack[row]
+        if not np.isfinite(img).all():
+            del self._pack_rows[sha]
             return None
         return img
-
-
-def _npy_bytes(image: np.ndarray) -> bytes:
-    import io
-
-    bio = io.BytesIO()
-    np.save(bio, np.ascontiguousarray(image, dtype=np.float32), allow_pickle=False)
-    return bio.getvalue()

@@ -140,8 +140,29 @@ def _check_decodable(ds: pydicom.Dataset) -> None:
         raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{name} ({ts}): no installed decoder")
 
 
-def decode_values(ds: pydicom.Dataset, header: ImageHeader) -> np.ndarray:
-    """Stored pixels → modality values (modality LUT / rescale applied), MONOCHROME1 inverted."""
+@dataclass
+class DecodedImage:
+    """Decoded pixels plus the linear modality transform still to apply.
+
+    The linear rescale (slope/intercept) and the MONOCHROME1 inversion commute
+    with area resampling, so preprocessing applies them to the small resampled
+    image instead of to every full-resolution pixel; only a non-linear
+    ModalityLUTSequence is applied here, at full resolution.
+    """
+
+    pixels: np.ndarray  # stored values (or modality values when a LUT was applied)
+    slope: float = 1.0
+    intercept: float = 0.0
+    invert: bool = False  # MONOCHROME1
+
+    def modality_values(self) -> np.ndarray:
+        """Full-resolution modality values, dense = bright (for inspection and tests)."""
+        values = self.pixels.astype(np.float32) * self.slope + self.intercept
+        return -values if self.invert else values
+
+
+def decode_values(ds: pydicom.Dataset, header: ImageHeader) -> DecodedImage:
+    """Stored pixels → :class:`DecodedImage`; rejects anything that is not a usable 2D grayscale image."""
     _check_decodable(ds)
     try:
         arr = ds.pixel_array
@@ -156,22 +177,30 @@ def decode_values(ds: pydicom.Dataset, header: ImageHeader) -> np.ndarray:
     if arr.ndim != 2:
         raise Rejection(Reason.NOT_GRAYSCALE if arr.ndim == 3 and arr.shape[-1] in (3, 4) else Reason.MULTI_FRAME,
                         f"decoded array has shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise Rejection(Reason.CORRUPT_PIXEL_DATA, "pixel values are not finite")
+    lo, hi = arr.min(), arr.max()
+    if lo == hi:
+        raise Rejection(Reason.CONSTANT_IMAGE, f"all pixels equal {float(lo):g}")
+    invert = header.photometric == "MONOCHROME1"  # high values are dark; flipped so dense = bright
+    if "ModalityLUTSequence" in ds:  # a non-linear LUT must be applied at full resolution
+        try:
+            values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        except Exception as exc:
+            raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"modality LUT could not be applied ({type(exc).__name__})") from None
+        return DecodedImage(values, invert=invert)
     try:
-        values = apply_modality_lut(arr, ds)
-    except Exception as exc:
-        raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"modality LUT could not be applied ({type(exc).__name__})") from None
-    values = np.asarray(values, dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise Rejection(Reason.CORRUPT_PIXEL_DATA, "pixel values are not finite after rescale")
-    if header.photometric == "MONOCHROME1":
-        values = values.max() - values  # MONOCHROME1: high values are dark; flip so dense = bright
-    if values.min() == values.max():
-        raise Rejection(Reason.CONSTANT_IMAGE, f"all pixels equal {float(values.min()):g}")
-    return values
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        raise Rejection(Reason.CORRUPT_PIXEL_DATA, "RescaleSlope/RescaleIntercept are not numbers") from None
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
+        raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"unusable rescale (slope {slope:g}, intercept {intercept:g})")
+    return DecodedImage(arr, slope=slope, intercept=intercept, invert=invert)
 
 
-def read_image(raw: bytes) -> tuple[ImageHeader, np.ndarray]:
-    """Bytes of one file → (header, modality values). Raises :class:`Rejection` for anything unusable."""
+def read_image(raw: bytes) -> tuple[ImageHeader, DecodedImage]:
+    """Bytes of one file → (header, decoded pixels). Raises :class:`Rejection` for anything unusable."""
     ds = parse_dataset(raw)
     header = read_header(ds)
     try:

@@ -1,43 +1,47 @@
-"""Turn decoded modality values into a fixed-size model input.
+"""Turn decoded DICOM pixels into a fixed-size model input.
 
-Order matters and is fixed (it is part of the cache key and of every model
-file): pad to square with the image minimum (keeps anatomy proportions across
-matrix shapes), area-resample to ``image_size`` (anti-aliased downsampling),
-then a robust percentile window to [0, 1]. The window is computed after the
-resample: it is cheaper (the percentile runs on S×S values, not the full
-matrix) and steadier, because averaging has already removed salt noise and
-burnt-in single-pixel markers.
+Order is fixed (it is part of the cache key and of every model file): pad to
+square with the background value (keeps anatomy proportions across matrix
+shapes), area-resample to ``image_size`` (anti-aliased box filter), apply the
+linear modality rescale and the MONOCHROME1 inversion, then a robust
+percentile window to [0, 1]. Rescale and inversion are affine, so they commute
+with box resampling and run on S×S values instead of the full matrix; the
+window is computed after the resample too, which is cheaper and steadier
+(averaging has already removed salt noise and single-pixel burnt-in markers).
+Pure NumPy + Pillow, no torch, so ingest worker processes start fast.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from shared.config import PreprocessConfig
+from shared.ingest.dicom_reader import DecodedImage
 
 
-def pad_to_square(img: np.ndarray) -> np.ndarray:
-    """Centre ``img`` in a square canvas filled with its minimum value."""
+def pad_to_square(img: np.ndarray, fill: float) -> np.ndarray:
+    """Centre ``img`` in a square canvas filled with ``fill``."""
     h, w = img.shape
     if h == w:
         return img
     side = max(h, w)
-    out = np.full((side, side), img.min(), dtype=img.dtype)
+    out = np.full((side, side), fill, dtype=img.dtype)
     top, left = (side - h) // 2, (side - w) // 2
     out[top : top + h, left : left + w] = img
     return out
 
 
 def resample(img: np.ndarray, size: int) -> np.ndarray:
-    """Area (box-filter) resampling when shrinking, bilinear when enlarging."""
+    """Box-filter (area) resampling when shrinking, bilinear when enlarging; float32 in and out."""
+    img = np.ascontiguousarray(img, dtype=np.float32)
     if img.shape == (size, size):
-        return img.astype(np.float32, copy=False)
-    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
-    mode = "area" if img.shape[0] >= size else "bilinear"
-    kwargs = {} if mode == "area" else {"align_corners": False}
-    return F.interpolate(t, size=(size, size), mode=mode, **kwargs)[0, 0].numpy()
+        return img
+    h, w = img.shape
+    if h % size == 0 and w % size == 0:  # exact area average, the common 2^k / integer case
+        return img.reshape(size, h // size, size, w // size).mean(axis=(1, 3), dtype=np.float32)
+    method = Image.Resampling.BOX if h >= size else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(img, mode="F").resize((size, size), method), dtype=np.float32)
 
 
 def percentile_window(img: np.ndarray, low_pct: float, high_pct: float) -> np.ndarray:
@@ -51,7 +55,13 @@ def percentile_window(img: np.ndarray, low_pct: float, high_pct: float) -> np.nd
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
-def preprocess_image(values: np.ndarray, params: PreprocessConfig) -> np.ndarray:
-    """Modality values (MONOCHROME2 orientation: bright = dense) → (S, S) float32 in [0, 1]."""
-    img = resample(pad_to_square(values.astype(np.float32, copy=False)), params.image_size)
-    return percentile_window(img, params.window_low_pct, params.window_high_pct)
+def preprocess_image(decoded: DecodedImage, params: PreprocessConfig) -> np.ndarray:
+    """Decoded pixels → (S, S) float32 in [0, 1], dense = bright."""
+    pixels = decoded.pixels
+    dark_is_high = decoded.invert != (decoded.slope < 0)  # which stored extreme is the dark background
+    fill = float(pixels.max() if dark_is_high else pixels.min())
+    small = resample(pad_to_square(pixels.astype(np.float32, copy=False), fill), params.image_size)
+    small = small * np.float32(decoded.slope) + np.float32(decoded.intercept)
+    if decoded.invert:
+        small = -small
+    return percentile_window(small, params.window_low_pct, params.window_high_pct)

@@ -2,14 +2,19 @@
 
 One pass reads, hashes, decodes and preprocesses each file; results go to the
 :class:`~shared.ingest.cache.IngestCache`, so the next scan of an unchanged
-export reads neither DICOM headers nor pixels.
+export reads neither DICOM headers nor pixels. Files that need decoding are
+spread over worker processes when there are enough of them to pay for the
+workers' start-up (decoding is CPU-bound and pydicom holds the GIL).
 """
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from shared.ingest.reasons import Reason, Rejection
 
 ProgressFn = Callable[[int, int], None]
 IGNORED_DIR_NAMES = {".fedrad-cache", ".git", "__pycache__"}
+MIN_FILES_PER_WORKER = 16  # below this a worker's start-up costs more than it saves
 
 
 @dataclass
@@ -55,12 +61,15 @@ class ScanResult:
         """The preprocessed image of a usable record; rebuilt from the DICOM file if the cache entry is gone."""
         img = self.cache.get_tensor(record.sha256)
         if img is None:
-            raw = (self.data_dir / record.path).read_bytes()
-            _, values = read_image(raw)
-            img = preprocess_image(values, self.cache.params)
+            _, decoded = read_image((self.data_dir / record.path).read_bytes())
+            img = preprocess_image(decoded, self.cache.params)
             self.cache.put_tensor(record.sha256, img)
             self.cache.decoded += 1
         return img
+
+    def flush_cache(self) -> None:
+        """Persist the cache: indexes plus the pack of this folder's usable images."""
+        self.cache.flush(list(dict.fromkeys(r.sha256 for r in self.usable)))
 
 
 def list_files(data_dir: Path) -> tuple[list[Path], list[FileRecord]]:
@@ -78,44 +87,34 @@ def list_files(data_dir: Path) -> tuple[list[Path], list[FileRecord]]:
     return files, problems
 
 
-def _ingest_one(path: Path, rel: str, cache: IngestCache) -> FileRecord:
-    """Hash, classify, decode and cache one file; any problem becomes a rejected record."""
+def decode_file(path: str, params: PreprocessConfig) -> tuple[str, dict, np.ndarray | None]:
+    """Read, hash, classify, decode and preprocess one file: (sha256, record entry, image or None).
+
+    Runs in worker processes, so it takes and returns only plain picklable values
+    and never raises for file content.
+    """
     try:
-        stat = path.stat()
-        sha = cache.memo_sha(path, stat)
-        raw = None
-        if sha is None:
-            raw = path.read_bytes()
-            sha = hashlib.sha256(raw).hexdigest()
-            cache.remember_sha(path, stat, sha)
+        raw = Path(path).read_bytes()
     except OSError as exc:
-        return FileRecord(rel, reason=Reason.UNREADABLE.value, detail=f"cannot read file: {exc.strerror or exc}")
-
-    known = cache.records.get(sha)
-    if known is not None and (not known["usable"] or cache.has_tensor(sha)):
-        cache.hits += 1
-        return _record_from_cache(rel, sha, known)
-
-    try:
-        if raw is None:
-            raw = path.read_bytes()
-        header, values = read_image(raw)
-        cache.put_tensor(sha, preprocess_image(values, cache.params))
-        record = FileRecord(rel, sha, usable=True, header=header)
-    except Rejection as rej:
-        record = FileRecord(rel, sha, reason=rej.reason.value, detail=rej.detail, header=rej.header or ImageHeader())
-    except OSError as exc:
-        return FileRecord(rel, sha, reason=Reason.UNREADABLE.value, detail=f"cannot read file: {exc.strerror or exc}")
-    except Exception as exc:  # a decoder bug on one odd file must not stop the site
-        record = FileRecord(rel, sha, reason=Reason.CORRUPT_PIXEL_DATA.value, detail=f"{type(exc).__name__}: {str(exc)[:160]}")
-    cache.decoded += 1
-    cache.records[sha] = {
-        "usable": record.usable, "reason": record.reason, "detail": record.detail, "header": record.header.to_dict(),
-    }
-    return record
+        return "", _entry(Reason.UNREADABLE.value, f"cannot read file: {exc.strerror or exc}"), None
+    sha = hashlib.sha256(raw).hexdigest()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom's complaints become reasons, not noise
+        try:
+            header, decoded = read_image(raw)
+            image = preprocess_image(decoded, params)
+            return sha, _entry("", "", header, usable=True), image
+        except Rejection as rej:
+            return sha, _entry(rej.reason.value, rej.detail, rej.header), None
+        except Exception as exc:  # a decoder bug on one odd file must not stop the site
+            return sha, _entry(Reason.CORRUPT_PIXEL_DATA.value, f"{type(exc).__name__}: {str(exc)[:160]}"), None
 
 
-def _record_from_cache(rel: str, sha: str, entry: dict) -> FileRecord:
+def _entry(reason: str, detail: str, header: ImageHeader | None = None, usable: bool = False) -> dict:
+    return {"usable": usable, "reason": reason, "detail": detail, "header": (header or ImageHeader()).to_dict()}
+
+
+def _record(rel: str, sha: str, entry: dict) -> FileRecord:
     return FileRecord(rel, sha, entry["usable"], entry["reason"], entry["detail"], ImageHeader(**entry["header"]))
 
 
@@ -139,22 +138,71 @@ def _mark_duplicates(records: list[FileRecord]) -> None:
             by_sop[sop] = rec.path
 
 
+def default_workers(n_files: int) -> int:
+    """Worker processes for ``n_files`` to decode: FEDRAD_INGEST_WORKERS, else up to 4 cores' worth."""
+    configured = os.environ.get("FEDRAD_INGEST_WORKERS")
+    cores = int(configured) if configured and configured.isdigit() else min(os.cpu_count() or 1, 4)
+    return max(1, min(cores, n_files // MIN_FILES_PER_WORKER))
+
+
+def _decode_all(todo: list[Path], params: PreprocessConfig, workers: int):
+    if workers <= 1:
+        for path in todo:
+            yield decode_file(str(path), params)
+        return
+    # fork: workers start in milliseconds. They run only pydicom, NumPy and Pillow (never torch or
+    # OpenMP), so the parent's thread pools, which a fork does not copy, are never touched there.
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        yield from pool.map(decode_file, [str(p) for p in todo], [params] * len(todo), chunksize=8)
+
+
 def scan_site(
     data_dir: Path,
     params: PreprocessConfig,
     cache_dir: Path | None = None,
     on_progress: ProgressFn | None = None,
+    workers: int | None = None,
 ) -> ScanResult:
     """Scan ``data_dir`` recursively; never raises for file content, only for a missing data folder."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist or is not a folder")
-    cache = IngestCache(cache_dir, params)
-    files, records = list_files(data_dir)
-    for i, path in enumerate(files):
-        records.append(_ingest_one(path, path.relative_to(data_dir).as_posix(), cache))
+    cache = IngestCache(cache_dir, params, data_dir)
+    files, problems = list_files(data_dir)
+    results: dict[Path, FileRecord] = {}
+    todo: list[tuple[Path, os.stat_result | None]] = []
+    for path in files:  # first pass: what the cache already knows costs one stat()
+        rel = path.relative_to(data_dir).as_posix()
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            results[path] = FileRecord(rel, reason=Reason.UNREADABLE.value, detail=f"cannot read file: {exc.strerror}")
+            continue
+        sha = cache.memo_sha(path, stat)
+        known = cache.records.get(sha) if sha else None
+        if known is not None and (not known["usable"] or cache.has_tensor(sha)):
+            cache.hits += 1
+            results[path] = _record(rel, sha, known)
+        else:
+            todo.append((path, stat))
+    done = len(results)
+    if on_progress is not None:
+        on_progress(done, len(files))
+    n_workers = workers if workers is not None else default_workers(len(todo))
+    for (path, stat), (sha, entry, image) in zip(todo, _decode_all([p for p, _ in todo], params, n_workers)):
+        rel = path.relative_to(data_dir).as_posix()
+        if sha:
+            cache.remember(path, stat, sha, entry)
+            if image is not None:
+                cache.put_tensor(sha, image)
+            cache.decoded += 1
+        results[path] = _record(rel, sha, entry)
+        done += 1
         if on_progress is not None:
-            on_progress(i + 1, len(files))
+            on_progress(done, len(files))
+    records = problems + [results[p] for p in files]
     _mark_duplicates(records)
-    cache.flush()
-    return ScanResult(data_dir=data_dir, records=records, cache=cache)
+    scan = ScanResult(data_dir=data_dir, records=records, cache=cache)
+    scan.flush_cache()
+    return scan
