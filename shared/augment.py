@@ -7,16 +7,19 @@ standard deviation drawn up to 0.03. ``strength`` scales every range (and the
 flip probability, capped at 0.5); 0 turns augmentation off. No vertical flips:
 an upside-down chest film is not a realistic input.
 
-Why batched and not MONAI's per-sample dictionary transforms (measured on one
-CPU thread, 64×64, batch 32, ``benchmarks/bench_training.py``): the per-sample
+Why plain batched torch and not MONAI here (measured on one CPU thread, 64×64,
+batch 32, ``benchmarks/bench_training.py``): the per-sample MONAI
 ``Compose([RandFlip, RandRotate, RandScaleIntensity, RandShiftIntensity,
-RandGaussianNoise])`` costs ~6 ms per image, 1.5× a whole training step of the
-small CNN, so it would more than halve throughput. Instead flip, rotation and
-zoom are folded into one 2×3 matrix per image and the whole batch is resampled
-by MONAI's batched ``networks.layers.AffineTransform`` in one call; intensity
-jitter and noise are fused vectorised ops. Total ≈ 4 % of a training step.
-Random numbers come from the caller's ``torch.Generator`` so training is
-reproducible by seed.
+RandGaussianNoise])`` costs ~6–7 ms per image, 1.5× a whole training step of
+the small CNN, so it would more than halve throughput. MONAI's batched
+``networks.layers.AffineTransform`` runs as fast as the code below, but
+importing it costs 4–9 s, paid by every federated message because Flower
+starts a fresh ClientApp process per message (measured: ~60 % of a site's
+import time). So flip, rotation and zoom are folded into one 2×3 matrix per
+image, the sampling grid is built by broadcasting, and the whole batch is
+resampled with a single ``F.grid_sample``; intensity jitter and noise are
+fused vectorised ops. Total ≈ 4–6 % of a training step. Random numbers come
+from the caller's ``torch.Generator`` so training is reproducible by seed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.networks.layers import AffineTransform
+import torch.nn.functional as F
 
 
 class BatchAugment:
@@ -40,12 +43,19 @@ class BatchAugment:
         if not (strength >= 0 and math.isfinite(strength)):
             raise ValueError(f"augmentation strength must be a finite number >= 0, got {strength}")
         self.strength = float(strength)
-        # Border padding repeats edge pixels instead of adding black corners the model could key on.
-        self._resample = AffineTransform(normalized=True, mode="bilinear", padding_mode="border", align_corners=False)
+        self._coords: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def enabled(self) -> bool:
         return self.strength > 0
+
+    def _base(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel-centre coordinates in [-1, 1] (align_corners=False), cached per image size."""
+        if (h, w) not in self._coords:
+            xs = ((torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1).view(1, 1, w)
+            ys = ((torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1).view(1, h, 1)
+            self._coords[(h, w)] = (xs, ys)
+        return self._coords[(h, w)]
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not self.enabled:
@@ -57,13 +67,14 @@ class BatchAugment:
         flip = torch.where(u[:, 0] < min(0.5 * s, 0.5), -1.0, 1.0)
         angle = (2 * u[:, 1] - 1) * math.radians(self.max_rotate_deg * s)
         zoom = 1.0 + (2 * u[:, 2] - 1) * (self.max_zoom * s)
-        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        # Pull-back map about the image centre, input = R(angle)/zoom · diag(flip, 1) · output,
-        # written in MONAI's (row, column) axis order: y_in = cos·y + f·sin·x, x_in = −sin·y + f·cos·x.
-        theta = torch.zeros(b, 2, 3, dtype=torch.float32)
-        theta[:, 0, 0], theta[:, 0, 1] = cos, flip * sin
-        theta[:, 1, 0], theta[:, 1, 1] = -sin, flip * cos
-        out = self._resample(x, theta.to(x.dtype))
+        cos = (torch.cos(angle) / zoom).view(b, 1, 1)
+        sin = (torch.sin(angle) / zoom).view(b, 1, 1)
+        f = flip.view(b, 1, 1)
+        # Pull-back map about the image centre: input = R(angle)/zoom · diag(flip, 1) · output.
+        xs, ys = self._base(h, w)
+        grid = torch.stack((f * cos * xs - sin * ys, f * sin * xs + cos * ys), dim=-1)
+        # Border padding repeats edge pixels instead of adding black corners the model could key on.
+        out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
         view = (b, 1, 1, 1)
         scale = (1.0 + (2 * u[:, 3] - 1) * (self.max_scale * s)).view(view).to(x.dtype)
