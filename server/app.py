@@ -1,36 +1,127 @@
-"""Minimal FedRad ServerApp (Flower Message API): proves the deployment pipeline.
-
-Why minimal: it federates a tiny linear model with ``FedAvg`` so the TLS/auth/
-proxy/process plumbing can be tested in seconds; the real model comes from
-``shared.training`` later. Heavy imports stay inside ``main`` so loading this
-module (Flower does it to find ``app``) stays cheap.
+"""FedRad ServerApp (Flower Message API): federated rounds with checkpoints and resume.
 
 Why a round loop instead of ``strategy.start()``: ``Grid.send_and_receive``
-(used by ``start``) sleeps a fixed 3 s between reply polls, which adds up to
-~3 s per message wave (two per round); :func:`send_and_receive` polls the same
-public Grid API every ``poll_s`` instead. The loop calls only the strategy's
-public ``configure_*``/``aggregate_*`` methods, so any ``flwr.serverapp.strategy``
-works, and it gives the per-round hook that checkpoints/resume will need.
+sleeps a fixed 3 s between reply polls and ``start()`` waits forever for
+``min_available_nodes``. :func:`send_and_receive` polls the same public Grid
+API every ``poll_s``, every message wave has a deadline (``round-timeout-s``)
+so a dead site cannot stall the run, and each round ends with a checkpoint
+(:mod:`server.checkpoints`) that ``resume=true`` continues from.
+
+Round policy (documented for coordinators):
+
+* before the first round of a run (or resumed run) the server waits up to
+  ``round-timeout-s`` for ``min-sites`` connected sites, then goes on with
+  whoever is connected (at least one; nobody fails the run). Later rounds do
+  not wait: they go to the sites connected at that moment, so a site that is
+  down costs no waiting, and one that reconnects joins the next round;
+* a training wave aggregates the valid replies that arrived within
+  ``round-timeout-s``; replies that are late, errors, or fail validation
+  (:mod:`server.strategies.validation`) are left out and logged; fewer than
+  ``min_replies`` valid replies (strategy parameter, default 1) fail the run
+  (the checkpoints of earlier rounds stay, so it can be resumed);
+* evaluation runs every ``evaluate-every`` rounds and after the last one, on
+  the sites' held-out patients; it never fails a round.
+
+Heavy imports stay inside ``main`` so Flower's loading of this module stays cheap.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 app = ServerApp()
 
-RoundHook = Callable[[int, ArrayRecord, MetricRecord | None, MetricRecord | None, float], None]
+
+class RunConfigError(ValueError):
+    """A run-config value the coordinator must fix; the message names the key."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The run config (``[tool.flwr.app.config]`` keys), typed and checked."""
+
+    num_server_rounds: int
+    local_epochs: int
+    min_sites: int
+    round_timeout_s: int
+    evaluate_every: int
+    seed: int
+    strategy: str
+    strategy_params: str
+    classes: list[str]
+    image_size: int
+    model: str
+    batch_size: int
+    lr: float
+    augment: float
+    run_dir: Path
+    resume: bool
+    consortium: str
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping) -> RunSettings:
+        def get(key: str, typ: type, default: object):  # noqa: ANN202
+            value = cfg.get(key, default)
+            try:
+                if typ is bool:
+                    if isinstance(value, str):
+                        return value.strip().lower() in ("1", "true", "yes")
+                    return bool(value)
+                return typ(value)
+            except (TypeError, ValueError):
+                raise RunConfigError(f"run config {key!r}: expected {typ.__name__}, got {value!r}") from None
+
+        run_dir = str(get("run-dir", str, "")).strip()
+        if not run_dir or not Path(run_dir).is_absolute():
+            raise RunConfigError(f"run config 'run-dir' must be an absolute folder on the server host, got {run_dir!r}")
+        classes = [c.strip() for c in str(get("classes", str, "")).split(",") if c.strip()]
+        s = cls(
+            num_server_rounds=get("num-server-rounds", int, 3),
+            local_epochs=get("local-epochs", int, 1),
+            min_sites=get("min-sites", int, 2),
+            round_timeout_s=get("round-timeout-s", int, 600),
+            evaluate_every=get("evaluate-every", int, 1),
+            seed=get("seed", int, 0),
+            strategy=get("strategy", str, "fedavg").strip().lower(),
+            strategy_params=get("strategy-params", str, "{}"),
+            classes=classes,
+            image_size=get("image-size", int, 64),
+            model=get("model", str, "smallcnn"),
+            batch_size=get("batch-size", int, 32),
+            lr=get("lr", float, 1e-3),
+            augment=get("augment", float, 1.0),
+            run_dir=Path(run_dir),
+            resume=get("resume", bool, False),
+            consortium=get("consortium", str, "fedrad"),
+        )
+        for key, value, low in (
+            ("num-server-rounds", s.num_server_rounds, 1), ("local-epochs", s.local_epochs, 1),
+            ("min-sites", s.min_sites, 1), ("round-timeout-s", s.round_timeout_s, 1),
+            ("evaluate-every", s.evaluate_every, 1), ("batch-size", s.batch_size, 2),
+        ):  # fmt: skip
+            if value < low:
+                raise RunConfigError(f"run config {key!r} must be at least {low}, got {value}")
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise RunConfigError(f"run config 'classes' must list at least 2 distinct names, got {classes}")
+        return s
+
+    def train_config(self) -> dict:
+        return {"local-epochs": self.local_epochs, "batch-size": self.batch_size, "lr": self.lr,
+                "augment": self.augment, "seed": self.seed}  # fmt: skip
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float, poll_s: float = 0.2) -> list[Message]:
-    """Push ``messages`` and collect replies until all arrived or ``timeout`` passed.
+    """Push ``messages`` and collect replies until all arrived or ``timeout`` passed (late ones are dropped).
 
-    Same contract as ``Grid.send_and_receive`` (late replies are dropped), with
-    a short poll interval instead of Flower's fixed 3 s.
+    Same contract as ``Grid.send_and_receive``, with a short poll interval instead of Flower's fixed 3 s.
     """
     pending = set(grid.push_messages(messages))
     replies: list[Message] = []
@@ -45,84 +136,120 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float,
     return replies
 
 
-def run_rounds(
-    strategy,  # noqa: ANN001 - any flwr.serverapp.strategy.Strategy
-    grid: Grid,
-    arrays: ArrayRecord,
-    *,
-    num_rounds: int,
-    start_round: int = 1,
-    timeout: float,
-    train_config: ConfigRecord | None = None,
-    evaluate_config: ConfigRecord | None = None,
-    evaluate_every: int = 1,
-    on_round_end: RoundHook | None = None,
-) -> ArrayRecord:
-    """Rounds ``start_round..num_rounds``: train, aggregate, evaluate, hook; return the final arrays.
+def wait_for_sites(grid: Grid, min_sites: int, timeout: float, poll_s: float = 0.5) -> int:
+    """Wait up to ``timeout`` s for ``min_sites`` connected sites; return how many there are (maybe fewer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = len(list(grid.get_node_ids()))
+        if n >= min_sites or time.monotonic() >= deadline:
+            return n
+        time.sleep(poll_s)
 
-    Federated evaluation runs every ``evaluate_every`` rounds and always after
-    the last one: on the deployment engine each evaluation is a second message
-    wave (a fresh ClientApp process per site), i.e. close to half a round.
-    """
-    for rnd in range(start_round, num_rounds + 1):
-        t0 = time.monotonic()
-        train_msgs = strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), grid)
-        replies = send_and_receive(grid, train_msgs, timeout=timeout)
-        if not any(m.has_content() for m in replies):  # nothing to aggregate: fail the run, loudly
-            raise RuntimeError(f"round {rnd}: no site returned an update within {timeout:.0f} s")
-        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        eval_metrics = None
-        if rnd % max(evaluate_every, 1) == 0 or rnd == num_rounds:
-            eval_msgs = strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(evaluate_config or {})), grid)
-            eval_metrics = strategy.aggregate_evaluate(rnd, send_and_receive(grid, eval_msgs, timeout=timeout))
-        elapsed = time.monotonic() - t0
-        print(
-            f"FEDRAD round={rnd} train_replies={len(replies)} seconds={elapsed:.2f} "
-            f"train={dict(train_metrics or {})} eval={dict(eval_metrics or {})}",
-            flush=True,
-        )
-        if on_round_end is not None:
-            on_round_end(rnd, arrays, train_metrics, eval_metrics, elapsed)
-    return arrays
+
+def _bytes(arrays: ArrayRecord) -> int:
+    return sum(len(a.data) for a in arrays.values())
+
+
+def _say(text: str) -> None:
+    print(f"FEDRAD {text}", flush=True)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run ``num-server-rounds`` FedAvg rounds over ``min-sites`` connected sites."""
+    """Run (or resume) ``num-server-rounds`` rounds; checkpoint every round into ``run-dir``."""
     import torch
-    from flwr.serverapp.strategy import FedAvg
 
+    from server.checkpoints import RunDir, RunTask
+    from server.strategies import build_strategy
+    from shared.modelfile import weights_sha256
+    from shared.models import build_model
     from shared.processes import apply_thread_limit
 
     apply_thread_limit()
-    cfg = context.run_config
-    rounds = int(cfg.get("num-server-rounds", 2))
-    min_sites = int(cfg.get("min-sites", 2))
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    model = torch.nn.Linear(8, 2)  # placeholder for shared.training.build_model
-
-    strategy = FedAvg(
-        fraction_train=1.0,
-        fraction_evaluate=1.0,
-        min_train_nodes=min_sites,
-        min_evaluate_nodes=min_sites,
-        min_available_nodes=min_sites,
+    s = RunSettings.from_run_config(context.run_config)
+    torch.manual_seed(s.seed)
+    model = build_model(s.model, len(s.classes), s.image_size)
+    strategy = build_strategy(s.strategy, s.strategy_params, model, min_sites=s.min_sites)
+    task = RunTask(s.model, s.classes, s.image_size, s.consortium, strategy.name, s.seed)
+    run = RunDir(s.run_dir)
+    point = run.prepare(task, resume=s.resume)
+    state = model.state_dict()
+    start = 1
+    if point is not None:
+        state, start = point.state_dict, point.last_round + 1
+        strategy.load_state_dict(point.strategy_state)
+        _say(f"resume from round={point.last_round} sha256={point.weights_sha256}")
+    arrays = ArrayRecord(state)
+    model_bytes = _bytes(arrays)
+    _say(
+        f"start strategy={strategy.name} bn_policy={strategy.bn_policy} rounds={start}..{s.num_server_rounds} "
+        f"model={s.model} params={sum(p.numel() for p in model.parameters())} bytes={model_bytes} run_dir={s.run_dir}"
     )
-    completed: list[int] = []
-
-    def on_round_end(rnd: int, *_: object) -> None:
-        completed.append(rnd)
-
-    run_rounds(
-        strategy,
-        grid,
-        ArrayRecord(model.state_dict()),
-        num_rounds=rounds,
-        timeout=float(cfg.get("round-timeout-s", 600)),
-        train_config=ConfigRecord({"lr": 0.1, "local-epochs": int(cfg.get("local-epochs", 1))}),
-        evaluate_every=int(cfg.get("evaluate-every", 1)),
-        on_round_end=on_round_end,
-    )
-    print(f"FEDRAD rounds_completed={len(completed)} of {rounds}", flush=True)
+    timeout = float(s.round_timeout_s)
+    for rnd in range(start, s.num_server_rounds + 1):
+        t0 = time.monotonic()
+        available = wait_for_sites(grid, s.min_sites, timeout if rnd == start else 0.0)
+        if available < 1:
+            raise RuntimeError(f"round {rnd}: no site connected within {timeout:.0f} s (round-timeout-s)")
+        if available < s.min_sites:
+            _say(f"round={rnd} warning: only {available} of min-sites={s.min_sites} connected; going on")
+        start_sha = weights_sha256(arrays.to_torch_state_dict())
+        t_wait = time.monotonic()
+        msgs = strategy.configure_train(rnd, arrays, {**s.train_config(), "server-round": rnd}, grid, available)
+        replies = send_and_receive(grid, msgs, timeout=timeout)
+        t_train = time.monotonic()
+        outcome = strategy.aggregate_train(rnd, replies)
+        missing = len(msgs) - len(replies)
+        if outcome.arrays is None:
+            reasons = "; ".join(f"node {n}: {r}" for n, r in outcome.rejected) or "none"
+            raise RuntimeError(
+                f"round {rnd}: {len(outcome.accepted)} valid update(s) from {len(msgs)} site(s) "
+                f"within {timeout:.0f} s, need {strategy.min_replies} ({missing} no reply; rejected: {reasons})"
+            )
+        arrays = outcome.arrays
+        t_agg = time.monotonic()
+        eval_out = None
+        n_eval = 0
+        if rnd % s.evaluate_every == 0 or rnd == s.num_server_rounds:
+            eval_msgs = strategy.configure_evaluate(rnd, arrays, {"seed": s.seed, "server-round": rnd}, grid, available)
+            n_eval = len(eval_msgs)
+            eval_out = strategy.aggregate_evaluate(rnd, send_and_receive(grid, eval_msgs, timeout=timeout))
+        t_eval = time.monotonic()
+        eval_metrics = eval_out.metrics if eval_out else None
+        failures = [{"node": n, "reason": r} for n, r in outcome.rejected] + (
+            [{"node": n, "reason": f"evaluate: {r}"} for n, r in eval_out.rejected] if eval_out else []
+        )
+        row = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(t_eval - t0, 3),
+            "sites_answered": len(outcome.accepted),
+            "sites_failed": len(outcome.rejected) + missing,
+            "failures": failures,
+            "train": outcome.metrics,
+            "eval": eval_metrics,
+            "start_weights_sha256": start_sha,
+            "timing": {
+                "wait_sites_s": round(t_wait - t0, 3),
+                "train_wave_s": round(t_train - t_wait, 3),
+                "aggregate_s": round(t_agg - t_train, 3),
+                "evaluate_wave_s": round(t_eval - t_agg, 3),
+            },
+            "bytes_per_site": {"down": model_bytes * (2 if n_eval else 1), "up": model_bytes, "model": model_bytes},
+        }
+        t_ck = time.monotonic()
+        auc = (eval_metrics or {}).get("auc")
+        digest = run.save_round(
+            rnd,
+            arrays.to_torch_state_dict(),
+            task=task,
+            num_server_rounds=s.num_server_rounds,
+            metrics=row,
+            strategy_state=strategy.state_dict(),
+            eval_auc=float(auc) if auc is not None else None,
+        )
+        _say(
+            f"round={rnd} sites={len(outcome.accepted)} failed={row['sites_failed']} seconds={row['seconds']:.2f} "
+            f"checkpoint_s={time.monotonic() - t_ck:.2f} sha256={digest} train={json.dumps(outcome.metrics)} "
+            f"eval={json.dumps(eval_metrics)} timing={json.dumps(row['timing'])}"
+        )
+    _say(f"rounds_completed={s.num_server_rounds - start + 1} of {s.num_server_rounds} (last round {s.num_server_rounds})")

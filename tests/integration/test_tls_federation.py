@@ -1,5 +1,8 @@
 """Real Flower 1.42 processes on 127.0.0.1: TLS, SuperNode auth, fleet-only proxy, a 2-round run.
 
+The run is the real FedRad app (``server/app.py``/``client/app.py``) on two
+tiny synthetic sites at 32×32, so the plumbing is proven with real training.
+
 One consortium is built once for the module (CA + server cert, SuperLink with
 auth and a persistent database, fleet proxy, 2 registered sites), the run is
 submitted right away, and the refusal checks run while it trains, so the
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from client.keys import generate_site_keys
 from client.supernode import flower_exit_code, start_supernode, supernode_command
@@ -25,6 +29,7 @@ from server.fleet_proxy import start_fleet_proxy
 from server.pki import ServerTls, certificate_names, init_pki
 from server.superlink import SuperLink, flwr_json, stage_app, start_superlink, submit_run, write_cli_config
 from shared.processes import ManagedProcess, ProcessId, ProcessSet, executable, free_port, is_running, run_cli
+from shared.synth import write_cohort
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -49,6 +54,7 @@ class Fed:
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
     tmp = tmp_path_factory.mktemp("fed")
+    cohort = {s.name: s.path for s in write_cohort(tmp / "cohort", n_sites=len(SITES), unseen=0, scale=0.05, seed=2)}
     tls = init_pki(tmp / "pki", "TestConsortium", "hospital-gw.example.org:9443")
     keys = {name: generate_site_keys(tmp / "keys" / name) for name in (*SITES, "rogue")}
     ps = ProcessSet(tmp / "logs")
@@ -73,20 +79,35 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
                 assert control.register(keys[name][1], name) is not None
             assert control.register(keys[SITES[0]][1], SITES[0]) is None  # idempotent: already registered
         for i, name in enumerate(SITES):
+            site_yaml = tmp / "sites" / name / "site.yaml"
+            site_yaml.parent.mkdir(parents=True, exist_ok=True)
+            site_yaml.write_text(
+                yaml.safe_dump(
+                    {
+                        "site_name": name, "server_address": f"127.0.0.1:{proxy_port}", "ca_cert": str(tls.ca_cert),
+                        "private_key": str(keys[name][0]), "data": str(cohort[f"site-{i + 1}"] / "dicom"),
+                        "labels": str(cohort[f"site-{i + 1}"] / "labels.csv"), "classes": ["normal", "nodule"],
+                        "image_size": 32, "work_dir": str(tmp / "sites" / name / "work"),
+                    }  # fmt: skip
+                )
+            )
             f.supernodes[name] = start_supernode(
                 ps,
                 name,
                 superlink=f"127.0.0.1:{proxy_port}",  # through the proxy, as a hospital would
                 ca_cert=tls.ca_cert,
                 private_key=keys[name][0],
-                node_config={"seed": i + 1, "site-name": name},
+                node_config={"site-config": str(site_yaml), "site-name": name},
                 work_dir=tmp / "sites" / name,
                 runtime_port=free_port(),
             )
         app_dir = stage_app(
             tmp / "app",
             REPO,
-            config_defaults={"min-sites": len(SITES), "round-timeout-s": 90, "evaluate-every": ROUNDS},
+            config_defaults={
+                "min-sites": len(SITES), "round-timeout-s": 180, "evaluate-every": ROUNDS, "image-size": 32,
+                "classes": "normal,nodule", "strategy": "fedavg", "batch-size": 16, "run-dir": str(tmp / "run"),
+            },  # fmt: skip
         )
         f.t_submit = time.monotonic()
         f.run_id = submit_run(link, app_dir, {"num-server-rounds": ROUNDS})
@@ -219,9 +240,10 @@ def test_plaintext_client_is_refused(fed: Fed) -> None:
     assert "SuperNode ID" not in plain.log_text()
 
 
+@pytest.mark.timeout(240)  # real training: each message is a fresh process importing torch (20-60 s a round under load)
 def test_two_sites_complete_two_rounds(fed: Fed) -> None:
     with fed.link.control() as control:
-        info = control.wait_for_run(fed.run_id, timeout=110, poll=1)
+        info = control.wait_for_run(fed.run_id, timeout=220, poll=1)
         elapsed = time.monotonic() - fed.t_submit
         assert info["status"] == "finished:completed", info
         nodes = {n.name: n.status for n in control.nodes()}
@@ -237,6 +259,7 @@ def test_two_sites_complete_two_rounds(fed: Fed) -> None:
         timeout=60,
     )
     assert f"FEDRAD rounds_completed={ROUNDS} of {ROUNDS}" in res.stdout, res.stdout[-3000:]
+    assert (fed.tmp / "run" / f"round-{ROUNDS:04d}.pt").is_file()
     rounds = re.findall(r"FEDRAD round=(\d+) .*?seconds=([\d.]+)", res.stdout)
     print(
         f"\nrun {fed.run_id}: submit->finished {elapsed:.1f} s, round seconds {[float(s) for _, s in rounds]}, "

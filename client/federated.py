@@ -1,0 +1,218 @@
+"""What a site does with one federated message: train or evaluate the global model on local data.
+
+Testable without Flower: the ClientApp (:mod:`client.app`) only converts
+messages to the plain arguments here and back. Flower starts a fresh process
+per message, so nothing survives in memory between rounds: the data comes
+from the site's on-disk tensor cache (``load_site_dataset``; fast after the
+first decode) and FedBN's local normalisation tensors from the site's work dir.
+
+Held-out evaluation: each site splits its cases once per run, by patient
+(``shared.splits.stratified_group_split``, seeded by the run's ``seed``, the
+same split every round) into a training part (1 − ``EVAL_FRACTION``) and a
+held-out part. Training never sees the held-out patients; federated
+evaluation reports on them only. A site too small for a patient split (fewer
+than 2 patients) trains on everything and evaluates on its training data,
+flagged with ``held-out = 0``.
+
+Only aggregate numbers ever leave the site: example counts, mean loss,
+accuracy, AUC and timings — no per-case values, keys or paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping
+from shared.dataset import SiteDataset
+from shared.models import build_model, norm_layer_names
+from shared.training import TrainConfig, evaluate, train_model
+
+EVAL_FRACTION = 0.2
+LOCAL_NORM_KEEP = 2  # rounds of FedBN state kept per site (the newest is used)
+
+
+@dataclass(frozen=True)
+class Task:
+    """The consortium's task from the run config."""
+
+    model: str
+    classes: list[str]
+    image_size: int
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping) -> Task:
+        classes = [c.strip() for c in str(run_config.get("classes", "")).split(",") if c.strip()]
+        return cls(str(run_config.get("model", "smallcnn")), classes, int(run_config.get("image-size", 64)))
+
+
+@dataclass
+class SiteData:
+    """A site's cases split for federated training and held-out evaluation."""
+
+    train: SiteDataset
+    held_out: SiteDataset
+    has_held_out: bool
+    load_s: float
+    site_name: str
+    work_dir: Path
+
+
+def _site_work_dir(site_config: Path, values: Mapping) -> Path:
+    """``work_dir`` of site.yaml (relative to its folder), default ``work/`` beside it (as ``fedrad-site start``)."""
+    base = Path(site_config).resolve().parent
+    raw = values.get("work_dir")
+    return (base / raw) if raw else base / "work"
+
+
+def load_site_data(site_config: Path, task: Task, seed: int, site_name: str | None = None) -> SiteData:
+    """Load and split the site's data for ``task``; a mismatch with the task is a ConfigError."""
+    from client.site_options import site_data_config
+    from shared.site_data import load_site_dataset
+    from shared.splits import stratified_group_split
+
+    t0 = time.perf_counter()
+    site_config = Path(site_config)
+    cfg: SiteDataConfig = site_data_config(config=site_config)
+    if list(cfg.classes) != list(task.classes):
+        raise ConfigError(
+            f"{site_config}: classes {cfg.classes} differ from the consortium's {task.classes}; "
+            "set 'classes' in site.yaml to the task's list, in the same order"
+        )
+    if cfg.image_size != task.image_size:
+        cfg.image_size = task.image_size  # the model needs the task's size; the cache is keyed by it
+    data, _check = load_site_dataset(cfg)
+    if len(data) < 2 or len(set(data.labels.tolist())) < 2:
+        raise ConfigError(
+            f"{site_config}: {len(data)} usable labelled images in {len(set(data.labels.tolist()))} class(es); "
+            "federated training needs at least 2 images of 2 classes (run `fedrad-site check`)"
+        )
+    values = load_yaml_mapping(site_config)
+    try:
+        tr, ho = stratified_group_split(data.labels.tolist(), data.groups, EVAL_FRACTION, seed)
+        train, held, has_held = data.subset(tr.tolist()), data.subset(ho.tolist()), True
+        if len(train) < 2:
+            raise ValueError("training part too small")
+    except ValueError:
+        train, held, has_held = data, data, False
+    return SiteData(
+        train=train,
+        held_out=held,
+        has_held_out=has_held,
+        load_s=time.perf_counter() - t0,
+        site_name=str(site_name or values.get("site_name") or "site"),
+        work_dir=_site_work_dir(site_config, values),
+    )
+
+
+class LocalNormStore:
+    """FedBN: this site's normalisation-layer tensors between rounds, one file per round.
+
+    Keyed by the run folder on the server (not Flower's run id), so a resumed
+    run finds the state of the run it continues. Round ``r`` uses the newest
+    state saved for a round before ``r``; a re-run of a round after a server
+    crash therefore never sees its own earlier attempt.
+    """
+
+    def __init__(self, work_dir: Path, run_key: str, site_name: str) -> None:
+        self.dir = Path(work_dir) / "fedbn" / run_key / site_name
+
+    @staticmethod
+    def run_key(consortium: str, run_dir: str) -> str:
+        return hashlib.sha256(f"{consortium}\0{run_dir}".encode()).hexdigest()[:16]
+
+    def _path(self, rnd: int) -> Path:
+        return self.dir / f"norm-round-{rnd:04d}.pt"
+
+    def load_before(self, rnd: int) -> dict[str, torch.Tensor] | None:
+        rounds = sorted(int(p.stem.rsplit("-", 1)[1]) for p in self.dir.glob("norm-round-*.pt")) if self.dir.exists() else []
+        earlier = [r for r in rounds if r < rnd]
+        if not earlier:
+            return None
+        return torch.load(self._path(earlier[-1]), map_location="cpu", weights_only=True)
+
+    def save(self, rnd: int, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(rnd).with_suffix(".tmp")
+        torch.save({k: v.detach().cpu().clone() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, self._path(rnd))
+        for old in sorted(self.dir.glob("norm-round-*.pt"))[:-LOCAL_NORM_KEEP]:
+            old.unlink(missing_ok=True)
+
+
+def global_model(task: Task, state: Mapping[str, torch.Tensor], local_norm: Mapping[str, torch.Tensor] | None):  # noqa: ANN201
+    """Build the task's model with the global weights; with ``local_norm`` (FedBN) the site's own norm tensors win."""
+    model = build_model(task.model, len(task.classes), task.image_size)
+    weights = dict(state)
+    if local_norm:
+        norm = norm_layer_names(model)
+        weights.update({k: v for k, v in local_norm.items() if k in norm})
+    model.load_state_dict(weights)
+    return model
+
+
+def norm_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's normalisation-layer tensors (what FedBN keeps at the site)."""
+    keys = norm_layer_names(model)
+    return {k: v for k, v in model.state_dict().items() if k in keys}
+
+
+def train_config(config: Mapping) -> TrainConfig:
+    """TrainConfig for one round: ``seed + server-round`` so every round shuffles differently."""
+    return TrainConfig(
+        epochs=int(config.get("local-epochs", 1)),
+        batch_size=int(config.get("batch-size", 32)),
+        lr=float(config.get("lr", 1e-3)),
+        augment=float(config.get("augment", 1.0)),
+        seed=int(config.get("seed", 0)) + int(config.get("server-round", 0)),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )
+
+
+def train_round(
+    task: Task, state: Mapping[str, torch.Tensor], data: SiteData, config: Mapping, store: LocalNormStore | None
+) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
+    """Train the global weights locally; return (new state dict, aggregate metrics)."""
+    rnd = int(config.get("server-round", 0))
+    keep_local = bool(config.get("keep-local-norm", False)) and store is not None
+    model = global_model(task, state, store.load_before(rnd) if keep_local else None)
+    t0 = time.perf_counter()
+    history = train_model(model, data.train, train_config(config))
+    train_s = time.perf_counter() - t0
+    if keep_local:
+        store.save(rnd, norm_state(model))
+    last = history[-1]
+    metrics = {
+        "num-examples": len(data.train),
+        "train-loss": float(last["loss"]),
+        "train-acc": float(last["train_acc"]),
+        "load-s": data.load_s,
+        "train-s": train_s,
+    }
+    return {k: v.detach() for k, v in model.state_dict().items()}, metrics
+
+
+def evaluate_round(
+    task: Task, state: Mapping[str, torch.Tensor], data: SiteData, config: Mapping, store: LocalNormStore | None
+) -> dict[str, float | int]:
+    """Aggregate figures of the global model (FedBN: with this site's norm layers) on the held-out part."""
+    rnd = int(config.get("server-round", 0))
+    keep_local = bool(config.get("keep-local-norm", False)) and store is not None
+    model = global_model(task, state, store.load_before(rnd + 1) if keep_local else None)
+    result = evaluate(model, data.held_out)
+    auc = result["val_auc"]
+    return {
+        "num-examples": len(data.held_out),
+        "loss": float(result["val_loss"]),
+        "accuracy": float(result["val_acc"]),
+        "auc": float(auc) if auc is not None else 0.0,
+        "auc-examples": len(data.held_out) if auc is not None else 0,
+        "held-out": int(data.has_held_out),
+        "load-s": data.load_s,
+    }

@@ -1,0 +1,189 @@
+"""FedRadStrategy: a Flower strategy plus reply validation, the BN policy and resumable state.
+
+The ServerApp's round loop calls only this wrapper. It hands the Flower
+strategy nothing but validated replies (with the keys the BN policy handles
+itself taken out), casts the aggregate back to the model's dtypes (Flower's
+aggregators return float64 for integer counters and FedAdam can return
+float64 weights), and refuses a non-finite aggregate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from server.strategies.bn_policy import NormKeys, held_out_keys, merge_held
+from server.strategies.validation import (
+    ARRAYS_KEY,
+    METRICS_KEY,
+    WEIGHT_KEY,
+    ArraySpec,
+    validate_eval_reply,
+    validate_train_reply,
+)
+
+log = logging.getLogger("fedrad.strategy")
+STATEFUL_ATTRS = ("m_t", "v_t")  # FedOpt family (FedAdam, FedYogi): server optimizer moments
+
+
+@dataclass
+class TrainOutcome:
+    """What one training wave produced."""
+
+    arrays: ArrayRecord | None  # None: too few valid replies, the global model is unchanged
+    metrics: dict = field(default_factory=dict)
+    accepted: list[int] = field(default_factory=list)  # node ids
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (node id, reason)
+
+
+@dataclass
+class EvalOutcome:
+    metrics: dict | None
+    accepted: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+class FedRadStrategy:
+    """A ``flwr.serverapp.strategy`` strategy made safe for FedRad's round loop."""
+
+    def __init__(
+        self,
+        name: str,
+        inner,  # noqa: ANN001 - any flwr.serverapp.strategy.Strategy
+        *,
+        bn_policy: str,
+        template: Mapping[str, ArraySpec],
+        norm_keys: NormKeys,
+        min_replies: int = 1,
+    ) -> None:
+        self.name = name
+        self.inner = inner
+        self.bn_policy = bn_policy
+        self.template = dict(template)
+        self.norm_keys = norm_keys
+        self.held = held_out_keys(bn_policy, norm_keys)
+        self.min_replies = max(1, int(min_replies))
+
+    @property
+    def keep_local_norm(self) -> bool:
+        return self.bn_policy == "local"
+
+    # ------------------------------------------------------------ configure
+    def _set_available(self, available: int) -> None:
+        """Let Flower sample exactly the connected sites (its own wait has no timeout)."""
+        n = max(1, int(available))
+        for attr in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
+            if hasattr(self.inner, attr):
+                setattr(self.inner, attr, n)
+
+    def configure_train(self, rnd: int, arrays: ArrayRecord, config: Mapping, grid, available: int) -> list[Message]:  # noqa: ANN001
+        self._set_available(available)
+        cfg = ConfigRecord({**dict(config), "proximal-mu": 0.0, "keep-local-norm": self.keep_local_norm, "strategy": self.name})
+        msgs = list(self.inner.configure_train(rnd, arrays, cfg, grid))  # FedProx overwrites proximal-mu
+        current = getattr(self.inner, "current_arrays", None)
+        if isinstance(current, dict):  # FedOpt remembers what it sent; it only ever sees the non-held keys
+            self.inner.current_arrays = {k: v for k, v in current.items() if k not in self.held}
+        return msgs
+
+    def configure_evaluate(self, rnd: int, arrays: ArrayRecord, config: Mapping, grid, available: int) -> list[Message]:  # noqa: ANN001
+        self._set_available(available)
+        cfg = ConfigRecord({**dict(config), "keep-local-norm": self.keep_local_norm, "strategy": self.name})
+        return list(self.inner.configure_evaluate(rnd, arrays, cfg, grid))
+
+    # ------------------------------------------------------------ aggregate
+    def aggregate_train(self, rnd: int, replies: Iterable[Message]) -> TrainOutcome:
+        """Validate, aggregate with the Flower strategy, merge the BN-policy keys, cast to the model dtypes."""
+        out = TrainOutcome(arrays=None)
+        clean: list[Message] = []
+        held: list[dict[str, np.ndarray]] = []
+        weights: list[float] = []
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            if msg.has_error():
+                out.rejected.append((node, f"site error: {msg.error.reason}"))
+                continue
+            if not msg.has_content():
+                out.rejected.append((node, "empty reply"))
+                continue
+            metrics, problem = validate_train_reply(msg.content, self.template)
+            if problem:
+                out.rejected.append((node, problem))
+                continue
+            record = msg.content[ARRAYS_KEY]
+            held.append({k: record[k].numpy() for k in self.held})
+            kept = ArrayRecord({k: record[k] for k in self.template if k not in self.held})
+            content = RecordDict({ARRAYS_KEY: kept, METRICS_KEY: MetricRecord(metrics)})
+            clean.append(Message(content=content, metadata=msg.metadata))
+            weights.append(float(metrics[WEIGHT_KEY]))
+            out.accepted.append(node)
+        for node, reason in out.rejected:
+            log.warning("round %d: reply from node %d rejected: %s", rnd, node, reason)
+        if len(clean) < self.min_replies:
+            return out
+        _same_keys(clean)
+        arrays, metrics = self.inner.aggregate_train(rnd, clean)
+        if arrays is None:
+            return out
+        merged = {k: arrays[k].numpy() for k in arrays.keys()}
+        merged.update(merge_held(held, weights, self.norm_keys))
+        final: dict[str, Array] = {}
+        for key, spec in self.template.items():
+            value = np.array(merged[key], dtype=spec.dtype, order="C")  # (ascontiguousarray makes 0-d 1-d)
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise ArithmeticError(f"round {rnd}: strategy {self.name} produced NaN/Inf in {key!r}")
+            final[key] = Array(value)
+        out.arrays = ArrayRecord(final)
+        out.metrics = dict(metrics or {})
+        return out
+
+    def aggregate_evaluate(self, rnd: int, replies: Iterable[Message]) -> EvalOutcome:
+        out = EvalOutcome(metrics=None)
+        clean: list[Message] = []
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            if msg.has_error():
+                out.rejected.append((node, f"site error: {msg.error.reason}"))
+                continue
+            if not msg.has_content():
+                out.rejected.append((node, "empty reply"))
+                continue
+            metrics, problem = validate_eval_reply(msg.content)
+            if problem:
+                out.rejected.append((node, problem))
+                continue
+            clean.append(Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), metadata=msg.metadata))
+            out.accepted.append(node)
+        for node, reason in out.rejected:
+            log.warning("round %d: evaluation from node %d rejected: %s", rnd, node, reason)
+        if clean:
+            _same_keys(clean)
+            out.metrics = dict(self.inner.aggregate_evaluate(rnd, clean) or {})
+        return out
+
+    # ------------------------------------------------------------ resumable state
+    def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
+        """Server-side optimizer state to checkpoint (empty for stateless strategies)."""
+        return {
+            attr: {k: np.asarray(v) for k, v in value.items()}
+            for attr in STATEFUL_ATTRS
+            if isinstance(value := getattr(self.inner, attr, None), dict) and value
+        }
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        """Restore what :meth:`state_dict` returned (a resumed run continues the same optimizer)."""
+        for attr, value in state.items():
+            if attr not in STATEFUL_ATTRS or not hasattr(self.inner, attr):
+                raise ValueError(f"strategy {self.name!r} has no state {attr!r}; the run folder was made by another strategy")
+            setattr(self.inner, attr, {k: np.asarray(v) for k, v in value.items()})
+
+
+def _same_keys(messages: list[Message]) -> None:
+    """Give every reply the metric keys all of them have (Flower refuses differing key sets)."""
+    common = set.intersection(*(set(m.content[METRICS_KEY].keys()) for m in messages))
+    for m in messages:
+        record = m.content[METRICS_KEY]
+        m.content[METRICS_KEY] = MetricRecord({k: record[k] for k in record.keys() if k in common})

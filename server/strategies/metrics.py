@@ -1,0 +1,38 @@
+"""How sites' aggregate metrics become one round figure (passed to every Flower strategy).
+
+Flower's default weighted mean would average timings and drop the example
+count; and an AUC is undefined at a site whose held-out part lacks a class.
+Rules: ``num-examples`` and ``auc-examples`` are summed; ``*-s`` timings take
+the max (the slowest site sets the round's pace); ``auc`` is weighted by
+``auc-examples`` (sites where it is undefined send 0 and do not count, and it is
+left out when no site could compute it); everything else is weighted by
+``num-examples``. ``sites`` counts the replies that were aggregated.
+"""
+
+from __future__ import annotations
+
+from flwr.app import MetricRecord, RecordDict
+
+SUMMED = ("num-examples", "auc-examples")
+
+
+def aggregate_metrics(records: list[RecordDict], weight_key: str = "num-examples") -> MetricRecord:
+    """Combine the single MetricRecord of each reply (see module docstring)."""
+    rows = [dict(next(iter(r.metric_records.values()))) for r in records]
+    out = MetricRecord()
+    if not rows:
+        return out
+    keys = [k for k in rows[0] if all(k in r for r in rows)]
+    for key in keys:
+        values = [float(r[key]) for r in rows]
+        if key in SUMMED:
+            out[key] = int(sum(values))
+        elif key.endswith("-s"):
+            out[key] = max(values)
+        else:
+            wkey = "auc-examples" if key == "auc" else weight_key
+            weights = [float(r.get(wkey, 0)) for r in rows]
+            if sum(weights) > 0:
+                out[key] = sum(v * w for v, w in zip(values, weights)) / sum(weights)
+    out["sites"] = len(rows)
+    return out

@@ -1,0 +1,107 @@
+"""Check every site reply before it can touch the global model.
+
+A reply that is malformed (wrong array names, shapes or dtypes), numerically
+broken (NaN/Inf) or missing its example count is rejected with a reason that
+the server logs and records in ``metrics.jsonl``; the round continues with the
+other sites. Metric records are reduced to a fixed list of known aggregate
+keys, so nothing unexpected a site sends (by mistake) is aggregated or stored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+ARRAYS_KEY = "arrays"
+METRICS_KEY = "metrics"
+WEIGHT_KEY = "num-examples"
+TRAIN_REQUIRED = ("num-examples", "train-loss", "train-acc")
+TRAIN_OPTIONAL = ("load-s", "train-s", "startup-s", "import-s", "handler-s")
+EVAL_REQUIRED = ("num-examples", "loss", "accuracy", "auc", "auc-examples")
+EVAL_OPTIONAL = ("held-out", "load-s", "startup-s", "import-s", "handler-s")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Expected name, shape and dtype of one model tensor."""
+
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name, as Flower's Array reports it ("float32", "int64")
+
+
+def template_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, ArraySpec]:
+    """The reply template of a model: every state-dict key with its shape and numpy dtype."""
+    return {
+        k: ArraySpec(tuple(v.shape), str(v.detach().cpu().numpy().dtype)) for k, v in state_dict.items()
+    }
+
+
+def _one(content: RecordDict, kind: str, key: str) -> str | None:
+    records = content.array_records if kind == "ArrayRecord" else content.metric_records
+    if len(records) != 1 or key not in records:
+        return f"expected exactly one {kind} named {key!r}, got {sorted(records)}"
+    return None
+
+
+def check_arrays(record: ArrayRecord, template: Mapping[str, ArraySpec]) -> str | None:
+    """First problem of ``record`` against ``template`` in words, or None."""
+    names = set(record.keys())
+    missing, extra = sorted(set(template) - names), sorted(names - set(template))
+    if missing or extra:
+        return f"array names differ from the model: missing {missing[:5]}, unexpected {extra[:5]}"
+    for key, spec in template.items():
+        arr = record[key]
+        if tuple(arr.shape) != spec.shape:
+            return f"array {key!r} has shape {list(arr.shape)}, the model needs {list(spec.shape)}"
+        if str(arr.dtype) != spec.dtype:
+            return f"array {key!r} has dtype {arr.dtype}, the model needs {spec.dtype}"
+    for key in template:
+        values = record[key].numpy()
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            return f"array {key!r} holds NaN or Inf"
+    return None
+
+
+def clean_metrics(record: MetricRecord, required: Iterable[str], optional: Iterable[str]) -> tuple[dict, str | None]:
+    """Keep only known keys; every required key must be a finite number and the weight > 0."""
+    out: dict[str, float | int] = {}
+    for key in required:
+        if key not in record:
+            return {}, f"metric {key!r} is missing"
+    for key in (*required, *optional):
+        if key not in record:
+            continue
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return {}, f"metric {key!r} must be a finite number, got {value!r}"
+        out[key] = value
+    if not out[WEIGHT_KEY] > 0:
+        return {}, f"metric {WEIGHT_KEY!r} must be positive, got {out[WEIGHT_KEY]!r}"
+    return out, None
+
+
+def validate_train_reply(content: RecordDict, template: Mapping[str, ArraySpec]) -> tuple[dict, str | None]:
+    """Return (clean metrics, None) for a usable training reply, or ({}, reason)."""
+    problem = _one(content, "ArrayRecord", ARRAYS_KEY) or _one(content, "MetricRecord", METRICS_KEY)
+    if problem:
+        return {}, problem
+    problem = check_arrays(content[ARRAYS_KEY], template)
+    if problem:
+        return {}, problem
+    return clean_metrics(content[METRICS_KEY], TRAIN_REQUIRED, TRAIN_OPTIONAL)
+
+
+def validate_eval_reply(content: RecordDict) -> tuple[dict, str | None]:
+    """Return (clean metrics, None) for a usable evaluation reply, or ({}, reason)."""
+    problem = _one(content, "MetricRecord", METRICS_KEY)
+    if problem:
+        return {}, problem
+    metrics, problem = clean_metrics(content[METRICS_KEY], EVAL_REQUIRED, EVAL_OPTIONAL)
+    if problem is None and not (0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["accuracy"] <= 1.0):
+        return {}, "metrics 'auc' and 'accuracy' must lie in [0, 1]"
+    return metrics, problem

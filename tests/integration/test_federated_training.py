@@ -1,0 +1,169 @@
+"""The real FedRad apps over real Flower processes: TLS, SuperNode auth, fleet proxy, 2 sites.
+
+Sites are synthetic DICOM exports (``shared.synth``) described by a full
+site.yaml each, trained with the real ClientApp (SmallCNN at 32×32). One
+consortium is started for the module; two runs are submitted one after the
+other on the same run folder:
+
+1. a 1-round FedAdam run: checkpoints, metrics, model file = the round's hash;
+2. ``resume=true`` with ``num-server-rounds=2``: only round 2 runs, it starts
+   from exactly round 1's saved weights (and FedAdam's saved moments), and the
+   folder ends up with a 2-round federation's files.
+
+Each message wave costs a fresh ``flwr-clientapp`` process per site (~10 s on
+a quiet 2-core box, 20-40 s under load), so the file keeps to 2 rounds in all;
+``test_tls_federation.py`` runs a single 2-round run of the same apps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from client.keys import generate_site_keys
+from client.supernode import start_supernode
+from server.checkpoints import read_metrics
+from server.fleet_proxy import start_fleet_proxy
+from server.pki import init_pki
+from server.superlink import SuperLink, stage_app, start_superlink, submit_run
+from shared.modelfile import load_model_file
+from shared.processes import ManagedProcess, ProcessId, ProcessSet, free_port, is_running
+from shared.synth import write_cohort
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # ~70-110 s per test on a quiet box; 2-3x under load
+
+REPO = Path(__file__).resolve().parents[2]
+SITES = ("site-1", "site-2")
+RUN_CONFIG = {
+    "min-sites": 2, "round-timeout-s": 180, "evaluate-every": 1, "seed": 3, "strategy": "fedadam",
+    "strategy-params": '{"eta": 0.01}', "classes": "normal,nodule", "image-size": 32, "model": "smallcnn",
+    "batch-size": 16, "lr": 0.001, "augment": 0.5, "local-epochs": 1, "consortium": "TestConsortium",
+}  # fmt: skip
+
+
+def write_site_yaml(path: Path, *, site: Path, name: str, server: str, ca_cert: Path, key: Path, image_size: int) -> Path:
+    """A full site.yaml (data keys + credentials), as a hospital would have it."""
+    doc = {
+        "site_name": name, "server_address": server, "ca_cert": str(ca_cert), "private_key": str(key),
+        "data": str(site / "dicom"), "labels": str(site / "labels.csv"), "classes": ["normal", "nodule"],
+        "image_size": image_size, "cache_dir": str(path.parent / "cache"), "work_dir": str(path.parent / "work"),
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@dataclass
+class Fed:
+    tmp: Path
+    link: SuperLink
+    app_dir: Path
+    run_dir: Path
+    supernodes: dict[str, ManagedProcess] = field(default_factory=dict)
+    runs: dict[str, dict] = field(default_factory=dict)
+
+
+def _run(fed: Fed, label: str, config: dict, timeout: float) -> dict:
+    t0 = time.monotonic()
+    run_id = submit_run(fed.link, fed.app_dir, config)
+    with fed.link.control() as control:
+        info = control.wait_for_run(run_id, timeout=timeout, poll=0.5)
+    info["wall-s"] = time.monotonic() - t0
+    fed.runs[label] = info
+    return info
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
+    tmp = tmp_path_factory.mktemp("fedtrain")
+    cohort = {s.name: s.path for s in write_cohort(tmp / "cohort", n_sites=2, unseen=0, scale=0.08, seed=1)}
+    tls = init_pki(tmp / "pki", "TestConsortium", "127.0.0.1:9443")
+    ps = ProcessSet(tmp / "logs")
+    started: set[ProcessId] = set()
+    try:
+        link = start_superlink(ps, tls=tls, port=free_port(), database=tmp / "state" / "sl.db", flwr_home=tmp / "server-home")
+        proxy = f"127.0.0.1:{free_port()}"
+        start_fleet_proxy(ps, listen=proxy, upstream=link.address, certfile=tls.server_cert, keyfile=tls.server_key,
+                          ca_certfile=tls.ca_cert, cwd=REPO)  # fmt: skip
+        run_dir = tmp / "runs" / "r1"
+        f = Fed(tmp=tmp, link=link, app_dir=stage_app(tmp / "app", REPO, {**RUN_CONFIG, "run-dir": str(run_dir)}), run_dir=run_dir)
+        with link.control() as control:
+            for name in SITES:
+                key, pub = generate_site_keys(tmp / "sites" / name / "keys")
+                control.register(pub, name)
+                site_yaml = write_site_yaml(
+                    tmp / "sites" / name / "site.yaml", site=cohort[name], name=name, server=proxy,
+                    ca_cert=tls.ca_cert, key=key, image_size=32,
+                )  # fmt: skip
+                f.supernodes[name] = start_supernode(
+                    ps, name, superlink=proxy, ca_cert=tls.ca_cert, private_key=key,
+                    node_config={"site-config": str(site_yaml), "site-name": name},
+                    work_dir=tmp / "sites" / name / "work", runtime_port=free_port(),
+                )  # fmt: skip
+        yield f
+    finally:
+        started |= ps.all_procs()
+        ps.stop_all()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(is_running(p) for p in started):
+        time.sleep(0.1)
+    assert not [p for p in started if is_running(p)], "processes left behind"
+
+
+def test_one_round_writes_checkpoints(fed: Fed) -> None:
+    info = _run(fed, "first", {"num-server-rounds": 1}, timeout=200)
+    assert info["status"] == "finished:completed", info
+    files = {p.name for p in fed.run_dir.iterdir()}
+    assert {"round-0001.pt", "latest.pt", "metrics.jsonl", "state.json", "strategy-state.pt"} <= files
+    rows = read_metrics(fed.run_dir)
+    assert [r["round"] for r in rows] == [1]
+    r = rows[0]
+    assert r["sites_answered"] == 2 and r["sites_failed"] == 0 and r["strategy"] == "fedadam"
+    assert r["train"]["num-examples"] > 0 and 0.0 <= r["train"]["train-acc"] <= 1.0
+    assert r["eval"]["num-examples"] > 0  # the last round is always evaluated
+    model = load_model_file(fed.run_dir / "round-0001.pt")
+    assert model.weights_sha256 == r["weights_sha256"] == load_model_file(fed.run_dir / "latest.pt").weights_sha256
+    assert model.provenance["kind"] == "federated" and model.provenance["rounds"] == 1
+    assert model.provenance["trained_by"] == "TestConsortium" and model.preprocess.image_size == 32
+    if "auc" in r["eval"]:
+        assert load_model_file(fed.run_dir / "best.pt").weights_sha256 == r["weights_sha256"]
+    state = json.loads((fed.run_dir / "state.json").read_text())
+    assert state["last_round"] == 1 and state["weights_sha256"] == r["weights_sha256"]
+    _report("first run (round 1)", info, r, sum(p.numel() for p in model.model.parameters()))
+
+
+def test_resume_continues_from_the_saved_round(fed: Fed) -> None:
+    if "first" not in fed.runs or fed.runs["first"]["status"] != "finished:completed":
+        pytest.skip("needs the first run")
+    before = read_metrics(fed.run_dir)
+    info = _run(fed, "resume", {"num-server-rounds": 2, "resume": True}, timeout=200)
+    assert info["status"] == "finished:completed", info
+    rows = read_metrics(fed.run_dir)
+    assert [r["round"] for r in rows] == [1, 2] and rows[:1] == before  # only round 2 ran
+    assert {"round-0001.pt", "round-0002.pt", "metrics.jsonl"} <= {p.name for p in fed.run_dir.iterdir()}
+    saved = load_model_file(fed.run_dir / "round-0001.pt").weights_sha256
+    assert rows[1]["start_weights_sha256"] == saved  # round 2 started from exactly round 1's weights
+    last = load_model_file(fed.run_dir / "latest.pt")
+    assert last.provenance["rounds"] == 2 and last.weights_sha256 == rows[1]["weights_sha256"]
+    assert json.loads((fed.run_dir / "state.json").read_text())["last_round"] == 2
+    for name in SITES:  # one training and one evaluation message per run
+        log = fed.supernodes[name].log_text()
+        assert log.count("Receiving: train message") == 2, name
+        assert log.count("Receiving: evaluate message") == 2, name
+    _report("resumed run (round 2)", info, rows[1], None)
+
+
+def _report(label: str, info: dict, r: dict, params: int | None) -> None:
+    t = r["train"]
+    print(
+        f"\n{label}: submit->finished {info['wall-s']:.1f} s; round {r['seconds']} s {r['timing']}; "
+        f"slowest site startup/import/load/train/handler {t.get('startup-s', 0):.2f}/{t.get('import-s', 0):.2f}/{t.get('load-s', 0):.2f}/"
+        f"{t.get('train-s', 0):.2f}/{t.get('handler-s', 0):.2f} s; bytes per site {r['bytes_per_site']}; "
+        f"run bytes sent/recv {info['bytes-sent']}/{info['bytes-recv']}" + (f"; smallcnn {params} params" if params else "")
+    )
