@@ -144,6 +144,41 @@ def synth(
         out.print(table)
 
 
+@app.command()
+@handle_errors
+def keygen(
+    directory: Path = typer.Argument(..., help="Folder for site.key (private, stays here) and site.pub (send to the coordinator)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing key (key rotation: re-enroll the new site.pub)."),
+) -> None:
+    """Make this site's identity key pair; print the fingerprint to confirm with the coordinator."""
+    from client.keys import SiteKeyError, fingerprint, generate_site_keys
+    from shared.config import ConfigError
+
+    try:
+        priv, pub = generate_site_keys(directory, overwrite=overwrite)
+    except SiteKeyError as exc:
+        raise ConfigError(str(exc)) from None
+    out.print(f"private key: {priv} (mode 0600; never send it anywhere, back it up like a password)")
+    out.print(f"public key:  {pub} (send this file to the coordinator)")
+    out.print(f"fingerprint: [bold]{fingerprint(pub)}[/] (read it to the coordinator by phone)")
+
+
+@app.command()
+@handle_errors
+def start(
+    config: Path = typer.Option(..., "--config", "-c", help="site.yaml: data settings plus the bundle's credentials."),
+    skip_check: bool = typer.Option(False, "--skip-check", help="Do not re-check the data before joining."),
+) -> None:
+    """Check the data, then join the consortium and train when the server asks (runs until stopped)."""
+    from client.site_start import SiteStartError, run_site
+
+    try:
+        run_site(config, console=out, skip_check=skip_check)
+    except SiteStartError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NO) from None
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,6 +1,8 @@
 """Build a validated :class:`SiteDataConfig` from ``--config site.yaml`` and/or command-line flags.
 
-Flags override the file. Relative paths in site.yaml are relative to the file's
+Flags override the file. A full site.yaml (with the consortium credentials of
+:class:`client.site_config.SiteFileConfig`) is accepted and validated as a
+whole; only its data part is returned. Relative paths in site.yaml are relative to the file's
 folder, so a site bundle can be moved as a whole.
 """
 
@@ -11,6 +13,8 @@ from pathlib import Path
 from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping, parse_model
 
 SITE_YAML_DATA_KEYS = set(SiteDataConfig.model_fields)
+# Credential keys of a full site.yaml (client.site_config.SiteFileConfig); kept in sync by a test.
+SITE_ONLY_KEYS = frozenset({"site_name", "server_address", "ca_cert", "private_key", "work_dir"})
 
 
 def site_data_config(
@@ -40,6 +44,11 @@ def site_data_config(
     for required, flag in (("data", "--data"), ("labels", "--labels")):
         if required not in values:
             raise ConfigError(f"no {required} folder/file given: pass {flag} or set '{required}' in site.yaml (--config)")
+    if SITE_ONLY_KEYS & set(values):  # a full site.yaml (fedrad-site start): validate all of it, use the data part
+        from client.site_config import SiteFileConfig
+
+        parse_model(SiteFileConfig, values, source, base_dir)
+        values = {k: v for k, v in values.items() if k not in SITE_ONLY_KEYS}
     cfg = parse_model(SiteDataConfig, values, source, base_dir)
     for name in ("data", "labels", "cache_dir"):
         if flags.get(name) is not None:  # flags are relative to the working directory, not to site.yaml

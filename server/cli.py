@@ -1,14 +1,22 @@
 """``fedrad-server``: the consortium coordinator's command line.
 
-Commands arrive with the consortium work (init, enroll, start, status, export);
-for now it reports its version so deploy scripts can probe the install.
+``init`` creates a consortium folder (CA, server certificate, documented
+consortium.yaml); ``enroll`` registers a site's public key and writes its
+bundle; ``start`` runs the server and one federated run to its verdict;
+``status`` and ``export`` read the consortium folder. Exit codes: 0 success,
+1 the answer is "no" (sites missing, run failed), 2 bad invocation or
+configuration, 3 internal error.
 """
 
 from __future__ import annotations
 
 import typer
 
-from shared.cli_support import handle_errors, out
+import json
+from pathlib import Path
+from typing import Optional
+
+from shared.cli_support import EXIT_NO, err, handle_errors, out
 
 app = typer.Typer(
     name="fedrad-server",
@@ -31,6 +39,113 @@ def version() -> None:
     from importlib.metadata import version as v
 
     out.print(f"fedrad {v('fedrad')} (flwr {v('flwr')}, torch {v('torch')})")
+
+
+DirArg = typer.Argument(..., help="Consortium folder (made by `fedrad-server init`).")
+
+
+@app.command()
+@handle_errors
+def init(
+    directory: Path = DirArg,
+    name: str = typer.Option(..., "--name", help="Consortium name (recorded in every global model)."),
+    address: str = typer.Option(..., "--address", help="HOST:PORT hospitals will dial (public name of this server)."),
+) -> None:
+    """Create a consortium: private CA, server certificate (SANs: HOST, 127.0.0.1, localhost), consortium.yaml."""
+    from server.enrollment import init_consortium, pki_dir
+    from server.pki import certificate_names
+
+    cfg = init_consortium(directory, name, address)
+    names = certificate_names(pki_dir(directory) / "server.crt")
+    out.print(f"consortium [bold]{cfg.name}[/] created in {directory}")
+    out.print(f"  server certificate for: {', '.join(names)}")
+    out.print(f"  CA private key: {pki_dir(directory) / 'ca.key'} (back it up offline; never share it)")
+    out.print(f"  settings: {directory / 'consortium.yaml'} (edit, then enroll sites)")
+
+
+@app.command()
+@handle_errors
+def enroll(
+    directory: Path = DirArg,
+    site: str = typer.Argument(..., help="Site name, e.g. hospital-a."),
+    public_key: Optional[Path] = typer.Option(
+        None, "--public-key", help="The site's site.pub from `fedrad-site keygen`. Without it a key is generated (demo only)."
+    ),
+    replace: bool = typer.Option(False, "--replace", help="Replace an enrolled site's key (key rotation)."),
+) -> None:
+    """Register a site's public key and write its bundle to DIR/bundles/SITE/."""
+    from server.enrollment import enroll_site
+
+    def warn_demo_key() -> None:
+        err.print(
+            "[bold yellow]WARNING: generating the site's private key on the server. This is for demos only:[/]\n"
+            "[yellow]in a real consortium the hospital runs `fedrad-site keygen` and sends only site.pub, "
+            "so the private key never leaves the hospital.[/]",
+            highlight=False,
+        )
+    res = enroll_site(directory, site, public_key, replace=replace, on_generate=warn_demo_key)
+    out.print(f"site [bold]{site}[/] enrolled, key fingerprint {res.site.fingerprint}")
+    out.print(f"  confirm this fingerprint with the site out of band (phone), then send {res.bundle_dir}")
+    if res.private_key is not None:
+        out.print(f"  [yellow]demo key: {res.private_key} is in the bundle; hand it over securely[/]")
+    out.print("  a running server picks the key up at its next `fedrad-server start`")
+
+
+@app.command()
+@handle_errors
+def start(
+    directory: Path = DirArg,
+    resume: bool = typer.Option(False, "--resume", help="Continue the last run from its last finished round."),
+    auto_resume: bool = typer.Option(
+        False, "--auto-resume", help="Resume the last run if it did not complete, else start a new one (for systemd/docker restarts)."
+    ),
+    listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT to bind for sites (default 0.0.0.0:<port of address>)."),
+) -> None:
+    """Start the server, wait for the sites, run the federated training and report its real status."""
+    from server.coordinator import CoordinatorError, StartOptions
+    from server.coordinator import start as start_session
+
+    try:
+        result = start_session(directory, StartOptions(resume=resume, auto_resume=auto_resume, listen=listen), out)
+    except CoordinatorError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NO) from None
+    colour = "green" if result.ok else "red"
+    out.print(f"run {result.run_id}: [bold {colour}]{result.status}[/] {result.details}".rstrip(), highlight=False)
+    out.print(f"checkpoints and metrics: {result.run_dir}")
+    if not result.ok:
+        raise typer.Exit(EXIT_NO)
+
+
+@app.command()
+@handle_errors
+def status(
+    directory: Path = DirArg,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Sites enrolled and online, current or last run, its round and last metrics."""
+    from server.status import collect_status, render_status
+
+    st = collect_status(directory)
+    if as_json:
+        print(json.dumps(st, indent=2, default=str))
+    else:
+        render_status(st, out)
+
+
+@app.command()
+@handle_errors
+def export(
+    directory: Path = DirArg,
+    out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the model file (.pt)."),
+    best: bool = typer.Option(False, "--best", help="The best round by federated AUC instead of the latest."),
+    run_dir: Optional[Path] = typer.Option(None, "--run", help="A run folder (default: the current/last run)."),
+) -> None:
+    """Copy the latest (or best) global model of the run, verified, to OUT."""
+    from server.export import export_model
+
+    info = export_model(directory, out_path, best=best, run_dir=run_dir)
+    out.print(f"exported {info['source']} -> {info['out']} (rounds {info['rounds']}, sha256 {info['weights_sha256'][:16]}…)")
 
 
 def main() -> None:

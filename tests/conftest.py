@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.processes import exit_on_sigterm
 from shared.synth import SiteSummary, write_cohort
 
 torch.set_num_threads(1)  # tests may run beside other processes on a 2-core machine
+exit_on_sigterm()  # a CI timeout's SIGTERM still runs the cleanup that stops Flower processes
 
 
 @pytest.fixture(scope="session")
