@@ -1,0 +1,70 @@
+"""``site.yaml``: everything one hospital's FedRad site needs, in one flat file.
+
+It holds the data settings ``fedrad-site check`` uses (``data``, ``labels``,
+``key``, ``label_column``, ``classes``, ``image_size``, ``cache_dir``) plus the
+consortium credentials from the site bundle. Why one flat file: hospital IT
+edits one thing, and ``check``, ``train-local``, ``evaluate`` and ``start``
+all read the same file, so what was checked is what trains. Relative paths are
+relative to the file's folder (a bundle can be moved as a whole).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from shared.config import SiteDataConfig, load_yaml_mapping, parse_model
+
+SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class SiteFileConfig(SiteDataConfig):
+    """The full ``site.yaml`` schema: the data keys of :class:`SiteDataConfig` plus the credentials."""
+
+    site_name: str = Field(pattern=SITE_NAME_PATTERN, description="Name the coordinator enrolled this site under.")
+    server_address: str = Field(description="HOST:PORT of the consortium's fleet proxy.")
+    ca_cert: Path = Field(description="Consortium CA certificate from the site bundle (ca.crt).")
+    private_key: Path = Field(description="This site's private key from `fedrad-site keygen` (never leaves the site).")
+    work_dir: Path | None = Field(None, description="Flower's state and the code the consortium ships; default beside site.yaml.")
+
+    @field_validator("server_address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. fedrad.example.org:9443")
+        return v
+
+    def data_config(self) -> SiteDataConfig:
+        """The data part, as ``fedrad-site check``/``train-local`` see it."""
+        return SiteDataConfig(**{k: getattr(self, k) for k in SiteDataConfig.model_fields})
+
+
+SITE_ONLY_KEYS: frozenset[str] = frozenset(SiteFileConfig.model_fields) - frozenset(SiteDataConfig.model_fields)
+
+
+def load_site_file(path: Path) -> SiteFileConfig:
+    """Read and validate ``site.yaml``; relative paths resolve against its folder."""
+    path = Path(path)
+    cfg = parse_model(SiteFileConfig, load_yaml_mapping(path), str(path), path.resolve().parent)
+    if cfg.work_dir is None:
+        cfg.work_dir = path.resolve().parent / "work"
+    return cfg
+
+
+def fill_site_yaml(template: Path, out: Path | None = None, **values: object) -> Path:
+    """Write a site.yaml from a bundle's template with ``values`` set (demo and test setup).
+
+    Hospital IT edits the template by hand; scripts use this. Paths are
+    written as given (absolute paths stay valid wherever the file moves).
+    """
+    import yaml
+
+    template = Path(template)
+    data = load_yaml_mapping(template)
+    data.update({k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
+    out = Path(out) if out is not None else template
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    parse_model(SiteFileConfig, data, str(out), out.resolve().parent)  # what we wrote must be valid
+    return out

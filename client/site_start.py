@@ -1,0 +1,144 @@
+"""``fedrad-site start --config site.yaml``: join the consortium and train when asked.
+
+Order and why:
+
+1. Validate site.yaml (:class:`client.site_config.SiteFileConfig`) and the
+   credentials (CA file, unencrypted OpenSSH EC key) before any connection.
+2. Check the data exactly as ``fedrad-site check`` does and refuse to start
+   when it cannot train: a site that joins and then fails every round only
+   slows the consortium down (the round waits up to ``round_timeout_s``).
+3. Run Flower's SuperNode (client/supernode.py) with the site key, the
+   consortium CA, the server address and node config ``site-config`` /
+   ``site-name`` (the ClientApp reads the data settings from site.yaml).
+
+Reconnection: the SuperNode is started without ``--max-retries`` /
+``--max-wait-time``, so Flower retries every Fleet call forever with capped
+exponential backoff (verified in deploy/FLOWER_NOTES.md: SuperLink killed and
+restarted → "Connection successful after 4.95 s and 5 tries", the node stays
+registered and online). Network faults therefore need no action here; this
+command only ends when the SuperNode itself exits, and then translates
+Flower's log-only exit code (e.g. 305: key not registered) into a message.
+Under systemd/docker, ``Restart=on-failure`` restarts it after such an exit.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from client.keys import SiteKeyError, check_private_key
+from client.site_config import SiteFileConfig, load_site_file
+from client.supernode import EXIT_REASONS, SuperNodeError, flower_exit_code, start_supernode
+from shared.config import ConfigError
+from shared.processes import ProcessSet, exit_on_sigterm, free_port
+
+# SuperNode log lines worth showing the operator (the rest stays in the log file).
+_SHOW = re.compile(
+    r"(Starting Flower SuperNode|SuperNode ID|Connection successful|Receiving: \w+ message|Sending: \w+|"
+    r"Connection attempt failed|retrying|Exit Code|ERROR|Failed)",
+    re.IGNORECASE,
+)
+HINTS: dict[int, str] = {
+    305: (
+        "the server refused this site: its key is not registered (ask the coordinator to enroll site.pub and "
+        "restart the server, and compare fingerprints), the server is unreachable, or this machine's clock is "
+        "more than 5 s ahead of the server (enable NTP)."
+    ),
+    302: "private_key in site.yaml is not an unencrypted OpenSSH EC key; make one with `fedrad-site keygen`.",
+    303: "a site key needs TLS; ca_cert must be set in site.yaml.",
+}
+
+
+class SiteStartError(RuntimeError):
+    """The SuperNode stopped; the message says why in the operator's words (exit code 1)."""
+
+
+def preflight(config: Path) -> SiteFileConfig:
+    """Validate site.yaml and the credentials; every problem is a :class:`ConfigError` naming the key/file."""
+    cfg = load_site_file(config)
+    if not Path(cfg.ca_cert).is_file():
+        raise ConfigError(f"{config}: ca_cert {cfg.ca_cert} not found (copy ca.crt from the site bundle)")
+    try:
+        check_private_key(Path(cfg.private_key))
+    except SiteKeyError as exc:
+        raise ConfigError(f"{config}: private_key: {exc}") from None
+    return cfg
+
+
+def check_data(cfg: SiteFileConfig) -> tuple[bool, str]:
+    """``fedrad-site check`` on the site's data: (ok, verdict)."""
+    from shared.site_data import check_site
+
+    result = check_site(cfg.data_config())
+    return result.ok, result.verdict()
+
+
+def explain_exit(log_text: str, returncode: int | None) -> str:
+    """The operator's sentence for a stopped SuperNode."""
+    code = flower_exit_code(log_text)
+    if code is None:
+        return f"the SuperNode exited with status {returncode} (no Flower exit code in its log)"
+    reason = HINTS.get(code) or EXIT_REASONS.get(code) or "see the log"
+    return f"the SuperNode stopped with Flower exit code {code}: {reason}"
+
+
+def run_site(
+    config: Path,
+    *,
+    console: Console | None = None,
+    skip_check: bool = False,
+    max_retries: int | None = None,
+    on_started: Callable[[Path], None] | None = None,
+) -> None:
+    """Run the site until interrupted; raise :class:`SiteStartError` when the SuperNode stops by itself."""
+    console = console or Console()
+    config = Path(config).resolve()
+    cfg = preflight(config)
+    if not skip_check:
+        console.print(f"checking data in {cfg.data} …")
+        ok, verdict = check_data(cfg)
+        if not ok:
+            raise SiteStartError(
+                f"data check failed, not joining the consortium: {verdict}. "
+                f"Run `fedrad-site check --config {config}` for the details and fix the data or labels first."
+            )
+        console.print(f"data check: {verdict}")
+    work = Path(cfg.work_dir or config.parent / "work")
+    exit_on_sigterm()
+    with ProcessSet(work / "logs") as ps:
+        try:
+            proc = start_supernode(
+                ps, cfg.site_name, superlink=cfg.server_address, ca_cert=Path(cfg.ca_cert),
+                private_key=Path(cfg.private_key),
+                node_config={"site-config": str(config), "site-name": cfg.site_name},
+                work_dir=work, runtime_port=free_port(), max_retries=max_retries,
+            )
+        except SuperNodeError as exc:
+            raise ConfigError(str(exc)) from None
+        console.print(f"site {cfg.site_name!r} connecting to {cfg.server_address} (log: {proc.log_path}); Ctrl-C to stop")
+        if on_started is not None:
+            on_started(proc.log_path)
+        offset = 0
+        while proc.poll() is None:
+            offset = _echo_new_lines(proc.log_path, offset, console)
+            time.sleep(0.5)
+        _echo_new_lines(proc.log_path, offset, console)
+        raise SiteStartError(explain_exit(proc.log_text(), proc.returncode) + f" (log: {proc.log_path})")
+
+
+def _echo_new_lines(path: Path, offset: int, console: Console) -> int:
+    try:
+        with Path(path).open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return offset
+    end = data.rfind(b"\n") + 1
+    for line in data[:end].decode(errors="replace").splitlines():
+        if _SHOW.search(line):
+            console.print(line.strip(), highlight=False, markup=False)
+    return offset + end

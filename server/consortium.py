@@ -1,0 +1,226 @@
+"""``consortium.yaml``: the coordinator's one settings file, validated strictly.
+
+Why strict: a typo such as ``local_epoch: 5`` or ``proximal_m: 0.1`` must stop
+the coordinator before any hospital spends compute, so unknown keys are an
+error naming the key (``shared.config.StrictModel``). Strategy parameters are
+validated per strategy (each strategy is its own model, selected by ``name``),
+so FedAdam's ``eta`` is refused under FedAvg instead of being silently ignored.
+
+:meth:`ConsortiumConfig.to_run_config` turns the file into the flat kebab-case
+Flower run config of the issue-3 contract (the keys declared in pyproject's
+``[tool.flwr.app.config]``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from shared.config import ConfigError, StrictModel, TaskConfig, load_yaml_mapping, parse_model
+
+CONSORTIUM_YAML = "consortium.yaml"
+STRATEGY_NAMES: tuple[str, ...] = (
+    "fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum", "fedbn",
+)  # fmt: skip
+
+
+class _Strategy(StrictModel):
+    def params(self) -> dict[str, Any]:
+        """This strategy's parameters (everything but ``name``), for ``strategy-params``."""
+        return self.model_dump(exclude={"name"})
+
+
+class FedAvgStrategy(_Strategy):
+    """Weighted mean of the site updates (by number of training images)."""
+
+    name: Literal["fedavg"]
+
+
+class FedBNStrategy(_Strategy):
+    """FedAvg where normalisation-layer parameters and buffers stay at each site."""
+
+    name: Literal["fedbn"]
+
+
+class FedMedianStrategy(_Strategy):
+    """Coordinate-wise median: robust to one outlying site."""
+
+    name: Literal["fedmedian"]
+
+
+class FedProxStrategy(_Strategy):
+    """FedAvg plus a proximal term ``mu/2 ||w - w_global||^2`` in each site's loss."""
+
+    name: Literal["fedprox"]
+    proximal_mu: float = Field(0.01, ge=0, description="Proximal term weight (0 = FedAvg).")
+
+
+class _AdaptiveStrategy(_Strategy):
+    eta: float = Field(gt=0, description="Server learning rate.")
+    eta_l: float = Field(gt=0, description="Client learning rate (recorded by Flower).")
+    beta_1: float = Field(0.9, ge=0, lt=1, description="First-moment decay.")
+    beta_2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay.")
+    tau: float = Field(1e-3, gt=0, description="Adaptivity (numerical stability).")
+
+
+class FedAdamStrategy(_AdaptiveStrategy):
+    """Server-side Adam on the averaged update (Reddi et al. 2021)."""
+
+    name: Literal["fedadam"]
+    eta: float = Field(0.1, gt=0)
+    eta_l: float = Field(0.1, gt=0)
+
+
+class FedYogiStrategy(_AdaptiveStrategy):
+    """Server-side Yogi on the averaged update (Reddi et al. 2021)."""
+
+    name: Literal["fedyogi"]
+    eta: float = Field(0.01, gt=0)
+    eta_l: float = Field(0.0316, gt=0)
+
+
+class FedTrimmedAvgStrategy(_Strategy):
+    """Mean after dropping the ``beta`` fraction of highest and lowest values per coordinate."""
+
+    name: Literal["fedtrimmedavg"]
+    beta: float = Field(0.2, ge=0, lt=0.5, description="Fraction trimmed at each end.")
+
+
+class KrumStrategy(_Strategy):
+    """Picks the update closest to its neighbours; tolerates ``num_malicious_nodes`` bad sites."""
+
+    name: Literal["krum"]
+    num_malicious_nodes: int = Field(0, ge=0)
+
+
+StrategyConfig = Annotated[
+    FedAvgStrategy | FedBNStrategy | FedMedianStrategy | FedProxStrategy | FedAdamStrategy
+    | FedYogiStrategy | FedTrimmedAvgStrategy | KrumStrategy,
+    Field(discriminator="name"),
+]
+
+
+class ConsortiumConfig(StrictModel):
+    """Everything the coordinator decides for a consortium; one file, ``DIR/consortium.yaml``."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
+    address: str = Field(description="HOST:PORT hospitals dial (the fleet proxy's public address).")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    rounds: int = Field(10, ge=1, le=10_000)
+    local_epochs: int = Field(1, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(1e-3, gt=0, le=10)
+    augment: float = Field(1.0, ge=0, le=10)
+    strategy: StrategyConfig = Field(default_factory=lambda: FedAvgStrategy(name="fedavg"))
+    min_sites: int = Field(2, ge=1)
+    round_timeout_s: int = Field(600, ge=10)
+    wait_for_sites_s: int = Field(600, ge=1)
+    seed: int = 0
+    evaluate_every: int = Field(1, ge=1)
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. fedrad.example.org:9443")
+        return v
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].strip("[]")
+
+    def to_run_config(self, *, run_dir: Path | str = "", resume: bool = False) -> dict[str, Any]:
+        """The Flower run config of the contract (flat kebab-case keys, TOML scalar values)."""
+        return {
+            "num-server-rounds": self.rounds,
+            "local-epochs": self.local_epochs,
+            "min-sites": self.min_sites,
+            "round-timeout-s": self.round_timeout_s,
+            "evaluate-every": self.evaluate_every,
+            "seed": self.seed,
+            "strategy": self.strategy.name,
+            "strategy-params": json.dumps(self.strategy.params(), sort_keys=True),
+            "classes": ",".join(self.task.classes),
+            "image-size": self.task.image_size,
+            "model": self.task.model,
+            "batch-size": self.batch_size,
+            "lr": float(self.lr),
+            "augment": float(self.augment),
+            "run-dir": str(Path(run_dir).resolve()) if str(run_dir) else "",
+            "resume": bool(resume),
+            "consortium": self.name,
+        }
+
+
+def parse_consortium(data: dict, source: str = CONSORTIUM_YAML) -> ConsortiumConfig:
+    """Validate a mapping; every problem is a :class:`ConfigError` naming the key."""
+    strategy = data.get("strategy")
+    if isinstance(strategy, str):  # shorthand: `strategy: fedavg`
+        strategy = {"name": strategy}
+        data = {**data, "strategy": strategy}
+    if isinstance(strategy, dict) and strategy.get("name") not in STRATEGY_NAMES:
+        got = strategy.get("name")
+        raise ConfigError(
+            f"{source}: key 'strategy.name': must be one of {', '.join(STRATEGY_NAMES)} (got {got!r})"
+        )
+    try:
+        return parse_model(ConsortiumConfig, data, source)
+    except ConfigError as exc:  # pydantic names union members: 'strategy.fedprox.eta' -> 'strategy.eta'
+        raise ConfigError(re.sub(r"'strategy\.(" + "|".join(STRATEGY_NAMES) + r")\.", r"'strategy.", str(exc))) from None
+
+
+def load_consortium(directory: Path) -> ConsortiumConfig:
+    """Read ``DIR/consortium.yaml`` (a consortium folder made by ``fedrad-server init``)."""
+    path = Path(directory) / CONSORTIUM_YAML
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; is {directory} a consortium folder (made by `fedrad-server init`)?")
+    return parse_consortium(load_yaml_mapping(path), str(path))
+
+
+def consortium_yaml_text(name: str, address: str) -> str:
+    """A documented ``consortium.yaml`` with every key at its default (``fedrad-server init``)."""
+    cfg = parse_consortium({"name": name, "address": address}, "command line (--name/--address)")
+    t = cfg.task
+    return f"""\
+# FedRad consortium settings. Edit, then `fedrad-server start DIR`.
+# Unknown or misspelled keys are an error (nothing is silently ignored).
+
+name: {json.dumps(cfg.name)}       # recorded in every global model's provenance
+address: {json.dumps(cfg.address)}  # HOST:PORT hospitals dial (fleet proxy; TLS, sites' keys)
+
+task:                        # what is learned; every site must use the same
+  classes: {json.dumps(t.classes)}   # last class = positive class
+  image_size: {t.image_size}             # model input side, pixels
+  model: {t.model}             # smallcnn, resnet18, densenet121
+
+rounds: {cfg.rounds}                   # federated rounds
+local_epochs: {cfg.local_epochs}              # epochs each site trains per round
+batch_size: {cfg.batch_size}
+lr: {cfg.lr}                    # site optimiser learning rate
+augment: {cfg.augment}                 # augmentation strength at the sites (0 = off)
+
+strategy:
+  name: fedavg               # fedavg, fedprox, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum, fedbn
+  # Parameters, only those of the chosen strategy:
+  #   fedprox:       proximal_mu (0.01)
+  #   fedadam:       eta (0.1), eta_l (0.1), beta_1 (0.9), beta_2 (0.99), tau (0.001)
+  #   fedyogi:       eta (0.01), eta_l (0.0316), beta_1 (0.9), beta_2 (0.99), tau (0.001)
+  #   fedtrimmedavg: beta (0.2, fraction trimmed at each end)
+  #   krum:          num_malicious_nodes (0)
+  #   fedavg, fedmedian, fedbn: none (fedbn keeps normalisation layers at each site)
+
+min_sites: {cfg.min_sites}                 # sites that must be online to start, and to answer each round
+round_timeout_s: {cfg.round_timeout_s}         # a round never waits longer than this for a site
+wait_for_sites_s: {cfg.wait_for_sites_s}        # how long `start` waits for min_sites to come online
+seed: {cfg.seed}                    # initial weights and site shuffling
+evaluate_every: {cfg.evaluate_every}            # federated evaluation every N rounds (and after the last)
+"""

@@ -1,0 +1,397 @@
+"""``fedrad-server start DIR [--resume]``: the coordinator's whole session, start to verdict.
+
+Order and why:
+
+1. Validate ``consortium.yaml`` and the registry first: nothing starts on a typo.
+2. SuperLink on 127.0.0.1 (TLS, SuperNode auth, persistent ``DIR/state/superlink.db``,
+   no runtime installs, telemetry off) and the fleet proxy on the public address:
+   the Control API never faces the hospitals (deploy/FLOWER_NOTES.md).
+3. Register every enrolled key (idempotent with the persistent database) and
+   unregister keys that are no longer enrolled (key rotation, removed sites),
+   *before* the proxy opens: a site connecting earlier would be refused (305).
+4. Wait up to ``wait_for_sites_s`` for ``min_sites`` online, showing who is
+   online; else name the missing sites and exit 1 (Flower's own
+   ``strategy.start()`` would wait forever).
+5. Stage the app with the consortium's run config as defaults and submit it
+   (``run-dir`` = ``DIR/runs/<run-name>``; ``--resume`` reuses the last run dir
+   with ``resume=true``).
+6. Show progress from ``RUN_DIR/metrics.jsonl`` (written by the ServerApp)
+   and end with the run's real status from the Control API, because ``flwr
+   run`` exits 0 even when the run failed.
+
+Everything started goes through one :class:`ProcessSet`: Ctrl-C and SIGTERM
+(systemd, docker) stop the run and all processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from server.consortium import ConsortiumConfig, load_consortium
+from server.enrollment import EnrollmentError, load_registry, pki_dir, site_public_key
+from server.fleet_proxy import start_fleet_proxy
+from server.pki import PkiError, server_tls
+from server.superlink import ControlClient, SuperLink, SuperLinkError, stage_app, start_superlink, submit_run
+from shared.processes import ProcessError, ProcessSet, executable, exit_on_sigterm, free_port, proc_id, run_cli
+
+STATE_DIR = "state"
+RUNS_DIR = "runs"
+LOGS_DIR = "logs"
+SERVER_JSON = "server.json"  # present while `start` runs: pid, loopback address (read by `status`)
+CURRENT_RUN_JSON = "current-run.json"  # last submitted run: id, dir, status
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CoordinatorError(RuntimeError):
+    """The session cannot go on; the message says why and what to do (exit code 1)."""
+
+
+@dataclass
+class StartOptions:
+    resume: bool = False
+    auto_resume: bool = False  # resume the last run if it did not complete, else start a new one (systemd)
+    listen: str | None = None  # HOST:PORT the fleet proxy binds; default 0.0.0.0:<port of address>
+    run_name: str | None = None
+    poll_s: float = 1.0
+    live: bool | None = None  # rich live display; default: only on a terminal
+
+
+@dataclass
+class RoundRow:
+    round: int
+    sites: str
+    metrics: str
+    seconds: str
+
+
+@dataclass
+class SessionResult:
+    run_id: int
+    run_dir: Path
+    status: str
+    details: str
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def last_run_dir(directory: Path) -> Path | None:
+    """The most recently started run folder under ``DIR/runs`` (by name: names sort by time)."""
+    runs = Path(directory) / RUNS_DIR
+    dirs = sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    return dirs[-1] if dirs else None
+
+
+def _pem_of(openssh_pub: Path) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_public_key(Path(openssh_pub).read_bytes())
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def sync_registrations(control: ControlClient, directory: Path) -> dict[str, str]:
+    """Register every enrolled key; unregister SuperLink nodes whose key is no longer enrolled.
+
+    Returns ``{site: "registered" | "already registered"}``.
+    """
+    from flwr.proto.control_pb2 import UnregisterNodeRequest
+
+    sites = load_registry(directory)
+    wanted = {_pem_of(site_public_key(directory, s)).strip(): n for n, s in sites.items()}
+    for node in control.nodes():
+        pem = node.public_key_pem if isinstance(node.public_key_pem, bytes) else str(node.public_key_pem).encode()
+        if node.status != "unregistered" and pem.strip() not in wanted:
+            control._call("UnregisterNode", UnregisterNodeRequest(node_id=node.node_id), f"unregistering node {node.name!r}")  # noqa: SLF001
+    result = {}
+    for name, site in sites.items():
+        node_id = control.register(site_public_key(directory, site), name)
+        result[name] = "registered" if node_id is not None else "already registered"
+    return result
+
+
+def online_sites(control: ControlClient) -> dict[str, str]:
+    """``{site name: status}`` as the SuperLink sees it (latest node per name)."""
+    return {n.name: n.status for n in sorted(control.nodes(), key=lambda n: n.node_id) if n.status != "unregistered"}
+
+
+def _sites_table(enrolled: list[str], status: dict[str, str], need: int, left: float) -> Table:
+    online = sum(status.get(s) == "online" for s in enrolled)
+    table = Table(title=f"Waiting for sites: {online}/{need} needed online ({left:.0f} s left)", title_justify="left")
+    table.add_column("site")
+    table.add_column("status")
+    for s in enrolled:
+        st = status.get(s, "not registered")
+        table.add_row(s, f"[green]{st}[/]" if st == "online" else f"[yellow]{st}[/]")
+    return table
+
+
+def wait_for_sites(
+    control: ControlClient, enrolled: list[str], need: int, timeout: float, console: Console, live: bool, poll_s: float
+) -> list[str]:
+    """Block until ``need`` enrolled sites are online; return them, or raise naming the missing ones."""
+    deadline = time.monotonic() + timeout
+    last_online: list[str] = []
+    with Live(console=console, auto_refresh=False, transient=False) if live else _NoLive() as view:
+        while True:
+            status = online_sites(control)
+            online = [s for s in enrolled if status.get(s) == "online"]
+            left = deadline - time.monotonic()
+            if live:
+                view.update(_sites_table(enrolled, status, need, max(left, 0)), refresh=True)
+            elif online != last_online:
+                console.print(f"sites online: {', '.join(online) or 'none'} ({len(online)}/{need} needed)")
+            last_online = online
+            if len(online) >= need:
+                return online
+            if left <= 0:
+                missing = [s for s in enrolled if s not in online]
+                raise CoordinatorError(
+                    f"only {len(online)} of the {need} sites needed came online within wait_for_sites_s="
+                    f"{timeout:.0f} s. Missing: {', '.join(missing)}. Ask those sites to run "
+                    "`fedrad-site start --config site.yaml` and check their logs (firewall, key, clock), "
+                    "or lower min_sites in consortium.yaml."
+                )
+            time.sleep(poll_s)
+
+
+class _NoLive:
+    def __enter__(self) -> _NoLive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _fmt_metrics(row: dict[str, Any]) -> str:
+    """``train loss=0.72 acc=0.49 | eval auc=0.81 …``: model metrics only (timings stay in metrics.jsonl)."""
+    parts = []
+    for label, keys in (("train", ("train", "train_metrics")), ("eval", ("eval", "evaluate", "eval_metrics"))):
+        sub = next((row[k] for k in keys if isinstance(row.get(k), dict)), None)
+        if not sub:
+            continue
+        shown = [
+            f"{k.removeprefix('train-').removeprefix('eval-')}={v:.3g}"
+            for k, v in sub.items()
+            if isinstance(v, int | float) and not k.endswith("-s") and k not in ("sites", "num-examples", "held-out")
+            and not k.endswith("examples")
+        ]
+        if shown:
+            parts.append(f"{label} " + " ".join(shown))
+    return " | ".join(parts) or "-"
+
+
+def round_row(row: dict[str, Any]) -> RoundRow:
+    """One metrics.jsonl line as a display row (tolerant of missing keys)."""
+    answered = row.get("sites_answered")
+    failed = row.get("sites_failed")
+    sites = str(len(answered) if isinstance(answered, list) else answered if answered is not None else "?")
+    nfail = len(failed) if isinstance(failed, list) else failed or 0
+    if nfail:
+        sites += f" ({nfail} failed)"
+    secs = row.get("seconds")
+    return RoundRow(int(row.get("round", 0)), sites, _fmt_metrics(row), f"{secs:.1f}" if isinstance(secs, int | float) else "-")
+
+
+class MetricsTail:
+    """New complete lines of ``metrics.jsonl`` since the last call (the ServerApp appends one per round)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.offset = self.path.stat().st_size if self.path.exists() else 0  # resume: show new rounds only
+
+    def new_rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1  # a half-written last line waits for the next call
+        self.offset += end
+        rows = []
+        for line in data[:end].splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        return rows
+
+
+def _rounds_table(rows: list[RoundRow], total: int, status: str, elapsed: float) -> Table:
+    table = Table(title=f"Run: {status}, {elapsed:.0f} s, {len(rows)}/{total} rounds", title_justify="left")
+    for col in ("round", "sites answered", "aggregate metrics", "seconds"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r.round), r.sites, r.metrics, r.seconds)
+    return table
+
+
+def follow_run(
+    link: SuperLink, control: ControlClient, ps: ProcessSet, run_id: int, run_dir: Path, total_rounds: int,
+    console: Console, live: bool, poll_s: float,
+) -> SessionResult:
+    """Show rounds as they finish; return when the run's status is ``finished:*``."""
+    tail = MetricsTail(run_dir / "metrics.jsonl")
+    rows: list[RoundRow] = []
+    raw: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    with Live(console=console, auto_refresh=False) if live else _NoLive() as view:
+        while True:
+            info = control.run(run_id)
+            for r in tail.new_rows():
+                raw.append(r)
+                rows.append(round_row(r))
+                if not live:
+                    rr = rows[-1]
+                    console.print(f"round {rr.round}/{total_rounds}: sites {rr.sites}, {rr.metrics}, {rr.seconds} s")
+            if live:
+                view.update(_rounds_table(rows, total_rounds, info["status"], time.monotonic() - t0), refresh=True)
+            if str(info["status"]).startswith("finished"):
+                return SessionResult(run_id, run_dir, str(info["status"]), str(info.get("details") or ""), raw)
+            for proc in ps.procs:
+                if proc.poll() is not None:
+                    raise CoordinatorError(
+                        f"{proc.name} stopped (exit {proc.returncode}) during run {run_id}; see {proc.log_path}.\n"
+                        f"{proc.log_tail(15)}"
+                    )
+            time.sleep(poll_s)
+
+
+def _run_name() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
+
+
+def start(directory: Path, opts: StartOptions | None = None, console: Console | None = None) -> SessionResult:
+    """The whole ``fedrad-server start`` session; raises :class:`CoordinatorError` on a "no"."""
+    opts = opts or StartOptions()
+    console = console or Console()
+    live = console.is_terminal if opts.live is None else opts.live
+    directory = Path(directory).resolve()
+    cfg: ConsortiumConfig = load_consortium(directory)
+    sites = load_registry(directory)
+    if len(sites) < cfg.min_sites:
+        raise EnrollmentError(
+            f"{directory}: {len(sites)} site(s) enrolled but min_sites is {cfg.min_sites}; "
+            "enroll more with `fedrad-server enroll` or lower min_sites in consortium.yaml."
+        )
+    try:
+        tls = server_tls(pki_dir(directory))
+    except PkiError as exc:
+        raise EnrollmentError(str(exc)) from None
+    if opts.auto_resume and not opts.resume:
+        last = last_run_dir(directory)
+        current = read_json(directory / STATE_DIR / CURRENT_RUN_JSON) or {}
+        done = current.get("run_dir") == str(last) and current.get("status") == "finished:completed"
+        opts.resume = last is not None and (last / "state.json").exists() and not done
+    if opts.resume:
+        run_dir = last_run_dir(directory)
+        if run_dir is None:
+            raise EnrollmentError(f"{directory / RUNS_DIR}: no run to resume; start without --resume.")
+    else:
+        run_dir = directory / RUNS_DIR / (opts.run_name or _run_name())
+        if run_dir.exists():
+            raise EnrollmentError(f"{run_dir} exists; choose another run name or use --resume.")
+    listen = opts.listen or f"0.0.0.0:{cfg.port}"
+    state = directory / STATE_DIR
+    exit_on_sigterm()
+    with ProcessSet(directory / LOGS_DIR) as ps:
+        try:
+            link = start_superlink(
+                ps, tls=tls, port=free_port(), database=state / "superlink.db", flwr_home=state / "flwr-home"
+            )
+            with link.control() as control:  # before the proxy opens: a site must never meet an unknown key
+                regs = sync_registrations(control, directory)
+            start_fleet_proxy(
+                ps, listen=listen, upstream=link.address, certfile=tls.server_cert, keyfile=tls.server_key,
+                ca_certfile=tls.ca_cert, cwd=SOURCE_ROOT,
+            )
+        except SuperLinkError as exc:
+            raise CoordinatorError(str(exc)) from None
+        except ProcessError as exc:
+            raise CoordinatorError(f"the server could not start (is port {listen} free?): {exc}") from None
+        me = proc_id(os.getpid())
+        _write_json(state / SERVER_JSON, {
+            "pid": os.getpid(), "starttime": me[1] if me else None, "superlink": link.address,
+            "listen": listen, "started_at": time.time(),
+        })  # fmt: skip
+        console.print(f"{len(regs)} enrolled site(s) registered with the SuperLink")
+        console.print(f"[bold]{cfg.name}[/]: server listening for sites on {listen} (TLS, site keys); "
+                      f"logs in {directory / LOGS_DIR}")
+        run_id = None
+        try:
+            with link.control() as control:
+                wait_for_sites(control, sorted(sites), cfg.min_sites, cfg.wait_for_sites_s, console, live, opts.poll_s)
+                run_config = cfg.to_run_config(run_dir=run_dir, resume=opts.resume)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                app_dir = stage_app(state / "app", SOURCE_ROOT, config_defaults=run_config)
+                run_id = submit_run(link, app_dir)
+                current = {"run_id": run_id, "run_dir": str(run_dir), "resume": opts.resume,
+                           "submitted_at": time.time(), "status": "submitted", "rounds": cfg.rounds}
+                _write_json(state / CURRENT_RUN_JSON, current)
+                console.print(f"run {run_id} submitted{' (resume)' if opts.resume else ''}: {cfg.rounds} rounds of "
+                              f"{cfg.strategy.name}, checkpoints in {run_dir}")
+                result = follow_run(link, control, ps, run_id, run_dir, cfg.rounds, console, live, opts.poll_s)
+                _write_json(state / CURRENT_RUN_JSON, {**current, "status": result.status, "details": result.details,
+                                                       "finished_at": time.time()})
+                if not result.ok:  # the ServerApp's traceback is only in `flwr log` (costs seconds: failures only)
+                    path = _save_serverapp_log(link, run_id, directory)
+                    if path is not None:
+                        result.details += f" (ServerApp log: {path})"
+                return result
+        except SuperLinkError as exc:
+            raise CoordinatorError(str(exc)) from None
+        finally:
+            if run_id is not None:
+                _stop_if_running(link, run_id)
+            (state / SERVER_JSON).unlink(missing_ok=True)
+
+
+def _stop_if_running(link: SuperLink, run_id: int) -> None:
+    """On Ctrl-C/SIGTERM, tell the SuperLink the run is stopped (its database outlives us)."""
+    from flwr.proto.control_pb2 import StopRunRequest
+
+    try:
+        with link.control() as control:
+            if not str(control.run(run_id)["status"]).startswith("finished"):
+                control._call("StopRun", StopRunRequest(run_id=run_id), f"stopping run {run_id}")  # noqa: SLF001
+    except (SuperLinkError, OSError):
+        pass
+
+
+def _save_serverapp_log(link: SuperLink, run_id: int, directory: Path) -> Path | None:
+    """Keep the ServerApp's output (not in the SuperLink log) beside the other logs."""
+    try:
+        res = run_cli(
+            [executable("flwr"), "log", str(run_id), link.connection, "--show"],
+            env={"FLWR_HOME": str(link.flwr_home)}, cwd=link.flwr_home, timeout=60,
+        )
+        text = res.stdout + res.stderr
+    except Exception:  # noqa: BLE001 - a missing log must not hide the run's verdict
+        return None
+    path = directory / LOGS_DIR / f"serverapp-run-{run_id}.log"
+    path.write_text(text)
+    return path

@@ -1,0 +1,54 @@
+"""``fedrad-server export DIR --out model.pt [--best]``: hand out the global model.
+
+The global model is already a self-describing FedRad model file (same format
+as a local one), so export is verify-then-copy: the file is loaded (hash and
+architecture checked) before it is written, so a truncated checkpoint is never
+handed to a hospital.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from server.coordinator import CURRENT_RUN_JSON, STATE_DIR, last_run_dir, read_json
+from server.consortium import load_consortium
+from shared.config import ConfigError
+from shared.modelfile import load_model_file
+
+_ROUND = re.compile(r"^round-(\d+)\.pt$")
+
+
+def pick_model(run_dir: Path, best: bool) -> Path:
+    """``best.pt`` / ``latest.pt`` of ``run_dir`` (latest falls back to the highest ``round-XXXX.pt``)."""
+    if best:
+        path = run_dir / "best.pt"
+        if not path.is_file():
+            raise ConfigError(f"{path}: no best model yet (it needs a round with federated evaluation); drop --best.")
+        return path
+    if (run_dir / "latest.pt").is_file():
+        return run_dir / "latest.pt"
+    rounds = sorted((int(m.group(1)), p) for p in run_dir.glob("round-*.pt") if (m := _ROUND.match(p.name)))
+    if not rounds:
+        raise ConfigError(f"{run_dir}: no global model yet (no round has finished).")
+    return rounds[-1][1]
+
+
+def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Path | None = None) -> dict:
+    """Copy the chosen global model of the current/last run to ``out``; return what was exported."""
+    directory = Path(directory).resolve()
+    load_consortium(directory)
+    if run_dir is None:
+        current = read_json(directory / STATE_DIR / CURRENT_RUN_JSON)
+        run_dir = Path(current["run_dir"]) if current and current.get("run_dir") else last_run_dir(directory)
+    if run_dir is None or not Path(run_dir).is_dir():
+        raise ConfigError(f"{directory}: no run folder under runs/; train first with `fedrad-server start`.")
+    src = pick_model(Path(run_dir), best)
+    loaded = load_model_file(src)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, out)
+    return {"source": str(src), "out": str(out), "weights_sha256": loaded.weights_sha256,
+            "rounds": loaded.provenance.get("rounds"), "trained_by": loaded.provenance.get("trained_by"),
+            "architecture": loaded.architecture, "classes": loaded.classes}
