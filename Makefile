@@ -21,11 +21,11 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	$(PY) -m deploy.local_demo
+	$(PY) -m deploy.federated_demo --out demo-federated
 
 bench: install
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_training.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo-run
+	rm -rf $(VENV) .pytest_cache demo-run demo-federated
