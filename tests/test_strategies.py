@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, MessageType, Metadata, Message, MetricRecord, RecordDict

@@ -28,7 +28,8 @@ from server.enrollment import enroll_site, init_consortium
 from shared.modelfile import load_model_file
 from server.export import export_model
 from server.status import collect_status
-from shared.processes import ProcessSet, executable, free_port, is_running
+from shared.processes import ProcessSet, executable, free_port
+from tests.integration.cleanup import stop_all_and_check
 from shared.synth import SiteSummary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # measured 117 s at load ~5 on 2 cores
@@ -107,12 +108,7 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         assert model.provenance["trained_by"] == "Coord Test"
         print(f"\ncoordinator test: missing-site wait {waited:.1f} s, total {time.monotonic() - t_start:.1f} s")
     finally:
-        started |= ps.all_procs()
-        ps.stop_all()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(is_running(p) for p in started):
-        time.sleep(0.1)
-    assert not [p for p in started if is_running(p)], "processes left behind"
+        started = stop_all_and_check(ps, started)
 
 
 class _FakeControl:

@@ -33,7 +33,8 @@ from server.fleet_proxy import start_fleet_proxy
 from server.pki import init_pki
 from server.superlink import SuperLink, stage_app, start_superlink, submit_run
 from shared.modelfile import load_model_file
-from shared.processes import ManagedProcess, ProcessId, ProcessSet, free_port, is_running
+from shared.processes import ManagedProcess, ProcessId, ProcessSet, free_port
+from tests.integration.cleanup import stop_all_and_check
 from shared.synth import write_cohort
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # ~70-110 s per test on a quiet box; 2-3x under load
@@ -108,12 +109,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
                 )  # fmt: skip
         yield f
     finally:
-        started |= ps.all_procs()
-        ps.stop_all()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(is_running(p) for p in started):
-        time.sleep(0.1)
-    assert not [p for p in started if is_running(p)], "processes left behind"
+        started = stop_all_and_check(ps, started)
 
 
 def test_one_round_writes_checkpoints(fed: Fed) -> None:

@@ -28,7 +28,8 @@ from client.supernode import flower_exit_code, start_supernode, supernode_comman
 from server.fleet_proxy import start_fleet_proxy
 from server.pki import ServerTls, certificate_names, init_pki
 from server.superlink import SuperLink, flwr_json, stage_app, start_superlink, submit_run, write_cli_config
-from shared.processes import ManagedProcess, ProcessId, ProcessSet, executable, free_port, is_running, run_cli
+from shared.processes import ManagedProcess, ProcessId, ProcessSet, executable, free_port, run_cli
+from tests.integration.cleanup import stop_all_and_check
 from shared.synth import write_cohort
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -113,13 +114,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
         f.run_id = submit_run(link, app_dir, {"num-server-rounds": ROUNDS})
         yield f
     finally:
-        started |= ps.all_procs()
-        ps.stop_all()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(is_running(p) for p in started):
-        time.sleep(0.1)
+        started = stop_all_and_check(ps, started)
     assert len(started) >= 6  # superlink, proxy, 2 supernodes, their superexecs: the check is not vacuous
-    assert not [p for p in started if is_running(p)], "processes left behind"
 
 
 def _tls_ctx(fed: Fed) -> ssl.SSLContext:
