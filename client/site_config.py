@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from shared.config import SiteDataConfig, load_yaml_mapping, parse_model
+from shared.config import check_host_port, SiteDataConfig, load_yaml_mapping, parse_model
 
 SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
@@ -28,13 +28,7 @@ class SiteFileConfig(SiteDataConfig):
     private_key: Path = Field(description="This site's private key from `fedrad-site keygen` (never leaves the site).")
     work_dir: Path | None = Field(None, description="Flower's state and the code the consortium ships; default beside site.yaml.")
 
-    @field_validator("server_address")
-    @classmethod
-    def _host_port(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be HOST:PORT, e.g. fedrad.example.org:9443")
-        return v
+    _host_port = field_validator("server_address")(check_host_port)
 
     def data_config(self) -> SiteDataConfig:
         """The data part, as ``fedrad-site check``/``train-local`` see it."""

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from shared.config import ConfigError, StrictModel, TaskConfig, load_yaml_mapping, parse_model
+from shared.config import check_host_port, ConfigError, StrictModel, TaskConfig, load_yaml_mapping, parse_model
 
 CONSORTIUM_YAML = "consortium.yaml"
 STRATEGY_NAMES: tuple[str, ...] = (
@@ -122,13 +122,7 @@ class ConsortiumConfig(StrictModel):
     seed: int = 0
     evaluate_every: int = Field(1, ge=1)
 
-    @field_validator("address")
-    @classmethod
-    def _host_port(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be HOST:PORT, e.g. fedrad.example.org:9443")
-        return v
+    _host_port = field_validator("address")(check_host_port)
 
     @property
     def port(self) -> int:

@@ -85,6 +85,14 @@ class SiteDataConfig(StrictModel):
         return Path(self.data).resolve().parent / ".fedrad-cache"
 
 
+def check_host_port(value: str) -> str:
+    """Validate 'HOST:PORT' (used by consortium.yaml's address and site.yaml's server_address)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. fedrad.example.org:9443")
+    return value
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """Render pydantic errors as one line per problem, naming the key: 'site.yaml: key 'x': ...'."""
     lines = []

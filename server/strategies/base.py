@@ -10,7 +10,7 @@ float64 weights), and refuses a non-finite aggregate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,18 +101,7 @@ class FedRadStrategy:
         clean: list[Message] = []
         held: list[dict[str, np.ndarray]] = []
         weights: list[float] = []
-        for msg in replies:
-            node = int(msg.metadata.src_node_id)
-            if msg.has_error():
-                out.rejected.append((node, f"site error: {msg.error.reason}"))
-                continue
-            if not msg.has_content():
-                out.rejected.append((node, "empty reply"))
-                continue
-            metrics, problem = validate_train_reply(msg.content, self.template)
-            if problem:
-                out.rejected.append((node, problem))
-                continue
+        for msg, node, metrics in _triage(replies, lambda c: validate_train_reply(c, self.template), out.rejected):
             record = msg.content[ARRAYS_KEY]
             held.append({k: record[k].numpy() for k in self.held})
             kept = ArrayRecord({k: record[k] for k in self.template if k not in self.held})
@@ -143,18 +132,7 @@ class FedRadStrategy:
     def aggregate_evaluate(self, rnd: int, replies: Iterable[Message]) -> EvalOutcome:
         out = EvalOutcome(metrics=None)
         clean: list[Message] = []
-        for msg in replies:
-            node = int(msg.metadata.src_node_id)
-            if msg.has_error():
-                out.rejected.append((node, f"site error: {msg.error.reason}"))
-                continue
-            if not msg.has_content():
-                out.rejected.append((node, "empty reply"))
-                continue
-            metrics, problem = validate_eval_reply(msg.content)
-            if problem:
-                out.rejected.append((node, problem))
-                continue
+        for msg, node, metrics in _triage(replies, validate_eval_reply, out.rejected):
             clean.append(Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), metadata=msg.metadata))
             out.accepted.append(node)
         for node, reason in out.rejected:
@@ -179,6 +157,26 @@ class FedRadStrategy:
             if attr not in STATEFUL_ATTRS or not hasattr(self.inner, attr):
                 raise ValueError(f"strategy {self.name!r} has no state {attr!r}; the run folder was made by another strategy")
             setattr(self.inner, attr, {k: np.asarray(v) for k, v in value.items()})
+
+
+def _triage(
+    replies: Iterable[Message],
+    validate: Callable[[RecordDict], tuple[dict, str | None]],
+    rejected: list[tuple[int, str]],
+) -> Iterator[tuple[Message, int, dict]]:
+    """Yield (reply, node, metrics) for valid replies; append (node, reason) to ``rejected`` for the rest."""
+    for msg in replies:
+        node = int(msg.metadata.src_node_id)
+        if msg.has_error():
+            rejected.append((node, f"site error: {msg.error.reason}"))
+        elif not msg.has_content():
+            rejected.append((node, "empty reply"))
+        else:
+            metrics, problem = validate(msg.content)
+            if problem:
+                rejected.append((node, problem))
+            else:
+                yield msg, node, metrics
 
 
 def _same_keys(messages: list[Message]) -> None:
