@@ -14,14 +14,11 @@ from typing import Optional
 
 import typer
 
-from shared.cli_support import EXIT_NO, err, handle_errors, out, progress_bar
+from shared.cli_support import EXIT_NO, cli_app, err, handle_errors, out, progress_bar
 
-app = typer.Typer(
-    name="fedrad-site",
-    help="FedRad site client: check a DICOM export, train and evaluate models locally, join a consortium.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = cli_app(
+    "fedrad-site",
+    "FedRad site client: check a DICOM export, train and evaluate models locally, join a consortium.",
 )
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="site.yaml with data, labels, key, classes (flags override it).")

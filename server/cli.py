@@ -10,20 +10,17 @@ configuration, 3 internal error.
 
 from __future__ import annotations
 
-import typer
-
 import json
 from pathlib import Path
 from typing import Optional
 
-from shared.cli_support import EXIT_NO, err, handle_errors, out
+import typer
 
-app = typer.Typer(
-    name="fedrad-server",
-    help="FedRad consortium server: create a consortium, enroll sites, run federated training.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from shared.cli_support import EXIT_NO, cli_app, err, handle_errors, out
+
+app = cli_app(
+    "fedrad-server",
+    "FedRad consortium server: create a consortium, enroll sites, run federated training.",
 )
 
 

@@ -30,6 +30,11 @@ err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def cli_app(name: str, help: str) -> typer.Typer:
+    """A FedRad command group: help on no arguments, no shell-completion installer, no rich tracebacks."""
+    return typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
 def handle_errors(func: F) -> F:
     """Turn expected failures into one clear line and a meaningful exit code, never a traceback."""
 
