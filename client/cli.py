@@ -121,13 +121,14 @@ def synth(
     seed: int = typer.Option(0, "--seed"),
     scale: float = typer.Option(1.0, "--scale", min=0.01, help="Multiply the default site sizes."),
     shift: float = typer.Option(1.0, "--shift", min=0.0, help="Scanner shift between sites (0 none, 1 moderate, 2 strong)."),
-    difficulty: Optional[float] = typer.Option(None, "--difficulty", help="Lower = fainter nodules."),
+    difficulty: Optional[float] = typer.Option(None, "--difficulty", help="Higher = fainter nodules (0 obvious, 1 barely visible)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace sites already in OUT_DIR."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write synthetic chest radiograph sites as real DICOM plus labels.csv, for dry runs and demos."""
     from client.synth_command import run_synth
 
-    summary = run_synth(out_dir, sites, unseen, seed, scale, shift, difficulty)
+    summary = run_synth(out_dir, sites, unseen, seed, scale, shift, difficulty, overwrite)
     if as_json:
         _print_json(summary)
     else:

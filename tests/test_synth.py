@@ -26,7 +26,10 @@ from shared.synth import (
     write_site,
 )
 from shared.synth.anatomy import NODULE_RADIUS, _inside, _pick_in_lung, expose, sample_patient
-from shared.synth.cohort import MIN_SITE_IMAGES, main
+from typer.testing import CliRunner
+
+from client.cli import app as site_cli
+from shared.synth.cohort import MIN_SITE_IMAGES
 from shared.synth.dicom_writer import SOP_CLASS, ImageMeta, build_dataset, encode_pixels
 from shared.synth.profiles import REFERENCE_LOOK
 
@@ -230,11 +233,14 @@ def test_write_site_refuses_to_mix_into_an_existing_export(tmp_path):
     assert len(_files(s.path)) == 5 and len(_read_labels(s.path)) == 5
 
 
-def test_command_line_writes_a_cohort(tmp_path, capsys):
-    assert main([str(tmp_path / "c"), "--sites", "1", "--unseen", "0", "--scale", "0.01"]) == 0
-    assert "site-1" in capsys.readouterr().out
+def test_command_line_writes_a_cohort(tmp_path):
+    args = ["synth", str(tmp_path / "c"), "--sites", "1", "--unseen", "0", "--scale", "0.01"]
+    first = CliRunner().invoke(site_cli, args)
+    assert first.exit_code == 0 and "site-1" in first.output
     assert len(_read_labels(tmp_path / "c" / "site-1")) == MIN_SITE_IMAGES
-    assert main([str(tmp_path / "c"), "--sites", "1", "--unseen", "0", "--scale", "0.01"]) == 2  # exists
+    again = CliRunner().invoke(site_cli, args)  # the cohort exists: a clear error, exit 2
+    assert again.exit_code == 2 and "--overwrite" in again.output and "Traceback" not in again.output
+    assert CliRunner().invoke(site_cli, [*args, "--overwrite"]).exit_code == 0
 
 
 # ----------------------------------------------------------------------------- learnable signal

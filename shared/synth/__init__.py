@@ -17,7 +17,7 @@ Dials:
   scaled (a correct loader removes them).
 
 Entry points: :func:`write_cohort`, :func:`write_site`, :func:`render_image`;
-``python -m shared.synth OUT`` on the command line.
+``fedrad-site synth OUT`` on the command line.
 """
 
 from shared.synth.anatomy import DEFAULT_DIFFICULTY, render_image

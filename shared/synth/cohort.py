@@ -11,17 +11,15 @@ correlated and only patient-grouped splits give honest validation numbers.
 Everything is a pure function of ``seed`` (UIDs too: ``generate_uid`` with
 deterministic entropy), so the same call writes byte-identical files.
 
-Run ``python -m shared.synth OUT`` for a default cohort.
+On the command line: ``fedrad-site synth OUT``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import math
 import shutil
-import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -232,35 +230,3 @@ def write_cohort(
             write_site(out / profile.name, profile, n, seed, difficulty, shift, overwrite=overwrite)
         )
     return summaries
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m shared.synth OUT [--sites 3] [--unseen 1] [--seed 0] [--scale 1] ...``."""
-    ap = argparse.ArgumentParser(prog="python -m shared.synth", description=__doc__.split("\n")[0])
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--sites", type=int, default=3)
-    ap.add_argument("--unseen", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--difficulty", type=float, default=DEFAULT_DIFFICULTY)
-    ap.add_argument("--shift", type=float, default=1.0)
-    ap.add_argument("--overwrite", action="store_true")
-    a = ap.parse_args(argv)
-    try:
-        sums = write_cohort(
-            a.out, a.sites, a.seed, a.unseen, a.scale, a.difficulty, a.shift, overwrite=a.overwrite
-        )
-    except (FileExistsError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for s in sums:
-        counts = ", ".join(f"{k} {v}" for k, v in s.class_counts.items())
-        print(
-            f"{s.name:10s} {s.profile:10s} {s.n_images:4d} images {s.n_patients:4d} patients ({counts}) "
-            f"{s.transfer_syntax}, {s.bytes / 2**20:.1f} MiB, {s.n_images / max(s.seconds, 1e-9):.0f} img/s"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
