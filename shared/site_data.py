@@ -7,7 +7,6 @@ holds counts, relative paths and keys the site already owns, nothing else.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +95,7 @@ def check_site(config: SiteDataConfig, on_progress: ProgressFn | None = None, wo
     if not data.is_dir():
         raise ConfigError(f"data folder {data} is not a folder")
     rows = read_labels(Path(config.labels), config.key, config.label_column)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # pydicom's per-file warnings become reasons, not noise
-        scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), on_progress, workers)
+    scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), on_progress, workers)
     return SiteCheck(config=config, scan=scan, join=join_labels(scan.records, rows, config.key, config.classes))
 
 
@@ -107,15 +104,13 @@ def build_dataset(check: SiteCheck) -> SiteDataset:
     size = check.config.image_size
     images = np.empty((len(check.join.matched), 1, size, size), dtype=np.float32)
     labels, groups, keys, paths = [], [], [], []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for i, (rec, label) in enumerate(check.join.matched):
-            images[i, 0] = check.scan.load_image(rec)
-            labels.append(label)
-            # Patients group the split; without a PatientID each study (or image) is its own group.
-            groups.append(rec.header.patient_id or rec.header.study_instance_uid or rec.path)
-            keys.append(record_key(rec, check.config.key))
-            paths.append(rec.path)
+    for i, (rec, label) in enumerate(check.join.matched):
+        images[i, 0] = check.scan.load_image(rec)
+        labels.append(label)
+        # Patients group the split; without a PatientID each study (or image) is its own group.
+        groups.append(rec.header.patient_id or rec.header.study_instance_uid or rec.path)
+        keys.append(record_key(rec, check.config.key))
+        paths.append(rec.path)
     check.scan.flush_cache()  # persists any entry rebuilt above
     return SiteDataset(
         images=torch.from_numpy(images),

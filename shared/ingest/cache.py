@@ -121,8 +121,11 @@ class IngestCache:
         bio = io.BytesIO()
         np.save(bio, stack.astype(np.float32, copy=False), allow_pickle=False)
         # Array first, then its index: a crash between the two leaves a mismatch that _load_pack rejects.
-        if self._write(self._pack_base.with_suffix(".npy"), bio.getvalue()):
-            self._write(self._pack_base.with_suffix(".json"), json.dumps({"shas": shas}).encode())
+        if self._write(self._pack_base.with_suffix(".npy"), bio.getvalue()) and self._write(
+            self._pack_base.with_suffix(".json"), json.dumps({"shas": shas}).encode()
+        ):
+            # What was written is now the pack: a second flush with nothing new writes nothing.
+            self._pack, self._pack_rows, self._fresh = stack, {sha: i for i, sha in enumerate(shas)}, {}
 
     # -- content hashes -----------------------------------------------------------------------
     def memo_sha(self, path: Path, stat: os.stat_result) -> str | None:

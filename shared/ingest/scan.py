@@ -61,7 +61,9 @@ class ScanResult:
         """The preprocessed image of a usable record; rebuilt from the DICOM file if the cache entry is gone."""
         img = self.cache.get_tensor(record.sha256)
         if img is None:
-            _, decoded = read_image((self.data_dir / record.path).read_bytes())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # as in decode_file
+                _, decoded = read_image((self.data_dir / record.path).read_bytes())
             img = preprocess_image(decoded, self.cache.params)
             self.cache.put_tensor(record.sha256, img)
             self.cache.decoded += 1
