@@ -1,23 +1,27 @@
 """FedRad ClientApp (Flower Message API): train and evaluate the global model on the site's data.
 
-Flower spawns a fresh ``flwr-clientapp`` process per message, so each handler
-loads the site's data from the on-disk tensor cache and keeps nothing in
-memory; the work is in :mod:`client.federated` (testable without Flower).
-Heavy imports stay inside the handlers so Flower's loading of this module
-stays cheap. Replies carry the weights (train) and aggregate metrics only.
+Flower spawns a fresh ``flwr-clientapp`` process per message. With the site's
+warm worker running (node config ``worker-socket``, set by ``fedrad-site
+start``) this process only forwards the message's arrays and config to it
+(:mod:`client.worker_protocol`: numpy and the standard library, no torch) and
+sends the reply on. Without it, the same work runs here (:class:`client.federated.SiteSession`),
+importing torch and reading the tensor cache for every message. Replies
+carry the weights (train) and aggregate metrics only.
 
 Node config (``flower-supernode --node-config``): ``site-config`` (absolute
-path of site.yaml), ``site-name``. Run config: ``classes``, ``image-size``,
-``model``, ``seed``, ``consortium``, ``run-dir`` (FedBN state key).
+path of site.yaml), ``site-name``, optional ``worker-socket``. Run config:
+``classes``, ``image-size``, ``model``, ``seed``, ``consortium``, ``run-dir``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 app = ClientApp()
@@ -36,45 +40,49 @@ def process_age_s() -> float:
         return 0.0
 
 
-def _setup(msg: Message, context: Context):  # noqa: ANN202 - lazily imported types
-    """Thread limit, task, site data and (FedBN) local norm store for this message."""
-    t0 = time.perf_counter()
-    from client import federated as fed  # torch, MONAI (via shared.augment), the training code
-    from shared.config import ConfigError
+def _in_process(op: str, msg: Message, context: Context, config: dict) -> tuple[dict[str, np.ndarray] | None, dict]:
+    """The message's work in this process (no warm worker): torch import, data load, train/evaluate."""
+    from client.federated import SiteSession
     from shared.processes import apply_thread_limit
 
     apply_thread_limit()
-    run = context.run_config
-    site_config = context.node_config.get("site-config")
-    if not site_config:
-        raise ConfigError("node config has no 'site-config' (fedrad-site start sets it to the site.yaml path)")
-    task = fed.Task.from_run_config(run)
-    import_s = time.perf_counter() - t0
-    data = fed.load_site_data(site_config, task, int(run.get("seed", 0)), context.node_config.get("site-name"))
+    session = SiteSession.open(context.run_config, context.node_config)
+    state, metrics = session.handle(op, msg.content["arrays"].to_torch_state_dict(), config)
+    return ({k: v.numpy() for k, v in state.items()} if state is not None else None), metrics
+
+
+def _handle(op: str, msg: Message, context: Context) -> Message:
+    """Forward to the warm worker (or work in-process); reply with weights (train) and aggregate metrics."""
+    startup, t0 = process_age_s(), time.perf_counter()
+    from client.worker_protocol import WorkerUnavailable, call_worker
+
     config = dict(msg.content["config"])
-    store = None
-    if config.get("keep-local-norm"):
-        key = fed.LocalNormStore.run_key(str(run.get("consortium", "")), str(run.get("run-dir", "")))
-        store = fed.LocalNormStore(data.work_dir, key, data.site_name)
-    return fed, task, data, config, store, import_s
+    socket_path = context.node_config.get("worker-socket")
+    warm = 0
+    try:
+        if not socket_path:
+            raise WorkerUnavailable("no worker-socket in the node config")
+        arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()}
+        out, metrics = call_worker(socket_path, op, run_id=msg.metadata.run_id, run_config=dict(context.run_config),
+                                   config=config, arrays=arrays)  # fmt: skip
+        state, warm = (out if op == "train" else None), 1
+    except WorkerUnavailable as exc:
+        print(f"FedRad: {exc}; working in this process (slower)", file=sys.stderr, flush=True)
+        state, metrics = _in_process(op, msg, context, config)
+    metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0, "warm-worker": warm})
+    reply = RecordDict({"metrics": MetricRecord(metrics)})
+    if state is not None:
+        reply["arrays"] = ArrayRecord(array_dict={name: Array(arr) for name, arr in state.items()})
+    return Message(reply, reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local epochs from the global weights; reply with the new weights and aggregate metrics."""
-    startup, t0 = process_age_s(), time.perf_counter()
-    fed, task, data, config, store, import_s = _setup(msg, context)
-    state, metrics = fed.train_round(task, msg.content["arrays"].to_torch_state_dict(), data, config, store)
-    metrics.update({"startup-s": startup, "import-s": import_s, "handler-s": time.perf_counter() - t0})
-    reply = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
-    return Message(reply, reply_to=msg)
+    return _handle("train", msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Aggregate figures of the global model on this site's held-out patients (metrics only, no weights)."""
-    startup, t0 = process_age_s(), time.perf_counter()
-    fed, task, data, config, store, import_s = _setup(msg, context)
-    metrics = fed.evaluate_round(task, msg.content["arrays"].to_torch_state_dict(), data, config, store)
-    metrics.update({"startup-s": startup, "import-s": import_s, "handler-s": time.perf_counter() - t0})
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return _handle("evaluate", msg, context)

@@ -1,10 +1,12 @@
 """What a site does with one federated message: train or evaluate the global model on local data.
 
 Testable without Flower: the ClientApp (:mod:`client.app`) only converts
-messages to the plain arguments here and back. Flower starts a fresh process
-per message, so nothing survives in memory between rounds: the data comes
-from the site's on-disk tensor cache (``load_site_dataset``; fast after the
-first decode) and FedBN's local normalisation tensors from the site's work dir.
+messages to the plain arguments here and back. :class:`SiteSession` is one
+run's task and data at the site; the warm site worker (:mod:`client.site_worker`)
+keeps it in memory between messages, while the in-process fallback opens it
+per message from the on-disk tensor cache (``load_site_dataset``; fast after
+the first decode). FedBN's local normalisation tensors live in the site's work
+dir either way, so both paths give the same results.
 
 Held-out evaluation: each site splits its cases once per run, by patient
 (``shared.splits.stratified_group_split``, seeded by the run's ``seed``, the
@@ -192,7 +194,6 @@ def train_round(
         "num-examples": len(data.train),
         "train-loss": float(last["loss"]),
         "train-acc": float(last["train_acc"]),
-        "load-s": data.load_s,
         "train-s": train_s,
     }
     return {k: v.detach() for k, v in model.state_dict().items()}, metrics
@@ -214,5 +215,51 @@ def evaluate_round(
         "auc": float(auc) if auc is not None else 0.0,
         "auc-examples": len(data.held_out) if auc is not None else 0,
         "held-out": int(data.has_held_out),
-        "load-s": data.load_s,
     }
+
+
+@dataclass
+class SiteSession:
+    """One run's task and split data at this site, opened from Flower's run and node config.
+
+    Run config: ``classes``, ``image-size``, ``model``, ``seed``, ``consortium``,
+    ``run-dir`` (FedBN key). Node config: ``site-config`` (site.yaml path),
+    ``site-name``.
+    """
+
+    task: Task
+    data: SiteData
+    consortium: str
+    run_dir: str
+    _load_s: float = 0.0
+
+    @classmethod
+    def open(cls, run_config: Mapping, node_config: Mapping) -> SiteSession:
+        site_config = node_config.get("site-config")
+        if not site_config:
+            raise ConfigError("node config has no 'site-config' (fedrad-site start sets it to the site.yaml path)")
+        task = Task.from_run_config(run_config)
+        data = load_site_data(Path(str(site_config)), task, int(run_config.get("seed", 0)), node_config.get("site-name"))
+        return cls(task, data, str(run_config.get("consortium", "")), str(run_config.get("run-dir", "")), data.load_s)
+
+    def _store(self, config: Mapping) -> LocalNormStore | None:
+        if not config.get("keep-local-norm"):
+            return None
+        key = LocalNormStore.run_key(self.consortium, self.run_dir)
+        return LocalNormStore(self.data.work_dir, key, self.data.site_name)
+
+    def handle(
+        self, op: str, state: Mapping[str, torch.Tensor], config: Mapping
+    ) -> tuple[dict[str, torch.Tensor] | None, dict[str, float | int]]:
+        """Run one ``train`` or ``evaluate`` message: (new weights or None, aggregate metrics).
+
+        ``load-s`` is the data-loading time this message paid (0 once the session is warm).
+        """
+        if op == "train":
+            new_state, metrics = train_round(self.task, state, self.data, config, self._store(config))
+        elif op == "evaluate":
+            new_state, metrics = None, evaluate_round(self.task, state, self.data, config, self._store(config))
+        else:
+            raise ValueError(f"unknown message type {op!r} (expected train or evaluate)")
+        metrics["load-s"], self._load_s = self._load_s, 0.0
+        return new_state, metrics

@@ -7,9 +7,17 @@ Order and why:
 2. Check the data exactly as ``fedrad-site check`` does and refuse to start
    when it cannot train: a site that joins and then fails every round only
    slows the consortium down (the round waits up to ``round_timeout_s``).
-3. Run Flower's SuperNode (client/supernode.py) with the site key, the
-   consortium CA, the server address and node config ``site-config`` /
-   ``site-name`` (the ClientApp reads the data settings from site.yaml).
+3. Start the site's warm worker (client/site_worker.py: torch, the model and
+   the data stay loaded between rounds; restarted if it dies) and Flower's
+   SuperNode (client/supernode.py) with the site key, the consortium CA, the
+   server address and node config ``site-config`` / ``site-name`` /
+   ``worker-socket`` (the per-message ClientApp forwards to the worker).
+
+Restart after a crash: Flower refuses to activate a key that it still
+counts as online (exit code 305, "Failed to activate SuperNode") until the
+old session's heartbeats lapse (~60 s). A refusal is therefore retried every
+10 s for up to 150 s before it is reported; a key that is really not
+registered is still reported, just 150 s later.
 
 Reconnection: the SuperNode is started without ``--max-retries`` /
 ``--max-wait-time``, so Flower retries every Fleet call forever with capped
@@ -32,7 +40,13 @@ from rich.console import Console
 
 from client.keys import SiteKeyError, check_private_key
 from client.site_config import SiteFileConfig, load_site_file
-from client.supernode import EXIT_REASONS, SuperNodeError, flower_exit_code, start_supernode
+from client.site_worker import start_site_worker
+from client.supernode import (
+    EXIT_REASONS,
+    SuperNodeError,
+    flower_exit_code,
+    start_supernode,
+)
 from shared.config import ConfigError
 from shared.processes import ProcessSet, exit_on_sigterm, free_port
 
@@ -51,6 +65,12 @@ HINTS: dict[int, str] = {
     302: "private_key in site.yaml is not an unencrypted OpenSSH EC key; make one with `fedrad-site keygen`.",
     303: "a site key needs TLS; ca_cert must be set in site.yaml.",
 }
+
+
+# Flower refuses to activate a node whose key is still marked online: after a crash (no clean
+# deactivate) that lasts until the SuperLink's heartbeat check expires it (30 s interval, patience 2).
+REFUSED_RETRY_S = 150.0
+REFUSED_RETRY_EVERY_S = 10.0
 
 
 class SiteStartError(RuntimeError):
@@ -110,24 +130,59 @@ def run_site(
     work = Path(cfg.work_dir or config.parent / "work")
     exit_on_sigterm()
     with ProcessSet(work / "logs") as ps:
-        try:
-            proc = start_supernode(
-                ps, cfg.site_name, superlink=cfg.server_address, ca_cert=Path(cfg.ca_cert),
-                private_key=Path(cfg.private_key),
-                node_config={"site-config": str(config), "site-name": cfg.site_name},
-                work_dir=work, runtime_port=free_port(), max_retries=max_retries,
-            )
-        except SuperNodeError as exc:
-            raise ConfigError(str(exc)) from None
-        console.print(f"site {cfg.site_name!r} connecting to {cfg.server_address} (log: {proc.log_path}); Ctrl-C to stop")
-        if on_started is not None:
-            on_started(proc.log_path)
-        offset = 0
-        while proc.poll() is None:
-            offset = _echo_new_lines(proc.log_path, offset, console)
-            time.sleep(0.5)
-        _echo_new_lines(proc.log_path, offset, console)
-        raise SiteStartError(explain_exit(proc.log_text(), proc.returncode) + f" (log: {proc.log_path})")
+        worker, socket_path = start_site_worker(ps, cfg.site_name, config)
+        node_config = {"site-config": str(config), "site-name": cfg.site_name, "worker-socket": str(socket_path)}
+        refused_since: float | None = None
+        while True:
+            try:
+                proc = start_supernode(
+                    ps, cfg.site_name, superlink=cfg.server_address, ca_cert=Path(cfg.ca_cert),
+                    private_key=Path(cfg.private_key), node_config=node_config, work_dir=work,
+                    runtime_port=free_port(), max_retries=max_retries,
+                )  # fmt: skip
+            except SuperNodeError as exc:
+                raise ConfigError(str(exc)) from None
+            start = _size(proc.log_path)
+            console.print(f"site {cfg.site_name!r} connecting to {cfg.server_address} (log: {proc.log_path}); Ctrl-C to stop")
+            if on_started is not None:
+                on_started(proc.log_path)
+            offset = start
+            while proc.poll() is None:
+                offset = _echo_new_lines(proc.log_path, offset, console)
+                if worker.poll() is not None:
+                    console.print(f"site worker stopped (status {worker.returncode}, log {worker.log_path}); restarting it")
+                    worker, _ = start_site_worker(ps, cfg.site_name, config, socket_path=socket_path)
+                time.sleep(0.5)
+            _echo_new_lines(proc.log_path, offset, console)
+            text = _read_from(proc.log_path, start)
+            now = time.monotonic()
+            if "SuperNode ID" in text:  # it was connected: a refusal now starts a new retry window
+                refused_since = None
+            if flower_exit_code(text) == 305 and max_retries is None:
+                refused_since = refused_since or now
+                if now - refused_since < REFUSED_RETRY_S:
+                    console.print(
+                        f"the server refused the connection (Flower exit code 305); retrying in {REFUSED_RETRY_EVERY_S:.0f} s "
+                        f"(for up to {REFUSED_RETRY_S:.0f} s): a site restarted right after a crash is refused until "
+                        "the server notices its old connection is gone (~60 s)"
+                    )
+                    time.sleep(REFUSED_RETRY_EVERY_S)
+                    continue
+            raise SiteStartError(explain_exit(text, proc.returncode) + f" (log: {proc.log_path})")
+
+
+def _size(path: Path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    """The log from ``offset`` on: this SuperNode's lines only (the file is appended across restarts)."""
+    with Path(path).open("rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode(errors="replace")
 
 
 def _echo_new_lines(path: Path, offset: int, console: Console) -> int:

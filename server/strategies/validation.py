@@ -21,9 +21,9 @@ ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
 WEIGHT_KEY = "num-examples"
 TRAIN_REQUIRED = ("num-examples", "train-loss", "train-acc")
-TRAIN_OPTIONAL = ("load-s", "train-s", "startup-s", "import-s", "handler-s")
+TRAIN_OPTIONAL = ("load-s", "train-s", "startup-s", "handler-s", "warm-worker")
 EVAL_REQUIRED = ("num-examples", "loss", "accuracy", "auc", "auc-examples")
-EVAL_OPTIONAL = ("held-out", "load-s", "startup-s", "import-s", "handler-s")
+EVAL_OPTIONAL = ("held-out", "load-s", "startup-s", "handler-s", "warm-worker")
 
 
 @dataclass(frozen=True)

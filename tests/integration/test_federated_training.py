@@ -24,40 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
-from client.keys import generate_site_keys
-from client.supernode import start_supernode
+from deploy.loopback import REPO, start_loopback_consortium
 from server.checkpoints import read_metrics
-from server.fleet_proxy import start_fleet_proxy
-from server.pki import init_pki
-from server.superlink import SuperLink, stage_app, start_superlink, submit_run
+from server.superlink import SuperLink, stage_app, submit_run
 from shared.modelfile import load_model_file
-from shared.processes import ManagedProcess, ProcessId, ProcessSet, free_port
-from tests.integration.cleanup import stop_all_and_check
+from shared.processes import ManagedProcess, ProcessId, ProcessSet
 from shared.synth import write_cohort
+from tests.integration.cleanup import stop_all_and_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # ~70-110 s per test on a quiet box; 2-3x under load
 
-REPO = Path(__file__).resolve().parents[2]
 SITES = ("site-1", "site-2")
 RUN_CONFIG = {
     "min-sites": 2, "round-timeout-s": 180, "evaluate-every": 1, "seed": 3, "strategy": "fedadam",
     "strategy-params": '{"eta": 0.01}', "classes": "normal,nodule", "image-size": 32, "model": "smallcnn",
     "batch-size": 16, "lr": 0.001, "augment": 0.5, "local-epochs": 1, "consortium": "TestConsortium",
 }  # fmt: skip
-
-
-def write_site_yaml(path: Path, *, site: Path, name: str, server: str, ca_cert: Path, key: Path, image_size: int) -> Path:
-    """A full site.yaml (data keys + credentials), as a hospital would have it."""
-    doc = {
-        "site_name": name, "server_address": server, "ca_cert": str(ca_cert), "private_key": str(key),
-        "data": str(site / "dicom"), "labels": str(site / "labels.csv"), "classes": ["normal", "nodule"],
-        "image_size": image_size, "cache_dir": str(path.parent / "cache"), "work_dir": str(path.parent / "work"),
-    }  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 @dataclass
@@ -84,30 +67,14 @@ def _run(fed: Fed, label: str, config: dict, timeout: float) -> dict:
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
     tmp = tmp_path_factory.mktemp("fedtrain")
     cohort = {s.name: s.path for s in write_cohort(tmp / "cohort", n_sites=2, unseen=0, scale=0.08, seed=1)}
-    tls = init_pki(tmp / "pki", "TestConsortium", "127.0.0.1:9443")
     ps = ProcessSet(tmp / "logs")
     started: set[ProcessId] = set()
     try:
-        link = start_superlink(ps, tls=tls, port=free_port(), database=tmp / "state" / "sl.db", flwr_home=tmp / "server-home")
-        proxy = f"127.0.0.1:{free_port()}"
-        start_fleet_proxy(ps, listen=proxy, upstream=link.address, certfile=tls.server_cert, keyfile=tls.server_key,
-                          ca_certfile=tls.ca_cert, cwd=REPO)  # fmt: skip
+        lc = start_loopback_consortium(ps, tmp, {name: cohort[name] for name in SITES}, image_size=32)
         run_dir = tmp / "runs" / "r1"
-        f = Fed(tmp=tmp, link=link, app_dir=stage_app(tmp / "app", REPO, {**RUN_CONFIG, "run-dir": str(run_dir)}), run_dir=run_dir)
-        with link.control() as control:
-            for name in SITES:
-                key, pub = generate_site_keys(tmp / "sites" / name / "keys")
-                control.register(pub, name)
-                site_yaml = write_site_yaml(
-                    tmp / "sites" / name / "site.yaml", site=cohort[name], name=name, server=proxy,
-                    ca_cert=tls.ca_cert, key=key, image_size=32,
-                )  # fmt: skip
-                f.supernodes[name] = start_supernode(
-                    ps, name, superlink=proxy, ca_cert=tls.ca_cert, private_key=key,
-                    node_config={"site-config": str(site_yaml), "site-name": name},
-                    work_dir=tmp / "sites" / name / "work", runtime_port=free_port(),
-                )  # fmt: skip
-        yield f
+        app_dir = stage_app(tmp / "app", REPO, {**RUN_CONFIG, "run-dir": str(run_dir)})
+        yield Fed(tmp=tmp, link=lc.link, app_dir=app_dir, run_dir=run_dir,
+                  supernodes={n: s.supernode for n, s in lc.sites.items()})  # fmt: skip
     finally:
         started = stop_all_and_check(ps, started)
 
@@ -122,6 +89,7 @@ def test_one_round_writes_checkpoints(fed: Fed) -> None:
     r = rows[0]
     assert r["sites_answered"] == 2 and r["sites_failed"] == 0 and r["strategy"] == "fedadam"
     assert r["train"]["num-examples"] > 0 and 0.0 <= r["train"]["train-acc"] <= 1.0
+    assert r["train"]["warm-worker"] == 1.0 and r["eval"]["warm-worker"] == 1.0  # both sites' workers did the work
     assert r["eval"]["num-examples"] > 0  # the last round is always evaluated
     model = load_model_file(fed.run_dir / "round-0001.pt")
     assert model.weights_sha256 == r["weights_sha256"] == load_model_file(fed.run_dir / "latest.pt").weights_sha256
@@ -159,7 +127,7 @@ def _report(label: str, info: dict, r: dict, params: int | None) -> None:
     t = r["train"]
     print(
         f"\n{label}: submit->finished {info['wall-s']:.1f} s; round {r['seconds']} s {r['timing']}; "
-        f"slowest site startup/import/load/train/handler {t.get('startup-s', 0):.2f}/{t.get('import-s', 0):.2f}/{t.get('load-s', 0):.2f}/"
+        f"slowest site startup/load/train/handler {t.get('startup-s', 0):.2f}/{t.get('load-s', 0):.2f}/"
         f"{t.get('train-s', 0):.2f}/{t.get('handler-s', 0):.2f} s; bytes per site {r['bytes_per_site']}; "
         f"run bytes sent/recv {info['bytes-sent']}/{info['bytes-recv']}" + (f"; smallcnn {params} params" if params else "")
     )

@@ -24,7 +24,9 @@ import pytest
 import yaml
 
 from client.keys import generate_site_keys
+from client.site_worker import start_site_worker
 from client.supernode import flower_exit_code, start_supernode, supernode_command
+from server.checkpoints import read_metrics
 from server.fleet_proxy import start_fleet_proxy
 from server.pki import ServerTls, certificate_names, init_pki
 from server.superlink import SuperLink, flwr_json, stage_app, start_superlink, submit_run, write_cli_config
@@ -92,13 +94,16 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
                     }  # fmt: skip
                 )
             )
+            node_config = {"site-config": str(site_yaml), "site-name": name}
+            if i == 0:  # site-a has the warm worker; site-b works in each ClientApp process (the fallback path)
+                node_config["worker-socket"] = str(start_site_worker(ps, name, site_yaml)[1])
             f.supernodes[name] = start_supernode(
                 ps,
                 name,
                 superlink=f"127.0.0.1:{proxy_port}",  # through the proxy, as a hospital would
                 ca_cert=tls.ca_cert,
                 private_key=keys[name][0],
-                node_config={"site-config": str(site_yaml), "site-name": name},
+                node_config=node_config,
                 work_dir=tmp / "sites" / name,
                 runtime_port=free_port(),
             )
@@ -256,6 +261,8 @@ def test_two_sites_complete_two_rounds(fed: Fed) -> None:
     )
     assert f"FEDRAD rounds_completed={ROUNDS} of {ROUNDS}" in res.stdout, res.stdout[-3000:]
     assert (fed.tmp / "run" / f"round-{ROUNDS:04d}.pt").is_file()
+    rows = read_metrics(fed.tmp / "run")
+    assert all(0.0 < r["train"]["warm-worker"] < 1.0 for r in rows)  # site-a forwarded to its worker, site-b did not
     rounds = re.findall(r"FEDRAD round=(\d+) .*?seconds=([\d.]+)", res.stdout)
     print(
         f"\nrun {fed.run_id}: submit->finished {elapsed:.1f} s, round seconds {[float(s) for _, s in rounds]}, "

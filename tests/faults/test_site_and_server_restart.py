@@ -1,0 +1,133 @@
+"""Faults in a live consortium, with the real commands: ``fedrad-server start`` and ``fedrad-site start``.
+
+One 4-round run of two sites over TLS on 127.0.0.1, and along the way:
+
+1. site-b is killed (SIGKILL of its whole process tree: a power cut) as round 2
+   starts. Round 2 must finish with site-a alone, within ``round_timeout_s``
+   plus the aggregation, and record site-b as failed;
+2. site-b is started again (a new process with the same key) and must be back
+   in a later round;
+3. the server is killed (SIGKILL of ``fedrad-server start``, its SuperLink,
+   proxy and ServerApp) after round 3 is checkpointed, and restarted with
+   ``fedrad-server start --resume``: only round 4 runs, it starts from exactly
+   round 3's saved weights (sha256), and no finished round is lost.
+
+Bounded: the test's timeout covers the worst case of every wait.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from client.site_config import fill_site_yaml
+from server.checkpoints import read_metrics
+from server.enrollment import enroll_site, init_consortium
+from shared.modelfile import load_model_file
+from shared.processes import ManagedProcess, ProcessSet, executable, free_port
+from shared.synth import SiteSummary
+from tests.integration.cleanup import stop_all_and_check
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+REPO = Path(__file__).resolve().parents[2]
+ROUNDS = 4
+ROUND_TIMEOUT = 30
+WIDE = {"COLUMNS": "250"}
+
+
+def _kill_tree(proc: ManagedProcess) -> None:
+    """SIGKILL the process and every descendant at once: nothing gets to clean up."""
+    proc.signal(signal.SIGKILL, proc.tree())
+    proc.wait(timeout=10)
+
+
+def _wait_rounds(run_root: Path, n: int, timeout: float, watch: ManagedProcess) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = sorted(run_root.iterdir()) if run_root.is_dir() else []
+        rows = read_metrics(runs[-1]) if runs else []
+        if len(rows) >= n:
+            return rows
+        assert watch.poll() is None, f"server exited early:\n{watch.log_tail(60)}"
+        assert time.monotonic() < deadline, f"no round {n} within {timeout} s:\n{watch.log_tail(60)}"
+        time.sleep(0.3)
+
+
+def _wait_for(proc: ManagedProcess, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc.log_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.log_tail(60)
+        time.sleep(0.2)
+
+
+def test_site_killed_rejoins_and_server_resumes(tmp_path: Path, small_cohort: list[SiteSummary]) -> None:
+    port = free_port()
+    c = tmp_path / "consortium"
+    init_consortium(c, "Fault Test", f"127.0.0.1:{port}")
+    cfg_path = c / "consortium.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg.update(rounds=ROUNDS, evaluate_every=ROUNDS, min_sites=2, round_timeout_s=ROUND_TIMEOUT, wait_for_sites_s=90,
+               local_epochs=1)  # fmt: skip
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    site_cmd = {}
+    for name, data in zip(("site-a", "site-b"), small_cohort[:2], strict=True):
+        bundle = enroll_site(c, name).bundle_dir
+        path = fill_site_yaml(bundle / "site.yaml", data=data.dicom_dir, labels=data.labels_csv, cache_dir=tmp_path / "cache" / name)
+        site_cmd[name] = [executable("fedrad-site"), "start", "--config", str(path)]
+    server_cmd = [executable("fedrad-server"), "start", str(c), "--listen", f"127.0.0.1:{port}"]
+    ps = ProcessSet(tmp_path / "logs")
+    started: set = set()
+    try:
+        server = ps.start("server-1", server_cmd, env=WIDE, cwd=REPO)
+        _wait_for(server, "listening for sites", 60)
+        sites = {n: ps.start(n, cmd, env=WIDE, cwd=REPO) for n, cmd in site_cmd.items()}
+
+        # 1. site-b dies as round 2 starts; round 2 goes on with site-a only, bounded by round_timeout_s.
+        _wait_rounds(c / "runs", 1, 240, server)
+        t_kill = time.monotonic()
+        started |= ps.all_procs()
+        _kill_tree(sites["site-b"])
+        rows = _wait_rounds(c / "runs", 2, ROUND_TIMEOUT + 90, server)
+        r2 = rows[1]
+        assert r2["sites_answered"] == 1 and r2["sites_failed"] == 1, r2
+        assert r2["timing"]["train_wave_s"] <= ROUND_TIMEOUT + 5, r2["timing"]
+        round2_after_kill = time.monotonic() - t_kill
+
+        # 2. site-b comes back (new process, same key).
+        sites["site-b"] = ps.start("site-b-restarted", site_cmd["site-b"], env=WIDE, cwd=REPO)
+        t_back = time.monotonic()
+
+        # 3. the server dies after round 3's checkpoint; --resume continues with round 4 from those weights.
+        rows = _wait_rounds(c / "runs", 3, ROUND_TIMEOUT + 120, server)
+        started |= ps.all_procs()
+        _kill_tree(server)
+        run_dir = sorted((c / "runs").iterdir())[-1]
+        saved = load_model_file(run_dir / "round-0003.pt").weights_sha256
+        assert json.loads((run_dir / "state.json").read_text())["last_round"] == 3
+        t_restart = time.monotonic()
+        resumed = ps.start("server-2", [*server_cmd, "--resume"], env=WIDE, cwd=REPO)
+        rc = resumed.wait(timeout=240)
+        assert rc == 0, resumed.log_tail(80)
+        assert "finished:completed" in resumed.log_text()
+        rows = read_metrics(run_dir)
+        assert [r["round"] for r in rows] == [1, 2, 3, 4]  # nothing lost, nothing re-run
+        assert rows[3]["start_weights_sha256"] == saved  # round 4 started from round 3's saved weights
+        assert load_model_file(run_dir / "latest.pt").provenance["rounds"] == ROUNDS
+        rejoined = [r["round"] for r in rows[2:] if r["sites_answered"] == 2]
+        assert rejoined, f"site-b never answered again: {[(r['round'], r['sites_answered']) for r in rows]}"
+        for name, proc in sites.items():
+            assert proc.poll() is None, f"{name} stopped: {proc.log_tail()}"  # sites ride out the server crash
+        print(
+            f"\nfaults: round 2 done {round2_after_kill:.1f} s after site-b was killed "
+            f"(train wave {r2['timing']['train_wave_s']:.1f} s, round_timeout_s={ROUND_TIMEOUT}); "
+            f"site-b back in round {rejoined[0]} ({time.monotonic() - t_back:.0f} s ago); "
+            f"server restart to round 4 checkpoint {time.monotonic() - t_restart:.1f} s; "
+            f"round seconds {[r['seconds'] for r in rows]}"
+        )
+    finally:
+        started = stop_all_and_check(ps, started)
