@@ -26,6 +26,7 @@ demo: install
 bench: install
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) -m benchmarks.bench_round_overhead
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-run demo-federated
