@@ -5,12 +5,19 @@ warm worker running (node config ``worker-socket``, set by ``fedrad-site
 start``) this process only forwards the message's arrays and config to it
 (:mod:`client.worker_protocol`: numpy and the standard library, no torch) and
 sends the reply on. Without it, the same work runs here (:class:`client.federated.SiteSession`),
-importing torch and reading the tensor cache for every message. Replies
-carry the weights (train) and aggregate metrics only.
+importing torch and reading the tensor cache for every message.
 
-Node config (``flower-supernode --node-config``): ``site-config`` (absolute
-path of site.yaml), ``site-name``, optional ``worker-socket``. Run config:
-``classes``, ``image-size``, ``model``, ``seed``, ``consortium``, ``run-dir``.
+Every message, in order: the site's code approval (:mod:`client.approval`;
+an unapproved run is refused before any data is read), the work, the
+outbound guard (:mod:`client.outbound_guard`: only the model's arrays and
+allowed aggregate metrics leave), the audit log (:mod:`client.audit`), the
+reply. A failure reaches the server as a generic reason with a reference;
+the details stay in the site's SuperNode log.
+
+Node config (set by ``fedrad-site start``, :func:`client.site_config.site_node_config`):
+``site-config``, ``site-name``, ``audit-log``, ``approvals``, ``min-count``,
+optional ``worker-socket``. Run config: ``classes``, ``image-size``,
+``model``, ``seed``, ``consortium``, ``run-dir``.
 """
 
 from __future__ import annotations
@@ -51,28 +58,97 @@ def _in_process(op: str, msg: Message, context: Context, config: dict) -> tuple[
     return ({k: v.numpy() for k, v in state.items()} if state is not None else None), metrics
 
 
-def _handle(op: str, msg: Message, context: Context) -> Message:
-    """Forward to the warm worker (or work in-process); reply with weights (train) and aggregate metrics."""
-    startup, t0 = process_age_s(), time.perf_counter()
+def _work(op: str, msg: Message, context: Context, config: dict, arrays: dict[str, np.ndarray]):  # noqa: ANN202
+    """(new arrays or None, metrics, warm flag): by the warm worker when it answers, else in this process."""
     from client.worker_protocol import WorkerUnavailable, call_worker
 
-    config = dict(msg.content["config"])
     socket_path = context.node_config.get("worker-socket")
-    warm = 0
     try:
         if not socket_path:
             raise WorkerUnavailable("no worker-socket in the node config")
-        arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()}
         out, metrics = call_worker(socket_path, op, run_id=msg.metadata.run_id, run_config=dict(context.run_config),
                                    config=config, arrays=arrays)  # fmt: skip
-        state, warm = (out if op == "train" else None), 1
+        return (out if op == "train" else None), metrics, 1
     except WorkerUnavailable as exc:
         print(f"FedRad: {exc}; working in this process (slower)", file=sys.stderr, flush=True)
         state, metrics = _in_process(op, msg, context, config)
+        return state, metrics, 0
+
+
+def _refusal(node_config: dict) -> tuple[str, str] | None:
+    """(reason for the server, detail for the site's log) when this site must not run this code; else None."""
+    from client.approval import ApprovalError, is_approved
+    from shared.code_identity import code_sha256
+
+    missing = [k for k in ("approvals", "audit-log") if not node_config.get(k)]
+    if missing:
+        return ("site not configured for FedRad runs", f"node config lacks {missing}: start the site with "
+                "`fedrad-site start --config site.yaml`, which sets them")  # fmt: skip
+    sha = code_sha256(Path(__file__).resolve().parents[1])
+    try:
+        if is_approved(Path(str(node_config["approvals"])), sha):
+            return None
+    except ApprovalError as exc:
+        return "site approvals file unreadable", str(exc)
+    public = f"run refused by the site: FedRad code sha256 {sha} is not approved there"
+    return public, (
+        f"{public}. Review the code this run shipped (under the site's work dir, apps/) and, if you accept it, "
+        f"run `fedrad-site approve --config site.yaml --code-hash {sha}`"
+    )
+
+
+def _error_reply(msg: Message, audit_log: str | None, entry: dict, public: str, local: str) -> Message:
+    """Generic reason to the server, details to the site's log (the SuperNode log) and the audit log."""
+    from flwr.app import Error
+    from flwr.common.constant import ErrorCode
+
+    from client.audit import append_entry
+
+    print(f"FedRad: {local}", file=sys.stderr, flush=True)
+    if audit_log:
+        append_entry(Path(audit_log), {**entry, "reason": public, "bytes": len(public)})
+    return Message(error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=public), reply_to=msg)
+
+
+def _handle(op: str, msg: Message, context: Context) -> Message:
+    """Approval check → work (warm worker or in-process) → outbound guard → audit log → reply."""
+    startup, t0 = process_age_s(), time.perf_counter()
+    import hashlib
+    import secrets
+    import traceback
+    from dataclasses import asdict
+
+    from client.audit import append_entry
+    from client.outbound_guard import DEFAULT_MIN_COUNT, guard_reply, spec_of
+
+    node = dict(context.node_config)
+    config = dict(msg.content["config"])
+    audit_log = node.get("audit-log")
+    entry = {"run": int(msg.metadata.run_id), "round": int(config.get("server-round", 0)), "type": op}
+    refusal = _refusal(node)
+    if refusal is not None:
+        return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
+    arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()}
+    try:
+        state, metrics, warm = _work(op, msg, context, config, arrays)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the server gets a generic reason only
+        ref = secrets.token_hex(4)
+        local = f"{op} failed (ref {ref}): {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        return _error_reply(msg, audit_log, {**entry, "type": "error"}, f"{op} failed at the site (ref {ref})", local)
     metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0, "warm-worker": warm})
-    reply = RecordDict({"metrics": MetricRecord(metrics)})
-    if state is not None:
-        reply["arrays"] = ArrayRecord(array_dict={name: Array(arr) for name, arr in state.items()})
+    guarded = guard_reply(op, incoming=spec_of(arrays), arrays=state, metrics=metrics,
+                          min_count=int(node.get("min-count", DEFAULT_MIN_COUNT)))  # fmt: skip
+    for d in guarded.violations:
+        print(f"FedRad outbound guard dropped {d.item}: {d.reason}", file=sys.stderr, flush=True)
+    reply = RecordDict({"metrics": MetricRecord(guarded.metrics)})
+    sent = guarded.arrays or {}
+    if guarded.arrays is not None:
+        reply["arrays"] = ArrayRecord(array_dict={name: Array(arr) for name, arr in sent.items()})
+    digests = {name: hashlib.sha256(np.require(a, requirements="C").tobytes()).hexdigest() for name, a in sent.items()}
+    append_entry(Path(str(audit_log)), {
+        **entry, "bytes": sum(a.nbytes for a in sent.values()), "arrays": digests, "metrics": guarded.metrics,
+        "guard": [asdict(d) for d in guarded.decisions],
+    })  # fmt: skip
     return Message(reply, reply_to=msg)
 
 

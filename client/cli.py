@@ -177,6 +177,96 @@ def start(
         raise typer.Exit(EXIT_NO) from None
 
 
+SiteConfigOpt = typer.Option(..., "--config", "-c", help="site.yaml of this site (its work_dir holds the files).")
+
+
+@app.command()
+@handle_errors
+def approve(
+    config: Path = SiteConfigOpt,
+    code_hash: Optional[str] = typer.Option(None, "--code-hash", help="sha256 of reviewed code (default: this installation's)."),
+    note: str = typer.Option("", "--note", help="Why it was approved (who reviewed it), kept with the approval."),
+    list_only: bool = typer.Option(False, "--list", help="Only list the approved code fingerprints."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Approve FedRad code for consortium runs at this site; runs shipping any other code are refused."""
+    from client.approval import ApprovalError, approvals_path, approve as add_approval, load_approvals
+    from client.site_config import load_site_file
+    from shared.code_identity import code_sha256, installed_root
+    from shared.config import ConfigError
+
+    path = approvals_path(load_site_file(config).work_dir)
+    installed = code_sha256(installed_root())
+    try:
+        added = None
+        if not list_only:
+            added = add_approval(path, code_hash or installed, note or ("installed FedRad" if not code_hash else ""))
+        entries = load_approvals(path)
+    except ApprovalError as exc:
+        raise ConfigError(str(exc)) from None
+    if as_json:
+        _print_json({"approvals": str(path), "installed_code_sha256": installed, "added": added, "approved": entries})
+        return
+    if added is not None:
+        out.print(f"{'approved' if added else 'already approved'}: {code_hash or installed}")
+    out.print(f"installed FedRad code: {installed}")
+    for e in entries:
+        out.print(f"  {e['sha256']}  {e.get('approved_at', '')}  {e.get('note', '')}", highlight=False)
+
+
+audit_app = typer.Typer(help="What this site sent: verify and show the outbound audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+def _audit_log(config: Path) -> Path:
+    """The site's audit log; a missing one is a usage error (exit 2), not a failed verification."""
+    from client.site_config import load_site_file, site_node_config
+    from shared.config import ConfigError
+
+    log = Path(site_node_config(config, load_site_file(config))["audit-log"])
+    if not log.is_file():
+        raise ConfigError(f"{log}: no audit log yet (this site has sent nothing), or work_dir in {config} is wrong")
+    return log
+
+
+@audit_app.command("verify")
+@handle_errors
+def audit_verify(config: Path = SiteConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Check the hash chain of the audit log; exit 1 if any line was edited, removed or reordered."""
+    from client.audit import AuditError, verify
+    from client.audit_view import render_summary
+
+    try:
+        summary = verify(_audit_log(config))
+    except AuditError as exc:
+        if as_json:
+            _print_json({"ok": False, "error": str(exc)})
+        else:
+            err.print(f"[bold red]audit log does not verify:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NO) from None
+    if as_json:
+        _print_json({"ok": True, **summary.to_json()})
+    else:
+        render_summary(summary, out)
+
+
+@audit_app.command("show")
+@handle_errors
+def audit_show(
+    config: Path = SiteConfigOpt,
+    last: int = typer.Option(50, "--last", help="Show the last N entries (0 = all)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Every message this site sent: run, round, type, bytes, metrics and the guard's decisions."""
+    from client.audit_view import load_entries, render_entries
+
+    entries = load_entries(_audit_log(config), last)
+    if as_json:
+        _print_json({"entries": entries})
+    else:
+        render_entries(entries, out)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

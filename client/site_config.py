@@ -14,9 +14,15 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from shared.config import check_host_port, SiteDataConfig, load_yaml_mapping, parse_model
+from shared.config import SiteDataConfig, StrictModel, check_host_port, load_yaml_mapping, parse_model
 
 SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class SitePrivacy(StrictModel):
+    """``privacy:`` in site.yaml: what this site lets leave and which runs it accepts."""
+
+    min_count: int = Field(10, ge=1, description="Loss/accuracy/AUC over fewer cases than this are withheld from replies.")
 
 
 class SiteFileConfig(SiteDataConfig):
@@ -27,6 +33,7 @@ class SiteFileConfig(SiteDataConfig):
     ca_cert: Path = Field(description="Consortium CA certificate from the site bundle (ca.crt).")
     private_key: Path = Field(description="This site's private key from `fedrad-site keygen` (never leaves the site).")
     work_dir: Path | None = Field(None, description="Flower's state and the code the consortium ships; default beside site.yaml.")
+    privacy: SitePrivacy = Field(default_factory=SitePrivacy, description="Outbound limits and run requirements.")
 
     _host_port = field_validator("server_address")(check_host_port)
 
@@ -45,6 +52,22 @@ def load_site_file(path: Path) -> SiteFileConfig:
     if cfg.work_dir is None:
         cfg.work_dir = path.resolve().parent / "work"
     return cfg
+
+
+def site_node_config(config: Path, cfg: SiteFileConfig, worker_socket: Path | None = None) -> dict[str, str | int]:
+    """Flower node config for this site's SuperNode: what the per-message ClientApp needs, without reading site.yaml.
+
+    ``audit-log`` and ``approvals`` live in the work dir (client/audit.py,
+    client/approval.py); ``min-count`` is ``privacy.min_count``.
+    """
+    from client.approval import approvals_path
+
+    work = Path(cfg.work_dir or Path(config).resolve().parent / "work")
+    node = {"site-config": str(Path(config).resolve()), "site-name": cfg.site_name, "audit-log": str(work / "audit" / "outbound.jsonl"),
+            "approvals": str(approvals_path(work)), "min-count": cfg.privacy.min_count}  # fmt: skip
+    if worker_socket is not None:
+        node["worker-socket"] = str(worker_socket)
+    return node
 
 
 def fill_site_yaml(template: Path, out: Path | None = None, **values: object) -> Path:

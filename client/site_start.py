@@ -38,8 +38,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from client.approval import approvals_path, load_approvals
 from client.keys import SiteKeyError, check_private_key
-from client.site_config import SiteFileConfig, load_site_file
+from client.site_config import SiteFileConfig, load_site_file, site_node_config
 from client.site_worker import start_site_worker
 from client.supernode import (
     EXIT_REASONS,
@@ -128,10 +129,13 @@ def run_site(
             )
         console.print(f"data check: {verdict}")
     work = Path(cfg.work_dir or config.parent / "work")
+    if not load_approvals(approvals_path(work)):
+        console.print("[yellow]warning:[/] no FedRad code is approved at this site, so every run will be refused; "
+                      f"review and approve with `fedrad-site approve --config {config}`")  # fmt: skip
     exit_on_sigterm()
     with ProcessSet(work / "logs") as ps:
         worker, socket_path = start_site_worker(ps, cfg.site_name, config)
-        node_config = {"site-config": str(config), "site-name": cfg.site_name, "worker-socket": str(socket_path)}
+        node_config = site_node_config(config, cfg, socket_path)
         refused_since: float | None = None
         while True:
             try:

@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from client.site_config import fill_site_yaml
+from client.approval import approve_installed
+from client.site_config import fill_site_yaml, load_site_file
 from server.enrollment import enroll_site, init_consortium
 from shared.processes import ProcessSet, executable, free_port
 
@@ -79,7 +80,8 @@ def setup(out: Path, scale: float, rounds: int, local_epochs: int, seed: int, st
         bundle = enroll_site(cdir, s.name).bundle_dir
         site_yaml[s.name] = fill_site_yaml(bundle / "site.yaml", data=s.dicom_dir, labels=s.labels_csv,
                                            cache_dir=out / "cache" / s.name)
-        console.print(f"enrolled {s.name}: bundle {bundle}")
+        sha = approve_installed(load_site_file(site_yaml[s.name]).work_dir, note="demo")  # = `fedrad-site approve`
+        console.print(f"enrolled {s.name}: bundle {bundle}; site approved FedRad code {sha[:16]}…")
     return {"dir": cdir, "port": port, "site_yaml": site_yaml, "unseen": unseen, "config": cfg}
 
 

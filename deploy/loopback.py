@@ -4,7 +4,8 @@ The same pieces ``fedrad-server start`` and ``fedrad-site start`` run, wired
 directly so a caller can submit several runs with its own run config: CA and
 server certificate, SuperLink (TLS, SuperNode auth, persistent database) on
 loopback, the fleet-only proxy, and per site a registered key, a full
-site.yaml, the warm worker and the SuperNode connecting through the proxy.
+site.yaml, the checkout's code approved, the warm worker and the SuperNode
+connecting through the proxy.
 Every process goes through the caller's :class:`ProcessSet`.
 """
 
@@ -16,6 +17,8 @@ from pathlib import Path
 import yaml
 
 from client.keys import generate_site_keys
+from client.approval import approve_installed
+from client.site_config import load_site_file, site_node_config
 from client.site_worker import start_site_worker
 from client.supernode import start_supernode
 from server.fleet_proxy import start_fleet_proxy
@@ -79,11 +82,9 @@ def start_loopback_consortium(
             control.register(pub, site_name)
             site_yaml = write_site_yaml(root / "sites" / site_name / "site.yaml", site=folder, name=site_name,
                                         server=proxy, ca_cert=tls.ca_cert, key=key, image_size=image_size)  # fmt: skip
-            node_config = {"site-config": str(site_yaml), "site-name": site_name}
-            worker = None
-            if warm_workers:
-                worker, socket_path = start_site_worker(ps, site_name, site_yaml)
-                node_config["worker-socket"] = str(socket_path)
+            worker, socket_path = start_site_worker(ps, site_name, site_yaml) if warm_workers else (None, None)
+            node_config = site_node_config(site_yaml, load_site_file(site_yaml), socket_path)
+            approve_installed(Path(node_config["approvals"]).parent, note="loopback consortium: this checkout")
             supernode = start_supernode(ps, site_name, superlink=proxy, ca_cert=tls.ca_cert, private_key=key,
                                         node_config=node_config, work_dir=root / "sites" / site_name / "work",
                                         runtime_port=free_port())  # fmt: skip

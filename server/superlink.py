@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from server.pki import ServerTls
+from shared.code_identity import code_files
 from shared.processes import ManagedProcess, ProcessSet, executable, run_cli, wait_for_port
 
 CONNECTION = "fedrad"  # SuperLink connection name in $FLWR_HOME/config.toml
-FAB_PACKAGES = ("shared", "client", "server")
 FAB_PYPROJECT_TABLES = ("build-system", "project")  # plus tool.flwr.app; everything else stays out
 
 
@@ -284,13 +284,10 @@ def stage_app(dest: Path, source_root: Path | None = None, config_defaults: dict
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     (dest / "pyproject.toml").write_text(tomli_w.dumps(staged))
-    for pkg in FAB_PACKAGES:
-        for path in sorted((root / pkg).rglob("*.py")):
-            if "__pycache__" in path.parts:
-                continue
-            target = dest / path.relative_to(root)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+    for path in code_files(root):  # exactly what shared.code_identity fingerprints
+        target = dest / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
     return dest
 
 

@@ -306,3 +306,28 @@ def test_run_config_errors_name_the_key(tmp_path) -> None:
         RunSettings.from_run_config({**ok, "classes": "normal"})
     with pytest.raises(RunConfigError, match="'min-sites' must be at least 1"):
         RunSettings.from_run_config({**ok, "min-sites": 0})
+
+
+def test_metrics_combine_each_key_over_the_sites_that_sent_it() -> None:
+    """A small site withholds its AUC (below min_count): the others' AUC still counts, weighted by their cases."""
+    from flwr.app import MetricRecord, RecordDict
+
+    from server.strategies.metrics import aggregate_metrics
+
+    big = RecordDict({"metrics": MetricRecord({"num-examples": 40, "auc": 0.8, "auc-examples": 40, "loss": 0.5, "handler-s": 1.0})})
+    big2 = RecordDict({"metrics": MetricRecord({"num-examples": 20, "auc": 0.5, "auc-examples": 20, "loss": 0.2, "handler-s": 3.0})})
+    small = RecordDict({"metrics": MetricRecord({"num-examples": 4, "auc-examples": 4, "handler-s": 2.0})})
+    out = aggregate_metrics([big, small, big2])
+    assert out["auc"] == pytest.approx(0.7) and out["loss"] == pytest.approx(0.4)
+    assert out["num-examples"] == 64 and out["handler-s"] == 3.0 and out["sites"] == 3
+
+
+def test_an_evaluation_with_withheld_metrics_is_valid() -> None:
+    from flwr.app import MetricRecord, RecordDict
+
+    from server.strategies.validation import validate_eval_reply
+
+    metrics, problem = validate_eval_reply(RecordDict({"metrics": MetricRecord({"num-examples": 4, "auc-examples": 4})}))
+    assert problem is None and metrics == {"num-examples": 4, "auc-examples": 4}
+    _, problem = validate_eval_reply(RecordDict({"metrics": MetricRecord({"num-examples": 40, "auc": 1.5})}))
+    assert problem and "auc" in problem

@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from server.strategies.bn_policy import NormKeys, held_out_keys, merge_held
+from server.strategies.metrics import aggregate_metrics
 from server.strategies.validation import (
     ARRAYS_KEY,
     METRICS_KEY,
@@ -113,8 +114,9 @@ class FedRadStrategy:
             log.warning("round %d: reply from node %d rejected: %s", rnd, node, reason)
         if len(clean) < self.min_replies:
             return out
+        metrics = aggregate_metrics([m.content for m in clean])  # every key over the sites that sent it
         _same_keys(clean)
-        arrays, metrics = self.inner.aggregate_train(rnd, clean)
+        arrays, _ = self.inner.aggregate_train(rnd, clean)
         if arrays is None:
             return out
         merged = {k: arrays[k].numpy() for k in arrays.keys()}
@@ -138,8 +140,7 @@ class FedRadStrategy:
         for node, reason in out.rejected:
             log.warning("round %d: evaluation from node %d rejected: %s", rnd, node, reason)
         if clean:
-            _same_keys(clean)
-            out.metrics = dict(self.inner.aggregate_evaluate(rnd, clean) or {})
+            out.metrics = dict(aggregate_metrics([m.content for m in clean]))  # every key over the sites that sent it
         return out
 
     # ------------------------------------------------------------ resumable state

@@ -6,7 +6,9 @@ Rules: ``num-examples`` and ``auc-examples`` are summed; ``*-s`` timings take
 the max (the slowest site sets the round's pace); ``auc`` is weighted by
 ``auc-examples`` (sites where it is undefined send 0 and do not count, and it is
 left out when no site could compute it); everything else is weighted by
-``num-examples``. ``sites`` counts the replies that were aggregated.
+``num-examples``. Each key is combined over the sites that sent it: a site
+withholds loss/accuracy/AUC over fewer cases than its ``min_count``.
+``sites`` counts the replies that were aggregated.
 """
 
 from __future__ import annotations
@@ -22,16 +24,17 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str = "num-examples
     out = MetricRecord()
     if not rows:
         return out
-    keys = [k for k in rows[0] if all(k in r for r in rows)]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     for key in keys:
-        values = [float(r[key]) for r in rows]
+        having = [r for r in rows if key in r]
+        values = [float(r[key]) for r in having]
         if key in SUMMED:
             out[key] = int(sum(values))
         elif key.endswith("-s"):
             out[key] = max(values)
         else:
             wkey = "auc-examples" if key == "auc" else weight_key
-            weights = [float(r.get(wkey, 0)) for r in rows]
+            weights = [float(r.get(wkey, 0)) for r in having]
             if sum(weights) > 0:
                 out[key] = sum(v * w for v, w in zip(values, weights)) / sum(weights)
     out["sites"] = len(rows)

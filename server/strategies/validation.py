@@ -20,10 +20,12 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
 WEIGHT_KEY = "num-examples"
-TRAIN_REQUIRED = ("num-examples", "train-loss", "train-acc")
-TRAIN_OPTIONAL = ("load-s", "train-s", "startup-s", "handler-s", "warm-worker")
-EVAL_REQUIRED = ("num-examples", "loss", "accuracy", "auc", "auc-examples")
-EVAL_OPTIONAL = ("held-out", "load-s", "startup-s", "handler-s", "warm-worker")
+# Sites withhold loss/accuracy/AUC computed over fewer than their min_count cases (client/outbound_guard.py),
+# so only the example count is required.
+TRAIN_REQUIRED = ("num-examples",)
+TRAIN_OPTIONAL = ("train-loss", "train-acc", "load-s", "train-s", "startup-s", "handler-s", "warm-worker")
+EVAL_REQUIRED = ("num-examples",)
+EVAL_OPTIONAL = ("loss", "accuracy", "auc", "auc-examples", "held-out", "load-s", "startup-s", "handler-s", "warm-worker")
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ def validate_eval_reply(content: RecordDict) -> tuple[dict, str | None]:
     if problem:
         return {}, problem
     metrics, problem = clean_metrics(content[METRICS_KEY], EVAL_REQUIRED, EVAL_OPTIONAL)
-    if problem is None and not (0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["accuracy"] <= 1.0):
-        return {}, "metrics 'auc' and 'accuracy' must lie in [0, 1]"
+    out_of_range = [k for k in ("auc", "accuracy") if k in metrics and not 0.0 <= metrics[k] <= 1.0]
+    if problem is None and out_of_range:
+        return {}, f"metric(s) {out_of_range} must lie in [0, 1]"
     return metrics, problem

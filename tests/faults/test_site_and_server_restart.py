@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client.site_config import fill_site_yaml
+from client.approval import approve_installed
+from client.site_config import fill_site_yaml, load_site_file
 from server.checkpoints import read_metrics
 from server.enrollment import enroll_site, init_consortium
 from shared.modelfile import load_model_file
@@ -78,6 +79,7 @@ def test_site_killed_rejoins_and_server_resumes(tmp_path: Path, small_cohort: li
     for name, data in zip(("site-a", "site-b"), small_cohort[:2], strict=True):
         bundle = enroll_site(c, name).bundle_dir
         path = fill_site_yaml(bundle / "site.yaml", data=data.dicom_dir, labels=data.labels_csv, cache_dir=tmp_path / "cache" / name)
+        approve_installed(load_site_file(path).work_dir)
         site_cmd[name] = [executable("fedrad-site"), "start", "--config", str(path)]
     server_cmd = [executable("fedrad-server"), "start", str(c), "--listen", f"127.0.0.1:{port}"]
     ps = ProcessSet(tmp_path / "logs")

@@ -15,8 +15,10 @@ Every process goes through ``shared.processes.ProcessSet`` and none is left behi
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -58,6 +60,9 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         site_yaml[name] = fill_site_yaml(
             bundle / "site.yaml", data=data.dicom_dir, labels=data.labels_csv, cache_dir=tmp_path / "cache" / name
         )
+        res = subprocess.run([executable("fedrad-site"), "approve", "--config", str(site_yaml[name]), "--json"],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert res.returncode == 0 and json.loads(res.stdout)["added"] is True, res.stderr
 
     server_cmd = [executable("fedrad-server"), "start", str(c), "--listen", f"127.0.0.1:{port}"]
     site_cmd = {n: [executable("fedrad-site"), "start", "--config", str(p)] for n, p in site_yaml.items()}
@@ -84,8 +89,13 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
             assert second.poll() is None and time.monotonic() < deadline, second.log_tail()
             time.sleep(0.2)
         sites = {n: ps.start(n, cmd, env=WIDE, cwd=REPO) for n, cmd in site_cmd.items()}
+        envs: dict[str, dict[str, str]] = {}
+        deadline = time.monotonic() + 180 - (time.monotonic() - t_start) - 15
+        while second.poll() is None and time.monotonic() < deadline:  # watch every process FedRad started
+            envs.update(_flower_envs(ps))
+            time.sleep(0.5)
         started |= ps.all_procs()
-        rc = second.wait(timeout=180 - (time.monotonic() - t_start) - 15)
+        rc = second.wait(timeout=5)
         log = _text(second.log_text())
         assert rc == 0, log[-3000:]
         assert "finished:completed" in log
@@ -106,9 +116,63 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         model = load_model_file(exported)
         assert model.provenance["kind"] == "federated" and model.provenance["rounds"] == ROUNDS
         assert model.provenance["trained_by"] == "Coord Test"
+        # No calls home, no installs: every process seen had telemetry, update checks and installs off.
+        seen = {name.rsplit("/", 1)[-1] for name in envs}
+        assert {"flower-superlink", "flower-supernode", "flower-superexec"} <= seen, seen
+        for name, env in envs.items():
+            assert {k: env.get(k) for k in NO_CALLS_HOME} == NO_CALLS_HOME, (name, env)
+        # Nothing derived from a patient reached the server side: no ID, UID or file name in any server file.
+        hits = _find_identifiers([p for p in c.rglob("*") if p.is_file() and "bundles" not in p.relative_to(c).parts]
+                                 + list((tmp_path / "logs").glob("server-*.log")), _patient_identifiers(small_cohort[:2]))
+        assert not hits, hits[:10]
+        # The sites' audit logs verify after the real run and list what was sent.
+        res = subprocess.run([executable("fedrad-site"), "audit", "verify", "--config", str(site_yaml["site-a"]), "--json"],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        audit = json.loads(res.stdout)
+        assert res.returncode == 0 and audit["ok"] and audit["violations"] == 0, res.stdout + res.stderr
+        assert audit["by_type"] == {"train": ROUNDS, "evaluate": ROUNDS} and audit["bytes"] > 0, audit
+        print(f"\ncoordinator test: audit {audit['entries']} messages {audit['bytes']} bytes; processes checked {sorted(seen)}")
         print(f"\ncoordinator test: missing-site wait {waited:.1f} s, total {time.monotonic() - t_start:.1f} s")
     finally:
         started = stop_all_and_check(ps, started)
+
+
+NO_CALLS_HOME = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}  # fmt: skip
+
+
+def _flower_envs(ps: ProcessSet) -> dict[str, dict[str, str]]:
+    """Executable → environment of every live Flower process started through ``ps`` (from /proc)."""
+    found = {}
+    for pid, _start in ps.all_procs():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        exe = next((a.decode() for a in argv[:3] if b"flwr" in a or b"flower" in a), None)
+        if exe:
+            found[exe] = dict(kv.decode().split("=", 1) for kv in raw.split(b"\0") if b"=" in kv)
+    return found
+
+
+def _patient_identifiers(sites: list[SiteSummary]) -> set[str]:
+    """PatientIDs (first folder of each path), SOP/Study UIDs and accession numbers from the sites' labels."""
+    ids: set[str] = set()
+    for site in sites:
+        with open(site.labels_csv, newline="") as fh:
+            for row in csv.DictReader(fh):
+                ids |= {row["SOPInstanceUID"], row["StudyInstanceUID"], row["AccessionNumber"], Path(row["path"]).parts[0]}
+    return {i for i in ids if len(i) >= 6}
+
+
+def _find_identifiers(files: list[Path], ids: set[str]) -> list[tuple[str, str]]:
+    hits = []
+    encoded = [(i, i.encode()) for i in ids]
+    for path in files:
+        data = path.read_bytes()
+        hits += [(str(path), i) for i, b in encoded if b in data]
+    return hits
 
 
 class _FakeControl:

@@ -25,9 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from client.approval import approvals_path
+from client.audit import verify
 from deploy.loopback import REPO, start_loopback_consortium
 from server.checkpoints import read_metrics
 from server.superlink import SuperLink, stage_app, submit_run
+from shared.code_identity import code_sha256, installed_root
 from shared.modelfile import load_model_file
 from shared.processes import ManagedProcess, ProcessId, ProcessSet
 from shared.synth import write_cohort
@@ -131,3 +134,23 @@ def _report(label: str, info: dict, r: dict, params: int | None) -> None:
         f"{t.get('train-s', 0):.2f}/{t.get('handler-s', 0):.2f} s; bytes per site {r['bytes_per_site']}; "
         f"run bytes sent/recv {info['bytes-sent']}/{info['bytes-recv']}" + (f"; smallcnn {params} params" if params else "")
     )
+
+
+def test_site_refuses_a_run_whose_code_it_has_not_approved(fed: Fed) -> None:
+    if "resume" not in fed.runs or fed.runs["resume"]["status"] != "finished:completed":
+        pytest.skip("needs the resumed run")
+    work = fed.tmp / "sites" / "site-2" / "work"
+    approvals = approvals_path(work)
+    approvals.unlink()  # site-2 withdraws its approval: from now on FedRad's code is unknown to it
+    worker_log = fed.tmp / "logs" / "worker-site-2.log"
+    served_before = worker_log.read_text().count(" train round ")
+    info = _run(fed, "refused", {"num-server-rounds": 3, "resume": True, "evaluate-every": 5}, timeout=200)
+    assert info["status"] == "finished:completed", info  # FedAdam goes on with site-1's update
+    row = read_metrics(fed.run_dir)[-1]
+    assert row["round"] == 3 and row["sites_answered"] == 1 and row["sites_failed"] == 1, row
+    assert len(row["failures"]) == 2  # its training and (last round) evaluation messages
+    for failure in row["failures"]:
+        assert "not approved" in failure["reason"] and code_sha256(installed_root()) in failure["reason"], failure
+    assert worker_log.read_text().count(" train round ") == served_before  # refused before any data was read
+    summary = verify(work / "audit" / "outbound.jsonl")
+    assert summary.refused == 2 and summary.violations == 0

@@ -24,6 +24,8 @@ import pytest
 import yaml
 
 from client.keys import generate_site_keys
+from client.approval import approve_installed
+from client.site_config import load_site_file, site_node_config
 from client.site_worker import start_site_worker
 from client.supernode import flower_exit_code, start_supernode, supernode_command
 from server.checkpoints import read_metrics
@@ -94,9 +96,10 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
                     }  # fmt: skip
                 )
             )
-            node_config = {"site-config": str(site_yaml), "site-name": name}
-            if i == 0:  # site-a has the warm worker; site-b works in each ClientApp process (the fallback path)
-                node_config["worker-socket"] = str(start_site_worker(ps, name, site_yaml)[1])
+            # site-a has the warm worker; site-b works in each ClientApp process (the fallback path)
+            socket_path = start_site_worker(ps, name, site_yaml)[1] if i == 0 else None
+            node_config = site_node_config(site_yaml, load_site_file(site_yaml), socket_path)
+            approve_installed(Path(node_config["approvals"]).parent)
             f.supernodes[name] = start_supernode(
                 ps,
                 name,
