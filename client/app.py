@@ -97,6 +97,19 @@ def _refusal(node_config: dict) -> tuple[str, str] | None:
     )
 
 
+def _privacy_refusal(node_config: dict, config: dict) -> tuple[str, str] | None:
+    """Refuse a training round that does not meet this site's ``privacy.require_dp`` / ``max_epsilon``."""
+    if int(node_config.get("require-dp", 0)) and "clipping_norm" not in config:
+        reason = "run refused by the site: it requires differential privacy (privacy.dp in consortium.yaml)"
+        return reason, reason
+    limit = float(node_config.get("max-epsilon", 0.0))
+    epsilon = float(config.get("dp-epsilon-next", float("inf") if limit else 0.0))
+    if limit and epsilon > limit:
+        reason = f"run refused by the site: this round would bring epsilon to {epsilon:.3f}, above its max_epsilon {limit:g}"
+        return reason, reason
+    return None
+
+
 def _error_reply(msg: Message, audit_log: str | None, entry: dict, public: str, local: str) -> Message:
     """Generic reason to the server, details to the site's log (the SuperNode log) and the audit log."""
     from flwr.app import Error
@@ -125,7 +138,7 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     config = dict(msg.content["config"])
     audit_log = node.get("audit-log")
     entry = {"run": int(msg.metadata.run_id), "round": int(config.get("server-round", 0)), "type": op}
-    refusal = _refusal(node)
+    refusal = _refusal(node) or (_privacy_refusal(node, config) if op == "train" else None)
     if refusal is not None:
         return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
     arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()}
@@ -135,6 +148,11 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
         ref = secrets.token_hex(4)
         local = f"{op} failed (ref {ref}): {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         return _error_reply(msg, audit_log, {**entry, "type": "error"}, f"{op} failed at the site (ref {ref})", local)
+    if op == "train" and state is not None and "clipping_norm" in config:  # central DP: bound the update
+        from client.dp_clip import clip_update
+
+        state, norm = clip_update(arrays, state, float(config["clipping_norm"]))
+        print(f"FedRad DP: update norm {norm:.4f} clipped to {float(config['clipping_norm']):g}", file=sys.stderr)
     metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0, "warm-worker": warm})
     guarded = guard_reply(op, incoming=spec_of(arrays), arrays=state, metrics=metrics,
                           min_count=int(node.get("min-count", DEFAULT_MIN_COUNT)))  # fmt: skip

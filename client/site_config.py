@@ -23,6 +23,8 @@ class SitePrivacy(StrictModel):
     """``privacy:`` in site.yaml: what this site lets leave and which runs it accepts."""
 
     min_count: int = Field(10, ge=1, description="Loss/accuracy/AUC over fewer cases than this are withheld from replies.")
+    require_dp: bool = Field(False, description="Refuse training rounds without differential privacy.")
+    max_epsilon: float | None = Field(None, gt=0, description="Refuse a round that would take the run's ε above this.")
 
 
 class SiteFileConfig(SiteDataConfig):
@@ -64,7 +66,8 @@ def site_node_config(config: Path, cfg: SiteFileConfig, worker_socket: Path | No
 
     work = Path(cfg.work_dir or Path(config).resolve().parent / "work")
     node = {"site-config": str(Path(config).resolve()), "site-name": cfg.site_name, "audit-log": str(work / "audit" / "outbound.jsonl"),
-            "approvals": str(approvals_path(work)), "min-count": cfg.privacy.min_count}  # fmt: skip
+            "approvals": str(approvals_path(work)), "min-count": cfg.privacy.min_count,
+            "require-dp": int(cfg.privacy.require_dp), "max-epsilon": float(cfg.privacy.max_epsilon or 0.0)}  # fmt: skip
     if worker_socket is not None:
         node["worker-socket"] = str(worker_socket)
     return node

@@ -65,6 +65,9 @@ class RunSettings:
     run_dir: Path
     resume: bool
     consortium: str
+    dp_noise_multiplier: float = 0.0  # 0: no differential privacy
+    dp_clipping_norm: float = 0.0
+    dp_delta: float = 1e-5
 
     @classmethod
     def from_run_config(cls, cfg: Mapping) -> RunSettings:
@@ -101,7 +104,14 @@ class RunSettings:
             run_dir=Path(run_dir),
             resume=get("resume", bool, False),
             consortium=get("consortium", str, "fedrad"),
+            dp_noise_multiplier=get("dp-noise-multiplier", float, 0.0),
+            dp_clipping_norm=get("dp-clipping-norm", float, 0.0),
+            dp_delta=get("dp-delta", float, 1e-5),
         )
+        if s.dp_noise_multiplier < 0 or (s.dp_noise_multiplier > 0 and s.dp_clipping_norm <= 0):
+            raise RunConfigError("run config 'dp-noise-multiplier' must be >= 0, and with it 'dp-clipping-norm' > 0")
+        if not 0 < s.dp_delta < 1:
+            raise RunConfigError(f"run config 'dp-delta' must lie in (0, 1), got {s.dp_delta}")
         for key, value, low in (
             ("num-server-rounds", s.num_server_rounds, 1), ("local-epochs", s.local_epochs, 1),
             ("min-sites", s.min_sites, 1), ("round-timeout-s", s.round_timeout_s, 1),
@@ -159,7 +169,8 @@ def main(grid: Grid, context: Context) -> None:
     """Run (or resume) ``num-server-rounds`` rounds; checkpoint every round into ``run-dir``."""
     import torch
 
-    from server.checkpoints import RunDir, RunTask
+    from server.checkpoints import RunDir, RunTask, read_metrics
+    from server.strategies.dp import DpSettings, epsilon_next, make_private, privacy_report, replay
     from server.strategies import build_strategy
     from shared.modelfile import weights_sha256
     from shared.models import build_model
@@ -170,6 +181,8 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(s.seed)
     model = build_model(s.model, len(s.classes), s.image_size)
     strategy = build_strategy(s.strategy, s.strategy_params, model, min_sites=s.min_sites)
+    if s.dp_noise_multiplier > 0:
+        make_private(strategy, DpSettings(s.dp_noise_multiplier, s.dp_clipping_norm, s.dp_delta))
     task = RunTask(s.model, s.classes, s.image_size, s.consortium, strategy.name, s.seed)
     run = RunDir(s.run_dir)
     point = run.prepare(task, resume=s.resume)
@@ -178,6 +191,8 @@ def main(grid: Grid, context: Context) -> None:
     if point is not None:
         state, start = point.state_dict, point.last_round + 1
         strategy.load_state_dict(point.strategy_state)
+        if strategy.dp is not None:  # ε continues from the rounds already released
+            replay(strategy, [int(r["sites_answered"]) for r in read_metrics(s.run_dir) if r["round"] <= point.last_round])
         _say(f"resume from round={point.last_round} sha256={point.weights_sha256}")
     arrays = ArrayRecord(state)
     model_bytes = _bytes(arrays)
@@ -195,7 +210,10 @@ def main(grid: Grid, context: Context) -> None:
             _say(f"round={rnd} warning: only {available} of min-sites={s.min_sites} connected; going on")
         start_sha = weights_sha256(arrays.to_torch_state_dict())
         t_wait = time.monotonic()
-        msgs = strategy.configure_train(rnd, arrays, {**s.train_config(), "server-round": rnd}, grid, available)
+        round_config = {**s.train_config(), "server-round": rnd}
+        if strategy.dp is not None:
+            round_config["dp-epsilon-next"] = epsilon_next(strategy, available)  # sites with max_epsilon check it
+        msgs = strategy.configure_train(rnd, arrays, round_config, grid, available)
         replies = send_and_receive(grid, msgs, timeout=timeout)
         t_train = time.monotonic()
         outcome = strategy.aggregate_train(rnd, replies)
@@ -227,6 +245,7 @@ def main(grid: Grid, context: Context) -> None:
             "failures": failures,
             "train": outcome.metrics,
             "eval": eval_metrics,
+            "privacy": privacy_report(strategy),
             "start_weights_sha256": start_sha,
             "timing": {
                 "wait_sites_s": round(t_wait - t0, 3),
@@ -246,10 +265,13 @@ def main(grid: Grid, context: Context) -> None:
             metrics=row,
             strategy_state=strategy.state_dict(),
             eval_auc=float(auc) if auc is not None else None,
+            privacy=row["privacy"],
         )
         _say(
             f"round={rnd} sites={len(outcome.accepted)} failed={row['sites_failed']} seconds={row['seconds']:.2f} "
-            f"checkpoint_s={time.monotonic() - t_ck:.2f} sha256={digest} train={json.dumps(outcome.metrics)} "
+            f"checkpoint_s={time.monotonic() - t_ck:.2f} sha256={digest} "
+            + (f"epsilon={row['privacy']['epsilon']:.3f} delta={s.dp_delta:g} " if row["privacy"] else "")
+            + f"train={json.dumps(outcome.metrics)} "
             f"eval={json.dumps(eval_metrics)} timing={json.dumps(row['timing'])}"
         )
     _say(f"rounds_completed={s.num_server_rounds - start + 1} of {s.num_server_rounds} (last round {s.num_server_rounds})")

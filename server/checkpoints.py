@@ -209,6 +209,7 @@ class RunDir:
         metrics: dict,
         strategy_state: Mapping[str, Mapping[str, np.ndarray]] | None = None,
         eval_auc: float | None = None,
+        privacy: dict | None = None,
     ) -> str:
         """Write round ``rnd``'s files, then commit ``state.json``; return the weights SHA-256."""
         path = self.round_path(rnd)
@@ -224,7 +225,7 @@ class RunDir:
                 "trained_by": task.consortium,
                 "kind": "federated",
                 "rounds": rnd,
-                "extra": {"strategy": task.strategy, "seed": task.seed},
+                "extra": {"strategy": task.strategy, "seed": task.seed, **({"privacy": privacy} if privacy else {})},
             },
         )
         copy_atomic(path, self.path / LATEST_FILE)

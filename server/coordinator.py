@@ -188,7 +188,7 @@ class _NoLive:
 
 
 def _fmt_metrics(row: dict[str, Any]) -> str:
-    """``train loss=0.72 acc=0.49 | eval auc=0.81 …``: model metrics only (timings stay in metrics.jsonl)."""
+    """``train loss=0.72 acc=0.49 | eval auc=0.81 | DP ε=2.98``: model metrics and ε (timings stay in metrics.jsonl)."""
     parts = []
     for label, keys in (("train", ("train", "train_metrics")), ("eval", ("eval", "evaluate", "eval_metrics"))):
         sub = next((row[k] for k in keys if isinstance(row.get(k), dict)), None)
@@ -202,6 +202,9 @@ def _fmt_metrics(row: dict[str, Any]) -> str:
         ]
         if shown:
             parts.append(f"{label} " + " ".join(shown))
+    privacy = row.get("privacy")
+    if isinstance(privacy, dict) and "epsilon" in privacy:
+        parts.append(f"DP ε={privacy['epsilon']:.2f} (δ={privacy.get('delta', 0):g})")
     return " | ".join(parts) or "-"
 
 

@@ -68,6 +68,12 @@ class FedRadStrategy:
         self.norm_keys = norm_keys
         self.held = held_out_keys(bn_policy, norm_keys)
         self.min_replies = max(1, int(min_replies))
+        self.uniform_weight_key: str | None = None  # set under DP (server/strategies/dp.py): equal site weights
+        self.dp = None  # DpSettings under DP
+
+    def set_bn_policy(self, policy: str) -> None:
+        """Change the BatchNorm policy (DP needs ``average``: no noise on statistics)."""
+        self.bn_policy, self.held = policy, held_out_keys(policy, self.norm_keys)
 
     @property
     def keep_local_norm(self) -> bool:
@@ -77,9 +83,12 @@ class FedRadStrategy:
     def _set_available(self, available: int) -> None:
         """Let Flower sample exactly the connected sites (its own wait has no timeout)."""
         n = max(1, int(available))
+        flower = getattr(self.inner, "strategy", self.inner)  # a DP wrapper holds the strategy that samples
         for attr in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
-            if hasattr(self.inner, attr):
-                setattr(self.inner, attr, n)
+            if hasattr(flower, attr):
+                setattr(flower, attr, n)
+        if hasattr(self.inner, "num_sampled_clients"):  # DP: the noise is calibrated to the sites asked
+            self.inner.num_sampled_clients = n
 
     def configure_train(self, rnd: int, arrays: ArrayRecord, config: Mapping, grid, available: int) -> list[Message]:  # noqa: ANN001
         self._set_available(available)
@@ -106,7 +115,8 @@ class FedRadStrategy:
             record = msg.content[ARRAYS_KEY]
             held.append({k: record[k].numpy() for k in self.held})
             kept = ArrayRecord({k: record[k] for k in self.template if k not in self.held})
-            content = RecordDict({ARRAYS_KEY: kept, METRICS_KEY: MetricRecord(metrics)})
+            weighting = {self.uniform_weight_key: 1.0} if self.uniform_weight_key else {}
+            content = RecordDict({ARRAYS_KEY: kept, METRICS_KEY: MetricRecord({**metrics, **weighting})})
             clean.append(Message(content=content, metadata=msg.metadata))
             weights.append(float(metrics[WEIGHT_KEY]))
             out.accepted.append(node)
@@ -115,6 +125,7 @@ class FedRadStrategy:
         if len(clean) < self.min_replies:
             return out
         metrics = aggregate_metrics([m.content for m in clean])  # every key over the sites that sent it
+        metrics.pop(self.uniform_weight_key or "", None)
         _same_keys(clean)
         arrays, _ = self.inner.aggregate_train(rnd, clean)
         if arrays is None:

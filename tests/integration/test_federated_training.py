@@ -30,7 +30,7 @@ from client.audit import verify
 from deploy.loopback import REPO, start_loopback_consortium
 from server.checkpoints import read_metrics
 from server.superlink import SuperLink, stage_app, submit_run
-from shared.code_identity import code_sha256, installed_root
+from shared.code_identity import code_sha256
 from shared.modelfile import load_model_file
 from shared.processes import ManagedProcess, ProcessId, ProcessSet
 from shared.synth import write_cohort
@@ -136,6 +136,22 @@ def _report(label: str, info: dict, r: dict, params: int | None) -> None:
     )
 
 
+def test_dp_run_clips_at_the_sites_and_reports_epsilon_every_round(fed: Fed) -> None:
+    run_dir = fed.tmp / "runs" / "dp"
+    config = {"num-server-rounds": 2, "strategy": "fedavg", "strategy-params": "{}", "dp-noise-multiplier": 1.5,
+              "dp-clipping-norm": 0.5, "run-dir": str(run_dir), "evaluate-every": 5}  # fmt: skip
+    info = _run(fed, "dp", config, timeout=220)
+    assert info["status"] == "finished:completed", info
+    rows = read_metrics(run_dir)
+    eps = [r["privacy"]["epsilon"] for r in rows]
+    assert eps[0] == pytest.approx(2.98, abs=0.02) and eps[1] > eps[0], eps  # RDP, z = 1.5, δ = 1e-5
+    assert all(r["privacy"]["rounds_released"] == r["round"] for r in rows)
+    privacy = load_model_file(run_dir / "latest.pt").provenance["extra"]["privacy"]
+    assert privacy["epsilon"] == eps[-1] and privacy["noise_multiplier"] == 1.5
+    for name in SITES:
+        assert fed.supernodes[name].log_text().count("FedRad DP: update norm") >= 2, name  # every site clipped
+
+
 def test_site_refuses_a_run_whose_code_it_has_not_approved(fed: Fed) -> None:
     if "resume" not in fed.runs or fed.runs["resume"]["status"] != "finished:completed":
         pytest.skip("needs the resumed run")
@@ -150,7 +166,7 @@ def test_site_refuses_a_run_whose_code_it_has_not_approved(fed: Fed) -> None:
     assert row["round"] == 3 and row["sites_answered"] == 1 and row["sites_failed"] == 1, row
     assert len(row["failures"]) == 2  # its training and (last round) evaluation messages
     for failure in row["failures"]:
-        assert "not approved" in failure["reason"] and code_sha256(installed_root()) in failure["reason"], failure
+        assert "not approved" in failure["reason"] and code_sha256(fed.app_dir) in failure["reason"], failure
     assert worker_log.read_text().count(" train round ") == served_before  # refused before any data was read
     summary = verify(work / "audit" / "outbound.jsonl")
     assert summary.refused == 2 and summary.violations == 0
