@@ -27,6 +27,7 @@ bench: install
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) -m benchmarks.bench_round_overhead
+	$(PY) -m benchmarks.bench_privacy
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-run demo-federated

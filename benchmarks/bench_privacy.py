@@ -35,6 +35,9 @@ from shared.processes import ProcessSet
 from shared.synth import write_cohort
 
 
+IMAGE_SIZE, EPOCHS = 64, 4  # the demo's setting: at 32×32 and 2 epochs FedAvg itself stays near chance in 5 rounds
+
+
 def noise_for_epsilon(target: float, rounds: int, delta: float = 1e-5) -> float:
     """The smallest noise multiplier (0.05 steps) whose ε after ``rounds`` rounds is at most ``target``."""
     for z in np.arange(0.3, 20.0, 0.05):
@@ -47,7 +50,7 @@ def noise_for_epsilon(target: float, rounds: int, delta: float = 1e-5) -> float:
 
 def run(lc, root: Path, label: str, rounds: int, sites: int, dp: dict) -> Path:  # noqa: ANN001
     run_dir = root / "runs" / label
-    config = {**FEDRAD_CONFIG, "local-epochs": 2, "run-dir": str(run_dir), "num-server-rounds": rounds,
+    config = {**FEDRAD_CONFIG, "local-epochs": EPOCHS, "image-size": IMAGE_SIZE, "run-dir": str(run_dir), "num-server-rounds": rounds,
               "evaluate-every": rounds, "min-sites": sites, **dp}  # fmt: skip
     run_id = submit_run(lc.link, stage_app(root / f"app-{label}", REPO, config))
     with lc.link.control() as control:
@@ -61,7 +64,7 @@ def global_update_norms(run_dir: Path, rounds: int) -> list[float]:
     """L2 norm of the global model's change per round (learned parameters only)."""
     from shared.dp_rules import dp_covered
 
-    states = [load_model_file(run_dir / f"round-{r:04d}.pt").state_dict for r in range(1, rounds + 1)]
+    states = [load_model_file(run_dir / f"round-{r:04d}.pt").model.state_dict() for r in range(1, rounds + 1)]
     keys = dp_covered(states[0])
     return [float(np.sqrt(sum(float(((b[k] - a[k]).double() ** 2).sum()) for k in keys))) for a, b in zip(states, states[1:])]
 
@@ -92,7 +95,7 @@ def main() -> None:
     unseen = next(s for s in cohort if s.name.startswith("unseen"))
     results: dict[str, dict] = {}
     with ProcessSet(root / "logs") as ps:
-        lc = start_loopback_consortium(ps, root, sites, image_size=32, name="Bench")
+        lc = start_loopback_consortium(ps, root, sites, image_size=IMAGE_SIZE, name="Bench")
         _wait_online(lc, a.sites)
         console.print("FedAvg without DP …")
         base_dir = run(lc, root, "no-dp", a.rounds, a.sites, {})

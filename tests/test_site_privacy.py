@@ -149,3 +149,27 @@ def test_cli_approve_and_audit_verify_show(tmp_path: Path) -> None:
     log.write_bytes(log.read_bytes().replace(b'"round":2', b'"round":5'))
     res = _cli("audit", "verify", "--config", str(site))
     assert res.returncode == 1 and "does not verify" in res.stderr and "line 3" in " ".join(res.stderr.split())
+
+
+def test_guard_lets_only_suppressed_counts_through_a_statistics_reply() -> None:
+    metrics = {"images": 40, "class:normal": 31, "class:nodule": 9, "manufacturer:GE MEDICAL": 40,
+               "intensity-bin:3": 12, "intensity-bin:4": 2, "patient:RS0160162": 1, "mean-age": 61.5}  # fmt: skip
+    out = guard_reply("query", incoming={}, arrays=None, metrics=metrics, min_count=10)
+    assert out.metrics == {"images": 40, "class:normal": 31, "manufacturer:GE MEDICAL": 40, "intensity-bin:3": 12}
+    assert {d.item for d in out.decisions if d.action == "withhold"} == {"metric:class:nodule", "metric:intensity-bin:4"}
+    assert {d.item for d in out.violations} == {"metric:patient:RS0160162", "metric:mean-age"}
+
+
+def test_site_statistics_counts_classes_manufacturers_and_intensity() -> None:
+    import torch
+
+    from client.site_stats import site_statistics
+    from shared.dataset import SiteDataset
+
+    images = torch.cat([torch.full((3, 1, 4, 4), 0.15), torch.full((2, 1, 4, 4), 0.95)])
+    data = SiteDataset(images=images, labels=torch.tensor([0, 0, 1, 1, 1]), classes=["normal", "nodule"])
+    stats = site_statistics(data, {"GE MEDICAL": 4, "Siemens/Healthineers<script>": 1})
+    assert stats["images"] == 5 and stats["class:normal"] == 2 and stats["class:nodule"] == 3
+    assert stats["manufacturer:GE MEDICAL"] == 4 and stats["manufacturer:Siemens_Healthineers_script_"] == 1
+    assert stats["intensity-bin:1"] == 3 and stats["intensity-bin:9"] == 2 and sum(
+        v for k, v in stats.items() if k.startswith("intensity-bin:")) == 5

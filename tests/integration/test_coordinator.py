@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from client.audit import AuditError
+from client.audit import verify as verify_audit
 from client.site_config import fill_site_yaml
 from server.enrollment import enroll_site, init_consortium
 from shared.modelfile import load_model_file
@@ -34,7 +37,7 @@ from shared.processes import ProcessSet, executable, free_port
 from tests.integration.cleanup import stop_all_and_check
 from shared.synth import SiteSummary
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # measured 117 s at load ~5 on 2 cores
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(330)]  # measured 117 s (+ ~40 s stats) at load ~5 on 2 cores
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 1  # one round (train + evaluate) keeps the file under 150 s on 2 loaded cores
 WAIT = 5
@@ -116,6 +119,17 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         model = load_model_file(exported)
         assert model.provenance["kind"] == "federated" and model.provenance["rounds"] == ROUNDS
         assert model.provenance["trained_by"] == "Coord Test"
+        # Data statistics for the coordinator: counts only, each at least the sites' min_count (10).
+        res = subprocess.run([*server_cmd[:1], "stats", str(c), "--listen", f"127.0.0.1:{port}", "--json"],
+                             capture_output=True, text=True, timeout=150, env={**os.environ, **WIDE}, cwd=REPO)  # fmt: skip
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        stats = json.loads(res.stdout)
+        assert sorted(stats["names"][n] for n in stats["sites"]) == ["site-a", "site-b"], stats
+        for node, site in stats["sites"].items():
+            counts = site["counts"]
+            assert counts["images"] >= 10 and any(k.startswith("class:") for k in counts), (stats["names"][node], site)
+            assert all(v >= 10 for v in counts.values())  # smaller counts were withheld at the site
+        assert not (c / "state" / "current-run.json").read_text().count("stats")  # a stats run is not "the last run"
         # No calls home, no installs: every process seen had telemetry, update checks and installs off.
         seen = {name.rsplit("/", 1)[-1] for name in envs}
         assert {"flower-superlink", "flower-supernode", "flower-superexec"} <= seen, seen
@@ -131,6 +145,12 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         audit = json.loads(res.stdout)
         assert res.returncode == 0 and audit["ok"] and audit["violations"] == 0, res.stdout + res.stderr
         assert audit["by_type"] == {"train": ROUNDS, "evaluate": ROUNDS} and audit["bytes"] > 0, audit
+        log_path = Path(audit["path"])
+        data = bytearray(log_path.read_bytes())
+        data[data.index(b'"type":"train"') + 9] ^= 0x01  # one byte: "train" -> "tsain"
+        log_path.write_bytes(bytes(data))
+        with pytest.raises(AuditError, match="line 2 does not chain"):
+            verify_audit(log_path)
         print(f"\ncoordinator test: audit {audit['entries']} messages {audit['bytes']} bytes; processes checked {sorted(seen)}")
         print(f"\ncoordinator test: missing-site wait {waited:.1f} s, total {time.monotonic() - t_start:.1f} s")
     finally:
