@@ -141,7 +141,7 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     refusal = _refusal(node) or (_privacy_refusal(node, config) if op == "train" else None)
     if refusal is not None:
         return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
-    arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()}
+    arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()} if "arrays" in msg.content else {}
     try:
         state, metrics, warm = _work(op, msg, context, config, arrays)
     except Exception as exc:  # noqa: BLE001 - whatever failed, the server gets a generic reason only
@@ -153,7 +153,8 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
 
         state, norm = clip_update(arrays, state, float(config["clipping_norm"]))
         print(f"FedRad DP: update norm {norm:.4f} clipped to {float(config['clipping_norm']):g}", file=sys.stderr)
-    metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0, "warm-worker": warm})
+    if op != "query":  # statistics replies carry counts only
+        metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0, "warm-worker": warm})
     guarded = guard_reply(op, incoming=spec_of(arrays), arrays=state, metrics=metrics,
                           min_count=int(node.get("min-count", DEFAULT_MIN_COUNT)))  # fmt: skip
     for d in guarded.violations:
@@ -174,6 +175,12 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Local epochs from the global weights; reply with the new weights and aggregate metrics."""
     return _handle("train", msg, context)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Data statistics for the coordinator's QC view: counts and a coarse histogram, each at least min_count."""
+    return _handle("query", msg, context)
 
 
 @app.evaluate()

@@ -26,13 +26,14 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping
-from shared.dataset import SiteDataset
+from shared.dataset import SiteDataset, concat_datasets
 from shared.models import build_model, norm_layer_names
 from shared.training import TrainConfig, evaluate, train_model
 
@@ -64,6 +65,7 @@ class SiteData:
     load_s: float
     site_name: str
     work_dir: Path
+    manufacturers: dict[str, int] = field(default_factory=dict)  # usable images per scanner manufacturer
 
 
 def _site_work_dir(site_config: Path, values: Mapping) -> Path:
@@ -89,7 +91,7 @@ def load_site_data(site_config: Path, task: Task, seed: int, site_name: str | No
         )
     if cfg.image_size != task.image_size:
         cfg.image_size = task.image_size  # the model needs the task's size; the cache is keyed by it
-    data, _check = load_site_dataset(cfg)
+    data, check = load_site_dataset(cfg)
     if len(data) < 2 or len(set(data.labels.tolist())) < 2:
         raise ConfigError(
             f"{site_config}: {len(data)} usable labelled images in {len(set(data.labels.tolist()))} class(es); "
@@ -110,6 +112,7 @@ def load_site_data(site_config: Path, task: Task, seed: int, site_name: str | No
         load_s=time.perf_counter() - t0,
         site_name=str(site_name or values.get("site_name") or "site"),
         work_dir=_site_work_dir(site_config, values),
+        manufacturers=dict(Counter(r.header.manufacturer or "unknown" for r in check.scan.usable)),
     )
 
 
@@ -259,7 +262,13 @@ class SiteSession:
             new_state, metrics = train_round(self.task, state, self.data, config, self._store(config))
         elif op == "evaluate":
             new_state, metrics = None, evaluate_round(self.task, state, self.data, config, self._store(config))
+        elif op == "query":  # data statistics for the coordinator (client/site_stats.py)
+            from client.site_stats import site_statistics
+
+            d = self.data
+            cases = concat_datasets([d.train, d.held_out]) if d.has_held_out else d.train
+            return None, site_statistics(cases, d.manufacturers)
         else:
-            raise ValueError(f"unknown message type {op!r} (expected train or evaluate)")
+            raise ValueError(f"unknown message type {op!r} (expected train, evaluate or query)")
         metrics["load-s"], self._load_s = self._load_s, 0.0
         return new_state, metrics

@@ -14,6 +14,9 @@ What passes:
   default 10): a figure over three patients says too much about each.
   Counts and timings are not computed from patients' data and always pass.
 
+``query`` replies (data statistics for the coordinator) carry counts under
+:data:`STATS_KEY` only, each withheld below ``min_count``.
+
 Everything else (strings, per-case arrays, unknown keys, DICOM-derived text)
 is dropped and recorded as a **violation**; the reply still goes out with
 what is valid. Decisions are returned for the audit log (:mod:`client.audit`).
@@ -23,6 +26,7 @@ This module imports numpy only: it runs in every per-message ClientApp process.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +41,8 @@ ALLOWED_METRICS: dict[str, str | None] = {
     "train-loss": "num-examples", "train-acc": "num-examples",
     "loss": "num-examples", "accuracy": "num-examples", "auc": "auc-examples",
 }  # fmt: skip
+# Data-QC statistics (``query`` replies, client/site_stats.py): counts only, each withheld below min_count.
+STATS_KEY = re.compile(r"^(images|class:[A-Za-z0-9 ._-]{1,40}|manufacturer:[A-Za-z0-9 ._-]{1,40}|intensity-bin:\d)$")
 ArraySpec = tuple[tuple[int, ...], str]  # (shape, numpy dtype name)
 
 
@@ -126,6 +132,21 @@ def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decisio
     return kept
 
 
+def _guard_stats(metrics: Mapping[str, Any], min_count: int, out: list[Decision]) -> dict[str, int]:
+    kept: dict[str, int] = {}
+    for key, value in metrics.items():
+        number = _number(value)
+        if not STATS_KEY.match(str(key)):
+            out.append(Decision(f"metric:{key}", "drop", "not an allowed statistics key"))
+        elif not isinstance(number, int):
+            out.append(Decision(f"metric:{key}", "drop", f"not a count ({type(value).__name__})"))
+        elif number < min_count:
+            out.append(Decision(f"metric:{key}", "withhold", f"count below min_count={min_count}"))
+        else:
+            kept[key] = number
+    return kept
+
+
 def guard_reply(
     op: str,
     *,
@@ -137,5 +158,6 @@ def guard_reply(
     """Filter one ``train``/``evaluate`` reply; see the module docstring for the rules."""
     decisions: list[Decision] = []
     kept_arrays = _guard_arrays(op, arrays, incoming, decisions)
-    kept_metrics = _guard_metrics(metrics, int(min_count), decisions)
+    guard = _guard_stats if op == "query" else _guard_metrics
+    kept_metrics = guard(metrics, int(min_count), decisions)
     return GuardedReply(kept_arrays, kept_metrics, decisions)

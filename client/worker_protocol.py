@@ -96,7 +96,7 @@ def call_worker(
     config: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Ask the warm worker to ``op`` ("train"/"evaluate"); return (arrays, metrics).
+    """Ask the warm worker to ``op`` ("train"/"evaluate"/"query"); return (arrays, metrics).
 
     The worker reads the site's data settings from its own command line, not from here.
     Raises :class:`WorkerUnavailable` when the socket does not answer a connect

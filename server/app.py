@@ -68,6 +68,7 @@ class RunSettings:
     dp_noise_multiplier: float = 0.0  # 0: no differential privacy
     dp_clipping_norm: float = 0.0
     dp_delta: float = 1e-5
+    mode: str = "train"  # "stats": one query to every site for the coordinator's data QC (server/statistics.py)
 
     @classmethod
     def from_run_config(cls, cfg: Mapping) -> RunSettings:
@@ -107,7 +108,10 @@ class RunSettings:
             dp_noise_multiplier=get("dp-noise-multiplier", float, 0.0),
             dp_clipping_norm=get("dp-clipping-norm", float, 0.0),
             dp_delta=get("dp-delta", float, 1e-5),
+            mode=get("mode", str, "train").strip().lower(),
         )
+        if s.mode not in ("train", "stats"):
+            raise RunConfigError(f"run config 'mode' must be 'train' or 'stats', got {s.mode!r}")
         if s.dp_noise_multiplier < 0 or (s.dp_noise_multiplier > 0 and s.dp_clipping_norm <= 0):
             raise RunConfigError("run config 'dp-noise-multiplier' must be >= 0, and with it 'dp-clipping-norm' > 0")
         if not 0 < s.dp_delta < 1:
@@ -178,6 +182,13 @@ def main(grid: Grid, context: Context) -> None:
 
     apply_thread_limit()
     s = RunSettings.from_run_config(context.run_config)
+    if s.mode == "stats":
+        from server.statistics import collect_statistics
+
+        n = wait_for_sites(grid, s.min_sites, float(s.round_timeout_s))
+        path = collect_statistics(grid, s.run_dir, timeout=float(s.round_timeout_s), send=send_and_receive)
+        _say(f"statistics from {n} site(s) written to {path}")
+        return
     torch.manual_seed(s.seed)
     model = build_model(s.model, len(s.classes), s.image_size)
     strategy = build_strategy(s.strategy, s.strategy_params, model, min_sites=s.min_sites)

@@ -116,6 +116,35 @@ def start(
 
 @app.command()
 @handle_errors
+def stats(
+    directory: Path = DirArg,
+    listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT to bind for sites (default 0.0.0.0:<port of address>)."),
+    as_json: bool = typer.Option(False, "--json", help="Print stats.json on stdout instead of the table."),
+) -> None:
+    """Start the server and ask every site for data statistics (counts per class, manufacturer, intensity)."""
+    from server.coordinator import CoordinatorError, StartOptions
+    from server.coordinator import start as start_session
+    from server.statistics import STATS_FILE
+    from server.stats_view import render_statistics
+
+    try:
+        result = start_session(directory, StartOptions(listen=listen, mode="stats"), err if as_json else out)
+    except CoordinatorError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NO) from None
+    path = result.run_dir / STATS_FILE
+    if not result.ok or not path.is_file():
+        err.print(f"[bold red]no statistics:[/] run {result.run_id} {result.status} {result.details}", highlight=False)
+        raise typer.Exit(EXIT_NO)
+    data = json.loads(path.read_text())
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        render_statistics(data, out)
+
+
+@app.command()
+@handle_errors
 def status(
     directory: Path = DirArg,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),

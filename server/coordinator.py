@@ -39,12 +39,14 @@ from rich.table import Table
 from server.consortium import ConsortiumConfig, load_consortium
 from server.enrollment import EnrollmentError, load_registry, pki_dir, site_public_key
 from server.fleet_proxy import start_fleet_proxy
+from server.statistics import STATS_FILE
 from server.pki import PkiError, server_tls
 from server.superlink import ControlClient, SuperLink, SuperLinkError, stage_app, start_superlink, submit_run
 from shared.processes import ProcessError, ProcessSet, executable, exit_on_sigterm, free_port, proc_id, run_cli
 
 STATE_DIR = "state"
 RUNS_DIR = "runs"
+STATS_DIR = "stats"
 LOGS_DIR = "logs"
 SERVER_JSON = "server.json"  # present while `start` runs: pid, loopback address (read by `status`)
 CURRENT_RUN_JSON = "current-run.json"  # last submitted run: id, dir, status
@@ -63,6 +65,7 @@ class StartOptions:
     run_name: str | None = None
     poll_s: float = 1.0
     live: bool | None = None  # rich live display; default: only on a terminal
+    mode: str = "train"  # "stats": ask every site for data statistics instead of training (DIR/stats/<run>/)
 
 
 @dataclass
@@ -310,7 +313,9 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
         current = read_json(directory / STATE_DIR / CURRENT_RUN_JSON) or {}
         done = current.get("run_dir") == str(last) and current.get("status") == "finished:completed"
         opts.resume = last is not None and (last / "state.json").exists() and not done
-    if opts.resume:
+    if opts.mode == "stats":
+        run_dir = directory / STATS_DIR / (opts.run_name or _run_name())
+    elif opts.resume:
         run_dir = last_run_dir(directory)
         if run_dir is None:
             raise EnrollmentError(f"{directory / RUNS_DIR}: no run to resume; start without --resume.")
@@ -348,18 +353,22 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
         try:
             with link.control() as control:
                 wait_for_sites(control, sorted(sites), cfg.min_sites, cfg.wait_for_sites_s, console, live, opts.poll_s)
-                run_config = cfg.to_run_config(run_dir=run_dir, resume=opts.resume)
+                run_config = cfg.to_run_config(run_dir=run_dir, resume=opts.resume, mode=opts.mode)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 app_dir = stage_app(state / "app", SOURCE_ROOT, config_defaults=run_config)
                 run_id = submit_run(link, app_dir)
                 current = {"run_id": run_id, "run_dir": str(run_dir), "resume": opts.resume,
                            "submitted_at": time.time(), "status": "submitted", "rounds": cfg.rounds}
-                _write_json(state / CURRENT_RUN_JSON, current)
+                if opts.mode == "train":  # what --auto-resume and `status` read
+                    _write_json(state / CURRENT_RUN_JSON, current)
                 console.print(f"run {run_id} submitted{' (resume)' if opts.resume else ''}: {cfg.rounds} rounds of "
                               f"{cfg.strategy.name}, checkpoints in {run_dir}")
                 result = follow_run(link, control, ps, run_id, run_dir, cfg.rounds, console, live, opts.poll_s)
-                _write_json(state / CURRENT_RUN_JSON, {**current, "status": result.status, "details": result.details,
-                                                       "finished_at": time.time()})
+                if opts.mode == "stats":
+                    _name_stats_sites(run_dir, control)
+                else:
+                    _write_json(state / CURRENT_RUN_JSON, {**current, "status": result.status, "details": result.details,
+                                                           "finished_at": time.time()})
                 if not result.ok:  # the ServerApp's traceback is only in `flwr log` (costs seconds: failures only)
                     path = _save_serverapp_log(link, run_id, directory)
                     if path is not None:
@@ -371,6 +380,14 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
             if run_id is not None:
                 _stop_if_running(link, run_id)
             (state / SERVER_JSON).unlink(missing_ok=True)
+
+
+def _name_stats_sites(run_dir: Path, control: ControlClient) -> None:
+    """Add the enrolled names to ``stats.json`` (the ServerApp knows only Flower node ids)."""
+    path = run_dir / STATS_FILE
+    stats = read_json(path)
+    if stats is not None:
+        _write_json(path, {**stats, "names": {str(n.node_id): n.name for n in control.nodes()}})
 
 
 def _stop_if_running(link: SuperLink, run_id: int) -> None:
