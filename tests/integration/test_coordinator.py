@@ -144,7 +144,7 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         audit = json.loads(res.stdout)
         assert res.returncode == 0 and audit["ok"] and audit["violations"] == 0, res.stdout + res.stderr
-        assert audit["by_type"] == {"train": ROUNDS, "evaluate": ROUNDS} and audit["bytes"] > 0, audit
+        assert audit["by_type"] == {"train": ROUNDS, "evaluate": ROUNDS, "query": 1} and audit["bytes"] > 0, audit
         log_path = Path(audit["path"])
         data = bytearray(log_path.read_bytes())
         data[data.index(b'"type":"train"') + 9] ^= 0x01  # one byte: "train" -> "tsain"
