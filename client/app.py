@@ -47,14 +47,16 @@ def process_age_s() -> float:
         return 0.0
 
 
-def _in_process(op: str, msg: Message, context: Context, config: dict) -> tuple[dict[str, np.ndarray] | None, dict]:
-    """The message's work in this process (no warm worker): torch import, data load, train/evaluate."""
+def _in_process(op: str, context: Context, config: dict, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None, dict]:
+    """The message's work in this process (no warm worker): torch import, data load, train/evaluate/query."""
+    import torch
+
     from client.federated import SiteSession
     from shared.processes import apply_thread_limit
 
     apply_thread_limit()
     session = SiteSession.open(context.run_config, context.node_config)
-    state, metrics = session.handle(op, msg.content["arrays"].to_torch_state_dict(), config)
+    state, metrics = session.handle(op, {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, config)
     return ({k: v.numpy() for k, v in state.items()} if state is not None else None), metrics
 
 
@@ -71,7 +73,7 @@ def _work(op: str, msg: Message, context: Context, config: dict, arrays: dict[st
         return (out if op == "train" else None), metrics, 1
     except WorkerUnavailable as exc:
         print(f"FedRad: {exc}; working in this process (slower)", file=sys.stderr, flush=True)
-        state, metrics = _in_process(op, msg, context, config)
+        state, metrics = _in_process(op, context, config, arrays)
         return state, metrics, 0
 
 

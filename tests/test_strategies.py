@@ -331,3 +331,16 @@ def test_an_evaluation_with_withheld_metrics_is_valid() -> None:
     assert problem is None and metrics == {"num-examples": 4, "auc-examples": 4}
     _, problem = validate_eval_reply(RecordDict({"metrics": MetricRecord({"num-examples": 40, "auc": 1.5})}))
     assert problem and "auc" in problem
+
+
+def test_site_session_answers_a_statistics_query_without_weights(model: torch.nn.Module) -> None:
+    from client.federated import SiteSession
+
+    data = _site(16, 0.5, 1)
+    data.manufacturers = {"ACME": 16}
+    session = SiteSession(TASK, data, "c", "/runs/1", 0.0)
+    state, stats = session.handle("query", {}, {})
+    assert state is None and stats["images"] == 16 and stats["manufacturer:ACME"] == 16
+    assert sum(stats[f"class:{c}"] for c in TASK.classes) == 16
+    with pytest.raises(ValueError, match="unknown message type"):
+        session.handle("export", {}, {})
