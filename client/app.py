@@ -166,10 +166,14 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     if guarded.arrays is not None:
         reply["arrays"] = ArrayRecord(array_dict={name: Array(arr) for name, arr in sent.items()})
     digests = {name: hashlib.sha256(np.require(a, requirements="C").tobytes()).hexdigest() for name, a in sent.items()}
-    append_entry(Path(str(audit_log)), {
-        **entry, "bytes": sum(a.nbytes for a in sent.values()), "arrays": digests, "metrics": guarded.metrics,
-        "guard": [asdict(d) for d in guarded.decisions],
-    })  # fmt: skip
+    try:  # nothing leaves without its audit entry
+        append_entry(Path(str(audit_log)), {
+            **entry, "bytes": sum(a.nbytes for a in sent.values()), "arrays": digests, "metrics": guarded.metrics,
+            "guard": [asdict(d) for d in guarded.decisions],
+        })  # fmt: skip
+    except OSError as exc:
+        public = f"{op} reply withheld: the site could not write its audit log"
+        return _error_reply(msg, None, entry, public, f"{public} {audit_log}: {exc}")
     return Message(reply, reply_to=msg)
 
 
