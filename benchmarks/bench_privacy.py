@@ -25,10 +25,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.bench_round_overhead import FEDRAD_CONFIG, _wait_online
+from benchmarks.bench_round_overhead import FEDRAD_CONFIG, wait_online
 from deploy.loopback import REPO, start_loopback_consortium
 from server.checkpoints import read_metrics
-from server.strategies.dp import DpSettings, _accountant, _event
+from server.strategies.dp import DpSettings, new_accountant, release_event
 from server.superlink import stage_app, submit_run
 from shared.modelfile import load_model_file
 from shared.processes import ProcessSet
@@ -41,8 +41,8 @@ IMAGE_SIZE, EPOCHS = 64, 4  # the demo's setting: at 32×32 and 2 epochs FedAvg 
 def noise_for_epsilon(target: float, rounds: int, delta: float = 1e-5) -> float:
     """The smallest noise multiplier (0.05 steps) whose ε after ``rounds`` rounds is at most ``target``."""
     for z in np.arange(0.3, 20.0, 0.05):
-        acc = _accountant(DpSettings(float(z), 1.0, delta))
-        acc.compose(_event(DpSettings(float(z), 1.0, delta), 3), rounds)
+        acc = new_accountant(DpSettings(float(z), 1.0, delta))
+        acc.compose(release_event(DpSettings(float(z), 1.0, delta), 3), rounds)
         if acc.get_epsilon(delta) <= target:
             return round(float(z), 2)
     raise ValueError(f"no noise multiplier reaches ε {target} in {rounds} rounds")
@@ -96,7 +96,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     with ProcessSet(root / "logs") as ps:
         lc = start_loopback_consortium(ps, root, sites, image_size=IMAGE_SIZE, name="Bench")
-        _wait_online(lc, a.sites)
+        wait_online(lc, a.sites)
         console.print("FedAvg without DP …")
         base_dir = run(lc, root, "no-dp", a.rounds, a.sites, {})
         norms = global_update_norms(base_dir, a.rounds)

@@ -54,7 +54,7 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2) if values else float("nan")
 
 
-def _wait_online(lc, n: int, timeout: float = 180) -> None:  # noqa: ANN001 - LoopbackConsortium
+def wait_online(lc, n: int, timeout: float = 180) -> None:  # noqa: ANN001 - LoopbackConsortium
     deadline = time.monotonic() + timeout
     with lc.link.control() as control:
         while sum(node.status == "online" for node in control.nodes()) < n:
@@ -141,7 +141,7 @@ def main() -> None:
     t0 = time.monotonic()
     with ProcessSet(root / "logs") as ps:
         lc = start_loopback_consortium(ps, root, {s.name: s.path for s in cohort}, image_size=32, name="Bench")
-        _wait_online(lc, a.sites)
+        wait_online(lc, a.sites)
         console.print(f"{a.sites} sites online after {time.monotonic() - t0:.1f} s; logs in {root / 'logs'}")
         results = {}
         console.print("bare Flower …")

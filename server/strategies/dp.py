@@ -63,16 +63,16 @@ def make_private(strategy: FedRadStrategy, dp: DpSettings) -> None:
         raise StrategyError(f"model's normalisation statistics {sorted(strategy.held)} differ from the DP rule's {sorted(held)}")
     strategy.inner.weighted_by_key = UNIFORM_WEIGHT_KEY
     strategy.inner = DifferentialPrivacyClientSideFixedClipping(strategy.inner, dp.noise_multiplier, dp.clipping_norm, 1,
-                                                                accountant=_accountant(dp))  # fmt: skip
+                                                                accountant=new_accountant(dp))  # fmt: skip
     strategy.uniform_weight_key = UNIFORM_WEIGHT_KEY
     strategy.dp = dp
 
 
-def _event(dp: DpSettings, sites: int) -> GaussianPrivacyEvent:
+def release_event(dp: DpSettings, sites: int) -> GaussianPrivacyEvent:
     return GaussianPrivacyEvent(noise_multiplier=dp.noise_multiplier, sample_size=sites, population_size=POPULATION)
 
 
-def _accountant(dp: DpSettings) -> RdpAccountant:
+def new_accountant(dp: DpSettings) -> RdpAccountant:
     return RdpAccountant(PrivacyConfig(dp.delta, POPULATION, NeighboringRelation.ADD_OR_REMOVE_ONE,
                                        SamplingMethod.NO_AMPLIFICATION))  # fmt: skip
 
@@ -83,8 +83,8 @@ def epsilon_next(strategy: FedRadStrategy, sites: int) -> float:
     Without amplification every release of the same noise multiplier costs the same, so a fresh
     accountant with one more release than the run's gives it.
     """
-    accountant = _accountant(strategy.dp)
-    accountant.compose(_event(strategy.dp, max(1, sites)), strategy.inner.accountant.num_releases + 1)
+    accountant = new_accountant(strategy.dp)
+    accountant.compose(release_event(strategy.dp, max(1, sites)), strategy.inner.accountant.num_releases + 1)
     return accountant.get_epsilon(strategy.dp.delta)
 
 
@@ -102,4 +102,4 @@ def privacy_report(strategy: FedRadStrategy) -> dict | None:
 def replay(strategy: FedRadStrategy, sites_per_round: list[int]) -> None:
     """A resumed run: compose the rounds already released (their site counts from metrics.jsonl)."""
     for sites in sites_per_round:
-        strategy.inner.accountant.compose(_event(strategy.dp, max(1, sites)))
+        strategy.inner.accountant.compose(release_event(strategy.dp, max(1, sites)))
