@@ -234,7 +234,10 @@ class SiteSession:
     data: SiteData
     consortium: str
     run_dir: str
-    _load_s: float = 0.0
+    _load_s: float = field(init=False)  # data-loading time not yet reported (the first message reports it)
+
+    def __post_init__(self) -> None:
+        self._load_s = self.data.load_s
 
     @classmethod
     def open(cls, run_config: Mapping, node_config: Mapping) -> SiteSession:
@@ -243,7 +246,7 @@ class SiteSession:
             raise ConfigError("node config has no 'site-config' (fedrad-site start sets it to the site.yaml path)")
         task = Task.from_run_config(run_config)
         data = load_site_data(Path(str(site_config)), task, int(run_config.get("seed", 0)), node_config.get("site-name"))
-        return cls(task, data, str(run_config.get("consortium", "")), str(run_config.get("run-dir", "")), data.load_s)
+        return cls(task, data, str(run_config.get("consortium", "")), str(run_config.get("run-dir", "")))
 
     def _store(self, config: Mapping) -> LocalNormStore | None:
         if not config.get("keep-local-norm"):

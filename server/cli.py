@@ -88,6 +88,21 @@ def enroll(
     out.print("  a running server picks the key up at its next `fedrad-server start`")
 
 
+ListenOpt = typer.Option(None, "--listen", help="HOST:PORT to bind for sites (default 0.0.0.0:<port of address>).")
+
+
+def _session(directory: Path, opts, console):  # noqa: ANN001, ANN202 - coordinator types imported lazily
+    """One coordinator session (start or stats); a "no" from it is exit code 1 with its message."""
+    from server.coordinator import CoordinatorError
+    from server.coordinator import start as start_session
+
+    try:
+        return start_session(directory, opts, console)
+    except CoordinatorError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NO) from None
+
+
 @app.command()
 @handle_errors
 def start(
@@ -96,17 +111,12 @@ def start(
     auto_resume: bool = typer.Option(
         False, "--auto-resume", help="Resume the last run if it did not complete, else start a new one (for systemd/docker restarts)."
     ),
-    listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT to bind for sites (default 0.0.0.0:<port of address>)."),
+    listen: Optional[str] = ListenOpt,
 ) -> None:
     """Start the server, wait for the sites, run the federated training and report its real status."""
-    from server.coordinator import CoordinatorError, StartOptions
-    from server.coordinator import start as start_session
+    from server.coordinator import StartOptions
 
-    try:
-        result = start_session(directory, StartOptions(resume=resume, auto_resume=auto_resume, listen=listen), out)
-    except CoordinatorError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_NO) from None
+    result = _session(directory, StartOptions(resume=resume, auto_resume=auto_resume, listen=listen), out)
     colour = "green" if result.ok else "red"
     out.print(f"run {result.run_id}: [bold {colour}]{result.status}[/] {result.details}".rstrip(), highlight=False)
     out.print(f"checkpoints and metrics: {result.run_dir}")
@@ -118,20 +128,15 @@ def start(
 @handle_errors
 def stats(
     directory: Path = DirArg,
-    listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT to bind for sites (default 0.0.0.0:<port of address>)."),
+    listen: Optional[str] = ListenOpt,
     as_json: bool = typer.Option(False, "--json", help="Print stats.json on stdout instead of the table."),
 ) -> None:
     """Start the server and ask every site for data statistics (counts per class, manufacturer, intensity)."""
-    from server.coordinator import CoordinatorError, StartOptions
-    from server.coordinator import start as start_session
+    from server.coordinator import StartOptions
     from server.statistics import STATS_FILE
     from server.stats_view import render_statistics
 
-    try:
-        result = start_session(directory, StartOptions(listen=listen, mode="stats"), err if as_json else out)
-    except CoordinatorError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_NO) from None
+    result = _session(directory, StartOptions(listen=listen, mode="stats"), err if as_json else out)
     path = result.run_dir / STATS_FILE
     if not result.ok or not path.is_file():
         err.print(f"[bold red]no statistics:[/] run {result.run_id} {result.status} {result.details}", highlight=False)

@@ -338,7 +338,7 @@ def test_site_session_answers_a_statistics_query_without_weights(model: torch.nn
 
     data = _site(16, 0.5, 1)
     data.manufacturers = {"ACME": 16}
-    session = SiteSession(TASK, data, "c", "/runs/1", 0.0)
+    session = SiteSession(TASK, data, "c", "/runs/1")
     state, stats = session.handle("query", {}, {})
     assert state is None and stats["images"] == 16 and stats["manufacturer:ACME"] == 16
     assert sum(stats[f"class:{c}"] for c in TASK.classes) == 16
