@@ -99,8 +99,12 @@ def _refusal(node_config: dict) -> tuple[str, str] | None:
     )
 
 
-def _privacy_refusal(node_config: dict, config: dict) -> tuple[str, str] | None:
-    """Refuse a training round that does not meet this site's ``privacy.require_dp`` / ``max_epsilon``."""
+def _privacy_refusal(node_config: dict, config: dict, *, secure: bool) -> tuple[str, str] | None:
+    """Refuse a training round that does not meet this site's ``privacy`` requirements (site.yaml)."""
+    if int(node_config.get("require-secagg", 0)) and not secure:
+        reason = ("run refused by the site: it requires secure aggregation "
+                  "(privacy.secure_aggregation in consortium.yaml)")  # fmt: skip
+        return reason, reason
     if int(node_config.get("require-dp", 0)) and "clipping_norm" not in config:
         reason = "run refused by the site: it requires differential privacy (privacy.dp in consortium.yaml)"
         return reason, reason
@@ -125,31 +129,16 @@ def _error_reply(msg: Message, audit_log: str | None, entry: dict, public: str, 
     return Message(error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=public), reply_to=msg)
 
 
-def _handle(op: str, msg: Message, context: Context) -> Message:
-    """Approval check → work (warm worker or in-process) → outbound guard → audit log → reply."""
-    startup, t0 = process_age_s(), time.perf_counter()
-    import hashlib
-    import secrets
-    import traceback
-    from dataclasses import asdict
+class _SiteRefusal(Exception):
+    """A round this site declines: (reason for the server, detail for the site's log)."""
 
-    from client.audit import append_entry
+
+def _guarded_work(op: str, msg: Message, context: Context, config: dict, arrays: dict[str, np.ndarray], t0: float,
+                  startup: float):  # noqa: ANN202 - GuardedReply
+    """The work (warm worker or in-process) → DP clipping → outbound guard; what may leave."""
     from client.outbound_guard import DEFAULT_MIN_COUNT, guard_reply, spec_of
 
-    node = dict(context.node_config)
-    config = dict(msg.content["config"])
-    audit_log = node.get("audit-log")
-    entry = {"run": int(msg.metadata.run_id), "round": int(config.get("server-round", 0)), "type": op}
-    refusal = _refusal(node) or (_privacy_refusal(node, config) if op == "train" else None)
-    if refusal is not None:
-        return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
-    arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()} if "arrays" in msg.content else {}
-    try:
-        state, metrics, warm = _work(op, msg, context, config, arrays)
-    except Exception as exc:  # noqa: BLE001 - whatever failed, the server gets a generic reason only
-        ref = secrets.token_hex(4)
-        local = f"{op} failed (ref {ref}): {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-        return _error_reply(msg, audit_log, {**entry, "type": "error"}, f"{op} failed at the site (ref {ref})", local)
+    state, metrics, warm = _work(op, msg, context, config, arrays)
     if op == "train" and state is not None and "clipping_norm" in config:  # central DP: bound the update
         from client.dp_clip import clip_update
 
@@ -158,23 +147,104 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     if op != "query":  # statistics replies carry counts only
         metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0, "warm-worker": warm})
     guarded = guard_reply(op, incoming=spec_of(arrays), arrays=state, metrics=metrics,
-                          min_count=int(node.get("min-count", DEFAULT_MIN_COUNT)))  # fmt: skip
+                          min_count=int(context.node_config.get("min-count", DEFAULT_MIN_COUNT)))  # fmt: skip
     for d in guarded.violations:
         print(f"FedRad outbound guard dropped {d.item}: {d.reason}", file=sys.stderr, flush=True)
+    return guarded
+
+
+def _failure(op: str, msg: Message, audit_log: str | None, entry: dict, exc: Exception) -> Message:
+    """Whatever failed, the server gets a generic reason with a reference; the site's log gets the details."""
+    import secrets
+    import traceback
+
+    if isinstance(exc, _SiteRefusal):
+        return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *exc.args)
+    ref = secrets.token_hex(4)
+    local = f"{op} failed (ref {ref}): {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    return _error_reply(msg, audit_log, {**entry, "type": "error"}, f"{op} failed at the site (ref {ref})", local)
+
+
+def _send(msg: Message, reply: Message, audit_log: str | None, entry: dict) -> Message:
+    """Nothing leaves without its audit entry: a reply whose entry cannot be written is withheld."""
+    from client.audit import append_entry
+
+    try:
+        append_entry(Path(str(audit_log)), entry)
+    except OSError as exc:
+        public = f"{entry['type']} reply withheld: the site could not write its audit log"
+        return _error_reply(msg, None, {k: entry[k] for k in ("run", "round", "type")}, public, f"{public} {audit_log}: {exc}")
+    return reply
+
+
+def _handle(op: str, msg: Message, context: Context) -> Message:
+    """Approval check → work (warm worker or in-process) → outbound guard → audit log → reply."""
+    startup, t0 = process_age_s(), time.perf_counter()
+    import hashlib
+    from dataclasses import asdict
+
+    node = dict(context.node_config)
+    if op == "train" and "secaggplus_configs" in msg.content.config_records:
+        return _handle_secure(msg, context, startup, t0)
+    config = dict(msg.content["config"])
+    audit_log = node.get("audit-log")
+    entry = {"run": int(msg.metadata.run_id), "round": int(config.get("server-round", 0)), "type": op}
+    refusal = _refusal(node) or (_privacy_refusal(node, config, secure=False) if op == "train" else None)
+    if refusal is not None:
+        return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
+    arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()} if "arrays" in msg.content else {}
+    try:
+        guarded = _guarded_work(op, msg, context, config, arrays, t0, startup)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the server gets a generic reason only
+        return _failure(op, msg, audit_log, entry, exc)
     reply = RecordDict({"metrics": MetricRecord(guarded.metrics)})
     sent = guarded.arrays or {}
     if guarded.arrays is not None:
         reply["arrays"] = ArrayRecord(array_dict={name: Array(arr) for name, arr in sent.items()})
     digests = {name: hashlib.sha256(np.require(a, requirements="C").tobytes()).hexdigest() for name, a in sent.items()}
-    try:  # nothing leaves without its audit entry
-        append_entry(Path(str(audit_log)), {
-            **entry, "bytes": sum(a.nbytes for a in sent.values()), "arrays": digests, "metrics": guarded.metrics,
-            "guard": [asdict(d) for d in guarded.decisions],
-        })  # fmt: skip
-    except OSError as exc:
-        public = f"{op} reply withheld: the site could not write its audit log"
-        return _error_reply(msg, None, entry, public, f"{public} {audit_log}: {exc}")
-    return Message(reply, reply_to=msg)
+    return _send(msg, Message(reply, reply_to=msg), audit_log, {
+        **entry, "bytes": sum(a.nbytes for a in sent.values()), "arrays": digests, "metrics": guarded.metrics,
+        "guard": [asdict(d) for d in guarded.decisions],
+    })  # fmt: skip
+
+
+def _handle_secure(msg: Message, context: Context, startup: float, t0: float) -> Message:
+    """One SecAgg+ stage (:mod:`client.secure_aggregation`): approval → stage → protocol guard → audit → reply."""
+    from dataclasses import asdict
+
+    from client.secure_aggregation import guard_secure_reply, round_config, run_secure_stage, secure_stage, stage_digest
+
+    node = dict(context.node_config)
+    audit_log = node.get("audit-log")
+    stage = secure_stage(msg)
+    config = round_config(msg)
+    entry = {"run": int(msg.metadata.run_id), "round": int(config.get("server-round", msg.metadata.group_id or 0)),
+             "type": f"train/secagg-{stage}"}  # fmt: skip
+    refusal = _refusal(node)
+    if refusal is not None:
+        return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
+    decisions: list = []
+    n_arrays: list[int] = []
+
+    def train(config: dict, arrays: dict[str, np.ndarray]):  # noqa: ANN202
+        refused = _privacy_refusal(node, config, secure=True)
+        if refused is not None:
+            raise _SiteRefusal(*refused)
+        guarded = _guarded_work("train", msg, context, config, arrays, t0, startup)
+        decisions.extend(asdict(d) for d in guarded.decisions)
+        n_arrays.append(len(arrays))
+        return guarded.arrays, guarded.metrics
+
+    try:
+        reply = run_secure_stage(msg, context, train)
+        problems = guard_secure_reply(str(stage), reply, n_arrays[0] if n_arrays else None)
+        if problems:
+            raise RuntimeError(f"secure-aggregation reply blocked by the outbound guard: {'; '.join(problems)}")
+    except Exception as exc:  # noqa: BLE001
+        return _failure("train", msg, audit_log, entry, exc)
+    size, digests = stage_digest(reply)
+    metrics = dict(reply.content.config_records["fitres.metrics"]) if "fitres.metrics" in reply.content.config_records else {}
+    return _send(msg, reply, audit_log, {**entry, "bytes": size, "arrays": digests, "metrics": metrics, "guard": decisions})
 
 
 @app.train()

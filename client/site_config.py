@@ -25,6 +25,8 @@ class SitePrivacy(StrictModel):
     min_count: int = Field(10, ge=1, description="Loss/accuracy/AUC over fewer cases than this are withheld from replies.")
     require_dp: bool = Field(False, description="Refuse training rounds without differential privacy.")
     max_epsilon: float | None = Field(None, gt=0, description="Refuse a round that would take the run's ε above this.")
+    require_secure_aggregation: bool = Field(False, description="Refuse training rounds without SecAgg+ (the server "
+                                             "sees only the sum of the sites' updates).")  # fmt: skip
 
 
 class SiteFileConfig(SiteDataConfig):
@@ -67,7 +69,8 @@ def site_node_config(config: Path, cfg: SiteFileConfig, worker_socket: Path | No
     work = Path(cfg.work_dir or Path(config).resolve().parent / "work")
     node = {"site-config": str(Path(config).resolve()), "site-name": cfg.site_name, "audit-log": str(work / "audit" / "outbound.jsonl"),
             "approvals": str(approvals_path(work)), "min-count": cfg.privacy.min_count,
-            "require-dp": int(cfg.privacy.require_dp), "max-epsilon": float(cfg.privacy.max_epsilon or 0.0)}  # fmt: skip
+            "require-dp": int(cfg.privacy.require_dp), "max-epsilon": float(cfg.privacy.max_epsilon or 0.0),
+            "require-secagg": int(cfg.privacy.require_secure_aggregation)}  # fmt: skip
     if worker_socket is not None:
         node["worker-socket"] = str(worker_socket)
     return node

@@ -69,6 +69,7 @@ class RunSettings:
     dp_clipping_norm: float = 0.0
     dp_delta: float = 1e-5
     mode: str = "train"  # "stats": one query to every site for the coordinator's data QC (server/statistics.py)
+    secagg: str = "{}"  # SecAgg+ settings as JSON (server/secure_aggregation.py); "{}" = off
 
     @classmethod
     def from_run_config(cls, cfg: Mapping) -> RunSettings:
@@ -109,11 +110,23 @@ class RunSettings:
             dp_clipping_norm=get("dp-clipping-norm", float, 0.0),
             dp_delta=get("dp-delta", float, 1e-5),
             mode=get("mode", str, "train").strip().lower(),
+            secagg=get("secagg", str, "{}"),
         )
         if s.mode not in ("train", "stats"):
             raise RunConfigError(f"run config 'mode' must be 'train' or 'stats', got {s.mode!r}")
         if s.dp_noise_multiplier < 0 or (s.dp_noise_multiplier > 0 and s.dp_clipping_norm <= 0):
             raise RunConfigError("run config 'dp-noise-multiplier' must be >= 0, and with it 'dp-clipping-norm' > 0")
+        try:
+            secagg = json.loads(s.secagg or "{}")
+        except json.JSONDecodeError:
+            secagg = None
+        if not isinstance(secagg, dict):
+            raise RunConfigError(f"run config 'secagg' must be a JSON object, got {s.secagg!r}")
+        from server.consortium import SECAGG_STRATEGIES
+
+        if secagg and s.strategy not in SECAGG_STRATEGIES:
+            raise RunConfigError(f"run config 'secagg' (secure aggregation) needs one of {', '.join(SECAGG_STRATEGIES)}, "
+                                 f"not strategy {s.strategy!r}: it hides the single updates that strategy needs")  # fmt: skip
         if not 0 < s.dp_delta < 1:
             raise RunConfigError(f"run config 'dp-delta' must lie in (0, 1), got {s.dp_delta}")
         for key, value, low in (
@@ -174,6 +187,7 @@ def main(grid: Grid, context: Context) -> None:
     import torch
 
     from server.checkpoints import RunDir, RunTask, read_metrics
+    from server.secure_aggregation import SecAggSettings, secure_train_wave
     from server.strategies.dp import DpSettings, epsilon_next, make_private, privacy_report, replay
     from server.strategies import build_strategy
     from shared.modelfile import weights_sha256
@@ -189,6 +203,10 @@ def main(grid: Grid, context: Context) -> None:
         path = collect_statistics(grid, s.run_dir, timeout=float(s.round_timeout_s), send=send_and_receive)
         _say(f"statistics from {n} site(s) written to {path}")
         return
+    try:
+        secagg = SecAggSettings.from_json(s.secagg)
+    except (TypeError, ValueError) as exc:
+        raise RunConfigError(f"run config 'secagg': {exc}") from None
     torch.manual_seed(s.seed)
     model = build_model(s.model, len(s.classes), s.image_size)
     strategy = build_strategy(s.strategy, s.strategy_params, model, min_sites=s.min_sites)
@@ -209,7 +227,7 @@ def main(grid: Grid, context: Context) -> None:
     model_bytes = _bytes(arrays)
     _say(
         f"start strategy={strategy.name} bn_policy={strategy.bn_policy} rounds={start}..{s.num_server_rounds} "
-        f"model={s.model} params={sum(p.numel() for p in model.parameters())} bytes={model_bytes} run_dir={s.run_dir}"
+        f"secure_aggregation={'on' if secagg else 'off'} model={s.model} params={sum(p.numel() for p in model.parameters())} bytes={model_bytes} run_dir={s.run_dir}"
     )
     timeout = float(s.round_timeout_s)
     for rnd in range(start, s.num_server_rounds + 1):
@@ -225,10 +243,18 @@ def main(grid: Grid, context: Context) -> None:
         if strategy.dp is not None:
             round_config["dp-epsilon-next"] = epsilon_next(strategy, available)  # sites with max_epsilon check it
         msgs = strategy.configure_train(rnd, arrays, round_config, grid, available)
-        replies = send_and_receive(grid, msgs, timeout=timeout)
-        t_train = time.monotonic()
-        outcome = strategy.aggregate_train(rnd, replies)
-        missing = len(msgs) - len(replies)
+        if secagg is None:
+            replies = send_and_receive(grid, msgs, timeout=timeout)
+            t_train = time.monotonic()
+            outcome = strategy.aggregate_train(rnd, replies)
+            missing = len(msgs) - len(replies)
+        else:  # the same round config, sent through SecAgg+: the server only ever holds the sum
+            nodes = [int(m.metadata.dst_node_id) for m in msgs]
+            wave = secure_train_wave(grid, context, rnd, arrays, dict(msgs[0].content["config"]), nodes, secagg, timeout)
+            t_train = time.monotonic()
+            outcome = strategy.aggregate_train(rnd, wave.replies)
+            outcome.accepted = wave.contributors if outcome.arrays is not None else []
+            missing = len(msgs) - len(wave.contributors)
         if outcome.arrays is None:
             reasons = "; ".join(f"node {n}: {r}" for n, r in outcome.rejected) or "none"
             raise RuntimeError(

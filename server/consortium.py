@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.config import check_host_port, ConfigError, StrictModel, TaskConfig, load_yaml_mapping, parse_model
 
@@ -105,10 +105,27 @@ class DpConfig(StrictModel):
     delta: float = Field(1e-5, gt=0, lt=1, description="δ at which ε is reported.")
 
 
+# Strategies that aggregate a (weighted) mean, which is all SecAgg+ reveals; the robust ones need each update.
+SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedbn")
+
+
+class SecAggConfig(StrictModel):
+    """SecAgg+ (server/secure_aggregation.py): the server sees only the sum of the sites' updates."""
+
+    share_fraction: float = Field(1.0, gt=0, le=1, description="Each site's secrets are split among this fraction of the sites.")
+    threshold_fraction: float = Field(0.67, gt=0, le=1, description="Fraction of the shares needed to unmask: "
+                                      "higher protects more, lower tolerates more sites dropping mid-round.")  # fmt: skip
+    clipping_range: float = Field(1.0, gt=0, description="With max_weight C = range × max_weight: a site with n "
+                                  "examples may send update values up to C / n, quantised to ~2C / (4.2M × n).")  # fmt: skip
+    max_weight: float = Field(1000, gt=0, description="Example-count scale; all sites' examples together must stay "
+                              "below 1024 × max_weight.")  # fmt: skip
+
+
 class PrivacySettings(StrictModel):
     """``privacy:`` in consortium.yaml."""
 
     dp: DpConfig | None = Field(None, description="Differential privacy; absent = off.")
+    secure_aggregation: SecAggConfig | None = Field(None, description="SecAgg+; absent = off.")
 
 
 StrategyConfig = Annotated[
@@ -138,6 +155,15 @@ class ConsortiumConfig(StrictModel):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     _host_port = field_validator("address")(check_host_port)
+
+    @model_validator(mode="after")
+    def _secure_aggregation_needs_a_mean(self) -> ConsortiumConfig:
+        if self.privacy.secure_aggregation is not None and self.strategy.name not in SECAGG_STRATEGIES:
+            raise ValueError(
+                f"privacy.secure_aggregation hides each site's update, and strategy {self.strategy.name!r} needs to see "
+                f"them; use one of {', '.join(SECAGG_STRATEGIES)} or remove privacy.secure_aggregation"
+            )
+        return self
 
     @property
     def port(self) -> int:
@@ -171,6 +197,7 @@ class ConsortiumConfig(StrictModel):
             "dp-clipping-norm": float(self.privacy.dp.clipping_norm) if self.privacy.dp else 0.0,
             "dp-delta": float(self.privacy.dp.delta) if self.privacy.dp else 1e-5,
             "mode": mode,  # "train", or "stats" for `fedrad-server stats`
+            "secagg": json.dumps(self.privacy.secure_aggregation.model_dump() if self.privacy.secure_aggregation else {}),
         }
 
 
@@ -242,4 +269,7 @@ evaluate_every: {cfg.evaluate_every}            # federated evaluation every N r
 # to the mean; epsilon at delta is reported after every round. 5 rounds at noise_multiplier 1.5 ≈ epsilon 7.5.
 # privacy:
 #   dp: {{noise_multiplier: 1.5, clipping_norm: 1.0, delta: 1.0e-5}}
+#   # Secure aggregation (SecAgg+): the server sees only the sum of the sites' updates; needs >= 2 sites,
+#   # not with fedmedian/fedtrimmedavg/krum (they need each update). Costs 4 message waves a round and 2x upload.
+#   secure_aggregation: {{threshold_fraction: 0.67}}
 """

@@ -291,20 +291,25 @@ def stage_app(dest: Path, source_root: Path | None = None, config_defaults: dict
     return dest
 
 
-def _config_arg(run_config: dict[str, Any]) -> list[str]:
-    """``--run-config`` pairs; values must be TOML scalars and the keys must exist in pyproject."""
+def submit_run(link: SuperLink, app_dir: Path, run_config: dict[str, Any] | None = None) -> int:
+    """Build the FAB from ``app_dir``, start a run on ``link``; return the run id.
+
+    ``run_config`` overrides go to ``flwr run --run-config`` as a TOML file:
+    its ``key=value`` form cannot carry a string with quotes or spaces (JSON
+    settings such as ``strategy-params``). The keys must exist in pyproject.
+    """
+    import tempfile
+
     import tomli_w
 
-    if not run_config:
-        return []
-    pairs = [f"{key}={tomli_w.dumps({'v': value}).split('=', 1)[1].strip()}" for key, value in run_config.items()]
-    return ["--run-config", " ".join(pairs)]
-
-
-def submit_run(link: SuperLink, app_dir: Path, run_config: dict[str, Any] | None = None) -> int:
-    """Build the FAB from ``app_dir``, start a run on ``link``; return the run id."""
-    data = flwr_json(link, ["run", str(Path(app_dir).resolve()), link.connection, *_config_arg(run_config or {})])
-    _check(data, "submitting the run")
+    with tempfile.TemporaryDirectory(prefix="fedrad-run-config-") as tmp:
+        extra: list[str] = []
+        if run_config:
+            path = Path(tmp) / "run-config.toml"
+            path.write_text(tomli_w.dumps(dict(run_config)))
+            extra = ["--run-config", str(path)]
+        data = flwr_json(link, ["run", str(Path(app_dir).resolve()), link.connection, *extra])
+        _check(data, "submitting the run")
     return int(data["run-id"])
 
 

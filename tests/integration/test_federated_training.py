@@ -152,6 +152,37 @@ def test_dp_run_clips_at_the_sites_and_reports_epsilon_every_round(fed: Fed) -> 
         assert fed.supernodes[name].log_text().count("FedRad DP: update norm") >= 2, name  # every site clipped
 
 
+def test_secure_aggregation_gives_the_plain_mean_without_the_server_seeing_an_update(fed: Fed) -> None:
+    """SecAgg+ and plain FedAvg from the same start, seed and data: the same global model (to 1e-4)."""
+    import numpy as np
+
+    base = {"num-server-rounds": 1, "strategy": "fedavg", "strategy-params": "{}", "evaluate-every": 5, "resume": False}
+    plain_dir, secure_dir = fed.tmp / "runs" / "plain", fed.tmp / "runs" / "secagg"
+    plain = _run(fed, "plain", {**base, "run-dir": str(plain_dir)}, timeout=200)
+    secure = _run(fed, "secagg", {**base, "run-dir": str(secure_dir), "secagg": '{"threshold_fraction": 1.0}'}, timeout=240)
+    assert plain["status"] == secure["status"] == "finished:completed", (plain, secure)
+    row = read_metrics(secure_dir)[0]
+    assert row["sites_answered"] == 2 and row["sites_failed"] == 0, row
+    assert row["train"]["num-examples"] == read_metrics(plain_dir)[0]["train"]["num-examples"]  # metrics still arrive
+    a = load_model_file(plain_dir / "latest.pt").model.state_dict()
+    b = load_model_file(secure_dir / "latest.pt").model.state_dict()
+    gaps = {k: float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point()}
+    assert max(gaps.values()) < 1e-4, sorted(gaps.items(), key=lambda kv: -kv[1])[:3]
+    assert max(gaps.values()) > 0  # (it really went through quantisation and masking)
+    model_bytes = sum(t.numel() * 4 for k, t in a.items() if t.is_floating_point())
+    for name in SITES:
+        log = fed.tmp / "sites" / name / "work" / "audit" / "outbound.jsonl"
+        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        stages = [e["type"] for e in entries if e["type"].startswith("train/secagg-")]
+        assert stages == ["train/secagg-setup", "train/secagg-share_keys", "train/secagg-collect_masked_vectors",
+                          "train/secagg-unmask"], stages  # fmt: skip
+        masked = next(e for e in entries if e["type"] == "train/secagg-collect_masked_vectors")
+        assert 1.9 * model_bytes < masked["bytes"] < 2.2 * model_bytes, (masked["bytes"], model_bytes)  # int64 vectors
+        assert set(masked["arrays"]) == {"masked_params"} and masked["metrics"]["num-examples"] > 0
+    print(f"\nsecure aggregation: round {row['seconds']} s vs plain {read_metrics(plain_dir)[0]['seconds']} s; "
+          f"largest weight gap {max(gaps.values()):.2e}; masked upload {masked['bytes']} B vs {model_bytes} B float32")
+
+
 def test_site_refuses_a_run_whose_code_it_has_not_approved(fed: Fed) -> None:
     if "resume" not in fed.runs or fed.runs["resume"]["status"] != "finished:completed":
         pytest.skip("needs the resumed run")
