@@ -28,6 +28,7 @@ bench: install
 	$(PY) benchmarks/bench_training.py
 	$(PY) -m benchmarks.bench_round_overhead
 	$(PY) -m benchmarks.bench_privacy
+	$(PY) -m benchmarks.bench_secagg
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-run demo-federated

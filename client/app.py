@@ -237,7 +237,7 @@ def _handle_secure(msg: Message, context: Context, startup: float, t0: float) ->
 
     try:
         reply = run_secure_stage(msg, context, train)
-        problems = guard_secure_reply(str(stage), reply, n_arrays[0] if n_arrays else None)
+        problems = guard_secure_reply(str(stage), reply.content, n_arrays[0] if n_arrays else None)
         if problems:
             raise RuntimeError(f"secure-aggregation reply blocked by the outbound guard: {'; '.join(problems)}")
     except Exception as exc:  # noqa: BLE001

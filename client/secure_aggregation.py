@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
@@ -43,6 +43,7 @@ STAGE_FIELDS: dict[str, dict[str, type]] = {
     Stage.COLLECT_MASKED_VECTORS: {Key.MASKED_PARAMETERS: bytes},
     Stage.UNMASK: {Key.NODE_ID_LIST: int, Key.SHARE_LIST: bytes},
 }
+DP_WEIGHT_FRACTION = 1 / 8  # under DP every site weighs max_weight / 8: update values up to ±8 × clipping_range
 TrainStep = Callable[[dict, dict[str, np.ndarray]], tuple[dict[str, np.ndarray] | None, dict]]
 
 
@@ -78,8 +79,8 @@ def run_secure_stage(msg: Message, context: Context, train: TrainStep) -> Messag
             raise SecureAggregationError("the outbound guard withheld this site's weights")
         update = [new[k] - v if np.issubdtype(v.dtype, np.floating) else np.zeros_like(v) for k, v in arrays.items()]
         weight = int(metrics["num-examples"])
-        if "clipping_norm" in config:  # DP: equal site weights, at full quantisation precision (weight / max_weight = 1)
-            weight = int(ctx.state.config_records[RECORD_KEY_STATE]["max_weight"])
+        if "clipping_norm" in config:  # DP: equal site weights; the BN statistics (not clipped) need room
+            weight = max(1, int(float(ctx.state.config_records[RECORD_KEY_STATE]["max_weight"]) * DP_WEIGHT_FRACTION))
         _check_range(update, weight, ctx)
         fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), weight, metrics)
         return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=inner)
@@ -99,13 +100,13 @@ def _check_range(update: list[np.ndarray], weight: int, context: Context) -> Non
         )
 
 
-def guard_secure_reply(stage: str, msg: Message, n_arrays: int | None) -> list[str]:
-    """Check a stage's reply holds only the protocol's fields; return the problems (empty: it may leave).
+def guard_secure_reply(stage: str, content: RecordDict, n_arrays: int | None) -> list[str]:
+    """Check a stage's reply content holds only the protocol's fields; return the problems (empty: it may leave).
 
     Unlike a plain reply nothing is dropped piecemeal: a protocol message
     with a stray field is not sent at all.
     """
-    content, problems = msg.content, []
+    problems: list[str] = []
     allowed = STAGE_FIELDS.get(stage)
     if allowed is None:
         return [f"unknown SecAgg+ stage {stage!r}"]

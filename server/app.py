@@ -260,6 +260,8 @@ def main(grid: Grid, context: Context) -> None:
             raise RuntimeError(
                 f"round {rnd}: {len(outcome.accepted)} valid update(s) from {len(msgs)} site(s) "
                 f"within {timeout:.0f} s, need {strategy.min_replies} ({missing} no reply; rejected: {reasons})"
+                + ("; under secure aggregation a site's error reaches only its own log: see the sites' SuperNode logs"
+                   if secagg is not None else "")
             )
         arrays = outcome.arrays
         t_agg = time.monotonic()
