@@ -1,0 +1,210 @@
+"""``fedrad-server benchmark``: does federation generalise? Pooled, local-only and federated models, every site.
+
+On the same data and the same compute budget (``rounds × local_epochs``
+passes over each training image), for each seed:
+
+* **pooled**: one model on all training sites' training patients (the upper
+  reference a consortium cannot have);
+* **local-only**: one model per training site, on its own training patients;
+* **federated**: one run per strategy through Flower's simulation engine
+  (Ray; :mod:`deploy.simulation`) with FedRad's production ServerApp and
+  ClientApp.
+
+Every model is scored (ROC AUC) on every training site's held-out patients
+(the split the ClientApp makes, :func:`client.federated.load_site_data`,
+seeded by the run seed) and on each unseen site (all its images). FedBN's
+model is scored at a training site with that site's own normalisation layers
+(as the site deploys it) and at an unseen site with the averaged ones.
+Results: ``results.json`` and ``report.html`` with PNG charts
+(:mod:`deploy.generalization_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from client.federated import LocalNormStore, Task, global_model, load_site_data
+from deploy.simulation import SimulatedSite, prepare_site, run_simulated
+from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping
+from shared.dataset import SiteDataset, concat_datasets
+from shared.metrics import evaluate_predictions
+from shared.modelfile import load_model_file
+from shared.models import build_model
+from shared.site_data import load_site_dataset
+from shared.training import TrainConfig, predict_proba, train_model
+
+STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam")
+STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01, "eta_l": 0.01}}
+ENGINE = "Flower simulation engine (Ray), FedRad's production ServerApp/ClientApp"
+
+
+@dataclass(frozen=True)
+class BenchSite:
+    """A site folder: ``site.yaml`` (its ``data``/``labels``) or ``dicom/`` + ``labels.csv`` (the synthetic layout)."""
+
+    name: str
+    data: Path
+    labels: Path
+
+    @classmethod
+    def from_dir(cls, folder: Path) -> BenchSite:
+        folder = Path(folder)
+        if (folder / "site.yaml").is_file():
+            values = load_yaml_mapping(folder / "site.yaml")
+            if "data" not in values or "labels" not in values:
+                raise ConfigError(f"{folder / 'site.yaml'}: needs 'data' and 'labels'")
+            base = folder.resolve()
+            return cls(folder.name, base / str(values["data"]), base / str(values["labels"]))
+        if (folder / "dicom").is_dir() and (folder / "labels.csv").is_file():
+            return cls(folder.name, folder / "dicom", folder / "labels.csv")
+        raise ConfigError(f"{folder}: not a site folder; expected site.yaml, or dicom/ and labels.csv "
+                          "(what `fedrad-site synth` writes)")  # fmt: skip
+
+
+@dataclass
+class BenchConfig:
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    seeds: int = 3
+    rounds: int = 5
+    local_epochs: int = 2
+    image_size: int = 64
+    model: str = "smallcnn"
+    batch_size: int = 32
+    lr: float = 1e-3
+    augment: float = 1.0
+    classes: list[str] = field(default_factory=lambda: ["normal", "nodule"])
+    cpus: int = 2
+
+    def run_config(self, strategy: str, seed: int, run_dir: Path, n_sites: int) -> dict:
+        return {
+            "num-server-rounds": self.rounds, "local-epochs": self.local_epochs, "min-sites": n_sites,
+            "round-timeout-s": 1800, "evaluate-every": self.rounds, "seed": seed, "strategy": strategy,
+            "strategy-params": json.dumps(STRATEGY_PARAMS.get(strategy, {})), "classes": ",".join(self.classes),
+            "image-size": self.image_size, "model": self.model, "batch-size": self.batch_size, "lr": self.lr,
+            "augment": self.augment, "run-dir": str(run_dir), "consortium": "Benchmark",
+        }  # fmt: skip
+
+
+def auc(model: torch.nn.Module, data: SiteDataset, classes: list[str]) -> float:
+    if len(data) == 0 or len(set(data.labels.tolist())) < 2:
+        return math.nan
+    m = evaluate_predictions(data.labels.numpy(), predict_proba(model.eval(), data.images), classes, n_bootstrap=0)
+    return math.nan if m["auc"] is None else float(m["auc"])
+
+
+def _mean_sd(values: list[float]) -> dict:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": round(statistics.fmean(vals), 4), "sd": round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0,
+            "n": len(vals)}  # fmt: skip
+
+
+def run_benchmark(
+    sites: list[BenchSite], unseen: list[BenchSite], cfg: BenchConfig, out: Path,
+    say: Callable[[str], None] = print,
+) -> dict:  # fmt: skip
+    """Train and score everything; write ``results.json`` under ``out``; return the results."""
+    out = Path(out).resolve()
+    torch.set_num_threads(1)
+    task = Task(cfg.model, cfg.classes, cfg.image_size)
+    sim = [prepare_site(out / "sites", s.name, s.data, s.labels, cfg.classes, cfg.image_size, out / "cache" / s.name)
+           for s in sites]  # fmt: skip
+    unseen_data = {}
+    for u in unseen:
+        unseen_data[u.name], _ = load_site_dataset(SiteDataConfig(data=u.data, labels=u.labels, classes=cfg.classes,
+                                                                  image_size=cfg.image_size, cache_dir=out / "cache" / u.name))  # fmt: skip
+    columns = [f"{s.name} test" for s in sites] + list(unseen_data)
+    cells: dict[str, dict[str, list[float]]] = {}  # model → column → AUC per seed
+    timings: dict[str, list[float]] = {}
+    epochs = cfg.rounds * cfg.local_epochs
+    for seed in range(cfg.seeds):
+        split = {s.name: load_site_data(s.site_yaml, task, seed, s.name) for s in sim}
+        tests = {f"{n} test": d.held_out for n, d in split.items()} | unseen_data
+
+        def score(label: str, model_for: Callable[[str], torch.nn.Module]) -> None:
+            for col, data in tests.items():
+                cells.setdefault(label, {}).setdefault(col, []).append(auc(model_for(col), data, cfg.classes))
+
+        t0 = time.monotonic()
+        say(f"seed {seed}: pooled model ({epochs} epochs)")
+        pooled = _train(task, concat_datasets([d.train for d in split.values()]), epochs, cfg, seed)
+        score("pooled", lambda col: pooled)
+        timings.setdefault("pooled", []).append(time.monotonic() - t0)
+        for name, d in split.items():
+            t0 = time.monotonic()
+            say(f"seed {seed}: local-only model of {name}")
+            local = _train(task, d.train, epochs, cfg, seed)
+            score(f"local {name}", lambda col, m=local: m)
+            timings.setdefault("local", []).append(time.monotonic() - t0)
+        for strategy in cfg.strategies:
+            t0 = time.monotonic()
+            say(f"seed {seed}: federated {strategy} ({cfg.rounds} rounds × {cfg.local_epochs} epochs, {len(sim)} sites)")
+            run_dir = out / "runs" / f"{strategy}-seed{seed}"
+            run_simulated(cfg.run_config(strategy, seed, run_dir, len(sim)), sim, cpus=cfg.cpus)
+            score(strategy, _federated_models(task, run_dir, sim, strategy == "fedbn"))
+            timings.setdefault(strategy, []).append(time.monotonic() - t0)
+    results = summarise(cells, columns, [f"{s.name} test" for s in sites], [s.name for s in sites], list(unseen_data))
+    results.update(config=asdict(cfg), engine=ENGINE, sites={s.name: len(split[s.name].train) + len(split[s.name].held_out) for s in sim},
+                   test_sizes={c: len(d) for c, d in tests.items()}, seconds={k: round(sum(v), 1) for k, v in timings.items()})  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _train(task: Task, data: SiteDataset, epochs: int, cfg: BenchConfig, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(task.model, len(task.classes), task.image_size)
+    train_model(model, data, TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, augment=cfg.augment, seed=seed))
+    return model.eval()
+
+
+def _federated_models(task: Task, run_dir: Path, sites: list[SimulatedSite], local_norm: bool) -> Callable[[str], torch.nn.Module]:
+    """Column → the model a federated run gives there (FedBN: the site's own normalisation layers at home)."""
+    latest = run_dir / "latest.pt"
+    if not latest.is_file():
+        raise RuntimeError(f"federated run left no model at {latest}; see the simulation output above")
+    glob = load_model_file(latest).model.eval()
+    if not local_norm:
+        return lambda col: glob
+    state = glob.state_dict()
+    per_site = {}
+    for s in sites:
+        store = LocalNormStore(s.work_dir, LocalNormStore.run_key("Benchmark", str(run_dir)), s.name)
+        per_site[f"{s.name} test"] = global_model(task, state, store.load_before(10**9)).eval()
+    return lambda col: per_site.get(col, glob)
+
+
+def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names: list[str], unseen: list[str]) -> dict:
+    """Mean ± sd over seeds per cell; per model the mean over site test sets, unseen AUC, ratio to pooled."""
+    matrix = {m: {c: _mean_sd(v) for c, v in row.items()} for m, row in cells.items()}
+    models: dict[str, dict] = {}
+    seeds = max(len(v) for row in cells.values() for v in row.values())
+    for m, row in cells.items():
+        per_seed_mean = [statistics.fmean([row[c][i] for c in site_tests if not math.isnan(row[c][i])] or [math.nan])
+                         for i in range(seeds)]  # fmt: skip
+        models[m] = {"site_mean": _mean_sd(per_seed_mean),
+                     "unseen": {u: matrix[m][u] for u in unseen}}  # fmt: skip
+    pooled = models.get("pooled", {}).get("site_mean", {}).get("mean")
+    for m in models.values():
+        mean = m["site_mean"]["mean"]
+        m["ratio_to_pooled"] = round(mean / pooled, 4) if pooled and mean is not None else None
+    federated = [m for m in models if m != "pooled" and not m.startswith("local ")]
+    verdict = {}
+    if federated:
+        best = max(federated, key=lambda m: models[m]["site_mean"]["mean"] or 0)
+        own = {n: matrix[f"local {n}"][f"{n} test"]["mean"] for n in site_names if f"local {n}" in matrix}
+        verdict = {
+            "best_federated": best, "ratio_to_pooled": models[best]["ratio_to_pooled"],
+            "beats_local_on_own_test": {n: (matrix[best][f"{n} test"]["mean"] or 0) > (v or 0) for n, v in own.items()},
+            "beats_local_on_unseen": {u: all((matrix[best][u]["mean"] or 0) > (matrix[f"local {n}"][u]["mean"] or 0)
+                                             for n in site_names) for u in unseen},  # fmt: skip
+        }
+    return {"columns": columns, "matrix": matrix, "models": models, "verdict": verdict}

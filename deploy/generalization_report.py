@@ -1,0 +1,99 @@
+"""The benchmark's report: ``report.html`` with two PNG charts, from ``results.json`` alone."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _fmt(cell: dict | None) -> str:
+    if not cell or cell.get("mean") is None:
+        return "–"
+    return f"{cell['mean']:.3f} ± {cell['sd']:.3f}" if cell.get("n", 0) > 1 else f"{cell['mean']:.3f}"
+
+
+def bar_chart(results: dict, path: Path) -> Path:
+    """Mean AUC over site test sets (± sd over seeds) and AUC on each unseen site, per model."""
+    models = list(results["models"])
+    unseen = [c for c in results["columns"] if not c.endswith(" test")]
+    series = [("site test sets (mean)", [results["models"][m]["site_mean"] for m in models])]
+    series += [(u, [results["matrix"][m][u] for m in models]) for u in unseen]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(models) + 2), 4))
+    width = 0.8 / len(series)
+    for i, (label, cells) in enumerate(series):
+        xs = [j + i * width for j in range(len(models))]
+        ax.bar(xs, [c["mean"] or 0 for c in cells], width, yerr=[c["sd"] or 0 for c in cells], label=label, capsize=2)
+    pooled = results["models"].get("pooled", {}).get("site_mean", {}).get("mean")
+    if pooled:
+        ax.axhline(pooled, color="grey", linestyle="--", linewidth=1, label="pooled (site mean)")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models, rotation=30, ha="right")
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("ROC AUC")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def heat_map(results: dict, path: Path) -> Path:
+    """The cross-site matrix: models (rows) × test sites (columns), mean AUC over seeds."""
+    models, cols = list(results["matrix"]), results["columns"]
+    values = [[(results["matrix"][m].get(c) or {}).get("mean") or float("nan") for c in cols] for m in models]
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 3, 0.45 * len(models) + 1.5))
+    im = ax.imshow(values, cmap="viridis", vmin=0.5, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, "–" if v != v else f"{v:.2f}", ha="center", va="center", color="white" if v < 0.8 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, label="ROC AUC")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, out: Path) -> Path:
+    """``report.html`` (tables + the two charts) next to ``results.json``."""
+    out = Path(out)
+    bar, heat = bar_chart(results, out / "auc-by-model.png"), heat_map(results, out / "cross-site-matrix.png")
+    cfg, cols = results["config"], results["columns"]
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(m)}</td><td>{_fmt(r['site_mean'])}</td><td>{r['ratio_to_pooled'] or '–'}</td>"
+        + "".join(f"<td>{_fmt(r['unseen'][u])}</td>" for u in r["unseen"]) + "</tr>"
+        for m, r in results["models"].items()
+    )
+    unseen = [c for c in cols if not c.endswith(" test")]
+    matrix = "".join(
+        f"<tr><td>{esc(m)}</td>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in cols) + "</tr>"
+        for m, row in results["matrix"].items()
+    )
+    v = results.get("verdict", {})
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>FedRad generalization benchmark</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
+<h1>Generalization across hospitals</h1>
+<p>{esc(results['engine'])}. {cfg['seeds']} seed(s); matched budget: {cfg['rounds']} rounds × {cfg['local_epochs']} local
+epochs federated = {cfg['rounds'] * cfg['local_epochs']} epochs for pooled and local-only models. Model {esc(cfg['model'])},
+{cfg['image_size']}×{cfg['image_size']}. Test sets (images): {esc(str(results['test_sizes']))}. AUC mean ± sd over seeds.</p>
+<h2>Summary</h2>
+<p>Best federated strategy: <b>{esc(str(v.get('best_federated')))}</b>, {v.get('ratio_to_pooled')} × pooled mean AUC over site
+test sets. Beats each site's local-only model on that site's test set: {esc(str(v.get('beats_local_on_own_test')))};
+on the unseen site(s): {esc(str(v.get('beats_local_on_unseen')))}.</p>
+<table><tr><th>model</th><th>mean AUC, site test sets</th><th>× pooled</th>{''.join(f'<th>{esc(u)}</th>' for u in unseen)}</tr>{rows}</table>
+<p><img src="{bar.name}" alt="AUC by model"></p>
+<h2>Cross-site matrix (rows: models, columns: test sites)</h2>
+<table><tr><th>model</th>{''.join(f'<th>{esc(c)}</th>' for c in cols)}</tr>{matrix}</table>
+<p><img src="{heat.name}" alt="cross-site matrix"></p>
+<p>FedBN is scored at each training site with that site's own normalisation layers and at unseen sites with the averaged ones.
+Seconds per arm: {esc(str(results.get('seconds')))}.</p></body></html>"""
+    path = out / "report.html"
+    path.write_text(doc)
+    return path
