@@ -18,7 +18,9 @@ log, reply validation, strategy and checkpoints as a real one. What differs:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
 import os
 import tomllib
 from collections.abc import Mapping
@@ -103,10 +105,10 @@ def run_simulated(run_config: Mapping, sites: list[SimulatedSite], *, cpus: int 
     """Run one FedRad run over ``sites`` on Flower's simulation engine; results land in ``run-dir``."""
     from flwr.simulation import run_simulation
 
-    for key, value in child_env().items():  # telemetry off, one torch thread: Ray's actors inherit this
-        os.environ.setdefault(key, value)
+    os.environ.update(child_env())  # telemetry off, one torch thread: Ray's actors inherit this environment
     server, client = simulation_apps(run_config, sites)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": cpus,
                "include_dashboard": False, "log_to_driver": verbose}}  # fmt: skip
-    run_simulation(server_app=server, client_app=client, num_supernodes=len(sites), backend_config=backend,
-                   verbose_logging=verbose)  # fmt: skip
+    with contextlib.redirect_stdout(sys.stderr):  # the ServerApp's progress lines; stdout stays the caller's (--json)
+        run_simulation(server_app=server, client_app=client, num_supernodes=len(sites), backend_config=backend,
+                       verbose_logging=verbose)  # fmt: skip

@@ -171,12 +171,62 @@ def export(
     out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the model file (.pt)."),
     best: bool = typer.Option(False, "--best", help="The best round by federated AUC instead of the latest."),
     run_dir: Optional[Path] = typer.Option(None, "--run", help="A run folder (default: the current/last run)."),
+    fmt: str = typer.Option("pt", "--format", help="pt (FedRad model file), torchscript or onnx."),
+    benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="A benchmark results.json for the model card."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was exported as JSON."),
 ) -> None:
-    """Copy the latest (or best) global model of the run, verified, to OUT."""
+    """Write the latest (or best) global model, verified, to OUT, with a model card (OUT.md)."""
     from server.export import export_model
 
-    info = export_model(directory, out_path, best=best, run_dir=run_dir)
-    out.print(f"exported {info['source']} -> {info['out']} (rounds {info['rounds']}, sha256 {info['weights_sha256'][:16]}…)")
+    info = export_model(directory, out_path, best=best, run_dir=run_dir, fmt=fmt, benchmark=benchmark)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    gap = f", max gap to checkpoint {info['max_gap']:.1e}" if info["max_gap"] is not None else ""
+    out.print(f"exported {info['source']} -> {info['out']} as {info['format']} (rounds {info['rounds']}, "
+              f"sha256 {info['weights_sha256'][:16]}…{gap}); model card {info['model_card']}")
+
+
+@app.command()
+@handle_errors
+def benchmark(
+    sites: list[Path] = typer.Option(..., "--sites", help="A training site folder (site.yaml, or dicom/ + labels.csv); repeat."),
+    unseen: list[Path] = typer.Option([], "--unseen", help="A site that never trains, scored on all its images; repeat."),
+    strategies: str = typer.Option("fedavg,fedprox,fedbn,fedadam", help="Federated strategies, comma-separated."),
+    seeds: int = typer.Option(3, min=1, help="Repeats with different seeds (splits, initial weights, shuffling)."),
+    rounds: int = typer.Option(5, min=1, help="Federated rounds; pooled and local models get rounds × local-epochs epochs."),
+    local_epochs: int = typer.Option(2, "--local-epochs", min=1),
+    image_size: int = typer.Option(64, "--image-size", min=16),
+    lr: float = typer.Option(1e-3, min=0),
+    augment: float = typer.Option(1.0, min=0),
+    cpus: int = typer.Option(2, min=1, help="Ray CPUs: simulated sites that train at once."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for results.json, report.html and the charts."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
+) -> None:
+    """Pooled vs local-only vs federated: every model on every site's test split and the unseen sites."""
+    from deploy.generalization import STRATEGIES, BenchConfig, BenchSite, run_benchmark
+    from deploy.generalization_report import write_report
+    from shared.config import ConfigError
+
+    names = [s.strip().lower() for s in strategies.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(STRATEGIES) - {"fedyogi", "fedmedian", "fedtrimmedavg", "krum"})
+    if unknown or not names:
+        raise ConfigError(f"--strategies: unknown {unknown or 'empty list'}; choose from {', '.join(STRATEGIES)}")
+    if len(sites) < 2:
+        raise ConfigError("--sites: give at least 2 training sites (a federation of one is local training)")
+    cfg = BenchConfig(strategies=names, seeds=seeds, rounds=rounds, local_epochs=local_epochs, image_size=image_size,
+                      lr=lr, augment=augment, cpus=cpus)  # fmt: skip
+    say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
+    results = run_benchmark([BenchSite.from_dir(s) for s in sites], [BenchSite.from_dir(u) for u in unseen], cfg,
+                            out_dir, say=say)  # fmt: skip
+    report = write_report(results, out_dir.resolve())
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    from deploy.generalization_view import render_results
+
+    render_results(results)
+    out.print(f"report: {report}")
 
 
 def main() -> None:

@@ -35,8 +35,21 @@ def pick_model(run_dir: Path, best: bool) -> Path:
     return rounds[-1][1]
 
 
-def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Path | None = None) -> dict:
-    """Copy the chosen global model of the current/last run to ``out``; return what was exported."""
+def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Path | None = None, fmt: str = "pt",
+                 benchmark: Path | None = None) -> dict:
+    """Write the chosen global model of the current/last run to ``out`` (as ``fmt``) with a model card; return what was done.
+
+    ``pt`` copies the verified FedRad model file; ``torchscript`` / ``onnx``
+    write a standalone graph checked against it (:mod:`server.export_formats`).
+    The card (:mod:`server.model_card`) goes beside ``out`` as ``<out>.md``.
+    """
+    import json
+
+    from server.export_formats import FORMATS, export_graph
+    from server.model_card import enrolled_sites, model_card
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     directory = Path(directory).resolve()
     load_consortium(directory)
     if run_dir is None:
@@ -48,7 +61,22 @@ def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Pat
     loaded = load_model_file(src)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, out)
-    return {"source": str(src), "out": str(out), "weights_sha256": loaded.weights_sha256,
-            "rounds": loaded.provenance.get("rounds"), "trained_by": loaded.provenance.get("trained_by"),
-            "architecture": loaded.architecture, "classes": loaded.classes}
+    gap = None
+    if fmt == "pt":
+        shutil.copyfile(src, out)
+        what = "FedRad model file (load with shared.modelfile.load_model_file)"
+    else:
+        gap = export_graph(loaded.model, loaded.preprocess.image_size, fmt, out)
+        what = f"{fmt} graph: float32 images (N, 1, S, S) → class probabilities; max gap to the checkpoint {gap:.1e}"
+    bench = None
+    if benchmark is not None:
+        try:
+            bench = json.loads(Path(benchmark).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--benchmark {benchmark}: not a readable results.json ({exc})") from None
+    card = out.with_name(out.name + ".md")
+    card.write_text(model_card(loaded, Path(run_dir), {out.name: what}, enrolled_sites(directory), bench))
+    return {"source": str(src), "out": str(out), "format": fmt, "model_card": str(card), "max_gap": gap,
+            "weights_sha256": loaded.weights_sha256, "rounds": loaded.provenance.get("rounds"),
+            "trained_by": loaded.provenance.get("trained_by"), "architecture": loaded.architecture,
+            "classes": loaded.classes}

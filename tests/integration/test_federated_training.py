@@ -154,7 +154,6 @@ def test_dp_run_clips_at_the_sites_and_reports_epsilon_every_round(fed: Fed) -> 
 
 def test_secure_aggregation_gives_the_plain_mean_without_the_server_seeing_an_update(fed: Fed) -> None:
     """SecAgg+ and plain FedAvg from the same start, seed and data: the same global model (to 1e-4)."""
-    import numpy as np
 
     base = {"num-server-rounds": 1, "strategy": "fedavg", "strategy-params": "{}", "evaluate-every": 5, "resume": False}
     plain_dir, secure_dir = fed.tmp / "runs" / "plain", fed.tmp / "runs" / "secagg"

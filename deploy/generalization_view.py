@@ -1,0 +1,28 @@
+"""Terminal tables for ``fedrad-server benchmark`` (the same figures as report.html)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from deploy.generalization_report import _fmt
+from shared.cli_support import out
+
+
+def render_results(results: dict) -> None:
+    cols = results["columns"]
+    unseen = [c for c in cols if not c.endswith(" test")]
+    summary = Table(title=f"Mean AUC (± sd over {results['config']['seeds']} seed(s)); {results['engine']}", title_justify="left")
+    for name in ["model", "site test sets", "× pooled", *unseen]:
+        summary.add_column(name, justify="left" if name == "model" else "right")
+    for model, r in results["models"].items():
+        summary.add_row(model, _fmt(r["site_mean"]), str(r["ratio_to_pooled"] or "–"), *(_fmt(r["unseen"][u]) for u in unseen))
+    out.print(summary)
+    matrix = Table(title="Cross-site matrix: models (rows) × test sites (columns)", title_justify="left")
+    for name in ["model", *cols]:
+        matrix.add_column(name, justify="left" if name == "model" else "right")
+    for model, row in results["matrix"].items():
+        matrix.add_row(model, *(_fmt(row.get(c)) for c in cols))
+    out.print(matrix)
+    v = results.get("verdict") or {}
+    out.print(f"best federated: [bold]{v.get('best_federated')}[/] at {v.get('ratio_to_pooled')} × pooled; beats local-only "
+              f"on own test sets {v.get('beats_local_on_own_test')}, on unseen {v.get('beats_local_on_unseen')}")

@@ -1,0 +1,83 @@
+"""A model card (Markdown) for an exported global model: what it is for, how it was made, how well it does.
+
+Built only from what the coordinator holds: the model file's provenance, the
+run's ``metrics.jsonl`` (aggregate federated evaluation on the sites' held-out
+patients) and, if given, a benchmark's ``results.json`` (per-site and
+unseen-site AUC over seeds). Sites are named, never described further.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from shared.modelfile import LoadedModel
+
+
+def enrolled_sites(consortium_dir: Path) -> list[str]:
+    """Site names from the consortium's enrollment registry (``sites/registry.json``)."""
+    try:
+        return sorted(json.loads((Path(consortium_dir) / "sites" / "registry.json").read_text()))
+    except (OSError, ValueError):
+        return []
+
+
+def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], sites: list[str],
+               benchmark: dict | None = None) -> str:
+    """The card's Markdown text."""
+    prov, pre = model.provenance, model.preprocess
+    extra = prov.get("extra") or {}
+    rows = []
+    if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [r for r in rows if r.get("eval")]
+    last = evals[-1] if evals else None
+    privacy = extra.get("privacy")
+    lines = [
+        f"# Model card: {prov.get('trained_by', 'FedRad consortium')} global model",
+        "",
+        "## Intended use",
+        f"Research and decision support for the classification of radiographs into {', '.join(model.classes)} "
+        f"(positive class: {model.classes[-1]}). Not a medical device; a clinician reads every image. "
+        "Validate on local data (`fedrad-site evaluate`) before any use at a new site.",
+        "",
+        "## Model",
+        f"* architecture `{model.architecture}`, input 1×{pre.image_size}×{pre.image_size}, output class probabilities",
+        f"* weights sha256 `{model.weights_sha256}`; operating threshold {model.threshold}",
+        f"* preprocessing: {json.dumps(pre.model_dump())}",
+        *(f"* file `{name}`: {what}" for name, what in files.items()),
+        "",
+        "## Training",
+        f"* federated, {prov.get('rounds')} round(s), strategy {extra.get('strategy', '?')}, seed {extra.get('seed', '?')}; "
+        f"created {prov.get('created')}, FedRad {prov.get('fedrad_version')}",
+        f"* training sites: {', '.join(sites) if sites else 'not recorded in this folder'}",
+        f"* sites per round: {sorted({r.get('sites_answered') for r in rows}) if rows else '?'}",
+        "* differential privacy: " + (f"ε = {privacy.get('epsilon')} at δ = {privacy.get('delta')}, noise multiplier "
+                                       f"{privacy.get('noise_multiplier')}, clipping norm {privacy.get('clipping_norm')}"
+                                       if privacy else "none"),
+        "",
+        "## Performance",
+    ]
+    if last:
+        e = last["eval"]
+        lines.append(f"* federated evaluation, round {last['round']}, sites' held-out patients pooled ({e.get('num-examples')} "
+                     f"images): AUC {e.get('auc', float('nan')):.3f}, accuracy {e.get('accuracy', float('nan')):.3f}. "
+                     "Sites send aggregates only, so this figure has no per-site breakdown or interval.")
+    else:
+        lines.append("* no federated evaluation recorded for this run")
+    if benchmark:
+        lines += ["", f"Benchmark ({benchmark.get('engine')}, {benchmark['config']['seeds']} seeds, AUC mean ± sd over seeds):", "",
+                  "| model | " + " | ".join(benchmark["columns"]) + " |", "|---" * (len(benchmark["columns"]) + 1) + "|"]
+        for m, row in benchmark["matrix"].items():
+            cells = [f"{row[c]['mean']:.3f} ± {row[c]['sd']:.3f}" if row[c]["mean"] is not None else "–" for c in benchmark["columns"]]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Known limitations",
+        "* Trained on the consortium's sites only; scanners, populations and protocols not among them may see lower accuracy "
+        "(the benchmark's unseen-site column is the best estimate).",
+        "* Inputs must be preprocessed exactly as above (pad to square, area resample, percentile window); raw DICOM pixel "
+        "values give meaningless outputs.",
+        "* The threshold was chosen on validation data (Youden's J); a site should recalibrate it for its own prevalence.",
+    ]
+    return "\n".join(lines) + "\n"
