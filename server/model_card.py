@@ -15,10 +15,12 @@ from shared.modelfile import LoadedModel
 
 
 def enrolled_sites(consortium_dir: Path) -> list[str]:
-    """Site names from the consortium's enrollment registry (``sites/registry.json``)."""
+    """Site names from the consortium's enrollment registry (names only: nothing else about a site goes on the card)."""
+    from server.enrollment import load_registry
+
     try:
-        return sorted(json.loads((Path(consortium_dir) / "sites" / "registry.json").read_text()))
-    except (OSError, ValueError):
+        return sorted(load_registry(Path(consortium_dir)))
+    except Exception:  # noqa: BLE001 - a card without site names beats no export
         return []
 
 

@@ -1,0 +1,73 @@
+"""``fedrad-server export``: a verified copy, TorchScript and ONNX graphs that match the checkpoint, a model card."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from server.checkpoints import RunDir, RunTask
+from server.enrollment import enroll_site, init_consortium
+from server.export import export_model
+from shared.modelfile import load_model_file
+from shared.models import build_model
+
+pytestmark = pytest.mark.timeout(180)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    c = tmp_path_factory.mktemp("export") / "consortium"
+    init_consortium(c, "Export Net", "127.0.0.1:9443")
+    for name in ("st-marys", "city-general"):
+        enroll_site(c, name)
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 2, 32)
+    run = RunDir(c / "runs" / "r1")
+    task = RunTask("smallcnn", ["normal", "nodule"], 32, "Export Net", "fedavg", 0)
+    run.prepare(task, resume=False)
+    metrics = {"round": 1, "sites_answered": 2, "eval": {"auc": 0.71, "accuracy": 0.66, "num-examples": 40}}
+    run.save_round(1, model.state_dict(), task=task, num_server_rounds=1, metrics=metrics, eval_auc=0.71,
+                   privacy={"epsilon": 7.9, "delta": 1e-5, "noise_multiplier": 1.2, "clipping_norm": 0.5})  # fmt: skip
+    return c
+
+
+def test_pt_export_is_the_verified_model_file_with_a_card(consortium: Path, tmp_path: Path) -> None:
+    info = export_model(consortium, tmp_path / "global.pt", run_dir=consortium / "runs" / "r1")
+    assert load_model_file(tmp_path / "global.pt").weights_sha256 == info["weights_sha256"]
+    card = (tmp_path / "global.pt.md").read_text()
+    for text in ("## Intended use", "city-general", "st-marys", "ε = 7.9", "AUC 0.710", "## Known limitations",
+                 info["weights_sha256"]):  # fmt: skip
+        assert text in card, text
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_graph_export_gives_the_checkpoints_probabilities(consortium: Path, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"global.{fmt}"
+    info = export_model(consortium, out, run_dir=consortium / "runs" / "r1", fmt=fmt)
+    assert info["max_gap"] <= 1e-5
+    model = load_model_file(consortium / "runs" / "r1" / "latest.pt").model.eval()
+    images = torch.rand((5, 1, 32, 32), generator=torch.Generator().manual_seed(7))  # not the images export checked
+    with torch.no_grad():
+        expected = torch.softmax(model(images), 1).numpy()
+    if fmt == "torchscript":
+        got = torch.jit.load(str(out))(images).detach().numpy()
+    else:
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": images.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-5 and got.shape == (5, 2)
+    assert fmt in (tmp_path / f"global.{fmt}.md").read_text()
+
+
+def test_unknown_format_is_a_clear_error(consortium: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "server.cli", "export", str(consortium), "--out", str(tmp_path / "m"),
+                           "--format", "tflite"], capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "tflite" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    assert json.dumps(proc.returncode)
