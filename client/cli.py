@@ -99,6 +99,7 @@ def evaluate(
     config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
     key: Optional[str] = KeyOpt, label_column: Optional[str] = LabelColOpt, cache_dir: Optional[Path] = CacheOpt,
     n_bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap replicates for the AUC CI."),
+    explain: int = typer.Option(0, "--explain", min=0, help="Add Grad-CAM overlays for K cases per class to the report."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Evaluate a model on this site's labelled images: metrics, plots and an HTML report in OUT."""
@@ -106,10 +107,37 @@ def evaluate(
 
     metrics = run_evaluate(
         model_path, out_dir, config=config, data=data, labels=labels, key=key, label_column=label_column,
-        cache_dir=cache_dir, n_bootstrap=n_bootstrap, show_progress=not as_json, console=out,
+        cache_dir=cache_dir, n_bootstrap=n_bootstrap, show_progress=not as_json, console=out, explain=explain,
     )
     if as_json:
         _print_json(metrics)
+
+
+@app.command()
+@handle_errors
+def finetune(
+    model_path: Path = typer.Option(..., "--model", "-m", help="The global model file to adapt."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the fine-tuned model file (.pt)."),
+    config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    epochs: int = typer.Option(3, "--epochs", min=1),
+    lr: float = typer.Option(1e-4, "--lr", min=0.0, help="Small: keep what the consortium learned."),
+    augment: float = typer.Option(1.0, "--augment", min=0.0),
+    test_fraction: float = typer.Option(0.3, "--test-fraction", min=0.05, max=0.9, help="Patients held out to score before/after."),
+    seed: int = typer.Option(0, "--seed"),
+    site_name: str = typer.Option("local-site", "--site-name", help="Recorded in the model's provenance."),
+    n_bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Fine-tune the global model on this site's data and compare it with the global model on held-out patients."""
+    from client.finetune import FinetuneOptions, run_finetune
+
+    opts = FinetuneOptions(epochs=epochs, lr=lr, augment=augment, test_fraction=test_fraction, seed=seed,
+                           site_name=site_name, n_bootstrap=n_bootstrap)  # fmt: skip
+    summary = run_finetune(model_path, out_path, opts, config=config, data=data, labels=labels, cache_dir=cache_dir,
+                           show_progress=not as_json, console=out)  # fmt: skip
+    if as_json:
+        _print_json(summary)
 
 
 @app.command()

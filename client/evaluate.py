@@ -26,7 +26,7 @@ def run_evaluate(
     model_path: Path, out_dir: Path, *, config: Path | None = None, data: Path | None = None,
     labels: Path | None = None, key: str | None = None, label_column: str | None = None,
     cache_dir: Path | None = None, n_bootstrap: int = 1000, show_progress: bool = True,
-    console: Console | None = None,
+    console: Console | None = None, explain: int = 0,
 ) -> dict:
     """Evaluate and write the report; returns the metrics dict (also in OUT/metrics.json)."""
     loaded = load_model_file(model_path)
@@ -46,8 +46,17 @@ def run_evaluate(
     }
     metrics["data"] = {"images_usable": len(check.scan.usable), "images_rejected": len(check.scan.rejected),
                        "label_problems": len(check.join.problems)}
+    figures = {}
+    if explain > 0:
+        from client.explain import grad_cam_figure
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        caption = f"Grad-CAM: where the model looked ({explain} confident correct case(s) per class, then its worst miss)"
+        figures[caption] = grad_cam_figure(loaded.model, dataset.images, y, proba, loaded.classes, explain,
+                                           Path(out_dir) / "explain-gradcam.png")  # fmt: skip
+        metrics["explained_cases"] = explain
     write_report(
-        out_dir, metrics, y, proba, loaded.classes, case_ids=dataset.paths,
+        out_dir, metrics, y, proba, loaded.classes, case_ids=dataset.paths, extra_figures=figures,
         model_info={"architecture": loaded.architecture, "classes": ", ".join(loaded.classes),
                     "weights sha256": loaded.weights_sha256, **{k: str(v) for k, v in loaded.provenance.items()}},
     )

@@ -38,6 +38,7 @@ def write_report(
     case_ids: list[str] | None = None,
     title: str = "FedRad site evaluation",
     model_info: dict | None = None,
+    extra_figures: dict[str, Path] | None = None,
 ) -> dict[str, Path]:
     """Write every report file into ``out_dir`` (created if needed); returns {kind: path}.
 
@@ -69,7 +70,11 @@ def write_report(
     _save(_confusion_figure(metrics, classes), paths["confusion"])
     _write_predictions(paths["predictions"], case_ids, y, p, classes, metrics)
     images = {k: paths[k] for k in ("roc", "calibration", "confusion")}
-    paths["report"].write_text(_html(title, metrics, classes, model_info or {}, images), encoding="utf-8")
+    captions = ["ROC curve", "Calibration (reliability diagram and histogram)", "Confusion matrix"]
+    for caption, path in (extra_figures or {}).items():  # e.g. Grad-CAM overlays (client/explain.py)
+        images[caption], paths[caption] = path, path
+        captions.append(caption)
+    paths["report"].write_text(_html(title, metrics, classes, model_info or {}, images, captions), encoding="utf-8")
     return paths
 
 
@@ -183,16 +188,14 @@ def _write_predictions(path: Path, case_ids, y, p, classes, metrics) -> None:
 # --- HTML -----------------------------------------------------------------------------------------
 
 
-def _html(title: str, m: dict, classes: list[str], model_info: dict, images: dict[str, Path]) -> str:
+def _html(title: str, m: dict, classes: list[str], model_info: dict, images: dict[str, Path], captions: list[str]) -> str:
     esc = html.escape
     img = {k: base64.b64encode(v.read_bytes()).decode("ascii") for k, v in images.items()}
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     warn = "".join(f"<li>{esc(w)}</li>" for w in m.get("warnings", []))
     figures = "".join(
         f'<figure><img alt="{k}" src="data:image/png;base64,{b64}"><figcaption>{esc(cap)}</figcaption></figure>'
-        for (k, b64), cap in zip(
-            img.items(), ["ROC curve", "Calibration (reliability diagram and histogram)", "Confusion matrix"]
-        )
+        for (k, b64), cap in zip(img.items(), captions)
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

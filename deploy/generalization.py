@@ -46,6 +46,10 @@ STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01, "e
 ENGINE = "Flower simulation engine (Ray), FedRad's production ServerApp/ClientApp"
 
 
+class BenchmarkError(RuntimeError):
+    """An arm of the benchmark could not run; the message says which and why."""
+
+
 @dataclass(frozen=True)
 class BenchSite:
     """A site folder: ``site.yaml`` (its ``data``/``labels``) or ``dicom/`` + ``labels.csv`` (the synthetic layout)."""
@@ -149,7 +153,10 @@ def run_benchmark(
             t0 = time.monotonic()
             say(f"seed {seed}: federated {strategy} ({cfg.rounds} rounds × {cfg.local_epochs} epochs, {len(sim)} sites)")
             run_dir = out / "runs" / f"{strategy}-seed{seed}"
-            run_simulated(cfg.run_config(strategy, seed, run_dir, len(sim)), sim, cpus=cfg.cpus)
+            try:
+                run_simulated(cfg.run_config(strategy, seed, run_dir, len(sim)), sim, cpus=cfg.cpus)
+            except Exception as exc:  # noqa: BLE001 - the ServerApp's own message names the round and the sites
+                raise BenchmarkError(f"federated {strategy} run (seed {seed}) failed: {exc}; its files are in {run_dir}") from None
             score(strategy, _federated_models(task, run_dir, sim, strategy == "fedbn"))
             timings.setdefault(strategy, []).append(time.monotonic() - t0)
     results = summarise(cells, columns, [f"{s.name} test" for s in sites], [s.name for s in sites], list(unseen_data))

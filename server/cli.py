@@ -204,7 +204,7 @@ def benchmark(
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
     """Pooled vs local-only vs federated: every model on every site's test split and the unseen sites."""
-    from deploy.generalization import STRATEGIES, BenchConfig, BenchSite, run_benchmark
+    from deploy.generalization import STRATEGIES, BenchConfig, BenchmarkError, BenchSite, run_benchmark
     from deploy.generalization_report import write_report
     from shared.config import ConfigError
 
@@ -217,8 +217,12 @@ def benchmark(
     cfg = BenchConfig(strategies=names, seeds=seeds, rounds=rounds, local_epochs=local_epochs, image_size=image_size,
                       lr=lr, augment=augment, cpus=cpus)  # fmt: skip
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
-    results = run_benchmark([BenchSite.from_dir(s) for s in sites], [BenchSite.from_dir(u) for u in unseen], cfg,
-                            out_dir, say=say)  # fmt: skip
+    try:
+        results = run_benchmark([BenchSite.from_dir(s) for s in sites], [BenchSite.from_dir(u) for u in unseen], cfg,
+                                out_dir, say=say)  # fmt: skip
+    except BenchmarkError as exc:
+        err.print(f"[red]benchmark stopped:[/] {exc}")
+        raise typer.Exit(EXIT_NO) from None
     report = write_report(results, out_dir.resolve())
     if as_json:
         print(json.dumps(results, indent=2))

@@ -43,7 +43,7 @@ REQUIRED_KEYS = (
     "input_size", "preprocess", "threshold", "state_dict", "provenance",
 )
 PROVENANCE_KEYS = ("trained_by", "kind", "rounds", "epochs", "created", "fedrad_version", "weights_sha256", "extra")
-PROVENANCE_KINDS = ("local", "federated")
+PROVENANCE_KINDS = ("local", "federated", "finetuned")  # finetuned: a global model adapted at one site
 
 
 class ModelFileError(Exception):
