@@ -34,7 +34,7 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert json.loads(proc.stdout)["verdict"] == results["verdict"]
     assert results["columns"] == ["site-1 test", "site-2 test", "unseen-1"]
-    assert set(results["matrix"]) == {"pooled", "local site-1", "local site-2", "fedavg", "fedbn"}
+    assert set(results["matrix"]) == {"pooled", "local site-1", "local site-2", "fedavg", "fedbn", "fedavg + AdaBN", "fedbn + AdaBN"}
     for model, row in results["matrix"].items():
         assert set(row) == set(results["columns"]), model
         for col, cell in row.items():
