@@ -70,7 +70,7 @@ def _work(op: str, msg: Message, context: Context, config: dict, arrays: dict[st
             raise WorkerUnavailable("no worker-socket in the node config")
         out, metrics = call_worker(socket_path, op, run_id=msg.metadata.run_id, run_config=dict(context.run_config),
                                    config=config, arrays=arrays)  # fmt: skip
-        return (out if op == "train" else None), metrics, 1
+        return (out if op in ("train", "local-model") else None), metrics, 1
     except WorkerUnavailable as exc:
         print(f"FedRad: {exc}; working in this process (slower)", file=sys.stderr, flush=True)
         state, metrics = _in_process(op, context, config, arrays)
@@ -188,8 +188,15 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
         return _handle_secure(msg, context, startup, t0)
     config = dict(msg.content["config"])
     audit_log = node.get("audit-log")
+    if op == "query" and config.get("purpose") == "local-model":  # `fedrad-server crossval` asks for the local model
+        op = "local-model"
     entry = {"run": int(msg.metadata.run_id), "round": int(config.get("server-round", 0)), "type": op}
     refusal = _refusal(node) or (_privacy_refusal(node, config, secure=False) if op == "train" else None)
+    if refusal is None and op == "local-model":
+        if not node.get("local-model"):
+            reason = "site does not share its local model (site.yaml crossval.share_local_model)"
+            refusal = (reason, reason)
+        config["local-model-path"] = str(node.get("local-model"))  # read by the site's own process; never sent
     if refusal is not None:
         return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
     arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()} if "arrays" in msg.content else {}

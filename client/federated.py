@@ -221,6 +221,18 @@ def evaluate_round(
     }
 
 
+def shared_local_model(task: Task, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
+    """The weights of the model file this site shares for cross-site evaluation, if it fits the consortium's task."""
+    from shared.modelfile import load_model_file
+
+    loaded = load_model_file(path)
+    if (loaded.architecture, list(loaded.classes), loaded.preprocess.image_size) != (task.model, task.classes, task.image_size):
+        raise ConfigError(f"{path}: a {loaded.architecture} for {loaded.classes} at {loaded.preprocess.image_size} px; the "
+                          f"consortium's task is a {task.model} for {task.classes} at {task.image_size} px")  # fmt: skip
+    trained_on = int((loaded.provenance.get("extra") or {}).get("train_images") or 0)
+    return {k: v.detach() for k, v in loaded.model.state_dict().items()}, {"num-examples": trained_on}
+
+
 @dataclass
 class SiteSession:
     """One run's task and split data at this site, opened from Flower's run and node config.
@@ -265,6 +277,8 @@ class SiteSession:
             new_state, metrics = train_round(self.task, state, self.data, config, self._store(config))
         elif op == "evaluate":
             new_state, metrics = None, evaluate_round(self.task, state, self.data, config, self._store(config))
+        elif op == "local-model":  # a consented crossval request: this site's own model file, checked against the task
+            new_state, metrics = shared_local_model(self.task, Path(str(config["local-model-path"])))
         elif op == "query":  # data statistics for the coordinator (client/site_stats.py)
             from client.site_stats import site_statistics
 

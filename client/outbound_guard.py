@@ -75,7 +75,7 @@ def spec_of(arrays: Mapping[str, np.ndarray]) -> dict[str, ArraySpec]:
 def _guard_arrays(op: str, arrays: Mapping[str, Any] | None, incoming: Mapping[str, ArraySpec], out: list[Decision]):  # noqa: ANN202
     if not arrays:
         return None
-    if op != "train":
+    if op not in ("train", "local-model"):  # local-model: a consented crossval reply (client/app.py)
         out.append(Decision("arrays", "drop", f"a {op} reply carries no arrays"))
         return None
     kept: dict[str, np.ndarray] = {}

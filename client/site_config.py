@@ -29,6 +29,13 @@ class SitePrivacy(StrictModel):
                                              "sees only the sum of the sites' updates).")  # fmt: skip
 
 
+class CrossvalConsent(StrictModel):
+    """``crossval:`` in site.yaml: what this site lends to `fedrad-server crossval`."""
+
+    share_local_model: Path | None = Field(None, description="A FedRad model file (e.g. from `fedrad-site train-local`) "
+                                           "this site lets every site evaluate; absent = not shared.")  # fmt: skip
+
+
 class SiteFileConfig(SiteDataConfig):
     """The full ``site.yaml`` schema: the data keys of :class:`SiteDataConfig` plus the credentials."""
 
@@ -38,6 +45,7 @@ class SiteFileConfig(SiteDataConfig):
     private_key: Path = Field(description="This site's private key from `fedrad-site keygen` (never leaves the site).")
     work_dir: Path | None = Field(None, description="Flower's state and the code the consortium ships; default beside site.yaml.")
     privacy: SitePrivacy = Field(default_factory=SitePrivacy, description="Outbound limits and run requirements.")
+    crossval: CrossvalConsent = Field(default_factory=CrossvalConsent, description="Cross-site evaluation consent.")
 
     _host_port = field_validator("server_address")(check_host_port)
 
@@ -71,6 +79,8 @@ def site_node_config(config: Path, cfg: SiteFileConfig, worker_socket: Path | No
             "approvals": str(approvals_path(work)), "min-count": cfg.privacy.min_count,
             "require-dp": int(cfg.privacy.require_dp), "max-epsilon": float(cfg.privacy.max_epsilon or 0.0),
             "require-secagg": int(cfg.privacy.require_secure_aggregation)}  # fmt: skip
+    if cfg.crossval.share_local_model is not None:
+        node["local-model"] = str(Path(cfg.crossval.share_local_model).resolve())
     if worker_socket is not None:
         node["worker-socket"] = str(worker_socket)
     return node

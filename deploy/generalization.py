@@ -42,7 +42,7 @@ from shared.site_data import load_site_dataset
 from shared.training import TrainConfig, predict_proba, train_model
 
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam")
-STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01, "eta_l": 0.01}}
+STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01}}
 ENGINE = "Flower simulation engine (Ray), FedRad's production ServerApp/ClientApp"
 
 

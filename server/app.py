@@ -69,6 +69,7 @@ class RunSettings:
     dp_clipping_norm: float = 0.0
     dp_delta: float = 1e-5
     mode: str = "train"  # "stats": one query to every site for the coordinator's data QC (server/statistics.py)
+    crossval_model: str = ""  # mode "crossval": the global model file to evaluate (server host path)
     secagg: str = "{}"  # SecAgg+ settings as JSON (server/secure_aggregation.py); "{}" = off
 
     @classmethod
@@ -111,9 +112,12 @@ class RunSettings:
             dp_delta=get("dp-delta", float, 1e-5),
             mode=get("mode", str, "train").strip().lower(),
             secagg=get("secagg", str, "{}"),
+            crossval_model=get("crossval-model", str, ""),
         )
-        if s.mode not in ("train", "stats"):
-            raise RunConfigError(f"run config 'mode' must be 'train' or 'stats', got {s.mode!r}")
+        if s.mode not in ("train", "stats", "crossval"):
+            raise RunConfigError(f"run config 'mode' must be 'train', 'stats' or 'crossval', got {s.mode!r}")
+        if s.mode == "crossval" and not s.crossval_model:
+            raise RunConfigError("run config 'crossval-model' must name the model file to evaluate in mode 'crossval'")
         if s.dp_noise_multiplier < 0 or (s.dp_noise_multiplier > 0 and s.dp_clipping_norm <= 0):
             raise RunConfigError("run config 'dp-noise-multiplier' must be >= 0, and with it 'dp-clipping-norm' > 0")
         try:
@@ -181,6 +185,28 @@ def _say(text: str) -> None:
     print(f"FEDRAD {text}", flush=True)
 
 
+def run_crossval(grid: Grid, s: RunSettings, context: Context) -> None:
+    """Mode ``crossval`` (:mod:`server.crossval`): the global model and consenting sites' local models, everywhere."""
+    from server.crossval import GLOBAL, collect_local_models, cross_evaluate, write_crossval
+    from shared.modelfile import load_model_file
+
+    loaded = load_model_file(s.crossval_model)
+    if (loaded.architecture, list(loaded.classes), loaded.preprocess.image_size) != (s.model, s.classes, s.image_size):
+        raise RunConfigError(f"{s.crossval_model}: a {loaded.architecture} for {loaded.classes} at {loaded.preprocess.image_size}"
+                             f" px, but the consortium's task is a {s.model} for {s.classes} at {s.image_size} px")  # fmt: skip
+    timeout = float(s.round_timeout_s)
+    n = wait_for_sites(grid, s.min_sites, timeout)
+    nodes = sorted(int(x) for x in grid.get_node_ids())
+    template = ArrayRecord(loaded.model.state_dict())
+    local, not_shared = collect_local_models(grid, nodes, template, timeout=timeout, send=send_and_receive)
+    models = {GLOBAL: template, **{f"local@{node}": arrays for node, arrays in local.items()}}
+    matrix = cross_evaluate(grid, nodes, models, {"seed": s.seed, "server-round": 0}, timeout=timeout, send=send_and_receive)
+    path = write_crossval(s.run_dir, {"model": s.crossval_model, "weights_sha256": loaded.weights_sha256,
+                                      "sites": [str(x) for x in nodes], "not_shared": {str(k): v for k, v in not_shared.items()},
+                                      "matrix": matrix})  # fmt: skip
+    _say(f"crossval: {len(models)} model(s) x {n} site(s) written to {path}")
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) ``num-server-rounds`` rounds; checkpoint every round into ``run-dir``."""
@@ -207,6 +233,9 @@ def main(grid: Grid, context: Context) -> None:
         secagg = SecAggSettings.from_json(s.secagg)
     except (TypeError, ValueError) as exc:
         raise RunConfigError(f"run config 'secagg': {exc}") from None
+    if s.mode == "crossval":
+        run_crossval(grid, s, context)
+        return
     torch.manual_seed(s.seed)
     model = build_model(s.model, len(s.classes), s.image_size)
     strategy = build_strategy(s.strategy, s.strategy_params, model, min_sites=s.min_sites)

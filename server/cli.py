@@ -150,6 +150,37 @@ def stats(
 
 @app.command()
 @handle_errors
+def crossval(
+    directory: Path = DirArg,
+    model: Optional[Path] = typer.Option(None, "--model", help="A FedRad model file (default: the last run's latest.pt)."),
+    listen: Optional[str] = ListenOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print crossval.json on stdout instead of the table."),
+) -> None:
+    """Start the server and evaluate the global model and consenting sites' local models at every site (no training)."""
+    from server.coordinator import StartOptions, last_run_dir
+    from server.crossval import CROSSVAL_FILE
+    from server.crossval_view import render_crossval
+    from shared.config import ConfigError
+
+    if model is None:
+        last = last_run_dir(directory)
+        model = last / "latest.pt" if last is not None else None
+        if model is None or not model.is_file():
+            raise ConfigError(f"{directory}: no trained run with a latest.pt; give --model PATH")
+    result = _session(directory, StartOptions(listen=listen, mode="crossval", crossval_model=model), err if as_json else out)
+    path = result.run_dir / CROSSVAL_FILE
+    if not result.ok or not path.is_file():
+        err.print(f"[bold red]no cross-site results:[/] run {result.run_id} {result.status} {result.details}", highlight=False)
+        raise typer.Exit(EXIT_NO)
+    data = json.loads(path.read_text())
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        render_crossval(data, out)
+
+
+@app.command()
+@handle_errors
 def status(
     directory: Path = DirArg,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),

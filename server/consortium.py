@@ -173,7 +173,8 @@ class ConsortiumConfig(StrictModel):
     def host(self) -> str:
         return self.address.rpartition(":")[0].strip("[]")
 
-    def to_run_config(self, *, run_dir: Path | str = "", resume: bool = False, mode: str = "train") -> dict[str, Any]:
+    def to_run_config(self, *, run_dir: Path | str = "", resume: bool = False, mode: str = "train",
+                      crossval_model: Path | str = "") -> dict[str, Any]:
         """The Flower run config of the contract (flat kebab-case keys, TOML scalar values)."""
         return {
             "num-server-rounds": self.rounds,
@@ -196,7 +197,8 @@ class ConsortiumConfig(StrictModel):
             "dp-noise-multiplier": float(self.privacy.dp.noise_multiplier) if self.privacy.dp else 0.0,
             "dp-clipping-norm": float(self.privacy.dp.clipping_norm) if self.privacy.dp else 0.0,
             "dp-delta": float(self.privacy.dp.delta) if self.privacy.dp else 1e-5,
-            "mode": mode,  # "train", or "stats" for `fedrad-server stats`
+            "mode": mode,  # "train", "stats" (`fedrad-server stats`) or "crossval" (`fedrad-server crossval`)
+            "crossval-model": str(Path(crossval_model).resolve()) if str(crossval_model) else "",
             "secagg": json.dumps(self.privacy.secure_aggregation.model_dump() if self.privacy.secure_aggregation else {}),
         }
 

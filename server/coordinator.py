@@ -47,6 +47,7 @@ from shared.processes import ProcessError, ProcessSet, executable, exit_on_sigte
 STATE_DIR = "state"
 RUNS_DIR = "runs"
 STATS_DIR = "stats"
+CROSSVAL_DIR = "crossval"
 LOGS_DIR = "logs"
 SERVER_JSON = "server.json"  # present while `start` runs: pid, loopback address (read by `status`)
 CURRENT_RUN_JSON = "current-run.json"  # last submitted run: id, dir, status
@@ -66,6 +67,7 @@ class StartOptions:
     poll_s: float = 1.0
     live: bool | None = None  # rich live display; default: only on a terminal
     mode: str = "train"  # "stats": ask every site for data statistics instead of training (DIR/stats/<run>/)
+    crossval_model: Path | None = None  # mode "crossval": the model evaluated everywhere (DIR/crossval/<run>/)
 
 
 @dataclass
@@ -313,8 +315,8 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
         current = read_json(directory / STATE_DIR / CURRENT_RUN_JSON) or {}
         done = current.get("run_dir") == str(last) and current.get("status") == "finished:completed"
         opts.resume = last is not None and (last / "state.json").exists() and not done
-    if opts.mode == "stats":
-        run_dir = directory / STATS_DIR / (opts.run_name or _run_name())
+    if opts.mode in ("stats", "crossval"):
+        run_dir = directory / (STATS_DIR if opts.mode == "stats" else CROSSVAL_DIR) / (opts.run_name or _run_name())
     elif opts.resume:
         run_dir = last_run_dir(directory)
         if run_dir is None:
@@ -353,19 +355,22 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
         try:
             with link.control() as control:
                 wait_for_sites(control, sorted(sites), cfg.min_sites, cfg.wait_for_sites_s, console, live, opts.poll_s)
-                run_config = cfg.to_run_config(run_dir=run_dir, resume=opts.resume, mode=opts.mode)
+                run_config = cfg.to_run_config(run_dir=run_dir, resume=opts.resume, mode=opts.mode,
+                                               crossval_model=opts.crossval_model or "")  # fmt: skip
                 run_dir.mkdir(parents=True, exist_ok=True)
                 app_dir = stage_app(state / "app", SOURCE_ROOT, config_defaults=run_config)
                 run_id = submit_run(link, app_dir)
                 current = {"run_id": run_id, "run_dir": str(run_dir), "resume": opts.resume,
                            "submitted_at": time.time(), "status": "submitted", "rounds": cfg.rounds}
-                if opts.mode == "train":  # what --auto-resume and `status` read
+                if opts.mode == "train":  # what --auto-resume and `status` read (not stats/crossval sessions)
                     _write_json(state / CURRENT_RUN_JSON, current)
                 console.print(f"run {run_id} submitted{' (resume)' if opts.resume else ''}: {cfg.rounds} rounds of "
                               f"{cfg.strategy.name}, checkpoints in {run_dir}")
                 result = follow_run(link, control, ps, run_id, run_dir, cfg.rounds, console, live, opts.poll_s)
                 if opts.mode == "stats":
                     _name_stats_sites(run_dir, control)
+                elif opts.mode == "crossval":
+                    _name_crossval_sites(run_dir, control)
                 else:
                     _write_json(state / CURRENT_RUN_JSON, {**current, "status": result.status, "details": result.details,
                                                            "finished_at": time.time()})
@@ -388,6 +393,23 @@ def _name_stats_sites(run_dir: Path, control: ControlClient) -> None:
     stats = read_json(path)
     if stats is not None:
         _write_json(path, {**stats, "names": {str(n.node_id): n.name for n in control.nodes()}})
+
+
+def _name_crossval_sites(run_dir: Path, control: ControlClient) -> None:
+    """Enrolled names for the matrix's node ids: columns by site, rows ``local <site>``."""
+    from server.crossval import CROSSVAL_FILE
+
+    path = run_dir / CROSSVAL_FILE
+    data = read_json(path)
+    if data is None:
+        return
+    names = {str(n.node_id): n.name for n in control.nodes()}
+    matrix = {
+        (f"local {names.get(m.split('@', 1)[1], m)}" if m.startswith("local@") else m): {names.get(k, k): v for k, v in row.items()}
+        for m, row in data["matrix"].items()
+    }
+    _write_json(path, {**data, "matrix": matrix, "sites": [names.get(s, s) for s in data["sites"]],
+                       "not_shared": {names.get(k, k): v for k, v in data.get("not_shared", {}).items()}})  # fmt: skip
 
 
 def _stop_if_running(link: SuperLink, run_id: int) -> None:

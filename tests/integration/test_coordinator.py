@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import os
 import re
 import subprocess
@@ -37,7 +38,7 @@ from shared.processes import ProcessSet, executable, free_port
 from tests.integration.cleanup import stop_all_and_check
 from shared.synth import SiteSummary
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(330)]  # measured 117 s (+ ~40 s stats) at load ~5 on 2 cores
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]  # measured 117 s (+ ~40 s stats, ~50 s crossval) at load ~5
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 1  # one round (train + evaluate) keeps the file under 150 s on 2 loaded cores
 WAIT = 5
@@ -63,6 +64,10 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         site_yaml[name] = fill_site_yaml(
             bundle / "site.yaml", data=data.dicom_dir, labels=data.labels_csv, cache_dir=tmp_path / "cache" / name
         )
+        if name == "site-a":  # consents to cross-site evaluation of its local model (the file appears later)
+            doc = yaml.safe_load(site_yaml[name].read_text())
+            doc["crossval"] = {"share_local_model": str(tmp_path / "site-a-local.pt")}
+            site_yaml[name].write_text(yaml.safe_dump(doc))
         res = subprocess.run([executable("fedrad-site"), "approve", "--config", str(site_yaml[name]), "--json"],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         assert res.returncode == 0 and json.loads(res.stdout)["added"] is True, res.stderr
@@ -130,6 +135,18 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
             assert counts["images"] >= 10 and any(k.startswith("class:") for k in counts), (stats["names"][node], site)
             assert all(v >= 10 for v in counts.values())  # smaller counts were withheld at the site
         assert not (c / "state" / "current-run.json").read_text().count("stats")  # a stats run is not "the last run"
+        # Cross-site evaluation: the global model and site-a's consented local model, scored at both sites.
+        shutil.copyfile(exported, tmp_path / "site-a-local.pt")  # any model file of the task will do as its "local model"
+        res = subprocess.run([*server_cmd[:1], "crossval", str(c), "--listen", f"127.0.0.1:{port}", "--json"],
+                             capture_output=True, text=True, timeout=150, env={**os.environ, **WIDE}, cwd=REPO)  # fmt: skip
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        xval = json.loads(res.stdout)
+        assert set(xval["matrix"]) == {"global", "local site-a"} and sorted(xval["sites"]) == ["site-a", "site-b"], xval
+        for model, row in xval["matrix"].items():
+            for site, cell in row.items():
+                assert cell["num-examples"] > 0 and "error" not in cell, (model, site, cell)
+        assert xval["matrix"]["global"]["site-a"]["loss"] == pytest.approx(xval["matrix"]["local site-a"]["site-a"]["loss"])
+        assert "does not share" in xval["not_shared"]["site-b"]
         # No calls home, no installs: every process seen had telemetry, update checks and installs off.
         seen = {name.rsplit("/", 1)[-1] for name in envs}
         assert {"flower-superlink", "flower-supernode", "flower-superexec"} <= seen, seen
@@ -144,7 +161,7 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         audit = json.loads(res.stdout)
         assert res.returncode == 0 and audit["ok"] and audit["violations"] == 0, res.stdout + res.stderr
-        assert audit["by_type"] == {"train": ROUNDS, "evaluate": ROUNDS, "query": 1} and audit["bytes"] > 0, audit
+        assert audit["by_type"] == {"train": ROUNDS, "evaluate": ROUNDS + 2, "query": 1, "local-model": 1} and audit["bytes"] > 0, audit  # + crossval: 2 models, its own local model sent once
         log_path = Path(audit["path"])
         data = bytearray(log_path.read_bytes())
         data[data.index(b'"type":"train"') + 9] ^= 0x01  # one byte: "train" -> "tsain"
