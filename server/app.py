@@ -69,6 +69,7 @@ class RunSettings:
     dp_clipping_norm: float = 0.0
     dp_delta: float = 1e-5
     mode: str = "train"  # "stats": one query to every site for the coordinator's data QC (server/statistics.py)
+    init_weights: str = ""  # a FedRad model file on the server host to start round 1 from (transfer learning)
     crossval_model: str = ""  # mode "crossval": the global model file to evaluate (server host path)
     secagg: str = "{}"  # SecAgg+ settings as JSON (server/secure_aggregation.py); "{}" = off
 
@@ -113,6 +114,7 @@ class RunSettings:
             mode=get("mode", str, "train").strip().lower(),
             secagg=get("secagg", str, "{}"),
             crossval_model=get("crossval-model", str, ""),
+            init_weights=get("init-weights", str, ""),
         )
         if s.mode not in ("train", "stats", "crossval"):
             raise RunConfigError(f"run config 'mode' must be 'train', 'stats' or 'crossval', got {s.mode!r}")
@@ -185,6 +187,20 @@ def _say(text: str) -> None:
     print(f"FEDRAD {text}", flush=True)
 
 
+def initial_state(s: RunSettings, model) -> dict:  # noqa: ANN001 - torch.nn.Module
+    """Round 1's weights: ``init-weights`` (a local FedRad model file of the same task) if given, else ``model``'s own."""
+    if not s.init_weights:
+        return model.state_dict()
+    from shared.modelfile import load_model_file
+
+    loaded = load_model_file(s.init_weights)
+    if (loaded.architecture, list(loaded.classes), loaded.preprocess.image_size) != (s.model, s.classes, s.image_size):
+        raise RunConfigError(f"task.init_weights {s.init_weights}: a {loaded.architecture} for {loaded.classes} at "
+                             f"{loaded.preprocess.image_size} px; the task is a {s.model} for {s.classes} at {s.image_size} px")  # fmt: skip
+    _say(f"init weights from {s.init_weights} sha256={loaded.weights_sha256}")
+    return loaded.model.state_dict()
+
+
 def run_crossval(grid: Grid, s: RunSettings, context: Context) -> None:
     """Mode ``crossval`` (:mod:`server.crossval`): the global model and consenting sites' local models, everywhere."""
     from server.crossval import GLOBAL, collect_local_models, cross_evaluate, write_crossval
@@ -244,7 +260,7 @@ def main(grid: Grid, context: Context) -> None:
     task = RunTask(s.model, s.classes, s.image_size, s.consortium, strategy.name, s.seed)
     run = RunDir(s.run_dir)
     point = run.prepare(task, resume=s.resume)
-    state = model.state_dict()
+    state = initial_state(s, model)
     start = 1
     if point is not None:
         state, start = point.state_dict, point.last_round + 1

@@ -198,6 +198,7 @@ class ConsortiumConfig(StrictModel):
             "dp-clipping-norm": float(self.privacy.dp.clipping_norm) if self.privacy.dp else 0.0,
             "dp-delta": float(self.privacy.dp.delta) if self.privacy.dp else 1e-5,
             "mode": mode,  # "train", "stats" (`fedrad-server stats`) or "crossval" (`fedrad-server crossval`)
+            "init-weights": str(Path(self.task.init_weights).resolve()) if self.task.init_weights else "",
             "crossval-model": str(Path(crossval_model).resolve()) if str(crossval_model) else "",
             "secagg": json.dumps(self.privacy.secure_aggregation.model_dump() if self.privacy.secure_aggregation else {}),
         }
@@ -225,7 +226,10 @@ def load_consortium(directory: Path) -> ConsortiumConfig:
     path = Path(directory) / CONSORTIUM_YAML
     if not path.is_file():
         raise ConfigError(f"{path}: not found; is {directory} a consortium folder (made by `fedrad-server init`)?")
-    return parse_consortium(load_yaml_mapping(path), str(path))
+    cfg = parse_consortium(load_yaml_mapping(path), str(path))
+    if cfg.task.init_weights is not None and not cfg.task.init_weights.is_absolute():
+        cfg.task.init_weights = Path(directory).resolve() / cfg.task.init_weights  # relative to the consortium folder
+    return cfg
 
 
 def consortium_yaml_text(name: str, address: str) -> str:
@@ -243,6 +247,7 @@ task:                        # what is learned; every site must use the same
   classes: {json.dumps(t.classes)}   # last class = positive class
   image_size: {t.image_size}             # model input side, pixels
   model: {t.model}             # smallcnn, resnet18, densenet121
+  # init_weights: pretrained.pt  # start from a FedRad model file of this task (relative to this folder; never downloaded)
 
 rounds: {cfg.rounds}                   # federated rounds
 local_epochs: {cfg.local_epochs}              # epochs each site trains per round

@@ -45,6 +45,8 @@ class TaskConfig(StrictModel):
     classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)
     image_size: int = Field(64, ge=16, le=1024)
     model: str = Field("smallcnn", description="Architecture name, see shared.models.MODEL_BUILDERS.")
+    init_weights: Path | None = Field(None, description="A FedRad model file on the server host to start from "
+                                      "(transfer learning); read locally, never downloaded.")  # fmt: skip
 
     @field_validator("classes")
     @classmethod

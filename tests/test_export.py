@@ -71,3 +71,18 @@ def test_unknown_format_is_a_clear_error(consortium: Path, tmp_path: Path) -> No
                            "--format", "tflite"], capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "tflite" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
     assert json.dumps(proc.returncode)
+
+
+def test_init_weights_start_round_one_from_a_local_model_file(consortium: Path) -> None:
+    """task.init_weights (transfer learning): the ServerApp starts from the file's weights; a wrong task is named."""
+    from server.app import RunConfigError, RunSettings, initial_state
+
+    path = consortium / "runs" / "r1" / "latest.pt"
+    base = {"run-dir": "/tmp/r", "classes": "normal,nodule", "image-size": 32, "model": "smallcnn"}
+    fresh = build_model("smallcnn", 2, 32)
+    state = initial_state(RunSettings.from_run_config({**base, "init-weights": str(path)}), fresh)
+    expected = load_model_file(path).model.state_dict()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    assert initial_state(RunSettings.from_run_config(base), fresh) is not None
+    with pytest.raises(RunConfigError, match="init_weights"):
+        initial_state(RunSettings.from_run_config({**base, "image-size": 64, "init-weights": str(path)}), build_model("smallcnn", 2, 64))
