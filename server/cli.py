@@ -103,6 +103,19 @@ def _session(directory: Path, opts, console):  # noqa: ANN001, ANN202 - coordina
         raise typer.Exit(EXIT_NO) from None
 
 
+def _show_result_file(result, name: str, what: str, as_json: bool, render) -> None:  # noqa: ANN001 - SessionResult, view fn
+    """A stats/crossval session's JSON file: printed with --json, else rendered; missing (run failed) is exit 1."""
+    path = result.run_dir / name
+    if not result.ok or not path.is_file():
+        err.print(f"[bold red]no {what}:[/] run {result.run_id} {result.status} {result.details}", highlight=False)
+        raise typer.Exit(EXIT_NO)
+    data = json.loads(path.read_text())
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        render(data, out)
+
+
 @app.command()
 @handle_errors
 def start(
@@ -137,15 +150,7 @@ def stats(
     from server.stats_view import render_statistics
 
     result = _session(directory, StartOptions(listen=listen, mode="stats"), err if as_json else out)
-    path = result.run_dir / STATS_FILE
-    if not result.ok or not path.is_file():
-        err.print(f"[bold red]no statistics:[/] run {result.run_id} {result.status} {result.details}", highlight=False)
-        raise typer.Exit(EXIT_NO)
-    data = json.loads(path.read_text())
-    if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        render_statistics(data, out)
+    _show_result_file(result, STATS_FILE, "statistics", as_json, render_statistics)
 
 
 @app.command()
@@ -168,15 +173,7 @@ def crossval(
         if model is None or not model.is_file():
             raise ConfigError(f"{directory}: no trained run with a latest.pt; give --model PATH")
     result = _session(directory, StartOptions(listen=listen, mode="crossval", crossval_model=model), err if as_json else out)
-    path = result.run_dir / CROSSVAL_FILE
-    if not result.ok or not path.is_file():
-        err.print(f"[bold red]no cross-site results:[/] run {result.run_id} {result.status} {result.details}", highlight=False)
-        raise typer.Exit(EXIT_NO)
-    data = json.loads(path.read_text())
-    if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        render_crossval(data, out)
+    _show_result_file(result, CROSSVAL_FILE, "cross-site results", as_json, render_crossval)
 
 
 @app.command()
