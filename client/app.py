@@ -193,10 +193,11 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     entry = {"run": int(msg.metadata.run_id), "round": int(config.get("server-round", 0)), "type": op}
     refusal = _refusal(node) or (_privacy_refusal(node, config, secure=False) if op == "train" else None)
     if refusal is None and op == "local-model":
-        if not node.get("local-model"):
+        if node.get("local-model"):
+            config["local-model-path"] = str(node["local-model"])  # read by the site's own process; never sent
+        else:
             reason = "site does not share its local model (site.yaml crossval.share_local_model)"
             refusal = (reason, reason)
-        config["local-model-path"] = str(node.get("local-model"))  # read by the site's own process; never sent
     if refusal is not None:
         return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
     arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()} if "arrays" in msg.content else {}

@@ -226,9 +226,10 @@ def shared_local_model(task: Task, path: Path) -> tuple[dict[str, torch.Tensor],
     from shared.modelfile import load_model_file
 
     loaded = load_model_file(path)
-    if (loaded.architecture, list(loaded.classes), loaded.preprocess.image_size) != (task.model, task.classes, task.image_size):
-        raise ConfigError(f"{path}: a {loaded.architecture} for {loaded.classes} at {loaded.preprocess.image_size} px; the "
-                          f"consortium's task is a {task.model} for {task.classes} at {task.image_size} px")  # fmt: skip
+    mismatch = loaded.task_mismatch(task.model, task.classes, task.image_size)
+    if mismatch:
+        raise ConfigError(f"{path}: {mismatch}; the consortium's task is a {task.model} for {task.classes} at "
+                          f"{task.image_size} px")  # fmt: skip
     trained_on = int((loaded.provenance.get("extra") or {}).get("train_images") or 0)
     return {k: v.detach() for k, v in loaded.model.state_dict().items()}, {"num-examples": trained_on}
 

@@ -129,11 +129,10 @@ def evaluate_all(setup_info: dict, run_dir: Path, rounds: int, local_epochs: int
     import torch
 
     from shared.config import SiteDataConfig
-    from shared.metrics import evaluate_predictions
     from shared.modelfile import load_model_file
     from shared.models import build_model
     from shared.site_data import load_site_dataset
-    from shared.training import TrainConfig, predict_proba, train_model
+    from shared.training import TrainConfig, auc_score, train_model
 
     console.rule("[bold]4. Evaluation")
     torch.set_num_threads(2)
@@ -152,12 +151,6 @@ def evaluate_all(setup_info: dict, run_dir: Path, rounds: int, local_epochs: int
         train_model(model, data, TrainConfig(epochs=rounds * local_epochs, seed=seed))
         models[f"local {name}"] = model.eval()
 
-    def auc(model, data) -> float:  # noqa: ANN001
-        if len(data) == 0 or len(set(data.labels.tolist())) < 2:
-            return math.nan
-        m = evaluate_predictions(data.labels.numpy(), predict_proba(model, data.images), glob.classes, n_bootstrap=0)
-        return math.nan if m["auc"] is None else float(m["auc"])
-
     table = Table(title="AUC: models (rows) on each site's held-out patients and the unseen site (columns)",
                   title_justify="left")
     table.add_column("model")
@@ -165,7 +158,7 @@ def evaluate_all(setup_info: dict, run_dir: Path, rounds: int, local_epochs: int
         table.add_column(f"{col} (n={len(data)})", justify="right")
     results = {}
     for label, model in models.items():
-        results[label] = {col: auc(model, d) for col, d in eval_sets.items()}
+        results[label] = {col: auc_score(model, d) for col, d in eval_sets.items()}
         table.add_row(label, *("-" if math.isnan(v) else f"{v:.3f}" for v in results[label].values()))
     console.print(table)
     return results

@@ -35,11 +35,10 @@ from client.federated import LocalNormStore, Task, global_model, load_site_data
 from deploy.simulation import SimulatedSite, prepare_site, run_simulated
 from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping
 from shared.dataset import SiteDataset, concat_datasets
-from shared.metrics import evaluate_predictions
 from shared.modelfile import load_model_file
 from shared.models import build_model
 from shared.site_data import load_site_dataset
-from shared.training import TrainConfig, predict_proba, train_model
+from shared.training import TrainConfig, auc_score, train_model
 
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam")
 STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01}}
@@ -98,13 +97,6 @@ class BenchConfig:
         }  # fmt: skip
 
 
-def auc(model: torch.nn.Module, data: SiteDataset, classes: list[str]) -> float:
-    if len(data) == 0 or len(set(data.labels.tolist())) < 2:
-        return math.nan
-    m = evaluate_predictions(data.labels.numpy(), predict_proba(model.eval(), data.images), classes, n_bootstrap=0)
-    return math.nan if m["auc"] is None else float(m["auc"])
-
-
 def adapt_bn(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.nn.Module:
     """AdaBN: a copy of ``model`` whose BatchNorm running statistics come from ``images`` (no labels needed).
 
@@ -159,7 +151,7 @@ def run_benchmark(
 
         def score(label: str, model_for: Callable[[str], torch.nn.Module]) -> None:
             for col, data in tests.items():
-                cells.setdefault(label, {}).setdefault(col, []).append(auc(model_for(col), data, cfg.classes))
+                cells.setdefault(label, {}).setdefault(col, []).append(auc_score(model_for(col), data))
 
         t0 = time.monotonic()
         say(f"seed {seed}: pooled model ({epochs} epochs)")

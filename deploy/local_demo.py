@@ -22,12 +22,11 @@ from rich.table import Table
 
 from shared.config import SiteDataConfig
 from shared.dataset import SiteDataset, concat_datasets
-from shared.metrics import evaluate_predictions
 from shared.models import build_model
 from shared.site_data import load_site_dataset
 from shared.splits import stratified_group_split
 from shared.synth import write_cohort
-from shared.training import TrainConfig, predict_proba, train_model
+from shared.training import TrainConfig, auc_score, train_model
 
 console = Console()
 
@@ -35,11 +34,6 @@ console = Console()
 def split_test(data: SiteDataset, fraction: float, seed: int) -> tuple[SiteDataset, SiteDataset]:
     train_idx, test_idx = stratified_group_split(data.labels.tolist(), data.groups, fraction, seed)
     return data.subset(train_idx), data.subset(test_idx)
-
-
-def auc_of(model: torch.nn.Module, data: SiteDataset) -> float:
-    m = evaluate_predictions(data.labels.numpy(), predict_proba(model, data.images), data.classes, n_bootstrap=0)
-    return float("nan") if m["auc"] is None else m["auc"]
 
 
 def run(out: Path, scale: float, epochs: int, seed: int) -> dict:
@@ -85,7 +79,7 @@ def run(out: Path, scale: float, epochs: int, seed: int) -> dict:
         table.add_column(col, justify="right")
     results: dict[str, dict[str, float]] = {}
     for label, model in models.items():
-        results[label] = {col: auc_of(model, d) for col, d in eval_sets.items()}
+        results[label] = {col: auc_score(model, d) for col, d in eval_sets.items()}
         table.add_row(label, *[f"{v:.3f}" for v in results[label].values()])
     console.print(table)
     wall = time.perf_counter() - t0

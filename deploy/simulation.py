@@ -19,6 +19,7 @@ log, reply validation, strategy and checkpoints as a real one. What differs:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import sys
 import os
@@ -64,16 +65,21 @@ def prepare_site(root: Path, name: str, data: Path, labels: Path, classes: list[
     return SimulatedSite(name, folder / "site.yaml", folder / "work")
 
 
+@functools.cache
+def _flower_app() -> dict:
+    """``[tool.flwr.app]`` of ``pyproject.toml``: the app's components and run-config defaults."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+
+
 def _component(kind: str) -> object:
     """The ServerApp / ClientApp object ``pyproject.toml`` names (``[tool.flwr.app.components]``)."""
-    ref = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"][kind]
-    module, attr = ref.split(":")
+    module, attr = _flower_app()["components"][kind].split(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def app_defaults() -> dict:
     """The run config defaults of ``[tool.flwr.app.config]``."""
-    return dict(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    return dict(_flower_app()["config"])
 
 
 def simulation_apps(run_config: Mapping, sites: list[SimulatedSite]) -> tuple[ServerApp, ClientApp]:

@@ -194,22 +194,24 @@ def initial_state(s: RunSettings, model) -> dict:  # noqa: ANN001 - torch.nn.Mod
     from shared.modelfile import load_model_file
 
     loaded = load_model_file(s.init_weights)
-    if (loaded.architecture, list(loaded.classes), loaded.preprocess.image_size) != (s.model, s.classes, s.image_size):
-        raise RunConfigError(f"task.init_weights {s.init_weights}: a {loaded.architecture} for {loaded.classes} at "
-                             f"{loaded.preprocess.image_size} px; the task is a {s.model} for {s.classes} at {s.image_size} px")  # fmt: skip
+    mismatch = loaded.task_mismatch(s.model, s.classes, s.image_size)
+    if mismatch:
+        raise RunConfigError(f"task.init_weights {s.init_weights}: {mismatch}; the task is a {s.model} for {s.classes} "
+                             f"at {s.image_size} px")  # fmt: skip
     _say(f"init weights from {s.init_weights} sha256={loaded.weights_sha256}")
     return loaded.model.state_dict()
 
 
-def run_crossval(grid: Grid, s: RunSettings, context: Context) -> None:
+def run_crossval(grid: Grid, s: RunSettings) -> None:
     """Mode ``crossval`` (:mod:`server.crossval`): the global model and consenting sites' local models, everywhere."""
     from server.crossval import GLOBAL, collect_local_models, cross_evaluate, write_crossval
     from shared.modelfile import load_model_file
 
     loaded = load_model_file(s.crossval_model)
-    if (loaded.architecture, list(loaded.classes), loaded.preprocess.image_size) != (s.model, s.classes, s.image_size):
-        raise RunConfigError(f"{s.crossval_model}: a {loaded.architecture} for {loaded.classes} at {loaded.preprocess.image_size}"
-                             f" px, but the consortium's task is a {s.model} for {s.classes} at {s.image_size} px")  # fmt: skip
+    mismatch = loaded.task_mismatch(s.model, s.classes, s.image_size)
+    if mismatch:
+        raise RunConfigError(f"{s.crossval_model}: {mismatch}, but the consortium's task is a {s.model} for {s.classes} "
+                             f"at {s.image_size} px")  # fmt: skip
     timeout = float(s.round_timeout_s)
     n = wait_for_sites(grid, s.min_sites, timeout)
     nodes = sorted(int(x) for x in grid.get_node_ids())
@@ -250,7 +252,7 @@ def main(grid: Grid, context: Context) -> None:
     except (TypeError, ValueError) as exc:
         raise RunConfigError(f"run config 'secagg': {exc}") from None
     if s.mode == "crossval":
-        run_crossval(grid, s, context)
+        run_crossval(grid, s)
         return
     torch.manual_seed(s.seed)
     model = build_model(s.model, len(s.classes), s.image_size)

@@ -63,6 +63,13 @@ class LoadedModel:
     arch_kwargs: dict = field(default_factory=dict)
     weights_sha256: str = ""
 
+    def task_mismatch(self, architecture: str, classes: list[str], image_size: int) -> str | None:
+        """Why this model cannot serve a task (architecture, classes, input size), e.g. "a resnet18 for [...] at
+        64 px"; None when it can."""
+        if (self.architecture, list(self.classes), self.preprocess.image_size) == (architecture, list(classes), image_size):
+            return None
+        return f"a {self.architecture} for {self.classes} at {self.preprocess.image_size} px"
+
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over the tensors sorted by key: name, dtype, shape and raw bytes of each.

@@ -217,3 +217,14 @@ def evaluate(model: nn.Module, data: SiteDataset, batch_size: int = 256) -> dict
         else:
             auc = float(roc_auc_score(y_np, proba, multi_class="ovr", average="macro"))
     return {"val_loss": loss, "val_acc": acc, "val_auc": auc}
+
+
+def auc_score(model: nn.Module, data: SiteDataset) -> float:
+    """ROC AUC of ``model`` on ``data`` as ``fedrad-site evaluate`` computes it (positive class last, macro
+    one-vs-rest beyond two classes); NaN where it is undefined (no cases, or one class only)."""
+    from shared.metrics import evaluate_predictions
+
+    if len(data) == 0 or len(set(data.labels.tolist())) < 2:
+        return float("nan")
+    m = evaluate_predictions(data.labels.numpy(), predict_proba(model, data.images), data.classes, n_bootstrap=0)
+    return float("nan") if m["auc"] is None else float(m["auc"])
