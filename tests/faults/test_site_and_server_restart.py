@@ -1,6 +1,6 @@
 """Faults in a live consortium, with the real commands: ``fedrad-server start`` and ``fedrad-site start``.
 
-One 4-round run of two sites over TLS on 127.0.0.1, and along the way:
+One 6-round run of two sites over TLS on 127.0.0.1, and along the way:
 
 1. site-b is killed (SIGKILL of its whole process tree: a power cut) as round 2
    starts. Round 2 must finish with site-a alone, within ``round_timeout_s``
@@ -9,8 +9,13 @@ One 4-round run of two sites over TLS on 127.0.0.1, and along the way:
    in a later round;
 3. the server is killed (SIGKILL of ``fedrad-server start``, its SuperLink,
    proxy and ServerApp) after round 3 is checkpointed, and restarted with
-   ``fedrad-server start --resume``: only round 4 runs, it starts from exactly
-   round 3's saved weights (sha256), and no finished round is lost.
+   ``fedrad-server start --resume``: only rounds 4-6 run, round 4 starts from
+   exactly round 3's saved weights (sha256), and no finished round is lost.
+
+When site-b is back depends on timing the test does not control: Flower refuses
+a restarted key until the old session's heartbeats lapse (~60 s), and that
+clock restarts if the key was re-activated just before the server died (the
+SuperLink's database keeps it "online"). Six rounds leave room for either.
 
 Bounded: the test's timeout covers the worst case of every wait.
 """
@@ -34,9 +39,9 @@ from shared.processes import ManagedProcess, ProcessSet, executable, free_port
 from shared.synth import SiteSummary
 from tests.integration.cleanup import stop_all_and_check
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
-ROUNDS = 4
+ROUNDS = 6
 ROUND_TIMEOUT = 30
 WIDE = {"COLUMNS": "250"}
 
@@ -117,18 +122,21 @@ def test_site_killed_rejoins_and_server_resumes(tmp_path: Path, small_cohort: li
         assert rc == 0, resumed.log_tail(80)
         assert "finished:completed" in resumed.log_text()
         rows = read_metrics(run_dir)
-        assert [r["round"] for r in rows] == [1, 2, 3, 4]  # nothing lost, nothing re-run
+        assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))  # nothing lost, nothing re-run
         assert rows[3]["start_weights_sha256"] == saved  # round 4 started from round 3's saved weights
         assert load_model_file(run_dir / "latest.pt").provenance["rounds"] == ROUNDS
         rejoined = [r["round"] for r in rows[2:] if r["sites_answered"] == 2]
-        assert rejoined, f"site-b never answered again: {[(r['round'], r['sites_answered']) for r in rows]}"
+        assert rejoined, (
+            f"site-b never answered again: {[(r['round'], r['sites_answered']) for r in rows]}\n"
+            f"--- site-b-restarted ---\n{sites['site-b'].log_tail(40)}\n--- server-2 ---\n{resumed.log_tail(30)}"
+        )
         for name, proc in sites.items():
             assert proc.poll() is None, f"{name} stopped: {proc.log_tail()}"  # sites ride out the server crash
         print(
             f"\nfaults: round 2 done {round2_after_kill:.1f} s after site-b was killed "
             f"(train wave {r2['timing']['train_wave_s']:.1f} s, round_timeout_s={ROUND_TIMEOUT}); "
             f"site-b back in round {rejoined[0]} ({time.monotonic() - t_back:.0f} s ago); "
-            f"server restart to round 4 checkpoint {time.monotonic() - t_restart:.1f} s; "
+            f"server restart to round {ROUNDS} checkpoint {time.monotonic() - t_restart:.1f} s; "
             f"round seconds {[r['seconds'] for r in rows]}"
         )
     finally:
