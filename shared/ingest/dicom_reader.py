@@ -166,7 +166,9 @@ def decode_values(ds: pydicom.Dataset, header: ImageHeader) -> DecodedImage:
     _check_decodable(ds)
     try:
         arr = ds.pixel_array
-    except Exception as exc:
+    except BaseException as exc:  # Rust decoders (pylibjpeg-rle) raise pyo3's PanicException, a BaseException
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
         msg = str(exc)
         lowered = msg.lower()
         if "less than expected" in lowered or "truncat" in lowered or "insufficient" in lowered or isinstance(exc, EOFError):
@@ -196,6 +198,11 @@ def decode_values(ds: pydicom.Dataset, header: ImageHeader) -> DecodedImage:
         raise Rejection(Reason.CORRUPT_PIXEL_DATA, "RescaleSlope/RescaleIntercept are not numbers") from None
     if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
         raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"unusable rescale (slope {slope:g}, intercept {intercept:g})")
+    with np.errstate(over="ignore", invalid="ignore"):  # preprocessing runs in float32: the range must survive it
+        ends = np.float32(slope) * np.array([lo, hi], dtype=np.float32) + np.float32(intercept)
+    if not np.isfinite(ends).all() or ends[0] == ends[1]:
+        raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"rescale (slope {slope:g}, intercept {intercept:g}) overflows or "
+                        "flattens the pixel values in float32")  # fmt: skip
     return DecodedImage(arr, slope=slope, intercept=intercept, invert=invert)
 
 

@@ -108,7 +108,9 @@ def decode_file(path: str, params: PreprocessConfig) -> tuple[str, dict, np.ndar
             return sha, _entry("", "", header, usable=True), image
         except Rejection as rej:
             return sha, _entry(rej.reason.value, rej.detail, rej.header), None
-        except Exception as exc:  # a decoder bug on one odd file must not stop the site
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a decoder bug (even a Rust panic) on one odd file must not stop the site
             return sha, _entry(Reason.CORRUPT_PIXEL_DATA.value, f"{type(exc).__name__}: {str(exc)[:160]}"), None
 
 
