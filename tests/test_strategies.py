@@ -84,7 +84,8 @@ def test_every_strategy_builds_from_config(name: str, model: torch.nn.Module) ->
 
 
 def test_strategy_params_are_checked() -> None:
-    assert parse_strategy_params("FedProx", '{"proximal_mu": 0.1}') == {"proximal_mu": 0.1, "min_replies": 1}
+    assert parse_strategy_params("FedProx", '{"proximal_mu": 0.1}') == {
+        "proximal_mu": 0.1, "min_replies": 1, "max_update_ratio": 10.0, "max_update_norm": 0.0}
     assert parse_strategy_params("fedadam", {"eta": 0.05})["eta"] == 0.05
     with pytest.raises(StrategyError, match="unknown strategy 'fedsgd'.*fedavg, fedprox"):
         parse_strategy_params("fedsgd", "{}")

@@ -51,6 +51,10 @@ def build_strategy(name: str, params: str | dict | None, model: nn.Module, *, mi
     parsed = parse_strategy_params(name, params)
     module = STRATEGIES[str(name).strip().lower()]
     min_replies = parsed.pop("min_replies")
+    max_update_ratio, max_update_norm = parsed.pop("max_update_ratio"), parsed.pop("max_update_norm")
+    if max_update_ratio < 0 or max_update_norm < 0 or 0 < max_update_ratio <= 1:
+        raise StrategyError(f"strategy {module.SPEC.name!r}: max_update_ratio must be 0 (off) or > 1 and "
+                            "max_update_norm >= 0 (0 = off)")  # fmt: skip
     if min_replies < 1:
         raise StrategyError(f"strategy {module.SPEC.name!r}: min_replies must be at least 1")
     try:
@@ -64,4 +68,6 @@ def build_strategy(name: str, params: str | dict | None, model: nn.Module, *, mi
         template=template_of(model.state_dict()),
         norm_keys=NormKeys.of(model),
         min_replies=min_replies,
+        max_update_ratio=max_update_ratio,
+        max_update_norm=max_update_norm,
     )

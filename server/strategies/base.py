@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from server.strategies.bn_policy import NormKeys, held_out_keys, merge_held
 from server.strategies.metrics import aggregate_metrics
+from server.strategies.norm_screen import screen, update_norm
 from server.strategies.validation import (
     ARRAYS_KEY,
     METRICS_KEY,
@@ -60,6 +61,8 @@ class FedRadStrategy:
         template: Mapping[str, ArraySpec],
         norm_keys: NormKeys,
         min_replies: int = 1,
+        max_update_ratio: float = 0.0,
+        max_update_norm: float = 0.0,
     ) -> None:
         self.name = name
         self.inner = inner
@@ -68,6 +71,8 @@ class FedRadStrategy:
         self.norm_keys = norm_keys
         self.held = held_out_keys(bn_policy, norm_keys)
         self.min_replies = max(1, int(min_replies))
+        self.max_update_ratio, self.max_update_norm = float(max_update_ratio), float(max_update_norm)
+        self._sent: dict[str, np.ndarray] | None = None  # the weights this round's training started from
         self.uniform_weight_key: str | None = None  # set under DP (server/strategies/dp.py): equal site weights
         self.dp = None  # DpSettings under DP
 
@@ -92,6 +97,9 @@ class FedRadStrategy:
 
     def configure_train(self, rnd: int, arrays: ArrayRecord, config: Mapping, grid, available: int) -> list[Message]:  # noqa: ANN001
         self._set_available(available)
+        screened = [k for k, spec in self.template.items() if np.dtype(spec.dtype).kind == "f"
+                    and k not in self.held and k not in self.norm_keys.stats]  # fmt: skip
+        self._sent = {k: arrays[k].numpy().astype(np.float64) for k in screened if k in arrays}
         cfg = ConfigRecord({**dict(config), "proximal-mu": 0.0, "keep-local-norm": self.keep_local_norm, "strategy": self.name})
         msgs = list(self.inner.configure_train(rnd, arrays, cfg, grid))  # FedProx overwrites proximal-mu
         current = getattr(self.inner, "current_arrays", None)
@@ -111,7 +119,13 @@ class FedRadStrategy:
         clean: list[Message] = []
         held: list[dict[str, np.ndarray]] = []
         weights: list[float] = []
-        for msg, node, metrics in _triage(replies, lambda c: validate_train_reply(c, self.template), out.rejected):
+        valid = list(_triage(replies, lambda c: validate_train_reply(c, self.template), out.rejected))
+        if self._sent and (self.max_update_ratio > 0 or self.max_update_norm > 0):
+            norms = [update_norm({k: m.content[ARRAYS_KEY][k].numpy() for k in self._sent}, self._sent) for m, _, _ in valid]
+            reasons = screen(norms, self.max_update_ratio, self.max_update_norm)
+            out.rejected += [(node, why) for (_, node, _), why in zip(valid, reasons, strict=True) if why]
+            valid = [v for v, why in zip(valid, reasons, strict=True) if not why]
+        for msg, node, metrics in valid:
             record = msg.content[ARRAYS_KEY]
             held.append({k: record[k].numpy() for k in self.held})
             kept = ArrayRecord({k: record[k] for k in self.template if k not in self.held})

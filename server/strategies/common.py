@@ -20,8 +20,13 @@ class StrategySpec:
     bn_policy: str = "strategy"
 
 
-# Accepted by every strategy: the fewest valid training replies a round may aggregate.
-COMMON_PARAMS: dict[str, tuple[type, object]] = {"min_replies": (int, 1)}
+# Accepted by every strategy: the fewest valid training replies a round may aggregate, and the update-norm
+# screen (server/strategies/norm_screen.py): a reply whose update (weights minus the global model sent) is longer
+# than max_update_ratio × the round's median update (with 3+ replies), or than max_update_norm, is rejected.
+# 0 turns either off.
+COMMON_PARAMS: dict[str, tuple[type, object]] = {
+    "min_replies": (int, 1), "max_update_ratio": (float, 10.0), "max_update_norm": (float, 0.0),
+}  # fmt: skip
 
 
 def flower_kwargs(min_sites: int) -> dict:

@@ -66,6 +66,8 @@ def check_arrays(record: ArrayRecord, template: Mapping[str, ArraySpec]) -> str 
         values = record[key].numpy()
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
             return f"array {key!r} holds NaN or Inf"
+        if key.endswith("running_var") and (values < 0).any():
+            return f"array {key!r} (a variance) holds negative values"
     return None
 
 
