@@ -207,6 +207,10 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
         return _failure(op, msg, audit_log, entry, exc)
     reply = RecordDict({"metrics": MetricRecord(guarded.metrics)})
     sent = guarded.arrays or {}
+    if op == "train" and sent:  # after the guard: what it approved is what is compressed and audited
+        from shared.compression import compress
+
+        sent = compress(sent, str(config.get("compression", "none")))
     if guarded.arrays is not None:
         reply["arrays"] = ArrayRecord(array_dict={name: Array(arr) for name, arr in sent.items()})
     digests = {name: hashlib.sha256(np.require(a, requirements="C").tobytes()).hexdigest() for name, a in sent.items()}

@@ -70,6 +70,7 @@ class RunSettings:
     dp_delta: float = 1e-5
     mode: str = "train"  # "stats": one query to every site for the coordinator's data QC (server/statistics.py)
     init_weights: str = ""  # a FedRad model file on the server host to start round 1 from (transfer learning)
+    compression: str = "none"  # site uploads: "none" (float32) or "fp16" (shared/compression.py)
     crossval_model: str = ""  # mode "crossval": the global model file to evaluate (server host path)
     secagg: str = "{}"  # SecAgg+ settings as JSON (server/secure_aggregation.py); "{}" = off
 
@@ -115,7 +116,12 @@ class RunSettings:
             secagg=get("secagg", str, "{}"),
             crossval_model=get("crossval-model", str, ""),
             init_weights=get("init-weights", str, ""),
+            compression=get("compression", str, "none").strip().lower(),
         )
+        from shared.compression import MODES
+
+        if s.compression not in MODES:
+            raise RunConfigError(f"run config 'compression' must be one of {', '.join(MODES)}, got {s.compression!r}")
         if s.mode not in ("train", "stats", "crossval"):
             raise RunConfigError(f"run config 'mode' must be 'train', 'stats' or 'crossval', got {s.mode!r}")
         if s.mode == "crossval" and not s.crossval_model:
@@ -148,7 +154,7 @@ class RunSettings:
 
     def train_config(self) -> dict:
         return {"local-epochs": self.local_epochs, "batch-size": self.batch_size, "lr": self.lr,
-                "augment": self.augment, "seed": self.seed}  # fmt: skip
+                "augment": self.augment, "seed": self.seed, "compression": self.compression}  # fmt: skip
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float, poll_s: float = 0.2) -> list[Message]:

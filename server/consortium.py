@@ -146,6 +146,7 @@ class ConsortiumConfig(StrictModel):
     batch_size: int = Field(32, ge=1, le=4096)
     lr: float = Field(1e-3, gt=0, le=10)
     augment: float = Field(1.0, ge=0, le=10)
+    compression: Literal["none", "fp16"] = Field("none", description="Site uploads as float32 or float16 (half the bytes).")
     strategy: StrategyConfig = Field(default_factory=lambda: FedAvgStrategy(name="fedavg"))
     min_sites: int = Field(2, ge=1)
     round_timeout_s: int = Field(600, ge=10)
@@ -191,6 +192,7 @@ class ConsortiumConfig(StrictModel):
             "batch-size": self.batch_size,
             "lr": float(self.lr),
             "augment": float(self.augment),
+            "compression": self.compression,
             "run-dir": str(Path(run_dir).resolve()) if str(run_dir) else "",
             "resume": bool(resume),
             "consortium": self.name,
@@ -254,6 +256,7 @@ local_epochs: {cfg.local_epochs}              # epochs each site trains per roun
 batch_size: {cfg.batch_size}
 lr: {cfg.lr}                    # site optimiser learning rate
 augment: {cfg.augment}                 # augmentation strength at the sites (0 = off)
+compression: {cfg.compression}             # site uploads: none (float32) or fp16 (half the bytes)
 
 strategy:
   name: fedavg               # fedavg, fedprox, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum, fedbn

@@ -27,6 +27,7 @@ from server.strategies.validation import (
     validate_eval_reply,
     validate_train_reply,
 )
+from shared.compression import widen
 
 log = logging.getLogger("fedrad.strategy")
 STATEFUL_ATTRS = ("m_t", "v_t")  # FedOpt family (FedAdam, FedYogi): server optimizer moments
@@ -119,7 +120,7 @@ class FedRadStrategy:
         clean: list[Message] = []
         held: list[dict[str, np.ndarray]] = []
         weights: list[float] = []
-        valid = list(_triage(replies, lambda c: validate_train_reply(c, self.template), out.rejected))
+        valid = list(_triage(map(self._widened, replies), lambda c: validate_train_reply(c, self.template), out.rejected))
         if self._sent and (self.max_update_ratio > 0 or self.max_update_norm > 0):
             norms = [update_norm({k: m.content[ARRAYS_KEY][k].numpy() for k in self._sent}, self._sent) for m, _, _ in valid]
             reasons = screen(norms, self.max_update_ratio, self.max_update_norm)
@@ -155,6 +156,16 @@ class FedRadStrategy:
         out.arrays = ArrayRecord(final)
         out.metrics = dict(metrics or {})
         return out
+
+    def _widened(self, msg: Message) -> Message:
+        """A reply whose float16 arrays (``compression: fp16``) are widened back to the model's float32."""
+        if not msg.has_content() or ARRAYS_KEY not in msg.content.array_records:
+            return msg
+        record = msg.content[ARRAYS_KEY]
+        wide = widen({k: record[k].numpy() for k in record.keys()}, {k: s.dtype for k, s in self.template.items()})
+        if wide is not None:
+            msg.content[ARRAYS_KEY] = ArrayRecord({k: Array(v) for k, v in wide.items()})
+        return msg
 
     def aggregate_evaluate(self, rnd: int, replies: Iterable[Message]) -> EvalOutcome:
         out = EvalOutcome(metrics=None)
