@@ -29,6 +29,9 @@ bench: install
 	$(PY) -m benchmarks.bench_round_overhead
 	$(PY) -m benchmarks.bench_privacy
 	$(PY) -m benchmarks.bench_secagg
+	$(PY) -m benchmarks.bench_compression
+	$(PY) -m benchmarks.bench_scale
+	$(PY) -m benchmarks.bench_levers
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-run demo-federated
