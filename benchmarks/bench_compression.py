@@ -7,7 +7,7 @@ is the final global model's on every site's held-out patients (the split the
 ClientApp makes), averaged over sites, then over seeds. Target (issue 6):
 fp16 ≤ 0.55× the bytes at ≤ 0.005 AUC cost.
 
-    .venv/bin/python -m benchmarks.bench_compression [--cohort DIR] [--seeds 2] [--rounds 5] [--json]
+    .venv/bin/python -m benchmarks.bench_compression [--cohort DIR] [--seeds 2] [--rounds 8] [--local-epochs 2] [--json]
 """
 
 from __future__ import annotations
@@ -49,18 +49,20 @@ def main() -> None:
     ap.add_argument("--cohort", type=Path, help="A synth cohort (site-1..3); default: write one at --scale")
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--local-epochs", type=int, default=2)
+    ap.add_argument("--difficulty", type=float, default=0.3, help="cohort difficulty (0.5 is the default cohort)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = BenchConfig(rounds=args.rounds, local_epochs=1)
+    cfg = BenchConfig(rounds=args.rounds, local_epochs=args.local_epochs)
     task = Task(cfg.model, cfg.classes, cfg.image_size)
     rows: dict[str, dict[str, list]] = {m: {"auc": [], "bytes": [], "seconds": []} for m in MODES}
     with tempfile.TemporaryDirectory(prefix="fedrad-compression-") as tmp:
         root = Path(tmp)
         cohort = args.cohort or root / "cohort"
         if args.cohort is None:
-            write_cohort(cohort, n_sites=3, unseen=0, scale=args.scale)
+            write_cohort(cohort, n_sites=3, unseen=0, scale=args.scale, difficulty=args.difficulty)
         names = sorted(p.name for p in cohort.iterdir() if p.name.startswith("site-"))
         for seed in range(args.seeds):
             for mode in MODES:
@@ -78,7 +80,8 @@ def main() -> None:
                 print(f"seed {seed} {mode}: mean site AUC {rows[mode]['auc'][-1]:.4f}", file=sys.stderr, flush=True)
     base_bytes, base_auc = statistics.fmean(rows["none"]["bytes"]), statistics.fmean(rows["none"]["auc"])
     result = {
-        "config": {"seeds": args.seeds, "rounds": args.rounds, "sites": len(names), "strategy": "fedavg",
+        "config": {"seeds": args.seeds, "rounds": args.rounds, "local_epochs": args.local_epochs, "scale": args.scale,
+                   "difficulty": args.difficulty, "sites": len(names), "strategy": "fedavg",
                    "engine": "Flower simulation engine (Ray), production ServerApp/ClientApp"},
         "modes": {m: {"bytes_per_site_round": round(statistics.fmean(r["bytes"])),
                       "bytes_ratio": round(statistics.fmean(r["bytes"]) / base_bytes, 4),

@@ -42,6 +42,7 @@ from client.approval import approvals_path, load_approvals
 from client.keys import SiteKeyError, check_private_key
 from client.site_config import SiteFileConfig, load_site_file, site_node_config
 from client.site_worker import start_site_worker
+from client.tls_check import server_certificate_problem
 from client.supernode import (
     EXIT_REASONS,
     SuperNodeError,
@@ -119,6 +120,9 @@ def run_site(
     console = console or Console()
     config = Path(config).resolve()
     cfg = preflight(config)
+    problem = server_certificate_problem(cfg.server_address, Path(cfg.ca_cert))
+    if problem:  # Flower would retry a TLS failure forever without saying why
+        raise SiteStartError(f"not connecting: {problem}")
     if not skip_check:
         console.print(f"checking data in {cfg.data} …")
         ok, verdict = check_data(cfg)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydicom.dataelem import RawDataElement

@@ -12,7 +12,9 @@ started through ``shared.processes`` and the fixture proves none is left.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import shutil
 import socket
 import ssl
 import time
@@ -28,9 +30,11 @@ from client.approval import approve_installed
 from client.site_config import load_site_file, site_node_config
 from client.site_worker import start_site_worker
 from client.supernode import flower_exit_code, start_supernode, supernode_command
+from client.tls_check import server_certificate_problem
+from server import pki
 from server.checkpoints import read_metrics
 from server.fleet_proxy import start_fleet_proxy
-from server.pki import ServerTls, certificate_names, init_pki
+from server.pki import ServerTls, certificate_names, init_pki, issue_server_cert
 from server.superlink import SuperLink, flwr_json, stage_app, start_superlink, submit_run, write_cli_config
 from shared.processes import ManagedProcess, ProcessId, ProcessSet, executable, free_port, run_cli
 from tests.integration.cleanup import stop_all_and_check
@@ -217,6 +221,35 @@ def test_unregistered_key_is_refused(fed: Fed) -> None:
     assert rogue.wait(timeout=60) == 1  # Flower exits 1 on every error ...
     assert flower_exit_code(rogue.log_text()) == 305  # ... and logs its own code
     assert "Failed to activate SuperNode" in rogue.log_text()
+
+
+def test_wrong_ca_and_expired_certificate_are_refused_and_named(fed: Fed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site holding another consortium's bundle, or facing an expired server certificate, never connects, and
+    ``fedrad-site start`` says which of the two it is instead of retrying silently."""
+    proxy = f"127.0.0.1:{fed.proxy_port}"
+    assert server_certificate_problem(proxy, fed.tls.ca_cert) is None
+    other = init_pki(fed.tmp / "other-pki", "OtherConsortium", "other.example.org:9443")
+    problem = server_certificate_problem(proxy, other.ca_cert)
+    assert problem and "not signed by the consortium CA" in problem and str(other.ca_cert) in problem
+
+    expired_dir = fed.tmp / "expired-pki"
+    shutil.copytree(fed.tmp / "pki", expired_dir)
+    real_now = pki._now
+    monkeypatch.setattr(pki, "_now", lambda: real_now() - dt.timedelta(days=900))  # issued 900 days ago, for 825
+    old = issue_server_cert(expired_dir, ["127.0.0.1"])
+    monkeypatch.undo()
+    old_port = free_port()
+    start_fleet_proxy(fed.ps, listen=f"127.0.0.1:{old_port}", upstream=fed.link.address, certfile=old.server_cert,
+                      keyfile=old.server_key, ca_certfile=old.ca_cert, cwd=REPO)  # fmt: skip
+    problem = server_certificate_problem(f"127.0.0.1:{old_port}", fed.tls.ca_cert)
+    assert problem and "has expired" in problem
+
+    for label, address, ca in (("wrong-ca", proxy, other.ca_cert), ("expired", f"127.0.0.1:{old_port}", fed.tls.ca_cert)):
+        node = start_supernode(fed.ps, label, superlink=address, ca_cert=ca, private_key=fed.keys["rogue"][0],
+                               node_config={"seed": 1}, work_dir=fed.tmp / "sites" / label, runtime_port=free_port(),
+                               max_wait_time=8)  # fmt: skip
+        assert node.wait(timeout=90) != 0, label
+        assert "SuperNode ID" not in node.log_text() and "Connection successful" not in node.log_text(), label
 
 
 def test_plaintext_client_is_refused(fed: Fed) -> None:
