@@ -23,83 +23,39 @@ Bounded: the test's timeout covers the worst case of every wait.
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from client.approval import approve_installed
-from client.site_config import fill_site_yaml, load_site_file
 from server.checkpoints import read_metrics
-from server.enrollment import enroll_site, init_consortium
 from shared.modelfile import load_model_file
-from shared.processes import ManagedProcess, ProcessSet, executable, free_port
+from shared.processes import ProcessSet
 from shared.synth import SiteSummary
+from tests.faults.live import REPO, WIDE, kill_tree, make_consortium, wait_for, wait_rounds
 from tests.integration.cleanup import stop_all_and_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 6
 ROUND_TIMEOUT = 30
-WIDE = {"COLUMNS": "250"}
-
-
-def _kill_tree(proc: ManagedProcess) -> None:
-    """SIGKILL the process and every descendant at once: nothing gets to clean up."""
-    proc.signal(signal.SIGKILL, proc.tree())
-    proc.wait(timeout=10)
-
-
-def _wait_rounds(run_root: Path, n: int, timeout: float, watch: ManagedProcess) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = sorted(run_root.iterdir()) if run_root.is_dir() else []
-        rows = read_metrics(runs[-1]) if runs else []
-        if len(rows) >= n:
-            return rows
-        assert watch.poll() is None, f"server exited early:\n{watch.log_tail(60)}"
-        assert time.monotonic() < deadline, f"no round {n} within {timeout} s:\n{watch.log_tail(60)}"
-        time.sleep(0.3)
-
-
-def _wait_for(proc: ManagedProcess, text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in proc.log_text():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.log_tail(60)
-        time.sleep(0.2)
 
 
 def test_site_killed_rejoins_and_server_resumes(tmp_path: Path, small_cohort: list[SiteSummary]) -> None:
-    port = free_port()
-    c = tmp_path / "consortium"
-    init_consortium(c, "Fault Test", f"127.0.0.1:{port}")
-    cfg_path = c / "consortium.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg.update(rounds=ROUNDS, evaluate_every=ROUNDS, min_sites=2, round_timeout_s=ROUND_TIMEOUT, wait_for_sites_s=90,
-               local_epochs=1)  # fmt: skip
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    site_cmd = {}
-    for name, data in zip(("site-a", "site-b"), small_cohort[:2], strict=True):
-        bundle = enroll_site(c, name).bundle_dir
-        path = fill_site_yaml(bundle / "site.yaml", data=data.dicom_dir, labels=data.labels_csv, cache_dir=tmp_path / "cache" / name)
-        approve_installed(load_site_file(path).work_dir)
-        site_cmd[name] = [executable("fedrad-site"), "start", "--config", str(path)]
-    server_cmd = [executable("fedrad-server"), "start", str(c), "--listen", f"127.0.0.1:{port}"]
+    live = make_consortium(tmp_path, small_cohort, rounds=ROUNDS, round_timeout=ROUND_TIMEOUT)
+    c, server_cmd, site_cmd = live.folder, live.server_cmd, live.site_cmd
     ps = ProcessSet(tmp_path / "logs")
     started: set = set()
     try:
         server = ps.start("server-1", server_cmd, env=WIDE, cwd=REPO)
-        _wait_for(server, "listening for sites", 60)
+        wait_for(server, "listening for sites", 60)
         sites = {n: ps.start(n, cmd, env=WIDE, cwd=REPO) for n, cmd in site_cmd.items()}
 
         # 1. site-b dies as round 2 starts; round 2 goes on with site-a only, bounded by round_timeout_s.
-        _wait_rounds(c / "runs", 1, 240, server)
+        wait_rounds(c / "runs", 1, 240, server)
         t_kill = time.monotonic()
         started |= ps.all_procs()
-        _kill_tree(sites["site-b"])
-        rows = _wait_rounds(c / "runs", 2, ROUND_TIMEOUT + 90, server)
+        kill_tree(sites["site-b"])
+        rows = wait_rounds(c / "runs", 2, ROUND_TIMEOUT + 90, server)
         r2 = rows[1]
         assert r2["sites_answered"] == 1 and r2["sites_failed"] == 1, r2
         assert r2["timing"]["train_wave_s"] <= ROUND_TIMEOUT + 5, r2["timing"]
@@ -110,9 +66,9 @@ def test_site_killed_rejoins_and_server_resumes(tmp_path: Path, small_cohort: li
         t_back = time.monotonic()
 
         # 3. the server dies after round 3's checkpoint; --resume continues with round 4 from those weights.
-        rows = _wait_rounds(c / "runs", 3, ROUND_TIMEOUT + 120, server)
+        rows = wait_rounds(c / "runs", 3, ROUND_TIMEOUT + 120, server)
         started |= ps.all_procs()
-        _kill_tree(server)
+        kill_tree(server)
         run_dir = sorted((c / "runs").iterdir())[-1]
         saved = load_model_file(run_dir / "round-0003.pt").weights_sha256
         assert json.loads((run_dir / "state.json").read_text())["last_round"] == 3
