@@ -18,6 +18,8 @@ Dials:
 
 Entry points: :func:`write_cohort`, :func:`write_site`, :func:`render_image`;
 ``fedrad-site synth OUT`` on the command line.
+``task="segmentation"`` also writes a DICOM SEG (``nodule``, ``lung``) beside each
+image, from the same anatomy and positioning (:mod:`shared.synth.masks`).
 """
 
 from shared.synth.anatomy import DEFAULT_DIFFICULTY, render_image

@@ -353,30 +353,58 @@ def _curve(img: np.ndarray, look: ScannerLook) -> np.ndarray:
     return out
 
 
-def expose(
+@dataclass(frozen=True)
+class Exposure:
+    """Where one acquisition put the anatomy: positioning shift and collimator margins (render grid).
+
+    Kept so ground-truth masks (:mod:`shared.synth.masks`) land exactly where the written
+    pixels show the anatomy; the image itself never needs it.
+    """
+
+    dy: int = 0  # rows the anatomy moved down
+    dx: int = 0  # columns the anatomy moved right
+    margins: tuple[float, float, float, float] | None = None  # left, right, top, bottom, in render pixels
+
+
+def collimation_field(margins: tuple[float, float, float, float]) -> np.ndarray:
+    """Soft (RENDER, RENDER) field, 1 inside the collimated (exposed) area and 0 under the blades."""
+    n = RENDER
+    X = np.arange(n, dtype=np.float32)
+    inside = _sig((X - margins[0]) / 0.7)[None, :] * _sig((n - margins[1] - X) / 0.7)[None, :]
+    return inside * (_sig((X - margins[2]) / 0.7) * _sig((n - margins[3] - X) / 0.7))[:, None]
+
+
+def expose_with_geometry(
     patient: Patient, rng: np.random.Generator, look: ScannerLook, matrix: int, jitter_px: int = 0
-) -> np.ndarray:
-    """One acquisition of ``patient`` on a scanner: positioning jitter, collimation, blur, bias,
-    noise, native matrix, detector grain, contrast curve. Returns (matrix, matrix) float32 in [0, 1]."""
+) -> tuple[np.ndarray, Exposure]:
+    """:func:`expose`, also returning the :class:`Exposure` geometry it drew (same random stream)."""
     img = patient.image
+    dy = dx = 0
     if jitter_px:
         dy, dx = (int(v) for v in rng.integers(-jitter_px, jitter_px + 1, size=2))
         img = _shift(img, dy, dx)
     if look.blur_px > 0.05:
         img = _filter(img, _gauss_tf(RENDER, round(look.blur_px, 3)))
     img = img * _bias_field(rng, look)
+    margins = None
     if look.collimation > 0:  # unexposed border: no attenuation recorded → white after processing
-        n = RENDER
-        m = [float(v) * look.collimation * n for v in rng.uniform(0.6, 1.4, size=4)]
-        X = np.arange(n, dtype=np.float32)
-        inside = _sig((X - m[0]) / 0.7)[None, :] * _sig((n - m[1] - X) / 0.7)[None, :]
-        inside = inside * (_sig((X - m[2]) / 0.7) * _sig((n - m[3] - X) / 0.7))[:, None]
+        m = [float(v) * look.collimation * RENDER for v in rng.uniform(0.6, 1.4, size=4)]
+        margins = (m[0], m[1], m[2], m[3])
+        inside = collimation_field(margins)
         img = img * inside + 0.97 * (1.0 - inside)
     img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(look.noise)
     img = upsample(_curve(img, look), matrix)  # the LUT is smooth: applying it on the 128-grid is cheaper
     if look.grain > 0:
         img += _grain(rng, matrix) * np.float32(look.grain)
-    return np.clip(img, 0.0, 1.0, out=img)
+    return np.clip(img, 0.0, 1.0, out=img), Exposure(dy, dx, margins)
+
+
+def expose(
+    patient: Patient, rng: np.random.Generator, look: ScannerLook, matrix: int, jitter_px: int = 0
+) -> np.ndarray:
+    """One acquisition of ``patient`` on a scanner: positioning jitter, collimation, blur, bias,
+    noise, native matrix, detector grain, contrast curve. Returns (matrix, matrix) float32 in [0, 1]."""
+    return expose_with_geometry(patient, rng, look, matrix, jitter_px)[0]
 
 
 def render_image(

@@ -5,6 +5,11 @@ Layout of one site (what a hospital's IT would hand over)::
     OUT/site-1/dicom/<PatientID>/<study dir>/[<series dir>/]IMG0001[.dcm]
     OUT/site-1/labels.csv   SOPInstanceUID,label,AccessionNumber,StudyInstanceUID,path
 
+With ``task="segmentation"`` each image also gets a DICOM SEG next to it
+(``SEG0001[.dcm]`` beside ``IMG0001[.dcm]``) holding its ``nodule`` and ``lung``
+ground truth (see :mod:`shared.synth.seg_writer`); images, labels.csv and every
+random draw are the same as for the default ``task="classification"``.
+
 Each patient has 1–3 studies (one image each) of the *same* anatomy with a
 small positioning jitter and the same label, so images of one patient are
 correlated and only patient-grouped splits give honest validation numbers.
@@ -25,12 +30,14 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydicom.uid import generate_uid
 
-from shared.synth.anatomy import DEFAULT_DIFFICULTY, expose, sample_patient
+from shared.synth.anatomy import DEFAULT_DIFFICULTY, expose_with_geometry, sample_patient
 from shared.synth.dicom_writer import ImageMeta, build_dataset, encode_pixels, write_dicom
+from shared.synth.masks import anatomy_masks
 from shared.synth.profiles import TRAINING_PROFILES, UNSEEN_PROFILES, SiteProfile, derive_profile
 
 CLASSES = ("normal", "nodule")
@@ -39,6 +46,8 @@ STUDIES_PER_PATIENT = (1, 2, 3)
 STUDIES_P = (0.45, 0.35, 0.20)
 FOLLOW_UP_JITTER_PX = 3  # positioning jitter between a patient's studies, on the 128 render grid
 MIN_SITE_IMAGES = 4
+Task = Literal["classification", "segmentation"]
+TASKS: tuple[str, ...] = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -103,14 +112,19 @@ def write_site(
     shift: float = 1.0,
     *,
     overwrite: bool = False,
+    task: Task = "classification",
 ) -> SiteSummary:
     """Write ``n_images`` DICOM files of one site into ``out_dir`` (dicom/ and labels.csv).
 
     Refuses to write into an existing non-empty ``out_dir/dicom`` unless ``overwrite``
-    (then only that folder and labels.csv are replaced).
+    (then only that folder and labels.csv are replaced). ``task="segmentation"`` adds a
+    SEG beside every image (counted in ``bytes``, not in ``n_images``).
     """
     if n_images < 1:
         raise ValueError(f"{profile.name}: n_images must be at least 1, got {n_images}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    write_seg = _seg_writer() if task == "segmentation" else None
     out_dir = Path(out_dir)
     dicom_dir = out_dir / "dicom"
     if dicom_dir.exists() and any(dicom_dir.iterdir()):
@@ -149,7 +163,9 @@ def write_site(
                 study_id=str(j + 1),
                 kvp=float(prng.choice([110, 115, 120, 125])) if profile.view == "PA" else 90.0,
             )
-            img = expose(patient, prng, look, profile.matrix, jitter_px=FOLLOW_UP_JITTER_PX if j else 1)
+            img, exposure = expose_with_geometry(
+                patient, prng, look, profile.matrix, jitter_px=FOLLOW_UP_JITTER_PX if j else 1
+            )
             ds = build_dataset(encode_pixels(img, profile), profile, meta)
             study_dir = "ST" + hashlib.sha1(study_uid.encode()).hexdigest()[:8].upper()
             rel = Path(pid) / study_dir
@@ -157,6 +173,13 @@ def write_site(
                 rel = rel / "SE0001"
             rel = rel / ("IMG0001.dcm" if prng.random() < profile.dcm_suffix_prob else "IMG0001")
             total_bytes += write_dicom(dicom_dir / rel, ds)
+            if write_seg is not None:  # draws no random numbers: the images stay those of classification
+                seg = write_seg(
+                    ds, anatomy_masks(patient, exposure, profile.matrix),
+                    _uid(seed, profile.name, pid, "seg-series", j), _uid(seed, profile.name, pid, "seg", j),
+                    _uid(seed, profile.name, pid, "seg-dimensions", j),
+                )
+                total_bytes += write_dicom(dicom_dir / rel.with_name(rel.name.replace("IMG", "SEG")), seg)
             rows.append(
                 {
                     "SOPInstanceUID": meta.sop_uid,
@@ -182,6 +205,13 @@ def write_site(
         bytes=total_bytes,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _seg_writer():
+    """The SEG builder, imported on first use: highdicom takes seconds to import and classification never needs it."""
+    from shared.synth.seg_writer import build_segmentation
+
+    return build_segmentation
 
 
 def cohort_profiles(n_sites: int = 3, unseen: int = 1, seed: int = 0) -> list[SiteProfile]:
@@ -213,11 +243,12 @@ def write_cohort(
     shift: float = 1.0,
     *,
     overwrite: bool = False,
+    task: Task = "classification",
 ) -> list[SiteSummary]:
     """Write ``n_sites`` training sites (``site-<k>``) and ``unseen`` held-out sites (``unseen-<k>``).
 
     Site sizes are the profiles' defaults (400, 250, 60, 150, 150, …; unseen 200) times ``scale``,
-    at least 4 images each.
+    at least 4 images each. ``task="segmentation"`` adds a SEG beside every image (see :func:`write_site`).
     """
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a positive number, got {scale}")
@@ -227,6 +258,6 @@ def write_cohort(
     for profile in cohort_profiles(n_sites, unseen, seed):
         n = max(MIN_SITE_IMAGES, int(round(profile.default_size * scale)))
         summaries.append(
-            write_site(out / profile.name, profile, n, seed, difficulty, shift, overwrite=overwrite)
+            write_site(out / profile.name, profile, n, seed, difficulty, shift, overwrite=overwrite, task=task)
         )
     return summaries
