@@ -270,7 +270,8 @@ def test_synthetic_site_round_trip(tmp_path):
     assert all((plain.path / rel).read_bytes() == (site.path / rel).read_bytes() for rel in plain_files)
 
     scan = scan_site(site.dicom_dir, PreprocessConfig(image_size=64), cache_dir=tmp_path / "cache", workers=1)
-    assert len(scan.usable) == n  # the 2-frame SEGs are rejected as multi-frame, not taken for radiographs
+    assert len(scan.usable) == n  # the SEGs are rejected as segmentation objects, never taken for radiographs
+    assert sorted(r.reason for r in scan.rejected) == ["segmentation-object"] * n
     segs = seg_files(scan.records, site.dicom_dir)
     assert len(segs) == n and all(p.name.startswith("SEG0001") for p in segs)
     report = match_segmentations(scan.usable, segs, LABELS, 64, site.dicom_dir)

@@ -20,6 +20,7 @@ from pydicom.uid import UID
 from shared.ingest.reasons import Reason, Rejection
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 MIN_SIDE = 32
 COLOUR_PHOTOMETRICS = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR", "YBR_PARTIAL_420"}
 
@@ -112,6 +113,8 @@ def check_image_object(ds: pydicom.Dataset, header: ImageHeader) -> None:
     sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID")
     if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise Rejection(Reason.DICOMDIR, "media storage directory (DICOMDIR)")
+    if sop_class == SEGMENTATION_STORAGE or _text(ds, "Modality") == "SEG":
+        raise Rejection(Reason.SEGMENTATION, "DICOM Segmentation object (labels for an image, not an image)")
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         if "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
             raise Rejection(Reason.TRUNCATED, "image header present but the file ends before its pixel data")

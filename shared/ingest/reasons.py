@@ -15,6 +15,7 @@ class Reason(str, Enum):
     UNREADABLE = "unreadable"
     NOT_DICOM = "not-dicom"
     DICOMDIR = "dicomdir"
+    SEGMENTATION = "segmentation-object"
     TRUNCATED = "truncated"
     NO_PIXEL_DATA = "no-pixel-data"
     NOT_GRAYSCALE = "not-grayscale"
@@ -31,6 +32,7 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.UNREADABLE: "The file could not be opened (permissions or I/O error); check its owner and mode.",
     Reason.NOT_DICOM: "Not a DICOM file (no DICOM header could be parsed); stray files can stay, they are skipped.",
     Reason.DICOMDIR: "A DICOMDIR media index, not an image; the images it lists are scanned on their own.",
+    Reason.SEGMENTATION: "A DICOM Segmentation (labels drawn on another image), not an image to train on.",
     Reason.TRUNCATED: "The file ends before its pixel data does; re-export it from PACS.",
     Reason.NO_PIXEL_DATA: "A DICOM object without an image (e.g. structured report, RT plan, presentation state).",
     Reason.NOT_GRAYSCALE: "A colour image (e.g. a screenshot or secondary capture); the task needs grayscale radiographs.",

@@ -254,8 +254,8 @@ def match_segmentations(
 def seg_files(records: Iterable[FileRecord], data_dir: Path) -> list[Path]:
     """The SEG files among a scan's records (Modality SEG), usable or not.
 
-    The classification scanner rejects a multi-frame SEG as ``multi-frame`` (and would take a
-    single-frame one for an image), but it keeps the header, which is enough to find it here.
+    The scanner rejects every SEG as ``segmentation-object`` (labels, not an image to train on),
+    but it keeps the header, which is enough to find it here.
     A SEG whose header cannot be parsed is not found; it is a rejected file of the scan.
     """
     return [Path(data_dir) / r.path for r in records if r.header.modality.upper() == "SEG"]
