@@ -102,6 +102,12 @@ def check_data(cfg: SiteFileConfig) -> tuple[bool, str]:
 def explain_exit(log_text: str, returncode: int | None) -> str:
     """The operator's sentence for a stopped SuperNode."""
     code = flower_exit_code(log_text)
+    if code is None and returncode == 0 and "terminated gracefully" in log_text:
+        # Flower answers an UNAUTHENTICATED reply (e.g. "Invalid timestamp") by sending itself SIGINT: exit 0,
+        # no error in the log. Measured: a site clock 30 s ahead of the server's ends exactly like this.
+        return ("the SuperNode shut itself down after the server refused a signed request (Flower logs no reason): "
+                "most likely this machine's clock is ahead of the server's (Flower allows 5 s; enable NTP), "
+                "or the coordinator revoked this site's key")  # fmt: skip
     if code is None:
         return f"the SuperNode exited with status {returncode} (no Flower exit code in its log)"
     reason = HINTS.get(code) or EXIT_REASONS.get(code) or "see the log"

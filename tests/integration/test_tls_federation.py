@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import yaml
 from client.keys import generate_site_keys
 from client.approval import approve_installed
 from client.site_config import load_site_file, site_node_config
+from client.site_start import explain_exit
 from client.site_worker import start_site_worker
 from client.supernode import flower_exit_code, start_supernode, supernode_command
 from client.tls_check import server_certificate_problem
@@ -304,3 +306,40 @@ def test_two_sites_complete_two_rounds(fed: Fed) -> None:
         f"\nrun {fed.run_id}: submit->finished {elapsed:.1f} s, round seconds {[float(s) for _, s in rounds]}, "
         f"clientapp total {info['clientapp-seconds']:.1f} s, bytes sent/recv {info['bytes-sent']}/{info['bytes-recv']}"
     )
+
+
+# The real flower-supernode, with its clock moved by argv[1] seconds (only the clock Flower's auth reads).
+SKEWED_SUPERNODE = """
+import datetime, sys
+import flwr.supercore.date as date
+_real_now, skew = date.now, datetime.timedelta(seconds=float(sys.argv.pop(1)))
+date.now = lambda: _real_now() + skew
+from flwr.supernode.cli import flower_supernode
+sys.exit(flower_supernode())
+"""
+
+
+@pytest.mark.timeout(180)
+def test_clock_skew_behind_is_tolerated_ahead_is_refused_and_explained(fed: Fed) -> None:
+    """A site clock 2 minutes slow still connects; one 30 s fast is refused (Flower signs each request with
+    a timestamp and allows only 5 s into the future) and Flower exits 0 without saying why, so FedRad's
+    message is what points at the clock."""
+    private, public = generate_site_keys(fed.tmp / "keys" / "skewed")
+    with fed.link.control() as control:
+        assert control.register(public, "skewed") is not None
+    for skew, connects in ((-120, True), (30, False)):
+        cmd = supernode_command(superlink=f"127.0.0.1:{fed.proxy_port}", ca_cert=fed.tls.ca_cert, private_key=private,
+                                node_config=None, runtime_port=free_port(), max_wait_time=20)  # fmt: skip
+        cmd = [sys.executable, "-c", SKEWED_SUPERNODE, str(skew), *cmd[1:]]
+        node = fed.ps.start(f"supernode-skew{skew}", cmd, env={"FLWR_HOME": str(fed.tmp / "sites" / f"skew{skew}")})
+        if connects:
+            deadline = time.monotonic() + 90
+            while "SuperNode ID" not in node.log_text():
+                assert node.poll() is None and time.monotonic() < deadline, node.log_tail(30)
+                time.sleep(0.5)
+            node.stop()
+        else:
+            # Flower's answer to "Invalid timestamp": it SIGINTs itself and exits 0 without a word
+            assert node.wait(timeout=90) == 0 and "SuperNode ID" not in node.log_text(), node.log_tail(30)
+            assert flower_exit_code(node.log_text()) is None
+            assert "clock is ahead" in explain_exit(node.log_text(), node.returncode)
