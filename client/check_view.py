@@ -60,3 +60,22 @@ def render_check(report: dict, console: Console, max_rows: int = 20) -> None:
         console.print(f"[yellow]warning:[/] {report['cache']['warning']}")
     colour = "green" if report["ok"] else "red"
     console.print(f"[bold {colour}]{report['verdict']}[/]")
+
+
+def render_segmentation(seg: dict, console: Console, max_rows: int = 20) -> None:
+    """The SEG ↔ image matching of ``fedrad-site check --segments``."""
+    console.print(f"[bold]Segmentations[/] ({', '.join(seg['labels'])}): {seg['images_with_masks']} images with masks")
+    if not seg["problems"]:
+        return
+    kinds = Table(title="SEG problems", title_justify="left")
+    for col in ("problem", "files", "what to do"):
+        kinds.add_column(col)
+    for kind, info in seg["problems_by_kind"].items():
+        kinds.add_row(kind, str(info["count"]), info["what_to_do"])
+    console.print(kinds)
+    files = Table(title=f"First {min(max_rows, len(seg['problems']))} problem files", title_justify="left")
+    for col in ("file", "problem", "detail"):
+        files.add_column(col)
+    for p in seg["problems"][:max_rows]:
+        files.add_row(p["path"], p["kind"], p["detail"])
+    console.print(files)

@@ -42,6 +42,8 @@ def check(
     config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
     classes: Optional[str] = ClassesOpt, key: Optional[str] = KeyOpt, label_column: Optional[str] = LabelColOpt,
     image_size: Optional[int] = SizeOpt, cache_dir: Optional[Path] = CacheOpt, as_json: bool = JsonOpt,
+    segments: Optional[str] = typer.Option(None, "--segments", help="Segment labels, e.g. nodule,lung: also match "
+                                           "the DICOM SEG files in the export to their images and report problems."),
 ) -> None:
     """Scan the export, join the labels and say which images are usable, and why the others are not."""
     from client.check_view import render_check
@@ -50,11 +52,23 @@ def check(
 
     cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir)
     with progress_bar("Scanning DICOM", enabled=not as_json) as update:
-        report = check_site(cfg, on_progress=update).to_json()
+        result = check_site(cfg, on_progress=update)
+    report = result.to_json()
+    if segments:
+        from shared.ingest.segmentation import match_segmentations, seg_files
+
+        names = [s.strip() for s in segments.split(",") if s.strip()]
+        seg = match_segmentations(result.scan.usable, seg_files(result.scan.records, Path(cfg.data)), names,
+                                  cfg.image_size, Path(cfg.data))  # fmt: skip
+        report["segmentation"] = seg.to_json()
     if as_json:
         _print_json(report)
     else:
         render_check(report, out)
+        if "segmentation" in report:
+            from client.check_view import render_segmentation
+
+            render_segmentation(report["segmentation"], out)
     if not report["ok"]:
         raise typer.Exit(EXIT_NO)
 
@@ -151,12 +165,14 @@ def synth(
     shift: float = typer.Option(1.0, "--shift", min=0.0, help="Scanner shift between sites (0 none, 1 moderate, 2 strong)."),
     difficulty: Optional[float] = typer.Option(None, "--difficulty", help="Higher = fainter nodules (0 obvious, 1 barely visible)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace sites already in OUT_DIR."),
+    task: str = typer.Option("classification", "--task", help="classification, or segmentation: also a DICOM SEG "
+                             "(nodule, lung) beside every image."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write synthetic chest radiograph sites as real DICOM plus labels.csv, for dry runs and demos."""
     from client.synth_command import run_synth
 
-    summary = run_synth(out_dir, sites, unseen, seed, scale, shift, difficulty, overwrite)
+    summary = run_synth(out_dir, sites, unseen, seed, scale, shift, difficulty, overwrite, task)
     if as_json:
         _print_json(summary)
     else:

@@ -89,3 +89,27 @@ def test_missing_data_folder_and_labels_exit_2(site: Path, tmp_path: Path) -> No
     assert proc.returncode == 2 and "no.csv" in proc.stderr and "not found" in proc.stderr
     proc = run("check", "--labels", str(site / "labels.csv"))
     assert proc.returncode == 2 and "--data" in proc.stderr
+
+
+def test_check_segments_reports_seg_problems_in_json(tmp_path: Path) -> None:
+    """`fedrad-site synth --task segmentation` then `check --segments`: SEGs are matched, and a deleted SEG and an
+    unknown task label are reported by file, with what to do."""
+    out = tmp_path / "cohort"
+    made = run("synth", str(out), "--sites", "1", "--scale", "0.02", "--task", "segmentation", "--json")
+    assert made.returncode == 0, made.stderr
+    site = out / "site-1"
+    segs = sorted((site / "dicom").rglob("SEG0001*"))
+    assert segs and len(segs) == len(list((site / "dicom").rglob("IMG0001*")))
+    segs[0].unlink()
+    res = run("check", "--data", str(site / "dicom"), "--labels", str(site / "labels.csv"), "--segments",
+              "nodule,lung,heart", "--json")  # fmt: skip
+    report = json.loads(res.stdout)
+    seg = report["segmentation"]
+    assert seg["labels"] == ["nodule", "lung", "heart"]
+    kinds = seg["problems_by_kind"]
+    assert kinds["image-without-seg"]["count"] == 1 and kinds["missing-segment"]["count"] == len(segs) - 1
+    assert all(p["what_to_do"] for p in seg["problems"])
+    assert report["images"]["rejected"] == len(segs) - 1  # the SEGs themselves are not images
+    ok = run("check", "--data", str(site / "dicom"), "--labels", str(site / "labels.csv"), "--segments", "nodule,lung",
+             "--json")  # fmt: skip
+    assert json.loads(ok.stdout)["segmentation"]["images_with_masks"] == len(segs) - 1
