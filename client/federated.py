@@ -35,7 +35,7 @@ import torch
 from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping
 from shared.dataset import SiteDataset, concat_datasets
 from shared.models import build_model, norm_layer_names
-from shared.training import TrainConfig, evaluate, train_model
+from shared.training import TrainConfig, auc_with_ci, evaluate, train_model
 
 EVAL_FRACTION = 0.2
 LOCAL_NORM_KEEP = 2  # rounds of FedBN state kept per site (the newest is used)
@@ -211,7 +211,7 @@ def evaluate_round(
     model = global_model(task, state, store.load_before(rnd + 1) if keep_local else None)
     result = evaluate(model, data.held_out)
     auc = result["val_auc"]
-    return {
+    out = {
         "num-examples": len(data.held_out),
         "loss": float(result["val_loss"]),
         "accuracy": float(result["val_acc"]),
@@ -219,6 +219,10 @@ def evaluate_round(
         "auc-examples": len(data.held_out) if auc is not None else 0,
         "held-out": int(data.has_held_out),
     }
+    ci = auc_with_ci(model, data.held_out, seed=rnd) if auc is not None else None
+    if ci is not None:  # this site's interval; the server keeps it per site and never averages it
+        out["auc-ci-low"], out["auc-ci-high"] = ci[1], ci[2]
+    return out
 
 
 def shared_local_model(task: Task, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:

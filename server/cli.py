@@ -201,12 +201,13 @@ def export(
     run_dir: Optional[Path] = typer.Option(None, "--run", help="A run folder (default: the current/last run)."),
     fmt: str = typer.Option("pt", "--format", help="pt (FedRad model file), torchscript or onnx."),
     benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="A benchmark results.json for the model card."),
+    crossval: Optional[Path] = typer.Option(None, "--crossval", help="A crossval.json: per-site AUC with CIs in the card."),
     as_json: bool = typer.Option(False, "--json", help="Print what was exported as JSON."),
 ) -> None:
     """Write the latest (or best) global model, verified, to OUT, with a model card (OUT.md)."""
     from server.export import export_model
 
-    info = export_model(directory, out_path, best=best, run_dir=run_dir, fmt=fmt, benchmark=benchmark)
+    info = export_model(directory, out_path, best=best, run_dir=run_dir, fmt=fmt, benchmark=benchmark, crossval=crossval)
     if as_json:
         print(json.dumps(info, indent=2))
         return

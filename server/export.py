@@ -36,14 +36,13 @@ def pick_model(run_dir: Path, best: bool) -> Path:
 
 
 def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Path | None = None, fmt: str = "pt",
-                 benchmark: Path | None = None) -> dict:
+                 benchmark: Path | None = None, crossval: Path | None = None) -> dict:
     """Write the chosen global model of the current/last run to ``out`` (as ``fmt``) with a model card; return what was done.
 
     ``pt`` copies the verified FedRad model file; ``torchscript`` / ``onnx``
     write a standalone graph checked against it (:mod:`server.export_formats`).
     The card (:mod:`server.model_card`) goes beside ``out`` as ``<out>.md``.
     """
-    import json
 
     from server.export_formats import FORMATS, export_graph
     from server.model_card import enrolled_sites, model_card
@@ -68,15 +67,26 @@ def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Pat
     else:
         gap = export_graph(loaded.model, loaded.preprocess.image_size, fmt, out)
         what = f"{fmt} graph: float32 images (N, 1, S, S) → class probabilities; max gap to the checkpoint {gap:.1e}"
-    bench = None
-    if benchmark is not None:
-        try:
-            bench = json.loads(Path(benchmark).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--benchmark {benchmark}: not a readable results.json ({exc})") from None
+    bench = _read_json_option("--benchmark", benchmark, "results.json", ("matrix", "columns"))
+    cross = _read_json_option("--crossval", crossval, "crossval.json", ("matrix", "sites"))
     card = out.with_name(out.name + ".md")
-    card.write_text(model_card(loaded, Path(run_dir), {out.name: what}, enrolled_sites(directory), bench))
+    card.write_text(model_card(loaded, Path(run_dir), {out.name: what}, enrolled_sites(directory), bench, cross))
     return {"source": str(src), "out": str(out), "format": fmt, "model_card": str(card), "max_gap": gap,
             "weights_sha256": loaded.weights_sha256, "rounds": loaded.provenance.get("rounds"),
             "trained_by": loaded.provenance.get("trained_by"), "architecture": loaded.architecture,
             "classes": loaded.classes}
+
+
+def _read_json_option(option: str, path: Path | None, what: str, keys: tuple[str, ...]) -> dict | None:
+    """The JSON file an option names, or None; a file that is not the expected kind is a ConfigError."""
+    import json
+
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{option} {path}: not a readable {what} ({exc})") from None
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        raise ConfigError(f"{option} {path}: not a {what} (needs {', '.join(keys)})")
+    return data

@@ -25,7 +25,7 @@ def enrolled_sites(consortium_dir: Path) -> list[str]:
 
 
 def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], sites: list[str],
-               benchmark: dict | None = None) -> str:
+               benchmark: dict | None = None, crossval: dict | None = None) -> str:
     """The card's Markdown text."""
     prov, pre = model.provenance, model.preprocess
     extra = prov.get("extra") or {}
@@ -67,6 +67,15 @@ def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], 
                      "Sites send aggregates only, so this figure has no per-site breakdown or interval.")
     else:
         lines.append("* no federated evaluation recorded for this run")
+    if crossval:
+        from server.crossval_view import auc_cell
+
+        lines += ["", f"Per-site evaluation (`fedrad-server crossval`, {crossval.get('time', '?')}): AUC with each site's "
+                  "own 95 % bootstrap interval on its held-out patients (n):", "",
+                  "| model | " + " | ".join(crossval["sites"]) + " |", "|---" * (len(crossval["sites"]) + 1) + "|"]
+        for m, row in crossval["matrix"].items():
+            cells = [row.get(s, {}).get("error", "")[:40] or auc_cell(row.get(s, {})) for s in crossval["sites"]]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if benchmark:
         lines += ["", f"Benchmark ({benchmark.get('engine')}, {benchmark['config']['seeds']} seeds, AUC mean ± sd over seeds):", "",
                   "| model | " + " | ".join(benchmark["columns"]) + " |", "|---" * (len(benchmark["columns"]) + 1) + "|"]

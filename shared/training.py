@@ -219,6 +219,24 @@ def evaluate(model: nn.Module, data: SiteDataset, batch_size: int = 256) -> dict
     return {"val_loss": loss, "val_acc": acc, "val_auc": auc}
 
 
+def auc_with_ci(model: nn.Module, data: SiteDataset, n_bootstrap: int = 500, seed: int = 0) -> tuple[float, float, float] | None:
+    """(AUC, 95 % CI low, high) by the stratified bootstrap of :mod:`shared.metrics`; None where AUC is undefined.
+
+    Sent by sites with their evaluation (three aggregate numbers), so a coordinator's cross-site table and the
+    model card can show per-site intervals without any per-case value leaving the site.
+    """
+    from shared.metrics import evaluate_predictions
+
+    if len(data) == 0 or len(set(data.labels.tolist())) < len(data.classes):
+        return None
+    m = evaluate_predictions(data.labels.numpy(), predict_proba(model, data.images), data.classes,
+                             n_bootstrap=n_bootstrap, seed=seed)  # fmt: skip
+    if m["auc"] is None:
+        return None
+    low, high = m["auc_ci95"] or (m["auc"], m["auc"])
+    return float(m["auc"]), float(low), float(high)
+
+
 def auc_score(model: nn.Module, data: SiteDataset) -> float:
     """ROC AUC of ``model`` on ``data`` as ``fedrad-site evaluate`` computes it (positive class last, macro
     one-vs-rest beyond two classes); NaN where it is undefined (no cases, or one class only)."""

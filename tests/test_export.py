@@ -17,6 +17,7 @@ from server.enrollment import enroll_site, init_consortium
 from server.export import export_model
 from shared.modelfile import load_model_file
 from shared.models import build_model
+from shared.config import ConfigError
 
 pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parents[1]
@@ -86,3 +87,17 @@ def test_init_weights_start_round_one_from_a_local_model_file(consortium: Path) 
     assert initial_state(RunSettings.from_run_config(base), fresh) is not None
     with pytest.raises(RunConfigError, match="init_weights"):
         initial_state(RunSettings.from_run_config({**base, "image-size": 64, "init-weights": str(path)}), build_model("smallcnn", 2, 64))
+
+
+def test_card_shows_each_sites_auc_with_its_interval_from_crossval(consortium: Path, tmp_path: Path) -> None:
+    xval = {"time": "2026-11-26T09:00:00+00:00", "model": "latest.pt", "sites": ["city-general", "st-marys"],
+            "matrix": {"global": {"city-general": {"auc": 0.912, "auc-examples": 120, "num-examples": 120,
+                                                   "auc-ci-low": 0.861, "auc-ci-high": 0.955},
+                                  "st-marys": {"error": "no reply within 60 s"}}}}  # fmt: skip
+    (tmp_path / "crossval.json").write_text(json.dumps(xval))
+    export_model(consortium, tmp_path / "g.pt", run_dir=consortium / "runs" / "r1", crossval=tmp_path / "crossval.json")
+    card = (tmp_path / "g.pt.md").read_text()
+    assert "| global | 0.912 [0.861–0.955] (n=120) | no reply within 60 s |" in card
+    (tmp_path / "bad.json").write_text(json.dumps({"matrix": {}}))
+    with pytest.raises(ConfigError, match="--crossval .*bad.json: not a crossval.json"):
+        export_model(consortium, tmp_path / "g2.pt", run_dir=consortium / "runs" / "r1", crossval=tmp_path / "bad.json")

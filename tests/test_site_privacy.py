@@ -47,12 +47,14 @@ def test_guard_sends_no_partial_model_and_no_arrays_with_evaluate() -> None:
 
 def test_guard_withholds_patient_metrics_below_min_count() -> None:
     metrics = {"num-examples": 6, "loss": 0.4, "accuracy": 0.5, "auc": 0.9, "auc-examples": 6, "handler-s": 0.3,
-               "bad": float("nan")}  # fmt: skip
+               "auc-ci-low": 0.7, "auc-ci-high": 1.0, "bad": float("nan")}  # fmt: skip
     out = guard_reply("evaluate", incoming={}, arrays=None, metrics=metrics, min_count=10)
     assert out.metrics == {"num-examples": 6, "auc-examples": 6, "handler-s": 0.3}
-    assert {d.item for d in out.decisions if d.action == "withhold"} == {"metric:loss", "metric:accuracy", "metric:auc"}
+    assert {d.item for d in out.decisions if d.action == "withhold"} == {
+        "metric:loss", "metric:accuracy", "metric:auc", "metric:auc-ci-low", "metric:auc-ci-high"}
     assert [d.item for d in out.violations] == ["metric:bad"]
-    assert guard_reply("evaluate", incoming={}, arrays=None, metrics=metrics, min_count=5).metrics.get("auc") == 0.9
+    wide = guard_reply("evaluate", incoming={}, arrays=None, metrics=metrics, min_count=5).metrics
+    assert wide.get("auc") == 0.9 and (wide["auc-ci-low"], wide["auc-ci-high"]) == (0.7, 1.0)
 
 
 def _fill(log: Path, n: int = 3) -> None:

@@ -260,6 +260,7 @@ def test_fedbn_site_keeps_its_own_norm_layers(model: torch.nn.Module, tmp_path) 
     assert len(list(store.dir.glob("*.pt"))) == 2  # old rounds are pruned
     ev = evaluate_round(TASK, server, data, {**cfg, "server-round": 3}, store)
     assert ev["held-out"] == 0 and 0.0 <= ev["auc"] <= 1.0 and ev["num-examples"] == 16
+    assert ev["auc-ci-low"] <= ev["auc"] <= ev["auc-ci-high"]  # the site's own bootstrap interval goes with it
 
 
 # --------------------------------------------------------------------------- the server's round plumbing
@@ -318,7 +319,9 @@ def test_metrics_combine_each_key_over_the_sites_that_sent_it() -> None:
     big = RecordDict({"metrics": MetricRecord({"num-examples": 40, "auc": 0.8, "auc-examples": 40, "loss": 0.5, "handler-s": 1.0})})
     big2 = RecordDict({"metrics": MetricRecord({"num-examples": 20, "auc": 0.5, "auc-examples": 20, "loss": 0.2, "handler-s": 3.0})})
     small = RecordDict({"metrics": MetricRecord({"num-examples": 4, "auc-examples": 4, "handler-s": 2.0})})
+    big["metrics"]["auc-ci-low"], big["metrics"]["auc-ci-high"] = 0.7, 0.9  # a site's interval ...
     out = aggregate_metrics([big, small, big2])
+    assert "auc-ci-low" not in out and "auc-ci-high" not in out  # ... is never averaged into the round's figure
     assert out["auc"] == pytest.approx(0.7) and out["loss"] == pytest.approx(0.4)
     assert out["num-examples"] == 64 and out["handler-s"] == 3.0 and out["sites"] == 3
 

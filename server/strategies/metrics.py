@@ -5,7 +5,8 @@ count; and an AUC is undefined at a site whose held-out part lacks a class.
 Rules: ``num-examples`` and ``auc-examples`` are summed; ``*-s`` timings take
 the max (the slowest site sets the round's pace); ``auc`` is weighted by
 ``auc-examples`` (sites where it is undefined send 0 and do not count, and it is
-left out when no site could compute it); everything else is weighted by
+left out when no site could compute it); a site's AUC interval (``auc-ci-*``) is
+per site and left out (``fedrad-server crossval`` keeps it per site); everything else is weighted by
 ``num-examples``. Each key is combined over the sites that sent it: a site
 withholds loss/accuracy/AUC over fewer cases than its ``min_count``.
 ``sites`` counts the replies that were aggregated.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from flwr.app import MetricRecord, RecordDict
 
 SUMMED = ("num-examples", "auc-examples")
+PER_SITE = ("auc-ci-low", "auc-ci-high")  # one site's interval: meaningless averaged, so left out of the round figure
 
 
 def aggregate_metrics(records: list[RecordDict], weight_key: str = "num-examples") -> MetricRecord:
@@ -25,7 +27,7 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str = "num-examples
     if not rows:
         return out
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    for key in keys:
+    for key in (k for k in keys if k not in PER_SITE):
         having = [r for r in rows if key in r]
         values = [float(r[key]) for r in having]
         if key in SUMMED:

@@ -25,7 +25,8 @@ WEIGHT_KEY = "num-examples"
 TRAIN_REQUIRED = ("num-examples",)
 TRAIN_OPTIONAL = ("train-loss", "train-acc", "load-s", "train-s", "startup-s", "handler-s", "warm-worker")
 EVAL_REQUIRED = ("num-examples",)
-EVAL_OPTIONAL = ("loss", "accuracy", "auc", "auc-examples", "held-out", "load-s", "startup-s", "handler-s", "warm-worker")
+EVAL_OPTIONAL = ("loss", "accuracy", "auc", "auc-examples", "auc-ci-low", "auc-ci-high", "held-out", "load-s",
+                 "startup-s", "handler-s", "warm-worker")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def validate_eval_reply(content: RecordDict) -> tuple[dict, str | None]:
     if problem:
         return {}, problem
     metrics, problem = clean_metrics(content[METRICS_KEY], EVAL_REQUIRED, EVAL_OPTIONAL)
-    out_of_range = [k for k in ("auc", "accuracy") if k in metrics and not 0.0 <= metrics[k] <= 1.0]
+    out_of_range = [k for k in ("auc", "accuracy", "auc-ci-low", "auc-ci-high") if k in metrics and not 0.0 <= metrics[k] <= 1.0]
     if problem is None and out_of_range:
         return {}, f"metric(s) {out_of_range} must lie in [0, 1]"
     return metrics, problem

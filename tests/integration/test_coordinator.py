@@ -147,6 +147,8 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
                 assert cell["num-examples"] > 0 and "error" not in cell, (model, site, cell)
         assert xval["matrix"]["global"]["site-a"]["loss"] == pytest.approx(xval["matrix"]["local site-a"]["site-a"]["loss"])
         assert "does not share" in xval["not_shared"]["site-b"]
+        with_ci = [cell for row in xval["matrix"].values() for cell in row.values() if "auc-ci-low" in cell]
+        assert all(c["auc-ci-low"] <= c["auc"] <= c["auc-ci-high"] for c in with_ci), with_ci
         # No calls home, no installs: every process seen had telemetry, update checks and installs off.
         seen = {name.rsplit("/", 1)[-1] for name in envs}
         assert {"flower-superlink", "flower-supernode", "flower-superexec"} <= seen, seen
