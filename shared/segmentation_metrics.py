@@ -1,0 +1,176 @@
+"""Segmentation evaluation: per-label Dice and HD95 per case, and their means with 95 % CIs.
+
+MONAI computes the figures (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``);
+this module adds FedRad's empty-mask policy and the summary. Masks are
+(N, L, S, S) bool with one channel per task label, as
+:class:`shared.ingest.segmentation.SegReport` and
+:func:`shared.segmentation_training.predict_masks` give them.
+
+Empty-mask policy (a SEG's empty segment means "looked, found none"):
+
+* Dice: both empty → 1.0 (a correct "nothing here" is a success and must count,
+  or a model that marks a nodule on every normal film would not be penalised);
+  exactly one empty → 0.0. This is MONAI's ``ignore_empty=False``.
+* HD95: defined only when both masks are non-empty; otherwise the case is left
+  out of that label's HD95 (``None`` per case). A distance between two empty
+  sets means nothing, and 0 would flatter the mean with cases that have no
+  boundary; a missed or spurious structure has no finite distance, and is
+  already scored 0 by Dice. How many cases were left out, and why, is reported
+  (``n_both_empty``, ``n_false_positive``, ``n_false_negative``).
+
+HD95 is in pixels of the preprocessed image unless ``spacing`` is given.
+
+Confidence intervals: a seeded percentile bootstrap of the mean over cases
+(cases resampled with replacement), the same 2.5/97.5 percentile rule as
+:mod:`shared.metrics`; ``None`` with fewer than two cases or ``n_bootstrap=0``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shared.metrics import _percentile_ci
+
+
+def _check(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pred, target = torch.as_tensor(pred), torch.as_tensor(target)
+    if pred.shape != target.shape or pred.ndim != 4:
+        raise ValueError(
+            f"pred and target must both be (N, L, S, S), got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    if pred.shape[0] == 0:
+        raise ValueError("no cases to evaluate")
+    return pred.bool().float(), target.bool().float()
+
+
+def dice_per_case(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """Dice per case and label, (N, L): both empty → 1, exactly one empty → 0 (MONAI ``ignore_empty=False``)."""
+    from monai.metrics import DiceMetric
+
+    p, t = _check(pred, target)
+    metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
+    return metric(p, t).numpy().astype(float)
+
+
+def hd95_per_case(pred: torch.Tensor, target: torch.Tensor, spacing: float | None = None) -> np.ndarray:
+    """95th-percentile symmetric Hausdorff distance per case and label, (N, L); NaN unless both are non-empty."""
+    from monai.metrics import HausdorffDistanceMetric
+
+    p, t = _check(pred, target)
+    both = (p.flatten(2).any(2) & t.flatten(2).any(2)).numpy()
+    out = np.full(both.shape, np.nan)
+    if both.any():
+        # MONAI warns (and returns inf/nan) on empty masks; only fully defined pairs go in.
+        b_idx, l_idx = np.nonzero(both)
+        sel_p = p[b_idx, l_idx].unsqueeze(1)
+        sel_t = t[b_idx, l_idx].unsqueeze(1)
+        metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+        with warnings.catch_warnings():  # MONAI 1.6 trips its own deprecation of always_return_as_numpy
+            warnings.simplefilter("ignore", FutureWarning)
+            out[b_idx, l_idx] = metric(sel_p, sel_t, spacing=spacing).numpy()[:, 0]
+    return out
+
+
+def bootstrap_mean_ci(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> list[float] | None:
+    """Percentile-bootstrap 95 % CI of the mean of ``values`` (NaN dropped); None below two values."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if v.size < 2 or n_bootstrap <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    reps = v[rng.integers(0, v.size, size=(n_bootstrap, v.size))].mean(axis=1)
+    return _percentile_ci(reps)
+
+
+@dataclass
+class LabelSummary:
+    """One label's figures over all cases."""
+
+    dice_mean: float
+    dice_ci95: list[float] | None
+    hd95_mean: float | None  # None when no case has both masks non-empty
+    hd95_ci95: list[float] | None
+    n_hd95: int  # cases with both masks non-empty (the ones HD95 averages)
+    n_both_empty: int  # Dice 1, no HD95
+    n_false_positive: int  # target empty, prediction not: Dice 0, no HD95
+    n_false_negative: int  # target non-empty, prediction empty: Dice 0, no HD95
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SegMetrics:
+    """Per-label Dice and HD95: per case (site-local) and summarised with 95 % CIs."""
+
+    labels: list[str]
+    dice: np.ndarray  # (N, L)
+    hd95: np.ndarray  # (N, L), NaN where undefined (see the module docstring)
+    per_label: dict[str, LabelSummary]
+    n_bootstrap: int
+    hd95_unit: str
+
+    @property
+    def n_cases(self) -> int:
+        return int(self.dice.shape[0])
+
+    @property
+    def mean_dice(self) -> float:
+        """Macro mean over labels of the per-label mean Dice."""
+        return float(np.mean([s.dice_mean for s in self.per_label.values()]))
+
+    def to_json(self, include_cases: bool = False) -> dict:
+        """JSON-ready dict; per-case figures only with ``include_cases`` (they are for site-local reports)."""
+        out = {
+            "labels": list(self.labels),
+            "n_cases": self.n_cases,
+            "n_bootstrap": self.n_bootstrap,
+            "hd95_unit": self.hd95_unit,
+            "mean_dice": self.mean_dice,
+            "per_label": {k: v.to_json() for k, v in self.per_label.items()},
+        }
+        if include_cases:
+            out["cases"] = {
+                "dice": self.dice.tolist(),
+                "hd95": [[None if np.isnan(x) else float(x) for x in row] for row in self.hd95],
+            }
+        return out
+
+
+def evaluate_segmentation(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    labels: list[str],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    spacing: float | None = None,
+) -> SegMetrics:
+    """Dice and HD95 of predicted masks against reference masks, both (N, L, S, S) bool, channels in ``labels``."""
+    p, t = _check(pred, target)
+    if p.shape[1] != len(labels):
+        raise ValueError(f"masks have {p.shape[1]} channels but there are {len(labels)} labels {labels}")
+    dice = dice_per_case(p, t)
+    hd = hd95_per_case(p, t, spacing)
+    p_any = p.flatten(2).any(2).numpy()
+    t_any = t.flatten(2).any(2).numpy()
+    per_label = {}
+    for k, name in enumerate(labels):
+        hd_k = hd[:, k][~np.isnan(hd[:, k])]
+        per_label[name] = LabelSummary(
+            dice_mean=float(dice[:, k].mean()),
+            dice_ci95=bootstrap_mean_ci(dice[:, k], n_bootstrap, seed + k),
+            hd95_mean=float(hd_k.mean()) if hd_k.size else None,
+            hd95_ci95=bootstrap_mean_ci(hd_k, n_bootstrap, seed + k),
+            n_hd95=int(hd_k.size),
+            n_both_empty=int((~p_any[:, k] & ~t_any[:, k]).sum()),
+            n_false_positive=int((p_any[:, k] & ~t_any[:, k]).sum()),
+            n_false_negative=int((~p_any[:, k] & t_any[:, k]).sum()),
+        )
+    return SegMetrics(
+        labels=list(labels), dice=dice, hd95=hd, per_label=per_label, n_bootstrap=int(n_bootstrap),
+        hd95_unit="pixel" if spacing is None else "spacing unit",
+    )
