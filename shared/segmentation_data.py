@@ -1,0 +1,50 @@
+"""A site's DICOM export and its DICOM SEGs → a :class:`SegDataset`, split by patient.
+
+The segmentation counterpart of :func:`shared.site_data.load_site_dataset`:
+the images come from the same scan and tensor cache (so a site checked for
+classification is not decoded again), the masks from
+:func:`shared.ingest.segmentation.match_segmentations`, which aligns them
+with the preprocessed images. Only images with a usable SEG are cases; every
+other image and every SEG problem stays in the returned report, so the caller
+can show ``fedrad-site check --segments`` figures next to the training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.config import SiteDataConfig
+from shared.ingest.scan import scan_site
+from shared.ingest.segmentation import SegReport, match_segmentations, seg_files
+from shared.segmentation_training import SegDataset
+from shared.splits import stratified_group_split
+
+
+def load_seg_dataset(config: SiteDataConfig, labels: list[str], workers: int | None = None) -> tuple[SegDataset, SegReport]:
+    """Every image of the export that has a usable SEG, with its masks (channels in ``labels`` order)."""
+    data = Path(config.data)
+    scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), workers=workers)
+    report = match_segmentations(scan.usable, seg_files(scan.records, data), labels, config.image_size, data)
+    by_uid = {r.header.sop_instance_uid: r for r in scan.usable}
+    uids = [u for u in report.masks if u in by_uid]
+    size = config.image_size
+    images = np.empty((len(uids), 1, size, size), dtype=np.float32)
+    groups = []
+    for i, uid in enumerate(uids):
+        rec = by_uid[uid]
+        images[i, 0] = scan.load_image(rec)
+        groups.append(rec.header.patient_id or rec.header.study_instance_uid or rec.path)
+    scan.flush_cache()
+    masks = torch.from_numpy(np.stack([report.masks[u] for u in uids])) if uids else torch.zeros((0, len(labels), size, size), dtype=torch.bool)
+    return SegDataset(images=torch.from_numpy(images), masks=masks.bool(), labels=list(labels), groups=groups), report
+
+
+def split_seg_dataset(data: SegDataset, fraction: float, seed: int) -> tuple[SegDataset, SegDataset]:
+    """(train, held-out) by patient, stratified by whether a case has any foreground in its first label
+    (e.g. nodule present or not), so both parts see both kinds of case."""
+    strata = data.masks[:, 0].flatten(1).any(1).long().tolist()
+    train_idx, val_idx = stratified_group_split(strata, data.groups, fraction, seed)
+    return data.subset(train_idx.tolist()), data.subset(val_idx.tolist())
