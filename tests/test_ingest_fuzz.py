@@ -33,7 +33,9 @@ from shared.ingest.scan import decode_file
 from tests.dicom_factory import phantom, write_image
 
 PARAMS = PreprocessConfig(image_size=32)
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs exactly the examples that passed here (a new find is a bug to fix, not a flaky CI)
+FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
 SYNTAXES = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian, "rle": RLELossless}
 
 
