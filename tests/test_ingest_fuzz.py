@@ -161,3 +161,19 @@ def test_the_scan_worker_turns_every_file_into_a_record(tmp_path: Path) -> None:
     good.write_bytes(original("explicit"))
     _, entry, image = decode_file(str(good), PARAMS)
     assert image is not None and entry.get("reason", "") == ""
+
+
+def test_regressions_the_fuzzer_found() -> None:
+    """Each was a crash (an exception other than Rejection) before it was fixed."""
+    rle = bytearray(original("rle"))  # a zeroed byte in the RLE header made the Rust decoder panic (a BaseException)
+    rle[rle.rindex(b"\xe0\x7f\x10\x00") + 40] = 0
+    assert assert_image_or_reason(bytes(rle)) == Reason.CORRUPT_PIXEL_DATA.value
+    meta = bytearray(original("explicit"))  # a damaged TransferSyntaxUID made pydicom raise ValueError
+    i = meta.index(b"1.2.840.10008.1.2.1\x00")
+    meta[i : i + 20] = b"1.2.840.10008.1.3.1\x00"
+    assert assert_image_or_reason(bytes(meta)) == Reason.UNDECODABLE_TRANSFER_SYNTAX.value
+    ds = pydicom.dcmread(io.BytesIO(original("explicit")))  # an intercept that overflows float32 gave a NaN image
+    _set_raw(ds, "RescaleIntercept", "1e308")
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert assert_image_or_reason(buf.getvalue()) == Reason.CORRUPT_PIXEL_DATA.value

@@ -132,7 +132,11 @@ def check_image_object(ds: pydicom.Dataset, header: ImageHeader) -> None:
 
 def _check_decodable(ds: pydicom.Dataset) -> None:
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts is None or not UID(str(ts)).is_compressed:
+    if ts is None:
+        return
+    if not UID(str(ts)).is_transfer_syntax:  # e.g. a damaged file meta header
+        raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"TransferSyntaxUID {str(ts)[:64]!r} is not a transfer syntax")
+    if not UID(str(ts)).is_compressed:
         return
     try:
         decoder = get_decoder(UID(str(ts)))
