@@ -154,7 +154,7 @@ def _binary(y, score, classes, threshold, n_bootstrap, rng, warn) -> dict:
     out["auc"] = float(roc_auc_score(y, score))
     if n_bootstrap > 0:
         neg_draw, pos_draw = _stratified_draws(y, 2, n_bootstrap, rng)
-        out["auc_ci95"] = _percentile_ci(_bootstrap_auc(score, pos_draw, neg_draw, np.flatnonzero(y == 0)))
+        out["auc_ci95"] = percentile_ci(_bootstrap_auc(score, pos_draw, neg_draw, np.flatnonzero(y == 0)))
     fpr, tpr, cut, j, i = _youden(y, score)
     out["youden"] = {
         "threshold": float(_midpoint(cut, i)),
@@ -215,7 +215,7 @@ def _multiclass(y, p, classes, n_bootstrap, rng, warn) -> dict:
             )
             for k in ks
         ]
-        out["auc_ci95"] = _percentile_ci(np.mean(reps, axis=0))
+        out["auc_ci95"] = percentile_ci(np.mean(reps, axis=0))
     return out
 
 
@@ -268,7 +268,7 @@ def _bootstrap_auc(score: np.ndarray, pos_draw: np.ndarray, neg_draw: np.ndarray
     return twice_pairs / (2.0 * pos_draw.shape[1] * neg_draw.shape[1])
 
 
-def _percentile_ci(reps: np.ndarray) -> list[float]:
+def percentile_ci(reps: np.ndarray) -> list[float]:
     lo, hi = np.percentile(reps, [2.5, 97.5])
     return [float(lo), float(hi)]
 

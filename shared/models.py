@@ -98,13 +98,18 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(name: str, num_classes: int, image_size: int, **kwargs) -> nn.Module:
     """Build architecture ``name`` for ``num_classes`` outputs on (B, 1, image_size, image_size) inputs."""
-    builder = MODEL_BUILDERS.get(name)
-    if builder is None:
-        raise ValueError(f"unknown model architecture {name!r}; known: {', '.join(sorted(MODEL_BUILDERS))}")
-    if num_classes < 2:
+    if name in MODEL_BUILDERS and num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    return build_from(MODEL_BUILDERS, "model architecture", name, num_classes, image_size, **kwargs)
+
+
+def build_from(builders: dict, kind: str, name: str, outputs: int, image_size: int, **kwargs) -> nn.Module:
+    """``builders[name](outputs, image_size, **kwargs)``; an unknown name or keyword is a ValueError naming it."""
+    builder = builders.get(name)
+    if builder is None:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(builders))}")
     try:
-        return builder(num_classes, image_size, **kwargs)
+        return builder(outputs, image_size, **kwargs)
     except TypeError as exc:  # a wrong keyword in arch kwargs
         raise ValueError(f"cannot build {name!r} with options {kwargs}: {exc}") from None
 

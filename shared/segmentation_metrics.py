@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from shared.metrics import _percentile_ci
+from shared.metrics import percentile_ci
 
 
 def _check(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +83,7 @@ def bootstrap_mean_ci(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0
         return None
     rng = np.random.default_rng(seed)
     reps = v[rng.integers(0, v.size, size=(n_bootstrap, v.size))].mean(axis=1)
-    return _percentile_ci(reps)
+    return percentile_ci(reps)
 
 
 @dataclass

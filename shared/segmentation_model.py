@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from shared.models import build_from
+
 
 def _unet(
     n_labels: int,
@@ -58,14 +60,6 @@ SEG_MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
 
 def build_seg_model(name: str, n_labels: int, image_size: int, **kwargs) -> nn.Module:
     """Build segmentation architecture ``name``: (B, 1, S, S) images → (B, n_labels, S, S) per-label logits."""
-    builder = SEG_MODEL_BUILDERS.get(name)
-    if builder is None:
-        raise ValueError(
-            f"unknown segmentation architecture {name!r}; known: {', '.join(sorted(SEG_MODEL_BUILDERS))}"
-        )
-    if n_labels < 1:
+    if name in SEG_MODEL_BUILDERS and n_labels < 1:
         raise ValueError(f"n_labels must be at least 1, got {n_labels}")
-    try:
-        return builder(n_labels, image_size, **kwargs)
-    except TypeError as exc:  # a wrong keyword in arch kwargs
-        raise ValueError(f"cannot build {name!r} with options {kwargs}: {exc}") from None
+    return build_from(SEG_MODEL_BUILDERS, "segmentation architecture", name, n_labels, image_size, **kwargs)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from shared.training import seed_everything
+from shared.training import batched_logits, seed_everything
 
 
 @dataclass
@@ -166,29 +166,18 @@ def train_segmentation(
     return history
 
 
-def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            out = [model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
-
-
 def predict_masks(
     model: nn.Module, images: torch.Tensor, threshold: float = 0.5, batch_size: int = 64
 ) -> torch.Tensor:
     """Predicted masks (N, L, S, S) bool: sigmoid probability >= ``threshold``; the model's mode is restored."""
-    return torch.sigmoid(_logits(model, images, batch_size)) >= threshold
+    return torch.sigmoid(batched_logits(model, images, batch_size)) >= threshold
 
 
 def evaluate_segmentation_loss(model: nn.Module, data: SegDataset, threshold: float = 0.5) -> dict:
     """``val_loss`` (the training loss) and ``val_dice`` (mean Dice over cases and labels) on ``data``."""
     from shared.segmentation_metrics import dice_per_case
 
-    logits = _logits(model, data.images, 64)
+    logits = batched_logits(model, data.images, 64)
     loss = float(seg_loss()(logits, data.masks.float()))
     dice = dice_per_case(torch.sigmoid(logits) >= threshold, data.masks)
     return {"val_loss": loss, "val_dice": float(dice.mean())}

@@ -179,7 +179,8 @@ def _end_bn_average(saved: list[tuple[nn.Module, float | None, torch.Tensor]]) -
         m.num_batches_tracked += count
 
 
-def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def batched_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Model outputs for ``images`` in batches, in eval mode without gradients; the model's mode is restored."""
     was_training = model.training
     model.eval()
     try:
@@ -192,7 +193,7 @@ def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Te
 
 def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Class probabilities (N, C) as float32, in eval mode without gradients; the model's mode is restored."""
-    return torch.softmax(_logits(model, images, batch_size).float(), dim=1).numpy()
+    return torch.softmax(batched_logits(model, images, batch_size).float(), dim=1).numpy()
 
 
 def evaluate(model: nn.Module, data: SiteDataset, batch_size: int = 256) -> dict:
@@ -203,7 +204,7 @@ def evaluate(model: nn.Module, data: SiteDataset, batch_size: int = 256) -> dict
     """
     from sklearn.metrics import roc_auc_score
 
-    logits = _logits(model, data.images, batch_size)
+    logits = batched_logits(model, data.images, batch_size)
     y = data.labels
     loss = float(F.cross_entropy(logits, y))
     acc = float((logits.argmax(1) == y).float().mean())

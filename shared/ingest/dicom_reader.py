@@ -134,17 +134,17 @@ def _check_decodable(ds: pydicom.Dataset) -> None:
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is None:
         return
-    if not UID(str(ts)).is_transfer_syntax:  # e.g. a damaged file meta header
+    uid = UID(str(ts))
+    if not uid.is_transfer_syntax:  # e.g. a damaged file meta header
         raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"TransferSyntaxUID {str(ts)[:64]!r} is not a transfer syntax")
-    if not UID(str(ts)).is_compressed:
+    if not uid.is_compressed:
         return
     try:
-        decoder = get_decoder(UID(str(ts)))
+        decoder = get_decoder(uid)
     except NotImplementedError:
         decoder = None
     if decoder is None or not decoder.is_available:
-        name = UID(str(ts)).name
-        raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{name} ({ts}): no installed decoder")
+        raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{uid.name} ({ts}): no installed decoder")
 
 
 @dataclass
