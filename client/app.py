@@ -105,10 +105,17 @@ def _privacy_refusal(node_config: dict, config: dict, *, secure: bool) -> tuple[
         reason = ("run refused by the site: it requires secure aggregation "
                   "(privacy.secure_aggregation in consortium.yaml)")  # fmt: skip
         return reason, reason
-    if int(node_config.get("require-dp", 0)) and "clipping_norm" not in config:
+    image_dp = config.get("dp-level") == "image"  # per-image DP: the site accounts its own ε (client/privacy_ledger.py)
+    if int(node_config.get("require-dp", 0)) and "clipping_norm" not in config and not image_dp:
         reason = "run refused by the site: it requires differential privacy (privacy.dp in consortium.yaml)"
         return reason, reason
     limit = float(node_config.get("max-epsilon", 0.0))
+    if image_dp:
+        target = float(config.get("dp-target-epsilon", float("inf")))
+        if limit and target > limit:
+            reason = f"run refused by the site: the run's per-image target epsilon {target:g} is above its max_epsilon {limit:g}"
+            return reason, reason
+        return None
     epsilon = float(config.get("dp-epsilon-next", float("inf") if limit else 0.0))
     if limit and epsilon > limit:
         reason = f"run refused by the site: this round would bring epsilon to {epsilon:.3f}, above its max_epsilon {limit:g}"
@@ -127,10 +134,6 @@ def _error_reply(msg: Message, audit_log: str | None, entry: dict, public: str, 
     if audit_log:
         append_entry(Path(audit_log), {**entry, "reason": public, "bytes": len(public)})
     return Message(error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=public), reply_to=msg)
-
-
-class _SiteRefusal(Exception):
-    """A round this site declines: (reason for the server, detail for the site's log)."""
 
 
 def _guarded_work(op: str, msg: Message, context: Context, config: dict, arrays: dict[str, np.ndarray], t0: float,
@@ -158,8 +161,11 @@ def _failure(op: str, msg: Message, audit_log: str | None, entry: dict, exc: Exc
     import secrets
     import traceback
 
-    if isinstance(exc, _SiteRefusal):
-        return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *exc.args)
+    from client.worker_protocol import SiteRefusal
+
+    if isinstance(exc, SiteRefusal):  # the site's own rule (privacy budget, requirements): the reason may go out
+        reason = str(exc.args[0])
+        return _error_reply(msg, audit_log, {**entry, "type": "refused"}, reason, exc.args[-1])
     ref = secrets.token_hex(4)
     local = f"{op} failed (ref {ref}): {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
     return _error_reply(msg, audit_log, {**entry, "type": "error"}, f"{op} failed at the site (ref {ref})", local)
@@ -241,7 +247,9 @@ def _handle_secure(msg: Message, context: Context, startup: float, t0: float) ->
     def train(config: dict, arrays: dict[str, np.ndarray]):  # noqa: ANN202
         refused = _privacy_refusal(node, config, secure=True)
         if refused is not None:
-            raise _SiteRefusal(*refused)
+            from client.worker_protocol import SiteRefusal
+
+            raise SiteRefusal(*refused)
         guarded = _guarded_work("train", msg, context, config, arrays, t0, startup)
         decisions.extend(asdict(d) for d in guarded.decisions)
         n_arrays.append(len(arrays))

@@ -181,14 +181,28 @@ def train_config(config: Mapping) -> TrainConfig:
 
 
 def train_round(
-    task: Task, state: Mapping[str, torch.Tensor], data: SiteData, config: Mapping, store: LocalNormStore | None
+    task: Task, state: Mapping[str, torch.Tensor], data: SiteData, config: Mapping, store: LocalNormStore | None,
+    ledger: Path | None = None, max_epsilon: float = 0.0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
-    """Train the global weights locally; return (new state dict, aggregate metrics)."""
+    """Train the global weights locally; return (new state dict, aggregate metrics).
+
+    Under per-image DP (``dp-level: image``) the round trains with DP-SGD and is recorded in this
+    site's privacy ``ledger`` first (:mod:`client.privacy_ledger`); ``max_epsilon`` is the site's cap.
+    """
     rnd = int(config.get("server-round", 0))
     keep_local = bool(config.get("keep-local-norm", False)) and store is not None
     model = global_model(task, state, store.load_before(rnd) if keep_local else None)
+    dp_metrics: dict[str, float] = {}
     t0 = time.perf_counter()
-    history = train_model(model, data.train, train_config(config))
+    if config.get("dp-level") != "image":
+        history = train_model(model, data.train, train_config(config))
+    else:
+        from client.privacy_ledger import ImageDp, train_private_round
+
+        if ledger is None:
+            raise ValueError("per-image DP needs the site's privacy ledger path")
+        history, dp_metrics = train_private_round(model, data.train, train_config(config), ImageDp.from_config(config),
+                                                  rnd, ledger, max_epsilon)  # fmt: skip
     train_s = time.perf_counter() - t0
     if keep_local:
         store.save(rnd, norm_state(model))
@@ -198,6 +212,7 @@ def train_round(
         "train-loss": float(last["loss"]),
         "train-acc": float(last["train_acc"]),
         "train-s": train_s,
+        **dp_metrics,
     }
     return {k: v.detach() for k, v in model.state_dict().items()}, metrics
 
@@ -251,6 +266,7 @@ class SiteSession:
     data: SiteData
     consortium: str
     run_dir: str
+    max_epsilon: float = 0.0  # site.yaml privacy.max_epsilon (node config); 0 = no cap of its own
     _load_s: float = field(init=False)  # data-loading time not yet reported (the first message reports it)
 
     def __post_init__(self) -> None:
@@ -263,7 +279,13 @@ class SiteSession:
             raise ConfigError("node config has no 'site-config' (fedrad-site start sets it to the site.yaml path)")
         task = Task.from_run_config(run_config)
         data = load_site_data(Path(str(site_config)), task, int(run_config.get("seed", 0)), node_config.get("site-name"))
-        return cls(task, data, str(run_config.get("consortium", "")), str(run_config.get("run-dir", "")))
+        return cls(task, data, str(run_config.get("consortium", "")), str(run_config.get("run-dir", "")),
+                   float(node_config.get("max-epsilon", 0.0) or 0.0))  # fmt: skip
+
+    def ledger_path(self) -> Path:
+        """This site's per-image privacy ledger for the run (keyed like FedBN's state, so a resumed run continues it)."""
+        key = LocalNormStore.run_key(self.consortium, self.run_dir)
+        return self.data.work_dir / "privacy" / f"{key}-{self.data.site_name}.json"
 
     def _store(self, config: Mapping) -> LocalNormStore | None:
         if not config.get("keep-local-norm"):
@@ -279,7 +301,8 @@ class SiteSession:
         ``load-s`` is the data-loading time this message paid (0 once the session is warm).
         """
         if op == "train":
-            new_state, metrics = train_round(self.task, state, self.data, config, self._store(config))
+            new_state, metrics = train_round(self.task, state, self.data, config, self._store(config),
+                                             self.ledger_path(), self.max_epsilon)  # fmt: skip
         elif op == "evaluate":
             new_state, metrics = None, evaluate_round(self.task, state, self.data, config, self._store(config))
         elif op == "local-model":  # a consented crossval request: this site's own model file, checked against the task

@@ -41,6 +41,7 @@ ALLOWED_METRICS: dict[str, str | None] = {
     "train-loss": "num-examples", "train-acc": "num-examples",
     "loss": "num-examples", "accuracy": "num-examples", "auc": "auc-examples",
     "auc-ci-low": "auc-examples", "auc-ci-high": "auc-examples",  # the site's own bootstrap interval of its AUC
+    "dp-epsilon": None, "dp-noise-multiplier": None,  # per-image DP: the site's own ledger (client/privacy_ledger.py)
 }  # fmt: skip
 # Data-QC statistics (``query`` replies, client/site_stats.py): counts only, each withheld below min_count.
 STATS_KEY = re.compile(r"^(images|class:[A-Za-z0-9 ._-]{1,40}|manufacturer:[A-Za-z0-9 ._-]{1,40}|intensity-bin:\d)$")

@@ -85,8 +85,11 @@ class SiteWorker:
 
 
 def _reply_error(exc: BaseException) -> dict[str, Any]:
+    from client.worker_protocol import SiteRefusal
     from shared.config import ConfigError
 
+    if isinstance(exc, SiteRefusal):
+        return {"ok": False, "refused": str(exc)}
     if isinstance(exc, ConfigError | ValueError | FileNotFoundError):
         return {"ok": False, "error": str(exc)}
     traceback.print_exc()

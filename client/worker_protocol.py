@@ -38,6 +38,10 @@ class WorkerError(RuntimeError):
     """The worker took the message and failed; the text is the worker's reason."""
 
 
+class SiteRefusal(Exception):
+    """The site declines this message by its own rule (e.g. its privacy budget); the text goes to the server."""
+
+
 class FrameError(ValueError):
     """A frame that does not follow the format above."""
 
@@ -115,6 +119,8 @@ def call_worker(
             reply, out = recv_frame(sock)
         except ConnectionError as exc:
             raise WorkerError(f"site worker stopped during the {op} message ({exc}); see its log in the site's work/logs") from None
+        if reply.get("refused"):
+            raise SiteRefusal(str(reply["refused"]))
         if not reply.get("ok"):
             raise WorkerError(str(reply.get("error") or "site worker failed without a reason"))
         return out, dict(reply.get("metrics") or {})

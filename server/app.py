@@ -68,6 +68,8 @@ class RunSettings:
     dp_noise_multiplier: float = 0.0  # 0: no differential privacy
     dp_clipping_norm: float = 0.0
     dp_delta: float = 1e-5
+    dp_level: str = "site"  # "site": client-level central DP (above); "image": per-image DP-SGD at each site
+    dp_target_epsilon: float = 0.0  # level "image": ε each site calibrates its noise to reach after the last round
     mode: str = "train"  # "stats": one query to every site for the coordinator's data QC (server/statistics.py)
     init_weights: str = ""  # a FedRad model file on the server host to start round 1 from (transfer learning)
     compression: str = "none"  # site uploads: "none" (float32) or "fp16" (shared/compression.py)
@@ -112,6 +114,8 @@ class RunSettings:
             dp_noise_multiplier=get("dp-noise-multiplier", float, 0.0),
             dp_clipping_norm=get("dp-clipping-norm", float, 0.0),
             dp_delta=get("dp-delta", float, 1e-5),
+            dp_level=get("dp-level", str, "site").strip().lower(),
+            dp_target_epsilon=get("dp-target-epsilon", float, 0.0),
             mode=get("mode", str, "train").strip().lower(),
             secagg=get("secagg", str, "{}"),
             crossval_model=get("crossval-model", str, ""),
@@ -128,6 +132,16 @@ class RunSettings:
             raise RunConfigError("run config 'crossval-model' must name the model file to evaluate in mode 'crossval'")
         if s.dp_noise_multiplier < 0 or (s.dp_noise_multiplier > 0 and s.dp_clipping_norm <= 0):
             raise RunConfigError("run config 'dp-noise-multiplier' must be >= 0, and with it 'dp-clipping-norm' > 0")
+        if s.dp_level not in ("site", "image"):
+            raise RunConfigError(f"run config 'dp-level' must be 'site' or 'image', got {s.dp_level!r}")
+        if s.dp_level == "image" and (s.dp_target_epsilon <= 0 or s.dp_clipping_norm <= 0 or s.dp_noise_multiplier):
+            raise RunConfigError("run config 'dp-level' image needs 'dp-target-epsilon' > 0 and 'dp-clipping-norm' > 0, "
+                                 "and no 'dp-noise-multiplier' (each site calibrates its own noise)")  # fmt: skip
+        from shared.models import BATCHNORM_FREE_MODELS
+
+        if s.dp_level == "image" and s.model not in BATCHNORM_FREE_MODELS:
+            raise RunConfigError(f"run config 'dp-level' image needs a model without BatchNorm "
+                                 f"({', '.join(BATCHNORM_FREE_MODELS)}), not {s.model!r}")  # fmt: skip
         try:
             secagg = json.loads(s.secagg or "{}")
         except json.JSONDecodeError:
@@ -152,9 +166,16 @@ class RunSettings:
             raise RunConfigError(f"run config 'classes' must list at least 2 distinct names, got {classes}")
         return s
 
+    @property
+    def image_dp(self) -> bool:
+        return self.dp_level == "image" and self.dp_target_epsilon > 0
+
     def train_config(self) -> dict:
+        """What every site gets with each training message (per-image DP: the settings each site calibrates to)."""
+        dp = {"dp-level": "image", "dp-target-epsilon": self.dp_target_epsilon, "dp-clipping-norm": self.dp_clipping_norm,
+              "dp-delta": self.dp_delta, "num-server-rounds": self.num_server_rounds} if self.image_dp else {}  # fmt: skip
         return {"local-epochs": self.local_epochs, "batch-size": self.batch_size, "lr": self.lr,
-                "augment": self.augment, "seed": self.seed, "compression": self.compression}  # fmt: skip
+                "augment": self.augment, "seed": self.seed, "compression": self.compression, **dp}  # fmt: skip
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float, poll_s: float = 0.2) -> list[Message]:
@@ -238,7 +259,7 @@ def main(grid: Grid, context: Context) -> None:
 
     from server.checkpoints import RunDir, RunTask, read_metrics
     from server.secure_aggregation import SecAggSettings, secure_train_wave
-    from server.strategies.dp import DpSettings, epsilon_next, make_private, privacy_report, replay
+    from server.strategies.dp import DpSettings, epsilon_next, image_privacy_report, make_private, privacy_report, replay
     from server.strategies import build_strategy
     from shared.modelfile import weights_sha256
     from shared.models import build_model
@@ -265,6 +286,8 @@ def main(grid: Grid, context: Context) -> None:
     strategy = build_strategy(s.strategy, s.strategy_params, model, min_sites=s.min_sites)
     if s.dp_noise_multiplier > 0:
         make_private(strategy, DpSettings(s.dp_noise_multiplier, s.dp_clipping_norm, s.dp_delta))
+    if s.image_dp:  # each site trains with DP-SGD and accounts its own ε; an update without it is not known private
+        strategy.required_train_metrics = ("dp-epsilon",)
     task = RunTask(s.model, s.classes, s.image_size, s.consortium, strategy.name, s.seed)
     run = RunDir(s.run_dir)
     point = run.prepare(task, resume=s.resume)
@@ -337,7 +360,8 @@ def main(grid: Grid, context: Context) -> None:
             "failures": failures,
             "train": outcome.metrics,
             "eval": eval_metrics,
-            "privacy": privacy_report(strategy),
+            "privacy": image_privacy_report(s.dp_target_epsilon, s.dp_clipping_norm, s.dp_delta, outcome.metrics)
+            if s.image_dp else privacy_report(strategy),
             "start_weights_sha256": start_sha,
             "timing": {
                 "wait_sites_s": round(t_wait - t0, 3),

@@ -98,11 +98,30 @@ class KrumStrategy(_Strategy):
 
 
 class DpConfig(StrictModel):
-    """Client-level central DP (server/strategies/dp.py): sites clip, the server adds noise, ε is accounted."""
+    """Differential privacy at one of two levels.
 
-    noise_multiplier: float = Field(gt=0, description="Noise std as a multiple of clipping_norm / sites.")
-    clipping_norm: float = Field(gt=0, description="L2 bound on each site's update (parameters, not BN statistics).")
+    ``site`` (client-level, server/strategies/dp.py): sites clip their update, the server adds noise, ε protects a
+    whole hospital; needs hundreds of sites before the noise is affordable. ``image`` (shared/private_training.py):
+    each site trains with DP-SGD and accounts its own ε (client/privacy_ledger.py), which protects each image.
+    """
+
+    level: Literal["site", "image"] = Field("site", description="Whom ε protects: a whole site, or one image.")
+    noise_multiplier: float | None = Field(None, gt=0, description="level site: noise std as a multiple of "
+                                           "clipping_norm / sites.")  # fmt: skip
+    target_epsilon: float | None = Field(None, gt=0, description="level image: ε every site reaches after the last "
+                                         "round (each calibrates its own noise to its data).")  # fmt: skip
+    clipping_norm: float = Field(gt=0, description="L2 bound: on each site's update (level site; parameters, not BN "
+                                 "statistics) or on each image's gradient (level image).")  # fmt: skip
     delta: float = Field(1e-5, gt=0, lt=1, description="δ at which ε is reported.")
+
+    @model_validator(mode="after")
+    def _settings_of_the_level(self) -> DpConfig:
+        if self.level == "site" and (self.noise_multiplier is None or self.target_epsilon is not None):
+            raise ValueError("privacy.dp level 'site' needs noise_multiplier (and no target_epsilon)")
+        if self.level == "image" and (self.target_epsilon is None or self.noise_multiplier is not None):
+            raise ValueError("privacy.dp level 'image' needs target_epsilon (and no noise_multiplier: each site "
+                             "calibrates its own)")  # fmt: skip
+        return self
 
 
 # Strategies that aggregate a (weighted) mean, which is all SecAgg+ reveals; the robust ones need each update.
@@ -166,6 +185,18 @@ class ConsortiumConfig(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _image_dp_needs_a_batchnorm_free_model(self) -> ConsortiumConfig:
+        from shared.models import BATCHNORM_FREE_MODELS
+
+        dp = self.privacy.dp
+        if dp is not None and dp.level == "image" and self.task.model not in BATCHNORM_FREE_MODELS:
+            raise ValueError(
+                f"privacy.dp level 'image' trains with per-image gradients, which BatchNorm in task.model "
+                f"{self.task.model!r} mixes across images; set task.model to one of {', '.join(BATCHNORM_FREE_MODELS)}"
+            )
+        return self
+
     @property
     def port(self) -> int:
         return int(self.address.rpartition(":")[2])
@@ -196,7 +227,9 @@ class ConsortiumConfig(StrictModel):
             "run-dir": str(Path(run_dir).resolve()) if str(run_dir) else "",
             "resume": bool(resume),
             "consortium": self.name,
-            "dp-noise-multiplier": float(self.privacy.dp.noise_multiplier) if self.privacy.dp else 0.0,
+            "dp-noise-multiplier": float(self.privacy.dp.noise_multiplier or 0.0) if self.privacy.dp else 0.0,
+            "dp-level": self.privacy.dp.level if self.privacy.dp else "site",
+            "dp-target-epsilon": float(self.privacy.dp.target_epsilon or 0.0) if self.privacy.dp else 0.0,
             "dp-clipping-norm": float(self.privacy.dp.clipping_norm) if self.privacy.dp else 0.0,
             "dp-delta": float(self.privacy.dp.delta) if self.privacy.dp else 1e-5,
             "mode": mode,  # "train", "stats" (`fedrad-server stats`) or "crossval" (`fedrad-server crossval`)
@@ -248,7 +281,7 @@ address: {json.dumps(cfg.address)}  # HOST:PORT hospitals dial (fleet proxy; TLS
 task:                        # what is learned; every site must use the same
   classes: {json.dumps(t.classes)}   # last class = positive class
   image_size: {t.image_size}             # model input side, pixels
-  model: {t.model}             # smallcnn, resnet18, densenet121
+  model: {t.model}             # smallcnn, smallcnn-gn (GroupNorm; for per-image DP), resnet18, densenet121
   # init_weights: pretrained.pt  # start from a FedRad model file of this task (relative to this folder; never downloaded)
 
 rounds: {cfg.rounds}                   # federated rounds
@@ -279,6 +312,9 @@ evaluate_every: {cfg.evaluate_every}            # federated evaluation every N r
 # to the mean; epsilon at delta is reported after every round. 5 rounds at noise_multiplier 1.5 ≈ epsilon 7.5.
 # privacy:
 #   dp: {{noise_multiplier: 1.5, clipping_norm: 1.0, delta: 1.0e-5}}
+#   # Or per-image DP (level image): each site trains with DP-SGD and accounts its own epsilon. It protects each
+#   # image (a patient with k images: about k x epsilon) and works with any strategy; needs task.model: smallcnn-gn.
+#   dp: {{level: image, target_epsilon: 8.0, clipping_norm: 1.0, delta: 1.0e-5}}
 #   # Secure aggregation (SecAgg+): the server sees only the sum of the sites' updates; needs >= 2 sites,
 #   # not with fedmedian/fedtrimmedavg/krum (they need each update). Costs 4 message waves a round and 2x upload.
 #   secure_aggregation: {{threshold_fraction: 0.67}}

@@ -12,6 +12,10 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+GROUPS = 8  # GroupNorm groups in smallcnn-gn (fewer where a layer has fewer channels)
+# Architectures without BatchNorm: the ones per-image DP (DP-SGD) can train.
+BATCHNORM_FREE_MODELS = ("smallcnn-gn",)
+
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -36,6 +40,10 @@ class SmallCNN(nn.Module):
     running statistics are exactly the per-site state that FedBN keeps local
     (scanner/vendor intensity differences live there). The BN layers are plain
     ``nn.BatchNorm2d`` modules so :func:`norm_layer_names` can find them.
+
+    ``norm="group"`` (registered as ``smallcnn-gn``) swaps BatchNorm for
+    GroupNorm: per-image differential privacy (DP-SGD, :mod:`shared.private_training`)
+    needs each image's gradient on its own, and BatchNorm mixes the images of a batch.
     """
 
     def __init__(
@@ -44,8 +52,11 @@ class SmallCNN(nn.Module):
         image_size: int,
         channels: Sequence[int] = (16, 32, 64, 96),
         dropout: float = 0.2,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
+        if norm not in ("batch", "group"):
+            raise ValueError(f"smallcnn: norm must be 'batch' or 'group', got {norm!r}")
         if image_size < 2 ** len(channels):
             raise ValueError(
                 f"smallcnn: image_size {image_size} is too small for {len(channels)} pooling blocks "
@@ -55,9 +66,9 @@ class SmallCNN(nn.Module):
         c_in = 1
         for c_out in channels:
             blocks += [
-                nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),  # BN supplies the bias
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
+                nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),  # the norm layer supplies the bias
+                nn.BatchNorm2d(c_out) if norm == "batch" else nn.GroupNorm(min(GROUPS, c_out), c_out),
+                nn.ReLU(inplace=norm == "batch"),  # Opacus' per-example hooks forbid in-place ops
                 nn.MaxPool2d(2),
             ]
             c_in = c_out
@@ -73,6 +84,10 @@ class SmallCNN(nn.Module):
 
 def _smallcnn(num_classes: int, image_size: int, **kwargs) -> nn.Module:
     return SmallCNN(num_classes, image_size, **kwargs)
+
+
+def _smallcnn_gn(num_classes: int, image_size: int, **kwargs) -> nn.Module:
+    return SmallCNN(num_classes, image_size, **{"norm": "group", **kwargs})
 
 
 def _densenet121(num_classes: int, image_size: int, **kwargs) -> nn.Module:
@@ -91,6 +106,7 @@ def _resnet18(num_classes: int, image_size: int, **kwargs) -> nn.Module:
 
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "smallcnn": _smallcnn,
+    "smallcnn-gn": _smallcnn_gn,
     "densenet121": _densenet121,
     "resnet18": _resnet18,
 }

@@ -76,6 +76,7 @@ class FedRadStrategy:
         self._sent: dict[str, np.ndarray] | None = None  # the weights this round's training started from
         self.uniform_weight_key: str | None = None  # set under DP (server/strategies/dp.py): equal site weights
         self.dp = None  # DpSettings under DP
+        self.required_train_metrics: tuple[str, ...] = ()  # per-image DP: ("dp-epsilon",), a reply without it is rejected
 
     def set_bn_policy(self, policy: str) -> None:
         """Change the BatchNorm policy (DP needs ``average``: no noise on statistics)."""
@@ -120,7 +121,8 @@ class FedRadStrategy:
         clean: list[Message] = []
         held: list[dict[str, np.ndarray]] = []
         weights: list[float] = []
-        valid = list(_triage(map(self._widened, replies), lambda c: validate_train_reply(c, self.template), out.rejected))
+        valid = list(_triage(map(self._widened, replies), lambda c: validate_train_reply(c, self.template, self.required_train_metrics),
+                             out.rejected))  # fmt: skip
         if self._sent and (self.max_update_ratio > 0 or self.max_update_norm > 0):
             norms = [update_norm({k: m.content[ARRAYS_KEY][k].numpy() for k in self._sent}, self._sent) for m, _, _ in valid]
             reasons = screen(norms, self.max_update_ratio, self.max_update_norm)

@@ -5,7 +5,8 @@ count; and an AUC is undefined at a site whose held-out part lacks a class.
 Rules: ``num-examples`` and ``auc-examples`` are summed; ``*-s`` timings take
 the max (the slowest site sets the round's pace); ``auc`` is weighted by
 ``auc-examples`` (sites where it is undefined send 0 and do not count, and it is
-left out when no site could compute it); a site's AUC interval (``auc-ci-*``) is
+left out when no site could compute it); per-image DP's ``dp-epsilon`` takes the
+largest and ``dp-noise-multiplier`` the smallest (the least private site); a site's AUC interval (``auc-ci-*``) is
 per site and left out (``fedrad-server crossval`` keeps it per site); everything else is weighted by
 ``num-examples``. Each key is combined over the sites that sent it: a site
 withholds loss/accuracy/AUC over fewer cases than its ``min_count``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from flwr.app import MetricRecord, RecordDict
 
 SUMMED = ("num-examples", "auc-examples")
+WORST = {"dp-epsilon": max, "dp-noise-multiplier": min}  # per-image DP: the round is as private as its least private site
 PER_SITE = ("auc-ci-low", "auc-ci-high")  # one site's interval: meaningless averaged, so left out of the round figure
 
 
@@ -32,6 +34,8 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str = "num-examples
         values = [float(r[key]) for r in having]
         if key in SUMMED:
             out[key] = int(sum(values))
+        elif key in WORST:
+            out[key] = WORST[key](values)
         elif key.endswith("-s"):
             out[key] = max(values)
         else:

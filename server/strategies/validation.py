@@ -23,7 +23,8 @@ WEIGHT_KEY = "num-examples"
 # Sites withhold loss/accuracy/AUC computed over fewer than their min_count cases (client/outbound_guard.py),
 # so only the example count is required.
 TRAIN_REQUIRED = ("num-examples",)
-TRAIN_OPTIONAL = ("train-loss", "train-acc", "load-s", "train-s", "startup-s", "handler-s", "warm-worker")
+TRAIN_OPTIONAL = ("train-loss", "train-acc", "load-s", "train-s", "startup-s", "handler-s", "warm-worker",
+                  "dp-epsilon", "dp-noise-multiplier")  # fmt: skip
 EVAL_REQUIRED = ("num-examples",)
 EVAL_OPTIONAL = ("loss", "accuracy", "auc", "auc-examples", "auc-ci-low", "auc-ci-high", "held-out", "load-s",
                  "startup-s", "handler-s", "warm-worker")  # fmt: skip
@@ -90,15 +91,21 @@ def clean_metrics(record: MetricRecord, required: Iterable[str], optional: Itera
     return out, None
 
 
-def validate_train_reply(content: RecordDict, template: Mapping[str, ArraySpec]) -> tuple[dict, str | None]:
-    """Return (clean metrics, None) for a usable training reply, or ({}, reason)."""
+def validate_train_reply(content: RecordDict, template: Mapping[str, ArraySpec],
+                         required: Iterable[str] = ()) -> tuple[dict, str | None]:  # fmt: skip
+    """Return (clean metrics, None) for a usable training reply, or ({}, reason).
+
+    ``required``: metrics the run needs on top of the example count (per-image DP: the site's ``dp-epsilon``,
+    without which the update is not known to be private).
+    """
     problem = _one(content, "ArrayRecord", ARRAYS_KEY) or _one(content, "MetricRecord", METRICS_KEY)
     if problem:
         return {}, problem
     problem = check_arrays(content[ARRAYS_KEY], template)
     if problem:
         return {}, problem
-    return clean_metrics(content[METRICS_KEY], TRAIN_REQUIRED, TRAIN_OPTIONAL)
+    extra = tuple(required)
+    return clean_metrics(content[METRICS_KEY], (*TRAIN_REQUIRED, *extra), tuple(k for k in TRAIN_OPTIONAL if k not in extra))
 
 
 def validate_eval_reply(content: RecordDict) -> tuple[dict, str | None]:

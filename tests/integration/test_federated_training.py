@@ -152,6 +152,27 @@ def test_dp_run_clips_at_the_sites_and_reports_epsilon_every_round(fed: Fed) -> 
         assert fed.supernodes[name].log_text().count("FedRad DP: update norm") >= 2, name  # every site clipped
 
 
+def test_image_dp_run_each_site_accounts_its_own_epsilon(fed: Fed) -> None:
+    """Per-image DP: DP-SGD at every site, ε from each site's own ledger, reaching the target after the last round."""
+    run_dir = fed.tmp / "runs" / "image-dp"
+    config = {"num-server-rounds": 2, "strategy": "fedavg", "strategy-params": "{}", "model": "smallcnn-gn",
+              "dp-level": "image", "dp-target-epsilon": 8.0, "dp-clipping-norm": 1.0, "run-dir": str(run_dir),
+              "evaluate-every": 5}  # fmt: skip
+    info = _run(fed, "image-dp", config, timeout=220)
+    assert info["status"] == "finished:completed", info
+    rows = read_metrics(run_dir)
+    eps = [r["privacy"]["epsilon"] for r in rows]
+    print(f"\nper-image DP, target ε 8: ε after each round (largest site) {eps}; "
+          f"noise multipliers {[r['train'].get('dp-noise-multiplier') for r in rows]}")
+    assert 0 < eps[0] < eps[1] <= 8.0 and eps[1] > 7.8, eps  # each site calibrated its noise to reach 8 at round 2
+    assert all(r["privacy"]["level"] == "image" for r in rows)
+    privacy = load_model_file(run_dir / "latest.pt").provenance["extra"]["privacy"]
+    assert privacy["epsilon"] == eps[-1] and privacy["target_epsilon"] == 8.0
+    ledgers = sorted((fed.tmp / "sites").glob("*/work/privacy/*.json"))
+    assert len(ledgers) == 2, ledgers  # one per site, written at the site
+    assert all([r["round"] for r in json.loads(p.read_text())["rounds"]] == [1, 2] for p in ledgers)
+
+
 def test_secure_aggregation_gives_the_plain_mean_without_the_server_seeing_an_update(fed: Fed) -> None:
     """SecAgg+ and plain FedAvg from the same start, seed and data: the same global model (to 1e-4)."""
 
