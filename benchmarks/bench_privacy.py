@@ -1,6 +1,14 @@
-"""AUC cost of client-level differential privacy, against the same federation without it, in one run.
+"""AUC cost of differential privacy, against the same federation without it, in one run.
 
-    .venv/bin/python -m benchmarks.bench_privacy [--rounds 5] [--sites 3] [--scale 0.3] [--json]
+    .venv/bin/python -m benchmarks.bench_privacy [--level site|image] [--rounds 5] [--sites 3] [--scale 0.3] [--json]
+
+``--level image`` (per-image DP-SGD at each site, shared/private_training.py)
+trains FedAvg without DP on the default ``smallcnn`` (BatchNorm) and on
+``smallcnn-gn`` (GroupNorm, what DP-SGD needs), then with per-image DP on
+``smallcnn-gn`` at target ε 8 and 3 (each site calibrates its own noise;
+per-image gradients clipped to ``--clip``). The cost is read against the
+same GroupNorm model without DP, and the line against BatchNorm shows what
+the model change itself costs. The rest of this docstring is ``--level site``.
 
 One loopback consortium (deploy/loopback.py: TLS, site keys, warm workers)
 trains FedAvg for ``--rounds`` rounds three ways on the same synthetic sites
@@ -80,8 +88,23 @@ def unseen_auc(run_dir: Path, unseen) -> float:  # noqa: ANN001 - SiteSummary
     return float(evaluate(model.model, data)["val_auc"])
 
 
+def image_level_runs(lc, root: Path, a, console) -> tuple[dict[str, tuple[Path, float]], str]:  # noqa: ANN001
+    """No DP (BatchNorm and GroupNorm models), then per-image DP at ε 8 and 3; the baseline is the GroupNorm run."""
+    runs = {}
+    for label, model in (("no DP, smallcnn (BN)", "smallcnn"), ("no DP, smallcnn-gn", "smallcnn-gn")):
+        console.print(f"FedAvg without DP, {model} …")
+        runs[label] = (run(lc, root, f"no-dp-{model}", a.rounds, a.sites, {"model": model}), 0.0)
+    for target in (8.0, 3.0):
+        console.print(f"FedAvg with per-image DP, target ε {target:g}, per-image clipping norm {a.clip} …")
+        dp = {"model": "smallcnn-gn", "dp-level": "image", "dp-target-epsilon": target, "dp-clipping-norm": a.clip}
+        runs[f"per-image DP ε={target:g}"] = (run(lc, root, f"image-eps{target:g}", a.rounds, a.sites, dp), target)
+    return runs, "no DP, smallcnn-gn"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--level", choices=("site", "image"), default="site", help="client-level (site) or per-image DP")
+    p.add_argument("--clip", type=float, default=1.0, help="--level image: per-image gradient clipping norm")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--scale", type=float, default=0.3)
@@ -97,41 +120,53 @@ def main() -> None:
     with ProcessSet(root / "logs") as ps:
         lc = start_loopback_consortium(ps, root, sites, image_size=IMAGE_SIZE, name="Bench")
         wait_online(lc, a.sites)
-        console.print("FedAvg without DP …")
-        base_dir = run(lc, root, "no-dp", a.rounds, a.sites, {})
-        norms = global_update_norms(base_dir, a.rounds)
-        clip = round(statistics.median(norms), 4)
-        runs = {"no DP": (base_dir, 0.0)}
-        for target in (8.0, 30.0):
-            z = noise_for_epsilon(target, a.rounds)
-            console.print(f"FedAvg with DP, target ε ≈ {target:g}: noise multiplier {z}, clipping norm {clip} …")
-            label = f"dp-eps{target:g}"
-            runs[f"DP ε≈{target:g}"] = (run(lc, root, label, a.rounds, a.sites,
-                                             {"dp-noise-multiplier": z, "dp-clipping-norm": clip}), z)  # fmt: skip
+        if a.level == "image":
+            runs, baseline = image_level_runs(lc, root, a, console)
+            norms, clip = [], a.clip
+        else:
+            runs, baseline, norms, clip = site_level_runs(lc, root, a, console)
     for name, (run_dir, z) in runs.items():
         last = read_metrics(run_dir)[-1]
         results[name] = {
-            "noise_multiplier": z, "clipping_norm": clip if z else None,
+            "noise_multiplier": (last.get("train") or {}).get("dp-noise-multiplier", z) if z else 0.0,
+            "clipping_norm": clip if z else None,
             "epsilon": (last.get("privacy") or {}).get("epsilon"),
             "held_out_auc": (last.get("eval") or {}).get("auc"), "unseen_auc": round(unseen_auc(run_dir, unseen), 4),
         }  # fmt: skip
-    base = results["no DP"]
+    base = results[baseline]
     for r in results.values():
         r["unseen_auc_cost"] = round(base["unseen_auc"] - r["unseen_auc"], 4)
         if r["held_out_auc"] is not None and base["held_out_auc"] is not None:
             r["held_out_auc_cost"] = round(base["held_out_auc"] - r["held_out_auc"], 4)
-    report = {"rounds": a.rounds, "sites": a.sites, "global_update_norms": [round(n, 4) for n in norms], "results": results}
+    report = {"level": a.level, "rounds": a.rounds, "sites": a.sites, "baseline": baseline,
+              "global_update_norms": [round(n, 4) for n in norms], "results": results}  # fmt: skip
     if a.json:
         print(json.dumps(report, indent=2))
         return
-    table = Table(title=f"Client-level DP, FedAvg, {a.sites} sites, {a.rounds} rounds (δ = 1e-5)")
+    what = "Per-image DP (DP-SGD at each site)" if a.level == "image" else "Client-level DP"
+    table = Table(title=f"{what}, FedAvg, {a.sites} sites, {a.rounds} rounds × {EPOCHS} epochs (δ = 1e-5); cost vs {baseline}")
     for col in ("run", "noise multiplier", "clipping norm", "ε", "held-out AUC", "cost", "unseen AUC", "cost"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for name, r in results.items():
-        table.add_row(name, str(r["noise_multiplier"]), str(r["clipping_norm"]), str(r["epsilon"]), str(r["held_out_auc"]),
+        table.add_row(name, f"{r['noise_multiplier']:.3g}", str(r["clipping_norm"]), str(r["epsilon"]), str(r["held_out_auc"]),
                       str(r.get("held_out_auc_cost", "")), str(r["unseen_auc"]), str(r["unseen_auc_cost"]))  # fmt: skip
     console.print(table)
     console.print(json.dumps(report))
+
+
+def site_level_runs(lc, root: Path, a, console) -> tuple[dict[str, tuple[Path, float]], str, list[float], float]:  # noqa: ANN001
+    """No DP, then client-level DP at ε ≈ 8 and 30, clipping at the median global update of the run without DP."""
+    console.print("FedAvg without DP …")
+    base_dir = run(lc, root, "no-dp", a.rounds, a.sites, {})
+    norms = global_update_norms(base_dir, a.rounds)
+    clip = round(statistics.median(norms), 4)
+    runs = {"no DP": (base_dir, 0.0)}
+    for target in (8.0, 30.0):
+        z = noise_for_epsilon(target, a.rounds)
+        console.print(f"FedAvg with DP, target ε ≈ {target:g}: noise multiplier {z}, clipping norm {clip} …")
+        runs[f"DP ε≈{target:g}"] = (run(lc, root, f"dp-eps{target:g}", a.rounds, a.sites,
+                                         {"dp-noise-multiplier": z, "dp-clipping-norm": clip}), z)  # fmt: skip
+    return runs, "no DP", norms, clip
 
 
 if __name__ == "__main__":
