@@ -209,7 +209,8 @@ def _fmt_metrics(row: dict[str, Any]) -> str:
             parts.append(f"{label} " + " ".join(shown))
     privacy = row.get("privacy")
     if isinstance(privacy, dict) and "epsilon" in privacy:
-        parts.append(f"DP ε={privacy['epsilon']:.2f} (δ={privacy.get('delta', 0):g})")
+        per_image = " per image, largest site" if privacy.get("level") == "image" else ""
+        parts.append(f"DP ε={privacy['epsilon']:.2f}{per_image} (δ={privacy.get('delta', 0):g})")
     return " | ".join(parts) or "-"
 
 

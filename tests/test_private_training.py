@@ -143,3 +143,11 @@ def test_site_refuses_a_target_above_its_cap_and_counts_image_dp_as_dp() -> None
     refused = _privacy_refusal({"require-dp": 1, "max-epsilon": 4.0}, config, secure=False)
     assert refused and "per-image target epsilon 8 is above its max_epsilon 4" in refused[0]
     assert _privacy_refusal({"require-dp": 1}, {}, secure=False) is not None  # no DP at all
+
+
+def test_coordinator_round_row_says_per_image_epsilon() -> None:
+    from server.coordinator import round_row
+
+    row = {"round": 1, "sites_answered": 2, "sites_failed": 0, "seconds": 9.0, "train": {},
+           "privacy": {"epsilon": 5.54, "delta": 1e-5, "level": "image"}}  # fmt: skip
+    assert "DP ε=5.54 per image, largest site (δ=1e-05)" in round_row(row).metrics
