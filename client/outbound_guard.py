@@ -8,7 +8,8 @@ What passes:
   so "same as incoming" is "same as the task's model". Any extra array is
   dropped; a missing or reshaped one drops all arrays (a partial model is
   no use to anyone, and the server rejects the reply).
-* **metrics**: keys from :data:`ALLOWED_METRICS`, finite numbers only.
+* **metrics**: keys from :data:`ALLOWED_METRICS` and the segmentation aggregates of
+  :mod:`shared.segmentation_metric_keys` (``dice-<label>``, ``hd95-<label>``, …), finite numbers only.
   Metrics computed from patients (loss, accuracy, AUC) are withheld when
   they cover fewer than ``min_count`` cases (site.yaml ``privacy.min_count``,
   default 10): a figure over three patients says too much about each.
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from shared.segmentation_metric_keys import count_key as segmentation_count_key
 
 DEFAULT_MIN_COUNT = 10
 # metric → the count key that says how many cases it was computed over (None: not patient-derived)
@@ -112,8 +115,10 @@ def _number(value: Any) -> float | int | None:
 
 def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decision]) -> dict[str, int | float]:
     numbers: dict[str, int | float] = {}
+    count_keys: dict[str, str | None] = {}
     for key, value in metrics.items():
-        if key not in ALLOWED_METRICS:
+        count_keys[key] = ALLOWED_METRICS[key] if key in ALLOWED_METRICS else segmentation_count_key(str(key))
+        if count_keys[key] is False:
             out.append(Decision(f"metric:{key}", "drop", "not an allowed aggregate metric"))
             continue
         number = _number(value)
@@ -123,7 +128,7 @@ def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decisio
         numbers[key] = number
     kept: dict[str, int | float] = {}
     for key, number in numbers.items():
-        count_key = ALLOWED_METRICS[key]
+        count_key = count_keys[key]
         if count_key is not None:
             count = numbers.get(count_key)
             if count is None or count < min_count:
