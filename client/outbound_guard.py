@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,11 +113,12 @@ def _number(value: Any) -> float | int | None:
     return None
 
 
-def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decision]) -> dict[str, int | float]:
+def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decision],
+                   segment_labels: Collection[str] = ()) -> dict[str, int | float]:  # fmt: skip
     numbers: dict[str, int | float] = {}
     count_keys: dict[str, str | None] = {}
     for key, value in metrics.items():
-        count_keys[key] = ALLOWED_METRICS[key] if key in ALLOWED_METRICS else segmentation_count_key(str(key))
+        count_keys[key] = ALLOWED_METRICS[key] if key in ALLOWED_METRICS else segmentation_count_key(str(key), segment_labels)
         if count_keys[key] is False:
             out.append(Decision(f"metric:{key}", "drop", "not an allowed aggregate metric"))
             continue
@@ -160,10 +161,16 @@ def guard_reply(
     arrays: Mapping[str, Any] | None,
     metrics: Mapping[str, Any],
     min_count: int = DEFAULT_MIN_COUNT,
+    segment_labels: Collection[str] = (),
 ) -> GuardedReply:
-    """Filter one ``train``/``evaluate`` reply; see the module docstring for the rules."""
+    """Filter one ``train``/``evaluate`` reply; see the module docstring for the rules.
+
+    ``segment_labels``: the segmentation task's labels; ``dice-<label>``/``hd95-<label>`` keys pass only for these.
+    """
     decisions: list[Decision] = []
     kept_arrays = _guard_arrays(op, arrays, incoming, decisions)
-    guard = _guard_stats if op == "query" else _guard_metrics
-    kept_metrics = guard(metrics, int(min_count), decisions)
+    if op == "query":
+        kept_metrics = _guard_stats(metrics, int(min_count), decisions)
+    else:
+        kept_metrics = _guard_metrics(metrics, int(min_count), decisions, segment_labels)
     return GuardedReply(kept_arrays, kept_metrics, decisions)

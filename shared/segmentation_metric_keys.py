@@ -16,24 +16,27 @@ per-message ClientApp process.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 LABEL = r"[A-Za-z0-9_.]{1,40}"  # shared.config.SEGMENT_LABEL_PATTERN: labels cannot contain '-'
-_DICE = re.compile(rf"^dice-(?:mean|{LABEL})$")
-_DICE_CI = re.compile(rf"^dice-{LABEL}-ci-(?:low|high)$")
+_DICE = re.compile(rf"^dice-(mean|{LABEL})$")
+_DICE_CI = re.compile(rf"^dice-({LABEL})-ci-(?:low|high)$")
 _HD95 = re.compile(rf"^hd95-({LABEL})$")
-_HD95_COUNT = re.compile(rf"^hd95-{LABEL}-examples$")
+_HD95_COUNT = re.compile(rf"^hd95-({LABEL})-examples$")
 COUNT_KEY = "num-examples"
 
 
-def count_key(key: str) -> str | None | bool:
-    """The key counting the cases ``key`` was computed over; None for a count itself; False: not a segmentation key."""
-    if _DICE.match(key) or _DICE_CI.match(key):
-        return COUNT_KEY
-    m = _HD95.match(key)
-    if m:
-        return f"{key}-examples"
-    if _HD95_COUNT.match(key):
-        return None
+def count_key(key: str, labels: Collection[str] | None = None) -> str | None | bool:
+    """The key counting the cases ``key`` was computed over; None for a count itself; False: not a segmentation key.
+
+    With ``labels`` (the outbound guard passes the task's segment names) only those labels' keys qualify, so no
+    other value can leave under a made-up label.
+    """
+    for pattern, counted_by in ((_DICE, COUNT_KEY), (_DICE_CI, COUNT_KEY), (_HD95, f"{key}-examples"), (_HD95_COUNT, None)):
+        m = pattern.match(key)
+        if m:
+            known = labels is None or m.group(1) in labels or (pattern is _DICE and m.group(1) == "mean")
+            return counted_by if known else False
     return False
 
 
