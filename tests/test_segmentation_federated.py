@@ -173,3 +173,16 @@ def test_a_segmentation_round_checkpoint_is_a_segmentation_model_file(tmp_path: 
     assert point is not None and point.best_auc == pytest.approx(0.4)  # best by dice-mean
     with pytest.raises(Exception, match="task_type"):
         run.prepare(RunTask("unet", LABELS, 32, "Seg Net", "fedavg", 0, "classification"), resume=True)
+
+
+def test_model_card_describes_a_segmentation_model(tmp_path: Path) -> None:
+    from server.model_card import model_card
+
+    run = RunDir(tmp_path / "run")
+    task = RunTask("unet", LABELS, 32, "Seg Net", "fedavg", 0, "segmentation")
+    run.prepare(task, resume=False)
+    row = {"eval": {"num-examples": 20, "dice-mean": 0.5, "dice-lung": 0.9, "hd95-lung": 2.5, "dice-nodule": 0.1},
+           "sites_answered": 2}  # fmt: skip
+    run.save_round(1, unet().state_dict(), task=task, num_server_rounds=1, metrics=row, eval_auc=0.5)
+    card = model_card(load_model_file(tmp_path / "run" / "latest.pt"), tmp_path / "run", {}, ["a", "b"], None, None)
+    assert "segmentation of nodule, lung" in card and "lung Dice 0.900 HD95 2.5 px" in card and "mean Dice 0.500" in card
