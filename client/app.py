@@ -149,8 +149,11 @@ def _guarded_work(op: str, msg: Message, context: Context, config: dict, arrays:
         print(f"FedRad DP: update norm {norm:.4f} clipped to {float(config['clipping_norm']):g}", file=sys.stderr)
     if op != "query":  # statistics replies carry counts only
         metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0, "warm-worker": warm})
+    rc = context.run_config
+    labels = str(rc.get("labels", "")).split(",") if str(rc.get("task-type", "")) == "segmentation" else []
     guarded = guard_reply(op, incoming=spec_of(arrays), arrays=state, metrics=metrics,
-                          min_count=int(context.node_config.get("min-count", DEFAULT_MIN_COUNT)))  # fmt: skip
+                          min_count=int(context.node_config.get("min-count", DEFAULT_MIN_COUNT)),
+                          segment_labels=[x.strip() for x in labels if x.strip()])  # fmt: skip
     for d in guarded.violations:
         print(f"FedRad outbound guard dropped {d.item}: {d.reason}", file=sys.stderr, flush=True)
     return guarded

@@ -18,6 +18,10 @@ flagged with ``held-out = 0``.
 
 Only aggregate numbers ever leave the site: example counts, mean loss,
 accuracy, AUC and timings — no per-case values, keys or paths.
+
+Segmentation (run config ``task-type: segmentation``): the same session,
+split and FedBN handling, with the cases, training and Dice/HD95 evaluation of
+:mod:`client.federated_segmentation`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ import torch
 
 from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping
 from shared.dataset import SiteDataset, concat_datasets
-from shared.models import build_model, norm_layer_names
+from shared.models import norm_layer_names
+from shared.segmentation_training import SegDataset
+from shared.task_models import build_task_model
 from shared.training import TrainConfig, auc_with_ci, evaluate, train_model
 
 EVAL_FRACTION = 0.2
@@ -48,19 +54,39 @@ class Task:
     model: str
     classes: list[str]
     image_size: int
+    task_type: str = "classification"
+    labels: list[str] = field(default_factory=list)  # segmentation: segment names, one output channel each
+
+    @property
+    def segmentation(self) -> bool:
+        return self.task_type == "segmentation"
+
+    @property
+    def outputs(self) -> list[str]:
+        """The model's output names: the classes, or the segment labels."""
+        return list(self.labels) if self.segmentation else list(self.classes)
+
+    def describe(self) -> str:
+        kind = "segmentation " if self.segmentation else ""
+        return f"a {kind}{self.model} for {self.outputs} at {self.image_size} px"
 
     @classmethod
     def from_run_config(cls, run_config: Mapping) -> Task:
-        classes = [c.strip() for c in str(run_config.get("classes", "")).split(",") if c.strip()]
-        return cls(str(run_config.get("model", "smallcnn")), classes, int(run_config.get("image-size", 64)))
+        def names(key: str) -> list[str]:
+            return [c.strip() for c in str(run_config.get(key, "")).split(",") if c.strip()]
+
+        task_type = str(run_config.get("task-type", "classification")).strip().lower()
+        default_model = "unet" if task_type == "segmentation" else "smallcnn"
+        return cls(str(run_config.get("model", default_model)), names("classes"), int(run_config.get("image-size", 64)),
+                   task_type, names("labels"))  # fmt: skip
 
 
 @dataclass
 class SiteData:
     """A site's cases split for federated training and held-out evaluation."""
 
-    train: SiteDataset
-    held_out: SiteDataset
+    train: SiteDataset | SegDataset  # SegDataset for a segmentation task
+    held_out: SiteDataset | SegDataset
     has_held_out: bool
     load_s: float
     site_name: str
@@ -84,6 +110,8 @@ def load_site_data(site_config: Path, task: Task, seed: int, site_name: str | No
     t0 = time.perf_counter()
     site_config = Path(site_config)
     cfg: SiteDataConfig = site_data_config(config=site_config)
+    if task.segmentation:
+        return _load_seg_site_data(site_config, cfg, task, seed, site_name, t0)
     if list(cfg.classes) != list(task.classes):
         raise ConfigError(
             f"{site_config}: classes {cfg.classes} differ from the consortium's {task.classes}; "
@@ -114,6 +142,19 @@ def load_site_data(site_config: Path, task: Task, seed: int, site_name: str | No
         work_dir=_site_work_dir(site_config, values),
         manufacturers=dict(Counter(r.header.manufacturer or "unknown" for r in check.scan.usable)),
     )
+
+
+def _load_seg_site_data(site_config: Path, cfg: SiteDataConfig, task: Task, seed: int, site_name: str | None,
+                        t0: float) -> SiteData:  # fmt: skip
+    """:func:`load_site_data` for a segmentation task: the export's images with a DICOM SEG, split by patient."""
+    from client.federated_segmentation import load_seg_split
+
+    cfg.image_size = task.image_size  # the masks are aligned with the preprocessed image of the task's size
+    train, held, has_held = load_seg_split(cfg, site_config, task.labels, seed, EVAL_FRACTION)
+    values = load_yaml_mapping(site_config)
+    return SiteData(train=train, held_out=held, has_held_out=has_held, load_s=time.perf_counter() - t0,
+                    site_name=str(site_name or values.get("site_name") or "site"),
+                    work_dir=_site_work_dir(site_config, values))  # fmt: skip
 
 
 class LocalNormStore:
@@ -153,7 +194,7 @@ class LocalNormStore:
 
 def global_model(task: Task, state: Mapping[str, torch.Tensor], local_norm: Mapping[str, torch.Tensor] | None):  # noqa: ANN201
     """Build the task's model with the global weights; with ``local_norm`` (FedBN) the site's own norm tensors win."""
-    model = build_model(task.model, len(task.classes), task.image_size)
+    model = build_task_model(task.task_type, task.model, len(task.outputs), task.image_size)
     weights = dict(state)
     if local_norm:
         norm = norm_layer_names(model)
@@ -192,28 +233,32 @@ def train_round(
     rnd = int(config.get("server-round", 0))
     keep_local = bool(config.get("keep-local-norm", False)) and store is not None
     model = global_model(task, state, store.load_before(rnd) if keep_local else None)
-    dp_metrics: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if config.get("dp-level") != "image":
-        history = train_model(model, data.train, train_config(config))
-    else:
-        from client.privacy_ledger import ImageDp, train_private_round
+    if task.segmentation:
+        from client.federated_segmentation import seg_train
 
-        if ledger is None:
-            raise ValueError("per-image DP needs the site's privacy ledger path")
-        history, dp_metrics = train_private_round(model, data.train, train_config(config), ImageDp.from_config(config),
-                                                  rnd, ledger, max_epsilon)  # fmt: skip
-    train_s = time.perf_counter() - t0
+        metrics = seg_train(model, data.train, config)
+    else:
+        dp_metrics: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if config.get("dp-level") != "image":
+            history = train_model(model, data.train, train_config(config))
+        else:
+            from client.privacy_ledger import ImageDp, train_private_round
+
+            if ledger is None:
+                raise ValueError("per-image DP needs the site's privacy ledger path")
+            history, dp_metrics = train_private_round(model, data.train, train_config(config), ImageDp.from_config(config),
+                                                      rnd, ledger, max_epsilon)  # fmt: skip
+        last = history[-1]
+        metrics = {
+            "num-examples": len(data.train),
+            "train-loss": float(last["loss"]),
+            "train-acc": float(last["train_acc"]),
+            "train-s": time.perf_counter() - t0,
+            **dp_metrics,
+        }
     if keep_local:
         store.save(rnd, norm_state(model))
-    last = history[-1]
-    metrics = {
-        "num-examples": len(data.train),
-        "train-loss": float(last["loss"]),
-        "train-acc": float(last["train_acc"]),
-        "train-s": train_s,
-        **dp_metrics,
-    }
     return {k: v.detach() for k, v in model.state_dict().items()}, metrics
 
 
@@ -224,6 +269,10 @@ def evaluate_round(
     rnd = int(config.get("server-round", 0))
     keep_local = bool(config.get("keep-local-norm", False)) and store is not None
     model = global_model(task, state, store.load_before(rnd + 1) if keep_local else None)
+    if task.segmentation:
+        from client.federated_segmentation import seg_evaluate
+
+        return seg_evaluate(model, data.held_out, data.has_held_out, rnd)
     result = evaluate(model, data.held_out)
     auc = result["val_auc"]
     out = {
@@ -245,10 +294,9 @@ def shared_local_model(task: Task, path: Path) -> tuple[dict[str, torch.Tensor],
     from shared.modelfile import load_model_file
 
     loaded = load_model_file(path)
-    mismatch = loaded.task_mismatch(task.model, task.classes, task.image_size)
+    mismatch = loaded.task_mismatch(task.model, task.outputs, task.image_size, task.task_type)
     if mismatch:
-        raise ConfigError(f"{path}: {mismatch}; the consortium's task is a {task.model} for {task.classes} at "
-                          f"{task.image_size} px")  # fmt: skip
+        raise ConfigError(f"{path}: {mismatch}; the consortium's task is {task.describe()}")
     trained_on = int((loaded.provenance.get("extra") or {}).get("train_images") or 0)
     return {k: v.detach() for k, v in loaded.model.state_dict().items()}, {"num-examples": trained_on}
 
@@ -310,6 +358,8 @@ class SiteSession:
         elif op == "query":  # data statistics for the coordinator (client/site_stats.py)
             from client.site_stats import site_statistics
 
+            if self.task.segmentation:
+                raise ValueError("data statistics (fedrad-server stats) cover classification tasks only so far")
             d = self.data
             cases = concat_datasets([d.train, d.held_out]) if d.has_held_out else d.train
             return None, site_statistics(cases, d.manufacturers)

@@ -8,7 +8,8 @@ What passes:
   so "same as incoming" is "same as the task's model". Any extra array is
   dropped; a missing or reshaped one drops all arrays (a partial model is
   no use to anyone, and the server rejects the reply).
-* **metrics**: keys from :data:`ALLOWED_METRICS`, finite numbers only.
+* **metrics**: keys from :data:`ALLOWED_METRICS` and the segmentation aggregates of
+  :mod:`shared.segmentation_metric_keys` (``dice-<label>``, ``hd95-<label>``, …), finite numbers only.
   Metrics computed from patients (loss, accuracy, AUC) are withheld when
   they cover fewer than ``min_count`` cases (site.yaml ``privacy.min_count``,
   default 10): a figure over three patients says too much about each.
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from shared.segmentation_metric_keys import count_key as segmentation_count_key
 
 DEFAULT_MIN_COUNT = 10
 # metric → the count key that says how many cases it was computed over (None: not patient-derived)
@@ -111,10 +114,13 @@ def _number(value: Any) -> float | int | None:
     return None
 
 
-def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decision]) -> dict[str, int | float]:
+def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decision],
+                   segment_labels: Collection[str] = ()) -> dict[str, int | float]:  # fmt: skip
     numbers: dict[str, int | float] = {}
+    count_keys: dict[str, str | None] = {}
     for key, value in metrics.items():
-        if key not in ALLOWED_METRICS:
+        count_keys[key] = ALLOWED_METRICS[key] if key in ALLOWED_METRICS else segmentation_count_key(str(key), segment_labels)
+        if count_keys[key] is False:
             out.append(Decision(f"metric:{key}", "drop", "not an allowed aggregate metric"))
             continue
         number = _number(value)
@@ -124,7 +130,7 @@ def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decisio
         numbers[key] = number
     kept: dict[str, int | float] = {}
     for key, number in numbers.items():
-        count_key = ALLOWED_METRICS[key]
+        count_key = count_keys[key]
         if count_key is not None:
             count = numbers.get(count_key)
             if count is None or count < min_count:
@@ -156,10 +162,16 @@ def guard_reply(
     arrays: Mapping[str, Any] | None,
     metrics: Mapping[str, Any],
     min_count: int = DEFAULT_MIN_COUNT,
+    segment_labels: Collection[str] = (),
 ) -> GuardedReply:
-    """Filter one ``train``/``evaluate`` reply; see the module docstring for the rules."""
+    """Filter one ``train``/``evaluate`` reply; see the module docstring for the rules.
+
+    ``segment_labels``: the segmentation task's labels; ``dice-<label>``/``hd95-<label>`` keys pass only for these.
+    """
     decisions: list[Decision] = []
     kept_arrays = _guard_arrays(op, arrays, incoming, decisions)
-    guard = _guard_stats if op == "query" else _guard_metrics
-    kept_metrics = guard(metrics, int(min_count), decisions)
+    if op == "query":
+        kept_metrics = _guard_stats(metrics, int(min_count), decisions)
+    else:
+        kept_metrics = _guard_metrics(metrics, int(min_count), decisions, segment_labels)
     return GuardedReply(kept_arrays, kept_metrics, decisions)

@@ -34,7 +34,7 @@ from client.worker_protocol import PROTOCOL, FrameError, recv_frame, send_frame
 from shared.processes import ManagedProcess, ProcessSet, exit_on_sigterm
 
 # Run-config keys that shape a session; a change of any of them opens a new one.
-SESSION_KEYS = ("classes", "image-size", "model", "seed", "consortium", "run-dir")
+SESSION_KEYS = ("task-type", "classes", "labels", "image-size", "model", "seed", "consortium", "run-dir")
 
 
 def socket_path_for(name: str) -> Path:

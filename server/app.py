@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,6 +75,13 @@ class RunSettings:
     compression: str = "none"  # site uploads: "none" (float32) or "fp16" (shared/compression.py)
     crossval_model: str = ""  # mode "crossval": the global model file to evaluate (server host path)
     secagg: str = "{}"  # SecAgg+ settings as JSON (server/secure_aggregation.py); "{}" = off
+    task_type: str = "classification"  # or "segmentation": a UNet-style model, Dice/HD95 evaluation
+    labels: list[str] = field(default_factory=list)  # segmentation: segment names, one output channel each
+
+    @property
+    def outputs(self) -> list[str]:
+        """The model's output names: the classes, or the segment labels."""
+        return list(self.labels) if self.task_type == "segmentation" else list(self.classes)
 
     @classmethod
     def from_run_config(cls, cfg: Mapping) -> RunSettings:
@@ -93,6 +100,8 @@ class RunSettings:
         if not run_dir or not Path(run_dir).is_absolute():
             raise RunConfigError(f"run config 'run-dir' must be an absolute folder on the server host, got {run_dir!r}")
         classes = [c.strip() for c in str(get("classes", str, "")).split(",") if c.strip()]
+        labels = [c.strip() for c in str(get("labels", str, "")).split(",") if c.strip()]
+        task_type = get("task-type", str, "classification").strip().lower()
         s = cls(
             num_server_rounds=get("num-server-rounds", int, 3),
             local_epochs=get("local-epochs", int, 1),
@@ -121,6 +130,8 @@ class RunSettings:
             crossval_model=get("crossval-model", str, ""),
             init_weights=get("init-weights", str, ""),
             compression=get("compression", str, "none").strip().lower(),
+            task_type=task_type,
+            labels=labels,
         )
         from shared.compression import MODES
 
@@ -162,13 +173,21 @@ class RunSettings:
         ):  # fmt: skip
             if value < low:
                 raise RunConfigError(f"run config {key!r} must be at least {low}, got {value}")
-        if len(classes) < 2 or len(set(classes)) != len(classes):
-            raise RunConfigError(f"run config 'classes' must list at least 2 distinct names, got {classes}")
+        check_task(s)
         return s
 
     @property
     def image_dp(self) -> bool:
         return self.dp_level == "image" and self.dp_target_epsilon > 0
+
+    def task(self) -> dict:
+        """What a model file and a site check the task against: (architecture, output names, size, type)."""
+        return {"architecture": self.model, "classes": self.outputs, "image_size": self.image_size,
+                "task": self.task_type}  # fmt: skip
+
+    def describe(self) -> str:
+        kind = "" if self.task_type == "classification" else f"{self.task_type} "
+        return f"a {kind}{self.model} for {self.outputs} at {self.image_size} px"
 
     def train_config(self) -> dict:
         """What every site gets with each training message (per-image DP: the settings each site calibrates to)."""
@@ -176,6 +195,24 @@ class RunSettings:
               "dp-delta": self.dp_delta, "num-server-rounds": self.num_server_rounds} if self.image_dp else {}  # fmt: skip
         return {"local-epochs": self.local_epochs, "batch-size": self.batch_size, "lr": self.lr,
                 "augment": self.augment, "seed": self.seed, "compression": self.compression, **dp}  # fmt: skip
+
+
+def check_task(s: RunSettings) -> None:
+    """The task keys of the run config fit together: type, classes or labels, model; a RunConfigError names the key."""
+    from shared.task_models import TASK_TYPES, model_registry
+
+    if s.task_type not in TASK_TYPES:
+        raise RunConfigError(f"run config 'task-type' must be one of {', '.join(TASK_TYPES)}, got {s.task_type!r}")
+    if s.task_type == "segmentation":
+        if not s.labels or len(set(s.labels)) != len(s.labels):
+            raise RunConfigError(f"run config 'labels' must list the distinct segment names of a segmentation task, "
+                                 f"got {s.labels}")  # fmt: skip
+    elif len(s.classes) < 2 or len(set(s.classes)) != len(s.classes):
+        raise RunConfigError(f"run config 'classes' must list at least 2 distinct names, got {s.classes}")
+    registry = model_registry(s.task_type)
+    if s.model not in registry:
+        raise RunConfigError(f"run config 'model': {s.model!r} is not a {s.task_type} architecture; use one of "
+                             f"{', '.join(sorted(registry))}")  # fmt: skip
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float, poll_s: float = 0.2) -> list[Message]:
@@ -221,10 +258,9 @@ def initial_state(s: RunSettings, model) -> dict:  # noqa: ANN001 - torch.nn.Mod
     from shared.modelfile import load_model_file
 
     loaded = load_model_file(s.init_weights)
-    mismatch = loaded.task_mismatch(s.model, s.classes, s.image_size)
+    mismatch = loaded.task_mismatch(**s.task())
     if mismatch:
-        raise RunConfigError(f"task.init_weights {s.init_weights}: {mismatch}; the task is a {s.model} for {s.classes} "
-                             f"at {s.image_size} px")  # fmt: skip
+        raise RunConfigError(f"task.init_weights {s.init_weights}: {mismatch}; the task is {s.describe()}")
     _say(f"init weights from {s.init_weights} sha256={loaded.weights_sha256}")
     return loaded.model.state_dict()
 
@@ -235,10 +271,9 @@ def run_crossval(grid: Grid, s: RunSettings) -> None:
     from shared.modelfile import load_model_file
 
     loaded = load_model_file(s.crossval_model)
-    mismatch = loaded.task_mismatch(s.model, s.classes, s.image_size)
+    mismatch = loaded.task_mismatch(**s.task())
     if mismatch:
-        raise RunConfigError(f"{s.crossval_model}: {mismatch}, but the consortium's task is a {s.model} for {s.classes} "
-                             f"at {s.image_size} px")  # fmt: skip
+        raise RunConfigError(f"{s.crossval_model}: {mismatch}, but the consortium's task is {s.describe()}")
     timeout = float(s.round_timeout_s)
     n = wait_for_sites(grid, s.min_sites, timeout)
     nodes = sorted(int(x) for x in grid.get_node_ids())
@@ -262,8 +297,8 @@ def main(grid: Grid, context: Context) -> None:
     from server.strategies.dp import DpSettings, epsilon_next, image_privacy_report, make_private, privacy_report, replay
     from server.strategies import build_strategy
     from shared.modelfile import weights_sha256
-    from shared.models import build_model
     from shared.processes import apply_thread_limit
+    from shared.task_models import build_task_model
 
     apply_thread_limit()
     s = RunSettings.from_run_config(context.run_config)
@@ -282,13 +317,13 @@ def main(grid: Grid, context: Context) -> None:
         run_crossval(grid, s)
         return
     torch.manual_seed(s.seed)
-    model = build_model(s.model, len(s.classes), s.image_size)
+    model = build_task_model(s.task_type, s.model, len(s.outputs), s.image_size)
     strategy = build_strategy(s.strategy, s.strategy_params, model, min_sites=s.min_sites)
     if s.dp_noise_multiplier > 0:
         make_private(strategy, DpSettings(s.dp_noise_multiplier, s.dp_clipping_norm, s.dp_delta))
     if s.image_dp:  # each site trains with DP-SGD and accounts its own ε; an update without it is not known private
         strategy.required_train_metrics = ("dp-epsilon",)
-    task = RunTask(s.model, s.classes, s.image_size, s.consortium, strategy.name, s.seed)
+    task = RunTask(s.model, s.outputs, s.image_size, s.consortium, strategy.name, s.seed, s.task_type)
     run = RunDir(s.run_dir)
     point = run.prepare(task, resume=s.resume)
     state = initial_state(s, model)
@@ -303,7 +338,7 @@ def main(grid: Grid, context: Context) -> None:
     model_bytes = _bytes(arrays)
     _say(
         f"start strategy={strategy.name} bn_policy={strategy.bn_policy} rounds={start}..{s.num_server_rounds} "
-        f"secure_aggregation={'on' if secagg else 'off'} model={s.model} params={sum(p.numel() for p in model.parameters())} bytes={model_bytes} run_dir={s.run_dir}"
+        f"secure_aggregation={'on' if secagg else 'off'} task={s.task_type} model={s.model} params={sum(p.numel() for p in model.parameters())} bytes={model_bytes} run_dir={s.run_dir}"
     )
     timeout = float(s.round_timeout_s)
     for rnd in range(start, s.num_server_rounds + 1):
@@ -372,7 +407,7 @@ def main(grid: Grid, context: Context) -> None:
             "bytes_per_site": {"down": model_bytes * (2 if n_eval else 1), "up": model_bytes, "model": model_bytes},
         }
         t_ck = time.monotonic()
-        auc = (eval_metrics or {}).get("auc")
+        auc = (eval_metrics or {}).get(task.best_metric)  # AUC, or mean Dice for segmentation
         digest = run.save_round(
             rnd,
             arrays.to_torch_state_dict(),

@@ -6,7 +6,8 @@ Layout (the contract with ``fedrad-server status/export/start --resume``)::
                                 kind "federated", rounds=k, trained_by=<consortium>)
     RUN_DIR/latest.pt           copy of the last finished round's file
     RUN_DIR/best.pt             the round with the best aggregated evaluation AUC so far
-                                (appears with the first round that has an AUC)
+                                (segmentation: mean Dice, ``dice-mean``; appears with the
+                                first round that has one)
     RUN_DIR/metrics.jsonl       one JSON object per finished round
     RUN_DIR/strategy-state.pt   server optimizer state (FedAdam/FedYogi moments), if any
     RUN_DIR/state.json          the commit point: last finished round, strategy, seed, hashes
@@ -104,11 +105,17 @@ class RunTask:
     """What the run trains: recorded in every model file and checked on resume."""
 
     model: str
-    classes: list[str]
+    classes: list[str]  # the output names: classes, or the segment labels of a segmentation task
     image_size: int
     consortium: str
     strategy: str
     seed: int
+    task_type: str = "classification"
+
+    @property
+    def best_metric(self) -> str:
+        """The aggregated evaluation figure that picks ``best.pt`` (higher is better)."""
+        return "dice-mean" if self.task_type == "segmentation" else "auc"
 
 
 @dataclass
@@ -163,8 +170,8 @@ class RunDir:
                 f"{self.path} already holds a run (last finished round {last}); "
                 "resume it (resume=true / --resume) or use a new run folder"
             )
-        for key in ("model", "classes", "image_size", "strategy"):
-            if state.get(key) != getattr(task, key):
+        for key in ("task_type", "model", "classes", "image_size", "strategy"):
+            if state.get(key, "classification" if key == "task_type" else None) != getattr(task, key):
                 raise CheckpointError(
                     f"{self.path / STATE_FILE}: the run was trained with {key}={state.get(key)!r}, "
                     f"this run asks for {getattr(task, key)!r}; resume with the same settings or start a new run"
@@ -194,7 +201,7 @@ class RunDir:
             state_dict={k: v.clone() for k, v in loaded.model.state_dict().items()},
             weights_sha256=loaded.weights_sha256,
             strategy_state=strategy_state,
-            best_auc=best.get("auc"),
+            best_auc=best.get(task.best_metric),
             best_round=best.get("round"),
         )
 
@@ -211,14 +218,18 @@ class RunDir:
         eval_auc: float | None = None,
         privacy: dict | None = None,
     ) -> str:
-        """Write round ``rnd``'s files, then commit ``state.json``; return the weights SHA-256."""
+        """Write round ``rnd``'s files, then commit ``state.json``; return the weights SHA-256.
+
+        ``eval_auc`` is the round's :attr:`RunTask.best_metric` (mean Dice for segmentation)."""
         path = self.round_path(rnd)
+        seg = task.task_type == "segmentation"
         digest = save_model_file(
             path,
             dict(state_dict),
             architecture=task.model,
             arch_kwargs={},
-            classes=task.classes,
+            classes=[] if seg else task.classes,
+            labels=list(task.classes) if seg else None,
             preprocess=PreprocessConfig(image_size=task.image_size),
             threshold=None,
             provenance={
@@ -231,9 +242,10 @@ class RunDir:
         copy_atomic(path, self.path / LATEST_FILE)
         previous = self.state() or {}
         best = dict(previous.get("best") or {})
-        if eval_auc is not None and (best.get("auc") is None or eval_auc > best["auc"]):
+        metric = task.best_metric
+        if eval_auc is not None and (best.get(metric) is None or eval_auc > best[metric]):
             copy_atomic(path, self.path / BEST_FILE)
-            best = {"round": rnd, "auc": float(eval_auc), "file": round_file_name(rnd)}
+            best = {"round": rnd, metric: float(eval_auc), "file": round_file_name(rnd)}
         strategy_file = None
         if strategy_state:
             tensors = {a: {k: torch.from_numpy(np.array(v, order="C")) for k, v in d.items()} for a, d in strategy_state.items()}
@@ -255,6 +267,7 @@ class RunDir:
                 "weights_sha256": digest,
                 "strategy": task.strategy,
                 "strategy_state_file": strategy_file,
+                "task_type": task.task_type,
                 "model": task.model,
                 "classes": list(task.classes),
                 "image_size": task.image_size,

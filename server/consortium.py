@@ -190,11 +190,21 @@ class ConsortiumConfig(StrictModel):
         from shared.models import BATCHNORM_FREE_MODELS
 
         dp = self.privacy.dp
+        if dp is not None and dp.level == "image" and self.task.type == "segmentation":
+            raise ValueError("privacy.dp level 'image' is not available for task.type segmentation yet; use level "
+                             "'site' or remove privacy.dp")  # fmt: skip
         if dp is not None and dp.level == "image" and self.task.model not in BATCHNORM_FREE_MODELS:
             raise ValueError(
                 f"privacy.dp level 'image' trains with per-image gradients, which BatchNorm in task.model "
                 f"{self.task.model!r} mixes across images; set task.model to one of {', '.join(BATCHNORM_FREE_MODELS)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _segmentation_has_no_proximal_term(self) -> ConsortiumConfig:
+        if self.task.type == "segmentation" and self.strategy.name == "fedprox":
+            raise ValueError("strategy.name fedprox: its proximal term is not implemented for task.type "
+                             "segmentation; use fedavg (or fedadam, fedyogi, fedmedian, fedtrimmedavg, krum, fedbn)")
         return self
 
     @property
@@ -217,7 +227,9 @@ class ConsortiumConfig(StrictModel):
             "seed": self.seed,
             "strategy": self.strategy.name,
             "strategy-params": json.dumps(self.strategy.params(), sort_keys=True),
+            "task-type": self.task.type,
             "classes": ",".join(self.task.classes),
+            "labels": ",".join(self.task.labels or []),
             "image-size": self.task.image_size,
             "model": self.task.model,
             "batch-size": self.batch_size,
@@ -279,9 +291,11 @@ name: {json.dumps(cfg.name)}       # recorded in every global model's provenance
 address: {json.dumps(cfg.address)}  # HOST:PORT hospitals dial (fleet proxy; TLS, sites' keys)
 
 task:                        # what is learned; every site must use the same
-  classes: {json.dumps(t.classes)}   # last class = positive class
+  type: {t.type}       # classification, or segmentation (masks from DICOM SEG files beside the images)
+  classes: {json.dumps(t.classes)}   # classification: last class = positive class
+  # labels: [nodule, lung]   # segmentation instead of classes: the SEG segment names, one output channel each
   image_size: {t.image_size}             # model input side, pixels
-  model: {t.model}             # smallcnn, smallcnn-gn (GroupNorm; for per-image DP), resnet18, densenet121
+  model: {t.model}             # classification: smallcnn, smallcnn-gn (GroupNorm: per-image DP), resnet18, densenet121; segmentation: unet
   # init_weights: pretrained.pt  # start from a FedRad model file of this task (relative to this folder; never downloaded)
 
 rounds: {cfg.rounds}                   # federated rounds

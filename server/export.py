@@ -58,6 +58,9 @@ def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Pat
         raise ConfigError(f"{directory}: no run folder under runs/; train first with `fedrad-server start`.")
     src = pick_model(Path(run_dir), best)
     loaded = load_model_file(src)
+    if fmt != "pt" and loaded.task != "classification":
+        raise ConfigError(f"--format {fmt}: graphs are exported for classification models only so far; "
+                          f"{src.name} is a {loaded.task} model: use --format pt")  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     gap = None

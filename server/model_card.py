@@ -39,12 +39,17 @@ def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], 
         f"# Model card: {prov.get('trained_by', 'FedRad consortium')} global model",
         "",
         "## Intended use",
-        f"Research and decision support for the classification of radiographs into {', '.join(model.classes)} "
-        f"(positive class: {model.classes[-1]}). Not a medical device; a clinician reads every image. "
+        (f"Research and decision support for the segmentation of {', '.join(model.labels)} on radiographs. "
+         if model.task == "segmentation" else
+         f"Research and decision support for the classification of radiographs into {', '.join(model.classes)} "
+         f"(positive class: {model.classes[-1]}). ")
+        + "Not a medical device; a clinician reads every image. "
         "Validate on local data (`fedrad-site evaluate`) before any use at a new site.",
         "",
         "## Model",
-        f"* architecture `{model.architecture}`, input 1×{pre.image_size}×{pre.image_size}, output class probabilities",
+        f"* architecture `{model.architecture}`, input 1×{pre.image_size}×{pre.image_size}, output "
+        + ("one logit map per segment label (sigmoid ≥ 0.5 = in the mask)" if model.task == "segmentation"
+           else "class probabilities"),
         f"* weights sha256 `{model.weights_sha256}`; operating threshold {model.threshold}",
         f"* preprocessing: {json.dumps(pre.model_dump())}",
         *(f"* file `{name}`: {what}" for name, what in files.items()),
@@ -60,7 +65,14 @@ def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], 
         "",
         "## Performance",
     ]
-    if last:
+    if last and model.task == "segmentation":
+        e = last["eval"]
+        per_label = ", ".join(f"{x} Dice {e[f'dice-{x}']:.3f}" + (f" HD95 {e[f'hd95-{x}']:.1f} px" if f"hd95-{x}" in e else "")
+                              for x in model.labels if f"dice-{x}" in e)  # fmt: skip
+        lines.append(f"* federated evaluation, round {last['round']}, sites' held-out patients pooled ({e.get('num-examples')} "
+                     f"images): mean Dice {e.get('dice-mean', float('nan')):.3f}; {per_label}. "
+                     "Sites send aggregates only, so this figure has no per-site breakdown or interval.")
+    elif last:
         e = last["eval"]
         lines.append(f"* federated evaluation, round {last['round']}, sites' held-out patients pooled ({e.get('num-examples')} "
                      f"images): AUC {e.get('auc', float('nan')):.3f}, accuracy {e.get('accuracy', float('nan')):.3f}. "

@@ -7,11 +7,12 @@ error that names the key, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 LabelKey = Literal["SOPInstanceUID", "StudyInstanceUID", "AccessionNumber", "path"]
 LABEL_KEYS: tuple[str, ...] = ("SOPInstanceUID", "StudyInstanceUID", "AccessionNumber", "path")
@@ -39,14 +40,35 @@ class PreprocessConfig(StrictModel):
         return f"s{self.image_size}-w{self.window_low_pct:g}-{self.window_high_pct:g}-v1"
 
 
-class TaskConfig(StrictModel):
-    """What the consortium is learning: the class list, input size and architecture."""
+TaskType = Literal["classification", "segmentation"]
+DEFAULT_MODELS: dict[str, str] = {"classification": "smallcnn", "segmentation": "unet"}
+# Segment labels become metric keys (``dice-<label>``, client/outbound_guard.py), so no '-' or spaces.
+SEGMENT_LABEL_PATTERN = r"^[A-Za-z0-9_.]{1,40}$"
 
+
+class TaskConfig(StrictModel):
+    """What the consortium is learning: task type, class list (classification) or segment labels
+    (segmentation), input size and architecture."""
+
+    type: TaskType = Field("classification", description="classification (one label per image) or segmentation "
+                           "(a mask per segment label, from DICOM SEG files).")  # fmt: skip
     classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)
+    labels: list[str] | None = Field(None, validate_default=True, description="Segmentation: the DICOM SEG segment "
+                                     "names to learn, one output channel each.")  # fmt: skip
     image_size: int = Field(64, ge=16, le=1024)
-    model: str = Field("smallcnn", description="Architecture name, see shared.models.MODEL_BUILDERS.")
+    model: str = Field("", validate_default=True, description="Architecture name: shared.models.MODEL_BUILDERS "
+                       "(classification, default smallcnn) or shared.segmentation_model.SEG_MODEL_BUILDERS "
+                       "(segmentation, default unet).")  # fmt: skip
     init_weights: Path | None = Field(None, description="A FedRad model file on the server host to start from "
                                       "(transfer learning); read locally, never downloaded.")  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classes_only_for_classification(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("type") == "segmentation" and "classes" in data:
+            raise ValueError("task.classes is for classification; a segmentation task names its segments in "
+                             "task.labels (remove task.classes)")  # fmt: skip
+        return data
 
     @field_validator("classes")
     @classmethod
@@ -58,8 +80,53 @@ class TaskConfig(StrictModel):
             raise ValueError(f"class names must be unique, got {v}")
         return v
 
+    @field_validator("labels")
+    @classmethod
+    def _labels_for_segmentation(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        task_type = info.data.get("type", "classification")
+        if task_type != "segmentation":
+            if v is not None:
+                raise ValueError("task.labels is for segmentation (set task.type: segmentation); a classification "
+                                 "task lists its classes in task.classes")  # fmt: skip
+            return None
+        if not v:
+            raise ValueError("a segmentation task needs its segment names, e.g. labels: [nodule, lung] (the "
+                             "SegmentLabel of the DICOM SEG segments)")  # fmt: skip
+        v = [str(x).strip() for x in v]
+        bad = [x for x in v if not re.match(SEGMENT_LABEL_PATTERN, x) or x == "mean"]
+        if bad:
+            raise ValueError(f"segment labels {bad} must be 1-40 letters, digits, '_' or '.' and not 'mean' "
+                             "(they name metrics such as dice-<label>)")  # fmt: skip
+        if len(set(v)) != len(v):
+            raise ValueError(f"segment labels must be unique, got {v}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_for_task(cls, v: str, info: ValidationInfo) -> str:
+        task_type = info.data.get("type", "classification")
+        v = v.strip() or DEFAULT_MODELS[task_type]
+        if v == DEFAULT_MODELS[task_type]:
+            return v  # no torch import for the default (site.yaml validation runs in light processes)
+        known = model_names(task_type)
+        if v not in known:
+            raise ValueError(f"{v!r} is not a {task_type} architecture; use one of {', '.join(known)}")
+        return v
+
+    @property
+    def outputs(self) -> list[str]:
+        """What the model's output channels are: the classes, or the segment labels."""
+        return list(self.labels or []) if self.type == "segmentation" else list(self.classes)
+
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(image_size=self.image_size)
+
+
+def model_names(task_type: str) -> list[str]:
+    """Architecture names for a task type (imports torch: called only while validating a task)."""
+    from shared.task_models import model_registry
+
+    return sorted(model_registry(task_type))
 
 
 class SiteDataConfig(StrictModel):

@@ -15,6 +15,9 @@ Layout (format_version 1)::
     state_dict: {key: tensor}
     provenance: {trained_by, kind: local|federated, rounds, epochs, created (UTC ISO),
                  fedrad_version, weights_sha256, extra: dict}
+    task: "classification" | "segmentation"   (absent in older files: classification)
+    labels: [segment names]                   (segmentation only; classes is then [] and
+                                               the architecture comes from SEG_MODEL_BUILDERS)
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from shared.config import PreprocessConfig
-from shared.models import MODEL_BUILDERS, build_model
+from shared.task_models import build_task_model, model_registry
 
 FORMAT = "fedrad-model"
 FORMAT_VERSION = 1
@@ -62,13 +65,24 @@ class LoadedModel:
     architecture: str
     arch_kwargs: dict = field(default_factory=dict)
     weights_sha256: str = ""
+    task: str = "classification"
+    labels: list[str] = field(default_factory=list)  # segmentation: segment names, one output channel each
 
-    def task_mismatch(self, architecture: str, classes: list[str], image_size: int) -> str | None:
-        """Why this model cannot serve a task (architecture, classes, input size), e.g. "a resnet18 for [...] at
-        64 px"; None when it can."""
-        if (self.architecture, list(self.classes), self.preprocess.image_size) == (architecture, list(classes), image_size):
+    @property
+    def outputs(self) -> list[str]:
+        """Names of the output channels: the classes, or the segment labels."""
+        return list(self.labels) if self.task == "segmentation" else list(self.classes)
+
+    def task_mismatch(
+        self, architecture: str, classes: list[str], image_size: int, task: str = "classification"
+    ) -> str | None:
+        """Why this model cannot serve a task (type, architecture, classes or segment labels, input size), e.g.
+        "a resnet18 for [...] at 64 px"; None when it can. ``classes`` are the labels for segmentation."""
+        mine = (self.task, self.architecture, self.outputs, self.preprocess.image_size)
+        if mine == (task, architecture, list(classes), image_size):
             return None
-        return f"a {self.architecture} for {self.classes} at {self.preprocess.image_size} px"
+        kind = "" if self.task == "classification" else f"{self.task} "
+        return f"a {kind}{self.architecture} for {self.outputs} at {self.preprocess.image_size} px"
 
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -143,6 +157,7 @@ def save_model_file(
     preprocess: PreprocessConfig,
     threshold: float | None,
     provenance: dict,
+    labels: list[str] | None = None,
 ) -> str:
     """Write a model file atomically and return its weights SHA-256.
 
@@ -150,12 +165,17 @@ def save_model_file(
     optionally ``rounds``, ``epochs`` and ``extra``; ``created``,
     ``fedrad_version`` and ``weights_sha256`` are filled in here. The weights
     are checked against a freshly built ``architecture`` so every saved file
-    can be loaded.
+    can be loaded. ``labels`` (segment names) makes it a segmentation model file: ``classes`` must then be
+    empty and ``architecture`` a segmentation architecture.
     """
     classes = [str(c) for c in classes]
+    task = "classification" if labels is None else "segmentation"
+    if labels is not None and (classes or not labels):
+        raise ValueError("a segmentation model file has segment labels and no classes")
+    outputs = classes if labels is None else [str(x) for x in labels]
     state = model.state_dict() if isinstance(model, nn.Module) else model
     state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    ref = build_model(architecture, len(classes), preprocess.image_size, **arch_kwargs).state_dict()
+    ref = build_task_model(task, architecture, len(outputs), preprocess.image_size, **arch_kwargs).state_dict()
     problem = _state_dict_mismatch(ref, state)
     if problem:
         raise ValueError(f"weights do not match architecture {architecture!r}: {problem}")
@@ -193,7 +213,10 @@ def save_model_file(
         "preprocess": preprocess.model_dump(mode="json"),
         "threshold": threshold,
         "provenance": prov,
+        "task": task,
     }
+    if labels is not None:
+        doc["labels"] = outputs
     _check_plain(doc, "model file")
     doc["state_dict"] = state
 
@@ -270,10 +293,18 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
     if list(doc["input_size"]) != [1, size, size]:
         raise ModelFileError(f"{path}: input_size {doc['input_size']!r} does not match preprocess image_size {size}")
 
+    task = doc.get("task", "classification")
+    if task not in ("classification", "segmentation"):
+        raise ModelFileError(f"{path}: unknown task {task!r}; this FedRad reads classification and segmentation models")
+    labels = doc.get("labels") if task == "segmentation" else []
+    if not isinstance(labels, list) or (task == "segmentation" and not labels):
+        raise ModelFileError(f"{path}: a segmentation model file needs 'labels' (its segment names), got {labels!r}")
+    outputs = labels if task == "segmentation" else classes
     name, kwargs = arch["name"], dict(arch.get("kwargs") or {})
-    if name not in MODEL_BUILDERS:
+    registry = model_registry(task)
+    if name not in registry:
         raise ModelFileError(
-            f"{path}: architecture {name!r} is not known to this FedRad (known: {', '.join(sorted(MODEL_BUILDERS))})"
+            f"{path}: {task} architecture {name!r} is not known to this FedRad (known: {', '.join(sorted(registry))})"
         )
     state = doc["state_dict"]
     if not isinstance(state, dict):
@@ -288,7 +319,7 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
             f"actual {actual[:16]}…): the file is corrupted or was modified after it was written"
         )
     try:
-        model = build_model(name, len(classes), size, **kwargs)
+        model = build_task_model(task, name, len(outputs), size, **kwargs)
     except ValueError as exc:
         raise ModelFileError(f"{path}: cannot build architecture: {exc}") from None
     problem = _state_dict_mismatch(model.state_dict(), state)
@@ -305,4 +336,6 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
         architecture=name,
         arch_kwargs=kwargs,
         weights_sha256=actual,
+        task=task,
+        labels=[str(x) for x in labels],
     )

@@ -7,7 +7,10 @@ the max (the slowest site sets the round's pace); ``auc`` is weighted by
 ``auc-examples`` (sites where it is undefined send 0 and do not count, and it is
 left out when no site could compute it); per-image DP's ``dp-epsilon`` takes the
 largest and ``dp-noise-multiplier`` the smallest (the least private site); a site's AUC interval (``auc-ci-*``) is
-per site and left out (``fedrad-server crossval`` keeps it per site); everything else is weighted by
+per site and left out (``fedrad-server crossval`` keeps it per site); likewise the
+segmentation keys (:mod:`shared.segmentation_metric_keys`): ``hd95-<label>`` is
+weighted by ``hd95-<label>-examples`` (summed, like every ``*-examples`` count) and
+``dice-<label>-ci-*`` is left out; everything else is weighted by
 ``num-examples``. Each key is combined over the sites that sent it: a site
 withholds loss/accuracy/AUC over fewer cases than its ``min_count``.
 ``sites`` counts the replies that were aggregated.
@@ -16,6 +19,8 @@ withholds loss/accuracy/AUC over fewer cases than its ``min_count``.
 from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
+
+from shared.segmentation_metric_keys import is_per_site
 
 SUMMED = ("num-examples", "auc-examples")
 WORST = {"dp-epsilon": max, "dp-noise-multiplier": min}  # per-image DP: the round is as private as its least private site
@@ -29,17 +34,18 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str = "num-examples
     if not rows:
         return out
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    for key in (k for k in keys if k not in PER_SITE):
+    for key in (k for k in keys if k not in PER_SITE and not is_per_site(k)):
         having = [r for r in rows if key in r]
         values = [float(r[key]) for r in having]
-        if key in SUMMED:
+        if key in SUMMED or key.endswith("-examples"):
             out[key] = int(sum(values))
         elif key in WORST:
             out[key] = WORST[key](values)
         elif key.endswith("-s"):
             out[key] = max(values)
         else:
-            wkey = "auc-examples" if key == "auc" else weight_key
+            own = f"{key}-examples"  # auc-examples, hd95-<label>-examples
+            wkey = own if key == "auc" or own in keys else weight_key
             weights = [float(r.get(wkey, 0)) for r in having]
             if sum(weights) > 0:
                 out[key] = sum(v * w for v, w in zip(values, weights)) / sum(weights)

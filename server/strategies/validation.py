@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
+from shared.segmentation_metric_keys import is_fraction, is_segmentation_key
+
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
 WEIGHT_KEY = "num-examples"
@@ -113,8 +115,14 @@ def validate_eval_reply(content: RecordDict) -> tuple[dict, str | None]:
     problem = _one(content, "MetricRecord", METRICS_KEY)
     if problem:
         return {}, problem
-    metrics, problem = clean_metrics(content[METRICS_KEY], EVAL_REQUIRED, EVAL_OPTIONAL)
-    out_of_range = [k for k in ("auc", "accuracy", "auc-ci-low", "auc-ci-high") if k in metrics and not 0.0 <= metrics[k] <= 1.0]
+    record = content[METRICS_KEY]
+    segmentation = tuple(k for k in record.keys() if is_segmentation_key(k))  # dice-<label>, hd95-<label>, ...
+    metrics, problem = clean_metrics(record, EVAL_REQUIRED, EVAL_OPTIONAL + segmentation)
+    fractions = ("auc", "accuracy", "auc-ci-low", "auc-ci-high", *(k for k in segmentation if is_fraction(k)))
+    out_of_range = [k for k in fractions if k in metrics and not 0.0 <= metrics[k] <= 1.0]
     if problem is None and out_of_range:
         return {}, f"metric(s) {out_of_range} must lie in [0, 1]"
+    negative = [k for k in segmentation if k in metrics and metrics[k] < 0]  # HD95 distances and counts
+    if problem is None and negative:
+        return {}, f"metric(s) {negative} must not be negative"
     return metrics, problem
