@@ -45,6 +45,7 @@ class ImageDp:
     clipping_norm: float
     delta: float
     total_rounds: int
+    layers: str = "all"  # "head": only the classifier of a pretrained model trains (shared.private_training)
 
     @classmethod
     def from_config(cls, config: Mapping) -> ImageDp | None:
@@ -52,10 +53,11 @@ class ImageDp:
             return None
         try:
             dp = cls(float(config["dp-target-epsilon"]), float(config["dp-clipping-norm"]), float(config["dp-delta"]),
-                     int(config["num-server-rounds"]))  # fmt: skip
+                     int(config["num-server-rounds"]), str(config.get("dp-layers", "all")))  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise SiteRefusal(f"run refused by the site: per-image DP settings incomplete or invalid ({exc})") from None
-        if not (dp.target_epsilon > 0 and dp.clipping_norm > 0 and 0 < dp.delta < 1 and dp.total_rounds >= 1):
+        if not (dp.target_epsilon > 0 and dp.clipping_norm > 0 and 0 < dp.delta < 1 and dp.total_rounds >= 1
+                and dp.layers in ("all", "head")):  # fmt: skip
             raise SiteRefusal(f"run refused by the site: per-image DP settings out of range ({dp})")
         return dp
 
@@ -116,5 +118,5 @@ def train_private_round(model, data, cfg, dp: ImageDp, rnd: int, ledger_path: Pa
     ledger = PrivacyLedger(ledger_path, n, min(cfg.batch_size, n), dp.delta)
     plan = ledger.plan(rnd, dp, cfg.epochs, max_epsilon)
     ledger.record(plan)
-    history = train_model_private(model, data, cfg, plan.noise_multiplier, dp.clipping_norm)
+    history = train_model_private(model, data, cfg, plan.noise_multiplier, dp.clipping_norm, layers=dp.layers)
     return history, {"dp-epsilon": plan.epsilon_after, "dp-noise-multiplier": plan.noise_multiplier}

@@ -70,6 +70,7 @@ class RunSettings:
     dp_delta: float = 1e-5
     dp_level: str = "site"  # "site": client-level central DP (above); "image": per-image DP-SGD at each site
     dp_target_epsilon: float = 0.0  # level "image": ε each site calibrates its noise to reach after the last round
+    dp_layers: str = "all"  # level "image": "all", or "head" (only the classifier of the init-weights model trains)
     mode: str = "train"  # "stats": one query to every site for the coordinator's data QC (server/statistics.py)
     init_weights: str = ""  # a FedRad model file on the server host to start round 1 from (transfer learning)
     compression: str = "none"  # site uploads: "none" (float32) or "fp16" (shared/compression.py)
@@ -125,6 +126,7 @@ class RunSettings:
             dp_delta=get("dp-delta", float, 1e-5),
             dp_level=get("dp-level", str, "site").strip().lower(),
             dp_target_epsilon=get("dp-target-epsilon", float, 0.0),
+            dp_layers=get("dp-layers", str, "all").strip().lower(),
             mode=get("mode", str, "train").strip().lower(),
             secagg=get("secagg", str, "{}"),
             crossval_model=get("crossval-model", str, ""),
@@ -150,9 +152,14 @@ class RunSettings:
                                  "and no 'dp-noise-multiplier' (each site calibrates its own noise)")  # fmt: skip
         from shared.models import BATCHNORM_FREE_MODELS
 
-        if s.dp_level == "image" and s.model not in BATCHNORM_FREE_MODELS:
-            raise RunConfigError(f"run config 'dp-level' image needs a model without BatchNorm "
+        if s.dp_layers not in ("all", "head"):
+            raise RunConfigError(f"run config 'dp-layers' must be 'all' or 'head', got {s.dp_layers!r}")
+        if s.dp_level == "image" and s.dp_layers == "all" and s.model not in BATCHNORM_FREE_MODELS:
+            raise RunConfigError(f"run config 'dp-level' image with 'dp-layers' all needs a model without BatchNorm "
                                  f"({', '.join(BATCHNORM_FREE_MODELS)}), not {s.model!r}")  # fmt: skip
+        if s.dp_level == "image" and s.dp_layers == "head" and not s.init_weights:
+            raise RunConfigError("run config 'dp-layers' head trains only the classifier, so it needs 'init-weights' "
+                                 "(a pretrained model file) for the frozen features")  # fmt: skip
         try:
             secagg = json.loads(s.secagg or "{}")
         except json.JSONDecodeError:
@@ -191,8 +198,9 @@ class RunSettings:
 
     def train_config(self) -> dict:
         """What every site gets with each training message (per-image DP: the settings each site calibrates to)."""
-        dp = {"dp-level": "image", "dp-target-epsilon": self.dp_target_epsilon, "dp-clipping-norm": self.dp_clipping_norm,
-              "dp-delta": self.dp_delta, "num-server-rounds": self.num_server_rounds} if self.image_dp else {}  # fmt: skip
+        dp = ({"dp-level": "image", "dp-target-epsilon": self.dp_target_epsilon, "dp-clipping-norm": self.dp_clipping_norm,
+              "dp-delta": self.dp_delta, "num-server-rounds": self.num_server_rounds, "dp-layers": self.dp_layers}
+              if self.image_dp else {})  # fmt: skip
         return {"local-epochs": self.local_epochs, "batch-size": self.batch_size, "lr": self.lr,
                 "augment": self.augment, "seed": self.seed, "compression": self.compression, **dp}  # fmt: skip
 
@@ -395,7 +403,7 @@ def main(grid: Grid, context: Context) -> None:
             "failures": failures,
             "train": outcome.metrics,
             "eval": eval_metrics,
-            "privacy": image_privacy_report(s.dp_target_epsilon, s.dp_clipping_norm, s.dp_delta, outcome.metrics)
+            "privacy": image_privacy_report(s.dp_target_epsilon, s.dp_clipping_norm, s.dp_delta, outcome.metrics, s.dp_layers)
             if s.image_dp else privacy_report(strategy),
             "start_weights_sha256": start_sha,
             "timing": {

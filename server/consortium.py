@@ -110,6 +110,8 @@ class DpConfig(StrictModel):
                                            "clipping_norm / sites.")  # fmt: skip
     target_epsilon: float | None = Field(None, gt=0, description="level image: ε every site reaches after the last "
                                          "round (each calibrates its own noise to its data).")  # fmt: skip
+    layers: Literal["all", "head"] = Field("all", description="level image: train every layer (a BatchNorm-free "
+                                           "model), or only the classifier of task.init_weights' pretrained model.")  # fmt: skip
     clipping_norm: float = Field(gt=0, description="L2 bound: on each site's update (level site; parameters, not BN "
                                  "statistics) or on each image's gradient (level image).")  # fmt: skip
     delta: float = Field(1e-5, gt=0, lt=1, description="δ at which ε is reported.")
@@ -193,11 +195,17 @@ class ConsortiumConfig(StrictModel):
         if dp is not None and dp.level == "image" and self.task.type == "segmentation":
             raise ValueError("privacy.dp level 'image' is not available for task.type segmentation yet; use level "
                              "'site' or remove privacy.dp")  # fmt: skip
-        if dp is not None and dp.level == "image" and self.task.model not in BATCHNORM_FREE_MODELS:
+        if dp is None or dp.level != "image":
+            return self
+        if dp.layers == "all" and self.task.model not in BATCHNORM_FREE_MODELS:
             raise ValueError(
                 f"privacy.dp level 'image' trains with per-image gradients, which BatchNorm in task.model "
-                f"{self.task.model!r} mixes across images; set task.model to one of {', '.join(BATCHNORM_FREE_MODELS)}"
+                f"{self.task.model!r} mixes across images; set task.model to one of {', '.join(BATCHNORM_FREE_MODELS)}, "
+                "or privacy.dp.layers: head with a pretrained task.init_weights"
             )
+        if dp.layers == "head" and self.task.init_weights is None:
+            raise ValueError("privacy.dp.layers head trains only the classifier on frozen features, which must come "
+                             "from a pretrained model: set task.init_weights")  # fmt: skip
         return self
 
     @model_validator(mode="after")
@@ -242,6 +250,7 @@ class ConsortiumConfig(StrictModel):
             "dp-noise-multiplier": float(self.privacy.dp.noise_multiplier or 0.0) if self.privacy.dp else 0.0,
             "dp-level": self.privacy.dp.level if self.privacy.dp else "site",
             "dp-target-epsilon": float(self.privacy.dp.target_epsilon or 0.0) if self.privacy.dp else 0.0,
+            "dp-layers": self.privacy.dp.layers if self.privacy.dp else "all",
             "dp-clipping-norm": float(self.privacy.dp.clipping_norm) if self.privacy.dp else 0.0,
             "dp-delta": float(self.privacy.dp.delta) if self.privacy.dp else 1e-5,
             "mode": mode,  # "train", "stats" (`fedrad-server stats`) or "crossval" (`fedrad-server crossval`)
@@ -329,6 +338,9 @@ evaluate_every: {cfg.evaluate_every}            # federated evaluation every N r
 #   # Or per-image DP (level image): each site trains with DP-SGD and accounts its own epsilon. It protects each
 #   # image (a patient with k images: about k x epsilon) and works with any strategy; needs task.model: smallcnn-gn.
 #   dp: {{level: image, target_epsilon: 8.0, clipping_norm: 1.0, delta: 1.0e-5}}
+#   # With a pretrained task.init_weights (e.g. trained on public images), layers: head trains only the classifier
+#   # under DP and keeps the features frozen; it works with smallcnn's BatchNorm and costs far less accuracy.
+#   dp: {{level: image, layers: head, target_epsilon: 8.0, clipping_norm: 1.0}}
 #   # Secure aggregation (SecAgg+): the server sees only the sum of the sites' updates; needs >= 2 sites,
 #   # not with fedmedian/fedtrimmedavg/krum (they need each update). Costs 4 message waves a round and 2x upload.
 #   secure_aggregation: {{threshold_fraction: 0.67}}

@@ -103,6 +103,38 @@ def dp_sgd_problems(model: nn.Module) -> list[str]:
     return [str(e) for e in ModuleValidator.validate(model, strict=False)]
 
 
+LAYERS = ("all", "head")
+
+
+def _private_part(model: nn.Module, layers: str) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """(the module DP-SGD trains, the frozen part's forward before it; identity for ``all``).
+
+    ``head``: only the classifier trains; the feature extractor is frozen in eval mode (its BatchNorm uses
+    the statistics it came with and never updates them, so nothing of this site's images enters it).
+    """
+    if layers == "all":
+        problems = dp_sgd_problems(model)
+        if problems:
+            raise ValueError(f"per-image DP cannot train this model: {'; '.join(problems)} "
+                             "(use task.model: smallcnn-gn, or privacy.dp.layers: head)")  # fmt: skip
+        return model, lambda x: x
+    if layers != "head":
+        raise ValueError(f"privacy.dp.layers must be one of {', '.join(LAYERS)}, got {layers!r}")
+    if not all(hasattr(model, a) for a in ("features", "pool", "classifier")):
+        raise ValueError(f"privacy.dp.layers head needs a smallcnn-family model, not {type(model).__name__}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.classifier.parameters():
+        p.requires_grad_(True)
+
+    @torch.no_grad()
+    def frozen(x: torch.Tensor) -> torch.Tensor:
+        return model.pool(model.features(x)).flatten(1)
+
+    return model.classifier, frozen
+
+
 def train_model_private(
     model: nn.Module,
     data: SiteDataset,
@@ -110,9 +142,12 @@ def train_model_private(
     noise_multiplier: float,
     clipping_norm: float,
     on_batch: Callable[[int, int], None] | None = None,
+    layers: str = "all",
 ) -> list[dict]:
     """DP-SGD: train ``model`` in place for ``cfg.epochs`` × :func:`steps_per_epoch` Poisson-sampled steps.
 
+    ``layers``: ``all`` (a BatchNorm-free model) or ``head`` (only the classifier of a pretrained
+    feature extractor, which stays frozen: the usual way to fine-tune under DP from a public model).
     Returns one history dict per epoch (``epoch``, ``loss``, ``train_acc``,
     ``images_per_s``) like :func:`shared.training.train_model`. FedProx's
     proximal term is not applied: its gradient is not per image. A step whose
@@ -121,9 +156,7 @@ def train_model_private(
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    problems = dp_sgd_problems(model)
-    if problems:
-        raise ValueError(f"per-image DP cannot train this model: {'; '.join(problems)} (use task.model: smallcnn-gn)")
+    trained, frozen = _private_part(model, layers)
     n = len(data)
     if n < 2:
         raise ValueError(f"need at least 2 training images, got {n}")
@@ -132,7 +165,7 @@ def train_model_private(
     augment = build_augment(cfg.augment)
     images, labels = data.images, data.labels
     weight = class_weights(labels, len(data.classes)) if cfg.class_weighted else torch.ones(len(data.classes))
-    private = GradSampleModule(model, loss_reduction="mean")
+    private = GradSampleModule(trained, loss_reduction="mean")
     bs = min(cfg.batch_size, n)
     optimizer = DPOptimizer(torch.optim.AdamW(private.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
                             noise_multiplier=noise_multiplier, max_grad_norm=clipping_norm, expected_batch_size=bs,
@@ -144,14 +177,14 @@ def train_model_private(
     warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
     try:
         for epoch in range(1, cfg.epochs + 1):
-            private.train()
+            private.train()  # head: only the classifier (Opacus records activations in training mode only)
             loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
             for step in range(steps):
                 idx = torch.nonzero(torch.rand(n, generator=gen) < q).flatten()
                 if len(idx) == 0:
                     continue
                 x, y = augment(images[idx], gen), labels[idx]
-                logits = private(x)
+                logits = private(frozen(x))
                 per_image = F.cross_entropy(logits, y, reduction="none") * weight[y]
                 optimizer.zero_grad(set_to_none=True)
                 per_image.mean().backward()  # GradSampleModule undoes the mean: each image's own weighted gradient
@@ -166,5 +199,7 @@ def train_model_private(
                             "images_per_s": seen / elapsed if elapsed > 0 else float("inf")})  # fmt: skip
     finally:
         private.to_standard_module()  # removes Opacus' hooks: the plain model goes on (evaluated, sent, saved)
+        for p in model.parameters():
+            p.requires_grad_(True)
     model.eval()
     return history

@@ -151,3 +151,28 @@ def test_coordinator_round_row_says_per_image_epsilon() -> None:
     row = {"round": 1, "sites_answered": 2, "sites_failed": 0, "seconds": 9.0, "train": {},
            "privacy": {"epsilon": 5.54, "delta": 1e-5, "level": "image"}}  # fmt: skip
     assert "DP ε=5.54 per image, largest site (δ=1e-05)" in round_row(row).metrics
+
+
+def test_head_only_dp_keeps_the_pretrained_features_and_their_statistics() -> None:
+    from shared.training import train_model
+
+    seed_everything(0)
+    model = build_model("smallcnn", 2, 32)  # BatchNorm: fine here, the features are frozen
+    train_model(model, blob_dataset(64, 32), TrainConfig(epochs=2, batch_size=16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_model_private(model, blob_dataset(48, 32, seed=2), TrainConfig(epochs=2, batch_size=16), 1.0, 1.0, layers="head")
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"classifier.weight", "classifier.bias"}  # BN running statistics never saw the private images
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_head_only_dp_needs_pretrained_weights(tmp_path) -> None:
+    from server.consortium import parse_consortium
+
+    dp = {"level": "image", "layers": "head", "target_epsilon": 8, "clipping_norm": 1.0}
+    base = {"name": "C", "address": "h:9443", "privacy": {"dp": dp}}
+    with pytest.raises(ConfigError, match="set task.init_weights"):
+        parse_consortium({**base, "task": {"classes": ["normal", "nodule"]}})
+    (tmp_path / "public.pt").write_bytes(b"x")
+    cfg = parse_consortium({**base, "task": {"classes": ["normal", "nodule"], "init_weights": str(tmp_path / "public.pt")}})
+    assert cfg.to_run_config()["dp-layers"] == "head"

@@ -105,13 +105,14 @@ def replay(strategy: FedRadStrategy, sites_per_round: list[int]) -> None:
         strategy.inner.accountant.compose(release_event(strategy.dp, max(1, sites)))
 
 
-def image_privacy_report(target_epsilon: float, clipping_norm: float, delta: float, train_metrics) -> dict:  # noqa: ANN001
+def image_privacy_report(target_epsilon: float, clipping_norm: float, delta: float, train_metrics,  # noqa: ANN001
+                         layers: str = "all") -> dict:  # fmt: skip
     """Per-image DP (each site's DP-SGD, :mod:`shared.private_training`): ε of the least private site this round.
 
     The sites account their own ε (:mod:`client.privacy_ledger`) and report it; the server only collects it, and
     rejects a training reply without it (``FedRadStrategy.required_train_metrics``).
     """
     eps = float(train_metrics.get("dp-epsilon", 0.0)) if train_metrics else 0.0
-    return {"epsilon": round(eps, 4), "delta": delta, "level": "image", "target_epsilon": target_epsilon,
+    return {"epsilon": round(eps, 4), "delta": delta, "level": "image", "layers": layers, "target_epsilon": target_epsilon,
             "clipping_norm": clipping_norm, "noise_multiplier_min": train_metrics.get("dp-noise-multiplier") if train_metrics else None,
             "accounting": "rdp, per image, Poisson sampling, at each site (largest site ε)"}  # fmt: skip
