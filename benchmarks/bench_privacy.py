@@ -123,7 +123,7 @@ def image_level_runs(lc, root: Path, a, console) -> tuple[dict[str, tuple[Path, 
     only the classifier of a pretrained public model (the run without DP fine-tunes the whole model from it).
     """
     runs: dict[str, tuple[Path, float]] = {}
-    public = pretrain_public_model(root, a.scale, console)
+    public = pretrain_public_model(root, a.public_scale, console)
     runs["public model, no federated training"] = (public, -1.0)
     init = {"model": "smallcnn", "init-weights": str(public)}
     console.print("FedAvg without DP from the public model (all layers) …")
@@ -145,6 +145,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--level", choices=("site", "image"), default="site", help="client-level (site) or per-image DP")
     p.add_argument("--clip", type=float, default=1.0, help="--level image: per-image gradient clipping norm")
+    p.add_argument("--public-scale", type=float, default=1.0, help="--level image: size of the public cohort "
+                   "(1.0: about 700 images)")
     p.add_argument("--with-gn", action="store_true", help="--level image: also smallcnn-gn from scratch, all layers")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sites", type=int, default=3)
