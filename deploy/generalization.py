@@ -56,21 +56,24 @@ class BenchmarkError(RuntimeError):
 
 @dataclass(frozen=True)
 class BenchSite:
-    """A site folder: ``site.yaml`` (its ``data``/``labels``) or ``dicom/`` + ``labels.csv`` (the synthetic layout)."""
+    """A site folder: ``site.yaml`` (its ``data``/``labels``) or ``dicom/`` + ``labels.csv`` (the synthetic layout).
+
+    ``labels`` is None for a segmentation-only site (its labels are the DICOM SEGs in ``data``)."""
 
     name: str
     data: Path
-    labels: Path
+    labels: Path | None
 
     @classmethod
     def from_dir(cls, folder: Path) -> BenchSite:
         folder = Path(folder)
         if (folder / "site.yaml").is_file():
             values = load_yaml_mapping(folder / "site.yaml")
-            if "data" not in values or "labels" not in values:
-                raise ConfigError(f"{folder / 'site.yaml'}: needs 'data' and 'labels'")
+            if "data" not in values:
+                raise ConfigError(f"{folder / 'site.yaml'}: needs 'data' (and 'labels' for classification)")
             base = folder.resolve()
-            return cls(folder.name, base / str(values["data"]), base / str(values["labels"]))
+            labels = base / str(values["labels"]) if values.get("labels") else None
+            return cls(folder.name, base / str(values["data"]), labels)
         if (folder / "dicom").is_dir() and (folder / "labels.csv").is_file():
             return cls(folder.name, folder / "dicom", folder / "labels.csv")
         raise ConfigError(f"{folder}: not a site folder; expected site.yaml, or dicom/ and labels.csv "

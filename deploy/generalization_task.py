@@ -29,7 +29,7 @@ def metric_names(task: Task) -> list[str]:
     return [f"dice-{x}" for x in ["mean", *task.labels]] if task.segmentation else ["auc"]
 
 
-def load_unseen(task: Task, data: Path, labels: Path, cache_dir: Path) -> Dataset:
+def load_unseen(task: Task, data: Path, labels: Path | None, cache_dir: Path) -> Dataset:
     """All of an unseen site's cases for ``task`` (segmentation: the images with a usable DICOM SEG)."""
     from shared.site_data import load_site_dataset
 
