@@ -105,3 +105,9 @@ def test_start_preflight_accepts_a_segmentation_only_site(seg_site: Path) -> Non
     cfg = parse_model(SiteFileConfig, values, str(seg_site), seg_site.parent)
     ok, verdict = check_data(cfg)
     assert ok and "segmentation" in verdict and "20 DICOM SEG" in verdict, verdict
+
+
+def test_finetune_refuses_a_segmentation_model_by_name(seg_site: Path, seg_model: tuple[Path, dict], tmp_path: Path) -> None:
+    model, _ = seg_model
+    proc = run("finetune", "--model", str(model), "--config", str(seg_site), "--out", str(tmp_path / "ft.pt"))
+    assert proc.returncode == 2 and "segmentation model" in proc.stderr and "Traceback" not in proc.stderr
