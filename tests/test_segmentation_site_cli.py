@@ -111,3 +111,15 @@ def test_finetune_refuses_a_segmentation_model_by_name(seg_site: Path, seg_model
     model, _ = seg_model
     proc = run("finetune", "--model", str(model), "--config", str(seg_site), "--out", str(tmp_path / "ft.pt"))
     assert proc.returncode == 2 and "segmentation model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_segmentation_bundle_site_yaml_has_no_label_csv() -> None:
+    from client.site_config import SiteFileConfig
+    from server.consortium import parse_consortium
+    from server.enrollment import site_yaml_template
+
+    seg = parse_consortium({"name": "Seg", "address": "127.0.0.1:9443", "task": {"type": "segmentation", "labels": ["lung"]}})
+    values = yaml.safe_load(site_yaml_template(seg, "site-1"))
+    assert "labels" not in values and SiteFileConfig.model_validate(values).labels is None
+    cls = parse_consortium({"name": "Cls", "address": "127.0.0.1:9443"})
+    assert yaml.safe_load(site_yaml_template(cls, "site-1"))["labels"] == "/path/to/labels.csv"
