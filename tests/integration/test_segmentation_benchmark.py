@@ -4,7 +4,8 @@
 sites, 1 unseen, 1 seed, FedAvg, 2 rounds of 1 epoch, 32×32): every arm runs,
 every model is scored by Dice per label (and their mean) on every test set,
 the report names Dice, and the simulated sites went through the production
-ClientApp (approval, guard, audit log).
+ClientApp (approval, guard, audit log). One training site and the unseen site
+are segmentation-only: their site.yaml has no label CSV.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 def test_segmentation_benchmark_scores_dice_per_label(tmp_path: Path) -> None:
     cohort = {s.name: s.path for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=1, scale=0.06, seed=3,
                                                    task="segmentation")}  # fmt: skip
+    for name in ("site-2", "unseen-1"):  # segmentation-only sites: a site.yaml with data and no label CSV
+        (tmp_path / "yaml" / name).mkdir(parents=True)
+        (tmp_path / "yaml" / name / "site.yaml").write_text(f"data: {cohort[name] / 'dicom'}\n")
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "server.cli", "benchmark", "--task", "segmentation", "--labels", "nodule,lung",
-           "--sites", str(cohort["site-1"]), "--sites", str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]),
+           "--sites", str(cohort["site-1"]), "--sites", str(tmp_path / "yaml" / "site-2"),
+           "--unseen", str(tmp_path / "yaml" / "unseen-1"),
            "--strategies", "fedavg", "--seeds", "1", "--rounds", "2", "--local-epochs", "1", "--image-size", "32",
            "--out", str(out), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
