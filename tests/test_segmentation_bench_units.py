@@ -55,3 +55,20 @@ def test_overlay_cases_span_the_dice_range() -> None:
     dice = np.array([[0.9, 0.9], [0.1, 0.1], [0.5, 0.5], [0.7, 0.7], [0.3, 0.3]])
     assert overlay_cases(dice, 3) == [1, 2, 0]  # worst, middle, best
     assert sorted(overlay_cases(dice, 10)) == [0, 1, 2, 3, 4]
+
+
+def test_model_card_names_dice_for_a_segmentation_benchmark(tmp_path) -> None:  # noqa: ANN001
+    from server.model_card import model_card
+    from shared.config import PreprocessConfig
+    from shared.modelfile import load_model_file, save_model_file
+    from shared.task_models import build_task_model
+
+    path = tmp_path / "seg.pt"
+    save_model_file(path, build_task_model("segmentation", "unet", 2, 16), architecture="unet", arch_kwargs={}, classes=[],
+                    labels=["nodule", "lung"], preprocess=PreprocessConfig(image_size=16), threshold=None,
+                    provenance={"trained_by": "test", "kind": "local"})  # fmt: skip
+    cell = {"mean": 0.9, "sd": 0.0, "n": 1}
+    bench = {"engine": "sim", "config": {"seeds": 1}, "columns": ["a test"], "metric": "dice-mean",
+             "matrix": {"fedavg": {"a test": cell}}, "metric_matrices": {"dice-lung": {"fedavg": {"a test": cell}}}}  # fmt: skip
+    card = model_card(load_model_file(path), None, {}, ["a"], benchmark=bench)
+    assert "Dice, mean over labels mean" in card and "Dice lung mean" in card and "AUC mean" not in card
