@@ -50,7 +50,23 @@ def check(
     from client.site_options import site_data_config
     from shared.site_data import check_site
 
-    cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir)
+    cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir,
+                           task="segmentation" if segments else "classification")  # fmt: skip
+    if cfg.labels is None:  # a segmentation-only site: the SEGs are its labels
+        from client.check_view import render_segmentation
+        from shared.segmentation_data import check_segments_only
+
+        names = [s.strip() for s in segments.split(",") if s.strip()]
+        with progress_bar("Scanning DICOM", enabled=not as_json) as update:
+            report = check_segments_only(cfg, names, on_progress=update)
+        if as_json:
+            _print_json(report)
+        else:
+            render_segmentation(report["segmentation"], out)
+            out.print(report["verdict"])
+        if not report["ok"]:
+            raise typer.Exit(EXIT_NO)
+        return
     with progress_bar("Scanning DICOM", enabled=not as_json) as update:
         result = check_site(cfg, on_progress=update)
     report = result.to_json()
@@ -80,27 +96,38 @@ def train_local(
     config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
     classes: Optional[str] = ClassesOpt, key: Optional[str] = KeyOpt, label_column: Optional[str] = LabelColOpt,
     image_size: Optional[int] = SizeOpt, cache_dir: Optional[Path] = CacheOpt,
-    model: str = typer.Option("smallcnn", "--model", help="Architecture: smallcnn, densenet121, resnet18."),
+    model: Optional[str] = typer.Option(None, "--model", help="Architecture: smallcnn (default), densenet121, resnet18; "
+                                        "unet with --segments."),
     epochs: int = typer.Option(15, "--epochs", min=1, help="Training epochs."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default 32 (8 with --segments)."),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Default 1e-3 (3e-3 with --segments)."),
     augment: float = typer.Option(1.0, "--augment", min=0.0, help="Augmentation strength (0 = off)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9),
     seed: int = typer.Option(0, "--seed"),
     site_name: str = typer.Option("local-site", "--site-name", help="Recorded in the model's provenance."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads (1 is fastest when sites share cores)."),
+    segments: Optional[str] = typer.Option(None, "--segments", help="Segment labels, e.g. nodule,lung: train a "
+                                           "segmentation model on the export's DICOM SEGs (no label CSV needed)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a local baseline on this site's data only; nothing leaves the site."""
     from client.site_options import site_data_config
     from client.train_local import TrainLocalOptions, run_train_local
 
-    cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir)
+    seg = [s.strip() for s in segments.split(",") if s.strip()] if segments else []
+    cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir,
+                           task="segmentation" if seg else "classification")  # fmt: skip
     opts = TrainLocalOptions(
-        model=model, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
+        model=model or ("unet" if seg else "smallcnn"), epochs=epochs, batch_size=batch_size or (8 if seg else 32),
+        lr=lr if lr is not None else (3e-3 if seg else 1e-3), augment=augment,
         val_fraction=val_fraction, seed=seed, site_name=site_name, threads=threads,
-    )
-    summary = run_train_local(cfg, opts, out_path, show_progress=not as_json, console=out)
+    )  # fmt: skip
+    if seg:
+        from client.train_local_segmentation import run_train_local_segmentation
+
+        summary = run_train_local_segmentation(cfg, seg, opts, out_path, console=None if as_json else out)
+    else:
+        summary = run_train_local(cfg, opts, out_path, show_progress=not as_json, console=out)
     if as_json:
         _print_json(summary)
 

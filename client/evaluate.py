@@ -31,8 +31,14 @@ def run_evaluate(
     """Evaluate and write the report; returns the metrics dict (also in OUT/metrics.json)."""
     loaded = load_model_file(model_path)
     cfg = site_data_config(
-        config, data, labels, ",".join(loaded.classes), key, label_column, loaded.preprocess.image_size, cache_dir,
+        config, data, labels, ",".join(loaded.classes) or None, key, label_column, loaded.preprocess.image_size,
+        cache_dir, task=loaded.task,
     )
+    if loaded.task == "segmentation":  # Dice/HD95 on the export's DICOM SEGs; labels.csv is not read
+        from client.evaluate_segmentation import run_evaluate_segmentation
+
+        return run_evaluate_segmentation(loaded, model_path, cfg, out_dir, n_bootstrap=n_bootstrap,
+                                         console=console if show_progress else None)  # fmt: skip
     with progress_bar("Loading DICOM", enabled=show_progress) as update:
         dataset, check = load_site_dataset(cfg, on_progress=update)
     if len(dataset) == 0:

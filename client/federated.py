@@ -109,7 +109,7 @@ def load_site_data(site_config: Path, task: Task, seed: int, site_name: str | No
 
     t0 = time.perf_counter()
     site_config = Path(site_config)
-    cfg: SiteDataConfig = site_data_config(config=site_config)
+    cfg: SiteDataConfig = site_data_config(config=site_config, task=task.task_type)
     if task.segmentation:
         return _load_seg_site_data(site_config, cfg, task, seed, site_name, t0)
     if list(cfg.classes) != list(task.classes):

@@ -47,6 +47,10 @@ def run_finetune(model_path: Path, out_path: Path, opts: FinetuneOptions, *, con
     """Split, score, fine-tune, score again, save; return a JSON-able before/after summary."""
     torch.set_num_threads(1)
     base = load_model_file(model_path)
+    if base.task == "segmentation":
+        raise ConfigError(f"{model_path}: a segmentation model ({', '.join(base.labels)}); fine-tuning is for "
+                          "classification models so far. Score it with `fedrad-site evaluate`, or train a local "
+                          "baseline with `fedrad-site train-local --segments`")  # fmt: skip
     cfg = site_data_config(config, data, labels, ",".join(base.classes), None, None, base.preprocess.image_size, cache_dir)
     with progress_bar("Loading DICOM", enabled=show_progress) as update:
         dataset, check = load_site_dataset(cfg, on_progress=update)

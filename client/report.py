@@ -189,10 +189,25 @@ def _write_predictions(path: Path, case_ids, y, p, classes, metrics) -> None:
 
 
 def _html(title: str, m: dict, classes: list[str], model_info: dict, images: dict[str, Path], captions: list[str]) -> str:
+    sections = f"""<h2>Metrics</h2>
+{_metrics_table(m, classes)}
+<h2>Cases per class</h2>
+{_counts_table(m, classes)}
+"""
+    footer = "Per-case predictions: <code>predictions.csv</code> next to this file."
+    return html_page(title, sections, m.get("warnings", []), model_info, images, captions, footer)
+
+
+def html_page(title: str, sections: str, warnings: list[str], model_info: dict, images: dict[str, Path],
+              captions: list[str], footer: str) -> str:  # fmt: skip
+    """The self-contained report page: notice, warnings, the task's ``sections`` (HTML), model, embedded plots.
+
+    Shared by the classification report and the segmentation one (:mod:`client.seg_report`).
+    """
     esc = html.escape
     img = {k: base64.b64encode(v.read_bytes()).decode("ascii") for k, v in images.items()}
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    warn = "".join(f"<li>{esc(w)}</li>" for w in m.get("warnings", []))
+    warn = "".join(f"<li>{esc(w)}</li>" for w in warnings)
     figures = "".join(
         f'<figure><img alt="{k}" src="data:image/png;base64,{b64}"><figcaption>{esc(cap)}</figcaption></figure>'
         for (k, b64), cap in zip(img.items(), captions)
@@ -215,15 +230,11 @@ img {{ max-width: 520px; }}
 <p>Generated {generated}.</p>
 <p class="notice">{esc(PER_CASE_NOTICE)}</p>
 {f'<div class="warn"><p>Warnings:</p><ul>{warn}</ul></div>' if warn else ''}
-<h2>Metrics</h2>
-{_metrics_table(m, classes)}
-<h2>Cases per class</h2>
-{_counts_table(m, classes)}
-<h2>Model</h2>
+{sections}<h2>Model</h2>
 {_model_table(model_info) if model_info else "<p>No model information given.</p>"}
 <h2>Plots</h2>
 {figures}
-<p>Per-case predictions: <code>predictions.csv</code> next to this file.
+<p>{footer}
 Aggregate figures: <code>metrics.json</code>.</p>
 </body></html>
 """

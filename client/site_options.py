@@ -26,7 +26,9 @@ def site_data_config(
     label_column: str | None = None,
     image_size: int | None = None,
     cache_dir: Path | None = None,
+    task: str = "classification",
 ) -> SiteDataConfig:
+    """The site's data settings for ``task``: a segmentation task reads DICOM SEGs, so it needs no label CSV."""
     values: dict = {}
     source = "command line"
     base_dir = None
@@ -41,9 +43,11 @@ def site_data_config(
     for name, value in flags.items():
         if value is not None:
             values[name] = value
-    for required, flag in (("data", "--data"), ("labels", "--labels")):
-        if required not in values:
-            raise ConfigError(f"no {required} folder/file given: pass {flag} or set '{required}' in site.yaml (--config)")
+    required = (("data", "--data"),) if task == "segmentation" else (("data", "--data"), ("labels", "--labels"))
+    for name, flag in required:
+        if values.get(name) is None:
+            hint = " (a segmentation-only site may leave 'labels' out; classification needs the label CSV)" if name == "labels" else ""
+            raise ConfigError(f"no {name} folder/file given: pass {flag} or set '{name}' in site.yaml (--config){hint}")
     if SITE_ONLY_KEYS & set(values):  # a full site.yaml (fedrad-site start): validate all of it, use the data part
         from client.site_config import SiteFileConfig
 

@@ -10,12 +10,15 @@ passes over each training image), for each seed:
   (Ray; :mod:`deploy.simulation`) with FedRad's production ServerApp and
   ClientApp.
 
-Every model is scored (ROC AUC) on every training site's held-out patients
+Every model is scored (ROC AUC; for ``task_type="segmentation"`` Dice per
+segment label and their mean, :mod:`deploy.generalization_task`) on every training site's held-out patients
 (the split the ClientApp makes, :func:`client.federated.load_site_data`,
 seeded by the run seed) and on each unseen site (all its images). FedBN's
 model is scored at a training site with that site's own normalisation layers
 (as the site deploys it) and at an unseen site with the averaged ones.
-Results: ``results.json`` and ``report.html`` with PNG charts
+AdaBN rows are added only for models with BatchNorm (the segmentation UNet
+uses instance norm, which has no running statistics). Results: ``results.json``
+and ``report.html`` with PNG charts
 (:mod:`deploy.generalization_report`).
 """
 
@@ -32,16 +35,18 @@ from pathlib import Path
 import torch
 
 from client.federated import LocalNormStore, Task, global_model, load_site_data
+from deploy import generalization_task as bench_task
 from deploy.simulation import SimulatedSite, prepare_site, run_simulated
-from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping
-from shared.dataset import SiteDataset, concat_datasets
+from shared.config import DEFAULT_MODELS, ConfigError, load_yaml_mapping
 from shared.modelfile import load_model_file
-from shared.models import build_model
-from shared.site_data import load_site_dataset
-from shared.training import TrainConfig, auc_score, train_model
 
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam")
 STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01}}
+# Centralised and per-round training settings when not given: the classification ones of before; for the
+# small UNet the batch size of a federated segmentation round (client.federated_segmentation) and a higher
+# learning rate (a benchmark has few epochs; 1e-2 trains the synthetic masks fastest, see SegTrainConfig).
+TASK_DEFAULTS: dict[str, dict] = {"classification": {"batch_size": 32, "lr": 1e-3},
+                                  "segmentation": {"batch_size": 8, "lr": 1e-2}}  # fmt: skip
 ENGINE = "Flower simulation engine (Ray), FedRad's production ServerApp/ClientApp"
 
 
@@ -51,21 +56,24 @@ class BenchmarkError(RuntimeError):
 
 @dataclass(frozen=True)
 class BenchSite:
-    """A site folder: ``site.yaml`` (its ``data``/``labels``) or ``dicom/`` + ``labels.csv`` (the synthetic layout)."""
+    """A site folder: ``site.yaml`` (its ``data``/``labels``) or ``dicom/`` + ``labels.csv`` (the synthetic layout).
+
+    ``labels`` is None for a segmentation-only site (its labels are the DICOM SEGs in ``data``)."""
 
     name: str
     data: Path
-    labels: Path
+    labels: Path | None
 
     @classmethod
     def from_dir(cls, folder: Path) -> BenchSite:
         folder = Path(folder)
         if (folder / "site.yaml").is_file():
             values = load_yaml_mapping(folder / "site.yaml")
-            if "data" not in values or "labels" not in values:
-                raise ConfigError(f"{folder / 'site.yaml'}: needs 'data' and 'labels'")
+            if "data" not in values:
+                raise ConfigError(f"{folder / 'site.yaml'}: needs 'data' (and 'labels' for classification)")
             base = folder.resolve()
-            return cls(folder.name, base / str(values["data"]), base / str(values["labels"]))
+            labels = base / str(values["labels"]) if values.get("labels") else None
+            return cls(folder.name, base / str(values["data"]), labels)
         if (folder / "dicom").is_dir() and (folder / "labels.csv").is_file():
             return cls(folder.name, folder / "dicom", folder / "labels.csv")
         raise ConfigError(f"{folder}: not a site folder; expected site.yaml, or dicom/ and labels.csv "
@@ -79,13 +87,27 @@ class BenchConfig:
     rounds: int = 5
     local_epochs: int = 2
     image_size: int = 64
-    model: str = "smallcnn"
-    batch_size: int = 32
-    lr: float = 1e-3
+    model: str = ""  # "" = the task's default (smallcnn, unet)
+    batch_size: int = 0  # 0 = the task's default (TASK_DEFAULTS)
+    lr: float = 0.0  # 0 = the task's default
     augment: float = 1.0
     classes: list[str] = field(default_factory=lambda: ["normal", "nodule"])
     cpus: int = 2
     adabn: bool = True  # also score each federated model with BN statistics re-estimated at the unseen site
+    task_type: str = "classification"  # or "segmentation": a UNet on DICOM SEG masks, scored by Dice per label
+    labels: list[str] = field(default_factory=list)  # segmentation: the SEG segment names, one output channel each
+
+    def __post_init__(self) -> None:
+        if self.task_type not in TASK_DEFAULTS:
+            raise ConfigError(f"--task: unknown {self.task_type!r}; choose from {', '.join(TASK_DEFAULTS)}")
+        if self.task_type == "segmentation" and not self.labels:
+            raise ConfigError("a segmentation benchmark needs its segment labels, e.g. --labels nodule,lung")
+        self.model = self.model or DEFAULT_MODELS[self.task_type]
+        self.batch_size = self.batch_size or TASK_DEFAULTS[self.task_type]["batch_size"]
+        self.lr = self.lr or TASK_DEFAULTS[self.task_type]["lr"]
+
+    def task(self) -> Task:
+        return Task(self.model, self.classes, self.image_size, self.task_type, list(self.labels))
 
     def run_config(self, strategy: str, seed: int, run_dir: Path, n_sites: int) -> dict:
         return {
@@ -94,6 +116,7 @@ class BenchConfig:
             "strategy-params": json.dumps(STRATEGY_PARAMS.get(strategy, {})), "classes": ",".join(self.classes),
             "image-size": self.image_size, "model": self.model, "batch-size": self.batch_size, "lr": self.lr,
             "augment": self.augment, "run-dir": str(run_dir), "consortium": "Benchmark",
+            "task-type": self.task_type, "labels": ",".join(self.labels),
         }  # fmt: skip
 
 
@@ -134,15 +157,14 @@ def run_benchmark(
     """Train and score everything; write ``results.json`` under ``out``; return the results."""
     out = Path(out).resolve()
     torch.set_num_threads(1)
-    task = Task(cfg.model, cfg.classes, cfg.image_size)
+    task = cfg.task()
+    metrics = bench_task.metric_names(task)
     sim = [prepare_site(out / "sites", s.name, s.data, s.labels, cfg.classes, cfg.image_size, out / "cache" / s.name)
            for s in sites]  # fmt: skip
-    unseen_data = {}
-    for u in unseen:
-        unseen_data[u.name], _ = load_site_dataset(SiteDataConfig(data=u.data, labels=u.labels, classes=cfg.classes,
-                                                                  image_size=cfg.image_size, cache_dir=out / "cache" / u.name))  # fmt: skip
+    unseen_data = {u.name: bench_task.load_unseen(task, u.data, u.labels, out / "cache" / u.name) for u in unseen}
     columns = [f"{s.name} test" for s in sites] + list(unseen_data)
-    cells: dict[str, dict[str, list[float]]] = {}  # model → column → AUC per seed
+    cells: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in metrics}  # metric → model → column → per seed
+    adabn = cfg.adabn and bool(unseen_data) and bench_task.has_batch_norm(task)
     timings: dict[str, list[float]] = {}
     epochs = cfg.rounds * cfg.local_epochs
     for seed in range(cfg.seeds):
@@ -151,11 +173,12 @@ def run_benchmark(
 
         def score(label: str, model_for: Callable[[str], torch.nn.Module]) -> None:
             for col, data in tests.items():
-                cells.setdefault(label, {}).setdefault(col, []).append(auc_score(model_for(col), data))
+                for metric, value in bench_task.score(task, model_for(col), data).items():
+                    cells[metric].setdefault(label, {}).setdefault(col, []).append(value)
 
         t0 = time.monotonic()
         say(f"seed {seed}: pooled model ({epochs} epochs)")
-        pooled = _train(task, concat_datasets([d.train for d in split.values()]), epochs, cfg, seed)
+        pooled = _train(task, bench_task.pool(task, [d.train for d in split.values()]), epochs, cfg, seed)
         score("pooled", lambda col: pooled)
         timings.setdefault("pooled", []).append(time.monotonic() - t0)
         for name, d in split.items():
@@ -174,22 +197,24 @@ def run_benchmark(
                 raise BenchmarkError(f"federated {strategy} run (seed {seed}) failed: {exc}; its files are in {run_dir}") from None
             models = _federated_models(task, run_dir, sim, strategy == "fedbn")
             score(strategy, models)
-            if cfg.adabn and unseen_data:  # the unseen site re-estimates BatchNorm statistics on its own images
+            if adabn:  # the unseen site re-estimates BatchNorm statistics on its own images
                 adapted = {u: adapt_bn(models(u), d.images) for u, d in unseen_data.items()}
                 score(f"{strategy} + AdaBN", lambda col, m=models, a=adapted: a.get(col, m(col)))
             timings.setdefault(strategy, []).append(time.monotonic() - t0)
-    results = summarise(cells, columns, [f"{s.name} test" for s in sites], [s.name for s in sites], list(unseen_data))
+    site_tests = [f"{s.name} test" for s in sites]
+    results = summarise(cells[metrics[0]], columns, site_tests, [s.name for s in sites], list(unseen_data))
+    results["metric"] = metrics[0]
+    if len(metrics) > 1:  # segmentation: the cross-site matrix of each label's Dice too
+        results["metric_matrices"] = {m: summarise(cells[m], columns, site_tests, [s.name for s in sites],
+                                                   list(unseen_data))["matrix"] for m in metrics[1:]}  # fmt: skip
     results.update(config=asdict(cfg), engine=ENGINE, sites={s.name: len(split[s.name].train) + len(split[s.name].held_out) for s in sim},
                    test_sizes={c: len(d) for c, d in tests.items()}, seconds={k: round(sum(v), 1) for k, v in timings.items()})  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
-def _train(task: Task, data: SiteDataset, epochs: int, cfg: BenchConfig, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_model(task.model, len(task.classes), task.image_size)
-    train_model(model, data, TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, augment=cfg.augment, seed=seed))
-    return model.eval()
+def _train(task: Task, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, seed: int) -> torch.nn.Module:
+    return bench_task.train(task, data, epochs, cfg.batch_size, cfg.lr, cfg.augment, seed)
 
 
 def _federated_models(task: Task, run_dir: Path, sites: list[SimulatedSite], local_norm: bool) -> Callable[[str], torch.nn.Module]:
@@ -209,7 +234,7 @@ def _federated_models(task: Task, run_dir: Path, sites: list[SimulatedSite], loc
 
 
 def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names: list[str], unseen: list[str]) -> dict:
-    """Mean ± sd over seeds per cell; per model the mean over site test sets, unseen AUC, ratio to pooled."""
+    """Mean ± sd over seeds per cell; per model the mean over site test sets, unseen score, ratio to pooled."""
     matrix = {m: {c: _mean_sd(v) for c, v in row.items()} for m, row in cells.items()}
     models: dict[str, dict] = {}
     seeds = max(len(v) for row in cells.values() for v in row.values())

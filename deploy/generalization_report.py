@@ -11,6 +11,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+METRIC_TITLES = {"auc": "ROC AUC", "dice-mean": "Dice (mean over labels)"}
+
+
+def metric_title(results: dict, metric: str | None = None) -> str:
+    """How the report names a metric (``results['metric']`` by default; older results.json are AUC)."""
+    metric = metric or results.get("metric", "auc")
+    return METRIC_TITLES.get(metric, metric.replace("dice-", "Dice ") if metric.startswith("dice-") else metric)
+
+
+def chart_name(results: dict) -> str:
+    """``auc-by-model.png`` or ``dice-by-model.png``."""
+    return f"{results.get('metric', 'auc').split('-')[0]}-by-model.png"
+
+
 def _fmt(cell: dict | None) -> str:
     if not cell or cell.get("mean") is None:
         return "–"
@@ -18,7 +32,7 @@ def _fmt(cell: dict | None) -> str:
 
 
 def bar_chart(results: dict, path: Path) -> Path:
-    """Mean AUC over site test sets (± sd over seeds) and AUC on each unseen site, per model."""
+    """Mean score over site test sets (± sd over seeds) and the score on each unseen site, per model."""
     models = list(results["models"])
     unseen = [c for c in results["columns"] if not c.endswith(" test")]
     series = [("site test sets (mean)", [results["models"][m]["site_mean"] for m in models])]
@@ -32,8 +46,8 @@ def bar_chart(results: dict, path: Path) -> Path:
     if pooled:
         ax.axhline(pooled, color="grey", linestyle="--", linewidth=1, label="pooled (site mean)")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models, rotation=30, ha="right")
-    ax.set_ylim(0.4, 1.0)
-    ax.set_ylabel("ROC AUC")
+    ax.set_ylim(0.4 if results.get("metric", "auc") == "auc" else 0.0, 1.0)
+    ax.set_ylabel(metric_title(results))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -42,17 +56,19 @@ def bar_chart(results: dict, path: Path) -> Path:
 
 
 def heat_map(results: dict, path: Path) -> Path:
-    """The cross-site matrix: models (rows) × test sites (columns), mean AUC over seeds."""
+    """The cross-site matrix: models (rows) × test sites (columns), mean score over seeds."""
     models, cols = list(results["matrix"]), results["columns"]
     values = [[(results["matrix"][m].get(c) or {}).get("mean") or float("nan") for c in cols] for m in models]
     fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 3, 0.45 * len(models) + 1.5))
-    im = ax.imshow(values, cmap="viridis", vmin=0.5, vmax=1.0, aspect="auto")
+    low = 0.5 if results.get("metric", "auc") == "auc" else 0.0
+    im = ax.imshow(values, cmap="viridis", vmin=low, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(models)), models)
     for i, row in enumerate(values):
         for j, v in enumerate(row):
-            ax.text(j, i, "–" if v != v else f"{v:.2f}", ha="center", va="center", color="white" if v < 0.8 else "black", fontsize=8)
-    fig.colorbar(im, ax=ax, label="ROC AUC")
+            ax.text(j, i, "–" if v != v else f"{v:.2f}", ha="center", va="center",
+                    color="white" if v < low + 0.6 * (1 - low) else "black", fontsize=8)  # fmt: skip
+    fig.colorbar(im, ax=ax, label=metric_title(results))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -62,9 +78,17 @@ def heat_map(results: dict, path: Path) -> Path:
 def write_report(results: dict, out: Path) -> Path:
     """``report.html`` (tables + the two charts) next to ``results.json``."""
     out = Path(out)
-    bar, heat = bar_chart(results, out / "auc-by-model.png"), heat_map(results, out / "cross-site-matrix.png")
+    bar, heat = bar_chart(results, out / chart_name(results)), heat_map(results, out / "cross-site-matrix.png")
     cfg, cols = results["config"], results["columns"]
     esc = html.escape
+    title = esc(metric_title(results))
+    per_label = "".join(
+        f"<h3>{esc(metric_title(results, metric))}</h3><table><tr><th>model</th>{''.join(f'<th>{esc(c)}</th>' for c in cols)}</tr>"
+        + "".join(f"<tr><td>{esc(m)}</td>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in cols) + "</tr>"
+                  for m, row in matrix_.items()) + "</table>"
+        for metric, matrix_ in (results.get("metric_matrices") or {}).items()
+    )  # fmt: skip
+    task = f"segmentation of {esc(', '.join(cfg.get('labels') or []))}" if cfg.get("task_type") == "segmentation" else "classification"
     rows = "".join(
         f"<tr><td>{esc(m)}</td><td>{_fmt(r['site_mean'])}</td><td>{r['ratio_to_pooled'] or '–'}</td>"
         + "".join(f"<td>{_fmt(r['unseen'][u])}</td>" for u in r["unseen"]) + "</tr>"
@@ -82,16 +106,16 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 <h1>Generalization across hospitals</h1>
 <p>{esc(results['engine'])}. {cfg['seeds']} seed(s); matched budget: {cfg['rounds']} rounds × {cfg['local_epochs']} local
 epochs federated = {cfg['rounds'] * cfg['local_epochs']} epochs for pooled and local-only models. Model {esc(cfg['model'])},
-{cfg['image_size']}×{cfg['image_size']}. Test sets (images): {esc(str(results['test_sizes']))}. AUC mean ± sd over seeds.</p>
+{cfg['image_size']}×{cfg['image_size']}, {task}. Test sets (images): {esc(str(results['test_sizes']))}. {title} mean ± sd over seeds.</p>
 <h2>Summary</h2>
-<p>Best federated strategy: <b>{esc(str(v.get('best_federated')))}</b>, {v.get('ratio_to_pooled')} × pooled mean AUC over site
+<p>Best federated strategy: <b>{esc(str(v.get('best_federated')))}</b>, {v.get('ratio_to_pooled')} × pooled mean {title} over site
 test sets. Beats each site's local-only model on that site's test set: {esc(str(v.get('beats_local_on_own_test')))};
 on the unseen site(s): {esc(str(v.get('beats_local_on_unseen')))}.</p>
-<table><tr><th>model</th><th>mean AUC, site test sets</th><th>× pooled</th>{''.join(f'<th>{esc(u)}</th>' for u in unseen)}</tr>{rows}</table>
-<p><img src="{bar.name}" alt="AUC by model"></p>
+<table><tr><th>model</th><th>mean {title}, site test sets</th><th>× pooled</th>{''.join(f'<th>{esc(u)}</th>' for u in unseen)}</tr>{rows}</table>
+<p><img src="{bar.name}" alt="{title} by model"></p>
 <h2>Cross-site matrix (rows: models, columns: test sites)</h2>
 <table><tr><th>model</th>{''.join(f'<th>{esc(c)}</th>' for c in cols)}</tr>{matrix}</table>
-<p><img src="{heat.name}" alt="cross-site matrix"></p>
+<p><img src="{heat.name}" alt="cross-site matrix"></p>{'<h2>Per segment label</h2>' + per_label if per_label else ''}
 <p>FedBN is scored at each training site with that site's own normalisation layers and at unseen sites with the averaged ones.
 Seconds per arm: {esc(str(results.get('seconds')))}.</p></body></html>"""
     path = out / "report.html"

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from deploy.generalization_report import _fmt
+from deploy.generalization_report import _fmt, metric_title
 from shared.cli_support import out
 
 
 def render_results(results: dict) -> None:
     cols = results["columns"]
     unseen = [c for c in cols if not c.endswith(" test")]
-    summary = Table(title=f"Mean AUC (± sd over {results['config']['seeds']} seed(s)); {results['engine']}", title_justify="left")
+    summary = Table(title=f"Mean {metric_title(results)} (± sd over {results['config']['seeds']} seed(s)); {results['engine']}", title_justify="left")
     for name in ["model", "site test sets", "× pooled", *unseen]:
         summary.add_column(name, justify="left" if name == "model" else "right")
     for model, r in results["models"].items():
@@ -23,6 +23,13 @@ def render_results(results: dict) -> None:
     for model, row in results["matrix"].items():
         matrix.add_row(model, *(_fmt(row.get(c)) for c in cols))
     out.print(matrix)
+    for metric, rows in (results.get("metric_matrices") or {}).items():  # segmentation: each label's Dice
+        table = Table(title=f"{metric_title(results, metric)}: models (rows) × test sites (columns)", title_justify="left")
+        for name in ["model", *cols]:
+            table.add_column(name, justify="left" if name == "model" else "right")
+        for model, row in rows.items():
+            table.add_row(model, *(_fmt(row.get(c)) for c in cols))
+        out.print(table)
     v = results.get("verdict") or {}
     out.print(f"best federated: [bold]{v.get('best_federated')}[/] at {v.get('ratio_to_pooled')} × pooled; beats local-only "
               f"on own test sets {v.get('beats_local_on_own_test')}, on unseen {v.get('beats_local_on_unseen')}")

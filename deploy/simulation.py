@@ -53,13 +53,16 @@ class SimulatedSite:
                 "approvals": str(self.work_dir / "approved-code.json")}  # fmt: skip
 
 
-def prepare_site(root: Path, name: str, data: Path, labels: Path, classes: list[str], image_size: int,
+def prepare_site(root: Path, name: str, data: Path, labels: Path | None, classes: list[str], image_size: int,
                  cache_dir: Path | None = None) -> SimulatedSite:  # fmt: skip
-    """Write a data-only site.yaml under ``root/name`` and approve this checkout's code there."""
+    """Write a data-only site.yaml under ``root/name`` and approve this checkout's code there
+    (``labels`` None: a segmentation-only site, no label CSV)."""
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
-    doc = {"data": str(data), "labels": str(labels), "classes": list(classes), "image_size": image_size,
+    doc = {"data": str(data), "classes": list(classes), "image_size": image_size,
            "cache_dir": str(cache_dir or folder / "cache")}  # fmt: skip
+    if labels is not None:
+        doc["labels"] = str(labels)
     (folder / "site.yaml").write_text(yaml.safe_dump(doc))
     approve_installed(folder / "work", note="simulation")
     return SimulatedSite(name, folder / "site.yaml", folder / "work")

@@ -226,9 +226,12 @@ def benchmark(
     rounds: int = typer.Option(5, min=1, help="Federated rounds; pooled and local models get rounds × local-epochs epochs."),
     local_epochs: int = typer.Option(2, "--local-epochs", min=1),
     image_size: int = typer.Option(64, "--image-size", min=16),
-    lr: float = typer.Option(1e-3, min=0),
+    lr: float = typer.Option(0.0, min=0, help="Learning rate; 0 = the task's default (1e-3 classification, 1e-2 segmentation)."),
     augment: float = typer.Option(1.0, min=0),
     cpus: int = typer.Option(2, min=1, help="Ray CPUs: simulated sites that train at once."),
+    task: str = typer.Option("classification", "--task", help="classification (AUC) or segmentation (Dice per label; "
+                             "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`)."),
+    labels: str = typer.Option("nodule,lung", "--labels", help="Segmentation: the SEG segment names, comma-separated."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for results.json, report.html and the charts."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
@@ -243,8 +246,12 @@ def benchmark(
         raise ConfigError(f"--strategies: unknown {unknown or 'empty list'}; choose from {', '.join(STRATEGIES)}")
     if len(sites) < 2:
         raise ConfigError("--sites: give at least 2 training sites (a federation of one is local training)")
+    task_type = task.strip().lower()
+    segments = [x.strip() for x in labels.split(",") if x.strip()] if task_type == "segmentation" else []
+    if task_type == "segmentation" and "fedprox" in names:
+        raise ConfigError("--strategies: fedprox is not implemented for segmentation; use fedavg, fedbn or fedadam")
     cfg = BenchConfig(strategies=names, seeds=seeds, rounds=rounds, local_epochs=local_epochs, image_size=image_size,
-                      lr=lr, augment=augment, cpus=cpus)  # fmt: skip
+                      lr=lr, augment=augment, cpus=cpus, task_type=task_type, labels=segments)  # fmt: skip
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
     try:
         results = run_benchmark([BenchSite.from_dir(s) for s in sites], [BenchSite.from_dir(u) for u in unseen], cfg,

@@ -187,7 +187,13 @@ def write_bundle(directory: Path, cfg: ConsortiumConfig, site: EnrolledSite, bun
 
 
 def site_yaml_template(cfg: ConsortiumConfig, site_name: str) -> str:
-    """A ``site.yaml`` valid for :class:`client.site_config.SiteFileConfig`; hospital IT edits the data paths."""
+    """A ``site.yaml`` valid for :class:`client.site_config.SiteFileConfig`; hospital IT edits the data paths.
+
+    A segmentation consortium's template leaves ``labels`` commented out: its labels are the DICOM SEGs in ``data``.
+    """
+    labels_line = ("labels: /path/to/labels.csv          # CSV with a key column and a label column"
+                   if cfg.task.type != "segmentation" else
+                   "# labels: /path/to/labels.csv        # not needed: segmentation reads the DICOM SEGs in `data`")  # fmt: skip
     return f"""\
 # FedRad site settings for {site_name!r} (consortium {cfg.name!r}).
 # Edit `data` and `labels`, then: fedrad-site check --config site.yaml
@@ -196,7 +202,7 @@ def site_yaml_template(cfg: ConsortiumConfig, site_name: str) -> str:
 
 # --- this site's data (stays here; only model weights and aggregate metrics leave)
 data: /path/to/dicom-export          # folder of DICOM files (searched recursively)
-labels: /path/to/labels.csv          # CSV with a key column and a label column
+{labels_line}
 key: SOPInstanceUID                  # SOPInstanceUID, StudyInstanceUID, AccessionNumber or path
 label_column: label
 # cache_dir: /var/lib/fedrad/cache   # preprocessed tensors (default: beside the data folder)

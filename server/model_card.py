@@ -3,7 +3,7 @@
 Built only from what the coordinator holds: the model file's provenance, the
 run's ``metrics.jsonl`` (aggregate federated evaluation on the sites' held-out
 patients) and, if given, a benchmark's ``results.json`` (per-site and
-unseen-site AUC over seeds). Sites are named, never described further.
+unseen-site AUC, or Dice per label for segmentation, over seeds). Sites are named, never described further.
 """
 
 from __future__ import annotations
@@ -88,12 +88,15 @@ def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], 
         for m, row in crossval["matrix"].items():
             cells = [row.get(s, {}).get("error", "")[:40] or auc_cell(row.get(s, {})) for s in crossval["sites"]]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    if benchmark:
-        lines += ["", f"Benchmark ({benchmark.get('engine')}, {benchmark['config']['seeds']} seeds, AUC mean ± sd over seeds):", "",
-                  "| model | " + " | ".join(benchmark["columns"]) + " |", "|---" * (len(benchmark["columns"]) + 1) + "|"]
-        for m, row in benchmark["matrix"].items():
-            cells = [f"{row[c]['mean']:.3f} ± {row[c]['sd']:.3f}" if row[c]["mean"] is not None else "–" for c in benchmark["columns"]]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if benchmark:  # a segmentation benchmark (metric dice-mean) also has one matrix per label (metric_matrices)
+        matrices = {benchmark.get("metric", "auc"): benchmark["matrix"], **(benchmark.get("metric_matrices") or {})}
+        for metric, matrix in matrices.items():
+            name = "AUC" if metric == "auc" else "Dice, mean over labels" if metric == "dice-mean" else metric.replace("dice-", "Dice ")
+            lines += ["", f"Benchmark ({benchmark.get('engine')}, {benchmark['config']['seeds']} seeds, {name} mean ± sd over seeds):", "",
+                      "| model | " + " | ".join(benchmark["columns"]) + " |", "|---" * (len(benchmark["columns"]) + 1) + "|"]  # fmt: skip
+            for m, row in matrix.items():
+                cells = [f"{row[c]['mean']:.3f} ± {row[c]['sd']:.3f}" if row[c]["mean"] is not None else "–" for c in benchmark["columns"]]
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Known limitations",

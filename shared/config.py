@@ -133,7 +133,8 @@ class SiteDataConfig(StrictModel):
     """Where a site's images and labels are and how they join."""
 
     data: Path
-    labels: Path
+    labels: Path | None = Field(None, description="The label CSV (classification). A site that only takes part in "
+                                "segmentation leaves it out: its labels are the DICOM SEGs in the export.")  # fmt: skip
     key: LabelKey = "SOPInstanceUID"
     label_column: str = "label"
     classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.config import SiteDataConfig
+from shared.config import ConfigError, SiteDataConfig
 from shared.ingest.scan import scan_site
 from shared.ingest.segmentation import SegReport, match_segmentations, seg_files
 from shared.segmentation_training import SegDataset
@@ -48,3 +48,40 @@ def split_seg_dataset(data: SegDataset, fraction: float, seed: int) -> tuple[Seg
     strata = data.masks[:, 0].flatten(1).any(1).long().tolist()
     train_idx, val_idx = stratified_group_split(strata, data.groups, fraction, seed)
     return data.subset(train_idx.tolist()), data.subset(val_idx.tolist())
+
+
+MIN_SEG_CASES = 2  # federated segmentation needs a training part and a held-out part (client.federated_segmentation)
+
+
+def check_seg_export(config: SiteDataConfig) -> tuple[bool, str]:
+    """(ok, verdict) of a segmentation-only site before it joins: usable images and DICOM SEG files in the export.
+
+    The segment names come with each run, so this counts SEG objects rather than
+    matching segments; ``fedrad-site check --segments <labels>`` matches them.
+    """
+    data = Path(config.data)
+    if not data.is_dir():
+        raise ConfigError(f"data folder {data} does not exist or is not a folder (set 'data' in site.yaml)")
+    scan = scan_site(data, config.preprocess(), config.resolved_cache_dir())
+    n_seg = len(seg_files(scan.records, data))
+    ok = len(scan.usable) >= MIN_SEG_CASES and n_seg >= MIN_SEG_CASES
+    what = f"{len(scan.usable)} usable image(s) and {n_seg} DICOM SEG file(s) in {data} (segmentation only: no label CSV)"
+    if ok:
+        return True, f"ready for segmentation: {what}"
+    return False, f"cannot train segmentation: {what}; need at least {MIN_SEG_CASES} images with a SEG each"
+
+
+def check_segments_only(config: SiteDataConfig, labels: list[str], on_progress=None) -> dict:  # noqa: ANN001
+    """``fedrad-site check --segments`` at a site without a label CSV: the SEG ↔ image matching, with a verdict."""
+    data = Path(config.data)
+    if not data.is_dir():
+        raise ConfigError(f"data folder {data} does not exist or is not a folder (set --data or 'data' in site.yaml)")
+    scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), on_progress)
+    report = match_segmentations(scan.usable, seg_files(scan.records, data), labels, config.image_size, data)
+    n = len(report.masks)
+    ok = n >= MIN_SEG_CASES
+    verdict = (f"ready for segmentation: {n} images with masks of {labels}" if ok else
+               f"cannot train segmentation: {n} image(s) with masks of {labels}, need at least {MIN_SEG_CASES}")  # fmt: skip
+    return {"ok": ok, "verdict": verdict, "data": str(data), "labels_file": None,
+            "images": {"files": len(scan.records), "usable": len(scan.usable), "rejected": len(scan.rejected)},
+            "segmentation": report.to_json()}  # fmt: skip

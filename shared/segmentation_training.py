@@ -181,3 +181,19 @@ def evaluate_segmentation_loss(model: nn.Module, data: SegDataset, threshold: fl
     loss = float(seg_loss()(logits, data.masks.float()))
     dice = dice_per_case(torch.sigmoid(logits) >= threshold, data.masks)
     return {"val_loss": loss, "val_dice": float(dice.mean())}
+
+
+def concat_seg_datasets(parts: list[SegDataset]) -> SegDataset:
+    """Pool several sites' cases (same labels); patient groups are prefixed so sites never collide
+    (the segmentation counterpart of :func:`shared.dataset.concat_datasets`)."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    labels = parts[0].labels
+    if any(p.labels != labels for p in parts):
+        raise ValueError("datasets have different segment labels")
+    return SegDataset(
+        images=torch.cat([p.images for p in parts]),
+        masks=torch.cat([p.masks for p in parts]),
+        labels=list(labels),
+        groups=[f"{i}:{g}" for i, p in enumerate(parts) for g in p.groups] if all(p.groups for p in parts) else [],
+    )

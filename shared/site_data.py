@@ -94,6 +94,10 @@ def check_site(config: SiteDataConfig, on_progress: ProgressFn | None = None, wo
         raise ConfigError(f"data folder {data} does not exist (set --data or 'data' in site.yaml)")
     if not data.is_dir():
         raise ConfigError(f"data folder {data} is not a folder")
+    if config.labels is None:
+        raise ConfigError(f"no label CSV: set 'labels' in site.yaml or pass --labels; classification needs one "
+                          f"(a segmentation-only site's labels are the DICOM SEGs in {data}, used by segmentation "
+                          "runs and models only)")  # fmt: skip
     rows = read_labels(Path(config.labels), config.key, config.label_column)
     scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), on_progress, workers)
     return SiteCheck(config=config, scan=scan, join=join_labels(scan.records, rows, config.key, config.classes))

@@ -1,0 +1,69 @@
+"""``fedrad-site evaluate`` with a segmentation model file: Dice/HD95 per label on this site's DICOM SEGs.
+
+:func:`client.evaluate.run_evaluate` dispatches here when the model file says
+``task: segmentation``. The site's export is scanned with the model's
+preprocessing, the SEG masks are aligned to it (:mod:`shared.segmentation_data`),
+and every image with a usable SEG is a case. The report (metrics, overlays,
+per-case Dice) stays at the site (:mod:`client.seg_report`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from client.seg_report import write_seg_report
+from shared.config import ConfigError, SiteDataConfig
+from shared.modelfile import LoadedModel
+from shared.segmentation_metrics import evaluate_segmentation
+from shared.segmentation_training import predict_masks
+
+
+def run_evaluate_segmentation(
+    loaded: LoadedModel, model_path: Path, cfg: SiteDataConfig, out_dir: Path, *, n_bootstrap: int = 1000,
+    n_overlay: int = 4, console: Console | None = None,
+) -> dict:  # fmt: skip
+    """Evaluate ``loaded`` on the site's SEG-labelled images; write the report; return the metrics dict."""
+    from shared.segmentation_data import load_seg_dataset
+
+    cfg.image_size = loaded.preprocess.image_size
+    data, seg = load_seg_dataset(cfg, loaded.labels)
+    if len(data) == 0:
+        raise ConfigError(
+            f"{cfg.data}: no image has a usable DICOM SEG with segments {loaded.labels} ({len(seg.problems)} SEG "
+            f"problem(s)); run `fedrad-site check --data {cfg.data} --segments {','.join(loaded.labels)}`"
+        )
+    pred = predict_masks(loaded.model, data.images)
+    result = evaluate_segmentation(pred, data.masks, loaded.labels, n_bootstrap=n_bootstrap)
+    metrics = {"task": "segmentation", **result.to_json()}
+    metrics["model"] = {"file": str(model_path), "architecture": loaded.architecture,
+                        "weights_sha256": loaded.weights_sha256, "provenance": loaded.provenance}  # fmt: skip
+    metrics["data"] = {"images_with_seg": len(data), "seg_problems": len(seg.problems)}
+    uids = list(seg.masks)
+    case_ids = [seg.image_paths.get(u, u) for u in uids] if len(uids) == len(data) else [f"case-{i + 1:05d}" for i in range(len(data))]
+    write_seg_report(out_dir, metrics, result, data.images.numpy(), pred.numpy(), data.masks.numpy(), case_ids,
+                     {"architecture": loaded.architecture, "labels": ", ".join(loaded.labels),
+                      "weights sha256": loaded.weights_sha256, **{k: str(v) for k, v in loaded.provenance.items()}},
+                     n_overlay=n_overlay)  # fmt: skip
+    if console is not None:
+        render_seg_metrics(metrics, out_dir, console)
+    return metrics
+
+
+def _ci(ci: list[float] | None) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
+
+
+def render_seg_metrics(m: dict, out_dir: Path, console: Console) -> None:
+    """Dice and HD95 per label with their 95 % CIs, as a rich table."""
+    table = Table(title=f"Segmentation evaluation on {m['n_cases']} images (mean Dice {m['mean_dice']:.3f})", title_justify="left")
+    for name in ("label", "Dice", "Dice 95% CI", f"HD95 ({m['hd95_unit']})", "HD95 95% CI", "HD95 cases", "FP / FN"):
+        table.add_column(name, justify="left" if name == "label" else "right")
+    for label, s in m["per_label"].items():
+        hd = "n/a" if s["hd95_mean"] is None else f"{s['hd95_mean']:.2f}"
+        table.add_row(label, f"{s['dice_mean']:.3f}", _ci(s["dice_ci95"]), hd, _ci(s["hd95_ci95"]), str(s["n_hd95"]),
+                      f"{s['n_false_positive']} / {s['n_false_negative']}")  # fmt: skip
+    console.print(table)
+    console.print(f"Report: {Path(out_dir) / 'report.html'} (per-case results and overlays; keep at the site)")
