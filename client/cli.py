@@ -71,11 +71,10 @@ def check(
         result = check_site(cfg, on_progress=update)
     report = result.to_json()
     if segments:
-        from shared.ingest.segmentation import match_segmentations, seg_files
+        from shared.segmentation_data import match_site_masks
 
         names = [s.strip() for s in segments.split(",") if s.strip()]
-        seg = match_segmentations(result.scan.usable, seg_files(result.scan.records, Path(cfg.data)), names,
-                                  cfg.image_size, Path(cfg.data))  # fmt: skip
+        seg = match_site_masks(cfg, result.scan, names)
         report["segmentation"] = seg.to_json()
     if as_json:
         _print_json(report)

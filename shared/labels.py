@@ -58,41 +58,49 @@ def _decode(raw: bytes, path: Path) -> str:
     raise ConfigError(f"{path}: cannot decode the file as UTF-8 or Latin-1")  # latin-1 never fails; kept for clarity
 
 
-def read_labels(path: Path, key: str, label_column: str = "label") -> list[LabelRow]:
-    """Rows of (key, label, line number). Raises ConfigError naming the file, column or line."""
+def read_csv_columns(path: Path, columns: list[str], hint: str, what: str = "label file") -> list[tuple[int, list[str]]]:
+    """(line number, stripped cells of ``columns``) per non-empty row of an Excel-made CSV.
+
+    Shared by the label CSV and the segmentation mask manifest, so both cope with the same
+    encodings and delimiters. Raises ConfigError naming the file, column or line; ``hint``
+    says which setting names the columns.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: label file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a folder, expected a CSV file") from None
     except PermissionError:
-        raise ConfigError(f"{path}: permission denied reading the label file") from None
+        raise ConfigError(f"{path}: permission denied reading the {what}") from None
     text = _decode(raw, path)
     if not text.strip():
-        raise ConfigError(f"{path}: the label file is empty")
+        raise ConfigError(f"{path}: the {what} is empty")
     try:
         dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel
     reader = csv.reader(text.splitlines(), dialect)
     header = [h.strip() for h in next(reader)]
-    missing = [c for c in (key, label_column) if c not in header]
+    missing = [c for c in columns if c not in header]
     if missing:
-        raise ConfigError(
-            f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; found columns {header}. "
-            f"Set --key / --label-column (site.yaml 'key' / 'label_column') to the right column names."
-        )
-    ki, li = header.index(key), header.index(label_column)
+        raise ConfigError(f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; found columns {header}. {hint}")
+    index = [header.index(c) for c in columns]
     rows = []
     for line_no, row in enumerate(reader, start=2):
         if not any(cell.strip() for cell in row):
             continue
-        if len(row) <= max(ki, li):
-            raise ConfigError(f"{path}: line {line_no} has {len(row)} fields, expected at least {max(ki, li) + 1}")
-        rows.append(LabelRow(row[ki].strip(), row[li].strip(), line_no))
+        if len(row) <= max(index):
+            raise ConfigError(f"{path}: line {line_no} has {len(row)} fields, expected at least {max(index) + 1}")
+        rows.append((line_no, [row[i].strip() for i in index]))
     return rows
+
+
+def read_labels(path: Path, key: str, label_column: str = "label") -> list[LabelRow]:
+    """Rows of (key, label, line number). Raises ConfigError naming the file, column or line."""
+    hint = "Set --key / --label-column (site.yaml 'key' / 'label_column') to the right column names."
+    return [LabelRow(k, label, line) for line, (k, label) in read_csv_columns(path, [key, label_column], hint)]
 
 
 def record_key(record: FileRecord, key: str) -> str:
@@ -102,7 +110,8 @@ def record_key(record: FileRecord, key: str) -> str:
     return getattr(record.header, KEY_TO_HEADER_FIELD[key])
 
 
-def _normalise_key(value: str, key: str) -> str:
+def normalise_key(value: str, key: str) -> str:
+    """A CSV key cell as :func:`record_key` spells it (paths: forward slashes, no leading ./)."""
     return PurePosixPath(value.replace("\\", "/")).as_posix().lstrip("./") if key == "path" else value
 
 
@@ -117,7 +126,7 @@ def join_labels(records: list[FileRecord], rows: list[LabelRow], key: str, class
         if not row.label:
             result.problems.append(LabelProblem(row.key, "empty-label", f"line {row.line}"))
             continue
-        labels_by_key[_normalise_key(row.key, key)].add(row.label)
+        labels_by_key[normalise_key(row.key, key)].add(row.label)
 
     usable: dict[str, list[FileRecord]] = defaultdict(list)
     rejected: dict[str, FileRecord] = {}

@@ -17,17 +17,32 @@ import numpy as np
 import torch
 
 from shared.config import ConfigError, SiteDataConfig
-from shared.ingest.scan import scan_site
+from shared.ingest.scan import ScanResult, scan_site
 from shared.ingest.segmentation import SegReport, match_segmentations, seg_files
 from shared.segmentation_training import SegDataset
 from shared.splits import stratified_group_split
 
 
+def match_site_masks(config: SiteDataConfig, scan: ScanResult, labels: list[str]) -> SegReport:
+    """The site's masks for ``labels``: from the PNG/NIfTI manifest when site.yaml sets ``masks:``, else its DICOM SEGs.
+
+    The manifest wins when both exist: setting ``masks:`` is an explicit choice, and mixing
+    two sources of truth for one image would hide disagreements. SEG files in the export are
+    then ignored (they stay rejected files of the scan, as always).
+    """
+    if config.masks is not None:
+        from shared.ingest.mask_manifest import match_mask_manifest
+
+        return match_mask_manifest(scan.records, Path(config.masks), config.key, labels, config.image_size)
+    data = Path(config.data)
+    return match_segmentations(scan.usable, seg_files(scan.records, data), labels, config.image_size, data)
+
+
 def load_seg_dataset(config: SiteDataConfig, labels: list[str], workers: int | None = None) -> tuple[SegDataset, SegReport]:
-    """Every image of the export that has a usable SEG, with its masks (channels in ``labels`` order)."""
+    """Every image of the export with usable masks (:func:`match_site_masks`), channels in ``labels`` order."""
     data = Path(config.data)
     scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), workers=workers)
-    report = match_segmentations(scan.usable, seg_files(scan.records, data), labels, config.image_size, data)
+    report = match_site_masks(config, scan, labels)
     by_uid = {r.header.sop_instance_uid: r for r in scan.usable}
     uids = [u for u in report.masks if u in by_uid]
     size = config.image_size
@@ -63,12 +78,18 @@ def check_seg_export(config: SiteDataConfig) -> tuple[bool, str]:
     if not data.is_dir():
         raise ConfigError(f"data folder {data} does not exist or is not a folder (set 'data' in site.yaml)")
     scan = scan_site(data, config.preprocess(), config.resolved_cache_dir())
-    n_seg = len(seg_files(scan.records, data))
+    if config.masks is not None:  # the manifest wins over SEGs (match_site_masks): count the images it names
+        from shared.ingest.mask_manifest import read_mask_manifest
+
+        n_seg = len({k for _, k, _, _ in read_mask_manifest(Path(config.masks), config.key)})
+        source = f"image key(s) in the mask manifest {config.masks}"
+    else:
+        n_seg, source = len(seg_files(scan.records, data)), "DICOM SEG file(s)"
     ok = len(scan.usable) >= MIN_SEG_CASES and n_seg >= MIN_SEG_CASES
-    what = f"{len(scan.usable)} usable image(s) and {n_seg} DICOM SEG file(s) in {data} (segmentation only: no label CSV)"
+    what = f"{len(scan.usable)} usable image(s) and {n_seg} {source} in {data} (segmentation only: no label CSV)"
     if ok:
         return True, f"ready for segmentation: {what}"
-    return False, f"cannot train segmentation: {what}; need at least {MIN_SEG_CASES} images with a SEG each"
+    return False, f"cannot train segmentation: {what}; need at least {MIN_SEG_CASES} images with masks each"
 
 
 def check_segments_only(config: SiteDataConfig, labels: list[str], on_progress=None) -> dict:  # noqa: ANN001
@@ -77,7 +98,7 @@ def check_segments_only(config: SiteDataConfig, labels: list[str], on_progress=N
     if not data.is_dir():
         raise ConfigError(f"data folder {data} does not exist or is not a folder (set --data or 'data' in site.yaml)")
     scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), on_progress)
-    report = match_segmentations(scan.usable, seg_files(scan.records, data), labels, config.image_size, data)
+    report = match_site_masks(config, scan, labels)
     n = len(report.masks)
     ok = n >= MIN_SEG_CASES
     verdict = (f"ready for segmentation: {n} images with masks of {labels}" if ok else

@@ -43,6 +43,14 @@ class SegProblemKind(str, Enum):
     MISSING_SEGMENT = "missing-segment"
     GEOMETRY_MISMATCH = "geometry-mismatch"
     DUPLICATE_SEG = "duplicate-seg"
+    # masks from a manifest of PNG/NIfTI files (shared/ingest/mask_manifest.py)
+    MASK_FILE_MISSING = "mask-file-missing"
+    UNREADABLE_MASK = "unreadable-mask"
+    MASK_GEOMETRY_MISMATCH = "mask-geometry-mismatch"
+    MASK_KEY_NOT_FOUND = "mask-key-not-found"
+    UNKNOWN_MASK_LABEL = "unknown-mask-label"
+    MISSING_MASK_LABEL = "missing-mask-label"
+    IMAGE_WITHOUT_MASK = "image-without-mask"
 
 
 WHAT_TO_DO: dict[SegProblemKind, str] = {
@@ -60,6 +68,20 @@ WHAT_TO_DO: dict[SegProblemKind, str] = {
     "another copy of the image), so its masks are not used; re-create the SEG on the exported image.",
     SegProblemKind.DUPLICATE_SEG: "Another SEG already annotates this image; the first one (by path) is used. "
     "Remove or merge the extra SEG.",
+    SegProblemKind.MASK_FILE_MISSING: "The mask manifest names a file that does not exist (paths are relative to the "
+    "manifest CSV); fix the 'mask' cell or copy the file there.",
+    SegProblemKind.UNREADABLE_MASK: "The mask file is not a PNG or NIfTI (.nii/.nii.gz) 2D image FedRad can read; "
+    "re-export it as a single-slice PNG (nonzero = inside) or NIfTI.",
+    SegProblemKind.MASK_GEOMETRY_MISMATCH: "The mask is not the image's native Rows x Columns (drawn on a resized or "
+    "cropped copy?), so it is not used; re-export the mask at the DICOM image's size.",
+    SegProblemKind.MASK_KEY_NOT_FOUND: "No usable image has this key (wrong value, image not exported, or rejected "
+    "by the scan); fix the key cell or export the image.",
+    SegProblemKind.UNKNOWN_MASK_LABEL: "The manifest row's 'label' is not one of the task's segment labels, so the "
+    "mask is ignored; rename it or add the label to the task.",
+    SegProblemKind.MISSING_MASK_LABEL: "The image has masks for some task labels but not all, so 'absent' cannot be "
+    "told from 'not annotated' and the image is left out; add a row (an empty mask if there is nothing to mark).",
+    SegProblemKind.IMAGE_WITHOUT_MASK: "The mask manifest has no row for this image, so it is left out of "
+    "segmentation training; annotate it, or ignore this if it was not meant to be annotated.",
 }
 
 
