@@ -1,6 +1,6 @@
 """``site.yaml``: everything one hospital's FedRad site needs, in one flat file.
 
-It holds the data settings ``fedrad-site check`` uses (``data``, ``labels``,
+It holds the data settings ``fedrad-site check`` uses (``data``, ``labels``, ``masks``,
 ``key``, ``label_column``, ``classes``, ``image_size``, ``cache_dir``) plus the
 consortium credentials from the site bundle. Why one flat file: hospital IT
 edits one thing, and ``check``, ``train-local``, ``evaluate`` and ``start``
