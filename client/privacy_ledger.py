@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +78,7 @@ class PrivacyLedger:
                 )
             self.rounds = list(saved["rounds"])
 
-    def _epsilon(self, extra: list[tuple[float, int]] = ()) -> float:  # type: ignore[assignment]
+    def _epsilon(self, extra: Sequence[tuple[float, int]] = ()) -> float:
         steps = [(float(r["noise_multiplier"]), int(r["steps"])) for r in self.rounds] + list(extra)
         return epsilon_of(steps, self.n, self.batch_size, self.delta)
 
