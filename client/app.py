@@ -140,6 +140,7 @@ def _guarded_work(op: str, msg: Message, context: Context, config: dict, arrays:
                   startup: float):  # noqa: ANN202 - GuardedReply
     """The work (warm worker or in-process) → DP clipping → outbound guard; what may leave."""
     from client.outbound_guard import DEFAULT_MIN_COUNT, guard_reply, spec_of
+    from shared.names import name_list
 
     state, metrics, warm = _work(op, msg, context, config, arrays)
     if op == "train" and state is not None and "clipping_norm" in config:  # central DP: bound the update
@@ -150,10 +151,10 @@ def _guarded_work(op: str, msg: Message, context: Context, config: dict, arrays:
     if op != "query":  # statistics replies carry counts only
         metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0, "warm-worker": warm})
     rc = context.run_config
-    labels = str(rc.get("labels", "")).split(",") if str(rc.get("task-type", "")) == "segmentation" else []
+    labels = name_list(rc.get("labels")) if str(rc.get("task-type", "")) == "segmentation" else []
     guarded = guard_reply(op, incoming=spec_of(arrays), arrays=state, metrics=metrics,
                           min_count=int(context.node_config.get("min-count", DEFAULT_MIN_COUNT)),
-                          segment_labels=[x.strip() for x in labels if x.strip()])  # fmt: skip
+                          segment_labels=labels)  # fmt: skip
     for d in guarded.violations:
         print(f"FedRad outbound guard dropped {d.item}: {d.reason}", file=sys.stderr, flush=True)
     return guarded

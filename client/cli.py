@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from shared.cli_support import EXIT_NO, cli_app, err, handle_errors, out, progress_bar
+from shared.names import name_list
 
 app = cli_app(
     "fedrad-site",
@@ -56,7 +57,7 @@ def check(
         from client.check_view import render_segmentation
         from shared.segmentation_data import check_segments_only
 
-        names = [s.strip() for s in segments.split(",") if s.strip()]
+        names = name_list(segments)
         with progress_bar("Scanning DICOM", enabled=not as_json) as update:
             report = check_segments_only(cfg, names, on_progress=update)
         if as_json:
@@ -73,7 +74,7 @@ def check(
     if segments:
         from shared.segmentation_data import match_site_masks
 
-        names = [s.strip() for s in segments.split(",") if s.strip()]
+        names = name_list(segments)
         seg = match_site_masks(cfg, result.scan, names)
         report["segmentation"] = seg.to_json()
     if as_json:
@@ -113,7 +114,7 @@ def train_local(
     from client.site_options import site_data_config
     from client.train_local import TrainLocalOptions, run_train_local
 
-    seg = [s.strip() for s in segments.split(",") if s.strip()] if segments else []
+    seg = name_list(segments)
     cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir,
                            task="segmentation" if seg else "classification")  # fmt: skip
     opts = TrainLocalOptions(

@@ -39,6 +39,7 @@ import torch
 from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping
 from shared.dataset import SiteDataset, concat_datasets
 from shared.models import norm_layer_names
+from shared.names import name_list
 from shared.segmentation_training import SegDataset
 from shared.task_models import build_task_model
 from shared.training import TrainConfig, auc_with_ci, evaluate, train_model
@@ -72,13 +73,10 @@ class Task:
 
     @classmethod
     def from_run_config(cls, run_config: Mapping) -> Task:
-        def names(key: str) -> list[str]:
-            return [c.strip() for c in str(run_config.get(key, "")).split(",") if c.strip()]
-
         task_type = str(run_config.get("task-type", "classification")).strip().lower()
         default_model = "unet" if task_type == "segmentation" else "smallcnn"
-        return cls(str(run_config.get("model", default_model)), names("classes"), int(run_config.get("image-size", 64)),
-                   task_type, names("labels"))  # fmt: skip
+        return cls(str(run_config.get("model", default_model)), name_list(run_config.get("classes")), int(run_config.get("image-size", 64)),
+                   task_type, name_list(run_config.get("labels")))  # fmt: skip
 
 
 @dataclass

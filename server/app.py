@@ -37,6 +37,8 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
+from shared.names import name_list
+
 app = ServerApp()
 
 
@@ -100,8 +102,8 @@ class RunSettings:
         run_dir = str(get("run-dir", str, "")).strip()
         if not run_dir or not Path(run_dir).is_absolute():
             raise RunConfigError(f"run config 'run-dir' must be an absolute folder on the server host, got {run_dir!r}")
-        classes = [c.strip() for c in str(get("classes", str, "")).split(",") if c.strip()]
-        labels = [c.strip() for c in str(get("labels", str, "")).split(",") if c.strip()]
+        classes = name_list(get("classes", str, ""))
+        labels = name_list(get("labels", str, ""))
         task_type = get("task-type", str, "classification").strip().lower()
         s = cls(
             num_server_rounds=get("num-server-rounds", int, 3),

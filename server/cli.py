@@ -17,6 +17,7 @@ from typing import Optional
 import typer
 
 from shared.cli_support import EXIT_NO, cli_app, err, handle_errors, out
+from shared.names import name_list
 
 app = cli_app(
     "fedrad-server",
@@ -240,14 +241,14 @@ def benchmark(
     from deploy.generalization_report import write_report
     from shared.config import ConfigError
 
-    names = [s.strip().lower() for s in strategies.split(",") if s.strip()]
+    names = [s.lower() for s in name_list(strategies)]
     unknown = sorted(set(names) - set(STRATEGIES) - {"fedyogi", "fedmedian", "fedtrimmedavg", "krum"})
     if unknown or not names:
         raise ConfigError(f"--strategies: unknown {unknown or 'empty list'}; choose from {', '.join(STRATEGIES)}")
     if len(sites) < 2:
         raise ConfigError("--sites: give at least 2 training sites (a federation of one is local training)")
     task_type = task.strip().lower()
-    segments = [x.strip() for x in labels.split(",") if x.strip()] if task_type == "segmentation" else []
+    segments = name_list(labels) if task_type == "segmentation" else []
     if task_type == "segmentation" and "fedprox" in names:
         raise ConfigError("--strategies: fedprox is not implemented for segmentation; use fedavg, fedbn or fedadam")
     cfg = BenchConfig(strategies=names, seeds=seeds, rounds=rounds, local_epochs=local_epochs, image_size=image_size,
