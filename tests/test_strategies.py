@@ -348,3 +348,24 @@ def test_site_session_answers_a_statistics_query_without_weights(model: torch.nn
     assert sum(stats[f"class:{c}"] for c in TASK.classes) == 16
     with pytest.raises(ValueError, match="unknown message type"):
         session.handle("export", {}, {})
+
+
+class ThreeSites(Grid):
+    def get_node_ids(self) -> list[int]:
+        return [11, 12, 13]
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedbn", "fedadam"])
+def test_aggregate_is_bit_identical_whatever_order_the_replies_arrive_in(name: str, model: torch.nn.Module, task_identity: None) -> None:
+    """Float sums depend on their order; the strategy sorts replies so a seed reproduces its run exactly."""
+    torch.manual_seed(1)
+    states = [{k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+              for _ in range(3)]  # fmt: skip
+    replies = [reply(11 + i, st, train_metrics(7 + 13 * i)) for i, st in enumerate(states)]
+    results = []
+    for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+        s = build_strategy(name, "{}", model, min_sites=3)
+        s.configure_train(1, ArrayRecord(model.state_dict()), {}, ThreeSites(), 3)
+        results.append(s.aggregate_train(1, [replies[i] for i in order]).arrays.to_torch_state_dict())
+    for other in results[1:]:
+        assert all(torch.equal(results[0][k], other[k]) for k in results[0]), "aggregate depends on arrival order"

@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from server.strategies.bn_policy import NormKeys, held_out_keys, merge_held
 from server.strategies.metrics import aggregate_metrics
 from server.strategies.norm_screen import screen, update_norm
+from server.strategies.reply_order import in_content_order
 from server.strategies.validation import (
     ARRAYS_KEY,
     METRICS_KEY,
@@ -123,6 +124,7 @@ class FedRadStrategy:
         weights: list[float] = []
         valid = list(_triage(map(self._widened, replies), lambda c: validate_train_reply(c, self.template, self.required_train_metrics),
                              out.rejected))  # fmt: skip
+        valid = in_content_order(valid, lambda v: v[0])  # arrival order must not change the float sums
         if self._sent and (self.max_update_ratio > 0 or self.max_update_norm > 0):
             norms = [update_norm({k: m.content[ARRAYS_KEY][k].numpy() for k in self._sent}, self._sent) for m, _, _ in valid]
             reasons = screen(norms, self.max_update_ratio, self.max_update_norm)
@@ -137,6 +139,7 @@ class FedRadStrategy:
             clean.append(Message(content=content, metadata=msg.metadata))
             weights.append(float(metrics[WEIGHT_KEY]))
             out.accepted.append(node)
+        out.accepted.sort()
         for node, reason in out.rejected:
             log.warning("round %d: reply from node %d rejected: %s", rnd, node, reason)
         if len(clean) < self.min_replies:
@@ -174,9 +177,10 @@ class FedRadStrategy:
     def aggregate_evaluate(self, rnd: int, replies: Iterable[Message]) -> EvalOutcome:
         out = EvalOutcome(metrics=None)
         clean: list[Message] = []
-        for msg, node, metrics in _triage(replies, validate_eval_reply, out.rejected):
+        for msg, node, metrics in in_content_order(_triage(replies, validate_eval_reply, out.rejected), lambda v: v[0]):
             clean.append(Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), metadata=msg.metadata))
             out.accepted.append(node)
+        out.accepted.sort()
         for node, reason in out.rejected:
             log.warning("round %d: evaluation from node %d rejected: %s", rnd, node, reason)
         if clean:
