@@ -7,8 +7,9 @@ passes over each training image), for each seed:
   reference a consortium cannot have);
 * **local-only**: one model per training site, on its own training patients;
 * **federated**: one run per strategy through Flower's simulation engine
-  (Ray; :mod:`deploy.simulation`) with FedRad's production ServerApp and
-  ClientApp.
+  (Ray; :mod:`deploy.simulation`) or, with ``engine="deployment"``, its
+  deployment engine (a loopback consortium, :mod:`deploy.deployment_engine`),
+  with FedRad's production ServerApp and ClientApp.
 
 Every model is scored (ROC AUC; for ``task_type="segmentation"`` Dice per
 segment label and their mean, :mod:`deploy.generalization_task`) on every training site's held-out patients
@@ -24,18 +25,20 @@ and ``report.html`` with PNG charts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from client.federated import LocalNormStore, Task, global_model, load_site_data
 from deploy import generalization_task as bench_task
+from deploy.deployment_engine import DeploymentEngine
 from deploy.simulation import SimulatedSite, prepare_site, run_simulated
 from shared.config import DEFAULT_MODELS, ConfigError, load_yaml_mapping
 from shared.modelfile import load_model_file
@@ -48,6 +51,7 @@ STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01}}
 TASK_DEFAULTS: dict[str, dict] = {"classification": {"batch_size": 32, "lr": 1e-3},
                                   "segmentation": {"batch_size": 8, "lr": 1e-2}}  # fmt: skip
 ENGINE = "Flower simulation engine (Ray), FedRad's production ServerApp/ClientApp"
+ENGINES = ("simulation", "deployment")  # deployment: the slower final check on the real engine
 
 
 class BenchmarkError(RuntimeError):
@@ -96,8 +100,11 @@ class BenchConfig:
     adabn: bool = True  # also score each federated model with BN statistics re-estimated at the unseen site
     task_type: str = "classification"  # or "segmentation": a UNet on DICOM SEG masks, scored by Dice per label
     labels: list[str] = field(default_factory=list)  # segmentation: the SEG segment names, one output channel each
+    engine: str = "simulation"  # or "deployment": federated runs on a loopback consortium (deploy.deployment_engine)
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine: unknown {self.engine!r}; choose from {', '.join(ENGINES)}")
         if self.task_type not in TASK_DEFAULTS:
             raise ConfigError(f"--task: unknown {self.task_type!r}; choose from {', '.join(TASK_DEFAULTS)}")
         if self.task_type == "segmentation" and not self.labels:
@@ -154,8 +161,21 @@ def run_benchmark(
     sites: list[BenchSite], unseen: list[BenchSite], cfg: BenchConfig, out: Path,
     say: Callable[[str], None] = print,
 ) -> dict:  # fmt: skip
-    """Train and score everything; write ``results.json`` under ``out``; return the results."""
+    """Train and score everything; write ``results.json`` under ``out``; return the results.
+
+    With ``engine="deployment"`` one loopback consortium serves every federated run; it stops when this returns
+    or fails."""
     out = Path(out).resolve()
+    deployment = DeploymentEngine(out / "deployment", sites, classes=cfg.classes, image_size=cfg.image_size,
+                                  cache_dirs={s.name: out / "cache" / s.name for s in sites})  # fmt: skip
+    with deployment if cfg.engine == "deployment" else contextlib.nullcontext() as deployed:
+        return _run_benchmark(sites, unseen, cfg, out, say, deployed)
+
+
+def _run_benchmark(
+    sites: list[BenchSite], unseen: list[BenchSite], cfg: BenchConfig, out: Path,
+    say: Callable[[str], None], deployed: DeploymentEngine | None,
+) -> dict:  # fmt: skip
     torch.set_num_threads(1)
     task = cfg.task()
     metrics = bench_task.metric_names(task)
@@ -192,10 +212,14 @@ def run_benchmark(
             say(f"seed {seed}: federated {strategy} ({cfg.rounds} rounds × {cfg.local_epochs} epochs, {len(sim)} sites)")
             run_dir = out / "runs" / f"{strategy}-seed{seed}"
             try:
-                run_simulated(cfg.run_config(strategy, seed, run_dir, len(sim)), sim, cpus=cfg.cpus)
+                if deployed is not None:
+                    deployed.run(cfg.run_config(strategy, seed, run_dir, len(sim)), label=run_dir.name)
+                else:
+                    run_simulated(cfg.run_config(strategy, seed, run_dir, len(sim)), sim, cpus=cfg.cpus)
             except Exception as exc:  # noqa: BLE001 - the ServerApp's own message names the round and the sites
                 raise BenchmarkError(f"federated {strategy} run (seed {seed}) failed: {exc}; its files are in {run_dir}") from None
-            models = _federated_models(task, run_dir, sim, strategy == "fedbn")
+            homes = [replace(s, work_dir=deployed.work_dir(s.name)) for s in sim] if deployed is not None else sim
+            models = _federated_models(task, run_dir, homes, strategy == "fedbn")
             score(strategy, models)
             if adabn:  # the unseen site re-estimates BatchNorm statistics on its own images
                 adapted = {u: adapt_bn(models(u), d.images) for u, d in unseen_data.items()}
@@ -207,7 +231,7 @@ def run_benchmark(
     if len(metrics) > 1:  # segmentation: the cross-site matrix of each label's Dice too
         results["metric_matrices"] = {m: summarise(cells[m], columns, site_tests, [s.name for s in sites],
                                                    list(unseen_data))["matrix"] for m in metrics[1:]}  # fmt: skip
-    results.update(config=asdict(cfg), engine=ENGINE, sites={s.name: len(split[s.name].train) + len(split[s.name].held_out) for s in sim},
+    results.update(config=asdict(cfg), engine=deployed.description if deployed is not None else ENGINE, sites={s.name: len(split[s.name].train) + len(split[s.name].held_out) for s in sim},
                    test_sizes={c: len(d) for c, d in tests.items()}, seconds={k: round(sum(v), 1) for k, v in timings.items()})  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results

@@ -11,6 +11,7 @@ Every process goes through the caller's :class:`ProcessSet`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,15 @@ REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["normal", "nodule"]
 
 
+@dataclass(frozen=True)
+class SiteFiles:
+    """A site's data outside the synthetic layout: ``data``, ``labels`` (None: segmentation only), a cache to share."""
+
+    data: Path
+    labels: Path | None
+    cache_dir: Path | None = None
+
+
 @dataclass
 class LoopbackSite:
     name: str
@@ -47,13 +57,18 @@ class LoopbackConsortium:
     sites: dict[str, LoopbackSite] = field(default_factory=dict)
 
 
-def write_site_yaml(path: Path, *, site: Path, name: str, server: str, ca_cert: Path, key: Path, image_size: int) -> Path:
-    """A full site.yaml (data keys + credentials) for a synthetic site folder (``dicom/`` + ``labels.csv``)."""
+def write_site_yaml(path: Path, *, site: Path | SiteFiles, name: str, server: str, ca_cert: Path, key: Path,
+                    image_size: int, classes: list[str] | None = None) -> Path:  # fmt: skip
+    """A full site.yaml (data keys + credentials) for a synthetic site folder (``dicom/`` + ``labels.csv``)
+    or for explicit :class:`SiteFiles`."""
+    files = site if isinstance(site, SiteFiles) else SiteFiles(site / "dicom", site / "labels.csv")
     doc = {
         "site_name": name, "server_address": server, "ca_cert": str(ca_cert), "private_key": str(key),
-        "data": str(site / "dicom"), "labels": str(site / "labels.csv"), "classes": CLASSES,
-        "image_size": image_size, "cache_dir": str(path.parent / "cache"), "work_dir": str(path.parent / "work"),
+        "data": str(files.data), "classes": list(classes or CLASSES), "image_size": image_size,
+        "cache_dir": str(files.cache_dir or path.parent / "cache"), "work_dir": str(path.parent / "work"),
     }  # fmt: skip
+    if files.labels is not None:
+        doc["labels"] = str(files.labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -62,13 +77,15 @@ def write_site_yaml(path: Path, *, site: Path, name: str, server: str, ca_cert: 
 def start_loopback_consortium(
     ps: ProcessSet,
     root: Path,
-    sites: dict[str, Path],
+    sites: Mapping[str, Path | SiteFiles],
     *,
     image_size: int = 32,
+    classes: list[str] | None = None,
     name: str = "TestConsortium",
     warm_workers: bool = True,
 ) -> LoopbackConsortium:
-    """Start the server side and one SuperNode (+ warm worker) per entry of ``sites`` (name → synthetic site folder)."""
+    """Start the server side and one SuperNode (+ warm worker) per entry of ``sites``
+    (name → synthetic site folder, or :class:`SiteFiles`)."""
     root = Path(root)
     tls = init_pki(root / "pki", name, "127.0.0.1:9443")
     link = start_superlink(ps, tls=tls, port=free_port(), database=root / "state" / "sl.db", flwr_home=root / "server-home")
@@ -81,7 +98,8 @@ def start_loopback_consortium(
             key, pub = generate_site_keys(root / "sites" / site_name / "keys")
             control.register(pub, site_name)
             site_yaml = write_site_yaml(root / "sites" / site_name / "site.yaml", site=folder, name=site_name,
-                                        server=proxy, ca_cert=tls.ca_cert, key=key, image_size=image_size)  # fmt: skip
+                                        server=proxy, ca_cert=tls.ca_cert, key=key, image_size=image_size,
+                                        classes=classes)  # fmt: skip
             worker, socket_path = start_site_worker(ps, site_name, site_yaml) if warm_workers else (None, None)
             node_config = site_node_config(site_yaml, load_site_file(site_yaml), socket_path)
             approve_installed(Path(node_config["approvals"]).parent, note="loopback consortium: this checkout")

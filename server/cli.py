@@ -229,7 +229,10 @@ def benchmark(
     image_size: int = typer.Option(64, "--image-size", min=16),
     lr: float = typer.Option(0.0, min=0, help="Learning rate; 0 = the task's default (1e-3 classification, 1e-2 segmentation)."),
     augment: float = typer.Option(1.0, min=0),
-    cpus: int = typer.Option(2, min=1, help="Ray CPUs: simulated sites that train at once."),
+    cpus: int = typer.Option(2, min=1, help="Ray CPUs: simulated sites that train at once (simulation engine only)."),
+    engine: str = typer.Option("simulation", "--engine", help="Where the federated runs go: simulation (Flower's Ray "
+                               "engine, fast) or deployment (a TLS SuperLink + one SuperNode per site on 127.0.0.1, "
+                               "submitted with `flwr run`: the slower final check)."),
     task: str = typer.Option("classification", "--task", help="classification (AUC) or segmentation (Dice per label; "
                              "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`)."),
     labels: str = typer.Option("nodule,lung", "--labels", help="Segmentation: the SEG segment names, comma-separated."),
@@ -252,7 +255,8 @@ def benchmark(
     if task_type == "segmentation" and "fedprox" in names:
         raise ConfigError("--strategies: fedprox is not implemented for segmentation; use fedavg, fedbn or fedadam")
     cfg = BenchConfig(strategies=names, seeds=seeds, rounds=rounds, local_epochs=local_epochs, image_size=image_size,
-                      lr=lr, augment=augment, cpus=cpus, task_type=task_type, labels=segments)  # fmt: skip
+                      lr=lr, augment=augment, cpus=cpus, task_type=task_type, labels=segments,
+                      engine=engine.strip().lower())  # fmt: skip
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
     try:
         results = run_benchmark([BenchSite.from_dir(s) for s in sites], [BenchSite.from_dir(u) for u in unseen], cfg,
