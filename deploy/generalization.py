@@ -39,6 +39,7 @@ import torch
 from client.federated import LocalNormStore, Task, global_model, load_site_data
 from deploy import generalization_task as bench_task
 from deploy.deployment_engine import DeploymentEngine
+from deploy.paired_comparison import SITE_MEAN, comparisons
 from deploy.simulation import SimulatedSite, prepare_site, run_simulated
 from shared.config import DEFAULT_MODELS, ConfigError, load_yaml_mapping
 from shared.modelfile import load_model_file
@@ -100,6 +101,7 @@ class BenchConfig:
     adabn: bool = True  # also score each federated model with BN statistics re-estimated at the unseen site
     task_type: str = "classification"  # or "segmentation": a UNet on DICOM SEG masks, scored by Dice per label
     labels: list[str] = field(default_factory=list)  # segmentation: the SEG segment names, one output channel each
+    finetune_epochs: int = 0  # > 0: also "<strategy> + finetune", each site's model tuned on its own training patients
     engine: str = "simulation"  # or "deployment": federated runs on a loopback consortium (deploy.deployment_engine)
 
     def __post_init__(self) -> None:
@@ -109,6 +111,9 @@ class BenchConfig:
             raise ConfigError(f"--task: unknown {self.task_type!r}; choose from {', '.join(TASK_DEFAULTS)}")
         if self.task_type == "segmentation" and not self.labels:
             raise ConfigError("a segmentation benchmark needs its segment labels, e.g. --labels nodule,lung")
+        if self.finetune_epochs < 0 or (self.finetune_epochs and self.task_type == "segmentation"):
+            raise ConfigError("--finetune-epochs: a number of epochs >= 0, for classification only "
+                              "(`fedrad-site finetune` does not tune segmentation models yet)")  # fmt: skip
         self.model = self.model or DEFAULT_MODELS[self.task_type]
         self.batch_size = self.batch_size or TASK_DEFAULTS[self.task_type]["batch_size"]
         self.lr = self.lr or TASK_DEFAULTS[self.task_type]["lr"]
@@ -150,11 +155,13 @@ def adapt_bn(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64)
 
 
 def _mean_sd(values: list[float]) -> dict:
+    """Mean, sd and n over the seeds, and the value of each seed (None where it is undefined, e.g. one class)."""
     vals = [v for v in values if not math.isnan(v)]
+    per_seed = [None if math.isnan(v) else round(v, 4) for v in values]
     if not vals:
-        return {"mean": None, "sd": None, "n": 0}
+        return {"mean": None, "sd": None, "n": 0, "values": per_seed}
     return {"mean": round(statistics.fmean(vals), 4), "sd": round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0,
-            "n": len(vals)}  # fmt: skip
+            "n": len(vals), "values": per_seed}  # fmt: skip
 
 
 def run_benchmark(
@@ -224,6 +231,10 @@ def _run_benchmark(
             if adabn:  # the unseen site re-estimates BatchNorm statistics on its own images
                 adapted = {u: adapt_bn(models(u), d.images) for u, d in unseen_data.items()}
                 score(f"{strategy} + AdaBN", lambda col, m=models, a=adapted: a.get(col, m(col)))
+            if cfg.finetune_epochs:  # what `fedrad-site finetune` gives each training site; unseen sites have no labels
+                tuned = {f"{n} test": bench_task.finetune(models(f"{n} test"), d.train, cfg.finetune_epochs, cfg.batch_size,
+                                                          cfg.augment, seed) for n, d in split.items()}  # fmt: skip
+                score(f"{strategy} + finetune", lambda col, m=models, t=tuned: t.get(col, m(col)))
             timings.setdefault(strategy, []).append(time.monotonic() - t0)
     site_tests = [f"{s.name} test" for s in sites]
     results = summarise(cells[metrics[0]], columns, site_tests, [s.name for s in sites], list(unseen_data))
@@ -258,29 +269,44 @@ def _federated_models(task: Task, run_dir: Path, sites: list[SimulatedSite], loc
 
 
 def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names: list[str], unseen: list[str]) -> dict:
-    """Mean ± sd over seeds per cell; per model the mean over site test sets, unseen score, ratio to pooled."""
+    """Mean ± sd (and the values) over seeds per cell; per model the mean over site test sets, unseen score, ratio
+    to pooled; the verdict; and paired per-seed differences (:mod:`deploy.paired_comparison`)."""
     matrix = {m: {c: _mean_sd(v) for c, v in row.items()} for m, row in cells.items()}
     models: dict[str, dict] = {}
+    series: dict[str, dict[str, list[float]]] = {}  # model → column (and SITE_MEAN) → value per seed
     seeds = max(len(v) for row in cells.values() for v in row.values())
     for m, row in cells.items():
         per_seed_mean = [statistics.fmean([row[c][i] for c in site_tests if not math.isnan(row[c][i])] or [math.nan])
                          for i in range(seeds)]  # fmt: skip
+        series[m] = {**row, SITE_MEAN: per_seed_mean}
         models[m] = {"site_mean": _mean_sd(per_seed_mean),
                      "unseen": {u: matrix[m][u] for u in unseen}}  # fmt: skip
     pooled = models.get("pooled", {}).get("site_mean", {}).get("mean")
     for m in models.values():
         mean = m["site_mean"]["mean"]
         m["ratio_to_pooled"] = round(mean / pooled, 4) if pooled and mean is not None else None
-    federated = [m for m in models if m != "pooled" and not m.startswith("local ") and "AdaBN" not in m]
-    verdict = {}
-    if federated:
-        best = max(federated, key=lambda m: models[m]["site_mean"]["mean"] or 0)
-        own = {n: matrix[f"local {n}"][f"{n} test"]["mean"] for n in site_names if f"local {n}" in matrix}
-        verdict = {
-            "best_federated": best, "ratio_to_pooled": models[best]["ratio_to_pooled"],
-            "beats_local_on_own_test": {n: (matrix[best][f"{n} test"]["mean"] or 0) > (v or 0) for n, v in own.items()},
-            "best_unseen": {u: max(models, key=lambda m: matrix[m][u]["mean"] or 0) for u in unseen},
-            "beats_local_on_unseen": {u: all((matrix[best][u]["mean"] or 0) > (matrix[f"local {n}"][u]["mean"] or 0)
-                                             for n in site_names) for u in unseen},  # fmt: skip
-        }
-    return {"columns": columns, "matrix": matrix, "models": models, "verdict": verdict}
+    federated = [m for m in models if m != "pooled" and not m.startswith("local ")]
+    strategies = [m for m in federated if "+" not in m]  # matched budget; "+ AdaBN" / "+ finetune" are levers on top
+    verdict, best = {}, None
+    if strategies:
+        best = max(strategies, key=lambda m: models[m]["site_mean"]["mean"] or 0)
+        verdict = _verdict(best, models, matrix, site_names, unseen)
+        with_levers = max(federated, key=lambda m: models[m]["site_mean"]["mean"] or 0)
+        if with_levers != best:
+            verdict["with_levers"] = _verdict(with_levers, models, matrix, site_names, unseen)
+    paired = comparisons(series, federated, site_names, unseen, best)
+    if verdict.get("with_levers"):
+        paired += comparisons(series, [], site_names, unseen, verdict["with_levers"]["best_federated"])
+    return {"columns": columns, "matrix": matrix, "models": models, "verdict": verdict, "paired": paired}
+
+
+def _verdict(best: str, models: dict, matrix: dict, site_names: list[str], unseen: list[str]) -> dict:
+    """How ``best`` does against the targets, on means over seeds (:func:`summarise`'s ``paired`` has the CIs)."""
+    own = {n: matrix[f"local {n}"][f"{n} test"]["mean"] for n in site_names if f"local {n}" in matrix}
+    return {
+        "best_federated": best, "ratio_to_pooled": models[best]["ratio_to_pooled"],
+        "beats_local_on_own_test": {n: (matrix[best][f"{n} test"]["mean"] or 0) > (v or 0) for n, v in own.items()},
+        "best_unseen": {u: max(models, key=lambda m: matrix[m][u]["mean"] or 0) for u in unseen},
+        "beats_local_on_unseen": {u: all((matrix[best][u]["mean"] or 0) > (matrix[f"local {n}"][u]["mean"] or 0)
+                                         for n in site_names) for u in unseen},  # fmt: skip
+    }

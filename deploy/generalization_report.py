@@ -31,6 +31,28 @@ def _fmt(cell: dict | None) -> str:
     return f"{cell['mean']:.3f} ± {cell['sd']:.3f}" if cell.get("n", 0) > 1 else f"{cell['mean']:.3f}"
 
 
+def _levers_sentence(w: dict | None) -> str:
+    if not w:
+        return ""
+    return (f" With levers beyond the matched budget, <b>{html.escape(w['best_federated'])}</b>: {w['ratio_to_pooled']} × pooled; "
+            f"beats local-only on own test sets {html.escape(str(w['beats_local_on_own_test']))}, on unseen "
+            f"{html.escape(str(w['beats_local_on_unseen']))}.")
+
+
+def paired_rows(results: dict) -> list[list[str]]:
+    """The paired per-seed differences as table rows: model − against, column, mean [95 % CI], wins, per seed."""
+    rows = []
+    for p in results.get("paired") or []:
+        ci = f" [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]" if p.get("ci95") else ""
+        mean = "–" if p["mean"] is None else f"{p['mean']:+.3f}{ci}"
+        rows.append([p["model"], p["against"], p["column"], mean, f"{p['wins']}/{p['n']}",
+                     "yes" if p["measurable"] else "no", " ".join(f"{d:+.3f}" for d in p["per_seed"])])  # fmt: skip
+    return rows
+
+
+PAIRED_HEADER = ["model", "against", "test set", "mean difference [95 % CI]", "seeds ahead", "measurable", "per seed"]
+
+
 def bar_chart(results: dict, path: Path) -> Path:
     """Mean score over site test sets (± sd over seeds) and the score on each unseen site, per model."""
     models = list(results["models"])
@@ -99,6 +121,7 @@ def write_report(results: dict, out: Path) -> Path:
         f"<tr><td>{esc(m)}</td>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in cols) + "</tr>"
         for m, row in results["matrix"].items()
     )
+    paired = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in paired_rows(results))
     v = results.get("verdict", {})
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>FedRad generalization benchmark</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -110,12 +133,18 @@ epochs federated = {cfg['rounds'] * cfg['local_epochs']} epochs for pooled and l
 <h2>Summary</h2>
 <p>Best federated strategy: <b>{esc(str(v.get('best_federated')))}</b>, {v.get('ratio_to_pooled')} × pooled mean {title} over site
 test sets. Beats each site's local-only model on that site's test set: {esc(str(v.get('beats_local_on_own_test')))};
-on the unseen site(s): {esc(str(v.get('beats_local_on_unseen')))}.</p>
+on the unseen site(s): {esc(str(v.get('beats_local_on_unseen')))}.{_levers_sentence(v.get('with_levers'))}</p>
 <table><tr><th>model</th><th>mean {title}, site test sets</th><th>× pooled</th>{''.join(f'<th>{esc(u)}</th>' for u in unseen)}</tr>{rows}</table>
 <p><img src="{bar.name}" alt="{title} by model"></p>
 <h2>Cross-site matrix (rows: models, columns: test sites)</h2>
 <table><tr><th>model</th>{''.join(f'<th>{esc(c)}</th>' for c in cols)}</tr>{matrix}</table>
-<p><img src="{heat.name}" alt="cross-site matrix"></p>{'<h2>Per segment label</h2>' + per_label if per_label else ''}
+<p><img src="{heat.name}" alt="cross-site matrix"></p>
+<h2>Paired differences, seed by seed</h2>
+<p>Both models of a row share each seed's split, initial weights and shuffling, so their difference per seed is
+sharper than the two means ± sd. Measurable: the 95 % interval (Student's t over seeds) excludes 0.
+"+ finetune": each training site's model after {cfg.get('finetune_epochs', 0)} more epoch(s) on its own training
+patients at a tenth of the learning rate (beyond the matched budget); at unseen sites it is the model without.</p>
+<table><tr>{''.join(f'<th>{esc(h)}</th>' for h in PAIRED_HEADER)}</tr>{paired}</table>{'<h2>Per segment label</h2>' + per_label if per_label else ''}
 <p>FedBN is scored at each training site with that site's own normalisation layers and at unseen sites with the averaged ones.
 Seconds per arm: {esc(str(results.get('seconds')))}.</p></body></html>"""
     path = out / "report.html"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from deploy.generalization_report import _fmt, metric_title
+from deploy.generalization_report import PAIRED_HEADER, _fmt, metric_title, paired_rows
 from shared.cli_support import out
 
 
@@ -30,6 +30,16 @@ def render_results(results: dict) -> None:
         for model, row in rows.items():
             table.add_row(model, *(_fmt(row.get(c)) for c in cols))
         out.print(table)
+    if results.get("paired"):
+        table = Table(title="Paired differences, seed by seed (measurable: 95 % CI excludes 0)", title_justify="left")
+        for name in PAIRED_HEADER:
+            table.add_column(name, justify="left" if name in ("model", "against", "test set") else "right")
+        for row in paired_rows(results):
+            table.add_row(*row)
+        out.print(table)
     v = results.get("verdict") or {}
     out.print(f"best federated: [bold]{v.get('best_federated')}[/] at {v.get('ratio_to_pooled')} × pooled; beats local-only "
               f"on own test sets {v.get('beats_local_on_own_test')}, on unseen {v.get('beats_local_on_unseen')}")
+    if w := v.get("with_levers"):
+        out.print(f"with levers: [bold]{w['best_federated']}[/] at {w['ratio_to_pooled']} × pooled; beats local-only "
+                  f"on own test sets {w['beats_local_on_own_test']}, on unseen {w['beats_local_on_unseen']}")

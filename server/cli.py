@@ -236,6 +236,8 @@ def benchmark(
     task: str = typer.Option("classification", "--task", help="classification (AUC) or segmentation (Dice per label; "
                              "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`)."),
     labels: str = typer.Option("nodule,lung", "--labels", help="Segmentation: the SEG segment names, comma-separated."),
+    finetune_epochs: int = typer.Option(0, "--finetune-epochs", min=0, help="Also score each strategy's model after "
+                                        "this many epochs of `fedrad-site finetune` at each training site (0: off)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for results.json, report.html and the charts."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
@@ -256,6 +258,7 @@ def benchmark(
         raise ConfigError("--strategies: fedprox is not implemented for segmentation; use fedavg, fedbn or fedadam")
     cfg = BenchConfig(strategies=names, seeds=seeds, rounds=rounds, local_epochs=local_epochs, image_size=image_size,
                       lr=lr, augment=augment, cpus=cpus, task_type=task_type, labels=segments,
+                      finetune_epochs=finetune_epochs,
                       engine=engine.strip().lower())  # fmt: skip
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
     try:

@@ -28,13 +28,22 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "server.cli", "benchmark", "--sites", str(cohort["site-1"]), "--sites",
            str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
-           "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--out", str(out), "--json"]  # fmt: skip
+           "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--finetune-epochs", "1", "--out", str(out), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert json.loads(proc.stdout)["verdict"] == results["verdict"]
     assert results["columns"] == ["site-1 test", "site-2 test", "unseen-1"]
-    assert set(results["matrix"]) == {"pooled", "local site-1", "local site-2", "fedavg", "fedbn", "fedavg + AdaBN", "fedbn + AdaBN"}
+    assert set(results["matrix"]) == {"pooled", "local site-1", "local site-2", "fedavg", "fedbn", "fedavg + AdaBN", "fedbn + AdaBN",
+                                      "fedavg + finetune", "fedbn + finetune"}  # fmt: skip
+    for strategy in ("fedavg", "fedbn"):  # fine-tuning changes the model at home; an unseen site has no labels to tune on
+        assert results["matrix"][f"{strategy} + finetune"]["unseen-1"] == results["matrix"][strategy]["unseen-1"]
+    pairs = {(p["model"], p["against"], p["column"]) for p in results["paired"]}
+    assert ("fedbn", "fedavg", "site mean") in pairs and ("fedbn", "fedavg", "unseen-1") in pairs
+    best = results["verdict"]["best_federated"]
+    assert {(best, "local site-1", "site-1 test"), (best, "local site-2", "unseen-1")} <= pairs
+    assert all(len(cell["values"]) == 1 for row in results["matrix"].values() for cell in row.values())
+    assert "Paired differences" in (out / "report.html").read_text()
     for model, row in results["matrix"].items():
         assert set(row) == set(results["columns"]), model
         for col, cell in row.items():

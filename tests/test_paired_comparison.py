@@ -1,0 +1,56 @@
+"""The benchmark's seed-by-seed comparisons: differences, their 95 % interval, and what summarise keeps per seed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from deploy.generalization import summarise
+from deploy.paired_comparison import SITE_MEAN, paired_difference
+
+
+def test_a_consistent_small_gain_is_measurable_and_a_noisy_large_one_is_not() -> None:
+    steady = paired_difference([0.81, 0.72, 0.90, 0.66, 0.85], [0.80, 0.70, 0.89, 0.64, 0.84])
+    assert steady["per_seed"] == [0.01, 0.02, 0.01, 0.02, 0.01] and steady["wins"] == 5
+    assert steady["measurable"] and 0 < steady["ci95"][0] < steady["mean"] < steady["ci95"][1]
+    noisy = paired_difference([0.9, 0.6, 0.95], [0.7, 0.7, 0.65])  # +0.2, −0.1, +0.3: mean 0.133, wide interval
+    assert noisy["mean"] == pytest.approx(0.1333, abs=1e-4) and noisy["wins"] == 2
+    # sd 0.2082, t(0.975, 2) = 4.303: half width 0.517
+    assert noisy["ci95"] == pytest.approx([0.1333 - 0.5172, 0.1333 + 0.5172], abs=2e-4) and not noisy["measurable"]
+
+
+def test_undefined_seeds_are_left_out_and_one_seed_is_never_measurable() -> None:
+    d = paired_difference([0.8, math.nan, 0.7], [0.6, 0.5, math.nan])
+    assert d["per_seed"] == [0.2] and d["n"] == 1 and d["ci95"] is None and not d["measurable"]
+    assert paired_difference([math.nan], [0.5])["mean"] is None
+
+
+def _cells() -> dict:
+    """3 seeds; fedbn is fedavg + 0.03 on every site every seed; finetune adds 0.05 at home only."""
+    base = {"s1 test": [0.80, 0.70, 0.90], "s2 test": [0.60, 0.75, 0.65], "u": [0.70, 0.60, 0.80]}
+    shift = lambda row, d, cols: {c: [v + (d if c in cols else 0) for v in vals] for c, vals in row.items()}  # noqa: E731
+    return {
+        "pooled": shift(base, 0.05, ("s1 test", "s2 test")),
+        "local s1": shift(base, 0.04, ("s1 test",)) | {"s2 test": [0.5, 0.5, 0.5]},
+        "local s2": shift(base, -0.10, ("s1 test",)),
+        "fedavg": base,
+        "fedbn": shift(base, 0.03, ("s1 test", "s2 test")),
+        "fedbn + finetune": shift(base, 0.08, ("s1 test", "s2 test")),
+    }
+
+
+def test_summarise_keeps_every_seed_and_pairs_each_lever_with_fedavg_and_the_best_with_each_local() -> None:
+    r = summarise(_cells(), ["s1 test", "s2 test", "u"], ["s1 test", "s2 test"], ["s1", "s2"], ["u"])
+    assert r["matrix"]["fedavg"]["s1 test"]["values"] == [0.8, 0.7, 0.9]
+    assert r["models"]["fedbn"]["site_mean"]["values"] == pytest.approx([0.73, 0.755, 0.805])
+    assert r["verdict"]["best_federated"] == "fedbn"  # plain strategies only: finetune spends more than the budget
+    assert r["verdict"]["with_levers"]["best_federated"] == "fedbn + finetune"
+    rows = {(p["model"], p["against"], p["column"]): p for p in r["paired"]}
+    gain = rows[("fedbn", "fedavg", SITE_MEAN)]
+    assert gain["per_seed"] == [0.03, 0.03, 0.03] and gain["wins"] == 3 and gain["measurable"]
+    assert rows[("fedbn", "fedavg", "u")]["mean"] == 0.0 and not rows[("fedbn", "fedavg", "u")]["measurable"]
+    assert rows[("fedbn + finetune", "fedavg", SITE_MEAN)]["mean"] == pytest.approx(0.08)
+    home = rows[("fedbn", "local s1", "s1 test")]  # fedbn +0.03 vs local s1 +0.04 at s1: behind by 0.01 every seed
+    assert home["mean"] == pytest.approx(-0.01) and home["wins"] == 0 and home["measurable"]
+    assert ("fedbn + finetune", "local s1", "s1 test") in rows  # the best with levers is paired with each local too
