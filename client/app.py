@@ -16,8 +16,10 @@ the details stay in the site's SuperNode log.
 
 Node config (set by ``fedrad-site start``, :func:`client.site_config.site_node_config`):
 ``site-config``, ``site-name``, ``audit-log``, ``approvals``, ``min-count``,
-optional ``worker-socket``. Run config: ``classes``, ``image-size``,
-``model``, ``seed``, ``consortium``, ``run-dir``.
+optional ``worker-socket``. A virtual SuperNode of Flower's simulation runtime
+has only ``partition-id``: its site's node config comes from a file on the
+simulating machine (:mod:`client.simulated_site`), never from the server.
+Run config: ``classes``, ``image-size``, ``model``, ``seed``, ``consortium``, ``run-dir``.
 """
 
 from __future__ import annotations
@@ -187,12 +189,33 @@ def _send(msg: Message, reply: Message, audit_log: str | None, entry: dict) -> M
     return reply
 
 
+def _site_context(context: Context) -> tuple[Context, str | None]:
+    """(context with the site's node config, None), or (context, why not) for a simulated partition with no site.
+
+    A real SuperNode's context is returned as it is; a simulated partition's node config
+    comes from the simulating machine (:mod:`client.simulated_site`), never from the run config.
+    """
+    if "partition-id" not in context.node_config or context.node_config.get("site-config"):
+        return context, None
+    from client.simulated_site import SimulatedSiteError, site_node_config
+
+    try:
+        node_config = site_node_config(context.node_config)
+    except SimulatedSiteError as exc:
+        return context, str(exc)
+    return Context(run_id=context.run_id, node_id=context.node_id, node_config=node_config, state=context.state,
+                   run_config=context.run_config), None  # fmt: skip
+
+
 def _handle(op: str, msg: Message, context: Context) -> Message:
-    """Approval check → work (warm worker or in-process) → outbound guard → audit log → reply."""
+    """Site identity → approval check → work (warm worker or in-process) → outbound guard → audit log → reply."""
     startup, t0 = process_age_s(), time.perf_counter()
     import hashlib
     from dataclasses import asdict
 
+    context, no_site = _site_context(context)
+    if no_site is not None:
+        return _error_reply(msg, None, {}, "site not configured for FedRad runs", no_site)
     node = dict(context.node_config)
     if op == "train" and "secaggplus_configs" in msg.content.config_records:
         return _handle_secure(msg, context, startup, t0)

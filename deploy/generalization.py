@@ -7,7 +7,7 @@ passes over each training image), for each seed:
   reference a consortium cannot have);
 * **local-only**: one model per training site, on its own training patients;
 * **federated**: one run per strategy through Flower's simulation engine
-  (Ray; :mod:`deploy.simulation`) or, with ``engine="deployment"``, its
+  (Ray, ``flwr run`` on a simulation SuperLink; :mod:`deploy.simulation`) or, with ``engine="deployment"``, its
   deployment engine (a loopback consortium, :mod:`deploy.deployment_engine`),
   with FedRad's production ServerApp and ClientApp.
 
@@ -51,7 +51,7 @@ STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01}}
 # learning rate (a benchmark has few epochs; 1e-2 trains the synthetic masks fastest, see SegTrainConfig).
 TASK_DEFAULTS: dict[str, dict] = {"classification": {"batch_size": 32, "lr": 1e-3},
                                   "segmentation": {"batch_size": 8, "lr": 1e-2}}  # fmt: skip
-ENGINE = "Flower simulation engine (Ray), FedRad's production ServerApp/ClientApp"
+ENGINE = "Flower simulation engine (Ray, `flwr run` on a simulation SuperLink), FedRad's production ServerApp/ClientApp"
 ENGINES = ("simulation", "deployment")  # deployment: the slower final check on the real engine
 
 

@@ -2,9 +2,10 @@
 
 Writes N synthetic sites (real DICOM, each with its own scanner profile) and
 runs FedRad's production ServerApp and ClientApp over them on Flower's
-simulation engine (:mod:`deploy.simulation`, Ray). It answers "what happens
-at 50 sites?" before any hospital is asked: wall time per round, peak memory
-of the whole process tree (this process, Ray's GCS and raylet, the actors) and
+simulation engine (:mod:`deploy.simulation`: ``flwr run`` on a simulation
+SuperLink, Ray). It answers "what happens at 50 sites?" before any hospital is
+asked: wall time per round, peak memory of the whole process tree (this
+process, the SuperLink, ``flwr-simulation``, Ray's GCS and raylet, the actors) and
 upload bytes per round, from the sites' own audit logs.
 """
 

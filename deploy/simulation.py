@@ -1,40 +1,53 @@
-"""FedRad's own ServerApp and ClientApp on Flower's simulation engine (Ray), many sites on one machine.
+"""FedRad's own ServerApp and ClientApp on Flower's simulation runtime (Ray), many sites on one machine.
 
 For benchmarks and scale studies, not for hospitals: every simulated site's
-data is on this machine. The apps are the production ones (``server.app``,
-``client.app``, loaded by the references in ``pyproject.toml``), so a
-simulated round runs the same code approval, training, outbound guard, audit
-log, reply validation, strategy and checkpoints as a real one. What differs:
+data is on this machine. :func:`run_simulated` runs one FedRad run the way
+Flower 1.42 wants simulations run, with ``flwr run``: it starts its own
+SuperLink in simulation mode (``flower-superlink --simulation``, TLS with a
+throw-away CA, on 127.0.0.1, in-memory state), submits the production app
+(``server.app`` / ``client.app``, the components in ``pyproject.toml``) staged
+with the run config as its defaults (:func:`server.superlink.stage_app`) and
+the federation size and Ray resources as ``--federation-config``, waits for
+the run through the Control API and stops every process it started, also on
+failure. So a simulated round runs the same code approval, training, outbound
+guard, audit log, reply validation, strategy and checkpoints as a real one.
+What differs from a deployment:
 
-* Flower's simulation engine gives each virtual SuperNode only
-  ``partition-id``; :func:`simulation_apps` wraps the ClientApp so that
-  partition *i* sees site *i*'s node config (site.yaml, audit log,
-  approvals), as ``fedrad-site start`` would set it;
-* ``run_simulation`` has no run config; the wrapper ServerApp sets it;
+* Flower's simulation runtime gives each virtual SuperNode only
+  ``partition-id``. Which site partition *i* is (its site.yaml, audit log,
+  approvals) never comes from the run config (the server's): it is written
+  here to a local JSON file named by ``FEDRAD_SIMULATED_SITES`` in the
+  SuperLink's environment, which SuperExec, ``flwr-simulation`` and Ray's
+  workers inherit; the production ClientApp reads it
+  (:mod:`client.simulated_site`) and refuses a partition without it;
 * no warm worker: each Ray actor loads the site's cached tensors per message
   (the in-process path of ``client.app``) and keeps torch imported;
-* one torch thread per actor and one CPU per actor, so ``cpus`` actors train at once.
+* one torch thread per actor and one CPU per actor, so ``cpus`` actors train at once;
+* the run's log (Flower's simulation and the ServerApp's output, ``flwr log``) goes to
+  ``<run-dir>.simulation/logs/run.log``, the SuperLink's to ``superlink.log`` beside it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib
+import re
+import shutil
 import sys
-import os
+import tempfile
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
 
 from client.approval import approve_installed
-from shared.processes import child_env
+from client.simulated_site import ENV as SITES_ENV
+from client.simulated_site import write_sites_file
+from server.pki import init_pki
+from server.superlink import SuperLink, SuperLinkError, stage_app, start_superlink, submit_run
+from shared.processes import ProcessError, ProcessSet, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,13 +72,13 @@ def prepare_site(root: Path, name: str, data: Path, labels: Path | None, classes
     (``labels`` None: a segmentation-only site, no label CSV)."""
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
-    doc = {"data": str(data), "classes": list(classes), "image_size": image_size,
-           "cache_dir": str(cache_dir or folder / "cache")}  # fmt: skip
+    doc = {"data": str(Path(data).resolve()), "classes": list(classes), "image_size": image_size,
+           "cache_dir": str(Path(cache_dir or folder / "cache").resolve())}  # fmt: skip
     if labels is not None:
-        doc["labels"] = str(labels)
+        doc["labels"] = str(Path(labels).resolve())
     (folder / "site.yaml").write_text(yaml.safe_dump(doc))
     approve_installed(folder / "work", note="simulation")
-    return SimulatedSite(name, folder / "site.yaml", folder / "work")
+    return SimulatedSite(name, (folder / "site.yaml").resolve(), (folder / "work").resolve())
 
 
 @functools.cache
@@ -74,50 +87,72 @@ def _flower_app() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
 
 
-def _component(kind: str) -> object:
-    """The ServerApp / ClientApp object ``pyproject.toml`` names (``[tool.flwr.app.components]``)."""
-    module, attr = _flower_app()["components"][kind].split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def app_defaults() -> dict:
     """The run config defaults of ``[tool.flwr.app.config]``."""
     return dict(_flower_app()["config"])
 
 
-def simulation_apps(run_config: Mapping, sites: list[SimulatedSite]) -> tuple[ServerApp, ClientApp]:
-    """Wrappers that give FedRad's apps the run config and each partition its site's node config."""
-    server_app, client_app = _component("serverapp"), _component("clientapp")
-    config = {**app_defaults(), **dict(run_config)}
-    server, client = ServerApp(), ClientApp()
-
-    @server.main()
-    def _main(grid: Grid, context: Context) -> None:
-        context.run_config = dict(config)
-        server_app(grid, context)
-
-    def as_site(context: Context) -> Context:
-        site = sites[int(context.node_config["partition-id"])]
-        return Context(run_id=context.run_id, node_id=context.node_id, node_config=site.node_config(),
-                       state=context.state, run_config=dict(config))  # fmt: skip
-
-    def forward(msg: Message, context: Context) -> Message:
-        return client_app(msg, as_site(context))
-
-    client.train()(forward)
-    client.evaluate()(forward)
-    client.query()(forward)
-    return server, client
+class SimulationError(RuntimeError):
+    """A simulated run did not complete; the message names its Flower status and the log file."""
 
 
 def run_simulated(run_config: Mapping, sites: list[SimulatedSite], *, cpus: int = 2, verbose: bool = False) -> None:
-    """Run one FedRad run over ``sites`` on Flower's simulation engine; results land in ``run-dir``."""
-    from flwr.simulation import run_simulation
+    """Run one FedRad run over ``sites`` on Flower's simulation runtime (``flwr run``); results land in ``run-dir``.
 
-    os.environ.update(child_env())  # telemetry off, one torch thread: Ray's actors inherit this environment
-    server, client = simulation_apps(run_config, sites)
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": cpus,
-               "include_dashboard": False, "log_to_driver": verbose}}  # fmt: skip
-    with contextlib.redirect_stdout(sys.stderr):  # the ServerApp's progress lines; stdout stays the caller's (--json)
-        run_simulation(server_app=server, client_app=client, num_supernodes=len(sites), backend_config=backend,
-                       verbose_logging=verbose)  # fmt: skip
+    ``run_config`` overrides the defaults of ``[tool.flwr.app.config]``; a relative
+    ``run-dir`` is taken from the current directory (Flower's processes run elsewhere).
+    Flower's files and logs go next to it, in ``<run-dir>.simulation/``.
+    """
+    config = {**app_defaults(), **dict(run_config)}
+    for key in ("run-dir", "init-weights", "crossval-model"):  # server-side files: Flower's processes run elsewhere
+        if config.get(key):
+            config[key] = str(Path(str(config[key])).resolve())
+    if config.get("run-dir"):
+        work = Path(config["run-dir"] + ".simulation")
+    else:
+        work = Path(tempfile.mkdtemp(prefix="fedrad-simulation-"))
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    paths = ("site-config", "audit-log", "approvals")
+    sites_file = write_sites_file(work / "sites.json", [{k: str(Path(v).resolve()) if k in paths else v
+                                                         for k, v in s.node_config().items()} for s in sites])  # fmt: skip
+    rounds, round_timeout = int(config["num-server-rounds"]), float(config.get("round-timeout-s", 1800))
+    timeout = (rounds + 1) * round_timeout + 300
+    federation = {"num-supernodes": len(sites), "client-resources-num-cpus": 1, "client-resources-num-gpus": 0.0,
+                  "init-args-num-cpus": cpus, "init-args-log-to-driver": verbose, "verbose": verbose}  # fmt: skip
+    logs = work / "logs"
+    if verbose:
+        print(f"FedRad simulation: Flower's logs in {logs}", file=sys.stderr, flush=True)
+    log, run_log = logs / "superlink.log", logs / "run.log"
+    with ProcessSet(logs) as ps:  # stops the SuperLink and everything under it (SuperExec, flwr-simulation, Ray)
+        tls = init_pki(work / "pki", "Simulation", "127.0.0.1:9443")  # throw-away CA; the SuperLink binds 127.0.0.1 only
+        try:
+            link = start_superlink(ps, tls=tls, port=free_port(), database=None, flwr_home=work / "flwr-home",
+                                   simulation=True, env={SITES_ENV: str(sites_file)})  # fmt: skip
+            run_id = submit_run(link, stage_app(work / "app", REPO, config), federation_config=federation)
+            info = _wait(link, run_id, timeout)
+            with link.control() as control:  # the ServerApp's and Flower's output of the run, for the record
+                run_log.write_text(re.sub(r"\x1b\[[0-9;]*m", "", control.logs(run_id)))  # no colours
+        except (ProcessError, SuperLinkError) as exc:
+            raise SimulationError(f"simulated run failed: {exc}; log: {log}") from exc
+    if verbose:
+        sys.stderr.write(run_log.read_text())
+    if info["status"] != "finished:completed":
+        tail = "\n".join(run_log.read_text().splitlines()[-15:])
+        raise SimulationError(f"simulated run (Flower run {run_id}) ended {info['status']}: "
+                              f"{info.get('details') or 'no details'}; logs: {run_log}, {log}\n{tail}")  # fmt: skip
+    shutil.rmtree(work / "flwr-home" / "apps", ignore_errors=True)  # installed copies of the code; the logs stay
+
+
+def _wait(link: SuperLink, run_id: int, timeout: float) -> dict:
+    """The run's final info (Control API), or its last one marked with why waiting stopped."""
+    deadline = time.monotonic() + timeout
+    with link.control() as control:
+        while not str((info := control.run(run_id))["status"]).startswith("finished"):
+            if link.proc.poll() is not None:  # poll() also records Flower's detached children for the stop
+                return {**info, "status": f"{info['status']} (SuperLink exited with code {link.proc.returncode})"}
+            if time.monotonic() > deadline:
+                return {**info, "status": f"{info['status']} after {timeout:.0f} s (timed out)"}
+            time.sleep(1.0)
+    return info

@@ -57,15 +57,20 @@ class SuperLink:
         return ControlClient(self.address, self.ca_cert)
 
 
-def superlink_command(tls: ServerTls, *, port: int, database: Path, host: str = "127.0.0.1") -> list[str]:
-    """The ``flower-superlink`` command line FedRad uses (TLS, node auth, persistent state, no installs)."""
+def superlink_command(tls: ServerTls, *, port: int, database: Path | None, host: str = "127.0.0.1",
+                      simulation: bool = False) -> list[str]:  # fmt: skip
+    """The ``flower-superlink`` command line FedRad uses (TLS, node auth, persistent state, no installs).
+
+    ``simulation``: Flower's simulation runtime (``--simulation``: no Fleet API, runs are
+    simulated by ``flwr-simulation``, so no SuperNode auth); ``database`` None: state in memory.
+    """
     return [
         executable("flower-superlink"),
         "--ssl-certfile", str(tls.server_cert),
         "--ssl-keyfile", str(tls.server_key),
         "--ssl-ca-certfile", str(tls.ca_cert),
-        "--enable-supernode-auth",
-        "--database", str(database),
+        *(["--simulation"] if simulation else ["--enable-supernode-auth"]),
+        *(["--database", str(database)] if database is not None else []),
         "--disable-runtime-dependency-installation",
         "--host", host,
         "--port", str(port),
@@ -90,18 +95,25 @@ def start_superlink(
     *,
     tls: ServerTls,
     port: int,
-    database: Path,
+    database: Path | None,
     flwr_home: Path,
     timeout: float = 60.0,
+    simulation: bool = False,
+    env: dict[str, str] | None = None,
 ) -> SuperLink:
-    """Start the SuperLink on 127.0.0.1:``port``, wait until it listens, configure the ``flwr`` CLI."""
+    """Start the SuperLink on 127.0.0.1:``port``, wait until it listens, configure the ``flwr`` CLI.
+
+    ``env`` is added to its environment, which Flower's own children (SuperExec,
+    ``flwr-serverapp`` / ``flwr-simulation`` and Ray's workers) inherit.
+    """
     flwr_home = Path(flwr_home)
     flwr_home.mkdir(parents=True, exist_ok=True)
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if database is not None:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     proc = ps.start(
         "superlink",
-        superlink_command(tls, port=port, database=database),
-        env={"FLWR_HOME": str(flwr_home)},
+        superlink_command(tls, port=port, database=database, simulation=simulation),
+        env={**(env or {}), "FLWR_HOME": str(flwr_home)},
         cwd=flwr_home,
     )
     address = f"127.0.0.1:{port}"
@@ -238,6 +250,19 @@ class ControlClient:
             "clientapp-seconds": r.clientapp_runtime,
         }
 
+    def logs(self, run_id: int) -> str:
+        """The run's log as the SuperLink holds it now (what ``flwr log RUN_ID --show`` prints)."""
+        import httpx
+        from flwr.proto.control_pb2 import StreamLogsRequest
+
+        stream = self._client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=0.0))
+        try:
+            return next((res.log_output for res in stream), "")  # the first reply holds the log so far
+        except httpx.HTTPError as exc:
+            raise SuperLinkError(f"reading the log of run {run_id}: {exc}") from exc
+        finally:
+            stream.close()
+
     def wait_for_run(self, run_id: int, timeout: float, poll: float = 1.0) -> dict[str, Any]:
         """Poll until the run's status starts with ``finished``; raise after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
@@ -291,12 +316,15 @@ def stage_app(dest: Path, source_root: Path | None = None, config_defaults: dict
     return dest
 
 
-def submit_run(link: SuperLink, app_dir: Path, run_config: dict[str, Any] | None = None) -> int:
+def submit_run(link: SuperLink, app_dir: Path, run_config: dict[str, Any] | None = None,
+               federation_config: dict[str, Any] | None = None) -> int:  # fmt: skip
     """Build the FAB from ``app_dir``, start a run on ``link``; return the run id.
 
     ``run_config`` overrides go to ``flwr run --run-config`` as a TOML file:
     its ``key=value`` form cannot carry a string with quotes or spaces (JSON
     settings such as ``strategy-params``). The keys must exist in pyproject.
+    ``federation_config`` (a simulation SuperLink: ``num-supernodes``,
+    ``client-resources-num-cpus``, ``init-args-num-cpus`` …) goes to ``--federation-config``.
     """
     import tempfile
 
@@ -308,9 +336,20 @@ def submit_run(link: SuperLink, app_dir: Path, run_config: dict[str, Any] | None
             path = Path(tmp) / "run-config.toml"
             path.write_text(tomli_w.dumps(dict(run_config)))
             extra = ["--run-config", str(path)]
+        for key, value in (federation_config or {}).items():
+            extra += ["--federation-config", f"{key}={_toml_value(value)}"]
         data = flwr_json(link, ["run", str(Path(app_dir).resolve()), link.connection, *extra])
         _check(data, "submitting the run")
     return int(data["run-id"])
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` as a TOML literal for ``flwr``'s ``key=value`` options."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def run_info_cli(link: SuperLink, run_id: int) -> dict[str, Any]:
