@@ -32,10 +32,10 @@ def render_results(results: dict) -> None:
         out.print(table)
     if results.get("paired"):
         table = Table(title="Paired differences, seed by seed (measurable: 95 % CI excludes 0)", title_justify="left")
-        for name in PAIRED_HEADER:
+        for name in PAIRED_HEADER[:-1]:  # per seed: in results.json and report.html
             table.add_column(name, justify="left" if name in ("model", "against", "test set") else "right")
         for row in paired_rows(results):
-            table.add_row(*row)
+            table.add_row(*row[:-1])
         out.print(table)
     v = results.get("verdict") or {}
     out.print(f"best federated: [bold]{v.get('best_federated')}[/] at {v.get('ratio_to_pooled')} × pooled; beats local-only "

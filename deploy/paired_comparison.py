@@ -36,12 +36,16 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     return out
 
 
+LEVER_COLUMNS = {"AdaBN": "unseen", "finetune": "sites"}  # where a lever on top of a strategy changes the model
+
+
 def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: Sequence[str], site_names: Sequence[str],
                 unseen: Sequence[str], best: str | None, baseline: str = "fedavg") -> list[dict]:  # fmt: skip
     """The paired differences a consortium asks about, from ``series`` (model → column → value per seed).
 
-    * every federated model against plain ``baseline`` (FedAvg), on the site mean and each unseen site: what
-      each lever adds;
+    * each strategy against plain ``baseline`` (FedAvg), on the site mean and each unseen site;
+    * each lever on top of a strategy (``"<strategy> + <lever>"``) against that strategy, where the lever acts:
+      AdaBN at the unseen sites, fine-tuning at the training sites (the site mean);
     * the best federated model against each site's local-only model, on that site's own test set and on each
       unseen site: does joining the consortium pay for every hospital?
     """
@@ -52,9 +56,13 @@ def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: 
             rows.append({"model": a, "against": b, "column": column, **paired_difference(series[a][column], series[b][column])})
 
     for model in federated:
-        if model != baseline:
-            for column in (SITE_MEAN, *unseen):
+        strategy, _, lever = (part.strip() for part in model.partition("+"))
+        if not lever:
+            for column in ((SITE_MEAN, *unseen) if model != baseline else ()):
                 add(model, baseline, column)
+        else:
+            for column in (unseen if LEVER_COLUMNS.get(lever) == "unseen" else (SITE_MEAN,)):
+                add(model, strategy, column)
     if best:
         for name in site_names:
             for column in (f"{name} test", *unseen):

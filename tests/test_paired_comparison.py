@@ -50,7 +50,8 @@ def test_summarise_keeps_every_seed_and_pairs_each_lever_with_fedavg_and_the_bes
     gain = rows[("fedbn", "fedavg", SITE_MEAN)]
     assert gain["per_seed"] == [0.03, 0.03, 0.03] and gain["wins"] == 3 and gain["measurable"]
     assert rows[("fedbn", "fedavg", "u")]["mean"] == 0.0 and not rows[("fedbn", "fedavg", "u")]["measurable"]
-    assert rows[("fedbn + finetune", "fedavg", SITE_MEAN)]["mean"] == pytest.approx(0.08)
+    assert rows[("fedbn + finetune", "fedbn", SITE_MEAN)]["mean"] == pytest.approx(0.05)  # what the lever added
+    assert ("fedbn + finetune", "fedbn", "u") not in rows  # fine-tuning does not act at an unseen site
     home = rows[("fedbn", "local s1", "s1 test")]  # fedbn +0.03 vs local s1 +0.04 at s1: behind by 0.01 every seed
     assert home["mean"] == pytest.approx(-0.01) and home["wins"] == 0 and home["measurable"]
     assert ("fedbn + finetune", "local s1", "s1 test") in rows  # the best with levers is paired with each local too
