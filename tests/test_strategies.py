@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 
@@ -361,9 +362,9 @@ def test_aggregate_is_bit_identical_whatever_order_the_replies_arrive_in(name: s
     torch.manual_seed(1)
     states = [{k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
               for _ in range(3)]  # fmt: skip
-    replies = [reply(11 + i, st, train_metrics(7 + 13 * i)) for i, st in enumerate(states)]
     results = []
-    for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+    for run, order in enumerate(itertools.permutations(range(3))):  # timings differ from run to run; updates do not
+        replies = [reply(11 + i, st, {**train_metrics(7 + 13 * i), "train-s": 1.0 + run * (i + 1)}) for i, st in enumerate(states)]
         s = build_strategy(name, "{}", model, min_sites=3)
         s.configure_train(1, ArrayRecord(model.state_dict()), {}, ThreeSites(), 3)
         results.append(s.aggregate_train(1, [replies[i] for i in order]).arrays.to_torch_state_dict())

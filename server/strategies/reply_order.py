@@ -23,7 +23,10 @@ T = TypeVar("T")
 
 
 def content_digest(msg: Message) -> str:
-    """sha256 over a reply's arrays (names, dtypes, shapes, bytes) and metrics, in name order."""
+    """sha256 over a reply's arrays (names, dtypes, shapes, bytes) in name order; over its metrics if it has no arrays.
+
+    Not over a training reply's metrics: they include timings (``train-s``, ``startup-s``) that differ
+    from run to run, and would reorder identical updates."""
     h = hashlib.sha256()
     content = msg.content
     if ARRAYS_KEY in content.array_records:
@@ -32,7 +35,7 @@ def content_digest(msg: Message) -> str:
             array = record[name]
             h.update(f"{name}|{array.dtype}|{tuple(array.shape)}|".encode())
             h.update(array.data)
-    if METRICS_KEY in content.metric_records:
+    elif METRICS_KEY in content.metric_records:
         record = content[METRICS_KEY]
         h.update(repr(sorted((k, record[k]) for k in record.keys())).encode())
     return h.hexdigest()
