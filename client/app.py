@@ -195,10 +195,10 @@ def _site_context(context: Context) -> tuple[Context, str | None]:
     A real SuperNode's context is returned as it is; a simulated partition's node config
     comes from the simulating machine (:mod:`client.simulated_site`), never from the run config.
     """
-    if "partition-id" not in context.node_config or context.node_config.get("site-config"):
-        return context, None
-    from client.simulated_site import SimulatedSiteError, site_node_config
+    from client.simulated_site import SimulatedSiteError, is_simulated_partition, site_node_config  # standard library only
 
+    if not is_simulated_partition(context.node_config):
+        return context, None
     try:
         node_config = site_node_config(context.node_config)
     except SimulatedSiteError as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from deploy.loopback import REPO, LoopbackConsortium, SiteFiles, start_loopback_consortium
-from server.superlink import stage_app, submit_run
+from server.superlink import run_wait_s, stage_app, submit_run
 from shared.processes import ProcessSet
 
 ONLINE_TIMEOUT_S = 180.0
@@ -79,11 +79,10 @@ class DeploymentEngine:
         lc = self._consortium()
         self._runs += 1
         label = label or f"run-{self._runs}"
-        rounds, round_timeout = int(run_config["num-server-rounds"]), float(run_config.get("round-timeout-s", 1800))
         app = stage_app(self.root / "apps" / label, REPO, dict(run_config))
         run_id = submit_run(lc.link, app)
         with lc.link.control() as control:
-            info = control.wait_for_run(run_id, timeout=(rounds + 1) * round_timeout + 300, poll=1.0)
+            info = control.wait_for_run(run_id, timeout=run_wait_s(run_config), poll=1.0)
         if info["status"] != "finished:completed":
             raise DeploymentError(f"deployment-engine run {label} (Flower run {run_id}) ended {info['status']}: "
                                   f"{info.get('details') or 'no details'}; logs under {self.logs}")  # fmt: skip

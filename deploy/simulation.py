@@ -46,7 +46,7 @@ from client.approval import approve_installed
 from client.simulated_site import ENV as SITES_ENV
 from client.simulated_site import write_sites_file
 from server.pki import init_pki
-from server.superlink import SuperLink, SuperLinkError, stage_app, start_superlink, submit_run
+from server.superlink import SuperLink, SuperLinkError, run_wait_s, stage_app, start_superlink, submit_run
 from shared.processes import ProcessError, ProcessSet, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,8 +117,7 @@ def run_simulated(run_config: Mapping, sites: list[SimulatedSite], *, cpus: int 
     paths = ("site-config", "audit-log", "approvals")
     sites_file = write_sites_file(work / "sites.json", [{k: str(Path(v).resolve()) if k in paths else v
                                                          for k, v in s.node_config().items()} for s in sites])  # fmt: skip
-    rounds, round_timeout = int(config["num-server-rounds"]), float(config.get("round-timeout-s", 1800))
-    timeout = (rounds + 1) * round_timeout + 300
+    timeout = run_wait_s(config)
     federation = {"num-supernodes": len(sites), "client-resources-num-cpus": 1, "client-resources-num-gpus": 0.0,
                   "init-args-num-cpus": cpus, "init-args-log-to-driver": verbose, "verbose": verbose}  # fmt: skip
     logs = work / "logs"

@@ -26,6 +26,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,13 @@ def stage_app(dest: Path, source_root: Path | None = None, config_defaults: dict
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
     return dest
+
+
+def run_wait_s(run_config: Mapping[str, Any]) -> float:
+    """How long to wait for a run of ``run_config``: each round, and the final evaluation, may take its whole
+    ``round-timeout-s``; 300 s more for the processes to start."""
+    rounds, round_timeout = int(run_config["num-server-rounds"]), float(run_config.get("round-timeout-s", 1800))
+    return (rounds + 1) * round_timeout + 300
 
 
 def submit_run(link: SuperLink, app_dir: Path, run_config: dict[str, Any] | None = None,
