@@ -42,6 +42,7 @@ from deploy.deployment_engine import DeploymentEngine
 from deploy.paired_comparison import SITE_MEAN, comparisons
 from deploy.simulation import SimulatedSite, prepare_site, run_simulated
 from shared.config import DEFAULT_MODELS, ConfigError, load_yaml_mapping
+from shared.lr_schedule import LR_SCHEDULES
 from shared.modelfile import load_model_file
 
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam")
@@ -95,6 +96,7 @@ class BenchConfig:
     model: str = ""  # "" = the task's default (smallcnn, unet)
     batch_size: int = 0  # 0 = the task's default (TASK_DEFAULTS)
     lr: float = 0.0  # 0 = the task's default
+    lr_schedule: str = "cosine"  # every arm's learning rate over its epochs / rounds (shared.lr_schedule)
     augment: float = 1.0
     classes: list[str] = field(default_factory=lambda: ["normal", "nodule"])
     cpus: int = 2
@@ -114,6 +116,8 @@ class BenchConfig:
         if self.finetune_epochs < 0 or (self.finetune_epochs and self.task_type == "segmentation"):
             raise ConfigError("--finetune-epochs: a number of epochs >= 0, for classification only "
                               "(`fedrad-site finetune` does not tune segmentation models yet)")  # fmt: skip
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule: unknown {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         self.model = self.model or DEFAULT_MODELS[self.task_type]
         self.batch_size = self.batch_size or TASK_DEFAULTS[self.task_type]["batch_size"]
         self.lr = self.lr or TASK_DEFAULTS[self.task_type]["lr"]
@@ -127,7 +131,7 @@ class BenchConfig:
             "round-timeout-s": 1800, "evaluate-every": self.rounds, "seed": seed, "strategy": strategy,
             "strategy-params": json.dumps(STRATEGY_PARAMS.get(strategy, {})), "classes": ",".join(self.classes),
             "image-size": self.image_size, "model": self.model, "batch-size": self.batch_size, "lr": self.lr,
-            "augment": self.augment, "run-dir": str(run_dir), "consortium": "Benchmark",
+            "lr-schedule": self.lr_schedule, "augment": self.augment, "run-dir": str(run_dir), "consortium": "Benchmark",
             "task-type": self.task_type, "labels": ",".join(self.labels),
         }  # fmt: skip
 
@@ -249,7 +253,7 @@ def _run_benchmark(
 
 
 def _train(task: Task, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, seed: int) -> torch.nn.Module:
-    return bench_task.train(task, data, epochs, cfg.batch_size, cfg.lr, cfg.augment, seed)
+    return bench_task.train(task, data, epochs, cfg.batch_size, cfg.lr, cfg.augment, seed, cfg.lr_schedule)
 
 
 def _federated_models(task: Task, run_dir: Path, sites: list[SimulatedSite], local_norm: bool) -> Callable[[str], torch.nn.Module]:

@@ -47,14 +47,18 @@ def pool(task: Task, parts: list[Dataset]) -> Dataset:
     return concat_seg_datasets(parts) if task.segmentation else concat_datasets(parts)
 
 
-def train(task: Task, data: Dataset, epochs: int, batch_size: int, lr: float, augment: float, seed: int) -> torch.nn.Module:
-    """A fresh model of the task trained centrally for ``epochs`` (the pooled and local-only arms)."""
+def train(task: Task, data: Dataset, epochs: int, batch_size: int, lr: float, augment: float, seed: int,
+          lr_schedule: str = "constant") -> torch.nn.Module:  # fmt: skip
+    """A fresh model of the task trained centrally for ``epochs`` (the pooled and local-only arms), its learning
+    rate following ``lr_schedule`` over the epochs as a federated run's follows it over the rounds."""
     torch.manual_seed(seed)
     model = build_task_model(task.task_type, task.model, len(task.outputs), task.image_size)
     if task.segmentation:
-        train_segmentation(model, data, SegTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, flip=augment > 0, seed=seed))
+        train_segmentation(model, data, SegTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, flip=augment > 0, seed=seed,
+                                                          lr_schedule=lr_schedule))
     else:
-        train_model(model, data, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed))
+        train_model(model, data, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
+                                               lr_schedule=lr_schedule))
     return model.eval()
 
 

@@ -80,6 +80,7 @@ class RunSettings:
     secagg: str = "{}"  # SecAgg+ settings as JSON (server/secure_aggregation.py); "{}" = off
     task_type: str = "classification"  # or "segmentation": a UNet-style model, Dice/HD95 evaluation
     labels: list[str] = field(default_factory=list)  # segmentation: segment names, one output channel each
+    lr_schedule: str = "constant"  # over the rounds: "constant" or "cosine" (shared.lr_schedule)
 
     @property
     def outputs(self) -> list[str]:
@@ -136,7 +137,12 @@ class RunSettings:
             compression=get("compression", str, "none").strip().lower(),
             task_type=task_type,
             labels=labels,
+            lr_schedule=get("lr-schedule", str, "constant").strip().lower(),
         )
+        from shared.lr_schedule import LR_SCHEDULES
+
+        if s.lr_schedule not in LR_SCHEDULES:
+            raise RunConfigError(f"run config 'lr-schedule' must be one of {', '.join(LR_SCHEDULES)}, got {s.lr_schedule!r}")
         from shared.compression import MODES
 
         if s.compression not in MODES:
@@ -198,12 +204,16 @@ class RunSettings:
         kind = "" if self.task_type == "classification" else f"{self.task_type} "
         return f"a {kind}{self.model} for {self.outputs} at {self.image_size} px"
 
-    def train_config(self) -> dict:
-        """What every site gets with each training message (per-image DP: the settings each site calibrates to)."""
+    def train_config(self, rnd: int) -> dict:
+        """What every site gets with round ``rnd``'s training message: the round's learning rate (after the
+        schedule), and with per-image DP the settings each site calibrates to."""
+        from shared.lr_schedule import scheduled_lr
+
         dp = ({"dp-level": "image", "dp-target-epsilon": self.dp_target_epsilon, "dp-clipping-norm": self.dp_clipping_norm,
               "dp-delta": self.dp_delta, "num-server-rounds": self.num_server_rounds, "dp-layers": self.dp_layers}
               if self.image_dp else {})  # fmt: skip
-        return {"local-epochs": self.local_epochs, "batch-size": self.batch_size, "lr": self.lr,
+        lr = scheduled_lr(self.lr, rnd - 1, self.num_server_rounds, self.lr_schedule)
+        return {"local-epochs": self.local_epochs, "batch-size": self.batch_size, "lr": lr,
                 "augment": self.augment, "seed": self.seed, "compression": self.compression, **dp}  # fmt: skip
 
 
@@ -360,7 +370,7 @@ def main(grid: Grid, context: Context) -> None:
             _say(f"round={rnd} warning: only {available} of min-sites={s.min_sites} connected; going on")
         start_sha = weights_sha256(arrays.to_torch_state_dict())
         t_wait = time.monotonic()
-        round_config = {**s.train_config(), "server-round": rnd}
+        round_config = {**s.train_config(rnd), "server-round": rnd}
         if strategy.dp is not None:
             round_config["dp-epsilon-next"] = epsilon_next(strategy, available)  # sites with max_epsilon check it
         msgs = strategy.configure_train(rnd, arrays, round_config, grid, available)

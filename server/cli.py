@@ -228,6 +228,8 @@ def benchmark(
     local_epochs: int = typer.Option(2, "--local-epochs", min=1),
     image_size: int = typer.Option(64, "--image-size", min=16),
     lr: float = typer.Option(0.0, min=0, help="Learning rate; 0 = the task's default (1e-3 classification, 1e-2 segmentation)."),
+    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="Every arm's learning rate over its epochs or "
+                                    "rounds: cosine (decays to near 0 at the end) or constant."),
     augment: float = typer.Option(1.0, min=0),
     cpus: int = typer.Option(2, min=1, help="Ray CPUs: simulated sites that train at once (simulation engine only)."),
     engine: str = typer.Option("simulation", "--engine", help="Where the federated runs go: simulation (Flower's Ray "
@@ -257,7 +259,8 @@ def benchmark(
     if task_type == "segmentation" and "fedprox" in names:
         raise ConfigError("--strategies: fedprox is not implemented for segmentation; use fedavg, fedbn or fedadam")
     cfg = BenchConfig(strategies=names, seeds=seeds, rounds=rounds, local_epochs=local_epochs, image_size=image_size,
-                      lr=lr, augment=augment, cpus=cpus, task_type=task_type, labels=segments,
+                      lr=lr, lr_schedule=lr_schedule.strip().lower(), augment=augment, cpus=cpus,
+                      task_type=task_type, labels=segments,
                       finetune_epochs=finetune_epochs,
                       engine=engine.strip().lower())  # fmt: skip
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))

@@ -166,6 +166,9 @@ class ConsortiumConfig(StrictModel):
     local_epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
     lr: float = Field(1e-3, gt=0, le=10)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="The sites' learning rate over the rounds: constant, or a cosine decay to near 0 "
+                               "at the last round (steadier final model; shared/lr_schedule.py).")  # fmt: skip
     augment: float = Field(1.0, ge=0, le=10)
     compression: Literal["none", "fp16"] = Field("none", description="Site uploads as float32 or float16 (half the bytes).")
     strategy: StrategyConfig = Field(default_factory=lambda: FedAvgStrategy(name="fedavg"))
@@ -242,6 +245,7 @@ class ConsortiumConfig(StrictModel):
             "model": self.task.model,
             "batch-size": self.batch_size,
             "lr": float(self.lr),
+            "lr-schedule": self.lr_schedule,
             "augment": float(self.augment),
             "compression": self.compression,
             "run-dir": str(Path(run_dir).resolve()) if str(run_dir) else "",
@@ -311,6 +315,7 @@ rounds: {cfg.rounds}                   # federated rounds
 local_epochs: {cfg.local_epochs}              # epochs each site trains per round
 batch_size: {cfg.batch_size}
 lr: {cfg.lr}                    # site optimiser learning rate
+lr_schedule: {cfg.lr_schedule}         # over the rounds: constant, or cosine (decays to near 0 by the last round)
 augment: {cfg.augment}                 # augmentation strength at the sites (0 = off)
 compression: {cfg.compression}             # site uploads: none (float32) or fp16 (half the bytes)
 

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from shared.lr_schedule import check_schedule, scheduled_lr
 from shared.training import batched_logits, seed_everything
 
 
@@ -78,6 +79,7 @@ class SegTrainConfig:
     flip: bool = True  # random left-right flip of image and mask together
     seed: int = 0
     threshold: float = 0.5  # sigmoid probability at or above which a pixel is in the predicted mask
+    lr_schedule: str = "constant"  # over the epochs: "constant" or "cosine" (shared.lr_schedule)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -90,6 +92,7 @@ class SegTrainConfig:
             raise ValueError("weight_decay must be >= 0")
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        check_schedule(self.lr_schedule)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +141,8 @@ def train_segmentation(
     history: list[dict] = []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled_lr(cfg.lr, epoch - 1, cfg.epochs, cfg.lr_schedule)
         perm = torch.randperm(n, generator=gen)
         loss_sum = torch.zeros(())
         t0 = time.perf_counter()

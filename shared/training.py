@@ -21,6 +21,7 @@ from torch import nn
 
 from shared.augment import build_augment
 from shared.dataset import SiteDataset
+from shared.lr_schedule import check_schedule, scheduled_lr
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainConfig:
     seed: int = 0  # federated callers should vary it per round (e.g. seed + round)
     class_weighted: bool = True  # inverse class frequency weights in the loss
     proximal_mu: float = 0.0  # FedProx: adds mu/2·||w − w_start||² to the loss
+    lr_schedule: str = "constant"  # over the epochs: "constant" or "cosine" (shared.lr_schedule)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -45,6 +47,7 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.weight_decay < 0 or self.augment < 0 or self.proximal_mu < 0:
             raise ValueError("weight_decay, augment and proximal_mu must be >= 0")
+        check_schedule(self.lr_schedule)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +115,8 @@ def train_model(
     history: list[dict] = []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled_lr(cfg.lr, epoch - 1, cfg.epochs, cfg.lr_schedule)
         bn_saved = _start_bn_average(model) if epoch == cfg.epochs else None
         perm = torch.randperm(n, generator=gen)
         loss_sum = torch.zeros(())
