@@ -43,6 +43,7 @@ from deploy.paired_comparison import SITE_MEAN, comparisons
 from deploy.simulation import SimulatedSite, prepare_site, run_simulated
 from shared.config import DEFAULT_MODELS, ConfigError, load_yaml_mapping
 from shared.lr_schedule import LR_SCHEDULES
+from shared.models import MODEL_BUILDERS
 from shared.modelfile import load_model_file
 
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam")
@@ -54,6 +55,8 @@ TASK_DEFAULTS: dict[str, dict] = {"classification": {"batch_size": 32, "lr": 1e-
                                   "segmentation": {"batch_size": 8, "lr": 1e-2}}  # fmt: skip
 ENGINE = "Flower simulation engine (Ray, `flwr run` on a simulation SuperLink), FedRad's production ServerApp/ClientApp"
 ENGINES = ("simulation", "deployment")  # deployment: the slower final check on the real engine
+EQUALIZE = "equalize"  # the intensity lever's row suffix: "<model> + equalize"
+EQUALIZE_SUFFIX = "-eq"  # its architectures: smallcnn-eq, smallcnn-gn-eq (shared.intensity)
 
 
 class BenchmarkError(RuntimeError):
@@ -96,7 +99,7 @@ class BenchConfig:
     model: str = ""  # "" = the task's default (smallcnn, unet)
     batch_size: int = 0  # 0 = the task's default (TASK_DEFAULTS)
     lr: float = 0.0  # 0 = the task's default
-    lr_schedule: str = "cosine"  # every arm's learning rate over its epochs / rounds (shared.lr_schedule)
+    lr_schedule: str = "constant"  # every arm's learning rate over its epochs / rounds (shared.lr_schedule)
     augment: float = 1.0
     classes: list[str] = field(default_factory=lambda: ["normal", "nodule"])
     cpus: int = 2
@@ -105,6 +108,7 @@ class BenchConfig:
     labels: list[str] = field(default_factory=list)  # segmentation: the SEG segment names, one output channel each
     finetune_epochs: int = 0  # > 0: also "<strategy> + finetune", each site's model tuned on its own training patients
     engine: str = "simulation"  # or "deployment": federated runs on a loopback consortium (deploy.deployment_engine)
+    equalize_lever: bool = False  # also "pooled + equalize" and "<strategy> + equalize" (model <model>-eq)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -119,18 +123,23 @@ class BenchConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedule: unknown {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         self.model = self.model or DEFAULT_MODELS[self.task_type]
+        if self.equalize_lever and self.model + EQUALIZE_SUFFIX not in MODEL_BUILDERS:
+            raise ConfigError("--equalize-lever: the histogram-equalisation input layer exists for the classification "
+                              "models smallcnn and smallcnn-gn only, not {self.model!r}")  # fmt: skip
         self.batch_size = self.batch_size or TASK_DEFAULTS[self.task_type]["batch_size"]
         self.lr = self.lr or TASK_DEFAULTS[self.task_type]["lr"]
 
-    def task(self) -> Task:
-        return Task(self.model, self.classes, self.image_size, self.task_type, list(self.labels))
+    def task(self, equalize: bool = False) -> Task:
+        """The benchmark's task; ``equalize``: the same model with its histogram-equalisation input layer."""
+        return Task(self.model + EQUALIZE_SUFFIX if equalize else self.model, self.classes, self.image_size,
+                    self.task_type, list(self.labels))  # fmt: skip
 
-    def run_config(self, strategy: str, seed: int, run_dir: Path, n_sites: int) -> dict:
+    def run_config(self, strategy: str, seed: int, run_dir: Path, n_sites: int, equalize: bool = False) -> dict:
         return {
             "num-server-rounds": self.rounds, "local-epochs": self.local_epochs, "min-sites": n_sites,
             "round-timeout-s": 1800, "evaluate-every": self.rounds, "seed": seed, "strategy": strategy,
             "strategy-params": json.dumps(STRATEGY_PARAMS.get(strategy, {})), "classes": ",".join(self.classes),
-            "image-size": self.image_size, "model": self.model, "batch-size": self.batch_size, "lr": self.lr,
+            "image-size": self.image_size, "model": self.task(equalize).model, "batch-size": self.batch_size, "lr": self.lr,
             "lr-schedule": self.lr_schedule, "augment": self.augment, "run-dir": str(run_dir), "consortium": "Benchmark",
             "task-type": self.task_type, "labels": ",".join(self.labels),
         }  # fmt: skip
@@ -212,6 +221,12 @@ def _run_benchmark(
         pooled = _train(task, bench_task.pool(task, [d.train for d in split.values()]), epochs, cfg, seed)
         score("pooled", lambda col: pooled)
         timings.setdefault("pooled", []).append(time.monotonic() - t0)
+        if cfg.equalize_lever:
+            t0 = time.monotonic()
+            say(f"seed {seed}: pooled model with histogram equalisation ({epochs} epochs)")
+            pooled_eq = _train(cfg.task(equalize=True), bench_task.pool(task, [d.train for d in split.values()]), epochs, cfg, seed)
+            score(f"pooled + {EQUALIZE}", lambda col: pooled_eq)
+            timings.setdefault(f"pooled + {EQUALIZE}", []).append(time.monotonic() - t0)
         for name, d in split.items():
             t0 = time.monotonic()
             say(f"seed {seed}: local-only model of {name}")
@@ -221,16 +236,7 @@ def _run_benchmark(
         for strategy in cfg.strategies:
             t0 = time.monotonic()
             say(f"seed {seed}: federated {strategy} ({cfg.rounds} rounds × {cfg.local_epochs} epochs, {len(sim)} sites)")
-            run_dir = out / "runs" / f"{strategy}-seed{seed}"
-            try:
-                if deployed is not None:
-                    deployed.run(cfg.run_config(strategy, seed, run_dir, len(sim)), label=run_dir.name)
-                else:
-                    run_simulated(cfg.run_config(strategy, seed, run_dir, len(sim)), sim, cpus=cfg.cpus)
-            except Exception as exc:  # noqa: BLE001 - the ServerApp's own message names the round and the sites
-                raise BenchmarkError(f"federated {strategy} run (seed {seed}) failed: {exc}; its files are in {run_dir}") from None
-            homes = [replace(s, work_dir=deployed.work_dir(s.name)) for s in sim] if deployed is not None else sim
-            models = _federated_models(task, run_dir, homes, strategy == "fedbn")
+            models = _federated_run(cfg, strategy, seed, out / "runs" / f"{strategy}-seed{seed}", sim, deployed)
             score(strategy, models)
             if adabn:  # the unseen site re-estimates BatchNorm statistics on its own images
                 adapted = {u: adapt_bn(models(u), d.images) for u, d in unseen_data.items()}
@@ -240,6 +246,12 @@ def _run_benchmark(
                                                           cfg.augment, seed) for n, d in split.items()}  # fmt: skip
                 score(f"{strategy} + finetune", lambda col, m=models, t=tuned: t.get(col, m(col)))
             timings.setdefault(strategy, []).append(time.monotonic() - t0)
+            if cfg.equalize_lever:
+                t0 = time.monotonic()
+                say(f"seed {seed}: federated {strategy} with histogram equalisation")
+                score(f"{strategy} + {EQUALIZE}", _federated_run(cfg, strategy, seed, out / "runs" / f"{strategy}-{EQUALIZE}-seed{seed}",
+                                                                 sim, deployed, equalize=True))  # fmt: skip
+                timings.setdefault(f"{strategy} + {EQUALIZE}", []).append(time.monotonic() - t0)
     site_tests = [f"{s.name} test" for s in sites]
     results = summarise(cells[metrics[0]], columns, site_tests, [s.name for s in sites], list(unseen_data))
     results["metric"] = metrics[0]
@@ -250,6 +262,22 @@ def _run_benchmark(
                    test_sizes={c: len(d) for c, d in tests.items()}, seconds={k: round(sum(v), 1) for k, v in timings.items()})  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _federated_run(
+    cfg: BenchConfig, strategy: str, seed: int, run_dir: Path, sim: list[SimulatedSite], deployed: DeploymentEngine | None,
+    equalize: bool = False,
+) -> Callable[[str], torch.nn.Module]:  # fmt: skip
+    """One federated run on the chosen engine; column → the model it gives there (see :func:`_federated_models`)."""
+    try:
+        if deployed is not None:
+            deployed.run(cfg.run_config(strategy, seed, run_dir, len(sim), equalize), label=run_dir.name)
+        else:
+            run_simulated(cfg.run_config(strategy, seed, run_dir, len(sim), equalize), sim, cpus=cfg.cpus)
+    except Exception as exc:  # noqa: BLE001 - the ServerApp's own message names the round and the sites
+        raise BenchmarkError(f"federated {strategy} run (seed {seed}) failed: {exc}; its files are in {run_dir}") from None
+    homes = [replace(s, work_dir=deployed.work_dir(s.name)) for s in sim] if deployed is not None else sim
+    return _federated_models(cfg.task(equalize), run_dir, homes, strategy == "fedbn")
 
 
 def _train(task: Task, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, seed: int) -> torch.nn.Module:
@@ -289,7 +317,7 @@ def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names
     for m in models.values():
         mean = m["site_mean"]["mean"]
         m["ratio_to_pooled"] = round(mean / pooled, 4) if pooled and mean is not None else None
-    federated = [m for m in models if m != "pooled" and not m.startswith("local ")]
+    federated = [m for m in models if not m.startswith(("pooled", "local "))]
     strategies = [m for m in federated if "+" not in m]  # matched budget; "+ AdaBN" / "+ finetune" are levers on top
     verdict, best = {}, None
     if strategies:
@@ -298,7 +326,8 @@ def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names
         with_levers = max(federated, key=lambda m: models[m]["site_mean"]["mean"] or 0)
         if with_levers != best:
             verdict["with_levers"] = _verdict(with_levers, models, matrix, site_names, unseen)
-    paired = comparisons(series, federated, site_names, unseen, best)
+    pooled_levers = [m for m in models if m.startswith("pooled +")]  # e.g. pooled + equalize, against pooled
+    paired = comparisons(series, federated + pooled_levers, site_names, unseen, best)
     if verdict.get("with_levers"):
         paired += comparisons(series, [], site_names, unseen, verdict["with_levers"]["best_federated"])
     return {"columns": columns, "matrix": matrix, "models": models, "verdict": verdict, "paired": paired}

@@ -36,7 +36,9 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     return out
 
 
-LEVER_COLUMNS = {"AdaBN": "unseen", "finetune": "sites"}  # where a lever on top of a strategy changes the model
+# Where a lever on top of a strategy changes the model: AdaBN at unseen sites, fine-tuning at the training sites,
+# histogram equalisation (an input layer of the model) everywhere.
+LEVER_COLUMNS = {"AdaBN": "unseen", "finetune": "sites", "equalize": "all"}
 
 
 def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: Sequence[str], site_names: Sequence[str],
@@ -44,8 +46,9 @@ def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: 
     """The paired differences a consortium asks about, from ``series`` (model → column → value per seed).
 
     * each strategy against plain ``baseline`` (FedAvg), on the site mean and each unseen site;
-    * each lever on top of a strategy (``"<strategy> + <lever>"``) against that strategy, where the lever acts:
-      AdaBN at the unseen sites, fine-tuning at the training sites (the site mean);
+    * each lever on top of a strategy (``"<strategy> + <lever>"``, also ``"pooled + <lever>"``) against that
+      strategy, where the lever acts: AdaBN at the unseen sites, fine-tuning at the training sites (the site
+      mean), histogram equalisation at both;
     * the best federated model against each site's local-only model, on that site's own test set and on each
       unseen site: does joining the consortium pay for every hospital?
     """
@@ -61,7 +64,8 @@ def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: 
             for column in ((SITE_MEAN, *unseen) if model != baseline else ()):
                 add(model, baseline, column)
         else:
-            for column in (unseen if LEVER_COLUMNS.get(lever) == "unseen" else (SITE_MEAN,)):
+            where = LEVER_COLUMNS.get(lever)
+            for column in (unseen if where == "unseen" else (SITE_MEAN, *unseen) if where == "all" else (SITE_MEAN,)):
                 add(model, strategy, column)
     if best:
         for name in site_names:

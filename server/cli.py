@@ -228,8 +228,8 @@ def benchmark(
     local_epochs: int = typer.Option(2, "--local-epochs", min=1),
     image_size: int = typer.Option(64, "--image-size", min=16),
     lr: float = typer.Option(0.0, min=0, help="Learning rate; 0 = the task's default (1e-3 classification, 1e-2 segmentation)."),
-    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="Every arm's learning rate over its epochs or "
-                                    "rounds: cosine (decays to near 0 at the end) or constant."),
+    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="Every arm's learning rate over its epochs "
+                                    "or rounds: constant, or cosine (decays to near 0 at the end)."),
     augment: float = typer.Option(1.0, min=0),
     cpus: int = typer.Option(2, min=1, help="Ray CPUs: simulated sites that train at once (simulation engine only)."),
     engine: str = typer.Option("simulation", "--engine", help="Where the federated runs go: simulation (Flower's Ray "
@@ -240,6 +240,8 @@ def benchmark(
     labels: str = typer.Option("nodule,lung", "--labels", help="Segmentation: the SEG segment names, comma-separated."),
     finetune_epochs: int = typer.Option(0, "--finetune-epochs", min=0, help="Also score each strategy's model after "
                                         "this many epochs of `fedrad-site finetune` at each training site (0: off)."),
+    equalize_lever: bool = typer.Option(False, "--equalize-lever", help="Also train pooled and each strategy with "
+                                        "per-image histogram equalisation as the model's input layer (model <model>-eq)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for results.json, report.html and the charts."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
@@ -261,7 +263,7 @@ def benchmark(
     cfg = BenchConfig(strategies=names, seeds=seeds, rounds=rounds, local_epochs=local_epochs, image_size=image_size,
                       lr=lr, lr_schedule=lr_schedule.strip().lower(), augment=augment, cpus=cpus,
                       task_type=task_type, labels=segments,
-                      finetune_epochs=finetune_epochs,
+                      finetune_epochs=finetune_epochs, equalize_lever=equalize_lever,
                       engine=engine.strip().lower())  # fmt: skip
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
     try:

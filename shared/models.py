@@ -14,7 +14,8 @@ from torch import nn
 
 GROUPS = 8  # GroupNorm groups in smallcnn-gn (fewer where a layer has fewer channels)
 # Architectures without BatchNorm: the ones per-image DP (DP-SGD) can train.
-BATCHNORM_FREE_MODELS = ("smallcnn-gn",)
+BATCHNORM_FREE_MODELS = ("smallcnn-gn", "smallcnn-gn-eq")
+INTENSITY_LAYERS = ("none", "equalize")  # what a SmallCNN does to its input first (shared.intensity)
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
@@ -44,6 +45,10 @@ class SmallCNN(nn.Module):
     ``norm="group"`` (registered as ``smallcnn-gn``) swaps BatchNorm for
     GroupNorm: per-image differential privacy (DP-SGD, :mod:`shared.private_training`)
     needs each image's gradient on its own, and BatchNorm mixes the images of a batch.
+
+    ``intensity="equalize"`` (registered as ``smallcnn-eq`` and ``smallcnn-gn-eq``) first replaces each image by
+    its histogram-equalised self (:class:`shared.intensity.HistogramEqualize`): a lever against scanner contrast
+    curves that adds no parameters, so the state dict is the plain model's.
     """
 
     def __init__(
@@ -53,10 +58,13 @@ class SmallCNN(nn.Module):
         channels: Sequence[int] = (16, 32, 64, 96),
         dropout: float = 0.2,
         norm: str = "batch",
+        intensity: str = "none",
     ) -> None:
         super().__init__()
         if norm not in ("batch", "group"):
             raise ValueError(f"smallcnn: norm must be 'batch' or 'group', got {norm!r}")
+        if intensity not in INTENSITY_LAYERS:
+            raise ValueError(f"smallcnn: intensity must be one of {', '.join(INTENSITY_LAYERS)}, got {intensity!r}")
         if image_size < 2 ** len(channels):
             raise ValueError(
                 f"smallcnn: image_size {image_size} is too small for {len(channels)} pooling blocks "
@@ -72,13 +80,18 @@ class SmallCNN(nn.Module):
                 nn.MaxPool2d(2),
             ]
             c_in = c_out
+        self.intensity: nn.Module = nn.Identity()  # no parameters either way: the same state-dict keys
+        if intensity == "equalize":
+            from shared.intensity import HistogramEqualize
+
+            self.intensity = HistogramEqualize()
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(c_in, num_classes)
 
     def forward(self, x):
-        x = self.pool(self.features(x)).flatten(1)
+        x = self.pool(self.features(self.intensity(x))).flatten(1)
         return self.classifier(self.dropout(x))
 
 
@@ -88,6 +101,14 @@ def _smallcnn(num_classes: int, image_size: int, **kwargs) -> nn.Module:
 
 def _smallcnn_gn(num_classes: int, image_size: int, **kwargs) -> nn.Module:
     return SmallCNN(num_classes, image_size, **{"norm": "group", **kwargs})
+
+
+def _smallcnn_eq(num_classes: int, image_size: int, **kwargs) -> nn.Module:
+    return SmallCNN(num_classes, image_size, **{"intensity": "equalize", **kwargs})
+
+
+def _smallcnn_gn_eq(num_classes: int, image_size: int, **kwargs) -> nn.Module:
+    return SmallCNN(num_classes, image_size, **{"norm": "group", "intensity": "equalize", **kwargs})
 
 
 def _densenet121(num_classes: int, image_size: int, **kwargs) -> nn.Module:
@@ -107,6 +128,8 @@ def _resnet18(num_classes: int, image_size: int, **kwargs) -> nn.Module:
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "smallcnn": _smallcnn,
     "smallcnn-gn": _smallcnn_gn,
+    "smallcnn-eq": _smallcnn_eq,
+    "smallcnn-gn-eq": _smallcnn_gn_eq,
     "densenet121": _densenet121,
     "resnet18": _resnet18,
 }

@@ -79,7 +79,7 @@ def train_model(
     """Train ``model`` in place on ``data``; return one history dict per epoch.
 
     Each dict has ``epoch`` (1-based), ``loss`` (mean training loss), ``train_acc``,
-    ``images_per_s`` and, when ``val`` is given, ``val_loss`` (unweighted cross
+    ``images_per_s``, ``lr`` (the epoch's learning rate, after ``cfg.lr_schedule``) and, when ``val`` is given, ``val_loss`` (unweighted cross
     entropy), ``val_acc`` and ``val_auc`` (None unless every class is present
     in ``val``). ``on_epoch`` gets each dict as it is made; ``on_batch`` gets
     (steps done, total steps) over the whole run. The global RNGs are seeded
@@ -153,6 +153,7 @@ def train_model(
             "loss": float(loss_sum) / seen,
             "train_acc": int(correct) / seen,
             "images_per_s": seen / elapsed if elapsed > 0 else float("inf"),
+            "lr": optimizer.param_groups[0]["lr"],
         }
         if val is not None and len(val) > 0:
             record.update(evaluate(model, val))

@@ -1,9 +1,10 @@
 """The generalization benchmark, small: real DICOM sites, real training, federated runs on Flower's Ray engine.
 
 ``fedrad-server benchmark`` at its smallest (2 training sites, 1 unseen, 1
-seed, FedAvg and FedBN, 2 rounds of 1 epoch, 32×32): every arm runs, every
-model is scored on every test set, the report is written, and the simulated
-sites went through the production ClientApp (approval, guard, audit log).
+seed, FedAvg and FedBN with and without the histogram-equalisation lever,
+2 rounds of 1 epoch on a cosine schedule, 32×32): every arm runs, every model
+is scored on every test set, the report is written, and the simulated sites
+went through the production ClientApp (approval, guard, audit log).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from client.audit import verify
+from shared.modelfile import load_model_file
 from shared.synth import write_cohort
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -28,18 +30,26 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "server.cli", "benchmark", "--sites", str(cohort["site-1"]), "--sites",
            str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
-           "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--finetune-epochs", "1", "--out", str(out), "--json"]  # fmt: skip
+           "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--finetune-epochs", "1", "--equalize-lever", "--lr-schedule", "cosine",
+           "--out", str(out), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert json.loads(proc.stdout)["verdict"] == results["verdict"]
     assert results["columns"] == ["site-1 test", "site-2 test", "unseen-1"]
     assert set(results["matrix"]) == {"pooled", "local site-1", "local site-2", "fedavg", "fedbn", "fedavg + AdaBN", "fedbn + AdaBN",
-                                      "fedavg + finetune", "fedbn + finetune"}  # fmt: skip
+                                      "fedavg + finetune", "fedbn + finetune", "pooled + equalize", "fedavg + equalize",
+                                      "fedbn + equalize"}  # fmt: skip
     for strategy in ("fedavg", "fedbn"):  # fine-tuning changes the model at home; an unseen site has no labels to tune on
         assert results["matrix"][f"{strategy} + finetune"]["unseen-1"] == results["matrix"][strategy]["unseen-1"]
     pairs = {(p["model"], p["against"], p["column"]) for p in results["paired"]}
     assert ("fedbn", "fedavg", "site mean") in pairs and ("fedbn", "fedavg", "unseen-1") in pairs
+    for model in ("pooled", "fedavg", "fedbn"):  # the intensity lever acts at the training sites and the unseen one
+        assert {(f"{model} + equalize", model, "site mean"), (f"{model} + equalize", model, "unseen-1")} <= pairs
+    assert results["verdict"]["best_federated"] in ("fedavg", "fedbn")  # the matched budget: plain strategies only
+    assert load_model_file(out / "runs" / "fedavg-equalize-seed0" / "latest.pt").architecture == "smallcnn-eq"
+    assert load_model_file(out / "runs" / "fedavg-seed0" / "latest.pt").architecture == "smallcnn"
+    assert results["config"]["lr_schedule"] == "cosine"
     best = results["verdict"]["best_federated"]
     assert {(best, "local site-1", "site-1 test"), (best, "local site-2", "unseen-1")} <= pairs
     assert all(len(cell["values"]) == 1 for row in results["matrix"].values() for cell in row.values())
@@ -54,5 +64,5 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     assert "Cross-site matrix" in (out / "report.html").read_text()
     for site in ("site-1", "site-2"):  # the production ClientApp answered: its audit log chains and shows the rounds
         summary = verify(out / "sites" / site / "work" / "audit" / "outbound.jsonl")
-        assert summary.by_type.get("train") == 4 and summary.violations == 0, summary  # 2 strategies × 2 rounds
+        assert summary.by_type.get("train") == 8 and summary.violations == 0, summary  # 4 federated runs × 2 rounds
     assert not any(math.isnan(v) for v in [results["models"]["fedavg"]["site_mean"]["mean"] or 0.0])
