@@ -12,8 +12,9 @@ preprocessing or augmentation lever: no federated noise on top. Settings:
   standardisation that removes any monotone vendor LUT (gamma, sigmoid);
 * ``zscore``: per-image mean/sd standardisation instead of the window.
 
-The two intensity variants are applied to the cached, windowed tensors here;
-they are measured, not shipped (see the issue-5 note for why).
+The two intensity variants are applied to the cached, windowed tensors here.
+``equalize`` is what the ``smallcnn-eq`` architecture does as its first layer
+(``shared.intensity``; ``task.model: smallcnn-eq``); ``zscore`` is not shipped.
 
     .venv/bin/python -m benchmarks.bench_levers [--cohort DIR] [--seeds 3] [--epochs 15] [--shift 1]
 """
@@ -36,16 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.config import SiteDataConfig  # noqa: E402
 from shared.dataset import SiteDataset, concat_datasets  # noqa: E402
+from shared.intensity import HistogramEqualize  # noqa: E402
 from shared.models import build_model  # noqa: E402
 from shared.site_data import load_site_dataset  # noqa: E402
 from shared.synth import write_cohort  # noqa: E402
 from shared.training import TrainConfig, auc_score, train_model  # noqa: E402
 
 
-def equalize(x: torch.Tensor) -> torch.Tensor:
-    """Per-image histogram equalisation: each pixel becomes its rank in the image, in [0, 1]."""
-    flat = x.reshape(x.shape[0], -1)
-    return (flat.argsort(1).argsort(1).float() / (flat.shape[1] - 1)).reshape(x.shape)
+equalize = HistogramEqualize()  # per-image histogram equalisation, the smallcnn-eq input layer
 
 
 def zscore(x: torch.Tensor) -> torch.Tensor:

@@ -308,7 +308,7 @@ task:                        # what is learned; every site must use the same
   classes: {json.dumps(t.classes)}   # classification: last class = positive class
   # labels: [nodule, lung]   # segmentation instead of classes: the SEG segment names, one output channel each
   image_size: {t.image_size}             # model input side, pixels
-  model: {t.model}             # classification: smallcnn, smallcnn-gn (GroupNorm: per-image DP), resnet18, densenet121; segmentation: unet
+  model: {t.model}             # classification: smallcnn, smallcnn-gn (GroupNorm: per-image DP), smallcnn-eq / smallcnn-gn-eq (histogram-equalised input), resnet18, densenet121; segmentation: unet
   # init_weights: pretrained.pt  # start from a FedRad model file of this task (relative to this folder; never downloaded)
 
 rounds: {cfg.rounds}                   # federated rounds

@@ -61,6 +61,9 @@ def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Pat
     if fmt != "pt" and loaded.task != "classification":
         raise ConfigError(f"--format {fmt}: graphs are exported for classification models only so far; "
                           f"{src.name} is a {loaded.task} model: use --format pt")  # fmt: skip
+    if fmt == "onnx" and loaded.architecture.endswith("-eq"):  # torch.searchsorted has no ONNX operator
+        raise ConfigError(f"--format onnx: {src.name} is a {loaded.architecture} model, and ONNX has no operator for its "
+                          "histogram-equalisation input layer; use --format torchscript (same probabilities) or pt")  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     gap = None

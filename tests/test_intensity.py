@@ -49,3 +49,22 @@ def test_torchscript_keeps_the_layer() -> None:
     scripted = torch.jit.trace(model, x)
     with torch.no_grad():
         assert torch.allclose(scripted(x**3), model(x), atol=1e-6)
+
+
+def test_onnx_export_of_an_equalizing_model_is_refused_with_the_way_out(tmp_path) -> None:
+    from server.checkpoints import RunDir, RunTask
+    from server.enrollment import init_consortium
+    from server.export import export_model
+    from shared.config import ConfigError
+
+    c = tmp_path / "consortium"
+    init_consortium(c, "Eq Net", "127.0.0.1:9443")
+    task = RunTask("smallcnn-eq", ["normal", "nodule"], 32, "Eq Net", "fedavg", 0)
+    run = RunDir(c / "runs" / "r1")
+    run.prepare(task, resume=False)
+    run.save_round(1, build_model("smallcnn-eq", 2, 32).state_dict(), task=task, num_server_rounds=1,
+                   metrics={"round": 1, "sites_answered": 2}, eval_auc=None)  # fmt: skip
+    with pytest.raises(ConfigError, match="smallcnn-eq.*--format torchscript"):
+        export_model(c, tmp_path / "g.onnx", run_dir=c / "runs" / "r1", fmt="onnx")
+    info = export_model(c, tmp_path / "g.ts", run_dir=c / "runs" / "r1", fmt="torchscript")
+    assert info["max_gap"] <= 1e-5 and info["architecture"] == "smallcnn-eq"
