@@ -34,7 +34,7 @@ def _fmt(cell: dict | None) -> str:
 def _levers_sentence(w: dict | None) -> str:
     if not w:
         return ""
-    return (f" With levers beyond the matched budget, <b>{html.escape(w['best_federated'])}</b>: {w['ratio_to_pooled']} × pooled; "
+    return (f" With levers on top (AdaBN, fine-tuning, equalisation), <b>{html.escape(w['best_federated'])}</b>: {w['ratio_to_pooled']} × pooled; "
             f"beats local-only on own test sets {html.escape(str(w['beats_local_on_own_test']))}, on unseen "
             f"{html.escape(str(w['beats_local_on_unseen']))}.")
 
@@ -143,7 +143,9 @@ on the unseen site(s): {esc(str(v.get('beats_local_on_unseen')))}.{_levers_sente
 <p>Both models of a row share each seed's split, initial weights and shuffling, so their difference per seed is
 sharper than the two means ± sd. Measurable: the 95 % interval (Student's t over seeds) excludes 0.
 "+ finetune": each training site's model after {cfg.get('finetune_epochs', 0)} more epoch(s) on its own training
-patients at a tenth of the learning rate (beyond the matched budget); at unseen sites it is the model without.</p>
+patients at a tenth of the learning rate (beyond the matched budget); at unseen sites it is the model without.
+"+ equalize": the same arm with the model's histogram-equalisation input layer (smallcnn-eq; same budget), against
+the arm without it, at the training sites and the unseen ones.</p>
 <table><tr>{''.join(f'<th>{esc(h)}</th>' for h in PAIRED_HEADER)}</tr>{paired}</table>{'<h2>Per segment label</h2>' + per_label if per_label else ''}
 <p>FedBN is scored at each training site with that site's own normalisation layers and at unseen sites with the averaged ones.
 Seconds per arm: {esc(str(results.get('seconds')))}.</p></body></html>"""

@@ -55,3 +55,19 @@ def test_summarise_keeps_every_seed_and_pairs_each_lever_with_fedavg_and_the_bes
     home = rows[("fedbn", "local s1", "s1 test")]  # fedbn +0.03 vs local s1 +0.04 at s1: behind by 0.01 every seed
     assert home["mean"] == pytest.approx(-0.01) and home["wins"] == 0 and home["measurable"]
     assert ("fedbn + finetune", "local s1", "s1 test") in rows  # the best with levers is paired with each local too
+
+
+def test_equalisation_is_paired_with_its_own_arm_at_home_and_at_the_unseen_site_and_pooled_stays_the_reference() -> None:
+    base = _cells()
+    cells = base | {
+        "pooled + equalize": {c: [v + 0.01 for v in vals] for c, vals in base["pooled"].items()},
+        "fedavg + equalize": {c: [v + (0.02 if c != "u" else -0.04) for v in vals] for c, vals in base["fedavg"].items()},
+    }
+    r = summarise(cells, ["s1 test", "s2 test", "u"], ["s1 test", "s2 test"], ["s1", "s2"], ["u"])
+    rows = {(p["model"], p["against"], p["column"]): p for p in r["paired"]}
+    assert rows[("fedavg + equalize", "fedavg", SITE_MEAN)]["mean"] == pytest.approx(0.02)
+    assert rows[("fedavg + equalize", "fedavg", "u")]["mean"] == pytest.approx(-0.04)  # it can cost at the unseen site
+    assert rows[("pooled + equalize", "pooled", "u")]["mean"] == pytest.approx(0.01)
+    assert r["models"]["pooled"]["ratio_to_pooled"] == 1.0 and r["models"]["pooled + equalize"]["ratio_to_pooled"] > 1.0
+    assert r["verdict"]["best_federated"] == "fedbn"  # "pooled + equalize" is a reference, never a federated model
+    assert "pooled + equalize" not in {r["verdict"]["with_levers"]["best_federated"]}
