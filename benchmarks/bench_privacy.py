@@ -162,7 +162,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     with ProcessSet(root / "logs") as ps:
         lc = start_loopback_consortium(ps, root, sites, image_size=IMAGE_SIZE, name="Bench")
-        wait_online(lc, a.sites)
+        wait_online(lc)
         if a.level == "image":
             runs, baseline = image_level_runs(lc, root, a, console)
             norms, clip = [], a.clip

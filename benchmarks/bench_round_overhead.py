@@ -54,13 +54,12 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2) if values else float("nan")
 
 
-def wait_online(lc, n: int, timeout: float = 180) -> None:  # noqa: ANN001 - LoopbackConsortium
-    deadline = time.monotonic() + timeout
-    with lc.link.control() as control:
-        while sum(node.status == "online" for node in control.nodes()) < n:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"only some of {n} sites came online; see logs under {lc.root}")
-            time.sleep(0.5)
+def wait_online(lc, timeout: float = 180) -> None:  # noqa: ANN001 - LoopbackConsortium
+    """Every site of ``lc`` online, or exit naming those that are not."""
+    try:
+        lc.wait_until_online(timeout)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def run_bare(lc, root: Path, rounds: int, sites: int) -> list[dict]:  # noqa: ANN001
@@ -141,7 +140,7 @@ def main() -> None:
     t0 = time.monotonic()
     with ProcessSet(root / "logs") as ps:
         lc = start_loopback_consortium(ps, root, {s.name: s.path for s in cohort}, image_size=32, name="Bench")
-        wait_online(lc, a.sites)
+        wait_online(lc)
         console.print(f"{a.sites} sites online after {time.monotonic() - t0:.1f} s; logs in {root / 'logs'}")
         results = {}
         console.print("bare Flower …")

@@ -80,7 +80,7 @@ def main() -> None:
     runs: dict[str, tuple[Path, int]] = {}
     with ProcessSet(root / "logs") as ps:
         lc = start_loopback_consortium(ps, root, {s.name: s.path for s in cohort}, name="Bench")
-        wait_online(lc, a.sites)
+        wait_online(lc)
         for label, extra in (
             ("plain", {}),
             ("secagg", {"secagg": SECAGG}),

@@ -12,7 +12,6 @@ also on failure.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -98,16 +97,7 @@ class DeploymentEngine:
 
     def _wait_online(self, lc: LoopbackConsortium) -> None:
         """Every SuperNode online before the first run: ``min-sites`` is all of them."""
-        deadline = time.monotonic() + ONLINE_TIMEOUT_S
-        with lc.link.control() as control:
-            while True:
-                online = {n.name for n in control.nodes() if n.status == "online"}
-                if set(self.sites) <= online:
-                    return
-                dead = [s.name for s in lc.sites.values() if s.supernode.poll() is not None
-                        or (s.worker is not None and s.worker.poll() is not None)]  # fmt: skip
-                if dead or time.monotonic() > deadline:
-                    why = f"site process(es) of {', '.join(dead)} exited" if dead else f"not after {ONLINE_TIMEOUT_S:.0f} s"
-                    raise DeploymentError(f"SuperNodes online: {sorted(online) or 'none'} of {sorted(self.sites)} "
-                                          f"({why}); logs under {self.logs}")  # fmt: skip
-                time.sleep(0.5)
+        try:
+            lc.wait_until_online(ONLINE_TIMEOUT_S)
+        except RuntimeError as exc:
+            raise DeploymentError(f"{exc} (the site logs: {self.logs})") from None

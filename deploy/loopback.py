@@ -11,6 +11,7 @@ Every process goes through the caller's :class:`ProcessSet`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,23 @@ class LoopbackConsortium:
     link: SuperLink
     proxy: str
     sites: dict[str, LoopbackSite] = field(default_factory=dict)
+
+    def wait_until_online(self, timeout: float = 180.0) -> None:
+        """Every site's SuperNode online (so a run's ``min-sites`` can be all of them); otherwise a RuntimeError
+        that names the sites online, those whose processes exited, and where the logs are."""
+        deadline = time.monotonic() + timeout
+        with self.link.control() as control:
+            while True:
+                online = {n.name for n in control.nodes() if n.status == "online"}
+                if set(self.sites) <= online:
+                    return
+                dead = [s.name for s in self.sites.values() if s.supernode.poll() is not None
+                        or (s.worker is not None and s.worker.poll() is not None)]  # fmt: skip
+                if dead or time.monotonic() > deadline:
+                    why = f"site process(es) of {', '.join(dead)} exited" if dead else f"not after {timeout:.0f} s"
+                    raise RuntimeError(f"SuperNodes online: {sorted(online) or 'none'} of {sorted(self.sites)} ({why}); "
+                                       f"logs under {self.root}")  # fmt: skip
+                time.sleep(0.5)
 
 
 def write_site_yaml(path: Path, *, site: Path | SiteFiles, name: str, server: str, ca_cert: Path, key: Path,
