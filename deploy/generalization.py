@@ -125,7 +125,7 @@ class BenchConfig:
         self.model = self.model or DEFAULT_MODELS[self.task_type]
         if self.equalize_lever and self.model + EQUALIZE_SUFFIX not in MODEL_BUILDERS:
             raise ConfigError("--equalize-lever: the histogram-equalisation input layer exists for the classification "
-                              "models smallcnn and smallcnn-gn only, not {self.model!r}")  # fmt: skip
+                              f"models smallcnn and smallcnn-gn only, not {self.model!r}")  # fmt: skip
         self.batch_size = self.batch_size or TASK_DEFAULTS[self.task_type]["batch_size"]
         self.lr = self.lr or TASK_DEFAULTS[self.task_type]["lr"]
 
@@ -218,13 +218,14 @@ def _run_benchmark(
 
         t0 = time.monotonic()
         say(f"seed {seed}: pooled model ({epochs} epochs)")
-        pooled = _train(task, bench_task.pool(task, [d.train for d in split.values()]), epochs, cfg, seed)
+        pooled_data = bench_task.pool(task, [d.train for d in split.values()])
+        pooled = _train(task, pooled_data, epochs, cfg, seed)
         score("pooled", lambda col: pooled)
         timings.setdefault("pooled", []).append(time.monotonic() - t0)
         if cfg.equalize_lever:
             t0 = time.monotonic()
             say(f"seed {seed}: pooled model with histogram equalisation ({epochs} epochs)")
-            pooled_eq = _train(cfg.task(equalize=True), bench_task.pool(task, [d.train for d in split.values()]), epochs, cfg, seed)
+            pooled_eq = _train(cfg.task(equalize=True), pooled_data, epochs, cfg, seed)
             score(f"pooled + {EQUALIZE}", lambda col: pooled_eq)
             timings.setdefault(f"pooled + {EQUALIZE}", []).append(time.monotonic() - t0)
         for name, d in split.items():

@@ -168,7 +168,7 @@ class ConsortiumConfig(StrictModel):
     lr: float = Field(1e-3, gt=0, le=10)
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="The sites' learning rate over the rounds: constant, or a cosine decay to near 0 "
-                               "at the last round (steadier final model; shared/lr_schedule.py).")  # fmt: skip
+                               "at the last round (measured worse at 10 rounds; shared/lr_schedule.py).")  # fmt: skip
     augment: float = Field(1.0, ge=0, le=10)
     compression: Literal["none", "fp16"] = Field("none", description="Site uploads as float32 or float16 (half the bytes).")
     strategy: StrategyConfig = Field(default_factory=lambda: FedAvgStrategy(name="fedavg"))

@@ -15,6 +15,7 @@ from pathlib import Path
 from server.coordinator import CURRENT_RUN_JSON, STATE_DIR, last_run_dir, read_json
 from server.consortium import load_consortium
 from shared.config import ConfigError
+from shared.intensity import HistogramEqualize
 from shared.modelfile import load_model_file
 
 _ROUND = re.compile(r"^round-(\d+)\.pt$")
@@ -61,7 +62,7 @@ def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Pat
     if fmt != "pt" and loaded.task != "classification":
         raise ConfigError(f"--format {fmt}: graphs are exported for classification models only so far; "
                           f"{src.name} is a {loaded.task} model: use --format pt")  # fmt: skip
-    if fmt == "onnx" and loaded.architecture.endswith("-eq"):  # torch.searchsorted has no ONNX operator
+    if fmt == "onnx" and any(isinstance(m, HistogramEqualize) for m in loaded.model.modules()):  # searchsorted: no ONNX op
         raise ConfigError(f"--format onnx: {src.name} is a {loaded.architecture} model, and ONNX has no operator for its "
                           "histogram-equalisation input layer; use --format torchscript (same probabilities) or pt")  # fmt: skip
     out = Path(out)
