@@ -53,14 +53,17 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
     return ((flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-6)).reshape(x.shape)
 
 
-#: name → (intensity transform, augmentation strength)
-SETTINGS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], float]] = {
-    "default (window, augment 1.0)": (lambda x: x, 1.0),
-    "augment 0": (lambda x: x, 0.0),
-    "augment 0.5": (lambda x: x, 0.5),
-    "augment 2.0": (lambda x: x, 2.0),
-    "equalize": (equalize, 1.0),
-    "zscore": (zscore, 1.0),
+#: name → (intensity transform, augmentation strength, scanner-appearance augmentation strength)
+SETTINGS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], float, float]] = {
+    "default (window + augment 1.0)": (lambda x: x, 1.0, 0.0),
+    "augment 0": (lambda x: x, 0.0, 0.0),
+    "augment 0.5": (lambda x: x, 0.5, 0.0),
+    "augment 2.0": (lambda x: x, 2.0, 0.0),
+    "scanner augment 0.5": (lambda x: x, 1.0, 0.5),
+    "scanner augment 1.0": (lambda x: x, 1.0, 1.0),
+    "scanner augment 2.0": (lambda x: x, 1.0, 2.0),
+    "equalize": (equalize, 1.0, 0.0),
+    "zscore": (zscore, 1.0, 0.0),
 }
 
 
@@ -77,6 +80,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--scale", type=float, default=2.0)
     ap.add_argument("--shift", type=float, default=1.0)
+    ap.add_argument("--cache", type=Path, help="Tensor cache folder to reuse between runs (default: a temporary one)")
+    ap.add_argument("--only", help="Comma-separated setting names to run (default: all); the first is the baseline")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -86,16 +91,21 @@ def main() -> None:
             cohort = Path(tmp) / "cohort"
             write_cohort(cohort, n_sites=3, unseen=1, scale=args.scale, shift=args.shift)
         names = ["site-1", "site-2", "site-3"]
-        sites = {n: load(cohort, n, Path(tmp) / "cache") for n in [*names, "unseen-1"]}
+        sites = {n: load(cohort, n, args.cache or Path(tmp) / "cache") for n in [*names, "unseen-1"]}
         rows: dict[str, list[float]] = {}
-        for label, (transform, strength) in SETTINGS.items():
+        chosen = [k.strip() for k in args.only.split(",")] if args.only else list(SETTINGS)
+        unknown = [k for k in chosen if k not in SETTINGS]
+        if unknown:
+            sys.exit(f"--only: unknown setting(s) {unknown}; choose from {list(SETTINGS)}")
+        for label in chosen:
+            transform, strength, scanner = SETTINGS[label]
             ds = {n: replace(d, images=transform(d.images)) for n, d in sites.items()}
             pooled = concat_datasets([ds[n] for n in names])
             for seed in range(args.seeds):
                 t0 = time.monotonic()
                 torch.manual_seed(seed)
                 model = build_model("smallcnn", 2, 64)
-                train_model(model, pooled, TrainConfig(epochs=args.epochs, augment=strength, seed=seed))
+                train_model(model, pooled, TrainConfig(epochs=args.epochs, augment=strength, scanner_augment=scanner, seed=seed))
                 auc = auc_score(model.eval(), ds["unseen-1"])
                 rows.setdefault(label, []).append(auc)
                 print(f"{label:32s} seed {seed}: unseen AUC {auc:.4f} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)

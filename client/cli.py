@@ -102,6 +102,8 @@ def train_local(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default 32 (8 with --segments)."),
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Default 1e-3 (3e-3 with --segments)."),
     augment: float = typer.Option(1.0, "--augment", min=0.0, help="Augmentation strength (0 = off)."),
+    scanner_augment: float = typer.Option(0.0, "--scanner-augment", min=0.0, help="Scanner-look augmentation strength "
+                                          "(exposure field, collimation, blur, contrast curve, noise); 0 = off."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9),
     seed: int = typer.Option(0, "--seed"),
     site_name: str = typer.Option("local-site", "--site-name", help="Recorded in the model's provenance."),
@@ -119,7 +121,7 @@ def train_local(
                            task="segmentation" if seg else "classification")  # fmt: skip
     opts = TrainLocalOptions(
         model=model or ("unet" if seg else "smallcnn"), epochs=epochs, batch_size=batch_size or (8 if seg else 32),
-        lr=lr if lr is not None else (3e-3 if seg else 1e-3), augment=augment,
+        lr=lr if lr is not None else (3e-3 if seg else 1e-3), augment=augment, scanner_augment=scanner_augment,
         val_fraction=val_fraction, seed=seed, site_name=site_name, threads=threads,
     )  # fmt: skip
     if seg:
@@ -164,6 +166,8 @@ def finetune(
     epochs: int = typer.Option(3, "--epochs", min=1),
     lr: float = typer.Option(1e-4, "--lr", min=0.0, help="Small: keep what the consortium learned."),
     augment: float = typer.Option(1.0, "--augment", min=0.0),
+    scanner_augment: float = typer.Option(0.0, "--scanner-augment", min=0.0, help="Scanner-look augmentation strength "
+                                          "(exposure field, collimation, blur, contrast curve, noise); 0 = off."),
     test_fraction: float = typer.Option(0.3, "--test-fraction", min=0.05, max=0.9, help="Patients held out to score before/after."),
     seed: int = typer.Option(0, "--seed"),
     site_name: str = typer.Option("local-site", "--site-name", help="Recorded in the model's provenance."),
@@ -173,7 +177,7 @@ def finetune(
     """Fine-tune the global model on this site's data and compare it with the global model on held-out patients."""
     from client.finetune import FinetuneOptions, run_finetune
 
-    opts = FinetuneOptions(epochs=epochs, lr=lr, augment=augment, test_fraction=test_fraction, seed=seed,
+    opts = FinetuneOptions(epochs=epochs, lr=lr, augment=augment, scanner_augment=scanner_augment, test_fraction=test_fraction, seed=seed,
                            site_name=site_name, n_bootstrap=n_bootstrap)  # fmt: skip
     summary = run_finetune(model_path, out_path, opts, config=config, data=data, labels=labels, cache_dir=cache_dir,
                            show_progress=not as_json, console=out)  # fmt: skip

@@ -214,6 +214,7 @@ def train_config(config: Mapping) -> TrainConfig:
         batch_size=int(config.get("batch-size", 32)),
         lr=float(config.get("lr", 1e-3)),
         augment=float(config.get("augment", 1.0)),
+        scanner_augment=float(config.get("scanner-augment", 0.0)),
         seed=int(config.get("seed", 0)) + int(config.get("server-round", 0)),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
     )

@@ -34,6 +34,7 @@ class FinetuneOptions:
     epochs: int = 3
     lr: float = 1e-4  # a tenth of training's: keep what the consortium learned, adjust to this scanner
     augment: float = 1.0
+    scanner_augment: float = 0.0  # shared.scanner_augment
     batch_size: int = 32
     test_fraction: float = 0.3
     seed: int = 0
@@ -72,7 +73,8 @@ def run_finetune(model_path: Path, out_path: Path, opts: FinetuneOptions, *, con
     model = copy.deepcopy(base.model)
     seed_everything(opts.seed)
     with progress_bar("Fine-tuning", enabled=show_progress) as update:
-        cfg_train = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, augment=opts.augment, seed=opts.seed)
+        cfg_train = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, augment=opts.augment,
+                                scanner_augment=opts.scanner_augment, seed=opts.seed)  # fmt: skip
         train_model(model, tune, cfg_train, on_epoch=lambda h: update(h["epoch"], opts.epochs))
     after = score(model)
     sha = save_model_file(

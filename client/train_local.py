@@ -33,6 +33,7 @@ class TrainLocalOptions:
     batch_size: int = 32
     lr: float = 1e-3
     augment: float = 1.0
+    scanner_augment: float = 0.0  # shared.scanner_augment; classification only
     val_fraction: float = 0.2
     seed: int = 0
     site_name: str = "local-site"
@@ -58,7 +59,8 @@ def run_train_local(
 
     seed_everything(opts.seed)
     model = build_model(opts.model, len(cfg.classes), cfg.image_size)
-    train_cfg = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, augment=opts.augment, seed=opts.seed)
+    train_cfg = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, augment=opts.augment,
+                            scanner_augment=opts.scanner_augment, seed=opts.seed)  # fmt: skip
     started = time.perf_counter()
     history = _train_with_progress(model, train, val, train_cfg, show_progress)
     seconds = time.perf_counter() - started

@@ -31,6 +31,8 @@ def run_train_local_segmentation(cfg: SiteDataConfig, labels: list[str], opts, o
     """
     from shared.segmentation_data import load_seg_dataset, split_seg_dataset
 
+    if opts.scanner_augment:
+        raise ConfigError("--scanner-augment is for classification models only; leave it out with --segments")
     torch.set_num_threads(opts.threads)
     data, seg = load_seg_dataset(cfg, labels)
     if len(data) < 2:

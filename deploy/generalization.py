@@ -57,6 +57,28 @@ ENGINE = "Flower simulation engine (Ray, `flwr run` on a simulation SuperLink), 
 ENGINES = ("simulation", "deployment")  # deployment: the slower final check on the real engine
 EQUALIZE = "equalize"  # the intensity lever's row suffix: "<model> + equalize"
 EQUALIZE_SUFFIX = "-eq"  # its architectures: smallcnn-eq, smallcnn-gn-eq (shared.intensity)
+SCANNER_AUG = "scanner-aug"  # the scanner-appearance augmentation lever's row suffix (shared.scanner_augment)
+
+
+@dataclass(frozen=True)
+class ArmVariant:
+    """A lever that changes how every arm trains, so pooled and each strategy get a row with it: "<arm> + <label>".
+
+    Same split, initial weights, shuffling and epochs as the arm without it, so the two pair seed by seed."""
+
+    label: str = ""  # "" = the plain arm
+    equalize: bool = False  # the model's histogram-equalisation input layer (<model>-eq, shared.intensity)
+    scanner_augment: float = 0.0  # scanner-appearance augmentation strength at every site (shared.scanner_augment)
+
+    def row(self, arm: str) -> str:
+        return f"{arm} + {self.label}" if self.label else arm
+
+    def run_name(self, strategy: str, seed: int) -> str:
+        """The federated run's folder, e.g. fedavg-seed0, fedavg-equalize-seed0, fedavg-equalize-scanner-aug-seed0."""
+        return "-".join([strategy, *self.label.replace(" + ", " ").split(), f"seed{seed}"])
+
+
+PLAIN = ArmVariant()
 
 
 class BenchmarkError(RuntimeError):
@@ -109,6 +131,7 @@ class BenchConfig:
     finetune_epochs: int = 0  # > 0: also "<strategy> + finetune", each site's model tuned on its own training patients
     engine: str = "simulation"  # or "deployment": federated runs on a loopback consortium (deploy.deployment_engine)
     equalize_lever: bool = False  # also "pooled + equalize" and "<strategy> + equalize" (model <model>-eq)
+    scanner_augment_lever: float = 0.0  # > 0: also "<arm> + scanner-aug" at this strength (and with equalize)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -126,21 +149,32 @@ class BenchConfig:
         if self.equalize_lever and self.model + EQUALIZE_SUFFIX not in MODEL_BUILDERS:
             raise ConfigError("--equalize-lever: the histogram-equalisation input layer exists for the classification "
                               f"models smallcnn and smallcnn-gn only, not {self.model!r}")  # fmt: skip
+        if not 0 <= self.scanner_augment_lever < math.inf or (self.scanner_augment_lever and self.task_type == "segmentation"):
+            raise ConfigError("--scanner-augment-lever: a strength >= 0 (e.g. 1.0), for classification only")
         self.batch_size = self.batch_size or TASK_DEFAULTS[self.task_type]["batch_size"]
         self.lr = self.lr or TASK_DEFAULTS[self.task_type]["lr"]
 
-    def task(self, equalize: bool = False) -> Task:
-        """The benchmark's task; ``equalize``: the same model with its histogram-equalisation input layer."""
-        return Task(self.model + EQUALIZE_SUFFIX if equalize else self.model, self.classes, self.image_size,
+    def variants(self) -> list[ArmVariant]:
+        """The plain arms, then each lever that changes every arm, and both together when both are on."""
+        eq, sa = self.equalize_lever, self.scanner_augment_lever
+        return [PLAIN,
+                *([ArmVariant(EQUALIZE, equalize=True)] if eq else []),
+                *([ArmVariant(SCANNER_AUG, scanner_augment=sa)] if sa else []),
+                *([ArmVariant(f"{EQUALIZE} + {SCANNER_AUG}", equalize=True, scanner_augment=sa)] if eq and sa else [])]  # fmt: skip
+
+    def task(self, variant: ArmVariant = PLAIN) -> Task:
+        """The benchmark's task; with an equalising ``variant``, the same model with that input layer."""
+        return Task(self.model + EQUALIZE_SUFFIX if variant.equalize else self.model, self.classes, self.image_size,
                     self.task_type, list(self.labels))  # fmt: skip
 
-    def run_config(self, strategy: str, seed: int, run_dir: Path, n_sites: int, equalize: bool = False) -> dict:
+    def run_config(self, strategy: str, seed: int, run_dir: Path, n_sites: int, variant: ArmVariant = PLAIN) -> dict:
         return {
             "num-server-rounds": self.rounds, "local-epochs": self.local_epochs, "min-sites": n_sites,
             "round-timeout-s": 1800, "evaluate-every": self.rounds, "seed": seed, "strategy": strategy,
             "strategy-params": json.dumps(STRATEGY_PARAMS.get(strategy, {})), "classes": ",".join(self.classes),
-            "image-size": self.image_size, "model": self.task(equalize).model, "batch-size": self.batch_size, "lr": self.lr,
-            "lr-schedule": self.lr_schedule, "augment": self.augment, "run-dir": str(run_dir), "consortium": "Benchmark",
+            "image-size": self.image_size, "model": self.task(variant).model, "batch-size": self.batch_size, "lr": self.lr,
+            "lr-schedule": self.lr_schedule, "augment": self.augment, "scanner-augment": variant.scanner_augment,
+            "run-dir": str(run_dir), "consortium": "Benchmark",
             "task-type": self.task_type, "labels": ",".join(self.labels),
         }  # fmt: skip
 
@@ -216,18 +250,13 @@ def _run_benchmark(
                 for metric, value in bench_task.score(task, model_for(col), data).items():
                     cells[metric].setdefault(label, {}).setdefault(col, []).append(value)
 
-        t0 = time.monotonic()
-        say(f"seed {seed}: pooled model ({epochs} epochs)")
         pooled_data = bench_task.pool(task, [d.train for d in split.values()])
-        pooled = _train(task, pooled_data, epochs, cfg, seed)
-        score("pooled", lambda col: pooled)
-        timings.setdefault("pooled", []).append(time.monotonic() - t0)
-        if cfg.equalize_lever:
+        for variant in cfg.variants():
             t0 = time.monotonic()
-            say(f"seed {seed}: pooled model with histogram equalisation ({epochs} epochs)")
-            pooled_eq = _train(cfg.task(equalize=True), pooled_data, epochs, cfg, seed)
-            score(f"pooled + {EQUALIZE}", lambda col: pooled_eq)
-            timings.setdefault(f"pooled + {EQUALIZE}", []).append(time.monotonic() - t0)
+            say(f"seed {seed}: {variant.row('pooled')} model ({epochs} epochs)")
+            pooled = _train(cfg.task(variant), pooled_data, epochs, cfg, seed, variant.scanner_augment)
+            score(variant.row("pooled"), lambda col, m=pooled: m)
+            timings.setdefault(variant.row("pooled"), []).append(time.monotonic() - t0)
         for name, d in split.items():
             t0 = time.monotonic()
             say(f"seed {seed}: local-only model of {name}")
@@ -237,7 +266,7 @@ def _run_benchmark(
         for strategy in cfg.strategies:
             t0 = time.monotonic()
             say(f"seed {seed}: federated {strategy} ({cfg.rounds} rounds × {cfg.local_epochs} epochs, {len(sim)} sites)")
-            models = _federated_run(cfg, strategy, seed, out / "runs" / f"{strategy}-seed{seed}", sim, deployed)
+            models = _federated_run(cfg, strategy, seed, out / "runs" / PLAIN.run_name(strategy, seed), sim, deployed)
             score(strategy, models)
             if adabn:  # the unseen site re-estimates BatchNorm statistics on its own images
                 adapted = {u: adapt_bn(models(u), d.images) for u, d in unseen_data.items()}
@@ -247,12 +276,12 @@ def _run_benchmark(
                                                           cfg.augment, seed) for n, d in split.items()}  # fmt: skip
                 score(f"{strategy} + finetune", lambda col, m=models, t=tuned: t.get(col, m(col)))
             timings.setdefault(strategy, []).append(time.monotonic() - t0)
-            if cfg.equalize_lever:
+            for variant in cfg.variants()[1:]:
                 t0 = time.monotonic()
-                say(f"seed {seed}: federated {strategy} with histogram equalisation")
-                score(f"{strategy} + {EQUALIZE}", _federated_run(cfg, strategy, seed, out / "runs" / f"{strategy}-{EQUALIZE}-seed{seed}",
-                                                                 sim, deployed, equalize=True))  # fmt: skip
-                timings.setdefault(f"{strategy} + {EQUALIZE}", []).append(time.monotonic() - t0)
+                say(f"seed {seed}: federated {variant.row(strategy)}")
+                score(variant.row(strategy), _federated_run(cfg, strategy, seed, out / "runs" / variant.run_name(strategy, seed),
+                                                            sim, deployed, variant))  # fmt: skip
+                timings.setdefault(variant.row(strategy), []).append(time.monotonic() - t0)
     site_tests = [f"{s.name} test" for s in sites]
     results = summarise(cells[metrics[0]], columns, site_tests, [s.name for s in sites], list(unseen_data))
     results["metric"] = metrics[0]
@@ -267,22 +296,23 @@ def _run_benchmark(
 
 def _federated_run(
     cfg: BenchConfig, strategy: str, seed: int, run_dir: Path, sim: list[SimulatedSite], deployed: DeploymentEngine | None,
-    equalize: bool = False,
+    variant: ArmVariant = PLAIN,
 ) -> Callable[[str], torch.nn.Module]:  # fmt: skip
     """One federated run on the chosen engine; column → the model it gives there (see :func:`_federated_models`)."""
     try:
         if deployed is not None:
-            deployed.run(cfg.run_config(strategy, seed, run_dir, len(sim), equalize), label=run_dir.name)
+            deployed.run(cfg.run_config(strategy, seed, run_dir, len(sim), variant), label=run_dir.name)
         else:
-            run_simulated(cfg.run_config(strategy, seed, run_dir, len(sim), equalize), sim, cpus=cfg.cpus)
+            run_simulated(cfg.run_config(strategy, seed, run_dir, len(sim), variant), sim, cpus=cfg.cpus)
     except Exception as exc:  # noqa: BLE001 - the ServerApp's own message names the round and the sites
         raise BenchmarkError(f"federated {strategy} run (seed {seed}) failed: {exc}; its files are in {run_dir}") from None
     homes = [replace(s, work_dir=deployed.work_dir(s.name)) for s in sim] if deployed is not None else sim
-    return _federated_models(cfg.task(equalize), run_dir, homes, strategy == "fedbn")
+    return _federated_models(cfg.task(variant), run_dir, homes, strategy == "fedbn")
 
 
-def _train(task: Task, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, seed: int) -> torch.nn.Module:
-    return bench_task.train(task, data, epochs, cfg.batch_size, cfg.lr, cfg.augment, seed, cfg.lr_schedule)
+def _train(task: Task, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, seed: int,
+           scanner_augment: float = 0.0) -> torch.nn.Module:  # fmt: skip
+    return bench_task.train(task, data, epochs, cfg.batch_size, cfg.lr, cfg.augment, seed, cfg.lr_schedule, scanner_augment)
 
 
 def _federated_models(task: Task, run_dir: Path, sites: list[SimulatedSite], local_norm: bool) -> Callable[[str], torch.nn.Module]:

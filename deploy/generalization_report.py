@@ -145,7 +145,10 @@ sharper than the two means ± sd. Measurable: the 95 % interval (Student's t ove
 "+ finetune": each training site's model after {cfg.get('finetune_epochs', 0)} more epoch(s) on its own training
 patients at a tenth of the learning rate (beyond the matched budget); at unseen sites it is the model without.
 "+ equalize": the same arm with the model's histogram-equalisation input layer (smallcnn-eq; same budget), against
-the arm without it, at the training sites and the unseen ones.</p>
+the arm without it, at the training sites and the unseen ones.
+"+ scanner-aug": the same arm with every site's training images randomly re-imaged as another scanner might
+(exposure field, collimator borders, blur, contrast curve, noise; strength {cfg.get('scanner_augment_lever', 0)}),
+against the arm without it; "+ equalize + scanner-aug" also against "+ equalize", for what the augmentation adds.</p>
 <table><tr>{''.join(f'<th>{esc(h)}</th>' for h in PAIRED_HEADER)}</tr>{paired}</table>{'<h2>Per segment label</h2>' + per_label if per_label else ''}
 <p>FedBN is scored at each training site with that site's own normalisation layers and at unseen sites with the averaged ones.
 Seconds per arm: {esc(str(results.get('seconds')))}.</p></body></html>"""

@@ -48,9 +48,10 @@ def pool(task: Task, parts: list[Dataset]) -> Dataset:
 
 
 def train(task: Task, data: Dataset, epochs: int, batch_size: int, lr: float, augment: float, seed: int,
-          lr_schedule: str = "constant") -> torch.nn.Module:  # fmt: skip
+          lr_schedule: str = "constant", scanner_augment: float = 0.0) -> torch.nn.Module:  # fmt: skip
     """A fresh model of the task trained centrally for ``epochs`` (the pooled and local-only arms), its learning
-    rate following ``lr_schedule`` over the epochs as a federated run's follows it over the rounds."""
+    rate following ``lr_schedule`` over the epochs as a federated run's follows it over the rounds
+    (``scanner_augment``: classification only, :mod:`shared.scanner_augment`)."""
     torch.manual_seed(seed)
     model = build_task_model(task.task_type, task.model, len(task.outputs), task.image_size)
     if task.segmentation:
@@ -58,7 +59,7 @@ def train(task: Task, data: Dataset, epochs: int, batch_size: int, lr: float, au
                                                           lr_schedule=lr_schedule))
     else:
         train_model(model, data, TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, seed=seed,
-                                               lr_schedule=lr_schedule))
+                                               lr_schedule=lr_schedule, scanner_augment=scanner_augment))
     return model.eval()
 
 

@@ -37,8 +37,9 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
 
 
 # Where a lever on top of a strategy changes the model: AdaBN at unseen sites, fine-tuning at the training sites,
-# histogram equalisation (an input layer of the model) everywhere.
-LEVER_COLUMNS = {"AdaBN": "unseen", "finetune": "sites", "equalize": "all"}
+# histogram equalisation (an input layer of the model) and scanner-appearance augmentation (every site trains
+# with it) everywhere. A combination ("equalize + scanner-aug") acts where its parts do.
+LEVER_COLUMNS = {"AdaBN": "unseen", "finetune": "sites", "equalize": "all", "scanner-aug": "all"}
 
 
 def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: Sequence[str], site_names: Sequence[str],
@@ -64,9 +65,13 @@ def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: 
             for column in ((SITE_MEAN, *unseen) if model != baseline else ()):
                 add(model, baseline, column)
         else:
-            where = LEVER_COLUMNS.get(lever)
-            for column in (unseen if where == "unseen" else (SITE_MEAN, *unseen) if where == "all" else (SITE_MEAN,)):
+            first, _, more = (part.strip() for part in lever.partition("+"))
+            where = LEVER_COLUMNS.get(first) if not more else "all"
+            columns = unseen if where == "unseen" else (SITE_MEAN, *unseen) if where == "all" else (SITE_MEAN,)
+            for column in columns:
                 add(model, strategy, column)
+                if more:  # what the second lever adds on top of the first
+                    add(model, f"{strategy} + {first}", column)
     if best:
         for name in site_names:
             for column in (f"{name} test", *unseen):

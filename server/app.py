@@ -28,6 +28,7 @@ Heavy imports stay inside ``main`` so Flower's loading of this module stays chea
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class RunSettings:
     task_type: str = "classification"  # or "segmentation": a UNet-style model, Dice/HD95 evaluation
     labels: list[str] = field(default_factory=list)  # segmentation: segment names, one output channel each
     lr_schedule: str = "constant"  # over the rounds: "constant" or "cosine" (shared.lr_schedule)
+    scanner_augment: float = 0.0  # scanner-appearance augmentation strength at the sites (shared.scanner_augment)
 
     @property
     def outputs(self) -> list[str]:
@@ -138,11 +140,18 @@ class RunSettings:
             task_type=task_type,
             labels=labels,
             lr_schedule=get("lr-schedule", str, "constant").strip().lower(),
+            scanner_augment=get("scanner-augment", float, 0.0),
         )
         from shared.lr_schedule import LR_SCHEDULES
 
         if s.lr_schedule not in LR_SCHEDULES:
             raise RunConfigError(f"run config 'lr-schedule' must be one of {', '.join(LR_SCHEDULES)}, got {s.lr_schedule!r}")
+        if not (0 <= s.augment < math.inf and 0 <= s.scanner_augment < math.inf):
+            raise RunConfigError(f"run config 'augment' and 'scanner-augment' must be finite numbers >= 0, "
+                                 f"got {s.augment!r} and {s.scanner_augment!r}")  # fmt: skip
+        if s.scanner_augment and s.task_type == "segmentation":
+            raise RunConfigError("run config 'scanner-augment' applies to classification only; set it to 0 for "
+                                 "a segmentation task (its sites flip images, nothing else)")  # fmt: skip
         from shared.compression import MODES
 
         if s.compression not in MODES:
@@ -214,7 +223,7 @@ class RunSettings:
               if self.image_dp else {})  # fmt: skip
         lr = scheduled_lr(self.lr, rnd - 1, self.num_server_rounds, self.lr_schedule)
         return {"local-epochs": self.local_epochs, "batch-size": self.batch_size, "lr": lr,
-                "augment": self.augment, "seed": self.seed, "compression": self.compression, **dp}  # fmt: skip
+                "augment": self.augment, "scanner-augment": self.scanner_augment, "seed": self.seed, "compression": self.compression, **dp}  # fmt: skip
 
 
 def check_task(s: RunSettings) -> None:

@@ -242,6 +242,9 @@ def benchmark(
                                         "this many epochs of `fedrad-site finetune` at each training site (0: off)."),
     equalize_lever: bool = typer.Option(False, "--equalize-lever", help="Also train pooled and each strategy with "
                                         "per-image histogram equalisation as the model's input layer (model <model>-eq)."),
+    scanner_augment_lever: float = typer.Option(0.0, "--scanner-augment-lever", min=0, help="Also train pooled and "
+                                                "each strategy with scanner-look augmentation at this strength (e.g. "
+                                                "1.0; with --equalize-lever also both together). 0: off."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for results.json, report.html and the charts."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
@@ -264,6 +267,7 @@ def benchmark(
                       lr=lr, lr_schedule=lr_schedule.strip().lower(), augment=augment, cpus=cpus,
                       task_type=task_type, labels=segments,
                       finetune_epochs=finetune_epochs, equalize_lever=equalize_lever,
+                      scanner_augment_lever=scanner_augment_lever,
                       engine=engine.strip().lower())  # fmt: skip
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
     try:

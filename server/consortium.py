@@ -170,6 +170,9 @@ class ConsortiumConfig(StrictModel):
         "constant", description="The sites' learning rate over the rounds: constant, or a cosine decay to near 0 "
                                "at the last round (measured worse at 10 rounds; shared/lr_schedule.py).")  # fmt: skip
     augment: float = Field(1.0, ge=0, le=10)
+    scanner_augment: float = Field(
+        0.0, ge=0, le=4, description="Scanner-appearance augmentation strength at the sites (exposure field, "
+                                     "collimation, blur, contrast curve, noise; shared/scanner_augment.py); 0 = off.")  # fmt: skip
     compression: Literal["none", "fp16"] = Field("none", description="Site uploads as float32 or float16 (half the bytes).")
     strategy: StrategyConfig = Field(default_factory=lambda: FedAvgStrategy(name="fedavg"))
     min_sites: int = Field(2, ge=1)
@@ -247,6 +250,7 @@ class ConsortiumConfig(StrictModel):
             "lr": float(self.lr),
             "lr-schedule": self.lr_schedule,
             "augment": float(self.augment),
+            "scanner-augment": float(self.scanner_augment),
             "compression": self.compression,
             "run-dir": str(Path(run_dir).resolve()) if str(run_dir) else "",
             "resume": bool(resume),
@@ -317,6 +321,7 @@ batch_size: {cfg.batch_size}
 lr: {cfg.lr}                    # site optimiser learning rate
 lr_schedule: {cfg.lr_schedule}         # over the rounds: constant, or cosine (decays to near 0 by the last round)
 augment: {cfg.augment}                 # augmentation strength at the sites (0 = off)
+scanner_augment: {cfg.scanner_augment}         # scanner-look augmentation at the sites (0 = off; see README before raising it)
 compression: {cfg.compression}             # site uploads: none (float32) or fp16 (half the bytes)
 
 strategy:

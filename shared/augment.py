@@ -29,6 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from shared.scanner_augment import ScannerAugment
+
 
 class BatchAugment:
     """Randomly augment a (B, C, H, W) float batch; returns a new tensor, the input is untouched."""
@@ -84,6 +86,22 @@ class BatchAugment:
         return torch.addcmul(torch.addcmul(shift, out, scale), noise, std)
 
 
-def build_augment(strength: float) -> BatchAugment:
-    """The FedRad training augmentation at ``strength`` (1.0 = default ranges, 0 = off)."""
-    return BatchAugment(strength)
+class ComposedAugment:
+    """Scanner-appearance augmentation (:mod:`shared.scanner_augment`), then :class:`BatchAugment`."""
+
+    def __init__(self, scanner: ScannerAugment, batch: BatchAugment) -> None:
+        self.scanner, self.batch = scanner, batch
+
+    @property
+    def enabled(self) -> bool:
+        return self.scanner.enabled or self.batch.enabled
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.batch(self.scanner(x, generator), generator)
+
+
+def build_augment(strength: float, scanner: float = 0.0) -> BatchAugment | ComposedAugment:
+    """The FedRad training augmentation at ``strength`` (1.0 = default ranges, 0 = off), with the
+    scanner-appearance augmentation at ``scanner`` first when that is > 0."""
+    batch = BatchAugment(strength)
+    return ComposedAugment(ScannerAugment(scanner), batch) if scanner > 0 else batch

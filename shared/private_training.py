@@ -162,7 +162,7 @@ def train_model_private(
         raise ValueError(f"need at least 2 training images, got {n}")
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    augment = build_augment(cfg.augment)
+    augment = build_augment(cfg.augment, cfg.scanner_augment)
     images, labels = data.images, data.labels
     weight = class_weights(labels, len(data.classes)) if cfg.class_weighted else torch.ones(len(data.classes))
     private = GradSampleModule(trained, loss_reduction="mean")

@@ -33,6 +33,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     augment: float = 1.0  # augmentation strength, 0 = off (see shared.augment)
+    scanner_augment: float = 0.0  # scanner-appearance augmentation strength, 0 = off (shared.scanner_augment)
     seed: int = 0  # federated callers should vary it per round (e.g. seed + round)
     class_weighted: bool = True  # inverse class frequency weights in the loss
     proximal_mu: float = 0.0  # FedProx: adds mu/2·||w − w_start||² to the loss
@@ -45,8 +46,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be at least 2 (BatchNorm needs it), got {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or self.augment < 0 or self.proximal_mu < 0:
-            raise ValueError("weight_decay, augment and proximal_mu must be >= 0")
+        if min(self.weight_decay, self.augment, self.scanner_augment, self.proximal_mu) < 0:
+            raise ValueError("weight_decay, augment, scanner_augment and proximal_mu must be >= 0")
         check_schedule(self.lr_schedule)
 
     def to_dict(self) -> dict:
@@ -100,7 +101,7 @@ def train_model(
         raise ValueError(f"labels must be class indices 0..{num_classes - 1} for classes {data.classes}")
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    augment = build_augment(cfg.augment)
+    augment = build_augment(cfg.augment, cfg.scanner_augment)
 
     images, labels = data.images, data.labels
     weight = class_weights(labels, num_classes) if cfg.class_weighted else None

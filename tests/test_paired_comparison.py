@@ -71,3 +71,21 @@ def test_equalisation_is_paired_with_its_own_arm_at_home_and_at_the_unseen_site_
     assert r["models"]["pooled"]["ratio_to_pooled"] == 1.0 and r["models"]["pooled + equalize"]["ratio_to_pooled"] > 1.0
     assert r["verdict"]["best_federated"] == "fedbn"  # "pooled + equalize" is a reference, never a federated model
     assert "pooled + equalize" not in {r["verdict"]["with_levers"]["best_federated"]}
+
+
+def test_two_levers_together_are_paired_with_the_arm_and_with_the_first_lever_alone() -> None:
+    base = _cells()
+    plus = lambda row, home, away: {c: [v + (away if c == "u" else home) for v in vals] for c, vals in row.items()}  # noqa: E731
+    cells = base | {
+        "fedavg + equalize": plus(base["fedavg"], 0.02, -0.10),
+        "fedavg + scanner-aug": plus(base["fedavg"], 0.00, 0.03),
+        "fedavg + equalize + scanner-aug": plus(base["fedavg"], 0.02, 0.05),
+    }
+    r = summarise(cells, ["s1 test", "s2 test", "u"], ["s1 test", "s2 test"], ["s1", "s2"], ["u"])
+    rows = {(p["model"], p["against"], p["column"]): p["mean"] for p in r["paired"]}
+    assert rows[("fedavg + scanner-aug", "fedavg", "u")] == pytest.approx(0.03)
+    assert rows[("fedavg + scanner-aug", "fedavg", SITE_MEAN)] == pytest.approx(0.0)
+    both = "fedavg + equalize + scanner-aug"
+    assert rows[(both, "fedavg", "u")] == pytest.approx(0.05)
+    assert rows[(both, "fedavg + equalize", "u")] == pytest.approx(0.15)  # the augmentation undoes equalisation's cost
+    assert rows[(both, "fedavg + equalize", SITE_MEAN)] == pytest.approx(0.0)

@@ -1,8 +1,8 @@
 """The generalization benchmark, small: real DICOM sites, real training, federated runs on Flower's Ray engine.
 
 ``fedrad-server benchmark`` at its smallest (2 training sites, 1 unseen, 1
-seed, FedAvg and FedBN with and without the histogram-equalisation lever,
-2 rounds of 1 epoch on a cosine schedule, 32×32): every arm runs, every model
+seed, FedAvg and FedBN with and without the histogram-equalisation and
+scanner-augmentation levers, 2 rounds of 1 epoch on a cosine schedule, 32×32): every arm runs, every model
 is scored on every test set, the report is written, and the simulated sites
 went through the production ClientApp (approval, guard, audit log).
 """
@@ -30,7 +30,8 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "server.cli", "benchmark", "--sites", str(cohort["site-1"]), "--sites",
            str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
-           "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--finetune-epochs", "1", "--equalize-lever", "--lr-schedule", "cosine",
+           "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--finetune-epochs", "1", "--equalize-lever",
+           "--scanner-augment-lever", "1.0", "--lr-schedule", "cosine",
            "--out", str(out), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,17 +39,23 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["verdict"] == results["verdict"]
     assert results["columns"] == ["site-1 test", "site-2 test", "unseen-1"]
     assert set(results["matrix"]) == {"pooled", "local site-1", "local site-2", "fedavg", "fedbn", "fedavg + AdaBN", "fedbn + AdaBN",
-                                      "fedavg + finetune", "fedbn + finetune", "pooled + equalize", "fedavg + equalize",
-                                      "fedbn + equalize"}  # fmt: skip
+                                      "fedavg + finetune", "fedbn + finetune"} | {
+        f"{arm} + {lever}" for arm in ("pooled", "fedavg", "fedbn")
+        for lever in ("equalize", "scanner-aug", "equalize + scanner-aug")}  # fmt: skip
     for strategy in ("fedavg", "fedbn"):  # fine-tuning changes the model at home; an unseen site has no labels to tune on
         assert results["matrix"][f"{strategy} + finetune"]["unseen-1"] == results["matrix"][strategy]["unseen-1"]
     pairs = {(p["model"], p["against"], p["column"]) for p in results["paired"]}
     assert ("fedbn", "fedavg", "site mean") in pairs and ("fedbn", "fedavg", "unseen-1") in pairs
-    for model in ("pooled", "fedavg", "fedbn"):  # the intensity lever acts at the training sites and the unseen one
-        assert {(f"{model} + equalize", model, "site mean"), (f"{model} + equalize", model, "unseen-1")} <= pairs
+    for model in ("pooled", "fedavg", "fedbn"):  # both levers act at the training sites and the unseen one
+        for lever in ("equalize", "scanner-aug", "equalize + scanner-aug"):
+            assert {(f"{model} + {lever}", model, "site mean"), (f"{model} + {lever}", model, "unseen-1")} <= pairs
+        both = f"{model} + equalize + scanner-aug"  # and what the augmentation adds to equalisation
+        assert {(both, f"{model} + equalize", "site mean"), (both, f"{model} + equalize", "unseen-1")} <= pairs
     assert results["verdict"]["best_federated"] in ("fedavg", "fedbn")  # the matched budget: plain strategies only
     assert load_model_file(out / "runs" / "fedavg-equalize-seed0" / "latest.pt").architecture == "smallcnn-eq"
     assert load_model_file(out / "runs" / "fedavg-seed0" / "latest.pt").architecture == "smallcnn"
+    assert load_model_file(out / "runs" / "fedbn-equalize-scanner-aug-seed0" / "latest.pt").architecture == "smallcnn-eq"
+    assert results["config"]["scanner_augment_lever"] == 1.0
     assert results["config"]["lr_schedule"] == "cosine"
     best = results["verdict"]["best_federated"]
     assert {(best, "local site-1", "site-1 test"), (best, "local site-2", "unseen-1")} <= pairs
@@ -64,5 +71,5 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     assert "Cross-site matrix" in (out / "report.html").read_text()
     for site in ("site-1", "site-2"):  # the production ClientApp answered: its audit log chains and shows the rounds
         summary = verify(out / "sites" / site / "work" / "audit" / "outbound.jsonl")
-        assert summary.by_type.get("train") == 8 and summary.violations == 0, summary  # 4 federated runs × 2 rounds
+        assert summary.by_type.get("train") == 16 and summary.violations == 0, summary  # 8 federated runs × 2 rounds
     assert not any(math.isnan(v) for v in [results["models"]["fedavg"]["site_mean"]["mean"] or 0.0])
