@@ -34,7 +34,7 @@ def _fmt(cell: dict | None) -> str:
 def _levers_sentence(w: dict | None) -> str:
     if not w:
         return ""
-    return (f" With levers on top (AdaBN, fine-tuning, equalisation), <b>{html.escape(w['best_federated'])}</b>: {w['ratio_to_pooled']} × pooled; "
+    return (f" With levers on top (AdaBN, fine-tuning, equalisation, scanner augmentation), <b>{html.escape(w['best_federated'])}</b>: {w['ratio_to_pooled']} × pooled; "
             f"beats local-only on own test sets {html.escape(str(w['beats_local_on_own_test']))}, on unseen "
             f"{html.escape(str(w['beats_local_on_unseen']))}.")
 
@@ -48,6 +48,25 @@ def paired_rows(results: dict) -> list[list[str]]:
         rows.append([p["model"], p["against"], p["column"], mean, f"{p['wins']}/{p['n']}",
                      "yes" if p["measurable"] else "no", " ".join(f"{d:+.3f}" for d in p["per_seed"])])  # fmt: skip
     return rows
+
+
+def lever_notes(results: dict) -> list[str]:
+    """One sentence per lever row kind present in ``results``: what the row is and what it is paired with."""
+    cfg, models = results["config"], list(results["models"])
+    notes = {
+        "+ AdaBN": "\"+ AdaBN\": the model with BatchNorm statistics re-estimated on each unseen site's own images "
+                   "(no labels), against the model without, at the unseen sites.",
+        "+ finetune": f"\"+ finetune\": each training site's model after {cfg.get('finetune_epochs', 0)} more epoch(s) "
+                      "on its own training patients at a tenth of the learning rate (beyond the matched budget); at "
+                      "unseen sites it is the model without.",
+        "+ equalize": "\"+ equalize\": the same arm with the model's histogram-equalisation input layer (smallcnn-eq; "
+                      "same budget), against the arm without it, at the training sites and the unseen ones.",
+        "+ scanner-aug": "\"+ scanner-aug\": the same arm with every site's training images randomly re-imaged as "
+                         "another scanner might (exposure field, collimator borders, blur, contrast curve, noise; "
+                         f"strength {cfg.get('scanner_augment_lever', 0)}; same budget), against the arm without it; "
+                         "\"+ equalize + scanner-aug\" also against \"+ equalize\", for what the augmentation adds.",
+    }  # fmt: skip
+    return [text for key, text in notes.items() if any(key in m for m in models)]
 
 
 PAIRED_HEADER = ["model", "against", "test set", "mean difference [95 % CI]", "seeds ahead", "measurable", "per seed"]
@@ -142,13 +161,7 @@ on the unseen site(s): {esc(str(v.get('beats_local_on_unseen')))}.{_levers_sente
 <h2>Paired differences, seed by seed</h2>
 <p>Both models of a row share each seed's split, initial weights and shuffling, so their difference per seed is
 sharper than the two means ± sd. Measurable: the 95 % interval (Student's t over seeds) excludes 0.
-"+ finetune": each training site's model after {cfg.get('finetune_epochs', 0)} more epoch(s) on its own training
-patients at a tenth of the learning rate (beyond the matched budget); at unseen sites it is the model without.
-"+ equalize": the same arm with the model's histogram-equalisation input layer (smallcnn-eq; same budget), against
-the arm without it, at the training sites and the unseen ones.
-"+ scanner-aug": the same arm with every site's training images randomly re-imaged as another scanner might
-(exposure field, collimator borders, blur, contrast curve, noise; strength {cfg.get('scanner_augment_lever', 0)}),
-against the arm without it; "+ equalize + scanner-aug" also against "+ equalize", for what the augmentation adds.</p>
+{esc(' '.join(lever_notes(results)))}</p>
 <table><tr>{''.join(f'<th>{esc(h)}</th>' for h in PAIRED_HEADER)}</tr>{paired}</table>{'<h2>Per segment label</h2>' + per_label if per_label else ''}
 <p>FedBN is scored at each training site with that site's own normalisation layers and at unseen sites with the averaged ones.
 Seconds per arm: {esc(str(results.get('seconds')))}.</p></body></html>"""
