@@ -336,6 +336,7 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
             )
             with link.control() as control:  # before the proxy opens: a site must never meet an unknown key
                 regs = sync_registrations(control, directory)
+                orphans = stop_orphaned_runs(control, read_json(state / CURRENT_RUN_JSON) or {})
             start_fleet_proxy(
                 ps, listen=listen, upstream=link.address, certfile=tls.server_cert, keyfile=tls.server_key,
                 ca_certfile=tls.ca_cert, cwd=SOURCE_ROOT,
@@ -350,6 +351,9 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
             "listen": listen, "started_at": time.time(),
         })  # fmt: skip
         console.print(f"{len(regs)} enrolled site(s) registered with the SuperLink")
+        for orphan in orphans:
+            console.print(f"[yellow]stopped run {orphan}[/], left unfinished by a server process that died; its "
+                          "queued messages would have held the sites (its finished rounds are on disk)")  # fmt: skip
         console.print(f"[bold]{cfg.name}[/]: server listening for sites on {listen} (TLS, site keys); "
                       f"logs in {directory / LOGS_DIR}")
         run_id = None
@@ -415,14 +419,36 @@ def _name_crossval_sites(run_dir: Path, control: ControlClient) -> None:
 
 def _stop_if_running(link: SuperLink, run_id: int) -> None:
     """On Ctrl-C/SIGTERM, tell the SuperLink the run is stopped (its database outlives us)."""
-    from flwr.proto.control_pb2 import StopRunRequest
-
     try:
         with link.control() as control:
             if not str(control.run(run_id)["status"]).startswith("finished"):
-                control._call("StopRun", StopRunRequest(run_id=run_id), f"stopping run {run_id}")  # noqa: SLF001
+                control.stop_run(run_id)
     except (SuperLinkError, OSError):
         pass
+
+
+def stop_orphaned_runs(control: ControlClient, current: dict) -> list[int]:
+    """Stop the runs a killed server left unfinished in the SuperLink's database; return their ids.
+
+    Why: a server killed without warning (power cut, SIGKILL) cannot stop its run, and its ServerApp may
+    already have queued the next round's messages. A restarted SuperLink would hand those to the sites,
+    whose ClientApps would then wait on a run nobody drives, and the new run's first round would time out.
+    Stopping the old run drops its queued messages. Called before any site can connect."""
+    ids = set(control.unfinished_runs())
+    if current.get("run_id"):
+        try:
+            if not str(control.run(int(current["run_id"]))["status"]).startswith("finished"):
+                ids.add(int(current["run_id"]))
+        except SuperLinkError:  # not in this database (e.g. the state folder was reset)
+            pass
+    stopped = []
+    for run_id in sorted(ids):
+        try:
+            control.stop_run(run_id)
+            stopped.append(run_id)
+        except SuperLinkError:  # finished meanwhile, or already gone
+            pass
+    return stopped
 
 
 def _save_serverapp_log(link: SuperLink, run_id: int, directory: Path) -> Path | None:

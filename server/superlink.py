@@ -264,6 +264,21 @@ class ControlClient:
         finally:
             stream.close()
 
+    def unfinished_runs(self) -> list[int]:
+        """Ids of the recent runs (Flower lists the last 20) whose status is not ``finished``."""
+        from flwr.common.serde import run_from_proto
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        res = self._call("ListRuns", ListRunsRequest(), "listing runs")
+        runs = [run_from_proto(p) for p in res.run_dict.values()]
+        return [int(r.run_id) for r in runs if not str(r.status.status).startswith("finished")]
+
+    def stop_run(self, run_id: int) -> None:
+        """Stop a run; the SuperLink also drops the messages still queued for its sites."""
+        from flwr.proto.control_pb2 import StopRunRequest
+
+        self._call("StopRun", StopRunRequest(run_id=run_id), f"stopping run {run_id}")
+
     def wait_for_run(self, run_id: int, timeout: float, poll: float = 1.0) -> dict[str, Any]:
         """Poll until the run's status starts with ``finished``; raise after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout

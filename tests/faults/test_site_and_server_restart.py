@@ -76,6 +76,8 @@ def test_site_killed_rejoins_and_server_resumes(tmp_path: Path, small_cohort: li
         resumed = ps.start("server-2", [*server_cmd, "--resume"], env=WIDE, cwd=REPO)
         rc = resumed.wait(timeout=240)
         assert rc == 0, resumed.log_tail(80)
+        # The killed server's run was stopped before the sites reconnected, so its queued round 4 could not hold them.
+        assert "left unfinished by a server process that died" in resumed.log_tail(400), resumed.log_tail(80)
         assert "finished:completed" in resumed.log_text()
         rows = read_metrics(run_dir)
         assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))  # nothing lost, nothing re-run
