@@ -39,7 +39,7 @@ from rich.table import Table
 
 from deploy.loopback import REPO, start_loopback_consortium
 from server.checkpoints import read_metrics
-from server.superlink import stage_app, submit_run
+from server.superlink import is_finished, stage_app, submit_run
 from shared.processes import ProcessSet
 from shared.synth import write_cohort
 
@@ -93,7 +93,7 @@ def run_fedrad(lc, root: Path, label: str, rounds: int, sites: int) -> list[dict
                 for row in read_metrics(run_dir):
                     arrivals.setdefault(row["round"], now)
             status = control.run(run_id)["status"]
-            if status.startswith("finished") or now > deadline:
+            if is_finished(status) or now > deadline:
                 break
             time.sleep(0.1)
     if status != "finished:completed":

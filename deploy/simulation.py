@@ -46,7 +46,7 @@ from client.approval import approve_installed
 from client.simulated_site import ENV as SITES_ENV
 from client.simulated_site import write_sites_file
 from server.pki import init_pki
-from server.superlink import SuperLink, SuperLinkError, run_wait_s, stage_app, start_superlink, submit_run
+from server.superlink import SuperLink, SuperLinkError, is_finished, run_wait_s, stage_app, start_superlink, submit_run
 from shared.processes import ProcessError, ProcessSet, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,7 +148,7 @@ def _wait(link: SuperLink, run_id: int, timeout: float) -> dict:
     """The run's final info (Control API), or its last one marked with why waiting stopped."""
     deadline = time.monotonic() + timeout
     with link.control() as control:
-        while not str((info := control.run(run_id))["status"]).startswith("finished"):
+        while not is_finished((info := control.run(run_id))["status"]):
             if link.proc.poll() is not None:  # poll() also records Flower's detached children for the stop
                 return {**info, "status": f"{info['status']} (SuperLink exited with code {link.proc.returncode})"}
             if time.monotonic() > deadline:

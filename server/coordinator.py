@@ -41,7 +41,7 @@ from server.enrollment import EnrollmentError, load_registry, pki_dir, site_publ
 from server.fleet_proxy import start_fleet_proxy
 from server.statistics import STATS_FILE
 from server.pki import PkiError, server_tls
-from server.superlink import ControlClient, SuperLink, SuperLinkError, stage_app, start_superlink, submit_run
+from server.superlink import ControlClient, SuperLink, SuperLinkError, is_finished, stage_app, start_superlink, submit_run
 from shared.processes import ProcessError, ProcessSet, executable, exit_on_sigterm, free_port, proc_id, run_cli
 
 STATE_DIR = "state"
@@ -279,7 +279,7 @@ def follow_run(
                     console.print(f"round {rr.round}/{total_rounds}: sites {rr.sites}, {rr.metrics}, {rr.seconds} s")
             if live:
                 view.update(_rounds_table(rows, total_rounds, info["status"], time.monotonic() - t0), refresh=True)
-            if str(info["status"]).startswith("finished"):
+            if is_finished(info["status"]):
                 return SessionResult(run_id, run_dir, str(info["status"]), str(info.get("details") or ""), raw)
             for proc in ps.procs:
                 if proc.poll() is not None:
@@ -336,7 +336,7 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
             )
             with link.control() as control:  # before the proxy opens: a site must never meet an unknown key
                 regs = sync_registrations(control, directory)
-                orphans = stop_orphaned_runs(control, read_json(state / CURRENT_RUN_JSON) or {})
+                orphans = stop_orphaned_runs(control)
             start_fleet_proxy(
                 ps, listen=listen, upstream=link.address, certfile=tls.server_cert, keyfile=tls.server_key,
                 ca_certfile=tls.ca_cert, cwd=SOURCE_ROOT,
@@ -421,28 +421,21 @@ def _stop_if_running(link: SuperLink, run_id: int) -> None:
     """On Ctrl-C/SIGTERM, tell the SuperLink the run is stopped (its database outlives us)."""
     try:
         with link.control() as control:
-            if not str(control.run(run_id)["status"]).startswith("finished"):
-                control.stop_run(run_id)
+            control.stop_if_running(run_id)
     except (SuperLinkError, OSError):
         pass
 
 
-def stop_orphaned_runs(control: ControlClient, current: dict) -> list[int]:
+def stop_orphaned_runs(control: ControlClient) -> list[int]:
     """Stop the runs a killed server left unfinished in the SuperLink's database; return their ids.
 
     Why: a server killed without warning (power cut, SIGKILL) cannot stop its run, and its ServerApp may
     already have queued the next round's messages. A restarted SuperLink would hand those to the sites,
     whose ClientApps would then wait on a run nobody drives, and the new run's first round would time out.
-    Stopping the old run drops its queued messages. Called before any site can connect."""
-    ids = set(control.unfinished_runs())
-    if current.get("run_id"):
-        try:
-            if not str(control.run(int(current["run_id"]))["status"]).startswith("finished"):
-                ids.add(int(current["run_id"]))
-        except SuperLinkError:  # not in this database (e.g. the state folder was reset)
-            pass
+    Stopping the old run drops its queued messages. Called before any site can connect. The killed run is
+    the newest one, so Flower's list of recent runs always holds it."""
     stopped = []
-    for run_id in sorted(ids):
+    for run_id in sorted(control.unfinished_runs()):
         try:
             control.stop_run(run_id)
             stopped.append(run_id)

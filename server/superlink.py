@@ -160,6 +160,11 @@ class NodeStatus:
     last_activated_at: str
 
 
+def is_finished(status: str) -> bool:
+    """Whether a run status from the Control API (``finished:completed``, ``finished:stopped``, ...) is final."""
+    return str(status).startswith("finished")
+
+
 class ControlClient:
     """In-process client for the SuperLink's Control API (loopback only).
 
@@ -271,7 +276,14 @@ class ControlClient:
 
         res = self._call("ListRuns", ListRunsRequest(), "listing runs")
         runs = [run_from_proto(p) for p in res.run_dict.values()]
-        return [int(r.run_id) for r in runs if not str(r.status.status).startswith("finished")]
+        return [int(r.run_id) for r in runs if not is_finished(r.status.status)]
+
+    def stop_if_running(self, run_id: int) -> bool:
+        """Stop the run unless it already finished; return whether this call stopped it."""
+        if is_finished(self.run(run_id)["status"]):
+            return False
+        self.stop_run(run_id)
+        return True
 
     def stop_run(self, run_id: int) -> None:
         """Stop a run; the SuperLink also drops the messages still queued for its sites."""
@@ -284,7 +296,7 @@ class ControlClient:
         deadline = time.monotonic() + timeout
         while True:
             info = self.run(run_id)
-            if str(info["status"]).startswith("finished"):
+            if is_finished(info["status"]):
                 return info
             if time.monotonic() > deadline:
                 raise SuperLinkError(f"run {run_id} still {info['status']!r} after {timeout:.0f} s")

@@ -26,13 +26,31 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
-from shared.scanner_augment import ScannerAugment
+if TYPE_CHECKING:
+    from shared.scanner_augment import ScannerAugment
 
 
-class BatchAugment:
+class StrengthAugment:
+    """A batch augmentation whose every range scales with one ``strength`` (0 = off, returns its input)."""
+
+    name = "augmentation"
+
+    def __init__(self, strength: float = 1.0) -> None:
+        if not (strength >= 0 and math.isfinite(strength)):
+            raise ValueError(f"{self.name} strength must be a finite number >= 0, got {strength}")
+        self.strength = float(strength)
+
+    @property
+    def enabled(self) -> bool:
+        return self.strength > 0
+
+
+class BatchAugment(StrengthAugment):
     """Randomly augment a (B, C, H, W) float batch; returns a new tensor, the input is untouched."""
 
     max_rotate_deg = 10.0
@@ -42,14 +60,8 @@ class BatchAugment:
     max_noise_std = 0.03
 
     def __init__(self, strength: float = 1.0) -> None:
-        if not (strength >= 0 and math.isfinite(strength)):
-            raise ValueError(f"augmentation strength must be a finite number >= 0, got {strength}")
-        self.strength = float(strength)
+        super().__init__(strength)
         self._coords: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    @property
-    def enabled(self) -> bool:
-        return self.strength > 0
 
     def _base(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel-centre coordinates in [-1, 1] (align_corners=False), cached per image size."""
@@ -104,4 +116,8 @@ def build_augment(strength: float, scanner: float = 0.0) -> BatchAugment | Compo
     """The FedRad training augmentation at ``strength`` (1.0 = default ranges, 0 = off), with the
     scanner-appearance augmentation at ``scanner`` first when that is > 0."""
     batch = BatchAugment(strength)
-    return ComposedAugment(ScannerAugment(scanner), batch) if scanner > 0 else batch
+    if not scanner > 0:
+        return batch
+    from shared.scanner_augment import ScannerAugment  # lazily: it reads the ingest window from shared.config
+
+    return ComposedAugment(ScannerAugment(scanner), batch)

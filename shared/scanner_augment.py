@@ -39,15 +39,17 @@ import math
 import torch
 import torch.nn.functional as F
 
+from shared.augment import StrengthAugment
 from shared.config import PreprocessConfig
 
 _WINDOW = PreprocessConfig.model_fields
 WINDOW_PCT = (float(_WINDOW["window_low_pct"].default), float(_WINDOW["window_high_pct"].default))
 
 
-class ScannerAugment:
+class ScannerAugment(StrengthAugment):
     """Randomly re-image a (B, 1, H, W) batch in [0, 1] as another scanner would; returns a new tensor."""
 
+    name = "scanner augmentation"
     max_bias = 0.25
     collimation_p = 0.3
     max_collimation = 0.08
@@ -58,15 +60,6 @@ class ScannerAugment:
     max_noise_std = 0.04
     blur_radius = 3
     p = 0.5  # fraction of images re-imaged; the rest stay as the site's scanner made them
-
-    def __init__(self, strength: float = 1.0) -> None:
-        if not (strength >= 0 and math.isfinite(strength)):
-            raise ValueError(f"scanner augmentation strength must be a finite number >= 0, got {strength}")
-        self.strength = float(strength)
-
-    @property
-    def enabled(self) -> bool:
-        return self.strength > 0
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not self.enabled:
