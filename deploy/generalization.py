@@ -357,11 +357,25 @@ def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names
         with_levers = max(federated, key=lambda m: models[m]["site_mean"]["mean"] or 0)
         if with_levers != best:
             verdict["with_levers"] = _verdict(with_levers, models, matrix, site_names, unseen)
+        for_unseen = _best_unseen([best, with_levers, *federated], matrix, unseen)  # a tie goes to those already named
+        if for_unseen and for_unseen not in (best, with_levers):  # the model to deploy where scanners are new
+            verdict["for_unseen"] = _verdict(for_unseen, models, matrix, site_names, unseen)
     pooled_levers = [m for m in models if m.startswith("pooled +")]  # e.g. pooled + equalize, against pooled
     paired = comparisons(series, federated + pooled_levers, site_names, unseen, best)
-    if verdict.get("with_levers"):
-        paired += comparisons(series, [], site_names, unseen, verdict["with_levers"]["best_federated"])
+    for key in ("with_levers", "for_unseen"):
+        if verdict.get(key):
+            paired += comparisons(series, [], site_names, unseen, verdict[key]["best_federated"])
     return {"columns": columns, "matrix": matrix, "models": models, "verdict": verdict, "paired": paired}
+
+
+def _best_unseen(federated: list[str], matrix: dict, unseen: list[str]) -> str | None:
+    """The first of ``federated`` with the highest mean score over the unseen sites, if any was scored."""
+    def score(m: str) -> float:
+        vals = [matrix[m][u]["mean"] for u in unseen if matrix[m].get(u, {}).get("mean") is not None]
+        return statistics.fmean(vals) if vals else -math.inf
+
+    scored = [m for m in federated if score(m) > -math.inf]
+    return max(scored, key=score) if scored else None
 
 
 def _verdict(best: str, models: dict, matrix: dict, site_names: list[str], unseen: list[str]) -> dict:

@@ -31,10 +31,11 @@ def _fmt(cell: dict | None) -> str:
     return f"{cell['mean']:.3f} ± {cell['sd']:.3f}" if cell.get("n", 0) > 1 else f"{cell['mean']:.3f}"
 
 
-def _levers_sentence(w: dict | None) -> str:
+def _levers_sentence(w: dict | None, lead: str = "With levers on top (AdaBN, fine-tuning, equalisation, scanner "
+                     "augmentation)") -> str:
     if not w:
         return ""
-    return (f" With levers on top (AdaBN, fine-tuning, equalisation, scanner augmentation), <b>{html.escape(w['best_federated'])}</b>: {w['ratio_to_pooled']} × pooled; "
+    return (f" {lead}, <b>{html.escape(w['best_federated'])}</b>: {w['ratio_to_pooled']} × pooled; "
             f"beats local-only on own test sets {html.escape(str(w['beats_local_on_own_test']))}, on unseen "
             f"{html.escape(str(w['beats_local_on_unseen']))}.")
 
@@ -152,7 +153,7 @@ epochs federated = {cfg['rounds'] * cfg['local_epochs']} epochs for pooled and l
 <h2>Summary</h2>
 <p>Best federated strategy: <b>{esc(str(v.get('best_federated')))}</b>, {v.get('ratio_to_pooled')} × pooled mean {title} over site
 test sets. Beats each site's local-only model on that site's test set: {esc(str(v.get('beats_local_on_own_test')))};
-on the unseen site(s): {esc(str(v.get('beats_local_on_unseen')))}.{_levers_sentence(v.get('with_levers'))}</p>
+on the unseen site(s): {esc(str(v.get('beats_local_on_unseen')))}.{_levers_sentence(v.get('with_levers'))}{_levers_sentence(v.get('for_unseen'), "Best federated model at the unseen site(s)")}</p>
 <table><tr><th>model</th><th>mean {title}, site test sets</th><th>× pooled</th>{''.join(f'<th>{esc(u)}</th>' for u in unseen)}</tr>{rows}</table>
 <p><img src="{bar.name}" alt="{title} by model"></p>
 <h2>Cross-site matrix (rows: models, columns: test sites)</h2>

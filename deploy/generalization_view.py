@@ -40,6 +40,7 @@ def render_results(results: dict) -> None:
     v = results.get("verdict") or {}
     out.print(f"best federated: [bold]{v.get('best_federated')}[/] at {v.get('ratio_to_pooled')} × pooled; beats local-only "
               f"on own test sets {v.get('beats_local_on_own_test')}, on unseen {v.get('beats_local_on_unseen')}")
-    if w := v.get("with_levers"):
-        out.print(f"with levers: [bold]{w['best_federated']}[/] at {w['ratio_to_pooled']} × pooled; beats local-only "
-                  f"on own test sets {w['beats_local_on_own_test']}, on unseen {w['beats_local_on_unseen']}")
+    for key, label in (("with_levers", "with levers"), ("for_unseen", "best at the unseen sites")):
+        if w := v.get(key):
+            out.print(f"{label}: [bold]{w['best_federated']}[/] at {w['ratio_to_pooled']} × pooled; beats local-only "
+                      f"on own test sets {w['beats_local_on_own_test']}, on unseen {w['beats_local_on_unseen']}")

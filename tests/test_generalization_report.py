@@ -26,3 +26,15 @@ def test_only_the_levers_that_ran_are_explained(tmp_path: Path) -> None:
     html = write_report(both, tmp_path).read_text()
     assert "re-imaged as another scanner might" in html and "fedavg + equalize + scanner-aug" in html
     assert "With levers on top" in html  # the best row with levers is a lever row here, and the summary says so
+
+
+def test_the_model_best_at_the_unseen_site_is_named_when_it_is_not_the_best_at_home(tmp_path: Path) -> None:
+    r = _results(["fedavg", "fedavg + equalize"])
+    sa = {"s1 test": [0.55, 0.6, 0.6], "s2 test": [0.55, 0.6, 0.6], "u": [0.9, 0.92, 0.91]}
+    cols, sites = ["s1 test", "s2 test", "u"], ["s1 test", "s2 test"]
+    cells = {m: {c: r["matrix"][m][c]["values"] for c in cols} for m in r["matrix"]} | {"fedavg + scanner-aug": sa}
+    r = r | summarise(cells, cols, sites, ["s1", "s2"], ["u"])
+    assert r["verdict"]["with_levers"]["best_federated"] == "fedavg + equalize"
+    assert r["verdict"]["for_unseen"]["best_federated"] == "fedavg + scanner-aug"
+    html = write_report(r, tmp_path).read_text()
+    assert "Best federated model at the unseen site(s), <b>fedavg + scanner-aug</b>" in html

@@ -55,6 +55,7 @@ def test_summarise_keeps_every_seed_and_pairs_each_lever_with_fedavg_and_the_bes
     home = rows[("fedbn", "local s1", "s1 test")]  # fedbn +0.03 vs local s1 +0.04 at s1: behind by 0.01 every seed
     assert home["mean"] == pytest.approx(-0.01) and home["wins"] == 0 and home["measurable"]
     assert ("fedbn + finetune", "local s1", "s1 test") in rows  # the best with levers is paired with each local too
+    assert "for_unseen" not in r["verdict"]  # at the unseen site all tie: the models already named stand
 
 
 def test_equalisation_is_paired_with_its_own_arm_at_home_and_at_the_unseen_site_and_pooled_stays_the_reference() -> None:
@@ -89,3 +90,6 @@ def test_two_levers_together_are_paired_with_the_arm_and_with_the_first_lever_al
     assert rows[(both, "fedavg", "u")] == pytest.approx(0.05)
     assert rows[(both, "fedavg + equalize", "u")] == pytest.approx(0.15)  # the augmentation undoes equalisation's cost
     assert rows[(both, "fedavg + equalize", SITE_MEAN)] == pytest.approx(0.0)
+    best_unseen = r["verdict"]["for_unseen"]  # neither the best strategy nor the best at home: named on its own
+    assert best_unseen["best_federated"] == both and best_unseen["beats_local_on_unseen"] == {"u": True}
+    assert rows[(both, "local s1", "u")] == pytest.approx(0.05) and rows[(both, "local s2", "s2 test")] is not None
