@@ -65,7 +65,9 @@ class ScannerAugment(StrengthAugment):
         if not self.enabled:
             return x
         s = self.strength
-        b, _, h, w = x.shape
+        b, c, h, w = x.shape
+        if c != 1:
+            raise ValueError(f"scanner augmentation re-images grey-scale X-rays: expected 1 channel, got {c}")
         u = torch.rand(b, 17, generator=generator, dtype=torch.float32)
         ys = torch.linspace(-1, 1, h).view(1, 1, h, 1)
         xs = torch.linspace(-1, 1, w).view(1, 1, 1, w)

@@ -107,3 +107,8 @@ def test_consortium_yaml_to_site_training_carries_the_strength(tmp_path) -> None
         RunSettings.from_run_config({**run, "scanner-augment": -1})
     with pytest.raises(RunConfigError, match="classification only"):
         RunSettings.from_run_config({**run, "task-type": "segmentation", "labels": "nodule", "scanner-augment": 1.0})
+
+
+def test_a_multi_channel_batch_is_refused_not_silently_mixed() -> None:
+    with pytest.raises(ValueError, match="expected 1 channel, got 3"):
+        ScannerAugment(1.0)(torch.rand(2, 3, 16, 16))
