@@ -236,11 +236,7 @@ class ControlClient:
 
     def run(self, run_id: int) -> dict[str, Any]:
         """A run's status (``status`` like ``finished:completed``), timing and traffic."""
-        from flwr.common.serde import run_from_proto
-        from flwr.proto.control_pb2 import ListRunsRequest
-
-        res = self._call("ListRuns", ListRunsRequest(run_id=run_id), f"reading run {run_id}")
-        runs = [run_from_proto(p) for p in res.run_dict.values()]
+        runs = self._list_runs(run_id, f"reading run {run_id}")
         if not runs:
             raise SuperLinkError(f"run {run_id} not found on the SuperLink")
         r = runs[0]
@@ -271,19 +267,20 @@ class ControlClient:
 
     def unfinished_runs(self) -> list[int]:
         """Ids of the recent runs (Flower lists the last 20) whose status is not ``finished``."""
+        return [int(r.run_id) for r in self._list_runs(None, "listing runs") if not is_finished(r.status.status)]
+
+    def _list_runs(self, run_id: int | None, what: str) -> list[Any]:
+        """Flower ``Run`` objects from ListRuns: the one run ``run_id``, or the recent ones when it is None."""
         from flwr.common.serde import run_from_proto
         from flwr.proto.control_pb2 import ListRunsRequest
 
-        res = self._call("ListRuns", ListRunsRequest(), "listing runs")
-        runs = [run_from_proto(p) for p in res.run_dict.values()]
-        return [int(r.run_id) for r in runs if not is_finished(r.status.status)]
+        request = ListRunsRequest() if run_id is None else ListRunsRequest(run_id=run_id)
+        return [run_from_proto(p) for p in self._call("ListRuns", request, what).run_dict.values()]
 
-    def stop_if_running(self, run_id: int) -> bool:
-        """Stop the run unless it already finished; return whether this call stopped it."""
-        if is_finished(self.run(run_id)["status"]):
-            return False
-        self.stop_run(run_id)
-        return True
+    def stop_if_running(self, run_id: int) -> None:
+        """Stop the run unless it already finished."""
+        if not is_finished(self.run(run_id)["status"]):
+            self.stop_run(run_id)
 
     def stop_run(self, run_id: int) -> None:
         """Stop a run; the SuperLink also drops the messages still queued for its sites."""

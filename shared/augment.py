@@ -25,7 +25,6 @@ from the caller's ``torch.Generator`` so training is reproducible by seed.
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING
 
 import torch
