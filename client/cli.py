@@ -198,12 +198,14 @@ def synth(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace sites already in OUT_DIR."),
     task: str = typer.Option("classification", "--task", help="classification, or segmentation: also a DICOM SEG "
                              "(nodule, lung) beside every image."),
+    test_images: int = typer.Option(0, "--test-images", min=0, help="Also write site-<k>/test/: this many images of "
+                                    "other patients per training site, the benchmark's test set there (0: none)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write synthetic chest radiograph sites as real DICOM plus labels.csv, for dry runs and demos."""
     from client.synth_command import run_synth
 
-    summary = run_synth(out_dir, sites, unseen, seed, scale, shift, difficulty, overwrite, task)
+    summary = run_synth(out_dir, sites, unseen, seed, scale, shift, difficulty, overwrite, task, test_images)
     if as_json:
         _print_json(summary)
     else:

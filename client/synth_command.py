@@ -9,11 +9,13 @@ from shared.synth import DEFAULT_DIFFICULTY, write_cohort
 
 
 def run_synth(out_dir: Path, sites: int, unseen: int, seed: int, scale: float, shift: float,
-              difficulty: float | None, overwrite: bool = False, task: str = "classification") -> dict:
+              difficulty: float | None, overwrite: bool = False, task: str = "classification",
+              test_images: int = 0) -> dict:
     try:
         summaries = write_cohort(
             Path(out_dir), n_sites=sites, seed=seed, unseen=unseen, scale=scale, shift=shift,
             difficulty=DEFAULT_DIFFICULTY if difficulty is None else difficulty, overwrite=overwrite, task=task,
+            test_images=test_images,
         )
     except FileExistsError as exc:
         raise ConfigError(f"{exc} (or run 'fedrad-site synth --overwrite')") from None

@@ -45,6 +45,7 @@ from shared.config import DEFAULT_MODELS, ConfigError, load_yaml_mapping
 from shared.lr_schedule import LR_SCHEDULES
 from shared.models import MODEL_BUILDERS
 from shared.modelfile import load_model_file
+from shared.synth.cohort import TEST_EXPORT
 
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam")
 STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01}}
@@ -58,6 +59,7 @@ ENGINES = ("simulation", "deployment")  # deployment: the slower final check on 
 EQUALIZE = "equalize"  # the intensity lever's row suffix: "<model> + equalize"
 EQUALIZE_SUFFIX = "-eq"  # its architectures: smallcnn-eq, smallcnn-gn-eq (shared.intensity)
 SCANNER_AUG = "scanner-aug"  # the scanner-appearance augmentation lever's row suffix (shared.scanner_augment)
+MOMENTUM = "momentum"  # the server-momentum lever's row suffix: FedAvgM's step on the shared weights
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class ArmVariant:
     label: str = ""  # "" = the plain arm
     equalize: bool = False  # the model's histogram-equalisation input layer (<model>-eq, shared.intensity)
     scanner_augment: float = 0.0  # scanner-appearance augmentation strength at every site (shared.scanner_augment)
+    server_momentum: float = 0.0  # > 0: the server steps with this momentum (federated arms whose strategy takes it)
 
     def row(self, arm: str) -> str:
         return f"{arm} + {self.label}" if self.label else arm
@@ -94,19 +97,27 @@ class BenchSite:
     name: str
     data: Path
     labels: Path | None
+    test: BenchSite | None = None  # <folder>/test/ (dicom/ + labels.csv): scored instead of held-out patients
 
     @classmethod
     def from_dir(cls, folder: Path) -> BenchSite:
-        folder = Path(folder)
+        """The site in ``folder``, with its separate test export ``folder/test/`` when there is one."""
+        site = cls._data_of(Path(folder))
+        test = Path(folder) / TEST_EXPORT
+        return replace(site, test=cls._data_of(test, f"{site.name}/{TEST_EXPORT}")) if test.is_dir() else site
+
+    @classmethod
+    def _data_of(cls, folder: Path, name: str = "") -> BenchSite:
+        name = name or folder.name
         if (folder / "site.yaml").is_file():
             values = load_yaml_mapping(folder / "site.yaml")
             if "data" not in values:
                 raise ConfigError(f"{folder / 'site.yaml'}: needs 'data' (and 'labels' for classification)")
             base = folder.resolve()
             labels = base / str(values["labels"]) if values.get("labels") else None
-            return cls(folder.name, base / str(values["data"]), labels)
+            return cls(name, base / str(values["data"]), labels)
         if (folder / "dicom").is_dir() and (folder / "labels.csv").is_file():
-            return cls(folder.name, folder / "dicom", folder / "labels.csv")
+            return cls(name, folder / "dicom", folder / "labels.csv")
         raise ConfigError(f"{folder}: not a site folder; expected site.yaml, or dicom/ and labels.csv "
                           "(what `fedrad-site synth` writes)")  # fmt: skip
 
@@ -132,6 +143,7 @@ class BenchConfig:
     engine: str = "simulation"  # or "deployment": federated runs on a loopback consortium (deploy.deployment_engine)
     equalize_lever: bool = False  # also "pooled + equalize" and "<strategy> + equalize" (model <model>-eq)
     scanner_augment_lever: float = 0.0  # > 0: also "<arm> + scanner-aug" at this strength (and with equalize)
+    server_momentum_lever: float = 0.0  # > 0: also "<strategy> + momentum" for the strategies that take one
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -151,6 +163,11 @@ class BenchConfig:
                               f"models smallcnn and smallcnn-gn only, not {self.model!r}")  # fmt: skip
         if not 0 <= self.scanner_augment_lever < math.inf or (self.scanner_augment_lever and self.task_type == "segmentation"):
             raise ConfigError("--scanner-augment-lever: a strength >= 0 (e.g. 1.0), for classification only")
+        if not 0 <= self.server_momentum_lever < 1:
+            raise ConfigError(f"--server-momentum-lever: a momentum in [0, 1) (e.g. 0.5), got {self.server_momentum_lever}")
+        if self.server_momentum_lever and not any(takes_server_momentum(s) for s in self.strategies):
+            raise ConfigError("--server-momentum-lever: none of --strategies takes a server momentum; "
+                              "add fedbn or fedavgm")  # fmt: skip
         self.batch_size = self.batch_size or TASK_DEFAULTS[self.task_type]["batch_size"]
         self.lr = self.lr or TASK_DEFAULTS[self.task_type]["lr"]
 
@@ -162,6 +179,11 @@ class BenchConfig:
                 *([ArmVariant(SCANNER_AUG, scanner_augment=sa)] if sa else []),
                 *([ArmVariant(f"{EQUALIZE} + {SCANNER_AUG}", equalize=True, scanner_augment=sa)] if eq and sa else [])]  # fmt: skip
 
+    def federated_variants(self, strategy: str) -> list[ArmVariant]:
+        """:meth:`variants`, then server momentum (no pooled twin: pooled training has no server) where it applies."""
+        momentum = self.server_momentum_lever and takes_server_momentum(strategy)
+        return [*self.variants(), *([ArmVariant(MOMENTUM, server_momentum=self.server_momentum_lever)] if momentum else [])]
+
     def task(self, variant: ArmVariant = PLAIN) -> Task:
         """The benchmark's task; with an equalising ``variant``, the same model with that input layer."""
         return Task(self.model + EQUALIZE_SUFFIX if variant.equalize else self.model, self.classes, self.image_size,
@@ -171,12 +193,22 @@ class BenchConfig:
         return {
             "num-server-rounds": self.rounds, "local-epochs": self.local_epochs, "min-sites": n_sites,
             "round-timeout-s": 1800, "evaluate-every": self.rounds, "seed": seed, "strategy": strategy,
-            "strategy-params": json.dumps(STRATEGY_PARAMS.get(strategy, {})), "classes": ",".join(self.classes),
+            "strategy-params": json.dumps(STRATEGY_PARAMS.get(strategy, {})
+                                          | ({"server_momentum": variant.server_momentum} if variant.server_momentum else {})),
+            "classes": ",".join(self.classes),
             "image-size": self.image_size, "model": self.task(variant).model, "batch-size": self.batch_size, "lr": self.lr,
             "lr-schedule": self.lr_schedule, "augment": self.augment, "scanner-augment": variant.scanner_augment,
             "run-dir": str(run_dir), "consortium": "Benchmark",
             "task-type": self.task_type, "labels": ",".join(self.labels),
         }  # fmt: skip
+
+
+def takes_server_momentum(strategy: str) -> bool:
+    """Whether the named strategy (server.strategies) has a ``server_momentum`` parameter."""
+    from server.strategies import STRATEGIES as SERVER_STRATEGIES
+
+    module = SERVER_STRATEGIES.get(strategy)
+    return module is not None and "server_momentum" in module.SPEC.params
 
 
 def adapt_bn(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.nn.Module:
@@ -235,7 +267,9 @@ def _run_benchmark(
     metrics = bench_task.metric_names(task)
     sim = [prepare_site(out / "sites", s.name, s.data, s.labels, cfg.classes, cfg.image_size, out / "cache" / s.name)
            for s in sites]  # fmt: skip
-    unseen_data = {u.name: bench_task.load_unseen(task, u.data, u.labels, out / "cache" / u.name) for u in unseen}
+    unseen_data = {u.name: bench_task.load_all(task, u.data, u.labels, out / "cache" / u.name) for u in unseen}
+    test_exports = {s.name: bench_task.load_all(task, s.test.data, s.test.labels, out / "cache" / f"{s.name}-{TEST_EXPORT}")
+                    for s in sites if s.test is not None}  # fmt: skip
     columns = [f"{s.name} test" for s in sites] + list(unseen_data)
     cells: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in metrics}  # metric → model → column → per seed
     adabn = cfg.adabn and bool(unseen_data) and bench_task.has_batch_norm(task)
@@ -243,7 +277,7 @@ def _run_benchmark(
     epochs = cfg.rounds * cfg.local_epochs
     for seed in range(cfg.seeds):
         split = {s.name: load_site_data(s.site_yaml, task, seed, s.name) for s in sim}
-        tests = {f"{n} test": d.held_out for n, d in split.items()} | unseen_data
+        tests = {f"{n} test": test_exports.get(n, d.held_out) for n, d in split.items()} | unseen_data
 
         def score(label: str, model_for: Callable[[str], torch.nn.Module]) -> None:
             for col, data in tests.items():
@@ -276,7 +310,7 @@ def _run_benchmark(
                                                           cfg.augment, seed) for n, d in split.items()}  # fmt: skip
                 score(f"{strategy} + finetune", lambda col, m=models, t=tuned: t.get(col, m(col)))
             timings.setdefault(strategy, []).append(time.monotonic() - t0)
-            for variant in cfg.variants()[1:]:
+            for variant in cfg.federated_variants(strategy)[1:]:
                 t0 = time.monotonic()
                 say(f"seed {seed}: federated {variant.row(strategy)}")
                 score(variant.row(strategy), _federated_run(cfg, strategy, seed, out / "runs" / variant.run_name(strategy, seed),
@@ -289,7 +323,9 @@ def _run_benchmark(
         results["metric_matrices"] = {m: summarise(cells[m], columns, site_tests, [s.name for s in sites],
                                                    list(unseen_data))["matrix"] for m in metrics[1:]}  # fmt: skip
     results.update(config=asdict(cfg), engine=deployed.description if deployed is not None else ENGINE, sites={s.name: len(split[s.name].train) + len(split[s.name].held_out) for s in sim},
-                   test_sizes={c: len(d) for c, d in tests.items()}, seconds={k: round(sum(v), 1) for k, v in timings.items()})  # fmt: skip
+                   test_sizes={c: len(d) for c, d in tests.items()},
+                   test_sets={f"{s.name} test": "test export" if s.name in test_exports else "held-out patients"
+                              for s in sites}, seconds={k: round(sum(v), 1) for k, v in timings.items()})  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

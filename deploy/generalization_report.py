@@ -14,6 +14,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 METRIC_TITLES = {"auc": "ROC AUC", "dice-mean": "Dice (mean over labels)"}
 
 
+def _test_sets(results: dict) -> str:
+    """Each test set's size, and for a training site whether it is its held-out patients or its test export."""
+    kinds = results.get("test_sets", {})
+    return ", ".join(f"{c} {n}" + (f" ({kinds[c]})" if c in kinds else "") for c, n in results["test_sizes"].items())
+
+
 def metric_title(results: dict, metric: str | None = None) -> str:
     """How the report names a metric (``results['metric']`` by default; older results.json are AUC)."""
     metric = metric or results.get("metric", "auc")
@@ -66,6 +72,9 @@ def lever_notes(results: dict) -> list[str]:
                          "another scanner might (exposure field, collimator borders, blur, contrast curve, noise; "
                          f"strength {cfg.get('scanner_augment_lever', 0)}; same budget), against the arm without it; "
                          "\"+ equalize + scanner-aug\" also against \"+ equalize\", for what the augmentation adds.",
+        "+ momentum": f"\"+ momentum\": the same strategy with the server stepping with momentum "
+                      f"{cfg.get('server_momentum_lever', 0)} on the averaged update (Flower's FedAvgM; same budget), "
+                      "against the strategy without it.",
     }  # fmt: skip
     return [text for key, text in notes.items() if any(key in m for m in models)]
 
@@ -149,7 +158,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 <h1>Generalization across hospitals</h1>
 <p>{esc(results['engine'])}. {cfg['seeds']} seed(s); matched budget: {cfg['rounds']} rounds × {cfg['local_epochs']} local
 epochs federated = {cfg['rounds'] * cfg['local_epochs']} epochs for pooled and local-only models. Model {esc(cfg['model'])},
-{cfg['image_size']}×{cfg['image_size']}, {task}. Test sets (images): {esc(str(results['test_sizes']))}. {title} mean ± sd over seeds.</p>
+{cfg['image_size']}×{cfg['image_size']}, {task}. Test sets (images): {esc(_test_sets(results))}. {title} mean ± sd over seeds.</p>
 <h2>Summary</h2>
 <p>Best federated strategy: <b>{esc(str(v.get('best_federated')))}</b>, {v.get('ratio_to_pooled')} × pooled mean {title} over site
 test sets. Beats each site's local-only model on that site's test set: {esc(str(v.get('beats_local_on_own_test')))};

@@ -29,8 +29,9 @@ def metric_names(task: Task) -> list[str]:
     return [f"dice-{x}" for x in ["mean", *task.labels]] if task.segmentation else ["auc"]
 
 
-def load_unseen(task: Task, data: Path, labels: Path | None, cache_dir: Path) -> Dataset:
-    """All of an unseen site's cases for ``task`` (segmentation: the images with a usable DICOM SEG)."""
+def load_all(task: Task, data: Path, labels: Path | None, cache_dir: Path) -> Dataset:
+    """All cases of a test-only folder for ``task``: an unseen site, or a training site's separate test export
+    (segmentation: the images with a usable DICOM SEG)."""
     from shared.site_data import load_site_dataset
 
     cfg = SiteDataConfig(data=data, labels=labels, classes=task.classes or ["normal", "nodule"],

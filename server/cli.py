@@ -245,16 +245,20 @@ def benchmark(
     scanner_augment_lever: float = typer.Option(0.0, "--scanner-augment-lever", min=0, help="Also train pooled and "
                                                 "each strategy with scanner-look augmentation at this strength (e.g. "
                                                 "1.0; with --equalize-lever also both together). 0: off."),
+    server_momentum_lever: float = typer.Option(0.0, "--server-momentum-lever", min=0, help="Also run each strategy "
+                                                "that takes one (fedbn, fedavgm) with this server momentum (e.g. 0.5). "
+                                                "0: off."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for results.json, report.html and the charts."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
     """Pooled vs local-only vs federated: every model on every site's test split and the unseen sites."""
-    from deploy.generalization import STRATEGIES, BenchConfig, BenchmarkError, BenchSite, run_benchmark
+    from deploy.generalization import BenchConfig, BenchmarkError, BenchSite, run_benchmark
     from deploy.generalization_report import write_report
+    from server.strategies import STRATEGIES
     from shared.config import ConfigError
 
     names = [s.lower() for s in name_list(strategies)]
-    unknown = sorted(set(names) - set(STRATEGIES) - {"fedyogi", "fedmedian", "fedtrimmedavg", "krum"})
+    unknown = sorted(set(names) - set(STRATEGIES))
     if unknown or not names:
         raise ConfigError(f"--strategies: unknown {unknown or 'empty list'}; choose from {', '.join(STRATEGIES)}")
     if len(sites) < 2:
@@ -267,7 +271,7 @@ def benchmark(
                       lr=lr, lr_schedule=lr_schedule.strip().lower(), augment=augment, cpus=cpus,
                       task_type=task_type, labels=segments,
                       finetune_epochs=finetune_epochs, equalize_lever=equalize_lever,
-                      scanner_augment_lever=scanner_augment_lever,
+                      scanner_augment_lever=scanner_augment_lever, server_momentum_lever=server_momentum_lever,
                       engine=engine.strip().lower())  # fmt: skip
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
     try:

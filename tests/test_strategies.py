@@ -76,10 +76,10 @@ def train_metrics(n: int) -> dict:
 def test_every_strategy_builds_from_config(name: str, model: torch.nn.Module) -> None:
     s = build_strategy(name, "{}", model, min_sites=2)
     assert s.name == name
-    assert s.bn_policy == {"fedadam": "average", "fedyogi": "average", "fedbn": "local"}.get(name, "strategy")
+    assert s.bn_policy == {"fedadam": "average", "fedyogi": "average", "fedavgm": "average", "fedbn": "local"}.get(name, "strategy")
     flower = {
         "fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam", "fedyogi": "FedYogi",
-        "fedmedian": "FedMedian", "fedtrimmedavg": "FedTrimmedAvg", "krum": "Krum", "fedbn": "FedAvg",
+        "fedmedian": "FedMedian", "fedtrimmedavg": "FedTrimmedAvg", "krum": "Krum", "fedbn": "FedAvgM", "fedavgm": "FedAvgM",
     }  # fmt: skip
     assert type(s.inner).__name__ == flower[name]
 
@@ -146,8 +146,24 @@ def test_fedadam_keeps_bn_statistics_out_of_the_optimizer(model: torch.nn.Module
     assert set(s.state_dict()) == {"m_t", "v_t"} and var not in s.state_dict()["m_t"]
 
 
-def test_fedadam_state_round_trip_gives_the_same_next_round(model: torch.nn.Module, task_identity: None) -> None:
-    """What a resume relies on: saved moments + saved weights give exactly the uninterrupted round 2."""
+def test_fedbn_server_step_moves_weights_but_not_bn_statistics(model: torch.nn.Module, task_identity: None) -> None:
+    """FedBN with FedAvgM's server step: the shared weights go 2× the averaged update; a variance stays a mean."""
+    s = build_strategy("fedbn", '{"server_learning_rate": 2.0}', model, min_sites=2)
+    start = site_state(model, 0.0, 0)
+    s.configure_train(1, ArrayRecord(start), {}, Grid(), 2)
+    a, b = site_state(model, -0.4, 5), site_state(model, -0.2, 5)
+    agg = s.aggregate_train(1, [reply(11, a, train_metrics(1)), reply(12, b, train_metrics(1))]).arrays.to_torch_state_dict()
+    assert torch.allclose(agg["features.0.weight"], start["features.0.weight"] - 0.6, atol=1e-5)  # 2 × the mean −0.3
+    assert torch.allclose(agg["features.1.running_var"], start["features.1.running_var"] - 0.3, atol=1e-6)  # the mean, not a 2× step
+    assert int(agg["features.1.num_batches_tracked"]) == 5
+    for bad, key in (('{"server_momentum": 1.0}', "server_momentum"), ('{"server_learning_rate": 0}', "server_learning_rate")):
+        with pytest.raises(StrategyError, match=f"'fedbn': {key} must be"):
+            build_strategy("fedbn", bad, model, min_sites=2)
+
+
+@pytest.mark.parametrize("name", ["fedyogi", "fedavgm"])
+def test_server_optimizer_state_round_trip_gives_the_same_next_round(name: str, model: torch.nn.Module, task_identity: None) -> None:
+    """What a resume relies on: saved moments (FedAvgM: momentum) + saved weights give exactly the uninterrupted round 2."""
     r1 = [reply(11, site_state(model, 0.1, 2), train_metrics(3)), reply(12, site_state(model, 0.3, 2), train_metrics(5))]
 
     def r2(base: dict) -> list[Message]:
@@ -156,19 +172,20 @@ def test_fedadam_state_round_trip_gives_the_same_next_round(model: torch.nn.Modu
     def site_state_from(base: dict, off: float) -> dict:
         return {k: (v + off if v.is_floating_point() else v) for k, v in base.items()}
 
-    a = build_strategy("fedyogi", "{}", model, min_sites=2)
+    a = build_strategy(name, "{}", model, min_sites=2)
     a.configure_train(1, ArrayRecord(model.state_dict()), {}, Grid(), 2)
     w1 = a.aggregate_train(1, r1).arrays
     saved, w1_state = a.state_dict(), w1.to_torch_state_dict()
     a.configure_train(2, w1, {}, Grid(), 2)
     direct = a.aggregate_train(2, r2(w1_state)).arrays.to_torch_state_dict()
 
-    b = build_strategy("fedyogi", "{}", model, min_sites=2)  # a fresh server process
+    b = build_strategy(name, "{}", model, min_sites=2)  # a fresh server process
     b.load_state_dict(saved)
     b.configure_train(2, ArrayRecord(w1_state), {}, Grid(), 2)
     resumed = b.aggregate_train(2, r2(w1_state)).arrays.to_torch_state_dict()
     assert all(torch.equal(direct[k], resumed[k]) for k in direct)
-    with pytest.raises(ValueError, match="no state 'm_t'"):
+    assert not torch.equal(direct["features.0.weight"], w1_state["features.0.weight"])
+    with pytest.raises(ValueError, match=f"no state '{next(iter(saved))}'"):
         build_strategy("fedavg", "{}", model, min_sites=2).load_state_dict(saved)
 
 

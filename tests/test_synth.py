@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import io
 from collections import defaultdict
 from pathlib import Path
@@ -241,6 +242,27 @@ def test_command_line_writes_a_cohort(tmp_path):
     again = CliRunner().invoke(site_cli, args)  # the cohort exists: a clear error, exit 2
     assert again.exit_code == 2 and "--overwrite" in again.output and "Traceback" not in again.output
     assert CliRunner().invoke(site_cli, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_test_export_holds_other_patients_of_the_same_scanner(tmp_path):
+    """`--test-images N`: site-<k>/test/ has N images of patients the site's own export does not hold; unseen sites get none."""
+    args = ["synth", str(tmp_path / "c"), "--sites", "2", "--unseen", "1", "--scale", "0.05", "--test-images", "12", "--json"]
+    result = CliRunner().invoke(site_cli, args)
+    assert result.exit_code == 0, result.output
+    names = [s["name"] for s in json.loads(result.output)["sites"]]
+    assert names == ["site-1", "site-1/test", "site-2", "site-2/test", "unseen-1"]
+    for site in ("site-1", "site-2"):
+        test_rows, own_rows = _read_labels(tmp_path / "c" / site / "test"), _read_labels(tmp_path / "c" / site)
+        assert len(test_rows) == 12
+        patients = {pydicom.dcmread(tmp_path / "c" / site / folder / "dicom" / r["path"], stop_before_pixels=True).PatientID
+                    for folder, rows in (("test", test_rows), (".", own_rows)) for r in rows[:1] + rows[-1:]}  # fmt: skip
+        assert len(patients) == 4  # first and last patient of each: none shared
+        header = pydicom.dcmread(tmp_path / "c" / site / "test" / "dicom" / test_rows[0]["path"], stop_before_pixels=True)
+        assert header.InstitutionName == pydicom.dcmread(tmp_path / "c" / site / "dicom" / own_rows[0]["path"],
+                                                         stop_before_pixels=True).InstitutionName  # fmt: skip
+    assert not (tmp_path / "c" / "unseen-1" / "test").exists()
+    bad = CliRunner().invoke(site_cli, [*args[:-2], "2", "--overwrite"])
+    assert bad.exit_code == 2 and "test_images must be 0 (none) or at least 4" in bad.output
 
 
 # ----------------------------------------------------------------------------- learnable signal

@@ -12,13 +12,13 @@ from types import ModuleType
 
 from torch import nn
 
-from server.strategies import fedadam, fedavg, fedbn, fedmedian, fedprox, fedtrimmedavg, fedyogi, krum
+from server.strategies import fedadam, fedavg, fedavgm, fedbn, fedmedian, fedprox, fedtrimmedavg, fedyogi, krum
 from server.strategies.base import EvalOutcome, FedRadStrategy, TrainOutcome
 from server.strategies.bn_policy import NormKeys
 from server.strategies.common import StrategyError, StrategySpec, parse_params
 from server.strategies.validation import template_of
 
-_MODULES: tuple[ModuleType, ...] = (fedavg, fedprox, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum, fedbn)
+_MODULES: tuple[ModuleType, ...] = (fedavg, fedprox, fedadam, fedyogi, fedavgm, fedmedian, fedtrimmedavg, krum, fedbn)
 STRATEGIES: dict[str, ModuleType] = {m.SPEC.name: m for m in _MODULES}
 
 __all__ = [

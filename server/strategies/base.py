@@ -31,7 +31,9 @@ from server.strategies.validation import (
 from shared.compression import widen
 
 log = logging.getLogger("fedrad.strategy")
-STATEFUL_ATTRS = ("m_t", "v_t")  # FedOpt family (FedAdam, FedYogi): server optimizer moments
+# Server optimizer state: the FedOpt family's moments (FedAdam, FedYogi: dicts by key) and FedAvgM's momentum
+# (a list in the order of the keys it aggregates, saved by position).
+STATEFUL_ATTRS = ("m_t", "v_t", "momentum_vector")
 
 
 @dataclass
@@ -106,8 +108,12 @@ class FedRadStrategy:
         cfg = ConfigRecord({**dict(config), "proximal-mu": 0.0, "keep-local-norm": self.keep_local_norm, "strategy": self.name})
         msgs = list(self.inner.configure_train(rnd, arrays, cfg, grid))  # FedProx overwrites proximal-mu
         current = getattr(self.inner, "current_arrays", None)
-        if isinstance(current, dict):  # FedOpt remembers what it sent; it only ever sees the non-held keys
+        # FedOpt and FedAvgM step from what was sent; they only ever see the non-held keys. FedAvgM would keep its
+        # own float64 copy from round 1 on: it gets the model sent instead, so a resumed run steps from the same one.
+        if isinstance(current, dict):
             self.inner.current_arrays = {k: v for k, v in current.items() if k not in self.held}
+        elif isinstance(current, ArrayRecord):
+            self.inner.current_arrays = ArrayRecord({k: arrays[k] for k in arrays.keys() if k not in self.held})
         return msgs
 
     def configure_evaluate(self, rnd: int, arrays: ArrayRecord, config: Mapping, grid, available: int) -> list[Message]:  # noqa: ANN001
@@ -190,18 +196,22 @@ class FedRadStrategy:
     # ------------------------------------------------------------ resumable state
     def state_dict(self) -> dict[str, dict[str, np.ndarray]]:
         """Server-side optimizer state to checkpoint (empty for stateless strategies)."""
-        return {
-            attr: {k: np.asarray(v) for k, v in value.items()}
-            for attr in STATEFUL_ATTRS
-            if isinstance(value := getattr(self.inner, attr, None), dict) and value
-        }
+        state = {}
+        for attr in STATEFUL_ATTRS:
+            value = getattr(self.inner, attr, None)
+            if isinstance(value, list):  # by position: "0000", "0001", …
+                value = {f"{i:04d}": v for i, v in enumerate(value)}
+            if isinstance(value, dict) and value:
+                state[attr] = {k: np.asarray(v) for k, v in value.items()}
+        return state
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, np.ndarray]]) -> None:
         """Restore what :meth:`state_dict` returned (a resumed run continues the same optimizer)."""
         for attr, value in state.items():
             if attr not in STATEFUL_ATTRS or not hasattr(self.inner, attr):
                 raise ValueError(f"strategy {self.name!r} has no state {attr!r}; the run folder was made by another strategy")
-            setattr(self.inner, attr, {k: np.asarray(v) for k, v in value.items()})
+            restored = {k: np.asarray(v) for k, v in value.items()}
+            setattr(self.inner, attr, [restored[k] for k in sorted(restored)] if attr == "momentum_vector" else restored)
 
 
 def _triage(

@@ -21,9 +21,11 @@ policy             running_mean / running_var                  num_batches_track
 ``local``          FedBN: every normalisation tensor (weight,   site-local
                    bias, running stats, counter) stays at the
                    site, which ignores the server's copy. The
-                   server still averages them (weighted by
-                   examples) for the *exported* global model,
-                   the starting point for a site that never
+                   server still averages the statistics
+                   (weighted by examples, outside any server
+                   optimizer: FedBN may use server momentum)
+                   for the *exported* global model, the
+                   starting point for a site that never
                    trained (it has no local BN of its own)
 =================  ==========================================  ===================================
 """
@@ -62,9 +64,9 @@ def held_out_keys(policy: str, keys: NormKeys) -> frozenset[str]:
     """Keys the server merges itself instead of passing them to the Flower strategy."""
     if policy not in POLICIES:
         raise ValueError(f"unknown BN policy {policy!r}; known: {', '.join(POLICIES)}")
-    if policy == "average":
+    if policy in ("average", "local"):
         return keys.stats | keys.counters
-    return keys.counters  # "strategy" and "local": counters only (never averaged)
+    return keys.counters  # "strategy": counters only (never averaged)
 
 
 def merge_held(

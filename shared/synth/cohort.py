@@ -27,7 +27,7 @@ import math
 import shutil
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
@@ -46,6 +46,8 @@ STUDIES_PER_PATIENT = (1, 2, 3)
 STUDIES_P = (0.45, 0.35, 0.20)
 FOLLOW_UP_JITTER_PX = 3  # positioning jitter between a patient's studies, on the 128 render grid
 MIN_SITE_IMAGES = 4
+TEST_EXPORT = "test"  # site-<k>/test/: a site's separate test export (write_cohort's test_images)
+TEST_SEED_OFFSET = 7777  # its patients: other seeds' patients, other accession numbers (seed % 1000)
 Task = Literal["classification", "segmentation"]
 TASKS: tuple[str, ...] = ("classification", "segmentation")
 
@@ -244,14 +246,20 @@ def write_cohort(
     *,
     overwrite: bool = False,
     task: Task = "classification",
+    test_images: int = 0,
 ) -> list[SiteSummary]:
     """Write ``n_sites`` training sites (``site-<k>``) and ``unseen`` held-out sites (``unseen-<k>``).
 
     Site sizes are the profiles' defaults (400, 250, 60, 150, 150, …; unseen 200) times ``scale``,
     at least 4 images each. ``task="segmentation"`` adds a SEG beside every image (see :func:`write_site`).
+    ``test_images`` > 0 also writes ``site-<k>/test/``: that many images of other patients from the same
+    scanner, a test export of the same size at every site. Why: a small site's held-out patients (a fifth of
+    120 images) are too few to tell models 0.02 AUC apart, and holding out more would shrink what it trains on.
     """
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a positive number, got {scale}")
+    if test_images < 0 or 0 < test_images < MIN_SITE_IMAGES:
+        raise ValueError(f"test_images must be 0 (none) or at least {MIN_SITE_IMAGES}, got {test_images}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = []
@@ -260,4 +268,8 @@ def write_cohort(
         summaries.append(
             write_site(out / profile.name, profile, n, seed, difficulty, shift, overwrite=overwrite, task=task)
         )
+        if test_images and profile.name.startswith("site-"):  # other patients: the seed draws the patients
+            test = write_site(out / profile.name / TEST_EXPORT, profile, test_images, seed + TEST_SEED_OFFSET,
+                              difficulty, shift, overwrite=overwrite, task=task)  # fmt: skip
+            summaries.append(replace(test, name=f"{profile.name}/{TEST_EXPORT}"))
     return summaries

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from client.audit import verify
 from shared.modelfile import load_model_file
@@ -26,20 +28,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
-    cohort = {s.name: s.path for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=1, scale=0.08, seed=2)}
+    cohort = {s.name: s.path for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=1, scale=0.08, seed=2, test_images=10)}
+    shutil.rmtree(cohort["site-2/test"])  # site-1 is scored on its test export, site-2 on its held-out patients
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "server.cli", "benchmark", "--sites", str(cohort["site-1"]), "--sites",
            str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
            "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--finetune-epochs", "1", "--equalize-lever",
-           "--scanner-augment-lever", "1.0", "--lr-schedule", "cosine",
+           "--scanner-augment-lever", "1.0", "--lr-schedule", "cosine", "--server-momentum-lever", "0.5",
            "--out", str(out), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert json.loads(proc.stdout)["verdict"] == results["verdict"]
     assert results["columns"] == ["site-1 test", "site-2 test", "unseen-1"]
+    assert results["test_sets"] == {"site-1 test": "test export", "site-2 test": "held-out patients"}
+    assert results["test_sizes"]["site-1 test"] == 10 and results["test_sizes"]["unseen-1"] == 16
     assert set(results["matrix"]) == {"pooled", "local site-1", "local site-2", "fedavg", "fedbn", "fedavg + AdaBN", "fedbn + AdaBN",
-                                      "fedavg + finetune", "fedbn + finetune"} | {
+                                      "fedavg + finetune", "fedbn + finetune", "fedbn + momentum"} | {
         f"{arm} + {lever}" for arm in ("pooled", "fedavg", "fedbn")
         for lever in ("equalize", "scanner-aug", "equalize + scanner-aug")}  # fmt: skip
     for strategy in ("fedavg", "fedbn"):  # fine-tuning changes the model at home; an unseen site has no labels to tune on
@@ -56,6 +61,10 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     assert load_model_file(out / "runs" / "fedavg-seed0" / "latest.pt").architecture == "smallcnn"
     assert load_model_file(out / "runs" / "fedbn-equalize-scanner-aug-seed0" / "latest.pt").architecture == "smallcnn-eq"
     assert results["config"]["scanner_augment_lever"] == 1.0
+    assert ("fedbn + momentum", "fedbn", "site mean") in pairs  # fedavg takes no server momentum: no row
+    momentum = torch.load(out / "runs" / "fedbn-momentum-seed0" / "strategy-state.pt", weights_only=False)
+    assert set(momentum) == {"momentum_vector"}  # the server stepped with momentum, and a resume would keep it
+    assert not (out / "runs" / "fedbn-seed0" / "strategy-state.pt").exists()
     assert results["config"]["lr_schedule"] == "cosine"
     best = results["verdict"]["best_federated"]
     assert {(best, "local site-1", "site-1 test"), (best, "local site-2", "unseen-1")} <= pairs
@@ -71,5 +80,5 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     assert "Cross-site matrix" in (out / "report.html").read_text()
     for site in ("site-1", "site-2"):  # the production ClientApp answered: its audit log chains and shows the rounds
         summary = verify(out / "sites" / site / "work" / "audit" / "outbound.jsonl")
-        assert summary.by_type.get("train") == 16 and summary.violations == 0, summary  # 8 federated runs × 2 rounds
+        assert summary.by_type.get("train") == 18 and summary.violations == 0, summary  # 9 federated runs × 2 rounds
     assert not any(math.isnan(v) for v in [results["models"]["fedavg"]["site_mean"]["mean"] or 0.0])
