@@ -24,7 +24,7 @@ from shared.config import check_host_port, ConfigError, StrictModel, TaskConfig,
 
 CONSORTIUM_YAML = "consortium.yaml"
 STRATEGY_NAMES: tuple[str, ...] = (
-    "fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum", "fedbn",
+    "fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "fedbn",
 )  # fmt: skip
 
 
@@ -40,10 +40,24 @@ class FedAvgStrategy(_Strategy):
     name: Literal["fedavg"]
 
 
-class FedBNStrategy(_Strategy):
-    """FedAvg where normalisation-layer parameters and buffers stay at each site."""
+class _ServerStep(_Strategy):
+    """Flower's FedAvgM step on the averaged update: w − server_learning_rate × (momentum-smoothed update)."""
+
+    server_learning_rate: float = Field(1.0, gt=0, description="Server step on the averaged update (1 = FedAvg).")
+    server_momentum: float = Field(0.0, ge=0, lt=1, description="Server momentum (0 = none).")
+
+
+class FedBNStrategy(_ServerStep):
+    """FedAvg where normalisation-layer parameters and buffers stay at each site; optionally with server momentum."""
 
     name: Literal["fedbn"]
+
+
+class FedAvgMStrategy(_ServerStep):
+    """FedAvg with server momentum (Hsu et al. 2019); BatchNorm statistics are averaged outside the step."""
+
+    name: Literal["fedavgm"]
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="Server momentum.")
 
 
 class FedMedianStrategy(_Strategy):
@@ -127,7 +141,7 @@ class DpConfig(StrictModel):
 
 
 # Strategies that aggregate a (weighted) mean, which is all SecAgg+ reveals; the robust ones need each update.
-SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedbn")
+SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "fedbn")
 
 
 class SecAggConfig(StrictModel):
@@ -151,7 +165,7 @@ class PrivacySettings(StrictModel):
 
 StrategyConfig = Annotated[
     FedAvgStrategy | FedBNStrategy | FedMedianStrategy | FedProxStrategy | FedAdamStrategy
-    | FedYogiStrategy | FedTrimmedAvgStrategy | KrumStrategy,
+    | FedYogiStrategy | FedAvgMStrategy | FedTrimmedAvgStrategy | KrumStrategy,
     Field(discriminator="name"),
 ]
 
@@ -218,7 +232,7 @@ class ConsortiumConfig(StrictModel):
     def _segmentation_has_no_proximal_term(self) -> ConsortiumConfig:
         if self.task.type == "segmentation" and self.strategy.name == "fedprox":
             raise ValueError("strategy.name fedprox: its proximal term is not implemented for task.type "
-                             "segmentation; use fedavg (or fedadam, fedyogi, fedmedian, fedtrimmedavg, krum, fedbn)")
+                             "segmentation; use fedavg (or fedadam, fedyogi, fedavgm, fedmedian, fedtrimmedavg, krum, fedbn)")
         return self
 
     @property
@@ -325,14 +339,16 @@ scanner_augment: {cfg.scanner_augment}         # scanner-look augmentation at th
 compression: {cfg.compression}             # site uploads: none (float32) or fp16 (half the bytes)
 
 strategy:
-  name: fedavg               # fedavg, fedprox, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum, fedbn
+  name: fedavg               # fedavg, fedprox, fedadam, fedyogi, fedavgm, fedmedian, fedtrimmedavg, krum, fedbn
   # Parameters, only those of the chosen strategy:
   #   fedprox:       proximal_mu (0.01)
   #   fedadam:       eta (0.1), eta_l (0.1), beta_1 (0.9), beta_2 (0.99), tau (0.001)
   #   fedyogi:       eta (0.01), eta_l (0.0316), beta_1 (0.9), beta_2 (0.99), tau (0.001)
+  #   fedavgm:       server_learning_rate (1.0), server_momentum (0.9)
+  #   fedbn:         server_learning_rate (1.0), server_momentum (0.0; see README before raising it)
   #   fedtrimmedavg: beta (0.2, fraction trimmed at each end)
   #   krum:          num_malicious_nodes (0)
-  #   fedavg, fedmedian, fedbn: none (fedbn keeps normalisation layers at each site)
+  #   fedavg, fedmedian: none (fedbn keeps normalisation layers at each site)
 
 min_sites: {cfg.min_sites}                 # sites that must be online to start, and to answer each round
 round_timeout_s: {cfg.round_timeout_s}         # a round never waits longer than this for a site

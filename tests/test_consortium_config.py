@@ -76,6 +76,8 @@ def test_wrong_value_is_named(patch: dict, key: str) -> None:
         ("krum", {"num_malicious_nodes": 1}, {"num_malicious_nodes": -1}),
         ("fedmedian", {}, {"beta": 0.1}),
         ("fedbn", {}, {"proximal_mu": 0.1}),
+        ("fedbn", {"server_momentum": 0.5}, {"server_momentum": 1.0}),
+        ("fedavgm", {"server_learning_rate": 1.5, "server_momentum": 0.5}, {"server_learning_rate": 0}),
         ("fedavg", {}, {"num_malicious_nodes": 1}),
     ],
 )
