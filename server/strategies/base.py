@@ -34,6 +34,7 @@ log = logging.getLogger("fedrad.strategy")
 # Server optimizer state: the FedOpt family's moments (FedAdam, FedYogi: dicts by key) and FedAvgM's momentum
 # (a list in the order of the keys it aggregates, saved by position).
 STATEFUL_ATTRS = ("m_t", "v_t", "momentum_vector")
+POSITIONAL_STATE = ("momentum_vector",)  # lists: saved as {"0000": …, "0001": …}, restored in that order
 
 
 @dataclass
@@ -199,7 +200,7 @@ class FedRadStrategy:
         state = {}
         for attr in STATEFUL_ATTRS:
             value = getattr(self.inner, attr, None)
-            if isinstance(value, list):  # by position: "0000", "0001", …
+            if attr in POSITIONAL_STATE and isinstance(value, list):
                 value = {f"{i:04d}": v for i, v in enumerate(value)}
             if isinstance(value, dict) and value:
                 state[attr] = {k: np.asarray(v) for k, v in value.items()}
@@ -211,7 +212,7 @@ class FedRadStrategy:
             if attr not in STATEFUL_ATTRS or not hasattr(self.inner, attr):
                 raise ValueError(f"strategy {self.name!r} has no state {attr!r}; the run folder was made by another strategy")
             restored = {k: np.asarray(v) for k, v in value.items()}
-            setattr(self.inner, attr, [restored[k] for k in sorted(restored)] if attr == "momentum_vector" else restored)
+            setattr(self.inner, attr, [restored[k] for k in sorted(restored)] if attr in POSITIONAL_STATE else restored)
 
 
 def _triage(

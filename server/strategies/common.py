@@ -29,17 +29,6 @@ COMMON_PARAMS: dict[str, tuple[type, object]] = {
 }  # fmt: skip
 
 
-SERVER_STEP_PARAMS = ("server_learning_rate", "server_momentum")  # Flower's FedAvgM (fedavgm, fedbn)
-
-
-def check_server_step(params: dict) -> None:
-    """A server step that moves forward and a momentum that decays; else a ValueError naming the key."""
-    if not params["server_learning_rate"] > 0:
-        raise ValueError(f"server_learning_rate must be > 0, got {params['server_learning_rate']}")
-    if not 0 <= params["server_momentum"] < 1:
-        raise ValueError(f"server_momentum must be in [0, 1), got {params['server_momentum']}")
-
-
 def flower_kwargs(min_sites: int) -> dict:
     """Every connected site trains and evaluates each round; metrics use FedRad's aggregation."""
     return {

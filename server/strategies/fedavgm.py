@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import FedAvgM
 
-from server.strategies.common import SERVER_STEP_PARAMS, StrategySpec, check_server_step, flower_kwargs
+from server.strategies.common import StrategySpec, flower_kwargs
 
 SPEC = StrategySpec(name="fedavgm", params={"server_learning_rate": (float, 1.0), "server_momentum": (float, 0.5)},
                     bn_policy="average")  # fmt: skip
 
 
 def build(params: dict, min_sites: int) -> FedAvgM:
-    check_server_step(params)
-    return FedAvgM(**flower_kwargs(min_sites), **{k: params[k] for k in SERVER_STEP_PARAMS})
+    """Flower's FedAvgM with the server step in ``params``; also FedBN's server (server.strategies.fedbn)."""
+    lr, momentum = params["server_learning_rate"], params["server_momentum"]
+    if not lr > 0:
+        raise ValueError(f"server_learning_rate must be > 0, got {lr}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"server_momentum must be in [0, 1), got {momentum}")
+    return FedAvgM(**flower_kwargs(min_sites), server_learning_rate=lr, server_momentum=momentum)

@@ -15,14 +15,8 @@ the rounds agree on. At the defaults (1.0, 0.0) FedAvgM is plain FedAvg.
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAvgM
+from server.strategies import fedavgm
+from server.strategies.common import StrategySpec
 
-from server.strategies.common import SERVER_STEP_PARAMS, StrategySpec, check_server_step, flower_kwargs
-
-SPEC = StrategySpec(name="fedbn", params={"server_learning_rate": (float, 1.0), "server_momentum": (float, 0.0)},
-                    bn_policy="local")  # fmt: skip
-
-
-def build(params: dict, min_sites: int) -> FedAvgM:
-    check_server_step(params)
-    return FedAvgM(**flower_kwargs(min_sites), **{k: params[k] for k in SERVER_STEP_PARAMS})
+SPEC = StrategySpec(name="fedbn", params={**fedavgm.SPEC.params, "server_momentum": (float, 0.0)}, bn_policy="local")
+build = fedavgm.build  # the server is FedAvgM's; the sites keep their norm layers (``keep-local-norm``)
