@@ -42,10 +42,10 @@ from shared.models import norm_layer_names
 from shared.names import name_list
 from shared.segmentation_training import SegDataset
 from shared.task_models import build_task_model
-from shared.training import TrainConfig, auc_with_ci, evaluate, train_model
+from shared.training import OptimizerCarry, TrainConfig, auc_with_ci, evaluate, train_model
 
 EVAL_FRACTION = 0.2
-LOCAL_NORM_KEEP = 2  # rounds of FedBN state kept per site (the newest is used)
+ROUND_STATE_KEEP = 2  # rounds of FedBN / optimizer state kept per site (the newest is used)
 
 
 @dataclass(frozen=True)
@@ -155,39 +155,57 @@ def _load_seg_site_data(site_config: Path, cfg: SiteDataConfig, task: Task, seed
                     work_dir=_site_work_dir(site_config, values))  # fmt: skip
 
 
-class LocalNormStore:
-    """FedBN: this site's normalisation-layer tensors between rounds, one file per round.
+class RoundStateStore:
+    """State a site keeps for itself between rounds of one run, one file per round (never sent anywhere).
 
     Keyed by the run folder on the server (not Flower's run id), so a resumed
     run finds the state of the run it continues. Round ``r`` uses the newest
     state saved for a round before ``r``; a re-run of a round after a server
-    crash therefore never sees its own earlier attempt.
+    crash therefore never sees its own earlier attempt. Subclasses name the kind.
     """
 
+    folder = "state"  # under the site's work dir
+    kind = "state"  # the file prefix: <kind>-round-0007.pt
+
     def __init__(self, work_dir: Path, run_key: str, site_name: str) -> None:
-        self.dir = Path(work_dir) / "fedbn" / run_key / site_name
+        self.dir = Path(work_dir) / self.folder / run_key / site_name
 
     @staticmethod
     def run_key(consortium: str, run_dir: str) -> str:
         return hashlib.sha256(f"{consortium}\0{run_dir}".encode()).hexdigest()[:16]
 
     def _path(self, rnd: int) -> Path:
-        return self.dir / f"norm-round-{rnd:04d}.pt"
+        return self.dir / f"{self.kind}-round-{rnd:04d}.pt"
 
-    def load_before(self, rnd: int) -> dict[str, torch.Tensor] | None:
-        rounds = sorted(int(p.stem.rsplit("-", 1)[1]) for p in self.dir.glob("norm-round-*.pt")) if self.dir.exists() else []
+    def load_before(self, rnd: int) -> dict | None:
+        rounds = sorted(int(p.stem.rsplit("-", 1)[1]) for p in self.dir.glob(f"{self.kind}-round-*.pt")) if self.dir.exists() else []
         earlier = [r for r in rounds if r < rnd]
         if not earlier:
             return None
         return torch.load(self._path(earlier[-1]), map_location="cpu", weights_only=True)
 
-    def save(self, rnd: int, tensors: Mapping[str, torch.Tensor]) -> None:
+    def save(self, rnd: int, state: Mapping) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self._path(rnd).with_suffix(".tmp")
-        torch.save({k: v.detach().cpu().clone() for k, v in tensors.items()}, tmp)
+        torch.save(dict(state), tmp)
         os.replace(tmp, self._path(rnd))
-        for old in sorted(self.dir.glob("norm-round-*.pt"))[:-LOCAL_NORM_KEEP]:
+        for old in sorted(self.dir.glob(f"{self.kind}-round-*.pt"))[:-ROUND_STATE_KEEP]:
             old.unlink(missing_ok=True)
+
+
+class LocalNormStore(RoundStateStore):
+    """FedBN: this site's normalisation-layer tensors between rounds."""
+
+    folder, kind = "fedbn", "norm"
+
+    def save(self, rnd: int, state: Mapping[str, torch.Tensor]) -> None:
+        super().save(rnd, {k: v.detach().cpu().clone() for k, v in state.items()})
+
+
+class OptimizerStore(RoundStateStore):
+    """``site-optimizer: carry``: this site's AdamW moments between rounds (:class:`shared.training.OptimizerCarry`)."""
+
+    folder, kind = "optimizer", "adamw"
 
 
 def global_model(task: Task, state: Mapping[str, torch.Tensor], local_norm: Mapping[str, torch.Tensor] | None):  # noqa: ANN201
@@ -222,9 +240,12 @@ def train_config(config: Mapping) -> TrainConfig:
 
 def train_round(
     task: Task, state: Mapping[str, torch.Tensor], data: SiteData, config: Mapping, store: LocalNormStore | None,
-    ledger: Path | None = None, max_epsilon: float = 0.0,
+    ledger: Path | None = None, max_epsilon: float = 0.0, optimizer_store: OptimizerStore | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
     """Train the global weights locally; return (new state dict, aggregate metrics).
+
+    With ``optimizer_store`` (round config ``site-optimizer: carry``) AdamW continues from this site's
+    moments of its previous round and saves them for the next (:class:`shared.training.OptimizerCarry`).
 
     Under per-image DP (``dp-level: image``) the round trains with DP-SGD and is recorded in this
     site's privacy ``ledger`` first (:mod:`client.privacy_ledger`); ``max_epsilon`` is the site's cap.
@@ -240,7 +261,10 @@ def train_round(
         dp_metrics: dict[str, float] = {}
         t0 = time.perf_counter()
         if config.get("dp-level") != "image":
-            history = train_model(model, data.train, train_config(config))
+            carry = OptimizerCarry(optimizer_store.load_before(rnd)) if optimizer_store is not None else None
+            history = train_model(model, data.train, train_config(config), carry=carry)
+            if optimizer_store is not None:
+                optimizer_store.save(rnd, carry.state)
         else:
             from client.privacy_ledger import ImageDp, train_private_round
 
@@ -340,6 +364,11 @@ class SiteSession:
         key = LocalNormStore.run_key(self.consortium, self.run_dir)
         return LocalNormStore(self.data.work_dir, key, self.data.site_name)
 
+    def _optimizer_store(self, config: Mapping) -> OptimizerStore | None:
+        if config.get("site-optimizer", "reset") != "carry":
+            return None
+        return OptimizerStore(self.data.work_dir, RoundStateStore.run_key(self.consortium, self.run_dir), self.data.site_name)
+
     def handle(
         self, op: str, state: Mapping[str, torch.Tensor], config: Mapping
     ) -> tuple[dict[str, torch.Tensor] | None, dict[str, float | int]]:
@@ -349,7 +378,7 @@ class SiteSession:
         """
         if op == "train":
             new_state, metrics = train_round(self.task, state, self.data, config, self._store(config),
-                                             self.ledger_path(), self.max_epsilon)  # fmt: skip
+                                             self.ledger_path(), self.max_epsilon, self._optimizer_store(config))  # fmt: skip
         elif op == "evaluate":
             new_state, metrics = None, evaluate_round(self.task, state, self.data, config, self._store(config))
         elif op == "local-model":  # a consented crossval request: this site's own model file, checked against the task

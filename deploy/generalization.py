@@ -60,6 +60,7 @@ EQUALIZE = "equalize"  # the intensity lever's row suffix: "<model> + equalize"
 EQUALIZE_SUFFIX = "-eq"  # its architectures: smallcnn-eq, smallcnn-gn-eq (shared.intensity)
 SCANNER_AUG = "scanner-aug"  # the scanner-appearance augmentation lever's row suffix (shared.scanner_augment)
 MOMENTUM = "momentum"  # the server-momentum lever's row suffix: FedAvgM's step on the shared weights
+CARRIED = "carried optimizer"  # the site-optimizer lever's row suffix: each site's AdamW carried across its rounds
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class ArmVariant:
     equalize: bool = False  # the model's histogram-equalisation input layer (<model>-eq, shared.intensity)
     scanner_augment: float = 0.0  # scanner-appearance augmentation strength at every site (shared.scanner_augment)
     server_momentum: float = 0.0  # > 0: the server steps with this momentum (federated arms whose strategy takes it)
+    carry_optimizer: bool = False  # federated arms: run config site-optimizer carry (shared.training.OptimizerCarry)
 
     def row(self, arm: str) -> str:
         return f"{arm} + {self.label}" if self.label else arm
@@ -144,6 +146,7 @@ class BenchConfig:
     equalize_lever: bool = False  # also "pooled + equalize" and "<strategy> + equalize" (model <model>-eq)
     scanner_augment_lever: float = 0.0  # > 0: also "<arm> + scanner-aug" at this strength (and with equalize)
     server_momentum_lever: float = 0.0  # > 0: also "<strategy> + momentum" for the strategies that take one
+    carry_optimizer_lever: bool = False  # also "<strategy> + carried optimizer" (and "+ momentum + carried optimizer")
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -180,9 +183,14 @@ class BenchConfig:
                 *([ArmVariant(f"{EQUALIZE} + {SCANNER_AUG}", equalize=True, scanner_augment=sa)] if eq and sa else [])]  # fmt: skip
 
     def federated_variants(self, strategy: str) -> list[ArmVariant]:
-        """:meth:`variants`, then server momentum (no pooled twin: pooled training has no server) where it applies."""
-        momentum = self.server_momentum_lever and takes_server_momentum(strategy)
-        return [*self.variants(), *([ArmVariant(MOMENTUM, server_momentum=self.server_momentum_lever)] if momentum else [])]
+        """:meth:`variants`, then the levers with no pooled twin (pooled training has no server, and one optimizer
+        throughout): server momentum where the strategy takes one, the carried site optimizer, and both together."""
+        m = self.server_momentum_lever if takes_server_momentum(strategy) else 0.0
+        carry = self.carry_optimizer_lever
+        return [*self.variants(),
+                *([ArmVariant(MOMENTUM, server_momentum=m)] if m else []),
+                *([ArmVariant(CARRIED, carry_optimizer=True)] if carry else []),
+                *([ArmVariant(f"{MOMENTUM} + {CARRIED}", server_momentum=m, carry_optimizer=True)] if m and carry else [])]  # fmt: skip
 
     def task(self, variant: ArmVariant = PLAIN) -> Task:
         """The benchmark's task; with an equalising ``variant``, the same model with that input layer."""
@@ -198,7 +206,7 @@ class BenchConfig:
             "classes": ",".join(self.classes),
             "image-size": self.image_size, "model": self.task(variant).model, "batch-size": self.batch_size, "lr": self.lr,
             "lr-schedule": self.lr_schedule, "augment": self.augment, "scanner-augment": variant.scanner_augment,
-            "run-dir": str(run_dir), "consortium": "Benchmark",
+            "site-optimizer": "carry" if variant.carry_optimizer else "reset", "run-dir": str(run_dir), "consortium": "Benchmark",
             "task-type": self.task_type, "labels": ",".join(self.labels),
         }  # fmt: skip
 

@@ -75,6 +75,10 @@ def lever_notes(results: dict) -> list[str]:
         "+ momentum": f"\"+ momentum\": the same strategy with the server stepping with momentum "
                       f"{cfg.get('server_momentum_lever', 0)} on the averaged update (Flower's FedAvgM; same budget), "
                       "against the strategy without it.",
+        "+ carried optimizer": "\"+ carried optimizer\": the same strategy with each site's AdamW moments carried from "
+                               "its previous round instead of a fresh optimizer every round (site_optimizer: carry; "
+                               "kept at the site; same budget), against the strategy without it; \"+ momentum + "
+                               "carried optimizer\" also against \"+ momentum\".",
     }  # fmt: skip
     return [text for key, text in notes.items() if any(key in m for m in models)]
 

@@ -38,9 +38,10 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
 
 # Where a lever on top of a strategy changes the model: AdaBN at unseen sites, fine-tuning at the training sites,
 # histogram equalisation (an input layer of the model) and scanner-appearance augmentation (every site trains
-# with it) and server momentum (the shared weights) everywhere. A combination ("equalize + scanner-aug") acts where
-# its parts do.
-LEVER_COLUMNS = {"AdaBN": "unseen", "finetune": "sites", "equalize": "all", "scanner-aug": "all", "momentum": "all"}
+# with it), server momentum (the shared weights) and the carried site optimizer (how every site trains) everywhere.
+# A combination ("equalize + scanner-aug") acts where its parts do.
+LEVER_COLUMNS = {"AdaBN": "unseen", "finetune": "sites", "equalize": "all", "scanner-aug": "all", "momentum": "all",
+                 "carried optimizer": "all"}  # fmt: skip
 
 
 def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: Sequence[str], site_names: Sequence[str],

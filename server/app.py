@@ -83,6 +83,7 @@ class RunSettings:
     labels: list[str] = field(default_factory=list)  # segmentation: segment names, one output channel each
     lr_schedule: str = "constant"  # over the rounds: "constant" or "cosine" (shared.lr_schedule)
     scanner_augment: float = 0.0  # scanner-appearance augmentation strength at the sites (shared.scanner_augment)
+    site_optimizer: str = "reset"  # each round a fresh AdamW at the sites, or "carry" its moments (shared.training.OptimizerCarry)
 
     @property
     def outputs(self) -> list[str]:
@@ -141,6 +142,7 @@ class RunSettings:
             labels=labels,
             lr_schedule=get("lr-schedule", str, "constant").strip().lower(),
             scanner_augment=get("scanner-augment", float, 0.0),
+            site_optimizer=get("site-optimizer", str, "reset").strip().lower(),
         )
         from shared.lr_schedule import LR_SCHEDULES
 
@@ -149,6 +151,13 @@ class RunSettings:
         if not (0 <= s.augment < math.inf and 0 <= s.scanner_augment < math.inf):
             raise RunConfigError(f"run config 'augment' and 'scanner-augment' must be finite numbers >= 0, "
                                  f"got {s.augment!r} and {s.scanner_augment!r}")  # fmt: skip
+        from shared.training import SITE_OPTIMIZERS
+
+        if s.site_optimizer not in SITE_OPTIMIZERS:
+            raise RunConfigError(f"run config 'site-optimizer' must be one of {', '.join(SITE_OPTIMIZERS)}, got {s.site_optimizer!r}")
+        if s.site_optimizer == "carry" and (s.task_type == "segmentation" or s.image_dp):
+            raise RunConfigError("run config 'site-optimizer' carry applies to classification without per-image DP "
+                                 "only; set it to reset")  # fmt: skip
         if s.scanner_augment and s.task_type == "segmentation":
             raise RunConfigError("run config 'scanner-augment' applies to classification only; set it to 0 for "
                                  "a segmentation task (its sites flip images, nothing else)")  # fmt: skip
@@ -223,7 +232,8 @@ class RunSettings:
               if self.image_dp else {})  # fmt: skip
         lr = scheduled_lr(self.lr, rnd - 1, self.num_server_rounds, self.lr_schedule)
         return {"local-epochs": self.local_epochs, "batch-size": self.batch_size, "lr": lr,
-                "augment": self.augment, "scanner-augment": self.scanner_augment, "seed": self.seed, "compression": self.compression, **dp}  # fmt: skip
+                "augment": self.augment, "scanner-augment": self.scanner_augment, "seed": self.seed, "compression": self.compression,
+                "site-optimizer": self.site_optimizer, **dp}  # fmt: skip
 
 
 def check_task(s: RunSettings) -> None:

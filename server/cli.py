@@ -248,6 +248,9 @@ def benchmark(
     server_momentum_lever: float = typer.Option(0.0, "--server-momentum-lever", min=0, help="Also run each strategy "
                                                 "that takes one (fedbn, fedavgm) with this server momentum (e.g. 0.5). "
                                                 "0: off."),
+    carry_optimizer_lever: bool = typer.Option(False, "--carry-optimizer-lever", help="Also run each strategy with "
+                                               "each site's AdamW moments carried from round to round "
+                                               "(site_optimizer: carry)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for results.json, report.html and the charts."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
@@ -272,7 +275,7 @@ def benchmark(
                       task_type=task_type, labels=segments,
                       finetune_epochs=finetune_epochs, equalize_lever=equalize_lever,
                       scanner_augment_lever=scanner_augment_lever, server_momentum_lever=server_momentum_lever,
-                      engine=engine.strip().lower())  # fmt: skip
+                      carry_optimizer_lever=carry_optimizer_lever, engine=engine.strip().lower())  # fmt: skip
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
     try:
         results = run_benchmark([BenchSite.from_dir(s) for s in sites], [BenchSite.from_dir(u) for u in unseen], cfg,

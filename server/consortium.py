@@ -189,6 +189,9 @@ class ConsortiumConfig(StrictModel):
         0.0, ge=0, le=4, description="Scanner-appearance augmentation strength at the sites (exposure field, "
                                      "collimation, blur, contrast curve, noise; shared/scanner_augment.py); 0 = off.")  # fmt: skip
     compression: Literal["none", "fp16"] = Field("none", description="Site uploads as float32 or float16 (half the bytes).")
+    site_optimizer: Literal["reset", "carry"] = Field(
+        "reset", description="Each round a fresh AdamW at the sites (reset), or each site's AdamW moments carried "
+                             "from its previous round (carry; kept at the site, never sent).")  # fmt: skip
     strategy: StrategyConfig = Field(default_factory=lambda: FedAvgStrategy(name="fedavg"))
     min_sites: int = Field(2, ge=1)
     round_timeout_s: int = Field(600, ge=10)
@@ -230,6 +233,14 @@ class ConsortiumConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _carried_optimizer_is_plain_classification(self) -> ConsortiumConfig:
+        dp = self.privacy.dp
+        if self.site_optimizer == "carry" and (self.task.type == "segmentation" or (dp is not None and dp.level == "image")):
+            raise ValueError("site_optimizer carry applies to classification without per-image DP only; "
+                             "set site_optimizer: reset")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
     def _segmentation_has_no_proximal_term(self) -> ConsortiumConfig:
         if self.task.type == "segmentation" and self.strategy.name == "fedprox":
             raise ValueError("strategy.name fedprox: its proximal term is not implemented for task.type "
@@ -267,6 +278,7 @@ class ConsortiumConfig(StrictModel):
             "augment": float(self.augment),
             "scanner-augment": float(self.scanner_augment),
             "compression": self.compression,
+            "site-optimizer": self.site_optimizer,
             "run-dir": str(Path(run_dir).resolve()) if str(run_dir) else "",
             "resume": bool(resume),
             "consortium": self.name,
@@ -338,6 +350,7 @@ lr_schedule: {cfg.lr_schedule}         # over the rounds: constant, or cosine (d
 augment: {cfg.augment}                 # augmentation strength at the sites (0 = off)
 scanner_augment: {cfg.scanner_augment}         # scanner-look augmentation at the sites (0 = off; see README before raising it)
 compression: {cfg.compression}             # site uploads: none (float32) or fp16 (half the bytes)
+site_optimizer: {cfg.site_optimizer}        # each round a fresh AdamW at the sites (reset), or carry its moments over (carry)
 
 strategy:
   name: fedavg               # fedavg, fedprox, fedadam, fedyogi, fedavgm, fedmedian, fedtrimmedavg, krum, fedbn

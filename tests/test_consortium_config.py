@@ -60,6 +60,8 @@ def test_unknown_key_is_named(patch: dict, key: str) -> None:
         ({"address": "no-port"}, "'address'"),
         ({"task": {"classes": ["only-one"]}}, "'task.classes'"),
         ({"strategy": {"name": "fedfancy"}}, "'strategy.name'"),
+        ({"site_optimizer": "keep"}, "'site_optimizer'"),
+        ({"site_optimizer": "carry", "task": {"type": "segmentation", "labels": ["nodule"], "model": "unet"}}, "site_optimizer"),
     ],
 )
 def test_wrong_value_is_named(patch: dict, key: str) -> None:
@@ -117,6 +119,8 @@ def test_to_run_config_matches_contract_and_pyproject(tmp_path: Path) -> None:
     assert rc["classes"] == "normal,nodule" and rc["image-size"] == 32
     assert rc["run-dir"] == str((tmp_path / "runs" / "r1").resolve()) and rc["resume"] is True
     assert rc["consortium"] == "Test Net"
+    assert rc["site-optimizer"] == "reset"
+    assert parse_consortium({**_base(), "site_optimizer": "carry"}).to_run_config()["site-optimizer"] == "carry"
 
 
 def test_load_consortium_names_the_file(tmp_path: Path) -> None:

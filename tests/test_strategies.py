@@ -11,7 +11,7 @@ import torch
 from flwr.app import Array, ArrayRecord, MessageType, Metadata, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.federated import LocalNormStore, SiteData, Task, evaluate_round, global_model, norm_state, train_round
+from client.federated import LocalNormStore, OptimizerStore, SiteData, Task, evaluate_round, global_model, norm_state, train_round
 from server.strategies import STRATEGIES, StrategyError, build_strategy, parse_strategy_params
 from server.strategies.metrics import aggregate_metrics
 from shared.dataset import SiteDataset
@@ -281,6 +281,23 @@ def test_fedbn_site_keeps_its_own_norm_layers(model: torch.nn.Module, tmp_path) 
     assert ev["auc-ci-low"] <= ev["auc"] <= ev["auc-ci-high"]  # the site's own bootstrap interval goes with it
 
 
+def test_site_optimizer_carry_keeps_adamw_at_the_site_between_rounds(model: torch.nn.Module, tmp_path) -> None:
+    store = OptimizerStore(tmp_path, OptimizerStore.run_key("c", "/runs/1"), "site-a")
+    cfg = {"local-epochs": 1, "batch-size": 8, "seed": 0, "site-optimizer": "carry"}
+    data = _site(16, 0.5, 1)
+    state = model.state_dict()
+    new, _ = train_round(TASK, state, data, {**cfg, "server-round": 1}, None, optimizer_store=store)
+    assert set(new) == set(state)  # what goes back is the model's weights; the moments stay in the work dir
+    after_one = store.load_before(2)
+    assert store.load_before(1) is None and {int(s["step"]) for s in after_one["state"].values()} == {2}
+    train_round(TASK, new, data, {**cfg, "server-round": 2}, None, optimizer_store=store)
+    assert {int(s["step"]) for s in store.load_before(3)["state"].values()} == {4}
+    # The server crashed after round 2 and re-runs it: the retry starts from round 1's moments, not its own.
+    assert {int(s["step"]) for s in store.load_before(2)["state"].values()} == {2}
+    train_round(TASK, new, data, {**cfg, "server-round": 3}, None, optimizer_store=store)
+    assert sorted(p.name for p in store.dir.glob("*.pt")) == ["adamw-round-0002.pt", "adamw-round-0003.pt"]
+
+
 # --------------------------------------------------------------------------- the server's round plumbing
 class SlowGrid:
     """Two sites are sent a message; only node 1 ever answers."""
@@ -326,6 +343,12 @@ def test_run_config_errors_name_the_key(tmp_path) -> None:
         RunSettings.from_run_config({**ok, "classes": "normal"})
     with pytest.raises(RunConfigError, match="'min-sites' must be at least 1"):
         RunSettings.from_run_config({**ok, "min-sites": 0})
+    assert RunSettings.from_run_config(ok).train_config(1)["site-optimizer"] == "reset"
+    assert RunSettings.from_run_config({**ok, "site-optimizer": "Carry"}).train_config(1)["site-optimizer"] == "carry"
+    with pytest.raises(RunConfigError, match="'site-optimizer' must be one of reset, carry"):
+        RunSettings.from_run_config({**ok, "site-optimizer": "keep"})
+    with pytest.raises(RunConfigError, match="'site-optimizer' carry applies to classification"):
+        RunSettings.from_run_config({**ok, "site-optimizer": "carry", "task-type": "segmentation", "labels": "nodule"})
 
 
 def test_metrics_combine_each_key_over_the_sites_that_sent_it() -> None:

@@ -13,7 +13,7 @@ from shared.dataset import SiteDataset
 from shared.modelfile import weights_sha256
 from shared.models import build_model
 from shared.splits import stratified_group_split
-from shared.training import TrainConfig, class_weights, predict_proba, seed_everything, train_model
+from shared.training import OptimizerCarry, TrainConfig, class_weights, predict_proba, seed_everything, train_model
 
 
 @pytest.fixture(autouse=True)
@@ -237,3 +237,20 @@ def test_labels_outside_the_class_list_are_rejected():
     data.labels[0] = 5
     with pytest.raises(ValueError, match="class indices"):
         train_model(fresh_model(), data, TrainConfig(epochs=1, batch_size=4))
+
+
+def test_a_carried_optimizer_continues_adamw_instead_of_starting_again():
+    """With a carry the second call counts its steps on from the first (AdamW continues); without, it starts again."""
+    data = blob_dataset(32, seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=3e-3, augment=0.0)
+    carried, fresh = fresh_model(), fresh_model()
+    carry = OptimizerCarry()
+    for rnd in (1, 2):
+        train_model(carried, data, TrainConfig(**{**cfg.to_dict(), "seed": rnd}), carry=carry)
+        train_model(fresh, data, TrainConfig(**{**cfg.to_dict(), "seed": rnd}))
+    steps = [s["step"] for s in carry.state["state"].values()]
+    assert all(int(s) == 8 for s in steps)  # 4 batches a call, counted on from the first call
+    assert weights_sha256(carried.state_dict()) != weights_sha256(fresh.state_dict())
+    # A new rate is taken although the carried state holds the old one.
+    train_model(carried, data, TrainConfig(**{**cfg.to_dict(), "lr": 1e-4}), carry=carry)
+    assert carry.state["param_groups"][0]["lr"] == 1e-4

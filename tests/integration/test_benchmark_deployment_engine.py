@@ -1,11 +1,13 @@
 """The generalization benchmark with ``--engine deployment``: federated runs on Flower's deployment engine.
 
 The smallest benchmark (2 training sites, 1 unseen, 1 seed, FedAvg and
-FedBN, 2 rounds of 1 epoch, 32×32) with its federated arms submitted with
-``flwr run`` to one loopback consortium (TLS SuperLink, fleet proxy, a
-SuperNode and warm worker per site): every cell is scored, the report says
-which engine ran, each site's audit log chains and records the training
-rounds, and no process outlives the benchmark.
+FedBN with and without the carried site optimizer, 2 rounds of 1 epoch,
+32×32) with its federated arms submitted with ``flwr run`` to one loopback
+consortium (TLS SuperLink, fleet proxy, a SuperNode and warm worker per
+site): every cell is scored, the report says which engine ran, each site's
+audit log chains and records the training rounds, the carried runs keep
+their optimizer state in the site's work dir, and no process outlives the
+benchmark.
 """
 
 from __future__ import annotations
@@ -43,21 +45,26 @@ def test_benchmark_on_the_deployment_engine(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "server.cli", "benchmark", "--sites", str(cohort["site-1"]), "--sites",
            str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
-           "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--engine", "deployment", "--out", str(out),
-           "--json"]  # fmt: skip
+           "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--engine", "deployment", "--carry-optimizer-lever",
+           "--out", str(out), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert json.loads(proc.stdout)["engine"] == results["engine"]
     assert "deployment engine" in results["engine"] and "2 SuperNodes" in results["engine"]
     assert results["config"]["engine"] == "deployment"
-    for model in ("fedavg", "fedbn"):
+    for model in ("fedavg", "fedbn", "fedavg + carried optimizer", "fedbn + carried optimizer"):
         row = results["matrix"][model]
         assert set(row) == {"site-1 test", "site-2 test", "unseen-1"}, model
         for col, cell in row.items():
             assert cell["mean"] is not None and math.isfinite(cell["mean"]), (model, col)
     for site in ("site-1", "site-2"):  # the SuperNodes' ClientApp answered: its audit log chains and shows the rounds
         summary = verify(out / "deployment" / "sites" / site / "work" / "audit" / "outbound.jsonl")
-        assert summary.by_type.get("train") == 4 and summary.violations == 0, summary  # 2 strategies × 2 rounds
-        assert list((out / "deployment" / "sites" / site / "work" / "fedbn").glob("*/*/norm-round-*.pt")), site
+        assert summary.by_type.get("train") == 8 and summary.violations == 0, summary  # 2 strategies × 2 levers × 2 rounds
+        work = out / "deployment" / "sites" / site / "work"
+        assert list((work / "fedbn").glob("*/*/norm-round-*.pt")), site
+        # The carried runs kept each site's AdamW moments in its work dir, one run key per carried run.
+        assert len(list((work / "optimizer").glob(f"*/{site}/adamw-round-0002.pt"))) == 2, site
+    pairs = {(p["model"], p["against"], p["column"]) for p in results["paired"]}
+    assert ("fedbn + carried optimizer", "fedbn", "site mean") in pairs
     assert not _running_under(out / "deployment"), "deployment-engine processes outlived the benchmark"
