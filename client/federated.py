@@ -353,21 +353,21 @@ class SiteSession:
         return cls(task, data, str(run_config.get("consortium", "")), str(run_config.get("run-dir", "")),
                    float(node_config.get("max-epsilon", 0.0) or 0.0))  # fmt: skip
 
+    @property
+    def run_key(self) -> str:
+        """This run's key at the site: its round stores and privacy ledger (a resumed run finds them again)."""
+        return RoundStateStore.run_key(self.consortium, self.run_dir)
+
     def ledger_path(self) -> Path:
-        """This site's per-image privacy ledger for the run (keyed like FedBN's state, so a resumed run continues it)."""
-        key = LocalNormStore.run_key(self.consortium, self.run_dir)
-        return self.data.work_dir / "privacy" / f"{key}-{self.data.site_name}.json"
+        """This site's per-image privacy ledger for the run."""
+        return self.data.work_dir / "privacy" / f"{self.run_key}-{self.data.site_name}.json"
 
     def _store(self, config: Mapping) -> LocalNormStore | None:
-        if not config.get("keep-local-norm"):
-            return None
-        key = LocalNormStore.run_key(self.consortium, self.run_dir)
-        return LocalNormStore(self.data.work_dir, key, self.data.site_name)
+        return LocalNormStore(self.data.work_dir, self.run_key, self.data.site_name) if config.get("keep-local-norm") else None
 
     def _optimizer_store(self, config: Mapping) -> OptimizerStore | None:
-        if config.get("site-optimizer", "reset") != "carry":
-            return None
-        return OptimizerStore(self.data.work_dir, RoundStateStore.run_key(self.consortium, self.run_dir), self.data.site_name)
+        carry = config.get("site-optimizer", "reset") == "carry"
+        return OptimizerStore(self.data.work_dir, self.run_key, self.data.site_name) if carry else None
 
     def handle(
         self, op: str, state: Mapping[str, torch.Tensor], config: Mapping
