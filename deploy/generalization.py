@@ -41,6 +41,8 @@ from deploy import generalization_task as bench_task
 from deploy.deployment_engine import DeploymentEngine
 from deploy.paired_comparison import SITE_MEAN, comparisons
 from deploy.simulation import SimulatedSite, prepare_site, run_simulated
+from server.checkpoints import RunDir
+from server.round_average import averaged_model, window
 from shared.config import DEFAULT_MODELS, ConfigError, load_yaml_mapping
 from shared.lr_schedule import LR_SCHEDULES
 from shared.models import MODEL_BUILDERS
@@ -61,6 +63,7 @@ EQUALIZE_SUFFIX = "-eq"  # its architectures: smallcnn-eq, smallcnn-gn-eq (share
 SCANNER_AUG = "scanner-aug"  # the scanner-appearance augmentation lever's row suffix (shared.scanner_augment)
 MOMENTUM = "momentum"  # the server-momentum lever's row suffix: FedAvgM's step on the shared weights
 CARRIED = "carried optimizer"  # the site-optimizer lever's row suffix: each site's AdamW carried across its rounds
+AVERAGED = "round average"  # the published model as the mean of the last K rounds' global models (server.round_average)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ class BenchConfig:
     scanner_augment_lever: float = 0.0  # > 0: also "<arm> + scanner-aug" at this strength (and with equalize)
     server_momentum_lever: float = 0.0  # > 0: also "<strategy> + momentum" for the strategies that take one
     carry_optimizer_lever: bool = False  # also "<strategy> + carried optimizer" (and "+ momentum + carried optimizer")
+    average_rounds: int = 0  # > 1: also "<federated row> + round average", the mean of its last K global models
+    combined_levers_only: bool = False  # with equalize and scanner-aug: only both together, not each alone
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -168,6 +173,9 @@ class BenchConfig:
             raise ConfigError("--scanner-augment-lever: a strength >= 0 (e.g. 1.0), for classification only")
         if not 0 <= self.server_momentum_lever < 1:
             raise ConfigError(f"--server-momentum-lever: a momentum in [0, 1) (e.g. 0.5), got {self.server_momentum_lever}")
+        if self.average_rounds < 0 or self.average_rounds > self.rounds:
+            raise ConfigError(f"--average-rounds: a number of rounds from 2 to --rounds ({self.rounds}), or 0 for off; "
+                              f"got {self.average_rounds}")  # fmt: skip
         if self.server_momentum_lever and not any(takes_server_momentum(s) for s in self.strategies):
             raise ConfigError("--server-momentum-lever: none of --strategies takes a server momentum; "
                               "add fedbn or fedavgm")  # fmt: skip
@@ -175,22 +183,28 @@ class BenchConfig:
         self.lr = self.lr or TASK_DEFAULTS[self.task_type]["lr"]
 
     def variants(self) -> list[ArmVariant]:
-        """The plain arms, then each lever that changes every arm, and both together when both are on."""
+        """The plain arms, then each lever that changes every arm, and both together when both are on (with
+        ``combined_levers_only``, only both together)."""
         eq, sa = self.equalize_lever, self.scanner_augment_lever
+        single = not (eq and sa and self.combined_levers_only)
         return [PLAIN,
-                *([ArmVariant(EQUALIZE, equalize=True)] if eq else []),
-                *([ArmVariant(SCANNER_AUG, scanner_augment=sa)] if sa else []),
+                *([ArmVariant(EQUALIZE, equalize=True)] if eq and single else []),
+                *([ArmVariant(SCANNER_AUG, scanner_augment=sa)] if sa and single else []),
                 *([ArmVariant(f"{EQUALIZE} + {SCANNER_AUG}", equalize=True, scanner_augment=sa)] if eq and sa else [])]  # fmt: skip
 
     def federated_variants(self, strategy: str) -> list[ArmVariant]:
         """:meth:`variants`, then the levers with no pooled twin (pooled training has no server, and one optimizer
-        throughout): server momentum where the strategy takes one, the carried site optimizer, and both together."""
+        throughout): server momentum where the strategy takes one, the carried site optimizer, both together, and
+        the carried optimizer on top of the last (all-levers) variant."""
         m = self.server_momentum_lever if takes_server_momentum(strategy) else 0.0
         carry = self.carry_optimizer_lever
+        levered = self.variants()[-1]
         return [*self.variants(),
                 *([ArmVariant(MOMENTUM, server_momentum=m)] if m else []),
                 *([ArmVariant(CARRIED, carry_optimizer=True)] if carry else []),
-                *([ArmVariant(f"{MOMENTUM} + {CARRIED}", server_momentum=m, carry_optimizer=True)] if m and carry else [])]  # fmt: skip
+                *([ArmVariant(f"{MOMENTUM} + {CARRIED}", server_momentum=m, carry_optimizer=True)] if m and carry else []),
+                *([replace(levered, label=f"{levered.label} + {CARRIED}", carry_optimizer=True)]
+                  if carry and levered != PLAIN else [])]  # fmt: skip
 
     def task(self, variant: ArmVariant = PLAIN) -> Task:
         """The benchmark's task; with an equalising ``variant``, the same model with that input layer."""
@@ -310,6 +324,8 @@ def _run_benchmark(
             say(f"seed {seed}: federated {strategy} ({cfg.rounds} rounds × {cfg.local_epochs} epochs, {len(sim)} sites)")
             models = _federated_run(cfg, strategy, seed, out / "runs" / PLAIN.run_name(strategy, seed), sim, deployed)
             score(strategy, models)
+            if cfg.average_rounds:
+                score(f"{strategy} + {AVERAGED}", models.averaged())
             if adabn:  # the unseen site re-estimates BatchNorm statistics on its own images
                 adapted = {u: adapt_bn(models(u), d.images) for u, d in unseen_data.items()}
                 score(f"{strategy} + AdaBN", lambda col, m=models, a=adapted: a.get(col, m(col)))
@@ -321,8 +337,10 @@ def _run_benchmark(
             for variant in cfg.federated_variants(strategy)[1:]:
                 t0 = time.monotonic()
                 say(f"seed {seed}: federated {variant.row(strategy)}")
-                score(variant.row(strategy), _federated_run(cfg, strategy, seed, out / "runs" / variant.run_name(strategy, seed),
-                                                            sim, deployed, variant))  # fmt: skip
+                run = _federated_run(cfg, strategy, seed, out / "runs" / variant.run_name(strategy, seed), sim, deployed, variant)
+                score(variant.row(strategy), run)
+                if cfg.average_rounds:
+                    score(f"{variant.row(strategy)} + {AVERAGED}", run.averaged())
                 timings.setdefault(variant.row(strategy), []).append(time.monotonic() - t0)
     site_tests = [f"{s.name} test" for s in sites]
     results = summarise(cells[metrics[0]], columns, site_tests, [s.name for s in sites], list(unseen_data))
@@ -341,8 +359,8 @@ def _run_benchmark(
 def _federated_run(
     cfg: BenchConfig, strategy: str, seed: int, run_dir: Path, sim: list[SimulatedSite], deployed: DeploymentEngine | None,
     variant: ArmVariant = PLAIN,
-) -> Callable[[str], torch.nn.Module]:  # fmt: skip
-    """One federated run on the chosen engine; column → the model it gives there (see :func:`_federated_models`)."""
+) -> FederatedModels:  # fmt: skip
+    """One federated run on the chosen engine; column → the model it gives there (see :class:`FederatedModels`)."""
     try:
         if deployed is not None:
             deployed.run(cfg.run_config(strategy, seed, run_dir, len(sim), variant), label=run_dir.name)
@@ -351,7 +369,7 @@ def _federated_run(
     except Exception as exc:  # noqa: BLE001 - the ServerApp's own message names the round and the sites
         raise BenchmarkError(f"federated {strategy} run (seed {seed}) failed: {exc}; its files are in {run_dir}") from None
     homes = [replace(s, work_dir=deployed.work_dir(s.name)) for s in sim] if deployed is not None else sim
-    return _federated_models(cfg.task(variant), run_dir, homes, strategy == "fedbn")
+    return FederatedModels(cfg.task(variant), run_dir, homes, strategy == "fedbn", cfg.rounds, cfg.average_rounds)
 
 
 def _train(task: Task, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, seed: int,
@@ -359,20 +377,41 @@ def _train(task: Task, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, 
     return bench_task.train(task, data, epochs, cfg.batch_size, cfg.lr, cfg.augment, seed, cfg.lr_schedule, scanner_augment)
 
 
-def _federated_models(task: Task, run_dir: Path, sites: list[SimulatedSite], local_norm: bool) -> Callable[[str], torch.nn.Module]:
-    """Column → the model a federated run gives there (FedBN: the site's own normalisation layers at home)."""
-    latest = run_dir / "latest.pt"
-    if not latest.is_file():
-        raise RuntimeError(f"federated run left no model at {latest}; see the simulation output above")
-    glob = load_model_file(latest).model.eval()
-    if not local_norm:
-        return lambda col: glob
-    state = glob.state_dict()
-    per_site = {}
-    for s in sites:
-        store = LocalNormStore(s.work_dir, LocalNormStore.run_key("Benchmark", str(run_dir)), s.name)
-        per_site[f"{s.name} test"] = global_model(task, state, store.load_before(10**9)).eval()
-    return lambda col: per_site.get(col, glob)
+@dataclass
+class FederatedModels:
+    """What a finished federated run gives each test column: called with a column, the model deployed there
+    (FedBN: the site's own normalisation layers at home, the averaged ones elsewhere); :meth:`averaged` the same
+    for the mean of its last ``average_rounds`` global models (:mod:`server.round_average`)."""
+
+    task: Task
+    run_dir: Path
+    sites: list[SimulatedSite]
+    local_norm: bool
+    rounds: int
+    average_rounds: int = 0
+
+    def __post_init__(self) -> None:
+        latest = self.run_dir / "latest.pt"
+        if not latest.is_file():
+            raise RuntimeError(f"federated run left no model at {latest}; see the simulation output above")
+        self._latest = self._per_column(load_model_file(latest).model.eval())
+
+    def __call__(self, column: str) -> torch.nn.Module:
+        return self._latest(column)
+
+    def averaged(self) -> Callable[[str], torch.nn.Module]:
+        rounds = window(self.rounds, self.average_rounds)
+        return self._per_column(averaged_model([RunDir(self.run_dir).round_path(r) for r in rounds]).model)
+
+    def _per_column(self, glob: torch.nn.Module) -> Callable[[str], torch.nn.Module]:
+        if not self.local_norm:
+            return lambda col: glob
+        state = glob.state_dict()
+        per_site = {}
+        for s in self.sites:
+            store = LocalNormStore(s.work_dir, LocalNormStore.run_key("Benchmark", str(self.run_dir)), s.name)
+            per_site[f"{s.name} test"] = global_model(self.task, state, store.load_before(10**9)).eval()
+        return lambda col: per_site.get(col, glob)
 
 
 def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names: list[str], unseen: list[str]) -> dict:

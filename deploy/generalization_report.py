@@ -79,6 +79,9 @@ def lever_notes(results: dict) -> list[str]:
                                "its previous round instead of a fresh optimizer every round (site_optimizer: carry; "
                                "kept at the site; same budget), against the strategy without it; \"+ momentum + "
                                "carried optimizer\" also against \"+ momentum\".",
+        "+ round average": f"\"+ round average\": the same run's published model taken as the mean of its last "
+                           f"{cfg.get('average_rounds', 0)} rounds' global models instead of the last one "
+                           "(average_last_rounds; no extra training), against the run's last model.",
     }  # fmt: skip
     return [text for key, text in notes.items() if any(key in m for m in models)]
 

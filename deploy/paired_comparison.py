@@ -38,10 +38,10 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
 
 # Where a lever on top of a strategy changes the model: AdaBN at unseen sites, fine-tuning at the training sites,
 # histogram equalisation (an input layer of the model) and scanner-appearance augmentation (every site trains
-# with it), server momentum (the shared weights) and the carried site optimizer (how every site trains) everywhere.
-# A combination ("equalize + scanner-aug") acts where its parts do.
+# with it), server momentum (the shared weights), the carried site optimizer (how every site trains) and the
+# round average (the published weights) everywhere. A combination ("equalize + scanner-aug") acts where its parts do.
 LEVER_COLUMNS = {"AdaBN": "unseen", "finetune": "sites", "equalize": "all", "scanner-aug": "all", "momentum": "all",
-                 "carried optimizer": "all"}  # fmt: skip
+                 "carried optimizer": "all", "round average": "all"}  # fmt: skip
 
 
 def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: Sequence[str], site_names: Sequence[str],
@@ -72,8 +72,8 @@ def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: 
             columns = unseen if where == "unseen" else (SITE_MEAN, *unseen) if where == "all" else (SITE_MEAN,)
             for column in columns:
                 add(model, strategy, column)
-                if more:  # what the second lever adds on top of the first
-                    add(model, f"{strategy} + {first}", column)
+                if more:  # what the last lever adds on top of the others
+                    add(model, model.rsplit(" + ", 1)[0], column)
     if best:
         for name in site_names:
             for column in (f"{name} test", *unseen):

@@ -251,6 +251,11 @@ def benchmark(
     carry_optimizer_lever: bool = typer.Option(False, "--carry-optimizer-lever", help="Also run each strategy with "
                                                "each site's AdamW moments carried from round to round "
                                                "(site_optimizer: carry)."),
+    average_rounds: int = typer.Option(0, "--average-rounds", min=0, help="Also score every federated run's mean "
+                                       "of its last K rounds' global models (average_last_rounds: K; no extra "
+                                       "training). 0: off."),
+    combined_levers_only: bool = typer.Option(False, "--combined-levers-only", help="With --equalize-lever and "
+                                              "--scanner-augment-lever: train only both together, not each alone."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for results.json, report.html and the charts."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
@@ -275,7 +280,8 @@ def benchmark(
                       task_type=task_type, labels=segments,
                       finetune_epochs=finetune_epochs, equalize_lever=equalize_lever,
                       scanner_augment_lever=scanner_augment_lever, server_momentum_lever=server_momentum_lever,
-                      carry_optimizer_lever=carry_optimizer_lever, engine=engine.strip().lower())  # fmt: skip
+                      carry_optimizer_lever=carry_optimizer_lever, average_rounds=average_rounds,
+                      combined_levers_only=combined_levers_only, engine=engine.strip().lower())  # fmt: skip
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
     try:
         results = run_benchmark([BenchSite.from_dir(s) for s in sites], [BenchSite.from_dir(u) for u in unseen], cfg,
