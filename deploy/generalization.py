@@ -173,7 +173,7 @@ class BenchConfig:
             raise ConfigError("--scanner-augment-lever: a strength >= 0 (e.g. 1.0), for classification only")
         if not 0 <= self.server_momentum_lever < 1:
             raise ConfigError(f"--server-momentum-lever: a momentum in [0, 1) (e.g. 0.5), got {self.server_momentum_lever}")
-        if self.average_rounds < 0 or self.average_rounds > self.rounds:
+        if self.average_rounds < 0 or self.average_rounds == 1 or self.average_rounds > self.rounds:
             raise ConfigError(f"--average-rounds: a number of rounds from 2 to --rounds ({self.rounds}), or 0 for off; "
                               f"got {self.average_rounds}")  # fmt: skip
         if self.server_momentum_lever and not any(takes_server_momentum(s) for s in self.strategies):

@@ -84,6 +84,7 @@ class RunSettings:
     lr_schedule: str = "constant"  # over the rounds: "constant" or "cosine" (shared.lr_schedule)
     scanner_augment: float = 0.0  # scanner-appearance augmentation strength at the sites (shared.scanner_augment)
     site_optimizer: str = "reset"  # each round a fresh AdamW at the sites, or "carry" its moments (shared.training.OptimizerCarry)
+    average_last_rounds: int = 0  # > 1: also publish the mean of the last K global models (server.round_average)
 
     @property
     def outputs(self) -> list[str]:
@@ -143,6 +144,7 @@ class RunSettings:
             lr_schedule=get("lr-schedule", str, "constant").strip().lower(),
             scanner_augment=get("scanner-augment", float, 0.0),
             site_optimizer=get("site-optimizer", str, "reset").strip().lower(),
+            average_last_rounds=get("average-last-rounds", int, 0),
         )
         from shared.lr_schedule import LR_SCHEDULES
 
@@ -158,6 +160,9 @@ class RunSettings:
         if s.site_optimizer == "carry" and (s.task_type == "segmentation" or s.image_dp):
             raise RunConfigError("run config 'site-optimizer' carry applies to classification without per-image DP "
                                  "only; set it to reset")  # fmt: skip
+        if s.average_last_rounds < 0:
+            raise RunConfigError(f"run config 'average-last-rounds' must be a number of rounds >= 0 (0 = publish the "
+                                 f"last round's model), got {s.average_last_rounds}")  # fmt: skip
         if s.scanner_augment and s.task_type == "segmentation":
             raise RunConfigError("run config 'scanner-augment' applies to classification only; set it to 0 for "
                                  "a segmentation task (its sites flip images, nothing else)")  # fmt: skip
@@ -456,6 +461,7 @@ def main(grid: Grid, context: Context) -> None:
             strategy_state=strategy.state_dict(),
             eval_auc=float(auc) if auc is not None else None,
             privacy=row["privacy"],
+            average_last=s.average_last_rounds,
         )
         _say(
             f"round={rnd} sites={len(outcome.accepted)} failed={row['sites_failed']} seconds={row['seconds']:.2f} "

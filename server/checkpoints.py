@@ -5,6 +5,8 @@ Layout (the contract with ``fedrad-server status/export/start --resume``)::
     RUN_DIR/round-0001.pt ...   global model after round k (FedRad model file, provenance
                                 kind "federated", rounds=k, trained_by=<consortium>)
     RUN_DIR/latest.pt           copy of the last finished round's file
+    RUN_DIR/averaged.pt         with average_last_rounds K > 1: the mean of the global models of the last
+                                K rounds (server.round_average), the model the run publishes
     RUN_DIR/best.pt             the round with the best aggregated evaluation AUC so far
                                 (segmentation: mean Dice, ``dice-mean``; appears with the
                                 first round that has one)
@@ -217,10 +219,13 @@ class RunDir:
         strategy_state: Mapping[str, Mapping[str, np.ndarray]] | None = None,
         eval_auc: float | None = None,
         privacy: dict | None = None,
+        average_last: int = 0,
     ) -> str:
         """Write round ``rnd``'s files, then commit ``state.json``; return the weights SHA-256.
 
-        ``eval_auc`` is the round's :attr:`RunTask.best_metric` (mean Dice for segmentation)."""
+        ``eval_auc`` is the round's :attr:`RunTask.best_metric` (mean Dice for segmentation). With
+        ``average_last`` K > 1, ``averaged.pt`` becomes the mean of rounds rnd-K+1..rnd, and ``state.json``
+        says so (a stale one from an earlier setting is never named there)."""
         path = self.round_path(rnd)
         seg = task.task_type == "segmentation"
         digest = save_model_file(
@@ -240,6 +245,11 @@ class RunDir:
             },
         )
         copy_atomic(path, self.path / LATEST_FILE)
+        averaged = None
+        if average_last > 1:
+            from server.round_average import write_round_average
+
+            averaged = write_round_average(self.path, rnd, average_last, self.round_path)
         previous = self.state() or {}
         best = dict(previous.get("best") or {})
         metric = task.best_metric
@@ -274,6 +284,7 @@ class RunDir:
                 "consortium": task.consortium,
                 "seed": task.seed,
                 "best": best or None,
+                "averaged": averaged,
                 "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
         )

@@ -158,7 +158,8 @@ def stats(
 @handle_errors
 def crossval(
     directory: Path = DirArg,
-    model: Optional[Path] = typer.Option(None, "--model", help="A FedRad model file (default: the last run's latest.pt)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A FedRad model file (default: the last run's published "
+                                         "model: averaged.pt where it averages its last rounds, else latest.pt)."),
     listen: Optional[str] = ListenOpt,
     as_json: bool = typer.Option(False, "--json", help="Print crossval.json on stdout instead of the table."),
 ) -> None:
@@ -169,8 +170,10 @@ def crossval(
     from shared.config import ConfigError
 
     if model is None:
+        from server.export import pick_model
+
         last = last_run_dir(directory)
-        model = last / "latest.pt" if last is not None else None
+        model = pick_model(last, best=False) if last is not None else None
         if model is None or not model.is_file():
             raise ConfigError(f"{directory}: no trained run with a latest.pt; give --model PATH")
     result = _session(directory, StartOptions(listen=listen, mode="crossval", crossval_model=model), err if as_json else out)
@@ -205,7 +208,10 @@ def export(
     crossval: Optional[Path] = typer.Option(None, "--crossval", help="A crossval.json: per-site AUC with CIs in the card."),
     as_json: bool = typer.Option(False, "--json", help="Print what was exported as JSON."),
 ) -> None:
-    """Write the latest (or best) global model, verified, to OUT, with a model card (OUT.md)."""
+    """Write the published (or best) global model, verified, to OUT, with a model card (OUT.md).
+
+    The published model is the last round's, or the mean of the last rounds' where the consortium sets
+    average_last_rounds."""
     from server.export import export_model
 
     info = export_model(directory, out_path, best=best, run_dir=run_dir, fmt=fmt, benchmark=benchmark, crossval=crossval)

@@ -192,6 +192,9 @@ class ConsortiumConfig(StrictModel):
     site_optimizer: Literal["reset", "carry"] = Field(
         "reset", description="Each round a fresh AdamW at the sites (reset), or each site's AdamW moments carried "
                              "from its previous round (carry; kept at the site, never sent).")  # fmt: skip
+    average_last_rounds: int = Field(
+        0, ge=0, le=10_000, description="Publish the mean of the last K rounds' global models as the run's model "
+                                        "(RUN_DIR/averaged.pt; server/round_average.py); 0 = the last round's.")  # fmt: skip
     strategy: StrategyConfig = Field(default_factory=lambda: FedAvgStrategy(name="fedavg"))
     min_sites: int = Field(2, ge=1)
     round_timeout_s: int = Field(600, ge=10)
@@ -279,6 +282,7 @@ class ConsortiumConfig(StrictModel):
             "scanner-augment": float(self.scanner_augment),
             "compression": self.compression,
             "site-optimizer": self.site_optimizer,
+            "average-last-rounds": self.average_last_rounds,
             "run-dir": str(Path(run_dir).resolve()) if str(run_dir) else "",
             "resume": bool(resume),
             "consortium": self.name,
@@ -351,6 +355,7 @@ augment: {cfg.augment}                 # augmentation strength at the sites (0 =
 scanner_augment: {cfg.scanner_augment}         # scanner-look augmentation at the sites (0 = off; see README before raising it)
 compression: {cfg.compression}             # site uploads: none (float32) or fp16 (half the bytes)
 site_optimizer: {cfg.site_optimizer}        # each round a fresh AdamW at the sites (reset), or carry its moments over (carry)
+average_last_rounds: {cfg.average_last_rounds}       # publish the mean of the last K rounds' global models (averaged.pt); 0 = the last round's
 
 strategy:
   name: fedavg               # fedavg, fedprox, fedadam, fedyogi, fedavgm, fedmedian, fedtrimmedavg, krum, fedbn

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from server.coordinator import CURRENT_RUN_JSON, STATE_DIR, last_run_dir, read_json
+from server.checkpoints import CheckpointError, RunDir
 from server.consortium import load_consortium
 from shared.config import ConfigError
 from shared.intensity import HistogramEqualize
@@ -22,18 +23,35 @@ _ROUND = re.compile(r"^round-(\d+)\.pt$")
 
 
 def pick_model(run_dir: Path, best: bool) -> Path:
-    """``best.pt`` / ``latest.pt`` of ``run_dir`` (latest falls back to the highest ``round-XXXX.pt``)."""
+    """``best.pt``, or the run's published model: ``averaged.pt`` where the run averages its last rounds
+    (``average_last_rounds``, and ``state.json`` names it for the last finished round), else ``latest.pt``
+    (which falls back to the highest ``round-XXXX.pt``)."""
     if best:
         path = run_dir / "best.pt"
         if not path.is_file():
             raise ConfigError(f"{path}: no best model yet (it needs a round with federated evaluation); drop --best.")
         return path
+    averaged = _current_average(run_dir)
+    if averaged is not None:
+        return averaged
     if (run_dir / "latest.pt").is_file():
         return run_dir / "latest.pt"
     rounds = sorted((int(m.group(1)), p) for p in run_dir.glob("round-*.pt") if (m := _ROUND.match(p.name)))
     if not rounds:
         raise ConfigError(f"{run_dir}: no global model yet (no round has finished).")
     return rounds[-1][1]
+
+
+def _current_average(run_dir: Path) -> Path | None:
+    """``averaged.pt`` when ``state.json`` records it for its last finished round (never a stale one)."""
+    try:
+        state = RunDir(run_dir).state() or {}
+    except CheckpointError:
+        return None
+    averaged = state.get("averaged") or {}
+    path = run_dir / str(averaged.get("file", ""))
+    rounds = averaged.get("rounds") or [None, None]
+    return path if averaged.get("file") and path.is_file() and rounds[-1] == state.get("last_round") else None
 
 
 def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Path | None = None, fmt: str = "pt",

@@ -57,6 +57,8 @@ def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], 
         "## Training",
         f"* federated, {prov.get('rounds')} round(s), strategy {extra.get('strategy', '?')}, seed {extra.get('seed', '?')}; "
         f"created {prov.get('created')}, FedRad {prov.get('fedrad_version')}",
+        *([f"* published weights: the mean of the global models of rounds {extra['averaged_rounds'][0]}–"
+           f"{extra['averaged_rounds'][1]} (average_last_rounds)"] if extra.get("averaged_rounds") else []),
         f"* training sites: {', '.join(sites) if sites else 'not recorded in this folder'}",
         f"* sites per round: {sorted({r.get('sites_answered') for r in rows}) if rows else '?'}",
         "* differential privacy: " + (f"ε = {privacy.get('epsilon')} at δ = {privacy.get('delta')}, noise multiplier "

@@ -55,21 +55,22 @@ def window(last_round: int, k: int) -> range:
     return range(max(1, last_round - k + 1), last_round + 1)
 
 
-def write_round_average(run_dir: Path, last_round: int, k: int, round_path) -> Path:  # noqa: ANN001 - int -> Path
+def write_round_average(run_dir: Path, last_round: int, k: int, round_path) -> dict:  # noqa: ANN001 - int -> Path
     """Write ``run_dir/averaged.pt``: the mean of the global models of the last ``k`` rounds up to ``last_round``.
 
     ``round_path(r)`` names round r's model file. The provenance records which rounds went in
-    (``extra.averaged_rounds = [first, last]``), so the model card and ``status`` can say so."""
+    (``extra.averaged_rounds = [first, last]``), so the model card can say so. Returns what ``state.json``
+    records: ``{"file", "rounds": [first, last], "weights_sha256"}``."""
     rounds = window(last_round, k)
     avg = averaged_model([round_path(r) for r in rounds])
     prov = dict(avg.provenance)
     extra = dict(prov.get("extra") or {}) | {"averaged_rounds": [rounds[0], rounds[-1]]}
     path = Path(run_dir) / AVERAGED_FILE
-    save_model_file(
+    digest = save_model_file(
         path, avg.model, architecture=avg.architecture, arch_kwargs=avg.arch_kwargs,
         classes=[] if avg.task == "segmentation" else avg.classes, preprocess=avg.preprocess,
         threshold=avg.threshold, labels=avg.labels if avg.task == "segmentation" else None,
         provenance={"trained_by": prov["trained_by"], "kind": prov["kind"], "rounds": prov.get("rounds"),
                     "epochs": prov.get("epochs"), "extra": extra},
     )  # fmt: skip
-    return path
+    return {"file": AVERAGED_FILE, "rounds": [rounds[0], rounds[-1]], "weights_sha256": digest}

@@ -71,6 +71,8 @@ def collect_status(directory: Path) -> dict[str, Any]:
             "last_metrics": last,
             "latest_model": str(run_dir / "latest.pt") if (run_dir / "latest.pt").exists() else None,
             "best_model": str(run_dir / "best.pt") if (run_dir / "best.pt").exists() else None,
+            "averaged_model": ({"path": str(run_dir / state["averaged"]["file"]), "rounds": state["averaged"]["rounds"]}
+                               if state.get("averaged") else None),
         }
         if server is None and run["status"] in ("submitted", "running"):
             run["status"] = f"{run['status']} (server stopped; `fedrad-server start --resume` continues it)"

@@ -120,3 +120,34 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path: Path) -> None:
         _atomic(path, crash)
     assert json.loads(path.read_text()) == {"last_round": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # the temporary file was removed
+
+
+def test_average_last_rounds_publishes_the_mean_of_the_last_k_global_models(tmp_path: Path) -> None:
+    from server.export import pick_model
+
+    run = RunDir(tmp_path / "run")
+    run.prepare(TASK, resume=False)
+    for rnd in (1, 2, 3):
+        run.save_round(rnd, weights(rnd), task=TASK, num_server_rounds=5, metrics={}, average_last=2)
+    averaged = load_model_file(run.path / "averaged.pt")
+    for key, value in averaged.model.state_dict().items():  # rounds 2 and 3, not 1
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (weights(2)[key] + weights(3)[key]) / 2)
+        else:  # BatchNorm's batch counter: the last round's
+            assert torch.equal(value, weights(3)[key])
+    assert averaged.provenance["rounds"] == 3 and averaged.provenance["extra"]["averaged_rounds"] == [2, 3]
+    state = json.loads((run.path / "state.json").read_text())
+    assert state["averaged"] == {"file": "averaged.pt", "rounds": [2, 3], "weights_sha256": averaged.weights_sha256}
+    assert pick_model(run.path, best=False).name == "averaged.pt"  # what export and crossval hand out
+    # Resumed without averaging: the stale averaged.pt stays on disk but is no longer the run's model.
+    run.save_round(4, weights(4), task=TASK, num_server_rounds=5, metrics={})
+    assert json.loads((run.path / "state.json").read_text())["averaged"] is None
+    assert pick_model(run.path, best=False).name == "latest.pt"
+
+
+def test_an_average_over_more_rounds_than_exist_takes_those_there_are(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.prepare(TASK, resume=False)
+    run.save_round(1, weights(1), task=TASK, num_server_rounds=5, metrics={}, average_last=5)
+    assert load_model_file(tmp_path / "averaged.pt").weights_sha256 == weights_sha256(weights(1))
+    assert json.loads((tmp_path / "state.json").read_text())["averaged"]["rounds"] == [1, 1]

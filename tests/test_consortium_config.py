@@ -61,6 +61,7 @@ def test_unknown_key_is_named(patch: dict, key: str) -> None:
         ({"task": {"classes": ["only-one"]}}, "'task.classes'"),
         ({"strategy": {"name": "fedfancy"}}, "'strategy.name'"),
         ({"site_optimizer": "keep"}, "'site_optimizer'"),
+        ({"average_last_rounds": -2}, "'average_last_rounds'"),
         ({"site_optimizer": "carry", "task": {"type": "segmentation", "labels": ["nodule"], "model": "unet"}}, "site_optimizer"),
     ],
 )
@@ -121,6 +122,8 @@ def test_to_run_config_matches_contract_and_pyproject(tmp_path: Path) -> None:
     assert rc["consortium"] == "Test Net"
     assert rc["site-optimizer"] == "reset"
     assert parse_consortium({**_base(), "site_optimizer": "carry"}).to_run_config()["site-optimizer"] == "carry"
+    assert rc["average-last-rounds"] == 0
+    assert parse_consortium({**_base(), "average_last_rounds": 5}).to_run_config()["average-last-rounds"] == 5
 
 
 def test_load_consortium_names_the_file(tmp_path: Path) -> None:

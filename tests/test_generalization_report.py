@@ -38,3 +38,30 @@ def test_the_model_best_at_the_unseen_site_is_named_when_it_is_not_the_best_at_h
     assert r["verdict"]["for_unseen"]["best_federated"] == "fedavg + scanner-aug"
     html = write_report(r, tmp_path).read_text()
     assert "Best federated model at the unseen site(s), <b>fedavg + scanner-aug</b>" in html
+
+
+def test_the_carried_optimizer_also_runs_on_top_of_both_input_levers_and_singles_can_be_skipped() -> None:
+    from deploy.generalization import BenchConfig
+
+    cfg = BenchConfig(strategies=["fedavgm"], rounds=4, equalize_lever=True, scanner_augment_lever=1.0,
+                      combined_levers_only=True, carry_optimizer_lever=True, average_rounds=2)  # fmt: skip
+    assert [v.label for v in cfg.variants()] == ["", "equalize + scanner-aug"]
+    rows = [v.row("fedavgm") for v in cfg.federated_variants("fedavgm")]
+    assert rows == ["fedavgm", "fedavgm + equalize + scanner-aug", "fedavgm + carried optimizer",
+                    "fedavgm + equalize + scanner-aug + carried optimizer"]  # fmt: skip
+    last = cfg.federated_variants("fedavgm")[-1]
+    assert last.equalize and last.scanner_augment == 1.0 and last.carry_optimizer
+    assert last.run_name("fedavgm", 0) == "fedavgm-equalize-scanner-aug-carried-optimizer-seed0"
+    assert len(BenchConfig(equalize_lever=True, scanner_augment_lever=1.0).variants()) == 4  # singles by default
+
+
+def test_a_round_average_longer_than_the_run_is_refused() -> None:
+    import pytest
+
+    from deploy.generalization import BenchConfig
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--average-rounds: a number of rounds from 2 to --rounds"):
+        BenchConfig(rounds=3, average_rounds=4)
+    notes = " ".join(lever_notes(_results(["fedavg", "fedavg + round average"]) | {}))
+    assert "mean of its last" in notes

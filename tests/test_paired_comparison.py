@@ -93,3 +93,17 @@ def test_two_levers_together_are_paired_with_the_arm_and_with_the_first_lever_al
     best_unseen = r["verdict"]["for_unseen"]  # neither the best strategy nor the best at home: named on its own
     assert best_unseen["best_federated"] == both and best_unseen["beats_local_on_unseen"] == {"u": True}
     assert rows[(both, "local s1", "u")] == pytest.approx(0.05) and rows[(both, "local s2", "s2 test")] is not None
+
+
+def test_a_round_average_is_paired_with_the_same_run_without_it() -> None:
+    base = _cells()
+    plus = lambda row, d: {c: [v + d for v in vals] for c, vals in row.items()}  # noqa: E731
+    levered = "fedavg + equalize + carried optimizer"
+    cells = base | {"fedavg + equalize": plus(base["fedavg"], 0.01), levered: plus(base["fedavg"], 0.02),
+                    f"{levered} + round average": plus(base["fedavg"], 0.05)}  # fmt: skip
+    r = summarise(cells, ["s1 test", "s2 test", "u"], ["s1 test", "s2 test"], ["s1", "s2"], ["u"])
+    rows = {(p["model"], p["against"], p["column"]): p["mean"] for p in r["paired"]}
+    for column in (SITE_MEAN, "u"):  # what the last lever adds, against the row with all the others
+        assert rows[(f"{levered} + round average", levered, column)] == pytest.approx(0.03)
+        assert rows[(f"{levered} + round average", "fedavg", column)] == pytest.approx(0.05)
+        assert rows[(levered, "fedavg + equalize", column)] == pytest.approx(0.01)

@@ -349,6 +349,9 @@ def test_run_config_errors_name_the_key(tmp_path) -> None:
         RunSettings.from_run_config({**ok, "site-optimizer": "keep"})
     with pytest.raises(RunConfigError, match="'site-optimizer' carry applies to classification"):
         RunSettings.from_run_config({**ok, "site-optimizer": "carry", "task-type": "segmentation", "labels": "nodule"})
+    assert RunSettings.from_run_config({**ok, "average-last-rounds": 5}).average_last_rounds == 5
+    with pytest.raises(RunConfigError, match="'average-last-rounds' must be a number of rounds >= 0"):
+        RunSettings.from_run_config({**ok, "average-last-rounds": -1})
 
 
 def test_metrics_combine_each_key_over_the_sites_that_sent_it() -> None:

@@ -56,7 +56,8 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
     init_consortium(c, "Coord Test", f"127.0.0.1:{port}")
     cfg_path = c / "consortium.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg.update(rounds=ROUNDS, evaluate_every=1, min_sites=2, round_timeout_s=60, wait_for_sites_s=WAIT, local_epochs=1)
+    cfg.update(rounds=ROUNDS, evaluate_every=1, min_sites=2, round_timeout_s=60, wait_for_sites_s=WAIT, local_epochs=1,
+               average_last_rounds=3)  # publishes averaged.pt: the mean of the (here only) last rounds
     cfg_path.write_text(yaml.safe_dump(cfg))
     site_yaml = {}
     for name, data in zip(("site-a", "site-b"), small_cohort[:2], strict=True):
@@ -120,9 +121,12 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         assert st["run"]["last_round"] == ROUNDS and {s["name"] for s in st["sites"]} == {"site-a", "site-b"}
         exported = tmp_path / "global.pt"
         info = export_model(c, exported)
-        assert Path(info["source"]).name == "latest.pt"
+        assert Path(info["source"]).name == "averaged.pt"  # the consortium publishes the round average
+        assert st["run"]["averaged_model"]["rounds"] == [max(1, ROUNDS - 2), ROUNDS]
         model = load_model_file(exported)
         assert model.provenance["kind"] == "federated" and model.provenance["rounds"] == ROUNDS
+        assert model.provenance["extra"]["averaged_rounds"] == [max(1, ROUNDS - 2), ROUNDS]
+        assert "published weights: the mean of the global models of rounds" in Path(info["model_card"]).read_text()
         assert model.provenance["trained_by"] == "Coord Test"
         # Data statistics for the coordinator: counts only, each at least the sites' min_count (10).
         res = subprocess.run([*server_cmd[:1], "stats", str(c), "--listen", f"127.0.0.1:{port}", "--json"],

@@ -35,7 +35,7 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
            str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
            "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--finetune-epochs", "1", "--equalize-lever",
            "--scanner-augment-lever", "1.0", "--lr-schedule", "cosine", "--server-momentum-lever", "0.5",
-           "--out", str(out), "--json"]  # fmt: skip
+           "--average-rounds", "2", "--out", str(out), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -43,10 +43,13 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     assert results["columns"] == ["site-1 test", "site-2 test", "unseen-1"]
     assert results["test_sets"] == {"site-1 test": "test export", "site-2 test": "held-out patients"}
     assert results["test_sizes"]["site-1 test"] == 10 and results["test_sizes"]["unseen-1"] == 16
-    assert set(results["matrix"]) == {"pooled", "local site-1", "local site-2", "fedavg", "fedbn", "fedavg + AdaBN", "fedbn + AdaBN",
-                                      "fedavg + finetune", "fedbn + finetune", "fedbn + momentum"} | {
-        f"{arm} + {lever}" for arm in ("pooled", "fedavg", "fedbn")
-        for lever in ("equalize", "scanner-aug", "equalize + scanner-aug")}  # fmt: skip
+    federated = {"fedavg", "fedbn", "fedbn + momentum"} | {f"{arm} + {lever}" for arm in ("fedavg", "fedbn")
+                                                          for lever in ("equalize", "scanner-aug", "equalize + scanner-aug")}
+    assert set(results["matrix"]) == {"pooled", "local site-1", "local site-2", "fedavg + AdaBN", "fedbn + AdaBN",
+                                      "fedavg + finetune", "fedbn + finetune", *federated} | {
+        f"pooled + {lever}" for lever in ("equalize", "scanner-aug", "equalize + scanner-aug")} | {
+        f"{row} + round average" for row in federated}  # every federated run also as the mean of its 2 rounds' models
+
     for strategy in ("fedavg", "fedbn"):  # fine-tuning changes the model at home; an unseen site has no labels to tune on
         assert results["matrix"][f"{strategy} + finetune"]["unseen-1"] == results["matrix"][strategy]["unseen-1"]
     pairs = {(p["model"], p["against"], p["column"]) for p in results["paired"]}
@@ -56,6 +59,8 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
             assert {(f"{model} + {lever}", model, "site mean"), (f"{model} + {lever}", model, "unseen-1")} <= pairs
         both = f"{model} + equalize + scanner-aug"  # and what the augmentation adds to equalisation
         assert {(both, f"{model} + equalize", "site mean"), (both, f"{model} + equalize", "unseen-1")} <= pairs
+    for row in ("fedavg", "fedbn + equalize + scanner-aug"):
+        assert {(f"{row} + round average", row, "site mean"), (f"{row} + round average", row, "unseen-1")} <= pairs
     assert results["verdict"]["best_federated"] in ("fedavg", "fedbn")  # the matched budget: plain strategies only
     assert load_model_file(out / "runs" / "fedavg-equalize-seed0" / "latest.pt").architecture == "smallcnn-eq"
     assert load_model_file(out / "runs" / "fedavg-seed0" / "latest.pt").architecture == "smallcnn"
