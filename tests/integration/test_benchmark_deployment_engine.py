@@ -4,7 +4,8 @@ The smallest benchmark (2 training sites, 1 unseen, 1 seed, FedAvg and
 FedBN with and without the carried site optimizer, 2 rounds of 1 epoch,
 32×32) with its federated arms submitted with ``flwr run`` to one loopback
 consortium (TLS SuperLink, fleet proxy, a SuperNode and warm worker per
-site): every cell is scored, the report says which engine ran, each site's
+site): every cell is scored, also as each run's 2-round average (FedBN's with the
+sites' own normalisation layers), the report says which engine ran, each site's
 audit log chains and records the training rounds, the carried runs keep
 their optimizer state in the site's work dir, and no process outlives the
 benchmark.
@@ -46,14 +47,15 @@ def test_benchmark_on_the_deployment_engine(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "server.cli", "benchmark", "--sites", str(cohort["site-1"]), "--sites",
            str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
            "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--engine", "deployment", "--carry-optimizer-lever",
-           "--out", str(out), "--json"]  # fmt: skip
+           "--average-rounds", "2", "--out", str(out), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert json.loads(proc.stdout)["engine"] == results["engine"]
     assert "deployment engine" in results["engine"] and "2 SuperNodes" in results["engine"]
     assert results["config"]["engine"] == "deployment"
-    for model in ("fedavg", "fedbn", "fedavg + carried optimizer", "fedbn + carried optimizer"):
+    runs = ("fedavg", "fedbn", "fedavg + carried optimizer", "fedbn + carried optimizer")
+    for model in (*runs, *(f"{run} + round average" for run in runs)):
         row = results["matrix"][model]
         assert set(row) == {"site-1 test", "site-2 test", "unseen-1"}, model
         for col, cell in row.items():
@@ -67,4 +69,5 @@ def test_benchmark_on_the_deployment_engine(tmp_path: Path) -> None:
         assert len(list((work / "optimizer").glob(f"*/{site}/adamw-round-0002.pt"))) == 2, site
     pairs = {(p["model"], p["against"], p["column"]) for p in results["paired"]}
     assert ("fedbn + carried optimizer", "fedbn", "site mean") in pairs
+    assert ("fedbn + carried optimizer + round average", "fedbn + carried optimizer", "unseen-1") in pairs
     assert not _running_under(out / "deployment"), "deployment-engine processes outlived the benchmark"
