@@ -249,7 +249,11 @@ class RunDir:
         if average_last > 1:
             from server.round_average import write_round_average
 
-            averaged = write_round_average(self.path, rnd, average_last, self.round_path)
+            try:
+                averaged = write_round_average(self.path, rnd, average_last, self.round_path)
+            except ModelFileError as exc:  # e.g. an operator pruned old round files
+                raise CheckpointError(f"cannot average the last {average_last} rounds: {exc}; restore that round file "
+                                      "from backup, or lower average_last_rounds (0 = off) and resume") from None
         previous = self.state() or {}
         best = dict(previous.get("best") or {})
         metric = task.best_metric

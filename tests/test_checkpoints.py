@@ -151,3 +151,13 @@ def test_an_average_over_more_rounds_than_exist_takes_those_there_are(tmp_path: 
     run.save_round(1, weights(1), task=TASK, num_server_rounds=5, metrics={}, average_last=5)
     assert load_model_file(tmp_path / "averaged.pt").weights_sha256 == weights_sha256(weights(1))
     assert json.loads((tmp_path / "state.json").read_text())["averaged"]["rounds"] == [1, 1]
+
+
+def test_a_missing_round_file_stops_the_average_with_a_message_naming_it(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.prepare(TASK, resume=False)
+    run.save_round(1, weights(1), task=TASK, num_server_rounds=5, metrics={})
+    (tmp_path / "round-0001.pt").unlink()  # pruned by hand
+    with pytest.raises(CheckpointError, match=r"round-0001\.pt: model file not found.*lower average_last_rounds"):
+        run.save_round(2, weights(2), task=TASK, num_server_rounds=5, metrics={}, average_last=2)
+    assert json.loads((tmp_path / "state.json").read_text())["last_round"] == 1  # round 2 never committed: resume redoes it
