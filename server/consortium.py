@@ -356,6 +356,8 @@ scanner_augment: {cfg.scanner_augment}         # scanner-look augmentation at th
 compression: {cfg.compression}             # site uploads: none (float32) or fp16 (half the bytes)
 site_optimizer: {cfg.site_optimizer}        # each round a fresh AdamW at the sites (reset), or carry its moments over (carry)
 average_last_rounds: {cfg.average_last_rounds}       # publish the mean of the last K rounds' global models (averaged.pt); 0 = the last round's
+# For scanners no site has (README, "round average"): strategy fedavgm, task.model smallcnn-eq, scanner_augment 1.0,
+# site_optimizer carry, average_last_rounds 5, rounds 40.
 
 strategy:
   name: fedavg               # fedavg, fedprox, fedadam, fedyogi, fedavgm, fedmedian, fedtrimmedavg, krum, fedbn
