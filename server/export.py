@@ -46,8 +46,8 @@ def _current_average(run_dir: Path) -> Path | None:
     """``averaged.pt`` when ``state.json`` records it for its last finished round (never a stale one)."""
     try:
         state = RunDir(run_dir).state() or {}
-    except CheckpointError:
-        return None
+    except CheckpointError as exc:  # which model the run publishes is unknown: say so rather than guess
+        raise ConfigError(str(exc)) from None
     averaged = state.get("averaged") or {}
     path = run_dir / str(averaged.get("file", ""))
     rounds = averaged.get("rounds") or [None, None]

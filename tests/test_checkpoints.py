@@ -161,3 +161,15 @@ def test_a_missing_round_file_stops_the_average_with_a_message_naming_it(tmp_pat
     with pytest.raises(CheckpointError, match=r"round-0001\.pt: model file not found.*lower average_last_rounds"):
         run.save_round(2, weights(2), task=TASK, num_server_rounds=5, metrics={}, average_last=2)
     assert json.loads((tmp_path / "state.json").read_text())["last_round"] == 1  # round 2 never committed: resume redoes it
+
+
+def test_export_refuses_to_guess_the_published_model_when_state_json_is_unreadable(tmp_path: Path) -> None:
+    from server.export import pick_model
+    from shared.config import ConfigError
+
+    run = RunDir(tmp_path)
+    run.prepare(TASK, resume=False)
+    run.save_round(1, weights(1), task=TASK, num_server_rounds=5, metrics={}, average_last=2)
+    (tmp_path / "state.json").write_text("{half")
+    with pytest.raises(ConfigError, match=r"state\.json: unreadable"):
+        pick_model(tmp_path, best=False)
