@@ -306,6 +306,12 @@ def _run_benchmark(
                 for metric, value in bench_task.score(task, model_for(col), data).items():
                     cells[metric].setdefault(label, {}).setdefault(col, []).append(value)
 
+        def score_run(label: str, run: FederatedModels) -> None:
+            """A federated run's row, and with ``average_rounds`` its round-average row from the same run."""
+            score(label, run)
+            if cfg.average_rounds:
+                score(f"{label} + {AVERAGED}", run.averaged())
+
         pooled_data = bench_task.pool(task, [d.train for d in split.values()])
         for variant in cfg.variants():
             t0 = time.monotonic()
@@ -323,9 +329,7 @@ def _run_benchmark(
             t0 = time.monotonic()
             say(f"seed {seed}: federated {strategy} ({cfg.rounds} rounds × {cfg.local_epochs} epochs, {len(sim)} sites)")
             models = _federated_run(cfg, strategy, seed, out / "runs" / PLAIN.run_name(strategy, seed), sim, deployed)
-            score(strategy, models)
-            if cfg.average_rounds:
-                score(f"{strategy} + {AVERAGED}", models.averaged())
+            score_run(strategy, models)
             if adabn:  # the unseen site re-estimates BatchNorm statistics on its own images
                 adapted = {u: adapt_bn(models(u), d.images) for u, d in unseen_data.items()}
                 score(f"{strategy} + AdaBN", lambda col, m=models, a=adapted: a.get(col, m(col)))
@@ -338,9 +342,7 @@ def _run_benchmark(
                 t0 = time.monotonic()
                 say(f"seed {seed}: federated {variant.row(strategy)}")
                 run = _federated_run(cfg, strategy, seed, out / "runs" / variant.run_name(strategy, seed), sim, deployed, variant)
-                score(variant.row(strategy), run)
-                if cfg.average_rounds:
-                    score(f"{variant.row(strategy)} + {AVERAGED}", run.averaged())
+                score_run(variant.row(strategy), run)
                 timings.setdefault(variant.row(strategy), []).append(time.monotonic() - t0)
     site_tests = [f"{s.name} test" for s in sites]
     results = summarise(cells[metrics[0]], columns, site_tests, [s.name for s in sites], list(unseen_data))

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from server.round_average import write_round_average
 from shared.config import PreprocessConfig
 from shared.modelfile import ModelFileError, load_model_file, save_model_file
 
@@ -247,8 +248,6 @@ class RunDir:
         copy_atomic(path, self.path / LATEST_FILE)
         averaged = None
         if average_last > 1:
-            from server.round_average import write_round_average
-
             try:
                 averaged = write_round_average(self.path, rnd, average_last, self.round_path)
             except ModelFileError as exc:  # e.g. an operator pruned old round files
