@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from client.federated import Task, load_site_data  # noqa: E402
-from deploy.generalization import BenchConfig  # noqa: E402
-from deploy.simulation import prepare_site, run_simulated  # noqa: E402
+from benchmarks.generalization import BenchConfig  # noqa: E402
+from benchmarks.simulation import prepare_site, run_simulated  # noqa: E402
 from shared.modelfile import load_model_file  # noqa: E402
 from shared.synth import write_cohort  # noqa: E402
 from shared.training import auc_score  # noqa: E402

@@ -15,7 +15,7 @@ is the cleanest place to read a preprocessing or augmentation lever: no federate
 * ``zscore``: per-image mean/sd standardisation of the cached tensors instead of the window (not shipped).
 
 Differences are paired per seed (every setting of a seed shares its split, initial weights and
-shuffling) with a 95 % interval (:func:`deploy.paired_comparison.paired_difference`).
+shuffling) with a 95 % interval (:func:`benchmarks.paired_comparison.paired_difference`).
 
     .venv/bin/python -m benchmarks.bench_levers [--cohort DIR] [--cache DIR] [--seeds 3] [--epochs 15]
         [--shift 1] [--only "default;equalize + scanner augment 1.0"] [--json]
@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy.paired_comparison import paired_difference  # noqa: E402
+from benchmarks.paired_comparison import paired_difference  # noqa: E402
 from shared.config import SiteDataConfig  # noqa: E402
 from shared.dataset import SiteDataset, concat_datasets  # noqa: E402
 from shared.models import build_model  # noqa: E402

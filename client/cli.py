@@ -226,7 +226,7 @@ def keygen(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing key (key rotation: re-enroll the new site.pub)."),
 ) -> None:
     """Make this site's identity key pair; print the fingerprint to confirm with the coordinator."""
-    from client.keys import SiteKeyError, fingerprint, generate_site_keys
+    from shared.keys import SiteKeyError, fingerprint, generate_site_keys
     from shared.config import ConfigError
 
     try:

@@ -8,7 +8,7 @@ submitted with ``flwr run``) gives each virtual SuperNode only the node config
 A site's identity (its site.yaml, audit log, approvals) must never come from
 the run config: the server sets the run config, and it must not choose which
 local data a site reads. So the mapping comes from the machine that runs the
-simulation: :func:`deploy.simulation.run_simulated` writes a JSON file with one
+simulation: :func:`benchmarks.simulation.run_simulated` writes a JSON file with one
 node config per partition and names it in :data:`ENV` in the environment of
 the SuperLink it starts; Flower's process chain (SuperLink → SuperExec →
 ``flwr-simulation`` → Ray workers) inherits that environment. Without the
@@ -60,7 +60,7 @@ def site_node_config(node_config: Mapping, environ: Mapping[str, str] | None = N
     if not name:
         raise SimulatedSiteError(
             f"simulated partition {partition} has no site: {ENV} is not set on this machine. A SuperNode started "
-            "by `fedrad-site start` has its site config; simulations go through deploy.simulation.run_simulated, "
+            "by `fedrad-site start` has its site config; simulations go through benchmarks.simulation.run_simulated, "
             "which sets it"
         )
     try:

@@ -39,7 +39,7 @@ from pathlib import Path
 from rich.console import Console
 
 from client.approval import approvals_path, load_approvals
-from client.keys import SiteKeyError, check_private_key
+from shared.keys import SiteKeyError, check_private_key
 from client.site_config import SiteFileConfig, load_site_file, site_node_config
 from client.site_worker import start_site_worker
 from client.tls_check import server_certificate_problem

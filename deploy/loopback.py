@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from client.keys import generate_site_keys
+from shared.keys import generate_site_keys
 from client.approval import approve_installed
 from client.site_config import load_site_file, site_node_config
 from client.site_worker import start_site_worker

@@ -266,8 +266,8 @@ def benchmark(
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
     """Pooled vs local-only vs federated: every model on every site's test split and the unseen sites."""
-    from deploy.generalization import BenchConfig, BenchmarkError, BenchSite, run_benchmark
-    from deploy.generalization_report import write_report
+    from benchmarks.generalization import BenchConfig, BenchmarkError, BenchSite, run_benchmark
+    from benchmarks.generalization_report import write_report
     from server.strategies import STRATEGIES
     from shared.config import ConfigError
 
@@ -299,7 +299,7 @@ def benchmark(
     if as_json:
         print(json.dumps(results, indent=2))
         return
-    from deploy.generalization_view import render_results
+    from benchmarks.generalization_view import render_results
 
     render_results(results)
     out.print(f"report: {report}")
@@ -317,7 +317,7 @@ def simulate(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """N synthetic sites on Flower's simulation engine (Ray) with FedRad's production apps: time, memory, bytes."""
-    from deploy.scale import run_scale
+    from benchmarks.scale import run_scale
     from server.strategies import STRATEGIES
     from shared.config import ConfigError
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from client.keys import PRIVATE_KEY, PUBLIC_KEY, SiteKeyError, fingerprint, generate_site_keys, load_public_key
+from shared.keys import PRIVATE_KEY, PUBLIC_KEY, SiteKeyError, fingerprint, generate_site_keys, load_public_key
 from server.consortium import CONSORTIUM_YAML, ConsortiumConfig, consortium_yaml_text, load_consortium
 from server.pki import CA_CERT, PkiError, init_pki
 from shared.config import ConfigError

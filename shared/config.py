@@ -137,7 +137,7 @@ class SiteDataConfig(StrictModel):
                                 "segmentation leaves it out: its labels are the DICOM SEGs in the export.")  # fmt: skip
     masks: Path | None = Field(None, description="Segmentation masks as PNG/NIfTI files: a CSV with the key column, "
                                "'label' (segment name) and 'mask' (file path relative to the CSV); used instead "
-                               "of the export's DICOM SEGs when set (shared/ingest/mask_manifest.py).")  # fmt: skip
+                               "of the export's DICOM SEGs when set (shared/imaging/mask_manifest.py).")  # fmt: skip
     key: LabelKey = "SOPInstanceUID"
     label_column: str = "label"
     classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)

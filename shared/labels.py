@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from shared.config import ConfigError
-from shared.ingest.scan import FileRecord
+from shared.imaging.scan import FileRecord
 
 KEY_TO_HEADER_FIELD = {
     "SOPInstanceUID": "sop_instance_uid",

@@ -3,7 +3,7 @@
 The segmentation counterpart of :func:`shared.site_data.load_site_dataset`:
 the images come from the same scan and tensor cache (so a site checked for
 classification is not decoded again), the masks from
-:func:`shared.ingest.segmentation.match_segmentations`, which aligns them
+:func:`shared.imaging.segmentation.match_segmentations`, which aligns them
 with the preprocessed images. Only images with a usable SEG are cases; every
 other image and every SEG problem stays in the returned report, so the caller
 can show ``fedrad-site check --segments`` figures next to the training.
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from shared.config import ConfigError, SiteDataConfig
-from shared.ingest.scan import ScanResult, scan_site
-from shared.ingest.segmentation import SegReport, match_segmentations, seg_files
+from shared.imaging.scan import ScanResult, scan_site
+from shared.imaging.segmentation import SegReport, match_segmentations, seg_files
 from shared.segmentation_training import SegDataset
 from shared.splits import stratified_group_split
 
@@ -31,7 +31,7 @@ def match_site_masks(config: SiteDataConfig, scan: ScanResult, labels: list[str]
     then ignored (they stay rejected files of the scan, as always).
     """
     if config.masks is not None:
-        from shared.ingest.mask_manifest import match_mask_manifest
+        from shared.imaging.mask_manifest import match_mask_manifest
 
         return match_mask_manifest(scan.records, Path(config.masks), config.key, labels, config.image_size)
     data = Path(config.data)
@@ -79,7 +79,7 @@ def check_seg_export(config: SiteDataConfig) -> tuple[bool, str]:
         raise ConfigError(f"data folder {data} does not exist or is not a folder (set 'data' in site.yaml)")
     scan = scan_site(data, config.preprocess(), config.resolved_cache_dir())
     if config.masks is not None:  # the manifest wins over SEGs (match_site_masks): count the images it names
-        from shared.ingest.mask_manifest import read_mask_manifest
+        from shared.imaging.mask_manifest import read_mask_manifest
 
         n_seg = len({k for _, k, _, _ in read_mask_manifest(Path(config.masks), config.key)})
         source = f"image key(s) in the mask manifest {config.masks}"

@@ -3,7 +3,7 @@
 MONAI computes the figures (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``);
 this module adds FedRad's empty-mask policy and the summary. Masks are
 (N, L, S, S) bool with one channel per task label, as
-:class:`shared.ingest.segmentation.SegReport` and
+:class:`shared.imaging.segmentation.SegReport` and
 :func:`shared.segmentation_training.predict_masks` give them.
 
 Empty-mask policy (a SEG's empty segment means "looked, found none"):

@@ -33,7 +33,7 @@ from shared.training import batched_logits, seed_everything
 
 @dataclass
 class SegDataset:
-    """Preprocessed images with their per-label masks (from :class:`shared.ingest.segmentation.SegReport`)."""
+    """Preprocessed images with their per-label masks (from :class:`shared.imaging.segmentation.SegReport`)."""
 
     images: torch.Tensor  # (N, 1, S, S) float32, intensities windowed to about [0, 1]
     masks: torch.Tensor  # (N, L, S, S) bool, channels in ``labels`` order

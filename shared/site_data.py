@@ -16,8 +16,8 @@ import torch
 
 from shared.config import ConfigError, SiteDataConfig
 from shared.dataset import SiteDataset
-from shared.ingest import EXPLANATIONS, Reason, ScanResult, scan_site
-from shared.ingest.scan import ProgressFn
+from shared.imaging import EXPLANATIONS, Reason, ScanResult, scan_site
+from shared.imaging.scan import ProgressFn
 from shared.labels import JoinResult, join_labels, read_labels, record_key
 
 MIN_CLASSES_TO_TRAIN = 2

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from client.site_config import load_site_file
-from deploy.deployment_engine import DeploymentEngine, DeploymentError
-from deploy.generalization import BenchConfig, BenchSite
+from benchmarks.deployment_engine import DeploymentEngine, DeploymentError
+from benchmarks.generalization import BenchConfig, BenchSite
 from deploy.loopback import CLASSES, SiteFiles, write_site_yaml
 from shared.config import ConfigError
 

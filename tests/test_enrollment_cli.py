@@ -13,7 +13,7 @@ from cryptography import x509
 from typer.testing import CliRunner
 
 from client.cli import app as site_cli
-from client.keys import fingerprint
+from shared.keys import fingerprint
 from client.site_config import SITE_ONLY_KEYS, SiteFileConfig, fill_site_yaml, load_site_file
 from client.site_options import SITE_ONLY_KEYS as OPTIONS_SITE_KEYS
 from client.site_options import site_data_config

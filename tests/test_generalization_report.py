@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploy.generalization import summarise
-from deploy.generalization_report import lever_notes, write_report
+from benchmarks.generalization import summarise
+from benchmarks.generalization_report import lever_notes, write_report
 
 
 def _results(models: list[str]) -> dict:
@@ -41,7 +41,7 @@ def test_the_model_best_at_the_unseen_site_is_named_when_it_is_not_the_best_at_h
 
 
 def test_the_carried_optimizer_also_runs_on_top_of_both_input_levers_and_singles_can_be_skipped() -> None:
-    from deploy.generalization import BenchConfig
+    from benchmarks.generalization import BenchConfig
 
     cfg = BenchConfig(strategies=["fedavgm"], rounds=4, equalize_lever=True, scanner_augment_lever=1.0,
                       combined_levers_only=True, carry_optimizer_lever=True, average_rounds=2)  # fmt: skip
@@ -58,7 +58,7 @@ def test_the_carried_optimizer_also_runs_on_top_of_both_input_levers_and_singles
 def test_a_round_average_longer_than_the_run_is_refused() -> None:
     import pytest
 
-    from deploy.generalization import BenchConfig
+    from benchmarks.generalization import BenchConfig
     from shared.config import ConfigError
 
     with pytest.raises(ConfigError, match="--average-rounds: a number of rounds from 2 to --rounds"):

@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from shared.config import PreprocessConfig
-from shared.ingest import Reason, scan_site
+from shared.imaging import Reason, scan_site
 from tests import dicom_factory as f
 
 PARAMS = PreprocessConfig(image_size=32)

@@ -26,10 +26,10 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from shared.config import PreprocessConfig
-from shared.ingest.dicom_reader import read_image
-from shared.ingest.preprocess import preprocess_image
-from shared.ingest.reasons import Reason, Rejection
-from shared.ingest.scan import decode_file
+from shared.imaging.dicom_reader import read_image
+from shared.imaging.preprocess import preprocess_image
+from shared.imaging.reasons import Reason, Rejection
+from shared.imaging.scan import decode_file
 from tests.dicom_factory import phantom, write_image
 
 PARAMS = PreprocessConfig(image_size=32)

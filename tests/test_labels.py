@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import ConfigError, PreprocessConfig
-from shared.ingest import scan_site
+from shared.imaging import scan_site
 from shared.labels import join_labels, read_labels
 from tests import dicom_factory as f
 

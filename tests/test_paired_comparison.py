@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from deploy.generalization import summarise
-from deploy.paired_comparison import SITE_MEAN, paired_difference
+from benchmarks.generalization import summarise
+from benchmarks.paired_comparison import SITE_MEAN, paired_difference
 
 
 def test_a_consistent_small_gain_is_measurable_and_a_noisy_large_one_is_not() -> None:

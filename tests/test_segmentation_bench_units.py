@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.generalization import BenchConfig
-from deploy.generalization_task import metric_names, score
+from benchmarks.generalization import BenchConfig
+from benchmarks.generalization_task import metric_names, score
 from client.seg_report import overlay_cases
 from shared.config import ConfigError
 from shared.segmentation_training import SegDataset, concat_seg_datasets

@@ -15,8 +15,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from shared.config import PreprocessConfig
-from shared.ingest import scan_site
-from shared.ingest.segmentation import (
+from shared.imaging import scan_site
+from shared.imaging.segmentation import (
     align_mask,
     match_segmentations,
     read_segmentation,

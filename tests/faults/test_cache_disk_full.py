@@ -27,7 +27,7 @@ CHILD = textwrap.dedent('''
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
     from shared.config import PreprocessConfig
-    from shared.ingest.scan import scan_site
+    from shared.imaging.scan import scan_site
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = scan_site(Path(sys.argv[1]), PreprocessConfig(image_size=32), Path(sys.argv[2]), workers=1)

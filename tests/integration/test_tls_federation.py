@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client.keys import generate_site_keys
+from shared.keys import generate_site_keys
 from client.approval import approve_installed
 from client.site_config import load_site_file, site_node_config
 from client.site_start import explain_exit

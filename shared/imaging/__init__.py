@@ -1,8 +1,8 @@
 """DICOM ingest: scan a site's export, give every file a verdict, decode and cache usable images."""
 
-from shared.ingest.dicom_reader import ImageHeader, read_image
-from shared.ingest.reasons import EXPLANATIONS, Reason, Rejection
-from shared.ingest.scan import FileRecord, ScanResult, scan_site
+from shared.imaging.dicom_reader import ImageHeader, read_image
+from shared.imaging.reasons import EXPLANATIONS, Reason, Rejection
+from shared.imaging.scan import FileRecord, ScanResult, scan_site
 
 __all__ = [
     "EXPLANATIONS", "FileRecord", "ImageHeader", "Reason", "Rejection", "ScanResult", "read_image", "scan_site",

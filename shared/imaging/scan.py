@@ -1,7 +1,7 @@
 """Scan a site's DICOM export: one row per file, usable or rejected with a reason.
 
 One pass reads, hashes, decodes and preprocesses each file; results go to the
-:class:`~shared.ingest.cache.IngestCache`, so the next scan of an unchanged
+:class:`~shared.imaging.cache.IngestCache`, so the next scan of an unchanged
 export reads neither DICOM headers nor pixels. Files that need decoding are
 spread over worker processes when there are enough of them to pay for the
 workers' start-up (decoding is CPU-bound and pydicom holds the GIL).
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import PreprocessConfig
-from shared.ingest.cache import IngestCache
-from shared.ingest.dicom_reader import ImageHeader, read_image
-from shared.ingest.preprocess import preprocess_image
-from shared.ingest.reasons import Reason, Rejection
+from shared.imaging.cache import IngestCache
+from shared.imaging.dicom_reader import ImageHeader, read_image
+from shared.imaging.preprocess import preprocess_image
+from shared.imaging.reasons import Reason, Rejection
 
 ProgressFn = Callable[[int, int], None]
 IGNORED_DIR_NAMES = {".fedrad-cache", ".git", "__pycache__"}

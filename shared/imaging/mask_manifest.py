@@ -7,8 +7,8 @@ has one row per image and segment: the join key column of the label CSV
 with :mod:`shared.labels`' helpers), ``label`` (segment name) and ``mask`` (a
 file path relative to the CSV). A mask must have the image's native
 Rows x Columns; it then gets exactly the padding, resampling and threshold a
-SEG mask gets (:func:`~shared.ingest.segmentation.align_mask`). Every problem
-is a :class:`~shared.ingest.segmentation.SegProblem` in the same report, never
+SEG mask gets (:func:`~shared.imaging.segmentation.align_mask`). Every problem
+is a :class:`~shared.imaging.segmentation.SegProblem` in the same report, never
 an exception; only an unreadable manifest itself is a :class:`ConfigError`.
 
 Orientation: a PNG's pixel rows are the image rows. A NIfTI array is read as
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.ingest.scan import FileRecord
-from shared.ingest.segmentation import SegProblem, SegProblemKind, SegReport, align_mask
+from shared.imaging.scan import FileRecord
+from shared.imaging.segmentation import SegProblem, SegProblemKind, SegReport, align_mask
 from shared.labels import normalise_key, read_csv_columns, record_key
 
 LABEL_COLUMN, MASK_COLUMN = "label", "mask"

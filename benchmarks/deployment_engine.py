@@ -28,7 +28,7 @@ class DeploymentError(RuntimeError):
 
 
 class SiteData(Protocol):
-    """What the runner needs of a site (``deploy.generalization.BenchSite`` has it)."""
+    """What the runner needs of a site (``benchmarks.generalization.BenchSite`` has it)."""
 
     name: str
     data: Path

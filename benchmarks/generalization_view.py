@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from deploy.generalization_report import PAIRED_HEADER, _fmt, metric_title, paired_rows
+from benchmarks.generalization_report import PAIRED_HEADER, _fmt, metric_title, paired_rows
 from shared.cli_support import out
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from shared.config import PreprocessConfig
-from shared.ingest.dicom_reader import DecodedImage
+from shared.imaging.dicom_reader import DecodedImage
 
 
 def pad_to_square(img: np.ndarray, fill: float) -> np.ndarray:

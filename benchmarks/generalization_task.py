@@ -1,6 +1,6 @@
 """What the generalization benchmark does per task type: load an unseen site, pool, train, score.
 
-:mod:`deploy.generalization` runs the same arms (pooled, local-only,
+:mod:`benchmarks.generalization` runs the same arms (pooled, local-only,
 federated) for every task; only these steps differ. Classification is scored
 by ROC AUC; segmentation by Dice per segment label and their mean (the
 empty-mask policy of :mod:`shared.segmentation_metrics`: an empty prediction

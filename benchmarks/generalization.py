@@ -7,12 +7,12 @@ passes over each training image), for each seed:
   reference a consortium cannot have);
 * **local-only**: one model per training site, on its own training patients;
 * **federated**: one run per strategy through Flower's simulation engine
-  (Ray, ``flwr run`` on a simulation SuperLink; :mod:`deploy.simulation`) or, with ``engine="deployment"``, its
-  deployment engine (a loopback consortium, :mod:`deploy.deployment_engine`),
+  (Ray, ``flwr run`` on a simulation SuperLink; :mod:`benchmarks.simulation`) or, with ``engine="deployment"``, its
+  deployment engine (a loopback consortium, :mod:`benchmarks.deployment_engine`),
   with FedRad's production ServerApp and ClientApp.
 
 Every model is scored (ROC AUC; for ``task_type="segmentation"`` Dice per
-segment label and their mean, :mod:`deploy.generalization_task`) on every training site's held-out patients
+segment label and their mean, :mod:`benchmarks.generalization_task`) on every training site's held-out patients
 (the split the ClientApp makes, :func:`client.federated.load_site_data`,
 seeded by the run seed) and on each unseen site (all its images). FedBN's
 model is scored at a training site with that site's own normalisation layers
@@ -20,7 +20,7 @@ model is scored at a training site with that site's own normalisation layers
 AdaBN rows are added only for models with BatchNorm (the segmentation UNet
 uses instance norm, which has no running statistics). Results: ``results.json``
 and ``report.html`` with PNG charts
-(:mod:`deploy.generalization_report`).
+(:mod:`benchmarks.generalization_report`).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 
 from client.federated import LocalNormStore, Task, global_model, load_site_data
-from deploy import generalization_task as bench_task
-from deploy.deployment_engine import DeploymentEngine
-from deploy.paired_comparison import SITE_MEAN, comparisons
-from deploy.simulation import SimulatedSite, prepare_site, run_simulated
+from benchmarks import generalization_task as bench_task
+from benchmarks.deployment_engine import DeploymentEngine
+from benchmarks.paired_comparison import SITE_MEAN, comparisons
+from benchmarks.simulation import SimulatedSite, prepare_site, run_simulated
 from server.checkpoints import RunDir
 from server.round_average import averaged_model, window
 from shared.config import DEFAULT_MODELS, ConfigError, load_yaml_mapping
@@ -145,7 +145,7 @@ class BenchConfig:
     task_type: str = "classification"  # or "segmentation": a UNet on DICOM SEG masks, scored by Dice per label
     labels: list[str] = field(default_factory=list)  # segmentation: the SEG segment names, one output channel each
     finetune_epochs: int = 0  # > 0: also "<strategy> + finetune", each site's model tuned on its own training patients
-    engine: str = "simulation"  # or "deployment": federated runs on a loopback consortium (deploy.deployment_engine)
+    engine: str = "simulation"  # or "deployment": federated runs on a loopback consortium (benchmarks.deployment_engine)
     equalize_lever: bool = False  # also "pooled + equalize" and "<strategy> + equalize" (model <model>-eq)
     scanner_augment_lever: float = 0.0  # > 0: also "<arm> + scanner-aug" at this strength (and with equalize)
     server_momentum_lever: float = 0.0  # > 0: also "<strategy> + momentum" for the strategies that take one
@@ -418,7 +418,7 @@ class FederatedModels:
 
 def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names: list[str], unseen: list[str]) -> dict:
     """Mean ± sd (and the values) over seeds per cell; per model the mean over site test sets, unseen score, ratio
-    to pooled; the verdict; and paired per-seed differences (:mod:`deploy.paired_comparison`)."""
+    to pooled; the verdict; and paired per-seed differences (:mod:`benchmarks.paired_comparison`)."""
     matrix = {m: {c: _mean_sd(v) for c, v in row.items()} for m, row in cells.items()}
     models: dict[str, dict] = {}
     series: dict[str, dict[str, list[float]]] = {}  # model → column (and SITE_MEAN) → value per seed

@@ -10,7 +10,7 @@ module adds FedRad's policy:
 * every problem (unreadable SEG, missing source image, image without a SEG,
   unknown or missing segment label, matrix mismatch, two SEGs for one image) is
   a :class:`SegProblem` naming the file and what to do, never an exception;
-* masks get exactly the geometry :func:`~shared.ingest.preprocess.preprocess_image`
+* masks get exactly the geometry :func:`~shared.imaging.preprocess.preprocess_image`
   gives the image (same padding, same resampler), then a 0.5 threshold, so mask
   and model input line up pixel for pixel.
 """
@@ -27,8 +27,8 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from shared.ingest.preprocess import pad_to_square, resample
-from shared.ingest.scan import FileRecord
+from shared.imaging.preprocess import pad_to_square, resample
+from shared.imaging.scan import FileRecord
 
 MASK_THRESHOLD = 0.5  # an output pixel is in the mask when at least half of its area is
 
@@ -43,7 +43,7 @@ class SegProblemKind(str, Enum):
     MISSING_SEGMENT = "missing-segment"
     GEOMETRY_MISMATCH = "geometry-mismatch"
     DUPLICATE_SEG = "duplicate-seg"
-    # masks from a manifest of PNG/NIfTI files (shared/ingest/mask_manifest.py)
+    # masks from a manifest of PNG/NIfTI files (shared/imaging/mask_manifest.py)
     MASK_FILE_MISSING = "mask-file-missing"
     UNREADABLE_MASK = "unreadable-mask"
     MASK_GEOMETRY_MISMATCH = "mask-geometry-mismatch"

@@ -17,7 +17,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
 
-from shared.ingest.reasons import Reason, Rejection
+from shared.imaging.reasons import Reason, Rejection
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -2,7 +2,7 @@
 
 Writes N synthetic sites (real DICOM, each with its own scanner profile) and
 runs FedRad's production ServerApp and ClientApp over them on Flower's
-simulation engine (:mod:`deploy.simulation`: ``flwr run`` on a simulation
+simulation engine (:mod:`benchmarks.simulation`: ``flwr run`` on a simulation
 SuperLink, Ray). It answers "what happens at 50 sites?" before any hospital is
 asked: wall time per round, peak memory of the whole process tree (this
 process, the SuperLink, ``flwr-simulation``, Ray's GCS and raylet, the actors) and
@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deploy.simulation import prepare_site, run_simulated
+from benchmarks.simulation import prepare_site, run_simulated
 from server.checkpoints import read_metrics
 from shared.synth import cohort_profiles, write_site
 
