@@ -24,12 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client.federated import Task, load_site_data  # noqa: E402
+from client.federated import load_site_data  # noqa: E402
+from shared.tasks import TaskSpec  # noqa: E402
 from benchmarks.generalization import BenchConfig  # noqa: E402
 from benchmarks.simulation import prepare_site, run_simulated  # noqa: E402
 from shared.modelfile import load_model_file  # noqa: E402
 from shared.synth import write_cohort  # noqa: E402
-from shared.training import auc_score  # noqa: E402
+from shared.tasks.classification.evaluation import auc_score  # noqa: E402
 
 MODES = ("none", "fp16")
 
@@ -56,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = BenchConfig(rounds=args.rounds, local_epochs=args.local_epochs)
-    task = Task(cfg.model, cfg.classes, cfg.image_size)
+    task = TaskSpec("classification", tuple(cfg.classes), cfg.model, cfg.image_size)
     rows: dict[str, dict[str, list]] = {m: {"auc": [], "bytes": [], "seconds": []} for m in MODES}
     with tempfile.TemporaryDirectory(prefix="fedrad-compression-") as tmp:
         root = Path(tmp)

@@ -39,12 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.paired_comparison import paired_difference  # noqa: E402
 from shared.config import SiteDataConfig  # noqa: E402
-from shared.dataset import SiteDataset, concat_datasets  # noqa: E402
+from shared.tasks.classification.dataset import SiteDataset, concat_datasets  # noqa: E402
 from shared.models import build_model  # noqa: E402
 from shared.site_data import load_site_dataset  # noqa: E402
 from shared.splits import stratified_group_split  # noqa: E402
 from shared.synth import write_cohort  # noqa: E402
-from shared.training import TrainConfig, auc_score, train_model  # noqa: E402
+from shared.training import TrainConfig, train_model  # noqa: E402
+from shared.tasks.classification.evaluation import auc_score  # noqa: E402
 
 TRAINING_SITES = ("site-1", "site-2", "site-3")
 UNSEEN = "unseen-1"

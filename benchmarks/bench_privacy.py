@@ -83,7 +83,7 @@ def unseen_auc(run_dir: Path, unseen) -> float:  # noqa: ANN001 - SiteSummary
     """AUC on the unseen site of a run's last model (or of a model file)."""
     from shared.config import SiteDataConfig
     from shared.site_data import load_site_dataset
-    from shared.training import evaluate
+    from shared.tasks.classification.evaluation import evaluate
 
     model = load_model_file(run_dir if run_dir.is_file() else run_dir / "latest.pt")
     data, _ = load_site_dataset(SiteDataConfig(data=unseen.dicom_dir, labels=unseen.labels_csv, classes=model.classes,
@@ -94,7 +94,7 @@ def unseen_auc(run_dir: Path, unseen) -> float:  # noqa: ANN001 - SiteSummary
 def pretrain_public_model(root: Path, scale: float, console) -> Path:  # noqa: ANN001
     """A smallcnn trained on a separate synthetic cohort (other patients, seed 99): the "public" model DP fine-tunes."""
     from shared.config import SiteDataConfig
-    from shared.dataset import concat_datasets
+    from shared.tasks.classification.dataset import concat_datasets
     from shared.modelfile import save_model_file
     from shared.models import build_model
     from shared.site_data import load_site_dataset

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.augment import build_augment  # noqa: E402
-from shared.dataset import SiteDataset  # noqa: E402
+from shared.tasks.classification.dataset import SiteDataset  # noqa: E402
 from shared.models import build_model  # noqa: E402
 from shared.training import TrainConfig, train_model  # noqa: E402
 

@@ -52,7 +52,7 @@ from shared.synth.cohort import TEST_EXPORT
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam")
 STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01}}
 # Centralised and per-round training settings when not given: the classification ones of before; for the
-# small UNet the batch size of a federated segmentation round (client.federated_segmentation) and a higher
+# small UNet the batch size of a federated segmentation round (shared.tasks.segmentation) and a higher
 # learning rate (a benchmark has few epochs; 1e-2 trains the synthetic masks fastest, see SegTrainConfig).
 TASK_DEFAULTS: dict[str, dict] = {"classification": {"batch_size": 32, "lr": 1e-3},
                                   "segmentation": {"batch_size": 8, "lr": 1e-2}}  # fmt: skip

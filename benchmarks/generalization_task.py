@@ -3,7 +3,7 @@
 :mod:`benchmarks.generalization` runs the same arms (pooled, local-only,
 federated) for every task; only these steps differ. Classification is scored
 by ROC AUC; segmentation by Dice per segment label and their mean (the
-empty-mask policy of :mod:`shared.segmentation_metrics`: an empty prediction
+empty-mask policy of :mod:`shared.tasks.segmentation.metrics`: an empty prediction
 of an empty segment scores 1), the same figures a site reports in federated
 evaluation. The first metric is the headline one (summary, verdict, charts).
 """
@@ -16,10 +16,11 @@ import torch
 
 from client.federated import Task
 from shared.config import SiteDataConfig
-from shared.dataset import SiteDataset, concat_datasets
-from shared.segmentation_training import SegDataset, SegTrainConfig, concat_seg_datasets, predict_masks, train_segmentation
+from shared.tasks.classification.dataset import SiteDataset, concat_datasets
+from shared.tasks.segmentation.dataset import SegDataset, SegTrainConfig, concat_seg_datasets, predict_masks, train_segmentation
 from shared.task_models import build_task_model
-from shared.training import TrainConfig, auc_score, train_model
+from shared.training import TrainConfig, train_model
+from shared.tasks.classification.evaluation import auc_score
 
 Dataset = SiteDataset | SegDataset
 
@@ -37,7 +38,7 @@ def load_all(task: Task, data: Path, labels: Path | None, cache_dir: Path) -> Da
     cfg = SiteDataConfig(data=data, labels=labels, classes=task.classes or ["normal", "nodule"],
                          image_size=task.image_size, cache_dir=cache_dir)  # fmt: skip
     if task.segmentation:
-        from shared.segmentation_data import load_seg_dataset
+        from shared.tasks.segmentation.data import load_seg_dataset
 
         return load_seg_dataset(cfg, task.labels)[0]
     return load_site_dataset(cfg)[0]
@@ -80,7 +81,7 @@ def score(task: Task, model: torch.nn.Module, data: Dataset) -> dict[str, float]
     """``{metric: value}`` of ``model`` on ``data``, keys as :func:`metric_names`."""
     if not task.segmentation:
         return {"auc": auc_score(model, data)}
-    from shared.segmentation_metrics import dice_per_case
+    from shared.tasks.segmentation.metrics import dice_per_case
 
     dice = dice_per_case(predict_masks(model, data.images), data.masks)  # (N, L)
     per_label = {f"dice-{x}": float(dice[:, i].mean()) for i, x in enumerate(data.labels)}

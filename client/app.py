@@ -142,7 +142,7 @@ def _guarded_work(op: str, msg: Message, context: Context, config: dict, arrays:
                   startup: float):  # noqa: ANN202 - GuardedReply
     """The work (warm worker or in-process) → DP clipping → outbound guard; what may leave."""
     from client.outbound_guard import DEFAULT_MIN_COUNT, guard_reply, spec_of
-    from shared.names import name_list
+    from shared.tasks import TaskSpec
 
     state, metrics, warm = _work(op, msg, context, config, arrays)
     if op == "train" and state is not None and "clipping_norm" in config:  # central DP: bound the update
@@ -152,11 +152,9 @@ def _guarded_work(op: str, msg: Message, context: Context, config: dict, arrays:
         print(f"FedRad DP: update norm {norm:.4f} clipped to {float(config['clipping_norm']):g}", file=sys.stderr)
     if op != "query":  # statistics replies carry counts only
         metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0, "warm-worker": warm})
-    rc = context.run_config
-    labels = name_list(rc.get("labels")) if str(rc.get("task-type", "")) == "segmentation" else []
     guarded = guard_reply(op, incoming=spec_of(arrays), arrays=state, metrics=metrics,
                           min_count=int(context.node_config.get("min-count", DEFAULT_MIN_COUNT)),
-                          segment_labels=labels)  # fmt: skip
+                          task=TaskSpec.from_run_config(context.run_config))
     for d in guarded.violations:
         print(f"FedRad outbound guard dropped {d.item}: {d.reason}", file=sys.stderr, flush=True)
     return guarded

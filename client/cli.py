@@ -55,7 +55,7 @@ def check(
                            task="segmentation" if segments else "classification")  # fmt: skip
     if cfg.labels is None:  # a segmentation-only site: the SEGs are its labels
         from client.check_view import render_segmentation
-        from shared.segmentation_data import check_segments_only
+        from shared.tasks.segmentation.data import check_segments_only
 
         names = name_list(segments)
         with progress_bar("Scanning DICOM", enabled=not as_json) as update:
@@ -72,7 +72,7 @@ def check(
         result = check_site(cfg, on_progress=update)
     report = result.to_json()
     if segments:
-        from shared.segmentation_data import match_site_masks
+        from shared.tasks.segmentation.data import match_site_masks
 
         names = name_list(segments)
         seg = match_site_masks(cfg, result.scan, names)

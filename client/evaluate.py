@@ -19,7 +19,7 @@ from shared.config import ConfigError
 from shared.metrics import evaluate_predictions
 from shared.modelfile import load_model_file
 from shared.site_data import load_site_dataset
-from shared.training import predict_proba
+from shared.tasks.classification.evaluation import predict_proba
 
 
 def run_evaluate(

@@ -2,7 +2,7 @@
 
 :func:`client.evaluate.run_evaluate` dispatches here when the model file says
 ``task: segmentation``. The site's export is scanned with the model's
-preprocessing, the SEG masks are aligned to it (:mod:`shared.segmentation_data`),
+preprocessing, the SEG masks are aligned to it (:mod:`shared.tasks.segmentation.data`),
 and every image with a usable SEG is a case. The report (metrics, overlays,
 per-case Dice) stays at the site (:mod:`client.seg_report`).
 """
@@ -17,8 +17,8 @@ from rich.table import Table
 from client.seg_report import write_seg_report
 from shared.config import ConfigError, SiteDataConfig
 from shared.modelfile import LoadedModel
-from shared.segmentation_metrics import evaluate_segmentation
-from shared.segmentation_training import predict_masks
+from shared.tasks.segmentation.metrics import evaluate_segmentation
+from shared.tasks.segmentation.dataset import predict_masks
 
 
 def run_evaluate_segmentation(
@@ -26,7 +26,7 @@ def run_evaluate_segmentation(
     n_overlay: int = 4, console: Console | None = None,
 ) -> dict:  # fmt: skip
     """Evaluate ``loaded`` on the site's SEG-labelled images; write the report; return the metrics dict."""
-    from shared.segmentation_data import load_seg_dataset
+    from shared.tasks.segmentation.data import load_seg_dataset
 
     cfg.image_size = loaded.preprocess.image_size
     data, seg = load_seg_dataset(cfg, loaded.labels)

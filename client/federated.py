@@ -19,9 +19,10 @@ flagged with ``held-out = 0``.
 Only aggregate numbers ever leave the site: example counts, mean loss,
 accuracy, AUC and timings — no per-case values, keys or paths.
 
-Segmentation (run config ``task-type: segmentation``): the same session,
-split and FedBN handling, with the cases, training and Dice/HD95 evaluation of
-:mod:`client.federated_segmentation`.
+Every task goes through the same code: the run config's task
+(:class:`shared.tasks.TaskSpec`) says how the site's export becomes cases,
+which loss the one training loop uses and which aggregate figures an
+evaluation sends (:mod:`shared.tasks`).
 """
 
 from __future__ import annotations
@@ -30,61 +31,27 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping
-from shared.dataset import SiteDataset, concat_datasets
 from shared.models import norm_layer_names
-from shared.names import name_list
-from shared.segmentation_training import SegDataset
-from shared.task_models import build_task_model
-from shared.training import OptimizerCarry, TrainConfig, auc_with_ci, evaluate, train_model
+from shared.tasks import TaskSpec
+from shared.tasks.base import TaskDataset
+from shared.training import OptimizerCarry, TrainConfig, train_model
 
 EVAL_FRACTION = 0.2
 ROUND_STATE_KEEP = 2  # rounds of FedBN / optimizer state kept per site (the newest is used)
-
-
-@dataclass(frozen=True)
-class Task:
-    """The consortium's task from the run config."""
-
-    model: str
-    classes: list[str]
-    image_size: int
-    task_type: str = "classification"
-    labels: list[str] = field(default_factory=list)  # segmentation: segment names, one output channel each
-
-    @property
-    def segmentation(self) -> bool:
-        return self.task_type == "segmentation"
-
-    @property
-    def outputs(self) -> list[str]:
-        """The model's output names: the classes, or the segment labels."""
-        return list(self.labels) if self.segmentation else list(self.classes)
-
-    def describe(self) -> str:
-        kind = "segmentation " if self.segmentation else ""
-        return f"a {kind}{self.model} for {self.outputs} at {self.image_size} px"
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping) -> Task:
-        task_type = str(run_config.get("task-type", "classification")).strip().lower()
-        default_model = "unet" if task_type == "segmentation" else "smallcnn"
-        return cls(str(run_config.get("model", default_model)), name_list(run_config.get("classes")), int(run_config.get("image-size", 64)),
-                   task_type, name_list(run_config.get("labels")))  # fmt: skip
 
 
 @dataclass
 class SiteData:
     """A site's cases split for federated training and held-out evaluation."""
 
-    train: SiteDataset | SegDataset  # SegDataset for a segmentation task
-    held_out: SiteDataset | SegDataset
+    train: TaskDataset
+    held_out: TaskDataset
     has_held_out: bool
     load_s: float
     site_name: str
@@ -99,36 +66,22 @@ def _site_work_dir(site_config: Path, values: Mapping) -> Path:
     return (base / raw) if raw else base / "work"
 
 
-def load_site_data(site_config: Path, task: Task, seed: int, site_name: str | None = None) -> SiteData:
+def load_site_data(site_config: Path, task: TaskSpec, seed: int, site_name: str | None = None) -> SiteData:
     """Load and split the site's data for ``task``; a mismatch with the task is a ConfigError."""
     from client.site_options import site_data_config
-    from shared.site_data import load_site_dataset
-    from shared.splits import stratified_group_split
 
     t0 = time.perf_counter()
     site_config = Path(site_config)
-    cfg: SiteDataConfig = site_data_config(config=site_config, task=task.task_type)
-    if task.segmentation:
-        return _load_seg_site_data(site_config, cfg, task, seed, site_name, t0)
-    if list(cfg.classes) != list(task.classes):
-        raise ConfigError(
-            f"{site_config}: classes {cfg.classes} differ from the consortium's {task.classes}; "
-            "set 'classes' in site.yaml to the task's list, in the same order"
-        )
-    if cfg.image_size != task.image_size:
-        cfg.image_size = task.image_size  # the model needs the task's size; the cache is keyed by it
-    data, check = load_site_dataset(cfg)
-    if len(data) < 2 or len(set(data.labels.tolist())) < 2:
-        raise ConfigError(
-            f"{site_config}: {len(data)} usable labelled images in {len(set(data.labels.tolist()))} class(es); "
-            "federated training needs at least 2 images of 2 classes (run `fedrad-site check`)"
-        )
+    cfg: SiteDataConfig = site_data_config(config=site_config, task=task.type)
+    cfg.image_size = task.image_size  # the model needs the task's size; the cache is keyed by it
+    kind = task.task
+    data = kind.load_site(cfg, list(task.outputs), site_config)
     values = load_yaml_mapping(site_config)
     try:
-        tr, ho = stratified_group_split(data.labels.tolist(), data.groups, EVAL_FRACTION, seed)
-        train, held, has_held = data.subset(tr.tolist()), data.subset(ho.tolist()), True
-        if len(train) < 2:
+        train, held = kind.split(data, EVAL_FRACTION, seed)
+        if len(train) < 2 or len(held) < 1:
             raise ValueError("training part too small")
+        has_held = True
     except ValueError:
         train, held, has_held = data, data, False
     return SiteData(
@@ -138,21 +91,8 @@ def load_site_data(site_config: Path, task: Task, seed: int, site_name: str | No
         load_s=time.perf_counter() - t0,
         site_name=str(site_name or values.get("site_name") or "site"),
         work_dir=_site_work_dir(site_config, values),
-        manufacturers=dict(Counter(r.header.manufacturer or "unknown" for r in check.scan.usable)),
+        manufacturers=dict(getattr(data, "manufacturers", {}) or {}),  # where the task's loader counted them
     )
-
-
-def _load_seg_site_data(site_config: Path, cfg: SiteDataConfig, task: Task, seed: int, site_name: str | None,
-                        t0: float) -> SiteData:  # fmt: skip
-    """:func:`load_site_data` for a segmentation task: the export's images with a DICOM SEG, split by patient."""
-    from client.federated_segmentation import load_seg_split
-
-    cfg.image_size = task.image_size  # the masks are aligned with the preprocessed image of the task's size
-    train, held, has_held = load_seg_split(cfg, site_config, task.labels, seed, EVAL_FRACTION)
-    values = load_yaml_mapping(site_config)
-    return SiteData(train=train, held_out=held, has_held_out=has_held, load_s=time.perf_counter() - t0,
-                    site_name=str(site_name or values.get("site_name") or "site"),
-                    work_dir=_site_work_dir(site_config, values))  # fmt: skip
 
 
 class RoundStateStore:
@@ -208,9 +148,9 @@ class OptimizerStore(RoundStateStore):
     folder, kind = "optimizer", "adamw"
 
 
-def global_model(task: Task, state: Mapping[str, torch.Tensor], local_norm: Mapping[str, torch.Tensor] | None):  # noqa: ANN201
+def global_model(task: TaskSpec, state: Mapping[str, torch.Tensor], local_norm: Mapping[str, torch.Tensor] | None):  # noqa: ANN201
     """Build the task's model with the global weights; with ``local_norm`` (FedBN) the site's own norm tensors win."""
-    model = build_task_model(task.task_type, task.model, len(task.outputs), task.image_size)
+    model = task.build_model()
     weights = dict(state)
     if local_norm:
         norm = norm_layer_names(model)
@@ -225,12 +165,14 @@ def norm_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in keys}
 
 
-def train_config(config: Mapping) -> TrainConfig:
+def train_config(task: TaskSpec, config: Mapping) -> TrainConfig:
     """TrainConfig for one round: ``seed + server-round`` so every round shuffles differently."""
-    return TrainConfig(
+    defaults = TrainConfig.for_task(task.task)
+    return TrainConfig.for_task(
+        task.task,
         epochs=int(config.get("local-epochs", 1)),
-        batch_size=int(config.get("batch-size", 32)),
-        lr=float(config.get("lr", 1e-3)),
+        batch_size=int(config.get("batch-size", defaults.batch_size)),
+        lr=float(config.get("lr", defaults.lr)),
         augment=float(config.get("augment", 1.0)),
         scanner_augment=float(config.get("scanner-augment", 0.0)),
         seed=int(config.get("seed", 0)) + int(config.get("server-round", 0)),
@@ -239,7 +181,7 @@ def train_config(config: Mapping) -> TrainConfig:
 
 
 def train_round(
-    task: Task, state: Mapping[str, torch.Tensor], data: SiteData, config: Mapping, store: LocalNormStore | None,
+    task: TaskSpec, state: Mapping[str, torch.Tensor], data: SiteData, config: Mapping, store: LocalNormStore | None,
     ledger: Path | None = None, max_epsilon: float = 0.0, optimizer_store: OptimizerStore | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
     """Train the global weights locally; return (new state dict, aggregate metrics).
@@ -253,71 +195,49 @@ def train_round(
     rnd = int(config.get("server-round", 0))
     keep_local = bool(config.get("keep-local-norm", False)) and store is not None
     model = global_model(task, state, store.load_before(rnd) if keep_local else None)
-    if task.segmentation:
-        from client.federated_segmentation import seg_train
-
-        metrics = seg_train(model, data.train, config)
+    dp_metrics: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if config.get("dp-level") != "image":
+        carry = OptimizerCarry(optimizer_store.load_before(rnd)) if optimizer_store is not None else None
+        history = train_model(model, data.train, train_config(task, config), carry=carry)
+        if optimizer_store is not None:
+            optimizer_store.save(rnd, carry.state)
     else:
-        dp_metrics: dict[str, float] = {}
-        t0 = time.perf_counter()
-        if config.get("dp-level") != "image":
-            carry = OptimizerCarry(optimizer_store.load_before(rnd)) if optimizer_store is not None else None
-            history = train_model(model, data.train, train_config(config), carry=carry)
-            if optimizer_store is not None:
-                optimizer_store.save(rnd, carry.state)
-        else:
-            from client.privacy_ledger import ImageDp, train_private_round
+        from client.privacy_ledger import ImageDp, train_private_round
 
-            if ledger is None:
-                raise ValueError("per-image DP needs the site's privacy ledger path")
-            history, dp_metrics = train_private_round(model, data.train, train_config(config), ImageDp.from_config(config),
-                                                      rnd, ledger, max_epsilon)  # fmt: skip
-        last = history[-1]
-        metrics = {
-            "num-examples": len(data.train),
-            "train-loss": float(last["loss"]),
-            "train-acc": float(last["train_acc"]),
-            "train-s": time.perf_counter() - t0,
-            **dp_metrics,
-        }
+        refusal = task.task.unsupported("image-dp")
+        if refusal:
+            raise ValueError(refusal)
+        if ledger is None:
+            raise ValueError("per-image DP needs the site's privacy ledger path")
+        history, dp_metrics = train_private_round(model, data.train, train_config(task, config),
+                                                  ImageDp.from_config(config), rnd, ledger, max_epsilon)
+    last = history[-1]
+    metrics: dict[str, float | int] = {"num-examples": len(data.train), "train-loss": float(last["loss"])}
+    if "train_acc" in last:
+        metrics["train-acc"] = float(last["train_acc"])
+    metrics.update({"train-s": time.perf_counter() - t0, **dp_metrics})
     if keep_local:
         store.save(rnd, norm_state(model))
     return {k: v.detach() for k, v in model.state_dict().items()}, metrics
 
 
 def evaluate_round(
-    task: Task, state: Mapping[str, torch.Tensor], data: SiteData, config: Mapping, store: LocalNormStore | None
+    task: TaskSpec, state: Mapping[str, torch.Tensor], data: SiteData, config: Mapping, store: LocalNormStore | None
 ) -> dict[str, float | int]:
     """Aggregate figures of the global model (FedBN: with this site's norm layers) on the held-out part."""
     rnd = int(config.get("server-round", 0))
     keep_local = bool(config.get("keep-local-norm", False)) and store is not None
     model = global_model(task, state, store.load_before(rnd + 1) if keep_local else None)
-    if task.segmentation:
-        from client.federated_segmentation import seg_evaluate
-
-        return seg_evaluate(model, data.held_out, data.has_held_out, rnd)
-    result = evaluate(model, data.held_out)
-    auc = result["val_auc"]
-    out = {
-        "num-examples": len(data.held_out),
-        "loss": float(result["val_loss"]),
-        "accuracy": float(result["val_acc"]),
-        "auc": float(auc) if auc is not None else 0.0,
-        "auc-examples": len(data.held_out) if auc is not None else 0,
-        "held-out": int(data.has_held_out),
-    }
-    ci = auc_with_ci(model, data.held_out, seed=rnd) if auc is not None else None
-    if ci is not None:  # this site's interval; the server keeps it per site and never averages it
-        out["auc-ci-low"], out["auc-ci-high"] = ci[1], ci[2]
-    return out
+    return {**task.task.site_metrics(model, data.held_out, seed=rnd), "held-out": int(data.has_held_out)}
 
 
-def shared_local_model(task: Task, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
+def shared_local_model(task: TaskSpec, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
     """The weights of the model file this site shares for cross-site evaluation, if it fits the consortium's task."""
     from shared.modelfile import load_model_file
 
     loaded = load_model_file(path)
-    mismatch = loaded.task_mismatch(task.model, task.outputs, task.image_size, task.task_type)
+    mismatch = loaded.task_mismatch(task)
     if mismatch:
         raise ConfigError(f"{path}: {mismatch}; the consortium's task is {task.describe()}")
     trained_on = int((loaded.provenance.get("extra") or {}).get("train_images") or 0)
@@ -333,7 +253,7 @@ class SiteSession:
     ``site-name``.
     """
 
-    task: Task
+    task: TaskSpec
     data: SiteData
     consortium: str
     run_dir: str
@@ -348,7 +268,7 @@ class SiteSession:
         site_config = node_config.get("site-config")
         if not site_config:
             raise ConfigError("node config has no 'site-config' (fedrad-site start sets it to the site.yaml path)")
-        task = Task.from_run_config(run_config)
+        task = TaskSpec.from_run_config(run_config)
         data = load_site_data(Path(str(site_config)), task, int(run_config.get("seed", 0)), node_config.get("site-name"))
         return cls(task, data, str(run_config.get("consortium", "")), str(run_config.get("run-dir", "")),
                    float(node_config.get("max-epsilon", 0.0) or 0.0))  # fmt: skip
@@ -386,11 +306,11 @@ class SiteSession:
         elif op == "query":  # data statistics for the coordinator (client/site_stats.py)
             from client.site_stats import site_statistics
 
-            if self.task.segmentation:
-                raise ValueError("data statistics (fedrad-server stats) cover classification tasks only so far")
+            refusal = self.task.task.unsupported("stats")
+            if refusal:
+                raise ValueError(refusal)
             d = self.data
-            cases = concat_datasets([d.train, d.held_out]) if d.has_held_out else d.train
-            return None, site_statistics(cases, d.manufacturers)
+            return None, site_statistics([d.train, d.held_out] if d.has_held_out else [d.train], d.manufacturers)
         else:
             raise ValueError(f"unknown message type {op!r} (expected train, evaluate or query)")
         metrics["load-s"], self._load_s = self._load_s, 0.0

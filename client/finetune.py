@@ -26,7 +26,8 @@ from shared.metrics import evaluate_predictions
 from shared.modelfile import load_model_file, save_model_file
 from shared.site_data import load_site_dataset
 from shared.splits import stratified_group_split
-from shared.training import TrainConfig, predict_proba, seed_everything, train_model
+from shared.training import TrainConfig, seed_everything, train_model
+from shared.tasks.classification.evaluation import predict_proba
 
 
 @dataclass

@@ -8,8 +8,9 @@ What passes:
   so "same as incoming" is "same as the task's model". Any extra array is
   dropped; a missing or reshaped one drops all arrays (a partial model is
   no use to anyone, and the server rejects the reply).
-* **metrics**: keys from :data:`ALLOWED_METRICS` and the segmentation aggregates of
-  :mod:`shared.segmentation_metric_keys` (``dice-<label>``, ``hd95-<label>``, …), finite numbers only.
+* **metrics**: keys from :data:`ALLOWED_METRICS` and the run's task's aggregate keys
+  (:meth:`shared.tasks.Task.metric_count_key`: ``auc``, ``accuracy``, …; ``dice-<label>``,
+  ``hd95-<label>`` for its segment labels only), finite numbers only.
   Metrics computed from patients (loss, accuracy, AUC) are withheld when
   they cover fewer than ``min_count`` cases (site.yaml ``privacy.min_count``,
   default 10): a figure over three patients says too much about each.
@@ -21,29 +22,27 @@ What passes:
 Everything else (strings, per-case arrays, unknown keys, DICOM-derived text)
 is dropped and recorded as a **violation**; the reply still goes out with
 what is valid. Decisions are returned for the audit log (:mod:`client.audit`).
-This module imports numpy only: it runs in every per-message ClientApp process.
+This module imports numpy and the light task registry only: it runs in every per-message ClientApp process.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from shared.segmentation_metric_keys import count_key as segmentation_count_key
+from shared.tasks import TaskSpec
 
 DEFAULT_MIN_COUNT = 10
 # metric → the count key that says how many cases it was computed over (None: not patient-derived)
 ALLOWED_METRICS: dict[str, str | None] = {
     "num-examples": None, "auc-examples": None, "held-out": None, "warm-worker": None,
     "load-s": None, "train-s": None, "startup-s": None, "handler-s": None,
-    "train-loss": "num-examples", "train-acc": "num-examples",
-    "loss": "num-examples", "accuracy": "num-examples", "auc": "auc-examples",
-    "auc-ci-low": "auc-examples", "auc-ci-high": "auc-examples",  # the site's own bootstrap interval of its AUC
+    "train-loss": "num-examples", "loss": "num-examples",
     "dp-epsilon": None, "dp-noise-multiplier": None,  # per-image DP: the site's own ledger (client/privacy_ledger.py)
 }  # fmt: skip
 # Data-QC statistics (``query`` replies, client/site_stats.py): counts only, each withheld below min_count.
@@ -115,11 +114,14 @@ def _number(value: Any) -> float | int | None:
 
 
 def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decision],
-                   segment_labels: Collection[str] = ()) -> dict[str, int | float]:  # fmt: skip
+                   task: TaskSpec | None) -> dict[str, int | float]:
     numbers: dict[str, int | float] = {}
-    count_keys: dict[str, str | None] = {}
+    count_keys: dict[str, str | None | bool] = {}
     for key, value in metrics.items():
-        count_keys[key] = ALLOWED_METRICS[key] if key in ALLOWED_METRICS else segmentation_count_key(str(key), segment_labels)
+        if key in ALLOWED_METRICS:
+            count_keys[key] = ALLOWED_METRICS[key]
+        else:  # the task's own figures (AUC, Dice, ...), counted by the key the task names
+            count_keys[key] = task.task.metric_count_key(str(key), list(task.outputs)) if task is not None else False
         if count_keys[key] is False:
             out.append(Decision(f"metric:{key}", "drop", "not an allowed aggregate metric"))
             continue
@@ -162,16 +164,17 @@ def guard_reply(
     arrays: Mapping[str, Any] | None,
     metrics: Mapping[str, Any],
     min_count: int = DEFAULT_MIN_COUNT,
-    segment_labels: Collection[str] = (),
+    task: TaskSpec | None = None,
 ) -> GuardedReply:
     """Filter one ``train``/``evaluate`` reply; see the module docstring for the rules.
 
-    ``segment_labels``: the segmentation task's labels; ``dice-<label>``/``hd95-<label>`` keys pass only for these.
+    ``task``: the run's task; beyond the common keys above, only its metric keys pass (for its outputs: e.g.
+    ``dice-<label>`` for a segmentation task's labels only). Without it, only the common keys pass.
     """
     decisions: list[Decision] = []
     kept_arrays = _guard_arrays(op, arrays, incoming, decisions)
     if op == "query":
         kept_metrics = _guard_stats(metrics, int(min_count), decisions)
     else:
-        kept_metrics = _guard_metrics(metrics, int(min_count), decisions, segment_labels)
+        kept_metrics = _guard_metrics(metrics, int(min_count), decisions, task)
     return GuardedReply(kept_arrays, kept_metrics, decisions)

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from client.report import DPI, _fmt_ci, _num, _rows_table, html_page
-from shared.segmentation_metrics import SegMetrics
+from shared.tasks.segmentation.metrics import SegMetrics
 
 COLORS = ("tab:red", "tab:cyan", "tab:orange", "tab:green", "tab:purple", "tab:olive")
 

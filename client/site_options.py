@@ -43,10 +43,13 @@ def site_data_config(
     for name, value in flags.items():
         if value is not None:
             values[name] = value
-    required = (("data", "--data"),) if task == "segmentation" else (("data", "--data"), ("labels", "--labels"))
+    from shared.tasks import get_task
+
+    needs_csv = get_task(task).label_csv
+    required = (("data", "--data"), ("labels", "--labels")) if needs_csv else (("data", "--data"),)
     for name, flag in required:
         if values.get(name) is None:
-            hint = " (a segmentation-only site may leave 'labels' out; classification needs the label CSV)" if name == "labels" else ""
+            hint = f" ({task} needs the label CSV; a segmentation-only site may leave 'labels' out)" if name == "labels" else ""
             raise ConfigError(f"no {name} folder/file given: pass {flag} or set '{name}' in site.yaml (--config){hint}")
     if SITE_ONLY_KEYS & set(values):  # a full site.yaml (fedrad-site start): validate all of it, use the data part
         from client.site_config import SiteFileConfig

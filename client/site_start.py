@@ -95,10 +95,10 @@ def check_data(cfg: SiteFileConfig) -> tuple[bool, str]:
     """``fedrad-site check`` on the site's data: (ok, verdict).
 
     A site.yaml without ``labels`` is a segmentation-only site: its check is the
-    images and DICOM SEGs of the export (:func:`shared.segmentation_data.check_seg_export`), not 2 labelled classes.
+    images and DICOM SEGs of the export (:func:`shared.tasks.segmentation.data.check_seg_export`), not 2 labelled classes.
     """
     if cfg.labels is None:
-        from shared.segmentation_data import check_seg_export
+        from shared.tasks.segmentation.data import check_seg_export
 
         return check_seg_export(cfg.data_config())
     from shared.site_data import check_site

@@ -5,7 +5,7 @@ reply passes the same outbound guard as training replies, which withholds
 every count below the site's ``privacy.min_count``. What a site reports:
 
 * ``images``: labelled usable images;
-* ``class:<name>``: images per class of the task;
+* ``class:<name>``: images per output of the task (a class; a segment: images where it is present);
 * ``manufacturer:<name>``: usable images per scanner manufacturer (the
   name reduced to letters, digits, space and ``._-``, at most 40 characters);
 * ``intensity-bin:<i>``: images whose mean preprocessed intensity falls in
@@ -21,7 +21,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from shared.dataset import SiteDataset
+from shared.tasks.base import TaskDataset
+from shared.training import task_of
 
 INTENSITY_BINS = 10  # keys follow client.outbound_guard.STATS_KEY
 
@@ -31,15 +32,19 @@ def safe_name(text: str) -> str:
     return (re.sub(r"[^A-Za-z0-9 ._-]", "_", str(text)).strip() or "unknown")[:40]
 
 
-def site_statistics(data: SiteDataset, manufacturers: Mapping[str, int]) -> dict[str, int]:
-    """Counts under the keys above (the outbound guard applies min_count afterwards)."""
-    out: dict[str, int] = {"images": len(data)}
-    counts = torch.bincount(data.labels, minlength=len(data.classes)).tolist()
-    out.update({f"class:{safe_name(c)}": int(n) for c, n in zip(data.classes, counts, strict=True)})
+def site_statistics(parts: list[TaskDataset], manufacturers: Mapping[str, int]) -> dict[str, int]:
+    """Counts over the site's cases (``parts``: e.g. its training and held-out parts) under the keys above; the
+    outbound guard applies min_count afterwards."""
+    out: dict[str, int] = {"images": sum(len(p) for p in parts)}
+    for part in parts:
+        for name, n in task_of(part).output_counts(part).items():
+            key = f"class:{safe_name(name)}"
+            out[key] = out.get(key, 0) + int(n)
     for name, n in manufacturers.items():
         key = f"manufacturer:{safe_name(name)}"
         out[key] = out.get(key, 0) + int(n)
-    means = data.images.flatten(1).mean(dim=1).clamp(0.0, 1.0).numpy() if len(data) else np.zeros(0)
+    images = [p.images for p in parts if len(p)]
+    means = torch.cat(images).flatten(1).mean(dim=1).clamp(0.0, 1.0).numpy() if images else np.zeros(0)
     hist, _ = np.histogram(means, bins=INTENSITY_BINS, range=(0.0, 1.0))
     out.update({f"intensity-bin:{i}": int(n) for i, n in enumerate(hist)})
     return out

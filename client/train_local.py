@@ -23,7 +23,8 @@ from shared.modelfile import save_model_file
 from shared.models import build_model
 from shared.site_data import load_site_dataset
 from shared.splits import stratified_group_split
-from shared.training import TrainConfig, predict_proba, seed_everything, train_model
+from shared.training import TrainConfig, seed_everything, train_model
+from shared.tasks.classification.evaluation import predict_proba
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 The segmentation counterpart of :mod:`client.train_local`: the export's images
 with a usable DICOM SEG are the cases (no label CSV), split by patient into
-training and validation (:func:`shared.segmentation_data.split_seg_dataset`),
-trained with :func:`shared.segmentation_training.train_segmentation` and
+training and validation (:func:`shared.tasks.segmentation.data.split_seg_dataset`),
+trained by the one loop :func:`shared.training.train_model` and
 written as a ``task: segmentation`` model file that ``fedrad-site evaluate``
 and the consortium read.
 """
@@ -18,9 +18,8 @@ from rich.console import Console
 
 from shared.config import ConfigError, SiteDataConfig
 from shared.modelfile import save_model_file
-from shared.segmentation_training import SegTrainConfig, train_segmentation
-from shared.task_models import build_task_model
-from shared.training import seed_everything
+from shared.tasks import get_task
+from shared.training import TrainConfig, seed_everything, train_model
 
 
 def run_train_local_segmentation(cfg: SiteDataConfig, labels: list[str], opts, out_path: Path,  # noqa: ANN001
@@ -29,10 +28,11 @@ def run_train_local_segmentation(cfg: SiteDataConfig, labels: list[str], opts, o
 
     ``opts`` is a :class:`client.train_local.TrainLocalOptions` (``augment`` > 0 turns on left-right flips).
     """
-    from shared.segmentation_data import load_seg_dataset, split_seg_dataset
+    from shared.tasks.segmentation.data import load_seg_dataset, split_seg_dataset
 
-    if opts.scanner_augment:
-        raise ConfigError("--scanner-augment is for classification models only; leave it out with --segments")
+    refusal = get_task("segmentation").unsupported("scanner-augment") if opts.scanner_augment else None
+    if refusal:
+        raise ConfigError(f"--scanner-augment: {refusal}; leave it out with --segments")
     torch.set_num_threads(opts.threads)
     data, seg = load_seg_dataset(cfg, labels)
     if len(data) < 2:
@@ -46,8 +46,10 @@ def run_train_local_segmentation(cfg: SiteDataConfig, labels: list[str], opts, o
         except ValueError:  # too few patients to split: train on all, no validation figures
             train, val = data, None
     seed_everything(opts.seed)
-    model = build_task_model("segmentation", opts.model, len(labels), cfg.image_size)
-    train_cfg = SegTrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, flip=opts.augment > 0, seed=opts.seed)
+    task = get_task("segmentation")
+    model = task.build_model(opts.model, len(labels), cfg.image_size)
+    train_cfg = TrainConfig.for_task(task, epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+                                     augment=opts.augment, seed=opts.seed)
 
     def on_epoch(h: dict) -> None:
         if console is not None:
@@ -55,7 +57,7 @@ def run_train_local_segmentation(cfg: SiteDataConfig, labels: list[str], opts, o
             console.print(f"epoch {h['epoch']}/{opts.epochs}: loss {h['loss']:.3f}{dice}")
 
     started = time.perf_counter()
-    history = train_segmentation(model, train, train_cfg, val=val, on_epoch=on_epoch)
+    history = train_model(model, train, train_cfg, val=val, on_epoch=on_epoch)
     seconds = time.perf_counter() - started
     sha = save_model_file(
         out_path, model, architecture=opts.model, arch_kwargs={}, classes=[], labels=list(labels),

@@ -132,7 +132,8 @@ def evaluate_all(setup_info: dict, run_dir: Path, rounds: int, local_epochs: int
     from shared.modelfile import load_model_file
     from shared.models import build_model
     from shared.site_data import load_site_dataset
-    from shared.training import TrainConfig, auc_score, train_model
+    from shared.training import TrainConfig, train_model
+    from shared.tasks.classification.evaluation import auc_score
 
     console.rule("[bold]4. Evaluation")
     torch.set_num_threads(2)

@@ -21,12 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.config import SiteDataConfig
-from shared.dataset import SiteDataset, concat_datasets
+from shared.tasks.classification.dataset import SiteDataset, concat_datasets
 from shared.models import build_model
 from shared.site_data import load_site_dataset
 from shared.splits import stratified_group_split
 from shared.synth import write_cohort
-from shared.training import TrainConfig, auc_score, train_model
+from shared.training import TrainConfig, train_model
+from shared.tasks.classification.evaluation import auc_score
 
 console = Console()
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from shared.names import name_list
+from shared.tasks import TaskSpec
 
 app = ServerApp()
 
@@ -59,9 +59,7 @@ class RunSettings:
     seed: int
     strategy: str
     strategy_params: str
-    classes: list[str]
-    image_size: int
-    model: str
+    task: TaskSpec  # the consortium's task: kind, outputs, architecture, input size
     batch_size: int
     lr: float
     augment: float
@@ -79,17 +77,14 @@ class RunSettings:
     compression: str = "none"  # site uploads: "none" (float32) or "fp16" (shared/compression.py)
     crossval_model: str = ""  # mode "crossval": the global model file to evaluate (server host path)
     secagg: str = "{}"  # SecAgg+ settings as JSON (server/secure_aggregation.py); "{}" = off
-    task_type: str = "classification"  # or "segmentation": a UNet-style model, Dice/HD95 evaluation
-    labels: list[str] = field(default_factory=list)  # segmentation: segment names, one output channel each
     lr_schedule: str = "constant"  # over the rounds: "constant" or "cosine" (shared.lr_schedule)
     scanner_augment: float = 0.0  # scanner-appearance augmentation strength at the sites (shared.scanner_augment)
     site_optimizer: str = "reset"  # each round a fresh AdamW at the sites, or "carry" its moments (shared.training.OptimizerCarry)
     average_last_rounds: int = 0  # > 1: also publish the mean of the last K global models (server.round_average)
 
     @property
-    def outputs(self) -> list[str]:
-        """The model's output names: the classes, or the segment labels."""
-        return list(self.labels) if self.task_type == "segmentation" else list(self.classes)
+    def model(self) -> str:
+        return self.task.model
 
     @classmethod
     def from_run_config(cls, cfg: Mapping) -> RunSettings:
@@ -107,9 +102,10 @@ class RunSettings:
         run_dir = str(get("run-dir", str, "")).strip()
         if not run_dir or not Path(run_dir).is_absolute():
             raise RunConfigError(f"run config 'run-dir' must be an absolute folder on the server host, got {run_dir!r}")
-        classes = name_list(get("classes", str, ""))
-        labels = name_list(get("labels", str, ""))
-        task_type = get("task-type", str, "classification").strip().lower()
+        try:
+            task = TaskSpec.from_run_config(cfg)
+        except ValueError as exc:
+            raise RunConfigError(f"run config {exc}") from None
         s = cls(
             num_server_rounds=get("num-server-rounds", int, 3),
             local_epochs=get("local-epochs", int, 1),
@@ -119,9 +115,7 @@ class RunSettings:
             seed=get("seed", int, 0),
             strategy=get("strategy", str, "fedavg").strip().lower(),
             strategy_params=get("strategy-params", str, "{}"),
-            classes=classes,
-            image_size=get("image-size", int, 64),
-            model=get("model", str, "smallcnn"),
+            task=task,
             batch_size=get("batch-size", int, 32),
             lr=get("lr", float, 1e-3),
             augment=get("augment", float, 1.0),
@@ -139,8 +133,6 @@ class RunSettings:
             crossval_model=get("crossval-model", str, ""),
             init_weights=get("init-weights", str, ""),
             compression=get("compression", str, "none").strip().lower(),
-            task_type=task_type,
-            labels=labels,
             lr_schedule=get("lr-schedule", str, "constant").strip().lower(),
             scanner_augment=get("scanner-augment", float, 0.0),
             site_optimizer=get("site-optimizer", str, "reset").strip().lower(),
@@ -157,15 +149,18 @@ class RunSettings:
 
         if s.site_optimizer not in SITE_OPTIMIZERS:
             raise RunConfigError(f"run config 'site-optimizer' must be one of {', '.join(SITE_OPTIMIZERS)}, got {s.site_optimizer!r}")
-        if s.site_optimizer == "carry" and (s.task_type == "segmentation" or s.image_dp):
-            raise RunConfigError("run config 'site-optimizer' carry applies to classification without per-image DP "
-                                 "only; set it to reset")  # fmt: skip
+        if s.site_optimizer == "carry" and s.image_dp:
+            raise RunConfigError("run config 'site-optimizer' carry does not apply under per-image DP (DP-SGD keeps "
+                                 "no moments between rounds); set it to reset")
         if s.average_last_rounds < 0:
             raise RunConfigError(f"run config 'average-last-rounds' must be a number of rounds >= 0 (0 = publish the "
                                  f"last round's model), got {s.average_last_rounds}")  # fmt: skip
-        if s.scanner_augment and s.task_type == "segmentation":
-            raise RunConfigError("run config 'scanner-augment' applies to classification only; set it to 0 for "
-                                 "a segmentation task (its sites flip images, nothing else)")  # fmt: skip
+        refusal = s.task.task.unsupported("scanner-augment") if s.scanner_augment else None
+        if refusal:
+            raise RunConfigError(f"run config 'scanner-augment': {refusal}; set it to 0")
+        refusal = s.task.task.unsupported("image-dp") if s.dp_level == "image" else None
+        if refusal:
+            raise RunConfigError(f"run config 'dp-level' image: {refusal}; use dp-level site")
         from shared.compression import MODES
 
         if s.compression not in MODES:
@@ -218,14 +213,8 @@ class RunSettings:
     def image_dp(self) -> bool:
         return self.dp_level == "image" and self.dp_target_epsilon > 0
 
-    def task(self) -> dict:
-        """What a model file and a site check the task against: (architecture, output names, size, type)."""
-        return {"architecture": self.model, "classes": self.outputs, "image_size": self.image_size,
-                "task": self.task_type}  # fmt: skip
-
     def describe(self) -> str:
-        kind = "" if self.task_type == "classification" else f"{self.task_type} "
-        return f"a {kind}{self.model} for {self.outputs} at {self.image_size} px"
+        return self.task.describe()
 
     def train_config(self, rnd: int) -> dict:
         """What every site gets with round ``rnd``'s training message: the round's learning rate (after the
@@ -242,21 +231,11 @@ class RunSettings:
 
 
 def check_task(s: RunSettings) -> None:
-    """The task keys of the run config fit together: type, classes or labels, model; a RunConfigError names the key."""
-    from shared.task_models import TASK_TYPES, model_registry
-
-    if s.task_type not in TASK_TYPES:
-        raise RunConfigError(f"run config 'task-type' must be one of {', '.join(TASK_TYPES)}, got {s.task_type!r}")
-    if s.task_type == "segmentation":
-        if not s.labels or len(set(s.labels)) != len(s.labels):
-            raise RunConfigError(f"run config 'labels' must list the distinct segment names of a segmentation task, "
-                                 f"got {s.labels}")  # fmt: skip
-    elif len(s.classes) < 2 or len(set(s.classes)) != len(s.classes):
-        raise RunConfigError(f"run config 'classes' must list at least 2 distinct names, got {s.classes}")
-    registry = model_registry(s.task_type)
+    """The run config's architecture is one of its task's; a RunConfigError names the key."""
+    registry = s.task.task.model_registry()
     if s.model not in registry:
-        raise RunConfigError(f"run config 'model': {s.model!r} is not a {s.task_type} architecture; use one of "
-                             f"{', '.join(sorted(registry))}")  # fmt: skip
+        raise RunConfigError(f"run config 'model': {s.model!r} is not a {s.task.type} architecture; use one of "
+                             f"{', '.join(sorted(registry))}")
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float, poll_s: float = 0.2) -> list[Message]:
@@ -302,7 +281,7 @@ def initial_state(s: RunSettings, model) -> dict:  # noqa: ANN001 - torch.nn.Mod
     from shared.modelfile import load_model_file
 
     loaded = load_model_file(s.init_weights)
-    mismatch = loaded.task_mismatch(**s.task())
+    mismatch = loaded.task_mismatch(s.task)
     if mismatch:
         raise RunConfigError(f"task.init_weights {s.init_weights}: {mismatch}; the task is {s.describe()}")
     _say(f"init weights from {s.init_weights} sha256={loaded.weights_sha256}")
@@ -315,7 +294,7 @@ def run_crossval(grid: Grid, s: RunSettings) -> None:
     from shared.modelfile import load_model_file
 
     loaded = load_model_file(s.crossval_model)
-    mismatch = loaded.task_mismatch(**s.task())
+    mismatch = loaded.task_mismatch(s.task)
     if mismatch:
         raise RunConfigError(f"{s.crossval_model}: {mismatch}, but the consortium's task is {s.describe()}")
     timeout = float(s.round_timeout_s)
@@ -342,7 +321,6 @@ def main(grid: Grid, context: Context) -> None:
     from server.strategies import build_strategy
     from shared.modelfile import weights_sha256
     from shared.processes import apply_thread_limit
-    from shared.task_models import build_task_model
 
     apply_thread_limit()
     s = RunSettings.from_run_config(context.run_config)
@@ -361,13 +339,13 @@ def main(grid: Grid, context: Context) -> None:
         run_crossval(grid, s)
         return
     torch.manual_seed(s.seed)
-    model = build_task_model(s.task_type, s.model, len(s.outputs), s.image_size)
+    model = s.task.build_model()
     strategy = build_strategy(s.strategy, s.strategy_params, model, min_sites=s.min_sites)
     if s.dp_noise_multiplier > 0:
         make_private(strategy, DpSettings(s.dp_noise_multiplier, s.dp_clipping_norm, s.dp_delta))
     if s.image_dp:  # each site trains with DP-SGD and accounts its own ε; an update without it is not known private
         strategy.required_train_metrics = ("dp-epsilon",)
-    task = RunTask(s.model, s.outputs, s.image_size, s.consortium, strategy.name, s.seed, s.task_type)
+    task = RunTask(s.task, s.consortium, strategy.name, s.seed)
     run = RunDir(s.run_dir)
     point = run.prepare(task, resume=s.resume)
     state = initial_state(s, model)
@@ -382,7 +360,7 @@ def main(grid: Grid, context: Context) -> None:
     model_bytes = _bytes(arrays)
     _say(
         f"start strategy={strategy.name} bn_policy={strategy.bn_policy} rounds={start}..{s.num_server_rounds} "
-        f"secure_aggregation={'on' if secagg else 'off'} task={s.task_type} model={s.model} params={sum(p.numel() for p in model.parameters())} bytes={model_bytes} run_dir={s.run_dir}"
+        f"secure_aggregation={'on' if secagg else 'off'} task={s.task.type} model={s.model} params={sum(p.numel() for p in model.parameters())} bytes={model_bytes} run_dir={s.run_dir}"
     )
     timeout = float(s.round_timeout_s)
     for rnd in range(start, s.num_server_rounds + 1):

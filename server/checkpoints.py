@@ -38,6 +38,7 @@ import torch
 from server.round_average import write_round_average
 from shared.config import PreprocessConfig
 from shared.modelfile import ModelFileError, load_model_file, save_model_file
+from shared.tasks import TaskSpec
 
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.jsonl"
@@ -107,18 +108,33 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 class RunTask:
     """What the run trains: recorded in every model file and checked on resume."""
 
-    model: str
-    classes: list[str]  # the output names: classes, or the segment labels of a segmentation task
-    image_size: int
+    task: TaskSpec
     consortium: str
     strategy: str
     seed: int
-    task_type: str = "classification"
+
+    # state.json's names for the task (kept from before the task seam, so older run folders resume)
+    @property
+    def task_type(self) -> str:
+        return self.task.type
+
+    @property
+    def model(self) -> str:
+        return self.task.model
+
+    @property
+    def classes(self) -> list[str]:
+        """The output names: classes, or the segment labels of a segmentation task."""
+        return list(self.task.outputs)
+
+    @property
+    def image_size(self) -> int:
+        return self.task.image_size
 
     @property
     def best_metric(self) -> str:
-        """The aggregated evaluation figure that picks ``best.pt`` (higher is better)."""
-        return "dice-mean" if self.task_type == "segmentation" else "auc"
+        """The aggregated evaluation figure that picks ``best.pt`` (higher is better): the task's headline."""
+        return self.task.headline_metric
 
 
 @dataclass
@@ -224,18 +240,19 @@ class RunDir:
     ) -> str:
         """Write round ``rnd``'s files, then commit ``state.json``; return the weights SHA-256.
 
-        ``eval_auc`` is the round's :attr:`RunTask.best_metric` (mean Dice for segmentation). With
+        ``eval_auc`` is the round's :attr:`RunTask.best_metric` (the task's headline metric). With
         ``average_last`` K > 1, ``averaged.pt`` becomes the mean of rounds rnd-K+1..rnd, and ``state.json``
         says so (a stale one from an earlier setting is never named there)."""
         path = self.round_path(rnd)
-        seg = task.task_type == "segmentation"
+        by_labels = task.task.task.outputs_key == "labels"
         digest = save_model_file(
             path,
             dict(state_dict),
             architecture=task.model,
             arch_kwargs={},
-            classes=[] if seg else task.classes,
-            labels=list(task.classes) if seg else None,
+            classes=[] if by_labels else task.classes,
+            labels=task.classes if by_labels else None,
+            task=task.task_type,
             preprocess=PreprocessConfig(image_size=task.image_size),
             threshold=None,
             provenance={

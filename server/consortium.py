@@ -219,11 +219,11 @@ class ConsortiumConfig(StrictModel):
         from shared.models import BATCHNORM_FREE_MODELS
 
         dp = self.privacy.dp
-        if dp is not None and dp.level == "image" and self.task.type == "segmentation":
-            raise ValueError("privacy.dp level 'image' is not available for task.type segmentation yet; use level "
-                             "'site' or remove privacy.dp")  # fmt: skip
         if dp is None or dp.level != "image":
             return self
+        refusal = self.task.spec().task.unsupported("image-dp")
+        if refusal:
+            raise ValueError(f"privacy.dp level 'image': {refusal} yet; use level 'site' or remove privacy.dp")
         if dp.layers == "all" and self.task.model not in BATCHNORM_FREE_MODELS:
             raise ValueError(
                 f"privacy.dp level 'image' trains with per-image gradients, which BatchNorm in task.model "
@@ -236,18 +236,11 @@ class ConsortiumConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _carried_optimizer_is_plain_classification(self) -> ConsortiumConfig:
+    def _carried_optimizer_is_not_dp_sgd(self) -> ConsortiumConfig:
         dp = self.privacy.dp
-        if self.site_optimizer == "carry" and (self.task.type == "segmentation" or (dp is not None and dp.level == "image")):
-            raise ValueError("site_optimizer carry applies to classification without per-image DP only; "
-                             "set site_optimizer: reset")  # fmt: skip
-        return self
-
-    @model_validator(mode="after")
-    def _segmentation_has_no_proximal_term(self) -> ConsortiumConfig:
-        if self.task.type == "segmentation" and self.strategy.name == "fedprox":
-            raise ValueError("strategy.name fedprox: its proximal term is not implemented for task.type "
-                             "segmentation; use fedavg (or fedadam, fedyogi, fedavgm, fedmedian, fedtrimmedavg, krum, fedbn)")
+        if self.site_optimizer == "carry" and dp is not None and dp.level == "image":
+            raise ValueError("site_optimizer carry does not apply under per-image DP (DP-SGD keeps no moments "
+                             "between rounds); set site_optimizer: reset")
         return self
 
     @property
@@ -270,11 +263,7 @@ class ConsortiumConfig(StrictModel):
             "seed": self.seed,
             "strategy": self.strategy.name,
             "strategy-params": json.dumps(self.strategy.params(), sort_keys=True),
-            "task-type": self.task.type,
-            "classes": ",".join(self.task.classes),
-            "labels": ",".join(self.task.labels or []),
-            "image-size": self.task.image_size,
-            "model": self.task.model,
+            **self.task.spec().to_run_config(),  # task-type, classes or labels, image-size, model
             "batch-size": self.batch_size,
             "lr": float(self.lr),
             "lr-schedule": self.lr_schedule,

@@ -29,7 +29,7 @@ from pathlib import Path
 from shared.keys import PRIVATE_KEY, PUBLIC_KEY, SiteKeyError, fingerprint, generate_site_keys, load_public_key
 from server.consortium import CONSORTIUM_YAML, ConsortiumConfig, consortium_yaml_text, load_consortium
 from server.pki import CA_CERT, PkiError, init_pki
-from shared.config import ConfigError
+from shared.config import DEFAULT_CLASSES, ConfigError
 
 PKI_DIR = "pki"
 SITES_DIR = "sites"
@@ -192,8 +192,8 @@ def site_yaml_template(cfg: ConsortiumConfig, site_name: str) -> str:
     A segmentation consortium's template leaves ``labels`` commented out: its labels are the DICOM SEGs in ``data``.
     """
     labels_line = ("labels: /path/to/labels.csv          # CSV with a key column and a label column"
-                   if cfg.task.type != "segmentation" else
-                   "# labels: /path/to/labels.csv        # not needed: segmentation reads the DICOM SEGs in `data`")  # fmt: skip
+                   if cfg.task.spec().task.label_csv else
+                   f"# labels: /path/to/labels.csv        # not needed: {cfg.task.type} reads its labels from `data`")
     return f"""\
 # FedRad site settings for {site_name!r} (consortium {cfg.name!r}).
 # Edit `data` and `labels`, then: fedrad-site check --config site.yaml
@@ -208,7 +208,7 @@ label_column: label
 # cache_dir: /var/lib/fedrad/cache   # preprocessed tensors (default: beside the data folder)
 
 # --- the consortium's task (set by the coordinator; must match)
-classes: {json.dumps(cfg.task.classes)}
+classes: {json.dumps(cfg.task.classes or list(DEFAULT_CLASSES))}
 image_size: {cfg.task.image_size}
 
 # --- credentials (from the site bundle and `fedrad-site keygen`)

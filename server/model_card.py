@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from shared.modelfile import LoadedModel
+from shared.tasks import get_task
 
 
 def enrolled_sites(consortium_dir: Path) -> list[str]:
@@ -28,6 +29,7 @@ def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], 
                benchmark: dict | None = None, crossval: dict | None = None) -> str:
     """The card's Markdown text."""
     prov, pre = model.provenance, model.preprocess
+    kind = get_task(model.task)
     extra = prov.get("extra") or {}
     rows = []
     if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
@@ -39,17 +41,13 @@ def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], 
         f"# Model card: {prov.get('trained_by', 'FedRad consortium')} global model",
         "",
         "## Intended use",
-        (f"Research and decision support for the segmentation of {', '.join(model.labels)} on radiographs. "
-         if model.task == "segmentation" else
-         f"Research and decision support for the classification of radiographs into {', '.join(model.classes)} "
-         f"(positive class: {model.classes[-1]}). ")
+        f"Research and decision support: {kind.intended_use(model.outputs)}. "
         + "Not a medical device; a clinician reads every image. "
         "Validate on local data (`fedrad-site evaluate`) before any use at a new site.",
         "",
         "## Model",
         f"* architecture `{model.architecture}`, input 1×{pre.image_size}×{pre.image_size}, output "
-        + ("one logit map per segment label (sigmoid ≥ 0.5 = in the mask)" if model.task == "segmentation"
-           else "class probabilities"),
+        + kind.describe_output(),
         f"* weights sha256 `{model.weights_sha256}`; operating threshold {model.threshold}",
         f"* preprocessing: {json.dumps(pre.model_dump())}",
         *(f"* file `{name}`: {what}" for name, what in files.items()),
@@ -67,17 +65,10 @@ def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], 
         "",
         "## Performance",
     ]
-    if last and model.task == "segmentation":
-        e = last["eval"]
-        per_label = ", ".join(f"{x} Dice {e[f'dice-{x}']:.3f}" + (f" HD95 {e[f'hd95-{x}']:.1f} px" if f"hd95-{x}" in e else "")
-                              for x in model.labels if f"dice-{x}" in e)  # fmt: skip
-        lines.append(f"* federated evaluation, round {last['round']}, sites' held-out patients pooled ({e.get('num-examples')} "
-                     f"images): mean Dice {e.get('dice-mean', float('nan')):.3f}; {per_label}. "
-                     "Sites send aggregates only, so this figure has no per-site breakdown or interval.")
-    elif last:
+    if last:
         e = last["eval"]
         lines.append(f"* federated evaluation, round {last['round']}, sites' held-out patients pooled ({e.get('num-examples')} "
-                     f"images): AUC {e.get('auc', float('nan')):.3f}, accuracy {e.get('accuracy', float('nan')):.3f}. "
+                     f"images): {kind.summarize(e, model.outputs)}. "
                      "Sites send aggregates only, so this figure has no per-site breakdown or interval.")
     else:
         lines.append("* no federated evaluation recorded for this run")

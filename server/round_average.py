@@ -68,8 +68,8 @@ def write_round_average(run_dir: Path, last_round: int, k: int, round_path) -> d
     path = Path(run_dir) / AVERAGED_FILE
     digest = save_model_file(
         path, avg.model, architecture=avg.architecture, arch_kwargs=avg.arch_kwargs,
-        classes=[] if avg.task == "segmentation" else avg.classes, preprocess=avg.preprocess,
-        threshold=avg.threshold, labels=avg.labels if avg.task == "segmentation" else None,
+        classes=avg.classes, labels=avg.labels or None, task=avg.task, preprocess=avg.preprocess,
+        threshold=avg.threshold,
         provenance={"trained_by": prov["trained_by"], "kind": prov["kind"], "rounds": prov.get("rounds"),
                     "epochs": prov.get("epochs"), "extra": extra},
     )  # fmt: skip

@@ -7,12 +7,14 @@ error that names the key, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from shared.tasks import TaskSpec
 
 LabelKey = Literal["SOPInstanceUID", "StudyInstanceUID", "AccessionNumber", "path"]
 LABEL_KEYS: tuple[str, ...] = ("SOPInstanceUID", "StudyInstanceUID", "AccessionNumber", "path")
@@ -40,93 +42,88 @@ class PreprocessConfig(StrictModel):
         return f"s{self.image_size}-w{self.window_low_pct:g}-{self.window_high_pct:g}-v1"
 
 
-TaskType = Literal["classification", "segmentation"]
-DEFAULT_MODELS: dict[str, str] = {"classification": "smallcnn", "segmentation": "unet"}
-# Segment labels become metric keys (``dice-<label>``, client/outbound_guard.py), so no '-' or spaces.
-SEGMENT_LABEL_PATTERN = r"^[A-Za-z0-9_.]{1,40}$"
-
-
 class TaskConfig(StrictModel):
-    """What the consortium is learning: task type, class list (classification) or segment labels
-    (segmentation), input size and architecture."""
+    """What the consortium is learning (consortium.yaml's ``task``): the kind, its outputs (``classes`` or
+    ``labels``, whichever the task names them by), input size and architecture. The rules of each kind are its
+    task's (:mod:`shared.tasks`); :meth:`spec` is the one typed description that travels from here on."""
 
-    type: TaskType = Field("classification", description="classification (one label per image) or segmentation "
-                           "(a mask per segment label, from DICOM SEG files).")  # fmt: skip
-    classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)
-    labels: list[str] | None = Field(None, validate_default=True, description="Segmentation: the DICOM SEG segment "
-                                     "names to learn, one output channel each.")  # fmt: skip
+    type: str = Field("classification", description="The task: classification (one label per image), segmentation "
+                      "(a mask per segment label, from DICOM SEG files), or a registered plug-in task.")
+    classes: list[str] | None = Field(None, validate_default=True, description="Classification: the class names, in label order "
+                                      "(default normal, nodule).")
+    labels: list[str] | None = Field(None, validate_default=True, description="Segmentation: the DICOM SEG segment names to learn, one "
+                                     "output channel each.")
     image_size: int = Field(64, ge=16, le=1024)
-    model: str = Field("", validate_default=True, description="Architecture name: shared.models.MODEL_BUILDERS "
-                       "(classification, default smallcnn) or shared.segmentation_model.SEG_MODEL_BUILDERS "
-                       "(segmentation, default unet).")  # fmt: skip
+    model: str = Field("", validate_default=True, description="Architecture name from the task's registry (classification: "
+                       "shared.models.MODEL_BUILDERS, default smallcnn; segmentation: "
+                       "shared.tasks.segmentation.models.SEG_MODEL_BUILDERS, default unet).")
     init_weights: Path | None = Field(None, description="A FedRad model file on the server host to start from "
-                                      "(transfer learning); read locally, never downloaded.")  # fmt: skip
+                                      "(transfer learning); read locally, never downloaded.")
 
-    @model_validator(mode="before")
+    @field_validator("type")
     @classmethod
-    def _classes_only_for_classification(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("type") == "segmentation" and "classes" in data:
-            raise ValueError("task.classes is for classification; a segmentation task names its segments in "
-                             "task.labels (remove task.classes)")  # fmt: skip
-        return data
+    def _known_task(cls, v: str) -> str:
+        from shared.tasks import get_task
 
-    @field_validator("classes")
-    @classmethod
-    def _unique_classes(cls, v: list[str]) -> list[str]:
-        v = [c.strip() for c in v]
-        if any(not c for c in v):
-            raise ValueError("class names must be non-empty")
-        if len(set(v)) != len(v):
-            raise ValueError(f"class names must be unique, got {v}")
-        return v
+        return get_task(v.strip().lower()).name
 
-    @field_validator("labels")
+    @field_validator("classes", "labels")
     @classmethod
-    def _labels_for_segmentation(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
-        task_type = info.data.get("type", "classification")
-        if task_type != "segmentation":
+    def _outputs_as_the_task_names_them(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        from shared.tasks import get_task
+
+        if "type" not in info.data:
+            return v  # the type itself is wrong; that error names it
+        task = get_task(info.data["type"])
+        if info.field_name != task.outputs_key:
             if v is not None:
-                raise ValueError("task.labels is for segmentation (set task.type: segmentation); a classification "
-                                 "task lists its classes in task.classes")  # fmt: skip
+                raise ValueError(f"task.{info.field_name} is not used by a {task.name} task, which names its outputs "
+                                 f"in task.{task.outputs_key} (remove task.{info.field_name})")
             return None
-        if not v:
-            raise ValueError("a segmentation task needs its segment names, e.g. labels: [nodule, lung] (the "
-                             "SegmentLabel of the DICOM SEG segments)")  # fmt: skip
-        v = [str(x).strip() for x in v]
-        bad = [x for x in v if not re.match(SEGMENT_LABEL_PATTERN, x) or x == "mean"]
-        if bad:
-            raise ValueError(f"segment labels {bad} must be 1-40 letters, digits, '_' or '.' and not 'mean' "
-                             "(they name metrics such as dice-<label>)")  # fmt: skip
-        if len(set(v)) != len(v):
-            raise ValueError(f"segment labels must be unique, got {v}")
-        return v
+        if v is None and info.field_name == "classes":
+            v = list(DEFAULT_CLASSES)
+        return task.check_outputs(list(v or []))
 
     @field_validator("model")
     @classmethod
-    def _model_for_task(cls, v: str, info: ValidationInfo) -> str:
-        task_type = info.data.get("type", "classification")
-        v = v.strip() or DEFAULT_MODELS[task_type]
-        if v == DEFAULT_MODELS[task_type]:
-            return v  # no torch import for the default (site.yaml validation runs in light processes)
-        known = model_names(task_type)
-        if v not in known:
-            raise ValueError(f"{v!r} is not a {task_type} architecture; use one of {', '.join(known)}")
+    def _model_of_the_task(cls, v: str, info: ValidationInfo) -> str:
+        from shared.tasks import get_task
+
+        if "type" not in info.data:
+            return v
+        task = get_task(info.data["type"])
+        v = v.strip() or task.default_model
+        if v != task.default_model:  # no torch import for the default (site.yaml checks run in light processes)
+            known = sorted(task.model_registry())
+            if v not in known:
+                raise ValueError(f"{v!r} is not a {task.name} architecture; use one of {', '.join(known)}")
         return v
 
     @property
     def outputs(self) -> list[str]:
         """What the model's output channels are: the classes, or the segment labels."""
-        return list(self.labels or []) if self.type == "segmentation" else list(self.classes)
+        from shared.tasks import get_task
+
+        return list(getattr(self, get_task(self.type).outputs_key) or [])
+
+    def spec(self) -> TaskSpec:
+        """The consortium's task as the one typed description the run config, sites and model files carry."""
+        from shared.tasks import TaskSpec
+
+        return TaskSpec(self.type, tuple(self.outputs), self.model, self.image_size)
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(image_size=self.image_size)
 
 
+DEFAULT_CLASSES: tuple[str, ...] = ("normal", "nodule")
+
+
 def model_names(task_type: str) -> list[str]:
     """Architecture names for a task type (imports torch: called only while validating a task)."""
-    from shared.task_models import model_registry
+    from shared.tasks import get_task
 
-    return sorted(model_registry(task_type))
+    return sorted(get_task(task_type).model_registry())
 
 
 class SiteDataConfig(StrictModel):

@@ -15,9 +15,10 @@ Layout (format_version 1)::
     state_dict: {key: tensor}
     provenance: {trained_by, kind: local|federated, rounds, epochs, created (UTC ISO),
                  fedrad_version, weights_sha256, extra: dict}
-    task: "classification" | "segmentation"   (absent in older files: classification)
-    labels: [segment names]                   (segmentation only; classes is then [] and
-                                               the architecture comes from SEG_MODEL_BUILDERS)
+    task: a task name of shared.tasks           (absent in older files: classification)
+    labels: [output names]                      (a task whose outputs are named "labels", e.g.
+                                                 segmentation; classes is then [] and the
+                                                 architecture comes from that task's registry)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from shared.config import PreprocessConfig
-from shared.task_models import build_task_model, model_registry
+from shared.tasks import TaskSpec, get_task
 
 FORMAT = "fedrad-model"
 FORMAT_VERSION = 1
@@ -70,19 +71,18 @@ class LoadedModel:
 
     @property
     def outputs(self) -> list[str]:
-        """Names of the output channels: the classes, or the segment labels."""
-        return list(self.labels) if self.task == "segmentation" else list(self.classes)
+        """Names of the output channels: the classes, or the segment labels (whichever its task names)."""
+        return list(getattr(self, get_task(self.task).outputs_key))
 
-    def task_mismatch(
-        self, architecture: str, classes: list[str], image_size: int, task: str = "classification"
-    ) -> str | None:
-        """Why this model cannot serve a task (type, architecture, classes or segment labels, input size), e.g.
-        "a resnet18 for [...] at 64 px"; None when it can. ``classes`` are the labels for segmentation."""
-        mine = (self.task, self.architecture, self.outputs, self.preprocess.image_size)
-        if mine == (task, architecture, list(classes), image_size):
-            return None
-        kind = "" if self.task == "classification" else f"{self.task} "
-        return f"a {kind}{self.architecture} for {self.outputs} at {self.preprocess.image_size} px"
+    @property
+    def spec(self) -> TaskSpec:
+        """The task this model serves."""
+        return TaskSpec(self.task, tuple(self.outputs), self.architecture, self.preprocess.image_size)
+
+    def task_mismatch(self, task: TaskSpec) -> str | None:
+        """Why this model cannot serve ``task`` (type, architecture, outputs, input size), e.g.
+        "a classification resnet18 for [...] at 64 px"; None when it can."""
+        return None if self.spec == task else self.spec.describe()
 
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -158,6 +158,7 @@ def save_model_file(
     threshold: float | None,
     provenance: dict,
     labels: list[str] | None = None,
+    task: str | None = None,
 ) -> str:
     """Write a model file atomically and return its weights SHA-256.
 
@@ -165,17 +166,17 @@ def save_model_file(
     optionally ``rounds``, ``epochs`` and ``extra``; ``created``,
     ``fedrad_version`` and ``weights_sha256`` are filled in here. The weights
     are checked against a freshly built ``architecture`` so every saved file
-    can be loaded. ``labels`` (segment names) makes it a segmentation model file: ``classes`` must then be
-    empty and ``architecture`` a segmentation architecture.
+    can be loaded. ``task`` names the task (default: segmentation when ``labels`` are given, else
+    classification); a task whose outputs are its ``labels`` has no ``classes``.
     """
     classes = [str(c) for c in classes]
-    task = "classification" if labels is None else "segmentation"
-    if labels is not None and (classes or not labels):
-        raise ValueError("a segmentation model file has segment labels and no classes")
-    outputs = classes if labels is None else [str(x) for x in labels]
+    kind = get_task(task or ("classification" if labels is None else "segmentation"))
+    outputs = [str(x) for x in (labels if kind.outputs_key == "labels" else classes) or []]
+    if kind.outputs_key == "labels" and (classes or not outputs):
+        raise ValueError(f"a {kind.name} model file has output labels and no classes")
     state = model.state_dict() if isinstance(model, nn.Module) else model
     state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    ref = build_task_model(task, architecture, len(outputs), preprocess.image_size, **arch_kwargs).state_dict()
+    ref = kind.build_model(architecture, len(outputs), preprocess.image_size, **arch_kwargs).state_dict()
     problem = _state_dict_mismatch(ref, state)
     if problem:
         raise ValueError(f"weights do not match architecture {architecture!r}: {problem}")
@@ -213,9 +214,9 @@ def save_model_file(
         "preprocess": preprocess.model_dump(mode="json"),
         "threshold": threshold,
         "provenance": prov,
-        "task": task,
+        "task": kind.name,
     }
-    if labels is not None:
+    if kind.outputs_key == "labels":
         doc["labels"] = outputs
     _check_plain(doc, "model file")
     doc["state_dict"] = state
@@ -294,14 +295,16 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
         raise ModelFileError(f"{path}: input_size {doc['input_size']!r} does not match preprocess image_size {size}")
 
     task = doc.get("task", "classification")
-    if task not in ("classification", "segmentation"):
-        raise ModelFileError(f"{path}: unknown task {task!r}; this FedRad reads classification and segmentation models")
-    labels = doc.get("labels") if task == "segmentation" else []
-    if not isinstance(labels, list) or (task == "segmentation" and not labels):
-        raise ModelFileError(f"{path}: a segmentation model file needs 'labels' (its segment names), got {labels!r}")
-    outputs = labels if task == "segmentation" else classes
+    try:
+        kind = get_task(str(task))
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    labels = doc.get("labels") if kind.outputs_key == "labels" else []
+    if not isinstance(labels, list) or (kind.outputs_key == "labels" and not labels):
+        raise ModelFileError(f"{path}: a {task} model file needs 'labels' (its output names), got {labels!r}")
+    outputs = labels if kind.outputs_key == "labels" else classes
     name, kwargs = arch["name"], dict(arch.get("kwargs") or {})
-    registry = model_registry(task)
+    registry = kind.model_registry()
     if name not in registry:
         raise ModelFileError(
             f"{path}: {task} architecture {name!r} is not known to this FedRad (known: {', '.join(sorted(registry))})"
@@ -319,7 +322,7 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
             f"actual {actual[:16]}…): the file is corrupted or was modified after it was written"
         )
     try:
-        model = build_task_model(task, name, len(outputs), size, **kwargs)
+        model = kind.build_model(name, len(outputs), size, **kwargs)
     except ValueError as exc:
         raise ModelFileError(f"{path}: cannot build architecture: {exc}") from None
     problem = _state_dict_mismatch(model.state_dict(), state)

@@ -35,8 +35,9 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from torch import nn
 
 from shared.augment import build_augment
-from shared.dataset import SiteDataset
-from shared.training import TrainConfig, class_weights, seed_everything
+from shared.tasks.classification.dataset import SiteDataset
+from shared.training import TrainConfig, seed_everything
+from shared.tasks.classification.evaluation import class_weights
 
 MAX_NOISE_MULTIPLIER = 1000.0
 # Integer Rényi orders: dp-accounting's fractional orders below 2 fail to converge at these sampling rates

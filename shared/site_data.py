@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from shared.config import ConfigError, SiteDataConfig
-from shared.dataset import SiteDataset
+from shared.tasks.classification.dataset import SiteDataset
 from shared.imaging import EXPLANATIONS, Reason, ScanResult, scan_site
 from shared.imaging.scan import ProgressFn
 from shared.labels import JoinResult, join_labels, read_labels, record_key

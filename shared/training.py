@@ -1,10 +1,14 @@
-"""Local training and inference on in-memory tensors: used alone and inside every federated round.
+"""The one training loop every task uses, used alone and inside every federated round.
 
-The whole site's data is already a tensor (:class:`shared.dataset.SiteDataset`),
-so batches are taken by indexing with a random permutation per epoch: no
-DataLoader, no worker processes, no per-sample Python. The hot loop adds only
-batched augmentation and a few tensor ops to a bare PyTorch loop
-(``benchmarks/bench_training.py`` measures the difference).
+The task (:mod:`shared.tasks`) supplies what differs: the targets, the loss,
+the batch augmentation, the validation figures. Everything else lives here
+once: seeded batches, the lr schedule, FedProx's proximal term, the carried
+optimizer, BatchNorm statistics re-estimated over the last epoch. Per-image
+DP-SGD is :mod:`shared.private_training`, for tasks with a per-image loss.
+
+The whole site's data is a tensor, so batches are taken by indexing with a
+random permutation per epoch: no DataLoader, no worker processes, no
+per-sample Python (``benchmarks/bench_training.py`` measures the difference).
 """
 
 from __future__ import annotations
@@ -13,14 +17,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from shared.augment import build_augment
-from shared.dataset import SiteDataset
 from shared.lr_schedule import check_schedule, scheduled_lr
 
 
@@ -53,6 +55,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def for_task(cls, task: Any, **values: Any) -> TrainConfig:
+        """``task``'s preferred settings (:attr:`shared.tasks.Task.train_defaults`), overridden by ``values``."""
+        return cls(**{**task.train_defaults, **values})
+
 
 SITE_OPTIMIZERS = ("reset", "carry")  # a federated site's AdamW each round: fresh, or carried over (OptimizerCarry)
 
@@ -80,33 +87,35 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Inverse class frequency, n / (C · n_c); 0 for a class absent here (it never enters the loss)."""
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    w = labels.numel() / (num_classes * counts.clamp(min=1))
-    return torch.where(counts > 0, w, torch.zeros_like(w))
+def task_of(data: object):  # noqa: ANN201 - shared.tasks.Task
+    """The task a dataset belongs to (each task's dataset names it in ``task_name``)."""
+    from shared.tasks import get_task
+
+    return get_task(type(data).task_name)
 
 
 def train_model(
     model: nn.Module,
-    data: SiteDataset,
+    data,  # noqa: ANN001 - a task's dataset (shared.tasks.base.TaskDataset)
     cfg: TrainConfig,
-    val: SiteDataset | None = None,
+    val=None,  # noqa: ANN001 - the same task's dataset
     on_epoch: Callable[[dict], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     carry: OptimizerCarry | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``data``; return one history dict per epoch.
 
-    Each dict has ``epoch`` (1-based), ``loss`` (mean training loss), ``train_acc``,
-    ``images_per_s``, ``lr`` (the epoch's learning rate, after ``cfg.lr_schedule``) and, when ``val`` is given, ``val_loss`` (unweighted cross
-    entropy), ``val_acc`` and ``val_auc`` (None unless every class is present
-    in ``val``). ``on_epoch`` gets each dict as it is made; ``on_batch`` gets
-    (steps done, total steps) over the whole run. With ``carry``, AdamW starts
-    from ``carry.state`` (when set; the learning rate and weight decay stay
-    ``cfg``'s) and leaves its final state there. The global RNGs are seeded
-    from ``cfg.seed``, so the same model, data and config give the same weights.
-    A last batch of a single image is skipped (BatchNorm cannot train on one).
+    Each dict has ``epoch`` (1-based), ``loss`` (mean training loss),
+    ``images_per_s``, ``lr`` (the epoch's learning rate, after
+    ``cfg.lr_schedule``), ``train_acc`` where the task counts correct cases,
+    and with ``val`` the task's validation figures (``val_loss`` and e.g.
+    ``val_auc`` or ``val_dice``). ``on_epoch`` gets each dict as it is made;
+    ``on_batch`` gets (steps done, total steps) over the whole run. With
+    ``carry``, AdamW starts from ``carry.state`` (when set; the learning rate
+    and weight decay stay ``cfg``'s) and leaves its final state there. The
+    global RNGs are seeded from ``cfg.seed``, so the same model, data and
+    config give the same weights. A last batch of a single image is skipped
+    (BatchNorm cannot train on one).
 
     BatchNorm running statistics are re-estimated during the last epoch as a
     plain average over its batches (no extra forward passes): the default
@@ -114,18 +123,15 @@ def train_model(
     after 20 steps, which on a small site makes eval-mode predictions collapse
     to one class although training accuracy is perfect.
     """
+    task = task_of(data)
     n = len(data)
     if n < 2:
         raise ValueError(f"need at least 2 training images, got {n}")
-    num_classes = len(data.classes)
-    if int(data.labels.min()) < 0 or int(data.labels.max()) >= num_classes:
-        raise ValueError(f"labels must be class indices 0..{num_classes - 1} for classes {data.classes}")
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    augment = build_augment(cfg.augment, cfg.scanner_augment)
-
-    images, labels = data.images, data.labels
-    weight = class_weights(labels, num_classes) if cfg.class_weighted else None
+    augment = task.augment(cfg.augment, cfg.scanner_augment)
+    loss_fn = task.loss(data, cfg.class_weighted)
+    images, targets = data.images, task.targets(data)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if carry is not None and carry.state is not None:
@@ -146,16 +152,15 @@ def train_model(
         bn_saved = _start_bn_average(model) if epoch == cfg.epochs else None
         perm = torch.randperm(n, generator=gen)
         loss_sum = torch.zeros(())
-        correct = torch.zeros((), dtype=torch.long)
+        correct: torch.Tensor | None = torch.zeros((), dtype=torch.long)
         seen = 0
         t0 = time.perf_counter()
         try:
             for s in starts:
                 idx = perm[s : s + bs]
-                x, y = images[idx], labels[idx]
-                x = augment(x, gen)
+                x, y = augment(images[idx], targets[idx], gen)
                 logits = model(x)
-                loss = F.cross_entropy(logits, y, weight=weight)
+                loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if mu > 0:  # gradient of mu/2·||w − w0||², added directly instead of through autograd
@@ -165,7 +170,8 @@ def train_model(
                 optimizer.step()
                 with torch.no_grad():
                     loss_sum += loss.detach() * len(idx)
-                    correct += (logits.argmax(1) == y).sum()
+                    right = task.correct(logits, y)
+                    correct = None if right is None or correct is None else correct + right
                 seen += len(idx)
                 step += 1
                 if on_batch is not None:
@@ -177,12 +183,13 @@ def train_model(
         record = {
             "epoch": epoch,
             "loss": float(loss_sum) / seen,
-            "train_acc": int(correct) / seen,
             "images_per_s": seen / elapsed if elapsed > 0 else float("inf"),
             "lr": optimizer.param_groups[0]["lr"],
         }
+        if correct is not None:
+            record["train_acc"] = int(correct) / seen
         if val is not None and len(val) > 0:
-            record.update(evaluate(model, val))
+            record.update(task.validation(model, val))
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
@@ -223,61 +230,3 @@ def batched_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> t
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 0)
-
-
-def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, C) as float32, in eval mode without gradients; the model's mode is restored."""
-    return torch.softmax(batched_logits(model, images, batch_size).float(), dim=1).numpy()
-
-
-def evaluate(model: nn.Module, data: SiteDataset, batch_size: int = 256) -> dict:
-    """``val_loss`` (unweighted cross entropy), ``val_acc`` and ``val_auc`` of ``model`` on ``data``.
-
-    ``val_auc`` is the ROC AUC of the positive class (index 1) for two classes,
-    macro one-vs-rest for more, and None when a class is missing from ``data``.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    logits = batched_logits(model, data.images, batch_size)
-    y = data.labels
-    loss = float(F.cross_entropy(logits, y))
-    acc = float((logits.argmax(1) == y).float().mean())
-    proba = torch.softmax(logits.float(), 1).numpy()
-    y_np = y.numpy()
-    auc = None
-    num_classes = proba.shape[1]
-    if len(np.unique(y_np)) == num_classes:
-        if num_classes == 2:
-            auc = float(roc_auc_score(y_np, proba[:, 1]))
-        else:
-            auc = float(roc_auc_score(y_np, proba, multi_class="ovr", average="macro"))
-    return {"val_loss": loss, "val_acc": acc, "val_auc": auc}
-
-
-def auc_with_ci(model: nn.Module, data: SiteDataset, n_bootstrap: int = 500, seed: int = 0) -> tuple[float, float, float] | None:
-    """(AUC, 95 % CI low, high) by the stratified bootstrap of :mod:`shared.metrics`; None where AUC is undefined.
-
-    Sent by sites with their evaluation (three aggregate numbers), so a coordinator's cross-site table and the
-    model card can show per-site intervals without any per-case value leaving the site.
-    """
-    from shared.metrics import evaluate_predictions
-
-    if len(data) == 0 or len(set(data.labels.tolist())) < len(data.classes):
-        return None
-    m = evaluate_predictions(data.labels.numpy(), predict_proba(model, data.images), data.classes,
-                             n_bootstrap=n_bootstrap, seed=seed)  # fmt: skip
-    if m["auc"] is None:
-        return None
-    low, high = m["auc_ci95"] or (m["auc"], m["auc"])
-    return float(m["auc"]), float(low), float(high)
-
-
-def auc_score(model: nn.Module, data: SiteDataset) -> float:
-    """ROC AUC of ``model`` on ``data`` as ``fedrad-site evaluate`` computes it (positive class last, macro
-    one-vs-rest beyond two classes); NaN where it is undefined (no cases, or one class only)."""
-    from shared.metrics import evaluate_predictions
-
-    if len(data) == 0 or len(set(data.labels.tolist())) < 2:
-        return float("nan")
-    m = evaluate_predictions(data.labels.numpy(), predict_proba(model, data.images), data.classes, n_bootstrap=0)
-    return float("nan") if m["auc"] is None else float(m["auc"])

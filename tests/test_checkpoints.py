@@ -19,10 +19,11 @@ from server.checkpoints import (
 )
 from shared.modelfile import load_model_file, weights_sha256
 from shared.models import build_model
+from shared.tasks import TaskSpec
 
 pytestmark = pytest.mark.timeout(60)
-TASK = RunTask(model="smallcnn", classes=["normal", "nodule"], image_size=16, consortium="Test Consortium",
-               strategy="fedadam", seed=7)  # fmt: skip
+TASK = RunTask(task=TaskSpec("classification", ("normal", "nodule"), "smallcnn", 16), consortium="Test Consortium",
+               strategy="fedadam", seed=7)
 
 
 def weights(seed: int) -> dict[str, torch.Tensor]:

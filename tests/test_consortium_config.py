@@ -62,7 +62,6 @@ def test_unknown_key_is_named(patch: dict, key: str) -> None:
         ({"strategy": {"name": "fedfancy"}}, "'strategy.name'"),
         ({"site_optimizer": "keep"}, "'site_optimizer'"),
         ({"average_last_rounds": -2}, "'average_last_rounds'"),
-        ({"site_optimizer": "carry", "task": {"type": "segmentation", "labels": ["nodule"], "model": "unet"}}, "site_optimizer"),
     ],
 )
 def test_wrong_value_is_named(patch: dict, key: str) -> None:
@@ -135,3 +134,11 @@ def test_load_consortium_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "consortium.yaml").write_text("name: x\naddress: h:1\nstrategy: fedmedian\n")
     assert load_consortium(tmp_path).strategy.name == "fedmedian"
     assert isinstance(ConsortiumConfig(name="x", address="h:1"), ConsortiumConfig)
+
+
+def test_segmentation_trains_with_fedprox_and_a_carried_optimizer() -> None:
+    """One training loop for every task: the proximal term and the carried optimizer are not classification's alone."""
+    cfg = parse_consortium({**_base(), "site_optimizer": "carry", "strategy": {"name": "fedprox", "proximal_mu": 0.1},
+                            "task": {"type": "segmentation", "labels": ["nodule"], "model": "unet"}})
+    rc = cfg.to_run_config()
+    assert rc["site-optimizer"] == "carry" and rc["strategy"] == "fedprox" and rc["labels"] == "nodule"

@@ -16,7 +16,7 @@ from client.dp_clip import clip_update
 from server.strategies import build_strategy
 from server.strategies.dp import DpSettings, make_private, privacy_report
 from shared.dp_rules import dp_covered, is_norm_statistic
-from shared.task_models import build_task_model
+from shared.tasks import get_task
 from tests.test_strategies import Grid, reply, site_state, task_identity  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def unet() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_task_model("segmentation", "unet", 2, 32)  # as server/app.py builds it: 2 labels, 32 px
+    return get_task("segmentation").build_model("unet", 2, 32)  # as server/app.py builds it: 2 labels, 32 px
 
 
 def test_site_clipping_bounds_a_unet_update(unet: torch.nn.Module) -> None:

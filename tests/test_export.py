@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from server.checkpoints import RunDir, RunTask
+from shared.tasks import TaskSpec
 from server.enrollment import enroll_site, init_consortium
 from server.export import export_model
 from shared.modelfile import load_model_file
@@ -32,7 +33,7 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = build_model("smallcnn", 2, 32)
     run = RunDir(c / "runs" / "r1")
-    task = RunTask("smallcnn", ["normal", "nodule"], 32, "Export Net", "fedavg", 0)
+    task = RunTask(TaskSpec("classification", ("normal", "nodule"), "smallcnn", 32), "Export Net", "fedavg", 0)
     run.prepare(task, resume=False)
     metrics = {"round": 1, "sites_answered": 2, "eval": {"auc": 0.71, "accuracy": 0.66, "num-examples": 40}}
     run.save_round(1, model.state_dict(), task=task, num_server_rounds=1, metrics=metrics, eval_auc=0.71,

@@ -26,11 +26,12 @@ from flwr.app import ArrayRecord
 
 from server.strategies import build_strategy
 from shared.config import SiteDataConfig
-from shared.dataset import SiteDataset
+from shared.tasks.classification.dataset import SiteDataset
 from shared.models import build_model
 from shared.site_data import load_site_dataset
 from shared.synth import write_cohort
-from shared.training import TrainConfig, auc_score, train_model
+from shared.training import TrainConfig, train_model
+from shared.tasks.classification.evaluation import auc_score
 from tests.test_strategies import reply, site_state, task_identity, train_metrics  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(300)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from server.app import RunConfigError, RunSettings
-from shared.dataset import SiteDataset
+from shared.tasks.classification.dataset import SiteDataset
 from shared.lr_schedule import scheduled_lr
 from shared.models import build_model
 from shared.training import TrainConfig, train_model

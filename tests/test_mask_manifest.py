@@ -12,7 +12,7 @@ from shared.config import ConfigError, PreprocessConfig, SiteDataConfig
 from shared.imaging import scan_site
 from shared.imaging.mask_manifest import match_mask_manifest, read_mask_file
 from shared.imaging.segmentation import align_mask, match_segmentations, seg_files
-from shared.segmentation_data import check_seg_export, check_segments_only, load_seg_dataset
+from shared.tasks.segmentation.data import check_seg_export, check_segments_only, load_seg_dataset
 from tests import dicom_factory as f
 from tests.test_segmentation_ingest import LABELS, SIZE, _disc, _image, _seg
 

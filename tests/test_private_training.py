@@ -17,7 +17,8 @@ from server.strategies.validation import template_of, validate_train_reply
 from shared.config import ConfigError
 from shared.models import build_model
 from shared.private_training import epsilon_after, noise_for_epsilon, steps_per_epoch, train_model_private
-from shared.training import TrainConfig, auc_score, seed_everything
+from shared.training import TrainConfig, seed_everything
+from shared.tasks.classification.evaluation import auc_score
 from tests.test_training import blob_dataset
 
 

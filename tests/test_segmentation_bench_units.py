@@ -10,7 +10,7 @@ from benchmarks.generalization import BenchConfig
 from benchmarks.generalization_task import metric_names, score
 from client.seg_report import overlay_cases
 from shared.config import ConfigError
-from shared.segmentation_training import SegDataset, concat_seg_datasets
+from shared.tasks.segmentation.dataset import SegDataset, concat_seg_datasets
 
 
 def test_bench_config_defaults_per_task() -> None:
@@ -61,10 +61,10 @@ def test_model_card_names_dice_for_a_segmentation_benchmark(tmp_path) -> None:  
     from server.model_card import model_card
     from shared.config import PreprocessConfig
     from shared.modelfile import load_model_file, save_model_file
-    from shared.task_models import build_task_model
+    from shared.tasks import get_task
 
     path = tmp_path / "seg.pt"
-    save_model_file(path, build_task_model("segmentation", "unet", 2, 16), architecture="unet", arch_kwargs={}, classes=[],
+    save_model_file(path, get_task("segmentation").build_model("unet", 2, 16), architecture="unet", arch_kwargs={}, classes=[],
                     labels=["nodule", "lung"], preprocess=PreprocessConfig(image_size=16), threshold=None,
                     provenance={"trained_by": "test", "kind": "local"})  # fmt: skip
     cell = {"mean": 0.9, "sd": 0.0, "n": 1}

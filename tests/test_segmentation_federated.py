@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.federated import Task
+from shared.tasks import TaskSpec
 from client.outbound_guard import guard_reply
 from server.app import RunConfigError, RunSettings
 from server.checkpoints import RunDir, RunTask
@@ -21,8 +21,8 @@ from server.strategies.metrics import aggregate_metrics
 from server.strategies.validation import validate_eval_reply
 from shared.config import ConfigError
 from shared.modelfile import load_model_file
-from shared.segmentation_metric_keys import metric_keys
-from shared.task_models import build_task_model
+from shared.tasks.segmentation.metric_keys import metric_keys
+from shared.tasks import get_task
 from tests.test_strategies import reply, task_identity  # noqa: F401 - the fixture is used by name
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,7 +44,7 @@ def _error(data: dict) -> str:
 
 def unet() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_task_model("segmentation", "unet", len(LABELS), 32)
+    return get_task("segmentation").build_model("unet", len(LABELS), 32)
 
 
 # ------------------------------------------------------------------ consortium.yaml and the run config
@@ -55,7 +55,7 @@ def test_segmentation_task_goes_into_the_run_config_and_classification_stays_the
     assert (run["task-type"], run["labels"], run["model"], run["image-size"]) == ("segmentation", "nodule,lung", "unet", 32)
     s = RunSettings.from_run_config(run)
     assert (s.task_type, s.outputs, s.model) == ("segmentation", LABELS, "unet")
-    task = Task.from_run_config(run)
+    task = TaskSpec.from_run_config(run)
     assert task.segmentation and task.outputs == LABELS
     default = parse_consortium(BASE).to_run_config(run_dir="/tmp/r")  # an existing config is unchanged
     assert (default["task-type"], default["labels"], default["model"]) == ("classification", "", "smallcnn")
@@ -160,7 +160,7 @@ def test_strategies_aggregate_unet_updates(name: str, task_identity: None) -> No
 def test_a_segmentation_round_checkpoint_is_a_segmentation_model_file(tmp_path: Path) -> None:
     model = unet()
     run = RunDir(tmp_path / "run")
-    task = RunTask("unet", LABELS, 32, "Seg Net", "fedavg", 0, "segmentation")
+    task = RunTask(TaskSpec("segmentation", tuple(LABELS), "unet", 32), "Seg Net", "fedavg", 0)
     assert run.prepare(task, resume=False) is None
     digest = run.save_round(1, model.state_dict(), task=task, num_server_rounds=2, metrics={"eval": {}}, eval_auc=0.4)
     loaded = load_model_file(tmp_path / "run" / "best.pt")
@@ -172,14 +172,14 @@ def test_a_segmentation_round_checkpoint_is_a_segmentation_model_file(tmp_path: 
     point = run.prepare(task, resume=True)
     assert point is not None and point.best_auc == pytest.approx(0.4)  # best by dice-mean
     with pytest.raises(Exception, match="task_type"):
-        run.prepare(RunTask("unet", LABELS, 32, "Seg Net", "fedavg", 0, "classification"), resume=True)
+        run.prepare(RunTask(TaskSpec("classification", tuple(LABELS), "unet", 32), "Seg Net", "fedavg", 0), resume=True)
 
 
 def test_model_card_describes_a_segmentation_model(tmp_path: Path) -> None:
     from server.model_card import model_card
 
     run = RunDir(tmp_path / "run")
-    task = RunTask("unet", LABELS, 32, "Seg Net", "fedavg", 0, "segmentation")
+    task = RunTask(TaskSpec("segmentation", tuple(LABELS), "unet", 32), "Seg Net", "fedavg", 0)
     run.prepare(task, resume=False)
     row = {"eval": {"num-examples": 20, "dice-mean": 0.5, "dice-lung": 0.9, "hd95-lung": 2.5, "dice-nodule": 0.1},
            "sites_answered": 2}  # fmt: skip

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from shared.models import MODEL_BUILDERS
-from shared.segmentation_metrics import (
+from shared.tasks.segmentation.metrics import (
     bootstrap_mean_ci,
     evaluate_segmentation,
     hd95_per_case,
 )
-from shared.segmentation_model import SEG_MODEL_BUILDERS, build_seg_model
-from shared.segmentation_training import (
+from shared.tasks.segmentation.models import SEG_MODEL_BUILDERS, build_seg_model
+from shared.tasks.segmentation.dataset import (
     SegDataset,
     SegTrainConfig,
     flip_pairs,

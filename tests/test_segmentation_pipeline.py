@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from shared.config import SiteDataConfig
-from shared.segmentation_data import load_seg_dataset, split_seg_dataset
-from shared.segmentation_metrics import evaluate_segmentation
-from shared.segmentation_model import build_seg_model
-from shared.segmentation_training import SegTrainConfig, predict_masks, train_segmentation
+from shared.tasks.segmentation.data import load_seg_dataset, split_seg_dataset
+from shared.tasks.segmentation.metrics import evaluate_segmentation
+from shared.tasks.segmentation.models import build_seg_model
+from shared.tasks.segmentation.dataset import SegTrainConfig, predict_masks, train_segmentation
 from shared.synth import write_cohort
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

@@ -166,11 +166,11 @@ def test_site_statistics_counts_classes_manufacturers_and_intensity() -> None:
     import torch
 
     from client.site_stats import site_statistics
-    from shared.dataset import SiteDataset
+    from shared.tasks.classification.dataset import SiteDataset
 
     images = torch.cat([torch.full((3, 1, 4, 4), 0.15), torch.full((2, 1, 4, 4), 0.95)])
     data = SiteDataset(images=images, labels=torch.tensor([0, 0, 1, 1, 1]), classes=["normal", "nodule"])
-    stats = site_statistics(data, {"GE MEDICAL": 4, "Siemens/Healthineers<script>": 1})
+    stats = site_statistics([data], {"GE MEDICAL": 4, "Siemens/Healthineers<script>": 1})
     assert stats["images"] == 5 and stats["class:normal"] == 2 and stats["class:nodule"] == 3
     assert stats["manufacturer:GE MEDICAL"] == 4 and stats["manufacturer:Siemens_Healthineers_script_"] == 1
     assert stats["intensity-bin:1"] == 3 and stats["intensity-bin:9"] == 2 and sum(

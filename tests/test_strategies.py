@@ -11,14 +11,15 @@ import torch
 from flwr.app import Array, ArrayRecord, MessageType, Metadata, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.federated import LocalNormStore, OptimizerStore, SiteData, Task, evaluate_round, global_model, norm_state, train_round
+from client.federated import LocalNormStore, OptimizerStore, SiteData, evaluate_round, global_model, norm_state, train_round
+from shared.tasks import TaskSpec
 from server.strategies import STRATEGIES, StrategyError, build_strategy, parse_strategy_params
 from server.strategies.metrics import aggregate_metrics
-from shared.dataset import SiteDataset
+from shared.tasks.classification.dataset import SiteDataset
 from shared.models import build_model, norm_layer_names
 
 pytestmark = pytest.mark.timeout(60)
-TASK = Task("smallcnn", ["normal", "nodule"], 16)
+TASK = TaskSpec("classification", ("normal", "nodule"), "smallcnn", 16)
 
 
 @pytest.fixture(autouse=True)
@@ -251,7 +252,7 @@ def _site(n: int, shift: float, seed: int) -> SiteData:
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 2
     x = torch.rand(n, 1, 16, 16, generator=g) * 0.3 + shift + y.view(-1, 1, 1, 1) * 0.2
-    ds = SiteDataset(images=x, labels=y, classes=list(TASK.classes), groups=[str(i) for i in range(n)])
+    ds = SiteDataset(images=x, labels=y, classes=list(TASK.outputs), groups=[str(i) for i in range(n)])
     return SiteData(train=ds, held_out=ds, has_held_out=False, load_s=0.0, site_name="s", work_dir=None)  # type: ignore[arg-type]
 
 
@@ -334,7 +335,7 @@ def test_run_config_errors_name_the_key(tmp_path) -> None:
 
     ok = {"run-dir": str(tmp_path), "classes": "normal,nodule", "resume": "true", "strategy": "FedAvg"}
     s = RunSettings.from_run_config(ok)
-    assert s.resume is True and s.strategy == "fedavg" and s.classes == ["normal", "nodule"]
+    assert s.resume is True and s.strategy == "fedavg" and s.task.outputs == ("normal", "nodule")
     with pytest.raises(RunConfigError, match="'run-dir' must be an absolute folder"):
         RunSettings.from_run_config({**ok, "run-dir": ""})
     with pytest.raises(RunConfigError, match="'num-server-rounds': expected int"):
@@ -347,8 +348,9 @@ def test_run_config_errors_name_the_key(tmp_path) -> None:
     assert RunSettings.from_run_config({**ok, "site-optimizer": "Carry"}).train_config(1)["site-optimizer"] == "carry"
     with pytest.raises(RunConfigError, match="'site-optimizer' must be one of reset, carry"):
         RunSettings.from_run_config({**ok, "site-optimizer": "keep"})
-    with pytest.raises(RunConfigError, match="'site-optimizer' carry applies to classification"):
-        RunSettings.from_run_config({**ok, "site-optimizer": "carry", "task-type": "segmentation", "labels": "nodule"})
+    seg = RunSettings.from_run_config({**ok, "site-optimizer": "carry", "task-type": "segmentation", "labels": "nodule",
+                                       "model": "unet"})  # one training loop: segmentation carries its optimizer too
+    assert seg.train_config(1)["site-optimizer"] == "carry" and seg.task.outputs == ("nodule",)
     assert RunSettings.from_run_config({**ok, "average-last-rounds": 5}).average_last_rounds == 5
     with pytest.raises(RunConfigError, match="'average-last-rounds' must be a number of rounds >= 0"):
         RunSettings.from_run_config({**ok, "average-last-rounds": -1})
@@ -389,7 +391,7 @@ def test_site_session_answers_a_statistics_query_without_weights(model: torch.nn
     session = SiteSession(TASK, data, "c", "/runs/1")
     state, stats = session.handle("query", {}, {})
     assert state is None and stats["images"] == 16 and stats["manufacturer:ACME"] == 16
-    assert sum(stats[f"class:{c}"] for c in TASK.classes) == 16
+    assert sum(stats[f"class:{c}"] for c in TASK.outputs) == 16
     with pytest.raises(ValueError, match="unknown message type"):
         session.handle("export", {}, {})
 

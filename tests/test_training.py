@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from shared.augment import BatchAugment, build_augment
-from shared.dataset import SiteDataset
+from shared.tasks.classification.dataset import SiteDataset
 from shared.modelfile import weights_sha256
 from shared.models import build_model
 from shared.splits import stratified_group_split
-from shared.training import OptimizerCarry, TrainConfig, class_weights, predict_proba, seed_everything, train_model
+from shared.training import OptimizerCarry, TrainConfig, seed_everything, train_model
+from shared.tasks.classification.evaluation import class_weights, predict_proba
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ the max (the slowest site sets the round's pace); ``auc`` is weighted by
 left out when no site could compute it); per-image DP's ``dp-epsilon`` takes the
 largest and ``dp-noise-multiplier`` the smallest (the least private site); a site's AUC interval (``auc-ci-*``) is
 per site and left out (``fedrad-server crossval`` keeps it per site); likewise the
-segmentation keys (:mod:`shared.segmentation_metric_keys`): ``hd95-<label>`` is
+segmentation keys (:mod:`shared.tasks.segmentation.metric_keys`): ``hd95-<label>`` is
 weighted by ``hd95-<label>-examples`` (summed, like every ``*-examples`` count) and
 ``dice-<label>-ci-*`` is left out; everything else is weighted by
 ``num-examples``. Each key is combined over the sites that sent it: a site
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
 
-from shared.segmentation_metric_keys import is_per_site
+from shared.tasks.segmentation.metric_keys import is_per_site
 
 SUMMED = ("num-examples", "auc-examples")
 WORST = {"dp-epsilon": max, "dp-noise-multiplier": min}  # per-image DP: the round is as private as its least private site

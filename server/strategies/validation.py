@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from shared.segmentation_metric_keys import is_fraction, is_segmentation_key
+from shared.tasks.segmentation.metric_keys import is_fraction, is_segmentation_key
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"

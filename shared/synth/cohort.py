@@ -50,6 +50,7 @@ TEST_EXPORT = "test"  # site-<k>/test/: a site's separate test export (write_coh
 TEST_SEED_OFFSET = 7777  # its patients: other seeds' patients, other accession numbers (seed % 1000)
 Task = Literal["classification", "segmentation"]
 TASKS: tuple[str, ...] = ("classification", "segmentation")
+EXPORT_LABELLED: frozenset[str] = frozenset({"segmentation"})  # tasks whose labels are DICOM SEGs beside the images
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def write_site(
         raise ValueError(f"{profile.name}: n_images must be at least 1, got {n_images}")
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    write_seg = _seg_writer() if task == "segmentation" else None
+    write_seg = _seg_writer() if task in EXPORT_LABELLED else None
     out_dir = Path(out_dir)
     dicom_dir = out_dir / "dicom"
     if dicom_dir.exists() and any(dicom_dir.iterdir()):

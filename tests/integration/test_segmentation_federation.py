@@ -34,9 +34,9 @@ from server.consortium import parse_consortium
 from server.superlink import stage_app, submit_run
 from shared.modelfile import load_model_file
 from shared.processes import ProcessSet
-from shared.segmentation_metric_keys import metric_keys
+from shared.tasks.segmentation.metric_keys import metric_keys
 from shared.synth import write_cohort
-from shared.task_models import build_task_model
+from shared.tasks import get_task
 from tests.integration.cleanup import stop_all_and_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
@@ -98,7 +98,7 @@ def test_two_site_segmentation_federation_over_tls(tmp_path: Path) -> None:
 
     # The sites: what each sent, per round; the untrained UNet (the server's round-1 start) on the same patients.
     torch.manual_seed(SEED)
-    untrained = build_task_model("segmentation", "unet", len(LABELS), 32).state_dict()
+    untrained = get_task("segmentation").build_model("unet", len(LABELS), 32).state_dict()
     allowed = set(ALLOWED_METRICS) | set(metric_keys(LABELS))
     table = {}
     for name in SITES:

@@ -8,7 +8,7 @@ it up by accident.
 Output convention: (B, n_labels, S, S) logits, one independent channel per task
 label and **no background channel**. Task labels may overlap (the synthetic
 cohort's ``nodule`` lies inside ``lung``), so each label is its own sigmoid
-problem (see :mod:`shared.segmentation_training`); with sigmoids a background
+problem (see :mod:`shared.tasks.segmentation.dataset`); with sigmoids a background
 channel would only be "no label here", which no metric or loss needs.
 
 MONAI is imported inside the builders: it costs seconds to import and

@@ -10,6 +10,7 @@ splits and local reports only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -18,12 +19,15 @@ import torch
 class SiteDataset:
     """Preprocessed images with their labels and the site-local bookkeeping needed for splits."""
 
+    task_name: ClassVar[str] = "classification"
+
     images: torch.Tensor  # (N, 1, S, S) float32, intensities windowed to about [0, 1]
     labels: torch.Tensor  # (N,) int64, index into ``classes``
     classes: list[str]
     groups: list[str] = field(default_factory=list)  # patient grouping key per case (site-local)
     keys: list[str] = field(default_factory=list)  # label-manifest key per case (site-local)
     paths: list[str] = field(default_factory=list)  # path relative to the data folder (site-local)
+    manufacturers: dict[str, int] = field(default_factory=dict)  # usable images per scanner manufacturer
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -19,7 +19,7 @@ import torch
 from shared.config import ConfigError, SiteDataConfig
 from shared.imaging.scan import ScanResult, scan_site
 from shared.imaging.segmentation import SegReport, match_segmentations, seg_files
-from shared.segmentation_training import SegDataset
+from shared.tasks.segmentation.dataset import SegDataset
 from shared.splits import stratified_group_split
 
 
@@ -65,7 +65,7 @@ def split_seg_dataset(data: SegDataset, fraction: float, seed: int) -> tuple[Seg
     return data.subset(train_idx.tolist()), data.subset(val_idx.tolist())
 
 
-MIN_SEG_CASES = 2  # federated segmentation needs a training part and a held-out part (client.federated_segmentation)
+MIN_SEG_CASES = 2  # federated segmentation needs a training part and a held-out part (shared.tasks.segmentation)
 
 
 def check_seg_export(config: SiteDataConfig) -> tuple[bool, str]:

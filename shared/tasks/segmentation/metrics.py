@@ -4,7 +4,7 @@ MONAI computes the figures (``DiceMetric``, ``HausdorffDistanceMetric(percentile
 this module adds FedRad's empty-mask policy and the summary. Masks are
 (N, L, S, S) bool with one channel per task label, as
 :class:`shared.imaging.segmentation.SegReport` and
-:func:`shared.segmentation_training.predict_masks` give them.
+:func:`shared.tasks.segmentation.dataset.predict_masks` give them.
 
 Empty-mask policy (a SEG's empty segment means "looked, found none"):
 

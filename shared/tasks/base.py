@@ -1,0 +1,210 @@
+"""The task seam: what FedRad needs to know about one kind of learning problem, asked in one place.
+
+A :class:`Task` describes one kind of problem (classification, segmentation, …)
+to everything else: which architectures it has, how a site's export becomes a
+dataset, the loss and augmentation the one training loop
+(:func:`shared.training.train_model`) uses, the aggregate metrics a site may
+send (and the outbound guard may let through), and the headline metric that the
+best checkpoint, crossval, the benchmark and the model card rank by. Outside
+``shared/tasks/`` no code branches on a task's name: it asks the task.
+
+A :class:`TaskSpec` is one consortium's task (kind, outputs, architecture,
+input size). It is described once and travels unchanged from ``consortium.yaml``
+to the run config, the site, checkpoints and the model file.
+
+Adding a task: a folder ``shared/tasks/<name>/`` with a ``Task`` subclass and
+one line in :data:`shared.tasks.BUILTIN_TASKS` (or, for a plug-in kept outside
+the package, a module named in ``FEDRAD_TASK_PLUGINS`` that calls
+:func:`shared.tasks.register_task`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from shared.config import SiteDataConfig
+
+# What a task may support beyond plain training and evaluation; consortium.yaml, the run config and the
+# site CLI refuse a setting whose feature the task lacks, naming the task.
+FEATURES: dict[str, str] = {
+    "image-dp": "per-image differential privacy (dp level: image)",
+    "scanner-augment": "scanner-appearance augmentation",
+    "stats": "data statistics (fedrad-server stats)",
+    "onnx": "ONNX export",
+    "explain": "saliency maps (fedrad-site explain)",
+}
+
+
+class TaskDataset(Protocol):
+    """What the training loop and the site need of a task's dataset: images, targets, patient groups."""
+
+    images: torch.Tensor  # (N, C, *spatial) float32
+    groups: list[str]  # patient grouping key per case (site-local; never leaves the site)
+
+    def __len__(self) -> int: ...
+
+    def subset(self, index: Any) -> TaskDataset: ...
+
+
+class Task:
+    """One kind of learning problem. Subclass it, set the class attributes, implement the methods."""
+
+    name: ClassVar[str]
+    outputs_key: ClassVar[str]  # config / run-config / model-file key naming the outputs: "classes" or "labels"
+    default_model: ClassVar[str]
+    headline_metric: ClassVar[str]  # the aggregate metric that ranks rounds and models (higher is better)
+    supports: ClassVar[frozenset[str]] = frozenset()  # names from FEATURES
+    label_csv: ClassVar[bool] = True  # a site needs a label CSV; False: its labels come with the export (DICOM SEG)
+    train_defaults: ClassVar[Mapping[str, Any]] = {}  # TrainConfig values this task prefers (batch_size, lr, ...)
+
+    # -- the consortium's description -------------------------------------------------------------
+    def check_outputs(self, names: list[str]) -> list[str]:
+        """Validate the output names (classes, segment labels…); return them cleaned. ValueError names the rule."""
+        names = [str(n).strip() for n in names]
+        if not names or any(not n for n in names):
+            raise ValueError(f"a {self.name} task needs non-empty output names in task.{self.outputs_key}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"task.{self.outputs_key} must be unique, got {names}")
+        return names
+
+    def model_registry(self) -> Mapping[str, Callable[..., nn.Module]]:
+        """Architecture names → builders ``builder(num_outputs, image_size, **kwargs)``."""
+        raise NotImplementedError
+
+    def build_model(self, name: str, num_outputs: int, image_size: int, **kwargs: Any) -> nn.Module:
+        from shared.models import build_from
+
+        return build_from(dict(self.model_registry()), f"{self.name} architecture", name, num_outputs, image_size, **kwargs)
+
+    def unsupported(self, feature: str) -> str | None:
+        """None when the task supports ``feature``, else the sentence that refuses it."""
+        if feature in self.supports:
+            return None
+        return f"{FEATURES.get(feature, feature)} is not available for {self.name} tasks"
+
+    def describe_output(self) -> str:
+        """What the model returns, for model cards and logs."""
+        return f"one output per {self.outputs_key[:-1]}"
+
+    def intended_use(self, outputs: list[str]) -> str:
+        """The model card's one line of what the model is for."""
+        return f"{self.name} of radiographs ({', '.join(outputs)})"
+
+    def summarize(self, metrics: Mapping[str, Any], outputs: list[str]) -> str:
+        """One line of a run's aggregate evaluation figures, for the model card."""
+        return f"{self.headline_metric} {float(metrics.get(self.headline_metric, float('nan'))):.3f}"
+
+    # -- a site's data ----------------------------------------------------------------------------
+    def load_site(self, cfg: SiteDataConfig, outputs: list[str], source: Path) -> TaskDataset:
+        """The site's usable, labelled cases for this task; ConfigError (naming ``source``) when too few."""
+        raise NotImplementedError
+
+    def split(self, data: TaskDataset, fraction: float, seed: int) -> tuple[TaskDataset, TaskDataset]:
+        """(train, held-out) by patient; ValueError when the site is too small to split."""
+        raise NotImplementedError
+
+    # -- training (the one loop in shared.training asks for these) --------------------------------
+    def targets(self, data: TaskDataset) -> torch.Tensor:
+        """The training targets of ``data``, indexable like its images."""
+        raise NotImplementedError
+
+    def loss(self, data: TaskDataset, class_weighted: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The training loss ``loss(logits, targets)`` for ``data`` (mean over the batch)."""
+        raise NotImplementedError
+
+    def per_image_loss(self, data: TaskDataset) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The loss per image, unreduced (DP-SGD clips each image's gradient); None: no per-image DP."""
+        return None
+
+    def augment(self, strength: float, scanner: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple]:
+        """``augment(x, y, generator) -> (x, y)`` for a training batch; identity by default."""
+        return lambda x, y, gen: (x, y)
+
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """Correctly predicted cases in a batch (training accuracy); None where accuracy means nothing."""
+        return None
+
+    def validation(self, model: nn.Module, data: TaskDataset) -> dict[str, Any]:
+        """``val_loss`` and the task's validation figures, recorded in the training history each epoch."""
+        raise NotImplementedError
+
+    # -- evaluation and what may leave the site ---------------------------------------------------
+    def site_metrics(self, model: nn.Module, data: TaskDataset, seed: int) -> dict[str, float | int]:
+        """Aggregate figures of ``model`` on ``data`` that a site may send (never a per-case value)."""
+        raise NotImplementedError
+
+    def metric_count_key(self, key: str, outputs: list[str]) -> str | None | bool:
+        """The key counting the cases ``key`` was computed over; None for a count itself; False: not this task's."""
+        return False
+
+    def output_counts(self, data: TaskDataset) -> dict[str, int]:
+        """Cases per output (a class; a segment present), for the coordinator's data statistics."""
+        return {}
+
+    def example_metrics(self, outputs: list[str]) -> list[str]:
+        """Every aggregate key this task's evaluation may send (docs, tests, the guard's listing)."""
+        return []
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One consortium's task: kind, output names, architecture, input size. Described once; travels everywhere."""
+
+    type: str
+    outputs: tuple[str, ...]
+    model: str
+    image_size: int
+
+    @property
+    def task(self) -> Task:
+        from shared.tasks import get_task
+
+        return get_task(self.type)
+
+    @property
+    def headline_metric(self) -> str:
+        return self.task.headline_metric
+
+    def describe(self) -> str:
+        return f"a {self.type} {self.model} for {list(self.outputs)} at {self.image_size} px"
+
+    def build_model(self, **kwargs: Any) -> nn.Module:
+        return self.task.build_model(self.model, len(self.outputs), self.image_size, **kwargs)
+
+    def to_run_config(self) -> dict[str, str | int]:
+        """The run-config keys that carry the task (see pyproject's [tool.flwr.app.config])."""
+        key = self.task.outputs_key
+        rc: dict[str, str | int] = {"task-type": self.type, "classes": "", "labels": "", "model": self.model,
+                                    "image-size": self.image_size}
+        rc[key] = ",".join(self.outputs)
+        return rc
+
+    @classmethod
+    def from_run_config(cls, rc: Mapping[str, Any]) -> TaskSpec:
+        """The task a run config carries; unknown task type or bad outputs: ValueError naming the key."""
+        from shared.names import name_list
+        from shared.tasks import get_task
+
+        task = get_task(str(rc.get("task-type", "classification")).strip().lower())
+        try:
+            outputs = task.check_outputs(name_list(rc.get(task.outputs_key)))
+        except ValueError as exc:
+            raise ValueError(f"'{task.outputs_key}' {exc}") from None
+        model = str(rc.get("model") or "").strip() or task.default_model
+        return cls(task.name, tuple(outputs), model, int(rc.get("image-size", 64)))
+
+    def mismatch(self, other: TaskSpec) -> str | None:
+        """Why a model made for ``other`` does not fit this task; None when it does."""
+        for what, mine, theirs in (("task", self.type, other.type), ("architecture", self.model, other.model),
+                                   (self.task.outputs_key, list(self.outputs), list(other.outputs)),
+                                   ("image size", self.image_size, other.image_size)):
+            if mine != theirs:
+                return f"{what} is {theirs!r}, the task needs {mine!r}"
+        return None

@@ -1,0 +1,152 @@
+"""Classification: one label per image (a label CSV joined to the DICOM export), AUC as the headline.
+
+The dataset is :class:`shared.tasks.classification.dataset.SiteDataset`, the
+architectures :data:`shared.models.MODEL_BUILDERS`, the loss class-weighted
+cross entropy, the figures :mod:`shared.tasks.classification.evaluation`.
+torch is imported inside the methods: the outbound guard asks this task for
+its metric keys in every light per-message ClientApp process.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.tasks.base import Task
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from shared.config import SiteDataConfig
+    from shared.tasks.classification.dataset import SiteDataset
+
+# metric → the count key saying how many cases it was computed over (the outbound guard's rule)
+METRIC_COUNTS: dict[str, str] = {
+    "train-acc": "num-examples", "accuracy": "num-examples", "auc": "auc-examples",
+    "auc-ci-low": "auc-examples", "auc-ci-high": "auc-examples",  # the site's own bootstrap interval of its AUC
+}
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    outputs_key = "classes"
+    default_model = "smallcnn"
+    headline_metric = "auc"
+    supports = frozenset({"image-dp", "scanner-augment", "stats", "onnx", "explain"})
+
+    def check_outputs(self, names: list[str]) -> list[str]:
+        names = super().check_outputs(names)
+        if len(names) < 2:
+            raise ValueError(f"must list at least 2 distinct classes, got {names}")
+        return names
+
+    def model_registry(self) -> Mapping[str, Callable[..., nn.Module]]:
+        from shared.models import MODEL_BUILDERS
+
+        return MODEL_BUILDERS
+
+    def build_model(self, name: str, num_outputs: int, image_size: int, **kwargs: Any) -> nn.Module:
+        from shared.models import build_model
+
+        return build_model(name, num_outputs, image_size, **kwargs)
+
+    def describe_output(self) -> str:
+        return "one logit per class (softmax = class probabilities)"
+
+    def intended_use(self, outputs: list[str]) -> str:
+        return f"the classification of radiographs into {', '.join(outputs)} (positive class: {outputs[-1]})"
+
+    def summarize(self, metrics: Mapping[str, Any], outputs: list[str]) -> str:
+        nan = float("nan")
+        return f"AUC {metrics.get('auc', nan):.3f}, accuracy {metrics.get('accuracy', nan):.3f}"
+
+    def load_site(self, cfg: SiteDataConfig, outputs: list[str], source: Path) -> SiteDataset:
+        from shared.config import ConfigError
+        from shared.site_data import load_site_dataset
+
+        if list(cfg.classes) != list(outputs):
+            raise ConfigError(f"{source}: classes {cfg.classes} differ from the consortium's {list(outputs)}; "
+                              "set 'classes' in site.yaml to the task's list, in the same order")
+        data, check = load_site_dataset(cfg)
+        n_classes = len(set(data.labels.tolist()))
+        if len(data) < 2 or n_classes < 2:
+            raise ConfigError(f"{source}: {len(data)} usable labelled images in {n_classes} class(es); federated "
+                              "training needs at least 2 images of 2 classes (run `fedrad-site check`)")
+        data.manufacturers = dict(Counter(r.header.manufacturer or "unknown" for r in check.scan.usable))
+        return data
+
+    def split(self, data: SiteDataset, fraction: float, seed: int) -> tuple[SiteDataset, SiteDataset]:
+        from shared.splits import stratified_group_split
+
+        train, held = stratified_group_split(data.labels.tolist(), data.groups, fraction, seed)
+        return data.subset(train.tolist()), data.subset(held.tolist())
+
+    def targets(self, data: SiteDataset) -> torch.Tensor:
+        n = len(data.classes)
+        if len(data) and (int(data.labels.min()) < 0 or int(data.labels.max()) >= n):
+            raise ValueError(f"labels must be class indices 0..{n - 1} for classes {data.classes}")
+        return data.labels
+
+    def loss(self, data: SiteDataset, class_weighted: bool) -> Callable:
+        import torch.nn.functional as F
+
+        from shared.tasks.classification.evaluation import class_weights
+
+        weight = class_weights(data.labels, len(data.classes)) if class_weighted else None
+        return lambda logits, y: F.cross_entropy(logits, y, weight=weight)
+
+    def per_image_loss(self, data: SiteDataset) -> Callable:
+        """Cross entropy per image times its class weight, never normalised by the batch (DP-SGD)."""
+        import torch
+        import torch.nn.functional as F
+
+        from shared.tasks.classification.evaluation import class_weights
+
+        weight = class_weights(data.labels, len(data.classes)) if len(data) else torch.ones(len(data.classes))
+        return lambda logits, y: F.cross_entropy(logits, y, reduction="none") * weight[y]
+
+    def augment(self, strength: float, scanner: float) -> Callable:
+        from shared.augment import build_augment
+
+        augment = build_augment(strength, scanner)
+        return lambda x, y, gen: (augment(x, gen), y)
+
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (logits.argmax(1) == targets).sum()
+
+    def validation(self, model: nn.Module, data: SiteDataset) -> dict[str, Any]:
+        from shared.tasks.classification.evaluation import evaluate
+
+        return evaluate(model, data)
+
+    def site_metrics(self, model: nn.Module, data: SiteDataset, seed: int) -> dict[str, float | int]:
+        from shared.tasks.classification.evaluation import auc_with_ci, evaluate
+
+        result = evaluate(model, data)
+        auc = result["val_auc"]
+        out: dict[str, float | int] = {
+            "num-examples": len(data),
+            "loss": float(result["val_loss"]),
+            "accuracy": float(result["val_acc"]),
+            "auc": float(auc) if auc is not None else 0.0,
+            "auc-examples": len(data) if auc is not None else 0,
+        }
+        ci = auc_with_ci(model, data, seed=seed) if auc is not None else None
+        if ci is not None:  # this site's interval; the server keeps it per site and never averages it
+            out["auc-ci-low"], out["auc-ci-high"] = ci[1], ci[2]
+        return out
+
+    def metric_count_key(self, key: str, outputs: list[str]) -> str | None | bool:
+        return METRIC_COUNTS.get(key, False)
+
+    def output_counts(self, data: SiteDataset) -> dict[str, int]:
+        return data.class_counts()
+
+    def example_metrics(self, outputs: list[str]) -> list[str]:
+        return ["num-examples", "loss", "accuracy", "auc", "auc-examples", "auc-ci-low", "auc-ci-high"]
+
+
+TASK = ClassificationTask()
