@@ -39,7 +39,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from shared.augment import StrengthAugment
+from shared.augment_base import StrengthAugment
 from shared.config import PreprocessConfig
 
 _WINDOW = PreprocessConfig.model_fields
