@@ -109,19 +109,10 @@ def federate(setup_info: dict, out: Path) -> tuple[int, Path | None, float]:
 
 def _held_out_split(site_yaml: Path, model_classes: list[str], image_size: int, seed: int):  # noqa: ANN202
     """(train, held_out) exactly as the ClientApp splits them (same function, same seed)."""
-    try:
-        from client.federated import Task, load_site_data
+    from client.federated import Task, load_site_data
 
-        d = load_site_data(site_yaml, Task("smallcnn", model_classes, image_size), seed)
-        return d.train, d.held_out
-    except ImportError:  # an older ClientApp: the same seeded, patient-grouped split
-        from client.site_options import site_data_config
-        from shared.site_data import load_site_dataset
-        from shared.splits import stratified_group_split
-
-        data, _ = load_site_dataset(site_data_config(site_yaml))
-        tr, ho = stratified_group_split(data.labels.tolist(), data.groups, 0.3, seed)
-        return data.subset(list(tr)), data.subset(list(ho))
+    d = load_site_data(site_yaml, Task("smallcnn", model_classes, image_size), seed)
+    return d.train, d.held_out
 
 
 def evaluate_all(setup_info: dict, run_dir: Path, rounds: int, local_epochs: int, seed: int) -> dict:

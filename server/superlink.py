@@ -328,6 +328,9 @@ def stage_app(dest: Path, source_root: Path | None = None, config_defaults: dict
     staged = {k: config[k] for k in FAB_PYPROJECT_TABLES if k in config}
     if config_defaults:
         flwr_app = {**flwr_app, "config": {**flwr_app.get("config", {}), **config_defaults}}
+    # The staged tree already lacks what fab-exclude names (code_files leaves it out), and Flower refuses an
+    # exclude pattern that matches no file; fab-include stays (it matches the staged files exactly).
+    flwr_app = {k: v for k, v in flwr_app.items() if k != "fab-exclude"}
     staged["tool"] = {"flwr": {"app": flwr_app}}
     dest = Path(dest)
     if dest.exists():

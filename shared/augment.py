@@ -30,23 +30,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from shared.augment_base import StrengthAugment
+
 if TYPE_CHECKING:
     from shared.scanner_augment import ScannerAugment
-
-
-class StrengthAugment:
-    """A batch augmentation whose every range scales with one ``strength`` (0 = off, returns its input)."""
-
-    name = "augmentation"
-
-    def __init__(self, strength: float = 1.0) -> None:
-        if not (strength >= 0 and math.isfinite(strength)):
-            raise ValueError(f"{self.name} strength must be a finite number >= 0, got {strength}")
-        self.strength = float(strength)
-
-    @property
-    def enabled(self) -> bool:
-        return self.strength > 0
 
 
 class BatchAugment(StrengthAugment):
@@ -117,6 +104,8 @@ def build_augment(strength: float, scanner: float = 0.0) -> BatchAugment | Compo
     batch = BatchAugment(strength)
     if not scanner > 0:
         return batch
-    from shared.scanner_augment import ScannerAugment  # lazily: it reads the ingest window from shared.config
+    # Lazily, only for the import cost: it reads the ingest window from shared.config (pydantic), which plain
+    # training does not load. scanner_augment never imports this module (its base is shared.augment_base).
+    from shared.scanner_augment import ScannerAugment
 
     return ComposedAugment(ScannerAugment(scanner), batch)

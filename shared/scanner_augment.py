@@ -20,7 +20,7 @@ independently, with every range scaled by ``strength`` (0 = off):
 * a processing curve: gamma in [e^-0.4, e^0.4], then (p = 0.5) an S-shaped LUT of gain up to 6;
 * additive noise up to σ = 0.04;
 * then the same robust per-image percentile window that ingest applies
-  (:func:`shared.imaging.preprocess.percentile_window`), so augmented images have the value
+  (:func:`shared.imaging.planar.percentile_window`), so augmented images have the value
   range the model sees at inference.
 
 It works best under the histogram-equalisation input layer (``smallcnn-eq``, :mod:`shared.intensity`):
@@ -39,7 +39,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from shared.augment import StrengthAugment
+from shared.augment_base import StrengthAugment
 from shared.config import PreprocessConfig
 
 _WINDOW = PreprocessConfig.model_fields

@@ -104,12 +104,15 @@ def check_site(config: SiteDataConfig, on_progress: ProgressFn | None = None, wo
 
 
 def build_dataset(check: SiteCheck) -> SiteDataset:
-    """Stack the cached tensors of every matched image into one in-memory dataset."""
+    """Stack the cached tensors of every matched image into one in-memory dataset, (N, 1, *one array's shape)."""
     size = check.config.image_size
-    images = np.empty((len(check.join.matched), 1, size, size), dtype=np.float32)
+    images = np.empty((0, 1, size, size), dtype=np.float32)  # no image: an empty batch of radiographs
     labels, groups, keys, paths = [], [], [], []
     for i, (rec, label) in enumerate(check.join.matched):
-        images[i, 0] = check.scan.load_image(rec)
+        image = check.scan.load_image(rec)
+        if i == 0:  # the rank is the data's (its modality's): (S, S) for a radiograph, (D, S, S) for a volume
+            images = np.empty((len(check.join.matched), 1, *image.shape), dtype=np.float32)
+        images[i, 0] = image
         labels.append(label)
         # Patients group the split; without a PatientID each study (or image) is its own group.
         groups.append(rec.header.patient_id or rec.header.study_instance_uid or rec.path)

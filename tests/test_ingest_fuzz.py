@@ -26,8 +26,8 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from shared.config import PreprocessConfig
-from shared.imaging.dicom_reader import read_image
-from shared.imaging.preprocess import preprocess_image
+from shared.imaging.modality import read_image
+from shared.imaging.planar import preprocess_image
 from shared.imaging.reasons import Reason, Rejection
 from shared.imaging.scan import decode_file
 from tests.dicom_factory import phantom, write_image

@@ -1,6 +1,7 @@
 """DICOM ingest: scan a site's export, give every file a verdict, decode and cache usable images."""
 
-from shared.imaging.dicom_reader import ImageHeader, read_image
+from shared.imaging.dicom_reader import ImageHeader
+from shared.imaging.modality import read_image
 from shared.imaging.reasons import EXPLANATIONS, Reason, Rejection
 from shared.imaging.scan import FileRecord, ScanResult, scan_site
 

@@ -7,7 +7,8 @@ Layout under the cache folder (which lives at the site, never leaves it):
 - ``stat-memo.json``: absolute path → (size, mtime_ns, sha256), so an
   unchanged file is not even re-read to hash it on the next scan.
 - ``tensors/<preprocess tag>/<folder id>.npy`` + ``.json``: one stacked array of
-  the preprocessed images of a data folder and the content hash of each row.
+  the preprocessed images of a data folder, and the content hash of each row plus
+  the shape of one row (its rank is the modality's: (S, S) for a radiograph).
   One file instead of one per image makes a fresh process's load a single
   read, and a scan's write a single atomic rename.
 
@@ -81,12 +82,12 @@ class IngestCache:
 
     def _load_pack(self) -> None:
         try:
-            shas = json.loads(self._pack_base.with_suffix(".json").read_text())["shas"]
+            index = json.loads(self._pack_base.with_suffix(".json").read_text())
+            shas, row_shape = index["shas"], tuple(index["shape"])
             pack = np.load(self._pack_base.with_suffix(".npy"), allow_pickle=False)
         except (OSError, ValueError, KeyError, TypeError, EOFError):
             return
-        size = self.params.image_size
-        if pack.dtype != np.float32 or pack.shape != (len(shas), size, size):
+        if pack.dtype != np.float32 or pack.shape != (len(shas), *row_shape):
             return
         self._pack, self._pack_rows = pack, {sha: i for i, sha in enumerate(shas)}
 
@@ -116,13 +117,13 @@ class IngestCache:
             return
         images = [self.get_tensor(sha) for sha in keep]
         shas = [sha for sha, img in zip(keep, images) if img is not None]
-        size = self.params.image_size
-        stack = np.stack([img for img in images if img is not None]) if shas else np.zeros((0, size, size), np.float32)
+        stack = np.stack([img for img in images if img is not None]) if shas else np.zeros((0,), np.float32)
         bio = io.BytesIO()
         np.save(bio, stack.astype(np.float32, copy=False), allow_pickle=False)
+        index = {"shas": shas, "shape": list(stack.shape[1:])}  # one row's shape: the rank is the data's
         # Array first, then its index: a crash between the two leaves a mismatch that _load_pack rejects.
         if self._write(self._pack_base.with_suffix(".npy"), bio.getvalue()) and self._write(
-            self._pack_base.with_suffix(".json"), json.dumps({"shas": shas}).encode()
+            self._pack_base.with_suffix(".json"), json.dumps(index).encode()
         ):
             # What was written is now the pack: a second flush with nothing new writes nothing.
             self._pack, self._pack_rows, self._fresh = stack, {sha: i for i, sha in enumerate(shas)}, {}

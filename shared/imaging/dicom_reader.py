@@ -1,9 +1,11 @@
-"""Read one file: decide whether it is a usable 2D grayscale radiograph and decode it.
+"""Read one DICOM file, whatever its modality: parse it, take its header, reject what is no image, decode pixels.
 
 Every failure is turned into a :class:`Rejection` with a stable reason code;
 nothing a file contains can crash a scan. Decoding uses pydicom's pixel
 backend with the pylibjpeg / pyjpegls plugins, so every transfer syntax those
-support works without code here.
+support works without code here. Which objects are usable, and how their
+pixels become a model input, is a modality's business (:mod:`shared.imaging.modality`,
+:mod:`shared.imaging.planar`); :func:`shared.imaging.modality.read_image` puts the two together.
 """
 
 from __future__ import annotations
@@ -14,15 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from shared.imaging.reasons import Reason, Rejection
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-MIN_SIDE = 32
-COLOUR_PHOTOMETRICS = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR", "YBR_PARTIAL_420"}
 
 
 @dataclass
@@ -109,7 +109,10 @@ def read_header(ds: pydicom.Dataset) -> ImageHeader:
 
 
 def check_image_object(ds: pydicom.Dataset, header: ImageHeader) -> None:
-    """Reject objects FedRad cannot train on before spending time decoding them."""
+    """Reject what is no image at all (DICOMDIR, SEG, no pixel data), whatever the modality, before decoding.
+
+    What a modality accepts among the rest (grey-scale, frames, size) is its own ``check``
+    (:mod:`shared.imaging.modality`)."""
     sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID")
     if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise Rejection(Reason.DICOMDIR, "media storage directory (DICOMDIR)")
@@ -120,14 +123,6 @@ def check_image_object(ds: pydicom.Dataset, header: ImageHeader) -> None:
             raise Rejection(Reason.TRUNCATED, "image header present but the file ends before its pixel data")
         what = _text(ds, "Modality") or "unknown modality"
         raise Rejection(Reason.NO_PIXEL_DATA, f"no pixel data ({what})")
-    samples = _int(ds, "SamplesPerPixel", 1)
-    if samples != 1 or header.photometric in COLOUR_PHOTOMETRICS:
-        raise Rejection(Reason.NOT_GRAYSCALE, f"{header.photometric or 'unknown'} with {samples} samples per pixel")
-    frames = _int(ds, "NumberOfFrames", 1)
-    if frames > 1:
-        raise Rejection(Reason.MULTI_FRAME, f"{frames} frames")
-    if header.rows < MIN_SIDE or header.columns < MIN_SIDE:
-        raise Rejection(Reason.TOO_SMALL, f"{header.rows}x{header.columns} pixels, minimum {MIN_SIDE}x{MIN_SIDE}")
 
 
 def _check_decodable(ds: pydicom.Dataset) -> None:
@@ -147,29 +142,8 @@ def _check_decodable(ds: pydicom.Dataset) -> None:
         raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{uid.name} ({ts}): no installed decoder")
 
 
-@dataclass
-class DecodedImage:
-    """Decoded pixels plus the linear modality transform still to apply.
-
-    The linear rescale (slope/intercept) and the MONOCHROME1 inversion commute
-    with area resampling, so preprocessing applies them to the small resampled
-    image instead of to every full-resolution pixel; only a non-linear
-    ModalityLUTSequence is applied here, at full resolution.
-    """
-
-    pixels: np.ndarray  # stored values (or modality values when a LUT was applied)
-    slope: float = 1.0
-    intercept: float = 0.0
-    invert: bool = False  # MONOCHROME1
-
-    def modality_values(self) -> np.ndarray:
-        """Full-resolution modality values, dense = bright (for inspection and tests)."""
-        values = self.pixels.astype(np.float32) * self.slope + self.intercept
-        return -values if self.invert else values
-
-
-def decode_values(ds: pydicom.Dataset, header: ImageHeader) -> DecodedImage:
-    """Stored pixels → :class:`DecodedImage`; rejects anything that is not a usable 2D grayscale image."""
+def pixel_array(ds: pydicom.Dataset, header: ImageHeader) -> np.ndarray:
+    """The stored pixel values, decoded; any decoder failure becomes a :class:`Rejection` (any modality)."""
     _check_decodable(ds)
     try:
         arr = ds.pixel_array
@@ -183,43 +157,4 @@ def decode_values(ds: pydicom.Dataset, header: ImageHeader) -> DecodedImage:
         if isinstance(exc, (NotImplementedError, RuntimeError)) and "plugin" in lowered:
             raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{header.transfer_syntax}: {msg[:160]}") from None
         raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"{type(exc).__name__}: {msg[:160]}") from None
-    if arr.ndim != 2:
-        raise Rejection(Reason.NOT_GRAYSCALE if arr.ndim == 3 and arr.shape[-1] in (3, 4) else Reason.MULTI_FRAME,
-                        f"decoded array has shape {arr.shape}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise Rejection(Reason.CORRUPT_PIXEL_DATA, "pixel values are not finite")
-    lo, hi = arr.min(), arr.max()
-    if lo == hi:
-        raise Rejection(Reason.CONSTANT_IMAGE, f"all pixels equal {float(lo):g}")
-    invert = header.photometric == "MONOCHROME1"  # high values are dark; flipped so dense = bright
-    if "ModalityLUTSequence" in ds:  # a non-linear LUT must be applied at full resolution
-        try:
-            values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
-        except Exception as exc:
-            raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"modality LUT could not be applied ({type(exc).__name__})") from None
-        return DecodedImage(values, invert=invert)
-    try:
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    except (TypeError, ValueError):
-        raise Rejection(Reason.CORRUPT_PIXEL_DATA, "RescaleSlope/RescaleIntercept are not numbers") from None
-    if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
-        raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"unusable rescale (slope {slope:g}, intercept {intercept:g})")
-    with np.errstate(over="ignore", invalid="ignore"):  # preprocessing runs in float32: the range must survive it
-        ends = np.float32(slope) * np.array([lo, hi], dtype=np.float32) + np.float32(intercept)
-    if not np.isfinite(ends).all() or ends[0] == ends[1]:
-        raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"rescale (slope {slope:g}, intercept {intercept:g}) overflows or "
-                        "flattens the pixel values in float32")  # fmt: skip
-    return DecodedImage(arr, slope=slope, intercept=intercept, invert=invert)
-
-
-def read_image(raw: bytes) -> tuple[ImageHeader, DecodedImage]:
-    """Bytes of one file → (header, decoded pixels). Raises :class:`Rejection` for anything unusable."""
-    ds = parse_dataset(raw)
-    header = read_header(ds)
-    try:
-        check_image_object(ds, header)
-        return header, decode_values(ds, header)
-    except Rejection as rej:
-        rej.header = header  # keeps the keys so a label pointing at this file says "image-rejected"
-        raise
+    return arr

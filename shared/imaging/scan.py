@@ -1,6 +1,7 @@
 """Scan a site's DICOM export: one row per file, usable or rejected with a reason.
 
-One pass reads, hashes, decodes and preprocesses each file; results go to the
+One pass reads, hashes, decodes and preprocesses each file, each by its modality
+(:mod:`shared.imaging.modality`); results go to the
 :class:`~shared.imaging.cache.IngestCache`, so the next scan of an unchanged
 export reads neither DICOM headers nor pixels. Files that need decoding are
 spread over worker processes when there are enough of them to pay for the
@@ -22,8 +23,8 @@ import numpy as np
 
 from shared.config import PreprocessConfig
 from shared.imaging.cache import IngestCache
-from shared.imaging.dicom_reader import ImageHeader, read_image
-from shared.imaging.preprocess import preprocess_image
+from shared.imaging.dicom_reader import ImageHeader
+from shared.imaging.modality import preprocess, read_image
 from shared.imaging.reasons import Reason, Rejection
 
 ProgressFn = Callable[[int, int], None]
@@ -58,13 +59,14 @@ class ScanResult:
         return [r for r in self.records if not r.usable]
 
     def load_image(self, record: FileRecord) -> np.ndarray:
-        """The preprocessed image of a usable record; rebuilt from the DICOM file if the cache entry is gone."""
+        """The preprocessed array of a usable record (its modality's rank: (S, S) for a radiograph); rebuilt from
+        the DICOM file if the cache entry is gone."""
         img = self.cache.get_tensor(record.sha256)
         if img is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # as in decode_file
                 _, decoded = read_image((self.data_dir / record.path).read_bytes())
-            img = preprocess_image(decoded, self.cache.params)
+            img = preprocess(decoded, self.cache.params)
             self.cache.put_tensor(record.sha256, img)
             self.cache.decoded += 1
         return img
@@ -104,7 +106,7 @@ def decode_file(path: str, params: PreprocessConfig) -> tuple[str, dict, np.ndar
         warnings.simplefilter("ignore", UserWarning)  # pydicom's complaints become reasons, not noise
         try:
             header, decoded = read_image(raw)
-            image = preprocess_image(decoded, params)
+            image = preprocess(decoded, params)
             return sha, _entry("", "", header, usable=True), image
         except Rejection as rej:
             return sha, _entry(rej.reason.value, rej.detail, rej.header), None

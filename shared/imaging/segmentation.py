@@ -10,7 +10,7 @@ module adds FedRad's policy:
 * every problem (unreadable SEG, missing source image, image without a SEG,
   unknown or missing segment label, matrix mismatch, two SEGs for one image) is
   a :class:`SegProblem` naming the file and what to do, never an exception;
-* masks get exactly the geometry :func:`~shared.imaging.preprocess.preprocess_image`
+* masks get exactly the geometry :func:`~shared.imaging.planar.preprocess_image`
   gives the image (same padding, same resampler), then a 0.5 threshold, so mask
   and model input line up pixel for pixel.
 """
@@ -27,7 +27,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from shared.imaging.preprocess import pad_to_square, resample
+from shared.imaging.planar import pad_to_square, resample
 from shared.imaging.scan import FileRecord
 
 MASK_THRESHOLD = 0.5  # an output pixel is in the mask when at least half of its area is

@@ -1,0 +1,106 @@
+"""The modality seam: what kind of DICOM object a site's export holds, and how it becomes a model input.
+
+A :class:`Modality` is one kind of imaging data FedRad can train on. Today there is one,
+``planar`` (single-frame projection radiographs, :mod:`shared.imaging.planar`); CT or MR
+series go beside it. A modality has
+
+* ``name``: its registry key (``"planar"``);
+* ``rank``: the dimensions of one preprocessed array, 2 for planar images (S, S), 3 for
+  volumes (D, S, S). Code downstream never assumes it: the ingest cache records each pack's
+  array shape and :func:`shared.site_data.build_dataset` stacks whatever shape it finds;
+* ``check(ds, header)``: which objects it accepts; returns for an accepted object, raises
+  the :class:`~shared.imaging.reasons.Rejection` saying why not otherwise;
+* ``decode(ds, header)`` → a decoded object (pixels plus what is left to apply; it carries
+  ``.modality``, the name), and ``preprocess(decoded, params)`` → float32 array of ``rank`` dims;
+* ``reasons``: the reason codes its ``check`` and ``decode`` can raise.
+
+:func:`read_image` is the one path from file bytes to a decoded object: generic DICOM parsing and
+the rejections every modality shares (not DICOM, DICOMDIR, SEG, no pixel data:
+:mod:`shared.imaging.dicom_reader`), then the first registered modality that accepts the object
+(:func:`select`); when none does, the last one's rejection is the file's reason (the most general
+modality, ``planar``, is tried last), so with ``planar`` alone every verdict is what it always was. :func:`preprocess` sends a decoded object to
+its own modality. :mod:`shared.imaging.scan` calls only these two.
+
+Adding a modality (say ``volume`` for CT/MR) touches exactly:
+
+1. ``shared/imaging/volume.py`` (new): the checks, decoder and preprocessing, and a ``VOLUME``
+   object with ``name``, ``rank`` and ``reasons`` (:mod:`shared.imaging.planar` is the template);
+2. ``shared/imaging/modality.py`` (this file): import it and add it to ``MODALITIES`` before
+   ``planar`` (the more specific modality is tried first);
+3. ``shared/imaging/reasons.py``: only for reason codes no modality had yet (a code and its
+   explanation);
+4. ``shared/imaging/cache.py``: only if one export mixes modalities of different array shapes
+   (a folder's pack stacks rows of one shape today);
+5. ``shared/imaging/scan.py``: only if one model input comes from several files (a CT series
+   stored as one file per slice): today one accepted file is one array.
+
+The model and training side (3D networks, ``shared/models.py``) is a separate step; nothing in
+``shared/imaging`` or ``shared/site_data.py`` assumes rank 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import pydicom
+
+from shared.config import PreprocessConfig
+from shared.imaging.dicom_reader import ImageHeader, check_image_object, parse_dataset, read_header
+from shared.imaging.planar import PLANAR
+from shared.imaging.reasons import Reason, Rejection
+
+
+class Modality(Protocol):
+    """One kind of imaging data (see the module docstring)."""
+
+    name: str
+    rank: int
+    reasons: frozenset[Reason]
+
+    def check(self, ds: pydicom.Dataset, header: ImageHeader) -> None: ...
+
+    def decode(self, ds: pydicom.Dataset, header: ImageHeader) -> Any: ...
+
+    def preprocess(self, decoded: Any, params: PreprocessConfig) -> np.ndarray: ...
+
+
+MODALITIES: dict[str, Modality] = {m.name: m for m in (PLANAR,)}  # the order select() tries them: most general last
+
+
+def get(name: str) -> Modality:
+    """The registered modality ``name``."""
+    try:
+        return MODALITIES[name]
+    except KeyError:
+        raise ValueError(f"unknown imaging modality {name!r}; registered: {', '.join(MODALITIES)}") from None
+
+
+def select(ds: pydicom.Dataset, header: ImageHeader) -> Modality:
+    """The first registered modality that accepts the object; raises the last one's :class:`Rejection` if none does."""
+    last: Rejection | None = None
+    for modality in MODALITIES.values():
+        try:
+            modality.check(ds, header)
+            return modality
+        except Rejection as rej:
+            last = rej
+    assert last is not None, "no imaging modality registered"
+    raise last
+
+
+def read_image(raw: bytes) -> tuple[ImageHeader, Any]:
+    """Bytes of one file → (header, decoded pixels of its modality). Raises :class:`Rejection` for anything unusable."""
+    ds = parse_dataset(raw)
+    header = read_header(ds)
+    try:
+        check_image_object(ds, header)
+        return header, select(ds, header).decode(ds, header)
+    except Rejection as rej:
+        rej.header = header  # keeps the keys so a label pointing at this file says "image-rejected"
+        raise
+
+
+def preprocess(decoded: Any, params: PreprocessConfig) -> np.ndarray:
+    """A decoded object → its model input (float32, ``rank`` dims), by the modality that decoded it."""
+    return get(decoded.modality).preprocess(decoded, params)
