@@ -36,26 +36,26 @@ from pathlib import Path
 
 import torch
 
-from client.federated import LocalNormStore, Task, global_model, load_site_data
+from client.federated import LocalNormStore, global_model, load_site_data
 from benchmarks import generalization_task as bench_task
 from benchmarks.deployment_engine import DeploymentEngine
 from benchmarks.paired_comparison import SITE_MEAN, comparisons
 from benchmarks.simulation import SimulatedSite, prepare_site, run_simulated
 from server.checkpoints import RunDir
 from server.round_average import averaged_model, window
-from shared.config import DEFAULT_MODELS, ConfigError, load_yaml_mapping
+from shared.config import ConfigError, load_yaml_mapping
 from shared.lr_schedule import LR_SCHEDULES
 from shared.models import MODEL_BUILDERS
 from shared.modelfile import load_model_file
+from shared.tasks import TaskSpec, get_task, task_names
+from shared.training import TrainConfig
 from shared.synth.cohort import TEST_EXPORT
 
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam")
 STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01}}
-# Centralised and per-round training settings when not given: the classification ones of before; for the
-# small UNet the batch size of a federated segmentation round (shared.tasks.segmentation) and a higher
-# learning rate (a benchmark has few epochs; 1e-2 trains the synthetic masks fastest, see SegTrainConfig).
-TASK_DEFAULTS: dict[str, dict] = {"classification": {"batch_size": 32, "lr": 1e-3},
-                                  "segmentation": {"batch_size": 8, "lr": 1e-2}}  # fmt: skip
+# Centralised and per-round training settings when not given: the task's own (TrainConfig.for_task), except a
+# higher learning rate for segmentation (a benchmark has few epochs; 1e-2 trains the synthetic masks fastest).
+BENCH_LR: dict[str, float] = {"segmentation": 1e-2}
 ENGINE = "Flower simulation engine (Ray, `flwr run` on a simulation SuperLink), FedRad's production ServerApp/ClientApp"
 ENGINES = ("simulation", "deployment")  # deployment: the slower final check on the real engine
 EQUALIZE = "equalize"  # the intensity lever's row suffix: "<model> + equalize"
@@ -156,21 +156,23 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine: unknown {self.engine!r}; choose from {', '.join(ENGINES)}")
-        if self.task_type not in TASK_DEFAULTS:
-            raise ConfigError(f"--task: unknown {self.task_type!r}; choose from {', '.join(TASK_DEFAULTS)}")
-        if self.task_type == "segmentation" and not self.labels:
-            raise ConfigError("a segmentation benchmark needs its segment labels, e.g. --labels nodule,lung")
-        if self.finetune_epochs < 0 or (self.finetune_epochs and self.task_type == "segmentation"):
-            raise ConfigError("--finetune-epochs: a number of epochs >= 0, for classification only "
-                              "(`fedrad-site finetune` does not tune segmentation models yet)")  # fmt: skip
+        if self.task_type not in task_names():
+            raise ConfigError(f"--task: unknown {self.task_type!r}; choose from {', '.join(task_names())}")
+        kind = get_task(self.task_type)
+        try:
+            kind.check_outputs(self.outputs)
+        except ValueError as exc:
+            raise ConfigError(f"--{'classes' if kind.outputs_key == 'classes' else 'labels'}: {exc}") from None
+        if self.finetune_epochs < 0 or (self.finetune_epochs and kind.unsupported("finetune")):
+            raise ConfigError(f"--finetune-epochs: a number of epochs >= 0 ({kind.unsupported('finetune') or 'ok'})")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedule: unknown {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
-        self.model = self.model or DEFAULT_MODELS[self.task_type]
+        self.model = self.model or kind.default_model
         if self.equalize_lever and self.model + EQUALIZE_SUFFIX not in MODEL_BUILDERS:
             raise ConfigError("--equalize-lever: the histogram-equalisation input layer exists for the classification "
                               f"models smallcnn and smallcnn-gn only, not {self.model!r}")  # fmt: skip
-        if not 0 <= self.scanner_augment_lever < math.inf or (self.scanner_augment_lever and self.task_type == "segmentation"):
-            raise ConfigError("--scanner-augment-lever: a strength >= 0 (e.g. 1.0), for classification only")
+        if not 0 <= self.scanner_augment_lever < math.inf or (self.scanner_augment_lever and kind.unsupported("scanner-augment")):
+            raise ConfigError("--scanner-augment-lever: a strength >= 0 (e.g. 1.0), for tasks with scanner augmentation")
         if not 0 <= self.server_momentum_lever < 1:
             raise ConfigError(f"--server-momentum-lever: a momentum in [0, 1) (e.g. 0.5), got {self.server_momentum_lever}")
         if self.average_rounds < 0 or self.average_rounds == 1 or self.average_rounds > self.rounds:
@@ -179,8 +181,14 @@ class BenchConfig:
         if self.server_momentum_lever and not any(takes_server_momentum(s) for s in self.strategies):
             raise ConfigError("--server-momentum-lever: none of --strategies takes a server momentum; "
                               "add fedbn or fedavgm")  # fmt: skip
-        self.batch_size = self.batch_size or TASK_DEFAULTS[self.task_type]["batch_size"]
-        self.lr = self.lr or TASK_DEFAULTS[self.task_type]["lr"]
+        defaults = TrainConfig.for_task(kind)
+        self.batch_size = self.batch_size or defaults.batch_size
+        self.lr = self.lr or BENCH_LR.get(kind.name, defaults.lr)
+
+    @property
+    def outputs(self) -> list[str]:
+        """The task's output names: the classes, or the segment labels."""
+        return list(self.classes if get_task(self.task_type).outputs_key == "classes" else self.labels)
 
     def variants(self) -> list[ArmVariant]:
         """The plain arms, then each lever that changes every arm, and both together when both are on (with
@@ -206,10 +214,10 @@ class BenchConfig:
                 *([replace(levered, label=f"{levered.label} + {CARRIED}", carry_optimizer=True)]
                   if carry and levered != PLAIN else [])]  # fmt: skip
 
-    def task(self, variant: ArmVariant = PLAIN) -> Task:
+    def task(self, variant: ArmVariant = PLAIN) -> TaskSpec:
         """The benchmark's task; with an equalising ``variant``, the same model with that input layer."""
-        return Task(self.model + EQUALIZE_SUFFIX if variant.equalize else self.model, self.classes, self.image_size,
-                    self.task_type, list(self.labels))  # fmt: skip
+        model = self.model + EQUALIZE_SUFFIX if variant.equalize else self.model
+        return TaskSpec(self.task_type, tuple(self.outputs), model, self.image_size)
 
     def run_config(self, strategy: str, seed: int, run_dir: Path, n_sites: int, variant: ArmVariant = PLAIN) -> dict:
         return {
@@ -217,11 +225,9 @@ class BenchConfig:
             "round-timeout-s": 1800, "evaluate-every": self.rounds, "seed": seed, "strategy": strategy,
             "strategy-params": json.dumps(STRATEGY_PARAMS.get(strategy, {})
                                           | ({"server_momentum": variant.server_momentum} if variant.server_momentum else {})),
-            "classes": ",".join(self.classes),
-            "image-size": self.image_size, "model": self.task(variant).model, "batch-size": self.batch_size, "lr": self.lr,
+            **self.task(variant).to_run_config(), "batch-size": self.batch_size, "lr": self.lr,
             "lr-schedule": self.lr_schedule, "augment": self.augment, "scanner-augment": variant.scanner_augment,
             "site-optimizer": "carry" if variant.carry_optimizer else "reset", "run-dir": str(run_dir), "consortium": "Benchmark",
-            "task-type": self.task_type, "labels": ",".join(self.labels),
         }  # fmt: skip
 
 
@@ -374,7 +380,7 @@ def _federated_run(
     return FederatedModels(cfg.task(variant), run_dir, homes, strategy == "fedbn", cfg.rounds, cfg.average_rounds)
 
 
-def _train(task: Task, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, seed: int,
+def _train(task: TaskSpec, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, seed: int,
            scanner_augment: float = 0.0) -> torch.nn.Module:  # fmt: skip
     return bench_task.train(task, data, epochs, cfg.batch_size, cfg.lr, cfg.augment, seed, cfg.lr_schedule, scanner_augment)
 
@@ -385,7 +391,7 @@ class FederatedModels:
     (FedBN: the site's own normalisation layers at home, the averaged ones elsewhere); :meth:`averaged` the same
     for the mean of its last ``average_rounds`` global models (:mod:`server.round_average`)."""
 
-    task: Task
+    task: TaskSpec
     run_dir: Path
     sites: list[SimulatedSite]
     local_norm: bool

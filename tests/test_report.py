@@ -10,7 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from client.report import PER_CASE_NOTICE, write_report
+from shared.report_html import PER_CASE_NOTICE
+from shared.tasks.classification.report import write_report
 from shared.metrics import evaluate_predictions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

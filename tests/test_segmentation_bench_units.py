@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.generalization import BenchConfig
 from benchmarks.generalization_task import metric_names, score
-from client.seg_report import overlay_cases
+from shared.tasks.segmentation.report import overlay_cases
 from shared.config import ConfigError
 from shared.tasks.segmentation.dataset import SegDataset, concat_seg_datasets
 

@@ -16,13 +16,9 @@ from shared.tasks.segmentation.metrics import (
     hd95_per_case,
 )
 from shared.tasks.segmentation.models import SEG_MODEL_BUILDERS, build_seg_model
-from shared.tasks.segmentation.dataset import (
-    SegDataset,
-    SegTrainConfig,
-    flip_pairs,
-    predict_masks,
-    train_segmentation,
-)
+from shared.tasks import get_task
+from shared.tasks.segmentation.dataset import SegDataset, flip_pairs, predict_masks
+from shared.training import TrainConfig, train_model
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +84,7 @@ def test_training_raises_held_out_dice_far_above_untrained():
     model = build_seg_model("unet", n_labels=1, image_size=32)
     untrained = evaluate_segmentation(predict_masks(model, test.images), test.masks, test.labels, n_bootstrap=200)
     t0 = time.perf_counter()
-    history = train_segmentation(model, train, SegTrainConfig(epochs=30, batch_size=8, lr=1e-2, seed=0), val=test)
+    history = train_model(model, train, TrainConfig.for_task(get_task("segmentation"), epochs=30, batch_size=8, lr=1e-2, seed=0), val=test)
     seconds = time.perf_counter() - t0
     trained = evaluate_segmentation(predict_masks(model, test.images), test.masks, test.labels, n_bootstrap=200)
 
@@ -104,12 +100,12 @@ def test_training_raises_held_out_dice_far_above_untrained():
 
 def test_training_is_reproducible_and_handles_overlapping_labels():
     data = disc_dataset(6, seed=2, inner=True)
-    cfg = SegTrainConfig(epochs=2, batch_size=4, seed=3)
+    cfg = TrainConfig.for_task(get_task("segmentation"), epochs=2, batch_size=4, seed=3)
     weights = []
     for _ in range(2):
         torch.manual_seed(0)
         model = build_seg_model("unet", n_labels=2, image_size=32)
-        history = train_segmentation(model, data, cfg)
+        history = train_model(model, data, cfg)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(weights[0], weights[1])
     assert len(history) == 2 and np.isfinite(history[-1]["loss"])

@@ -18,7 +18,9 @@ from shared.config import SiteDataConfig
 from shared.tasks.segmentation.data import load_seg_dataset, split_seg_dataset
 from shared.tasks.segmentation.metrics import evaluate_segmentation
 from shared.tasks.segmentation.models import build_seg_model
-from shared.tasks.segmentation.dataset import SegTrainConfig, predict_masks, train_segmentation
+from shared.tasks import get_task
+from shared.tasks.segmentation.dataset import predict_masks
+from shared.training import TrainConfig, train_model
 from shared.synth import write_cohort
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -39,7 +41,7 @@ def test_synthetic_seg_site_trains_a_unet_that_finds_the_lungs(tmp_path: Path) -
     torch.manual_seed(0)
     model = build_seg_model("unet", len(LABELS), 32)
     before = evaluate_segmentation(predict_masks(model, held.images), held.masks, LABELS, n_bootstrap=0)
-    train_segmentation(model, train, SegTrainConfig(epochs=25, lr=1e-2, seed=0))
+    train_model(model, train, TrainConfig.for_task(get_task("segmentation"), epochs=25, lr=1e-2, seed=0))
     after = evaluate_segmentation(predict_masks(model, held.images), held.masks, LABELS, n_bootstrap=200)
     lung_before, lung_after = before.per_label["lung"].dice_mean, after.per_label["lung"].dice_mean
     print(f"\nheld-out lung Dice {lung_before:.3f} → {lung_after:.3f}; nodule Dice "

@@ -38,7 +38,8 @@ FEATURES: dict[str, str] = {
     "scanner-augment": "scanner-appearance augmentation",
     "stats": "data statistics (fedrad-server stats)",
     "onnx": "ONNX export",
-    "explain": "saliency maps (fedrad-site explain)",
+    "explain": "saliency maps (fedrad-site evaluate --explain)",
+    "finetune": "fine-tuning a global model at a site (fedrad-site finetune)",
 }
 
 
@@ -143,6 +144,25 @@ class Task:
     def metric_count_key(self, key: str, outputs: list[str]) -> str | None | bool:
         """The key counting the cases ``key`` was computed over; None for a count itself; False: not this task's."""
         return False
+
+    def evaluate_local(self, loaded: Any, model_path: Path, cfg: SiteDataConfig, out_dir: Path, *,
+                       n_bootstrap: int = 1000, show_progress: bool = True, console: Any = None,
+                       explain: int = 0) -> dict:
+        """``fedrad-site evaluate``: score a model file (``shared.modelfile.LoadedModel``) on the site's labelled
+        cases, write the report folder (per-case results: it stays at the site), return the metrics."""
+        raise NotImplementedError
+
+    def concat(self, parts: list[TaskDataset]) -> TaskDataset:
+        """Several sites' cases as one dataset (the benchmark's pooled arm); patient groups kept apart per site."""
+        raise NotImplementedError
+
+    def score(self, model: nn.Module, data: TaskDataset) -> dict[str, float]:
+        """The benchmark's figures of ``model`` on ``data``, keys as :meth:`score_keys` (no intervals: fast)."""
+        raise NotImplementedError
+
+    def score_keys(self, outputs: list[str]) -> list[str]:
+        """The keys :meth:`score` returns, the headline metric first."""
+        return [self.headline_metric]
 
     def output_counts(self, data: TaskDataset) -> dict[str, int]:
         """Cases per output (a class; a segment present), for the coordinator's data statistics."""

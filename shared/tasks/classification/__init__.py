@@ -35,7 +35,7 @@ class ClassificationTask(Task):
     outputs_key = "classes"
     default_model = "smallcnn"
     headline_metric = "auc"
-    supports = frozenset({"image-dp", "scanner-augment", "stats", "onnx", "explain"})
+    supports = frozenset({"image-dp", "scanner-augment", "stats", "onnx", "explain", "finetune"})
 
     def check_outputs(self, names: list[str]) -> list[str]:
         names = super().check_outputs(names)
@@ -141,6 +141,21 @@ class ClassificationTask(Task):
 
     def metric_count_key(self, key: str, outputs: list[str]) -> str | None | bool:
         return METRIC_COUNTS.get(key, False)
+
+    def evaluate_local(self, loaded: Any, model_path: Path, cfg: SiteDataConfig, out_dir: Path, **options: Any) -> dict:
+        from shared.tasks.classification.local_evaluation import evaluate_local
+
+        return evaluate_local(loaded, model_path, cfg, out_dir, **options)
+
+    def concat(self, parts: list[SiteDataset]) -> SiteDataset:
+        from shared.tasks.classification.dataset import concat_datasets
+
+        return concat_datasets(parts)
+
+    def score(self, model: nn.Module, data: SiteDataset) -> dict[str, float]:
+        from shared.tasks.classification.evaluation import auc_score
+
+        return {"auc": auc_score(model, data)}
 
     def output_counts(self, data: SiteDataset) -> dict[str, int]:
         return data.class_counts()

@@ -136,6 +136,27 @@ class SegmentationTask(Task):
 
         return count_key(key, outputs)
 
+    def evaluate_local(self, loaded: Any, model_path: Path, cfg: SiteDataConfig, out_dir: Path, **options: Any) -> dict:
+        from shared.tasks.segmentation.local_evaluation import evaluate_local
+
+        return evaluate_local(loaded, model_path, cfg, out_dir, **options)
+
+    def concat(self, parts: list[SegDataset]) -> SegDataset:
+        from shared.tasks.segmentation.dataset import concat_seg_datasets
+
+        return concat_seg_datasets(parts)
+
+    def score(self, model: nn.Module, data: SegDataset) -> dict[str, float]:
+        """Dice per label and their mean (the empty-mask policy of :mod:`shared.tasks.segmentation.metrics`)."""
+        from shared.tasks.segmentation.dataset import predict_masks
+        from shared.tasks.segmentation.metrics import dice_per_case
+
+        dice = dice_per_case(predict_masks(model, data.images), data.masks)  # (N, L)
+        return {"dice-mean": float(dice.mean()), **{f"dice-{x}": float(dice[:, i].mean()) for i, x in enumerate(data.labels)}}
+
+    def score_keys(self, outputs: list[str]) -> list[str]:
+        return [f"dice-{x}" for x in ["mean", *outputs]]
+
     def output_counts(self, data: SegDataset) -> dict[str, int]:
         present = data.masks.flatten(2).any(2).sum(0).tolist() if len(data) else [0] * len(data.labels)
         return {label: int(n) for label, n in zip(data.labels, present, strict=True)}

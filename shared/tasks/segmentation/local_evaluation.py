@@ -1,10 +1,9 @@
 """``fedrad-site evaluate`` with a segmentation model file: Dice/HD95 per label on this site's DICOM SEGs.
 
-:func:`client.evaluate.run_evaluate` dispatches here when the model file says
-``task: segmentation``. The site's export is scanned with the model's
+:func:`client.evaluate.run_evaluate` asks the model file's task for this. The site's export is scanned with the model's
 preprocessing, the SEG masks are aligned to it (:mod:`shared.tasks.segmentation.data`),
 and every image with a usable SEG is a case. The report (metrics, overlays,
-per-case Dice) stays at the site (:mod:`client.seg_report`).
+per-case Dice) stays at the site (:mod:`shared.tasks.segmentation.report`).
 """
 
 from __future__ import annotations
@@ -14,17 +13,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from client.seg_report import write_seg_report
+from shared.tasks.segmentation.report import write_seg_report
 from shared.config import ConfigError, SiteDataConfig
 from shared.modelfile import LoadedModel
 from shared.tasks.segmentation.metrics import evaluate_segmentation
 from shared.tasks.segmentation.dataset import predict_masks
 
 
-def run_evaluate_segmentation(
+def evaluate_local(
     loaded: LoadedModel, model_path: Path, cfg: SiteDataConfig, out_dir: Path, *, n_bootstrap: int = 1000,
-    n_overlay: int = 4, console: Console | None = None,
-) -> dict:  # fmt: skip
+    show_progress: bool = True, console: Console | None = None, explain: int = 0, n_overlay: int = 4,
+) -> dict:
     """Evaluate ``loaded`` on the site's SEG-labelled images; write the report; return the metrics dict."""
     from shared.tasks.segmentation.data import load_seg_dataset
 
@@ -47,7 +46,7 @@ def run_evaluate_segmentation(
                      {"architecture": loaded.architecture, "labels": ", ".join(loaded.labels),
                       "weights sha256": loaded.weights_sha256, **{k: str(v) for k, v in loaded.provenance.items()}},
                      n_overlay=n_overlay)  # fmt: skip
-    if console is not None:
+    if show_progress and console is not None:
         render_seg_metrics(metrics, out_dir, console)
     return metrics
 

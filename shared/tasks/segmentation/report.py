@@ -1,6 +1,6 @@
 """The site's segmentation evaluation report: metrics.json, an overlay figure, predictions.csv, one HTML page.
 
-The segmentation counterpart of :mod:`client.report` (same page, same
+The segmentation counterpart of :mod:`shared.tasks.classification.report` (same page, same
 keep-at-the-site rule): Dice and HD95 per label with bootstrap CIs, and an
 overlay PNG of a few cases (the image with reference and predicted contours)
 so a radiologist can see what the numbers mean. The cases shown span the Dice
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from client.report import DPI, _fmt_ci, _num, _rows_table, html_page
+from shared.report_html import DPI, _fmt_ci, _num, _rows_table, html_page
 from shared.tasks.segmentation.metrics import SegMetrics
 
 COLORS = ("tab:red", "tab:cyan", "tab:orange", "tab:green", "tab:purple", "tab:olive")
