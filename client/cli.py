@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from shared.cli_support import EXIT_NO, cli_app, err, handle_errors, out, progress_bar
+from shared.config import ConfigError
 from shared.names import name_list
 
 app = cli_app(
@@ -115,21 +116,20 @@ def train_local(
     """Train a local baseline on this site's data only; nothing leaves the site."""
     from client.site_options import site_data_config
     from client.train_local import TrainLocalOptions, run_train_local
+    from shared.tasks import TaskSpec, get_task
 
     seg = name_list(segments)
-    cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir,
-                           task="segmentation" if seg else "classification")  # fmt: skip
-    opts = TrainLocalOptions(
-        model=model or ("unet" if seg else "smallcnn"), epochs=epochs, batch_size=batch_size or (8 if seg else 32),
-        lr=lr if lr is not None else (3e-3 if seg else 1e-3), augment=augment, scanner_augment=scanner_augment,
-        val_fraction=val_fraction, seed=seed, site_name=site_name, threads=threads,
-    )  # fmt: skip
-    if seg:
-        from client.train_local_segmentation import run_train_local_segmentation
-
-        summary = run_train_local_segmentation(cfg, seg, opts, out_path, console=None if as_json else out)
-    else:
-        summary = run_train_local(cfg, opts, out_path, show_progress=not as_json, console=out)
+    kind = get_task("segmentation" if seg else "classification")  # --segments names a segmentation task's outputs
+    cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir, task=kind.name)
+    try:
+        outputs = kind.check_outputs(seg or list(cfg.classes))
+    except ValueError as exc:
+        raise ConfigError(f"--{'segments' if seg else 'classes'}: {exc}") from None
+    task = TaskSpec(kind.name, tuple(outputs), model or kind.default_model, cfg.image_size)
+    opts = TrainLocalOptions(model=task.model, epochs=epochs, batch_size=batch_size or 0, lr=lr or 0.0,
+                             augment=augment, scanner_augment=scanner_augment, val_fraction=val_fraction, seed=seed,
+                             site_name=site_name, threads=threads)
+    summary = run_train_local(cfg, opts, out_path, show_progress=not as_json, console=out, task=task)
     if as_json:
         _print_json(summary)
 

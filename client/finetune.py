@@ -22,12 +22,9 @@ from rich.table import Table
 from client.site_options import site_data_config
 from shared.cli_support import progress_bar
 from shared.config import ConfigError
-from shared.metrics import evaluate_predictions
 from shared.modelfile import load_model_file, save_model_file
-from shared.site_data import load_site_dataset
-from shared.splits import stratified_group_split
+from shared.tasks import get_task
 from shared.training import TrainConfig, seed_everything, train_model
-from shared.tasks.classification.evaluation import predict_proba
 
 
 @dataclass
@@ -45,51 +42,53 @@ class FinetuneOptions:
 
 def run_finetune(model_path: Path, out_path: Path, opts: FinetuneOptions, *, config: Path | None = None,
                  data: Path | None = None, labels: Path | None = None, cache_dir: Path | None = None,
-                 show_progress: bool = True, console: Console | None = None) -> dict:  # fmt: skip
-    """Split, score, fine-tune, score again, save; return a JSON-able before/after summary."""
+                 show_progress: bool = True, console: Console | None = None) -> dict:
+    """Split, score, fine-tune, score again, save; return a JSON-able before/after summary.
+
+    What is scored is the model's task's (:meth:`shared.tasks.Task.local_scores`): AUC and its operating point for
+    classification, Dice per segment label for segmentation, each with its bootstrap 95 % CI."""
     torch.set_num_threads(1)
     base = load_model_file(model_path)
-    if base.task == "segmentation":
-        raise ConfigError(f"{model_path}: a segmentation model ({', '.join(base.labels)}); fine-tuning is for "
-                          "classification models so far. Score it with `fedrad-site evaluate`, or train a local "
-                          "baseline with `fedrad-site train-local --segments`")  # fmt: skip
-    cfg = site_data_config(config, data, labels, ",".join(base.classes), None, None, base.preprocess.image_size, cache_dir)
-    with progress_bar("Loading DICOM", enabled=show_progress) as update:
-        dataset, check = load_site_dataset(cfg, on_progress=update)
-    if len(dataset) < 4 or len(set(dataset.labels.tolist())) < 2:
-        raise ConfigError(f"{cfg.data}: {len(dataset)} usable labelled images; fine-tuning needs a few of each class "
-                          "(run 'fedrad-site check')")  # fmt: skip
+    task = get_task(base.task)
+    cfg = site_data_config(config, data, labels, ",".join(base.classes) or None, None, None,
+                           base.preprocess.image_size, cache_dir, task=base.task)
+    with progress_bar("Loading DICOM", enabled=show_progress):
+        dataset = task.load_site(cfg, base.outputs, Path(cfg.data))
+    if len(dataset) < 4:
+        raise ConfigError(f"{cfg.data}: {len(dataset)} usable labelled images; fine-tuning needs a few of each "
+                          "kind (run 'fedrad-site check')")
     try:
-        tune_idx, test_idx = stratified_group_split(dataset.labels.tolist(), dataset.groups, opts.test_fraction, opts.seed)
+        tune, test = task.split(dataset, opts.test_fraction, opts.seed)
     except ValueError as exc:
         raise ConfigError(f"{cfg.data}: cannot hold out test patients for fine-tuning: {exc}") from None
-    tune, test = dataset.subset(tune_idx), dataset.subset(test_idx)
 
     def score(model: torch.nn.Module) -> dict:
-        m = evaluate_predictions(test.labels.numpy(), predict_proba(model.eval(), test.images), base.classes,
-                                 threshold=base.threshold, n_bootstrap=opts.n_bootstrap, seed=opts.seed)  # fmt: skip
-        return {k: m.get(k) for k in ("auc", "auc_ci95", "sensitivity", "specificity", "accuracy", "balanced_accuracy")}
+        return task.local_scores(model.eval(), test, threshold=base.threshold, n_bootstrap=opts.n_bootstrap,
+                                 seed=opts.seed)
 
     before = score(base.model)
     model = copy.deepcopy(base.model)
     seed_everything(opts.seed)
     with progress_bar("Fine-tuning", enabled=show_progress) as update:
-        cfg_train = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, augment=opts.augment,
-                                scanner_augment=opts.scanner_augment, seed=opts.seed)  # fmt: skip
+        cfg_train = TrainConfig.for_task(task, epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+                                         augment=opts.augment, scanner_augment=opts.scanner_augment, seed=opts.seed)
         train_model(model, tune, cfg_train, on_epoch=lambda h: update(h["epoch"], opts.epochs))
     after = score(model)
     sha = save_model_file(
         out_path, model, architecture=base.architecture, arch_kwargs=base.arch_kwargs, classes=base.classes,
-        preprocess=base.preprocess, threshold=base.threshold,
+        labels=base.labels or None, task=base.task, preprocess=base.preprocess, threshold=base.threshold,
         provenance={"trained_by": opts.site_name, "kind": "finetuned", "rounds": base.provenance.get("rounds", 0),
                     "epochs": opts.epochs, "extra": {"base_model_sha256": base.weights_sha256,
                     "base_trained_by": base.provenance.get("trained_by"), "finetune_images": len(tune),
                     "test_images": len(test), "train_config": cfg_train.to_dict()}},
-    )  # fmt: skip
-    delta = None if before["auc"] is None or after["auc"] is None else round(after["auc"] - before["auc"], 4)
+    )
+    headline = task.headline_metric
+    delta = None if before.get(headline) is None or after.get(headline) is None else round(after[headline] - before[headline], 4)
     summary = {"model_file": str(out_path), "weights_sha256": sha, "base_model_sha256": base.weights_sha256,
                "finetune_images": len(tune), "test_images": len(test), "before": before, "after": after,
-               "auc_change": delta}  # fmt: skip
+               "headline": headline, f"{headline}_change": delta}
+    if headline == "auc":  # the name scripts read since before the task seam
+        summary["auc_change"] = delta
     if show_progress and console is not None:
         _render(summary, console)
     return summary
@@ -100,11 +99,12 @@ def _render(s: dict, console: Console) -> None:
                   title_justify="left")  # fmt: skip
     for col in ("metric", "global model", "fine-tuned"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for key in ("auc", "auc_ci95", "sensitivity", "specificity", "balanced_accuracy"):
+    for key in s["before"]:
         b, a = s["before"].get(key), s["after"].get(key)
-        fmt = (lambda v: "n/a" if v is None else f"[{v[0]:.3f}, {v[1]:.3f}]") if key == "auc_ci95" else (
-            lambda v: "n/a" if v is None else f"{v:.3f}")  # fmt: skip
+        fmt = (lambda v: "n/a" if v is None else f"[{v[0]:.3f}, {v[1]:.3f}]") if key.endswith("_ci95") else (
+            lambda v: "n/a" if v is None else f"{v:.3f}")
         table.add_row(key, fmt(b), fmt(a))
     console.print(table)
-    console.print(f"AUC change {s['auc_change']:+.3f}; fine-tuned model {s['model_file']} (stays at the site)"
-                  if s["auc_change"] is not None else f"fine-tuned model {s['model_file']}")
+    change = s[f"{s['headline']}_change"]
+    console.print(f"{s['headline']} change {change:+.3f}; fine-tuned model {s['model_file']} (stays at the site)"
+                  if change is not None else f"fine-tuned model {s['model_file']}")

@@ -1,8 +1,10 @@
 """``fedrad-site train-local``: a local-only baseline, trained and validated at the site.
 
-Validation is a held-out split stratified by class and grouped by patient, so
-no patient is in both; the model's operating threshold is Youden's J on that
-split (positive class = the last class), stored in the model file.
+Every task the same way: the task loads the site's cases and splits them by
+patient into training and validation, so no patient is in both; the one
+training loop trains; where the task has one, the model's operating threshold
+is chosen on validation (classification: Youden's J, positive class = the
+last class) and stored in the model file.
 """
 
 from __future__ import annotations
@@ -18,23 +20,19 @@ from rich.table import Table
 
 from shared.cli_support import progress_bar
 from shared.config import ConfigError, SiteDataConfig
-from shared.metrics import youden_threshold
 from shared.modelfile import save_model_file
-from shared.models import build_model
-from shared.site_data import load_site_dataset
-from shared.splits import stratified_group_split
+from shared.tasks import TaskSpec
 from shared.training import TrainConfig, seed_everything, train_model
-from shared.tasks.classification.evaluation import predict_proba
 
 
 @dataclass
 class TrainLocalOptions:
-    model: str = "smallcnn"
+    model: str = ""  # "" = the task's default architecture
     epochs: int = 15
-    batch_size: int = 32
-    lr: float = 1e-3
+    batch_size: int = 0  # 0 = the task's default (TrainConfig.for_task)
+    lr: float = 0.0  # 0 = the task's default
     augment: float = 1.0
-    scanner_augment: float = 0.0  # shared.scanner_augment; classification only
+    scanner_augment: float = 0.0  # shared.scanner_augment, for tasks that support it
     val_fraction: float = 0.2
     seed: int = 0
     site_name: str = "local-site"
@@ -43,34 +41,42 @@ class TrainLocalOptions:
 
 def run_train_local(
     cfg: SiteDataConfig, opts: TrainLocalOptions, out_path: Path, show_progress: bool = True,
-    console: Console | None = None,
+    console: Console | None = None, task: TaskSpec | None = None,
 ) -> dict:
-    """Load the site, split, train, pick the threshold, write the model file; return a JSON-able summary."""
-    torch.set_num_threads(opts.threads)
-    with progress_bar("Loading DICOM", enabled=show_progress) as update:
-        data, check = load_site_dataset(cfg, on_progress=update)
-    if not check.ok:
-        raise ConfigError(f"{cfg.data}: {check.verdict()} (run 'fedrad-site check' for details)")
+    """Load the site, split, train, pick the threshold, write the model file; return a JSON-able summary.
 
+    ``task``: what to train (default: classification of ``cfg.classes`` at ``cfg.image_size``); the task says how
+    the site's export becomes cases, how they split by patient and what the validation figures are."""
+    task = task or TaskSpec("classification", tuple(cfg.classes), opts.model or "smallcnn", cfg.image_size)
+    kind = task.task
+    refusal = kind.unsupported("scanner-augment") if opts.scanner_augment else None
+    if refusal:
+        raise ConfigError(f"--scanner-augment: {refusal}; leave it out")
+    torch.set_num_threads(opts.threads)
+    with progress_bar("Loading DICOM", enabled=show_progress):
+        data = kind.load_site(cfg, list(task.outputs), Path(cfg.data))
+    train, val = data, None
     if opts.val_fraction > 0:
-        train_idx, val_idx = stratified_group_split(data.labels.tolist(), data.groups, opts.val_fraction, opts.seed)
-        train, val = data.subset(train_idx), data.subset(val_idx)
-    else:
-        train, val = data, None
+        try:
+            train, val = kind.split(data, opts.val_fraction, opts.seed)
+        except ValueError:  # too few patients to split: train on all, no validation figures
+            train, val = data, None
 
     seed_everything(opts.seed)
-    model = build_model(opts.model, len(cfg.classes), cfg.image_size)
-    train_cfg = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, augment=opts.augment,
-                            scanner_augment=opts.scanner_augment, seed=opts.seed)  # fmt: skip
+    model = task.build_model()
+    defaults = TrainConfig.for_task(kind)
+    train_cfg = TrainConfig.for_task(kind, epochs=opts.epochs, batch_size=opts.batch_size or defaults.batch_size,
+                                     lr=opts.lr or defaults.lr, augment=opts.augment,
+                                     scanner_augment=opts.scanner_augment, seed=opts.seed)
     started = time.perf_counter()
     history = _train_with_progress(model, train, val, train_cfg, show_progress)
     seconds = time.perf_counter() - started
 
-    threshold = None
-    if val is not None and len(cfg.classes) == 2 and len(set(val.labels.tolist())) == 2:
-        threshold = youden_threshold(val.labels.numpy(), predict_proba(model, val.images)[:, 1])
+    threshold = kind.operating_threshold(model, val) if val is not None else None
+    by_labels = kind.outputs_key == "labels"
     sha = save_model_file(
-        out_path, model, architecture=opts.model, arch_kwargs={}, classes=cfg.classes,
+        out_path, model, architecture=task.model, arch_kwargs={}, task=task.type,
+        classes=[] if by_labels else list(task.outputs), labels=list(task.outputs) if by_labels else None,
         preprocess=cfg.preprocess(), threshold=threshold,
         provenance={
             "trained_by": opts.site_name, "kind": "local", "rounds": 0, "epochs": opts.epochs,
@@ -79,14 +85,15 @@ def run_train_local(
         },
     )
     summary = {
-        "model_file": str(out_path), "weights_sha256": sha, "architecture": opts.model,
+        "model_file": str(out_path), "weights_sha256": sha, "architecture": task.model, "task": task.type,
+        kind.outputs_key: list(task.outputs),
         "train_images": len(train), "val_images": len(val) if val is not None else 0,
-        "train_classes": train.class_counts(), "val_classes": val.class_counts() if val is not None else {},
+        "train_counts": kind.output_counts(train), "val_counts": kind.output_counts(val) if val is not None else {},
         "threshold": threshold, "seconds": round(seconds, 2), "history": history,
         "final": history[-1] if history else {},
     }
     if show_progress and console is not None:
-        _render_summary(summary, console)
+        _render_summary(summary, console, kind.headline_metric)
     return summary
 
 
@@ -100,14 +107,15 @@ def _train_with_progress(model, train, val, train_cfg: TrainConfig, show: bool) 
 
         def on_epoch(h: dict) -> None:
             status = f"loss {h['loss']:.3f}"
-            if h.get("val_auc") is not None:
-                status += f"  val AUC {h['val_auc']:.3f}"
+            for key in ("val_auc", "val_dice"):
+                if h.get(key) is not None:
+                    status += f"  {key.replace('_', ' ')} {h[key]:.3f}"
             bar.update(task, completed=h["epoch"], status=status)
 
         return train_model(model, train, train_cfg, val=val, on_epoch=on_epoch)
 
 
-def _render_summary(summary: dict, console: Console) -> None:
+def _render_summary(summary: dict, console: Console, headline: str) -> None:
     table = Table(title="Local training", title_justify="left")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -115,7 +123,8 @@ def _render_summary(summary: dict, console: Console) -> None:
     rows = [
         ("training images", summary["train_images"]), ("validation images", summary["val_images"]),
         ("epochs", len(summary["history"])), ("final loss", f"{final.get('loss', float('nan')):.4f}"),
-        ("validation AUC", "n/a" if final.get("val_auc") is None else f"{final['val_auc']:.3f}"),
+        *((f"validation {key.removeprefix('val_')}", f"{final[key]:.3f}") for key in ("val_auc", "val_dice")
+          if final.get(key) is not None),
         ("operating threshold", "0.5 (default)" if summary["threshold"] is None else f"{summary['threshold']:.3f}"),
         ("time", f"{summary['seconds']:.1f} s"), ("model file", summary["model_file"]),
     ]

@@ -152,6 +152,16 @@ class Task:
         cases, write the report folder (per-case results: it stays at the site), return the metrics."""
         raise NotImplementedError
 
+    def operating_threshold(self, model: nn.Module, val: TaskDataset) -> float | None:
+        """The threshold a local model file records, chosen on validation cases; None: the task has none."""
+        return None
+
+    def local_scores(self, model: nn.Module, data: TaskDataset, *, threshold: float | None, n_bootstrap: int,
+                     seed: int) -> dict[str, Any]:
+        """Figures of ``model`` on a site's own test patients, with 95 % CIs (``<key>_ci95``), headline first:
+        what ``fedrad-site finetune`` shows before and after (stays at the site)."""
+        raise NotImplementedError
+
     def concat(self, parts: list[TaskDataset]) -> TaskDataset:
         """Several sites' cases as one dataset (the benchmark's pooled arm); patient groups kept apart per site."""
         raise NotImplementedError

@@ -73,7 +73,7 @@ class ClassificationTask(Task):
         data, check = load_site_dataset(cfg)
         n_classes = len(set(data.labels.tolist()))
         if len(data) < 2 or n_classes < 2:
-            raise ConfigError(f"{source}: {len(data)} usable labelled images in {n_classes} class(es); federated "
+            raise ConfigError(f"{source}: cannot train: {len(data)} usable labelled images in {n_classes} class(es); "
                               "training needs at least 2 images of 2 classes (run `fedrad-site check`)")
         data.manufacturers = dict(Counter(r.header.manufacturer or "unknown" for r in check.scan.usable))
         return data
@@ -146,6 +146,24 @@ class ClassificationTask(Task):
         from shared.tasks.classification.local_evaluation import evaluate_local
 
         return evaluate_local(loaded, model_path, cfg, out_dir, **options)
+
+    def operating_threshold(self, model: nn.Module, val: SiteDataset) -> float | None:
+        """Youden's J on the validation cases (two classes, both present)."""
+        from shared.metrics import youden_threshold
+        from shared.tasks.classification.evaluation import predict_proba
+
+        if len(val.classes) != 2 or len(set(val.labels.tolist())) != 2:
+            return None
+        return youden_threshold(val.labels.numpy(), predict_proba(model, val.images)[:, 1])
+
+    def local_scores(self, model: nn.Module, data: SiteDataset, *, threshold: float | None, n_bootstrap: int,
+                     seed: int) -> dict[str, Any]:
+        from shared.metrics import evaluate_predictions
+        from shared.tasks.classification.evaluation import predict_proba
+
+        m = evaluate_predictions(data.labels.numpy(), predict_proba(model, data.images), data.classes,
+                                 threshold=threshold, n_bootstrap=n_bootstrap, seed=seed)
+        return {k: m.get(k) for k in ("auc", "auc_ci95", "sensitivity", "specificity", "accuracy", "balanced_accuracy")}
 
     def concat(self, parts: list[SiteDataset]) -> SiteDataset:
         from shared.tasks.classification.dataset import concat_datasets

@@ -39,7 +39,7 @@ class SegmentationTask(Task):
     outputs_key = "labels"
     default_model = "unet"
     headline_metric = "dice-mean"
-    supports = frozenset({"onnx", "stats"})
+    supports = frozenset({"onnx", "stats", "finetune"})
     label_csv = False  # the labels are the DICOM SEGs (or the PNG/NIfTI mask manifest) of the export
     train_defaults = {"epochs": 20, "batch_size": 8, "lr": 3e-3}  # UNets usually want 1e-3..1e-2
 
@@ -140,6 +140,18 @@ class SegmentationTask(Task):
         from shared.tasks.segmentation.local_evaluation import evaluate_local
 
         return evaluate_local(loaded, model_path, cfg, out_dir, **options)
+
+    def local_scores(self, model: nn.Module, data: SegDataset, *, threshold: float | None, n_bootstrap: int,
+                     seed: int) -> dict[str, Any]:
+        from shared.tasks.segmentation.dataset import predict_masks
+        from shared.tasks.segmentation.metrics import evaluate_segmentation
+
+        result = evaluate_segmentation(predict_masks(model, data.images), data.masks, data.labels,
+                                       n_bootstrap=n_bootstrap, seed=seed)
+        out: dict[str, Any] = {"dice-mean": result.mean_dice}
+        for label, s in result.per_label.items():
+            out[f"dice-{label}"], out[f"dice-{label}_ci95"] = s.dice_mean, s.dice_ci95
+        return out
 
     def concat(self, parts: list[SegDataset]) -> SegDataset:
         from shared.tasks.segmentation.dataset import concat_seg_datasets
