@@ -417,7 +417,7 @@ class ThreeSites(Grid):
         return [11, 12, 13]
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedbn", "fedadam"])
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedbn", "fedadam", "fedmedian", "fedtrimmedavg", "krum"])
 def test_aggregate_is_bit_identical_whatever_order_the_replies_arrive_in(name: str, model: torch.nn.Module, task_identity: None) -> None:
     """Float sums depend on their order; the strategy sorts replies so a seed reproduces its run exactly."""
     torch.manual_seed(1)
