@@ -245,7 +245,8 @@ class ConsortiumConfig(StrictModel):
 
     @model_validator(mode="after")
     def _krum_has_enough_sites(self) -> ConsortiumConfig:
-        from server.strategies.krum import sites_problem  # Krum's rule lives beside the strategy (also run-config checked)
+        # Krum's rule lives beside the strategy, which also applies it to a run config given directly.
+        from server.strategies.krum import sites_problem
 
         if isinstance(self.strategy, KrumStrategy):
             problem = sites_problem(self.strategy.num_malicious_nodes, self.min_sites)

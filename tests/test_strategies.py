@@ -102,7 +102,7 @@ def test_strategy_params_are_checked() -> None:
         build_strategy("fedtrimmedavg", '{"beta": 0.6}', build_model("smallcnn", 2, 16), min_sites=2)
 
 
-def test_krum_refuses_too_few_sites_and_warns_on_too_few_replies(model: torch.nn.Module, caplog) -> None:  # noqa: ANN001
+def test_krum_refuses_too_few_sites_and_warns_on_too_few_replies(model: torch.nn.Module, caplog: pytest.LogCaptureFixture) -> None:
     """Krum tolerates f hostile sites only with n ≥ 2f + 3: the run config is refused below that, and a round
     that gets fewer valid replies still aggregates but says it is unprotected."""
     with pytest.raises(StrategyError, match=r"num_malicious_nodes: 1 needs at least 5 sites \(n ≥ 2f \+ 3\); min_sites is 3"):
