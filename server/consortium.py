@@ -106,7 +106,7 @@ class FedTrimmedAvgStrategy(_Strategy):
 
 
 class KrumStrategy(_Strategy):
-    """Picks the update closest to its neighbours; tolerates ``num_malicious_nodes`` bad sites."""
+    """Picks the update closest to its neighbours; tolerates ``num_malicious_nodes`` (f) bad sites when min_sites ≥ 2f + 3."""
 
     name: Literal["krum"]
     num_malicious_nodes: int = Field(0, ge=0)
@@ -243,6 +243,17 @@ class ConsortiumConfig(StrictModel):
                              "between rounds); set site_optimizer: reset")
         return self
 
+    @model_validator(mode="after")
+    def _krum_has_enough_sites(self) -> ConsortiumConfig:
+        # Krum's rule lives beside the strategy, which also applies it to a run config given directly.
+        from server.strategies.krum import sites_problem
+
+        if isinstance(self.strategy, KrumStrategy):
+            problem = sites_problem(self.strategy.num_malicious_nodes, self.min_sites)
+            if problem:
+                raise ValueError(problem)
+        return self
+
     @property
     def port(self) -> int:
         return int(self.address.rpartition(":")[2])
@@ -357,7 +368,7 @@ strategy:
   #   fedavgm:       server_learning_rate (1.0), server_momentum (0.5)
   #   fedbn:         server_learning_rate (1.0), server_momentum (0.0; see README before raising it)
   #   fedtrimmedavg: beta (0.2, fraction trimmed at each end)
-  #   krum:          num_malicious_nodes (0)
+  #   krum:          num_malicious_nodes (0; needs min_sites >= 2 x num_malicious_nodes + 3)
   #   fedavg, fedmedian: none (fedbn keeps normalisation layers at each site)
 
 min_sites: {cfg.min_sites}                 # sites that must be online to start, and to answer each round

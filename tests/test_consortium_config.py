@@ -84,7 +84,7 @@ def test_wrong_value_is_named(patch: dict, key: str) -> None:
     ],
 )
 def test_strategy_parameters_validated_per_strategy(strategy: str, good: dict, bad: dict) -> None:
-    cfg = parse_consortium({**_base(), "strategy": {"name": strategy, **good}})
+    cfg = parse_consortium({**_base(), "min_sites": 5, "strategy": {"name": strategy, **good}})  # krum f=1: n ≥ 5
     params = json.loads(cfg.to_run_config()["strategy-params"])
     assert cfg.strategy.name == strategy
     assert {k: params[k] for k in good} == good
@@ -99,9 +99,20 @@ def test_strategy_defaults_are_flowers() -> None:
     from flwr.serverapp import strategy as fs
 
     for name, cls in (("fedadam", fs.FedAdam), ("fedyogi", fs.FedYogi), ("fedtrimmedavg", fs.FedTrimmedAvg), ("krum", fs.Krum)):
-        params = parse_consortium({**_base(), "strategy": name}).strategy.params()
+        params = parse_consortium({**_base(), "min_sites": 3, "strategy": name}).strategy.params()  # krum f=0: n ≥ 3
         sig = inspect.signature(cls.__init__).parameters
         assert params == {k: sig[k].default for k in params}, name
+
+
+@pytest.mark.parametrize(("f", "min_sites", "need"), [(0, 2, 3), (1, 3, 5), (1, 4, 5), (2, 6, 7)])
+def test_krum_refuses_fewer_sites_than_it_needs_to_tolerate_f(f: int, min_sites: int, need: int) -> None:
+    """Krum tolerates f hostile sites only with n ≥ 2f + 3 (below, honest and hostile scores can tie)."""
+    msg = _error({**_base(), "min_sites": min_sites, "strategy": {"name": "krum", "num_malicious_nodes": f}})
+    assert (f"krum with num_malicious_nodes: {f} needs at least {need} sites (n ≥ 2f + 3); "
+            f"min_sites is {min_sites}: raise min_sites to {need} or use fedmedian/fedtrimmedavg") in msg  # fmt: skip
+    cfg = parse_consortium({**_base(), "min_sites": need, "strategy": {"name": "krum", "num_malicious_nodes": f}})
+    assert cfg.min_sites == need and cfg.strategy.num_malicious_nodes == f
+    assert parse_consortium({**_base(), "min_sites": min_sites, "strategy": "fedmedian"}).min_sites == min_sites
 
 
 def test_to_run_config_matches_contract_and_pyproject(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def train_metrics(n: int) -> dict:
 # --------------------------------------------------------------------------- construction
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_builds_from_config(name: str, model: torch.nn.Module) -> None:
-    s = build_strategy(name, "{}", model, min_sites=2)
+    s = build_strategy(name, "{}", model, min_sites=3 if name == "krum" else 2)  # krum with f=0 needs n ≥ 3
     assert s.name == name
     assert s.bn_policy == {"fedadam": "average", "fedyogi": "average", "fedavgm": "average", "fedbn": "local"}.get(name, "strategy")
     flower = {
@@ -101,6 +101,24 @@ def test_strategy_params_are_checked() -> None:
         parse_strategy_params("fedavg", "[1]")
     with pytest.raises(StrategyError, match="beta must be in"):
         build_strategy("fedtrimmedavg", '{"beta": 0.6}', build_model("smallcnn", 2, 16), min_sites=2)
+
+
+def test_krum_refuses_too_few_sites_and_warns_on_too_few_replies(model: torch.nn.Module, caplog: pytest.LogCaptureFixture) -> None:
+    """Krum tolerates f hostile sites only with n ≥ 2f + 3: the run config is refused below that, and a round
+    that gets fewer valid replies still aggregates but says it is unprotected."""
+    with pytest.raises(StrategyError, match=r"num_malicious_nodes: 1 needs at least 5 sites \(n ≥ 2f \+ 3\); min_sites is 3"):
+        build_strategy("krum", '{"num_malicious_nodes": 1}', model, min_sites=3)
+    with pytest.raises(StrategyError, match="num_malicious_nodes: 0 needs at least 3 sites"):
+        build_strategy("krum", "{}", model, min_sites=2)
+    krum = build_strategy("krum", '{"num_malicious_nodes": 1}', model, min_sites=5)
+    states = [site_state(model, off, 1) for off in (0.0, 0.01, 0.02, 0.03, 0.04)]
+    with caplog.at_level("WARNING", logger="fedrad.strategy"):
+        full = krum.aggregate_train(1, [reply(11 + i, st, train_metrics(5)) for i, st in enumerate(states)])
+        assert full.arrays is not None and not caplog.records
+        short = krum.aggregate_train(2, [reply(11 + i, st, train_metrics(5)) for i, st in enumerate(states[:3])])
+    assert short.arrays is not None  # one site dropping out does not stop the run
+    (warning,) = caplog.records
+    assert "round 2: krum with num_malicious_nodes 1 needs at least 5 valid updates (n ≥ 2f + 3), got 3" in warning.getMessage()
 
 
 def test_train_config_carries_proximal_mu_and_fedbn_flag(model: torch.nn.Module, task_identity: None) -> None:
@@ -401,7 +419,7 @@ class ThreeSites(Grid):
         return [11, 12, 13]
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedbn", "fedadam"])
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedbn", "fedadam", "fedmedian", "fedtrimmedavg", "krum"])
 def test_aggregate_is_bit_identical_whatever_order_the_replies_arrive_in(name: str, model: torch.nn.Module, task_identity: None) -> None:
     """Float sums depend on their order; the strategy sorts replies so a seed reproduces its run exactly."""
     torch.manual_seed(1)

@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from server.strategies.bn_policy import NormKeys, held_out_keys, merge_held
+from server.strategies.krum import min_sites_for
 from server.strategies.metrics import aggregate_metrics
 from server.strategies.norm_screen import screen, update_norm
 from server.strategies.reply_order import in_content_order
@@ -154,6 +155,7 @@ class FedRadStrategy:
         metrics = aggregate_metrics([m.content for m in clean])  # every key over the sites that sent it
         metrics.pop(self.uniform_weight_key or "", None)
         _same_keys(clean)
+        self._warn_if_krum_is_unprotected(rnd, len(clean))
         arrays, _ = self.inner.aggregate_train(rnd, clean)
         if arrays is None:
             return out
@@ -168,6 +170,14 @@ class FedRadStrategy:
         out.arrays = ArrayRecord(final)
         out.metrics = dict(metrics or {})
         return out
+
+    def _warn_if_krum_is_unprotected(self, rnd: int, replies: int) -> None:
+        """Krum below 2f + 3 replies picks between tied honest and hostile scores: say so (it still aggregates)."""
+        f = getattr(getattr(self.inner, "strategy", self.inner), "num_malicious_nodes", None)
+        if f is not None and replies < min_sites_for(f):
+            log.warning("round %d: %s with num_malicious_nodes %d needs at least %d valid updates (n ≥ 2f + 3), got %d: "
+                        "the update it selects is not protected against a hostile site", rnd, self.name, f,
+                        min_sites_for(f), replies)  # fmt: skip
 
     def _widened(self, msg: Message) -> Message:
         """A reply whose float16 arrays (``compression: fp16``) are widened back to the model's float32."""
