@@ -341,6 +341,7 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(s.seed)
     model = s.task.build_model()
     strategy = build_strategy(s.strategy, s.strategy_params, model, min_sites=s.min_sites)
+    strategy.task = s.task
     if s.dp_noise_multiplier > 0:
         make_private(strategy, DpSettings(s.dp_noise_multiplier, s.dp_clipping_norm, s.dp_delta))
     if s.image_dp:  # each site trains with DP-SGD and accounts its own ε; an update without it is not known private

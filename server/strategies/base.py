@@ -30,6 +30,7 @@ from server.strategies.validation import (
     validate_train_reply,
 )
 from shared.compression import widen
+from shared.tasks import TaskSpec
 
 log = logging.getLogger("fedrad.strategy")
 # Server optimizer state: the FedOpt family's moments (FedAdam, FedYogi: dicts by key) and FedAvgM's momentum
@@ -82,6 +83,7 @@ class FedRadStrategy:
         self.uniform_weight_key: str | None = None  # set under DP (server/strategies/dp.py): equal site weights
         self.dp = None  # DpSettings under DP
         self.required_train_metrics: tuple[str, ...] = ()  # per-image DP: ("dp-epsilon",), a reply without it is rejected
+        self.task: TaskSpec | None = None  # the run's task: which evaluation metric keys a reply may carry
 
     def set_bn_policy(self, policy: str) -> None:
         """Change the BatchNorm policy (DP needs ``average``: no noise on statistics)."""
@@ -194,7 +196,7 @@ class FedRadStrategy:
     def aggregate_evaluate(self, rnd: int, replies: Iterable[Message]) -> EvalOutcome:
         out = EvalOutcome(metrics=None)
         clean: list[Message] = []
-        for msg, node, metrics in in_content_order(_triage(replies, validate_eval_reply, out.rejected), lambda v: v[0]):
+        for msg, node, metrics in in_content_order(_triage(replies, lambda c: validate_eval_reply(c, self.task), out.rejected), lambda v: v[0]):
             clean.append(Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), metadata=msg.metadata))
             out.accepted.append(node)
         out.accepted.sort()

@@ -6,11 +6,11 @@ Rules: ``num-examples`` and ``auc-examples`` are summed; ``*-s`` timings take
 the max (the slowest site sets the round's pace); ``auc`` is weighted by
 ``auc-examples`` (sites where it is undefined send 0 and do not count, and it is
 left out when no site could compute it); per-image DP's ``dp-epsilon`` takes the
-largest and ``dp-noise-multiplier`` the smallest (the least private site); a site's AUC interval (``auc-ci-*``) is
-per site and left out (``fedrad-server crossval`` keeps it per site); likewise the
-segmentation keys (:mod:`shared.tasks.segmentation.metric_keys`): ``hd95-<label>`` is
-weighted by ``hd95-<label>-examples`` (summed, like every ``*-examples`` count) and
-``dice-<label>-ci-*`` is left out; everything else is weighted by
+largest and ``dp-noise-multiplier`` the smallest (the least private site); a site's own interval (``auc-ci-*``,
+``dice-<label>-ci-*``: :meth:`shared.tasks.Task.per_site`) is left out
+(``fedrad-server crossval`` keeps it per site); a metric with its own count
+(``hd95-<label>`` and ``hd95-<label>-examples``) is weighted by it (summed, like
+every ``*-examples`` count); everything else is weighted by
 ``num-examples``. Each key is combined over the sites that sent it: a site
 withholds loss/accuracy/AUC over fewer cases than its ``min_count``.
 ``sites`` counts the replies that were aggregated.
@@ -20,11 +20,15 @@ from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
 
-from shared.tasks.segmentation.metric_keys import is_per_site
+from shared.tasks import get_task, task_names
 
 SUMMED = ("num-examples", "auc-examples")
 WORST = {"dp-epsilon": max, "dp-noise-multiplier": min}  # per-image DP: the round is as private as its least private site
-PER_SITE = ("auc-ci-low", "auc-ci-high")  # one site's interval: meaningless averaged, so left out of the round figure
+
+
+def is_per_site(key: str) -> bool:
+    """A site's own figure (its bootstrap interval): meaningless averaged, so left out of the round figure."""
+    return any(get_task(name).per_site(key) for name in task_names())
 
 
 def aggregate_metrics(records: list[RecordDict], weight_key: str = "num-examples") -> MetricRecord:
@@ -34,7 +38,7 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str = "num-examples
     if not rows:
         return out
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    for key in (k for k in keys if k not in PER_SITE and not is_per_site(k)):
+    for key in (k for k in keys if not is_per_site(k)):
         having = [r for r in rows if key in r]
         values = [float(r[key]) for r in having]
         if key in SUMMED or key.endswith("-examples"):

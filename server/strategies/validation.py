@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from shared.tasks.segmentation.metric_keys import is_fraction, is_segmentation_key
+from shared.tasks import TaskSpec, get_task, task_names
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
@@ -28,8 +28,7 @@ TRAIN_REQUIRED = ("num-examples",)
 TRAIN_OPTIONAL = ("train-loss", "train-acc", "load-s", "train-s", "startup-s", "handler-s", "warm-worker",
                   "dp-epsilon", "dp-noise-multiplier")  # fmt: skip
 EVAL_REQUIRED = ("num-examples",)
-EVAL_OPTIONAL = ("loss", "accuracy", "auc", "auc-examples", "auc-ci-low", "auc-ci-high", "held-out", "load-s",
-                 "startup-s", "handler-s", "warm-worker")  # fmt: skip
+EVAL_OPTIONAL = ("loss", "held-out", "load-s", "startup-s", "handler-s", "warm-worker")  # + the task's own keys
 
 
 @dataclass(frozen=True)
@@ -110,19 +109,33 @@ def validate_train_reply(content: RecordDict, template: Mapping[str, ArraySpec],
     return clean_metrics(content[METRICS_KEY], (*TRAIN_REQUIRED, *extra), tuple(k for k in TRAIN_OPTIONAL if k not in extra))
 
 
-def validate_eval_reply(content: RecordDict) -> tuple[dict, str | None]:
-    """Return (clean metrics, None) for a usable evaluation reply, or ({}, reason)."""
+def task_rules(task: TaskSpec | None) -> list[tuple]:
+    """(task, its outputs) pairs whose metric keys a reply may carry: the run's task, or without one every
+    registered task with any outputs (a reply checked outside a run)."""
+    if task is not None:
+        return [(task.task, list(task.outputs))]
+    return [(get_task(name), None) for name in task_names()]
+
+
+def validate_eval_reply(content: RecordDict, task: TaskSpec | None = None) -> tuple[dict, str | None]:
+    """Return (clean metrics, None) for a usable evaluation reply, or ({}, reason).
+
+    Beyond the common keys, only the task's own metric keys are kept (:meth:`shared.tasks.Task.metric_count_key`),
+    each within the task's bounds for it (AUC and Dice in [0, 1], distances and counts >= 0)."""
     problem = _one(content, "MetricRecord", METRICS_KEY)
     if problem:
         return {}, problem
     record = content[METRICS_KEY]
-    segmentation = tuple(k for k in record.keys() if is_segmentation_key(k))  # dice-<label>, hd95-<label>, ...
-    metrics, problem = clean_metrics(record, EVAL_REQUIRED, EVAL_OPTIONAL + segmentation)
-    fractions = ("auc", "accuracy", "auc-ci-low", "auc-ci-high", *(k for k in segmentation if is_fraction(k)))
-    out_of_range = [k for k in fractions if k in metrics and not 0.0 <= metrics[k] <= 1.0]
-    if problem is None and out_of_range:
-        return {}, f"metric(s) {out_of_range} must lie in [0, 1]"
-    negative = [k for k in segmentation if k in metrics and metrics[k] < 0]  # HD95 distances and counts
-    if problem is None and negative:
-        return {}, f"metric(s) {negative} must not be negative"
-    return metrics, problem
+    rules = task_rules(task)
+    own = tuple(k for k in record.keys() if k not in EVAL_OPTIONAL and k not in EVAL_REQUIRED
+                and any(t.metric_count_key(k, outs) is not False for t, outs in rules))
+    metrics, problem = clean_metrics(record, EVAL_REQUIRED, EVAL_OPTIONAL + own)
+    if problem is not None:
+        return metrics, problem
+    for key in own:
+        bounds = next((b for t, _ in rules if (b := t.metric_bounds(key)) is not None), None)
+        if key in metrics and bounds is not None and not bounds[0] <= metrics[key] <= bounds[1]:
+            low, high = bounds
+            return {}, f"metric(s) ['{key}'] must lie in [{low:g}, {high:g}]" if high < float("inf") else \
+                f"metric(s) ['{key}'] must not be negative"
+    return metrics, None

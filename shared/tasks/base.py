@@ -178,6 +178,14 @@ class Task:
         """Cases per output (a class; a segment present), for the coordinator's data statistics."""
         return {}
 
+    def metric_bounds(self, key: str) -> tuple[float, float] | None:
+        """The range a valid value of this task's metric ``key`` lies in (the server rejects a reply outside it)."""
+        return (0.0, float("inf")) if key.endswith("-examples") else None
+
+    def per_site(self, key: str) -> bool:
+        """A site's own figure (e.g. its bootstrap interval): meaningless averaged over sites, kept per site."""
+        return False
+
     def example_metrics(self, outputs: list[str]) -> list[str]:
         """Every aggregate key this task's evaluation may send (docs, tests, the guard's listing)."""
         return []

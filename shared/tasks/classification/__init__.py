@@ -178,6 +178,12 @@ class ClassificationTask(Task):
     def output_counts(self, data: SiteDataset) -> dict[str, int]:
         return data.class_counts()
 
+    def metric_bounds(self, key: str) -> tuple[float, float] | None:
+        return (0.0, 1.0) if key in METRIC_COUNTS else super().metric_bounds(key)
+
+    def per_site(self, key: str) -> bool:
+        return key in ("auc-ci-low", "auc-ci-high")
+
     def example_metrics(self, outputs: list[str]) -> list[str]:
         return ["num-examples", "loss", "accuracy", "auc", "auc-examples", "auc-ci-low", "auc-ci-high"]
 

@@ -173,6 +173,18 @@ class SegmentationTask(Task):
         present = data.masks.flatten(2).any(2).sum(0).tolist() if len(data) else [0] * len(data.labels)
         return {label: int(n) for label, n in zip(data.labels, present, strict=True)}
 
+    def metric_bounds(self, key: str) -> tuple[float, float] | None:
+        from shared.tasks.segmentation.metric_keys import count_key, is_fraction
+
+        if is_fraction(key):
+            return (0.0, 1.0)
+        return (0.0, float("inf")) if count_key(key) is not False else None  # HD95 distances and their counts
+
+    def per_site(self, key: str) -> bool:
+        from shared.tasks.segmentation.metric_keys import is_per_site
+
+        return is_per_site(key)
+
     def example_metrics(self, outputs: list[str]) -> list[str]:
         from shared.tasks.segmentation.metric_keys import metric_keys
 
