@@ -318,13 +318,13 @@ def summary_line(results: dict[str, dict[str, dict]], global_label: str, home: d
             parts.append(f"at {col} AUC is undefined (one class)")
             continue
         (a1, m1), rest = ranked[0], ranked[1:]
-        text = f"at {col} {m1} is best ({a1:.3f})"
+        text = f"at {col} {m1} is best (AUC {a1:.3f})"
         if rest:
             a2, m2 = rest[0]
             ov = _overlap(results[m1][col], results[m2][col])
             verdict = {True: "CIs overlap, not a measurable difference", False: "CIs do not overlap",
                        None: "no CI"}[ov]  # fmt: skip
-            text += f", next {m2} ({a2:.3f}): {verdict}"
+            text += f", next {m2} at {a2:.3f}: {verdict}"
         parts.append(text)
     return "Reading: " + "; ".join(parts) + "."
 

@@ -61,7 +61,7 @@ def test_summary_line_says_best_at_home_and_unseen_with_ci_overlap() -> None:
     assert "\n" not in line
     assert "at home the global model is best on average (global 0.912 vs each site's own local model 0.850" in line
     assert "CIs overlap at 1 of 1 sites" in line
-    assert f"at unseen-1 {GLOBAL} is best (0.880), next local site-1 (0.700): CIs do not overlap" in line
+    assert f"at unseen-1 {GLOBAL} is best (AUC 0.880), next local site-1 at 0.700: CIs do not overlap" in line
 
 
 def test_summary_line_skips_one_class_sites_and_reports_overlap_at_unseen() -> None:
@@ -70,7 +70,7 @@ def test_summary_line_skips_one_class_sites_and_reports_overlap_at_unseen() -> N
                          "unseen-1": _cell(0.86, [0.80, 0.91])}  # fmt: skip
     line = demo.summary_line(r, GLOBAL, {"local site-1": "site-1 test", "local site-3": "site-3 test"}, ["unseen-1"])
     assert "mean over 1 site tests" in line  # site-3's one-class test set is left out, not counted as 0
-    assert "next local site-3 (0.860): CIs overlap, not a measurable difference" in line
+    assert "next local site-3 at 0.860: CIs overlap, not a measurable difference" in line
 
 
 def test_score_cell_reuses_the_bootstrap_and_handles_one_class() -> None:
