@@ -332,6 +332,8 @@ def summary_line(results: dict[str, dict[str, dict]], global_label: str, home: d
 def evaluate_all(setup_info: dict, run_dir: Path, rounds: int, local_epochs: int, seed: int) -> dict:
     """AUC (n, 95 % CI) of the global model and of each local-only model on every site's test export (its
     held-out patients where there is none) and on the unseen site."""
+    import torch
+
     from shared.config import SiteDataConfig
     from shared.modelfile import load_model_file
     from shared.models import build_model
@@ -361,6 +363,7 @@ def evaluate_all(setup_info: dict, run_dir: Path, rounds: int, local_epochs: int
     global_label = f"global ({glob.provenance['rounds']} rounds)"
     models = {global_label: glob.model}
     for name, data in train_sets.items():  # same number of epochs the federation gave each site
+        torch.manual_seed(seed)  # the initial weights too: the same table on every run
         model = build_model(glob.architecture, len(glob.classes), size)
         train_model(model, data, TrainConfig(epochs=rounds * local_epochs, seed=seed))
         models[f"local {name}"] = model.eval()
