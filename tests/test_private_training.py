@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+
+from shared.tasks import TaskSpec
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from client.outbound_guard import guard_reply
@@ -98,7 +100,7 @@ def test_private_round_reports_only_epsilon_and_noise(tmp_path) -> None:
     history, metrics = train_private_round(model, blob_dataset(40, 32), TrainConfig(epochs=1, batch_size=16), _dp(rounds=1),
                                            1, tmp_path / "l.json")  # fmt: skip
     assert set(metrics) == {"dp-epsilon", "dp-noise-multiplier"} and 7.9 <= metrics["dp-epsilon"] <= 8.0
-    guarded = guard_reply("train", incoming={}, arrays=None, metrics={"num-examples": 40, **metrics}, min_count=10)
+    guarded = guard_reply("train", task=TaskSpec("classification", ("normal", "nodule"), "smallcnn-gn", 16), incoming={}, arrays=None, metrics={"num-examples": 40, **metrics}, min_count=10)
     assert guarded.metrics["dp-epsilon"] == metrics["dp-epsilon"] and not guarded.violations
 
 

@@ -101,11 +101,12 @@ def test_consortium_yaml_to_site_training_carries_the_strength(tmp_path) -> None
     run = parse_consortium(data).to_run_config(run_dir=tmp_path / "r")
     assert run["scanner-augment"] == 0.5
     sent = RunSettings.from_run_config(run).train_config(1)
-    assert train_config(sent).scanner_augment == 0.5
-    assert train_config({}).scanner_augment == 0.0  # off unless the coordinator asks
+    task = RunSettings.from_run_config(run).task
+    assert train_config(task, sent).scanner_augment == 0.5
+    assert train_config(task, {}).scanner_augment == 0.0  # off unless the coordinator asks
     with pytest.raises(RunConfigError, match="'scanner-augment'"):
         RunSettings.from_run_config({**run, "scanner-augment": -1})
-    with pytest.raises(RunConfigError, match="classification only"):
+    with pytest.raises(RunConfigError, match="scanner-appearance augmentation is not available for segmentation"):
         RunSettings.from_run_config({**run, "task-type": "segmentation", "labels": "nodule", "scanner-augment": 1.0})
 
 

@@ -28,6 +28,7 @@ from tests.test_strategies import reply, task_identity  # noqa: F401 - the fixtu
 pytestmark = pytest.mark.timeout(60)
 LABELS = ["nodule", "lung"]
 SEG_TASK = {"type": "segmentation", "labels": LABELS, "image_size": 32}
+SEG_SPEC = TaskSpec("segmentation", tuple(LABELS), "unet", 32)
 BASE = {"name": "Seg Net", "address": "fedrad.example.org:9443"}
 
 
@@ -54,9 +55,9 @@ def test_segmentation_task_goes_into_the_run_config_and_classification_stays_the
     run = cfg.to_run_config(run_dir="/tmp/r")
     assert (run["task-type"], run["labels"], run["model"], run["image-size"]) == ("segmentation", "nodule,lung", "unet", 32)
     s = RunSettings.from_run_config(run)
-    assert (s.task_type, s.outputs, s.model) == ("segmentation", LABELS, "unet")
+    assert (s.task.type, list(s.task.outputs), s.model) == ("segmentation", LABELS, "unet")
     task = TaskSpec.from_run_config(run)
-    assert task.segmentation and task.outputs == LABELS
+    assert task.type == "segmentation" and list(task.outputs) == LABELS
     default = parse_consortium(BASE).to_run_config(run_dir="/tmp/r")  # an existing config is unchanged
     assert (default["task-type"], default["labels"], default["model"]) == ("classification", "", "smallcnn")
     assert RunSettings.from_run_config(default).outputs == ["normal", "nodule"]
@@ -69,11 +70,11 @@ def test_segmentation_task_goes_into_the_run_config_and_classification_stays_the
         ({"type": "segmentation"}, "task.labels", "needs its segment names"),
         ({**SEG_TASK, "model": "smallcnn"}, "task.model", "not a segmentation architecture; use one of unet"),
         ({"model": "unet"}, "task.model", "not a classification architecture"),
-        ({"labels": LABELS}, "task.labels", "set task.type: segmentation"),
-        ({**SEG_TASK, "classes": ["a", "b"]}, "task", "task.classes is for classification"),
+        ({"labels": LABELS}, "task.labels", "not used by a classification task"),
+        ({**SEG_TASK, "classes": ["a", "b"]}, "task.classes", "names its outputs in task.labels"),
         ({**SEG_TASK, "labels": ["left-lung"]}, "task.labels", "letters, digits"),
         ({**SEG_TASK, "labels": ["lung", "lung"]}, "task.labels", "unique"),
-        ({"type": "detection"}, "task.type", "'classification' or 'segmentation'"),
+        ({"type": "detection"}, "task.type", "known: classification, segmentation"),
     ],
 )
 def test_a_wrong_segmentation_task_names_the_key(task: dict, key: str, words: str) -> None:
@@ -81,9 +82,10 @@ def test_a_wrong_segmentation_task_names_the_key(task: dict, key: str, words: st
     assert f"key '{key}'" in msg and words in msg, msg
 
 
-def test_fedprox_is_refused_for_segmentation() -> None:
-    msg = _error({"task": SEG_TASK, "strategy": "fedprox"})
-    assert "strategy.name fedprox" in msg and "segmentation" in msg, msg
+def test_fedprox_trains_segmentation_too() -> None:
+    """One training loop for every task: the proximal term is no longer classification's alone."""
+    cfg = parse_consortium({**BASE, "task": SEG_TASK, "strategy": "fedprox"})
+    assert cfg.to_run_config(run_dir="/tmp/r")["strategy"] == "fedprox"
 
 
 @pytest.mark.parametrize(
@@ -103,16 +105,17 @@ def test_guard_passes_the_tasks_segmentation_aggregates_and_nothing_per_case() -
                "hd95-nodule": 9.0, "hd95-nodule-examples": 4,
                "dice-case17": 0.2, "dice-lung-case-3": 0.1, "dice-heart": float("nan"),
                "dice-lung-cases": [0.9, 0.8]}  # fmt: skip
-    g = guard_reply("evaluate", incoming={}, arrays=None, metrics=metrics, min_count=10, segment_labels=LABELS)
+    g = guard_reply("evaluate", incoming={}, arrays=None, metrics=metrics, min_count=10, task=SEG_SPEC)
     assert set(g.metrics) == {"num-examples", "loss", "dice-mean", "dice-lung", "dice-lung-ci-low", "dice-lung-ci-high",
                               "hd95-lung", "hd95-lung-examples", "dice-nodule", "hd95-nodule-examples"}  # fmt: skip
     dropped = {d.item for d in g.violations}
     assert dropped == {"metric:dice-case17", "metric:dice-lung-case-3", "metric:dice-heart", "metric:dice-lung-cases"}
     withheld = {d.item for d in g.decisions if d.action == "withhold"}
     assert withheld == {"metric:hd95-nodule"}  # HD95 over 4 cases < min_count
-    small = guard_reply("evaluate", incoming={}, arrays=None, metrics={**metrics, "num-examples": 5}, segment_labels=LABELS)
+    small = guard_reply("evaluate", incoming={}, arrays=None, metrics={**metrics, "num-examples": 5}, task=SEG_SPEC)
     assert not {k for k in small.metrics if k.startswith("dice-")}  # Dice over 5 held-out cases is withheld
-    classification = guard_reply("evaluate", incoming={}, arrays=None, metrics={"num-examples": 20, "dice-lung": 0.9})
+    classification = guard_reply("evaluate", incoming={}, arrays=None, metrics={"num-examples": 20, "dice-lung": 0.9},
+                                 task=TaskSpec("classification", ("normal", "nodule"), "smallcnn", 32))
     assert "dice-lung" not in classification.metrics  # no segmentation keys outside a segmentation task
 
 
@@ -165,8 +168,8 @@ def test_a_segmentation_round_checkpoint_is_a_segmentation_model_file(tmp_path: 
     digest = run.save_round(1, model.state_dict(), task=task, num_server_rounds=2, metrics={"eval": {}}, eval_auc=0.4)
     loaded = load_model_file(tmp_path / "run" / "best.pt")
     assert (loaded.task, loaded.labels, loaded.classes, loaded.architecture) == ("segmentation", LABELS, [], "unet")
-    assert loaded.weights_sha256 == digest and loaded.task_mismatch("unet", LABELS, 32, "segmentation") is None
-    assert "segmentation unet" in loaded.task_mismatch("smallcnn", ["normal", "nodule"], 32)
+    assert loaded.weights_sha256 == digest and loaded.task_mismatch(SEG_SPEC) is None
+    assert "segmentation unet" in loaded.task_mismatch(TaskSpec("classification", ("normal", "nodule"), "smallcnn", 32))
     out = loaded.model(torch.zeros(1, 1, 32, 32))
     assert tuple(out.shape) == (1, 2, 32, 32)
     point = run.prepare(task, resume=True)

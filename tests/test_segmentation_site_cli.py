@@ -107,10 +107,19 @@ def test_start_preflight_accepts_a_segmentation_only_site(seg_site: Path) -> Non
     assert ok and "segmentation" in verdict and "20 DICOM SEG" in verdict, verdict
 
 
-def test_finetune_refuses_a_segmentation_model_by_name(seg_site: Path, seg_model: tuple[Path, dict], tmp_path: Path) -> None:
+def test_finetune_tunes_a_segmentation_model_and_scores_dice_before_and_after(seg_site: Path, seg_model: tuple[Path, dict],
+                                                                              tmp_path: Path) -> None:
+    """One training loop: a segmentation model fine-tunes at a site like a classifier, scored by its task (Dice)."""
     model, _ = seg_model
-    proc = run("finetune", "--model", str(model), "--config", str(seg_site), "--out", str(tmp_path / "ft.pt"))
-    assert proc.returncode == 2 and "segmentation model" in proc.stderr and "Traceback" not in proc.stderr
+    out = tmp_path / "ft.pt"
+    proc = run("finetune", "--model", str(model), "--config", str(seg_site), "--out", str(out), "--epochs", "1",
+               "--bootstrap", "50", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["headline"] == "dice-mean" and set(summary["before"]) == set(summary["after"])
+    assert 0.0 <= summary["before"]["dice-mean"] <= 1.0 and 0.0 <= summary["after"]["dice-mean"] <= 1.0
+    tuned = load_model_file(out)
+    assert tuned.task == "segmentation" and tuned.labels == ["nodule", "lung"] and tuned.provenance["kind"] == "finetuned"
 
 
 def test_segmentation_bundle_site_yaml_has_no_label_csv() -> None:

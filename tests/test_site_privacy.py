@@ -14,23 +14,25 @@ import yaml
 
 from client.approval import ApprovalError, approvals_path, approve, approve_installed, is_approved, load_approvals
 from client.audit import AuditError, append_entry, head_path, verify
+from shared.tasks import TaskSpec
 from client.outbound_guard import guard_reply, spec_of
 from shared.code_identity import code_sha256, installed_root
 from server.superlink import stage_app
 
 MODEL = {"conv.weight": np.zeros((4, 1, 3, 3), np.float32), "bn.num_batches_tracked": np.array(3, np.int64)}
 GOOD_METRICS = {"num-examples": 40, "train-loss": 0.5, "train-acc": 0.75, "train-s": 1.2}
+CLS = TaskSpec("classification", ("normal", "nodule"), "smallcnn", 16)  # the run's task: its metric keys pass
 
 
 def test_guard_passes_model_arrays_and_aggregate_metrics() -> None:
-    out = guard_reply("train", incoming=spec_of(MODEL), arrays={k: v + 1 for k, v in MODEL.items()}, metrics=GOOD_METRICS)
+    out = guard_reply("train", task=CLS, incoming=spec_of(MODEL), arrays={k: v + 1 for k, v in MODEL.items()}, metrics=GOOD_METRICS)
     assert set(out.arrays) == set(MODEL) and out.metrics == GOOD_METRICS and out.decisions == []
 
 
 def test_guard_drops_a_per_case_array_and_a_string_metric_but_sends_the_rest() -> None:
     per_case = np.random.default_rng(0).random((40, 2)).astype(np.float32)  # one probability row per patient
     metrics = {**GOOD_METRICS, "worst-case": "RS0160162/STE1E2679A/IMG0001", "case-probs": [0.1, 0.9]}
-    out = guard_reply("train", incoming=spec_of(MODEL), arrays={**MODEL, "predictions": per_case}, metrics=metrics)
+    out = guard_reply("train", task=CLS, incoming=spec_of(MODEL), arrays={**MODEL, "predictions": per_case}, metrics=metrics)
     assert set(out.arrays) == set(MODEL)  # the model still goes out
     assert out.metrics == GOOD_METRICS
     dropped = {d.item for d in out.violations}
@@ -39,21 +41,21 @@ def test_guard_drops_a_per_case_array_and_a_string_metric_but_sends_the_rest() -
 
 def test_guard_sends_no_partial_model_and_no_arrays_with_evaluate() -> None:
     bad = {**MODEL, "conv.weight": np.zeros((4, 1, 5, 5), np.float32)}
-    out = guard_reply("train", incoming=spec_of(MODEL), arrays=bad, metrics=GOOD_METRICS)
+    out = guard_reply("train", task=CLS, incoming=spec_of(MODEL), arrays=bad, metrics=GOOD_METRICS)
     assert out.arrays is None and {d.item for d in out.violations} == {"array:conv.weight", "arrays"}
-    out = guard_reply("evaluate", incoming=spec_of(MODEL), arrays=MODEL, metrics={"num-examples": 30, "auc": 0.8})
+    out = guard_reply("evaluate", task=CLS, incoming=spec_of(MODEL), arrays=MODEL, metrics={"num-examples": 30, "auc": 0.8})
     assert out.arrays is None and [d.item for d in out.violations] == ["arrays"]
 
 
 def test_guard_withholds_patient_metrics_below_min_count() -> None:
     metrics = {"num-examples": 6, "loss": 0.4, "accuracy": 0.5, "auc": 0.9, "auc-examples": 6, "handler-s": 0.3,
                "auc-ci-low": 0.7, "auc-ci-high": 1.0, "bad": float("nan")}  # fmt: skip
-    out = guard_reply("evaluate", incoming={}, arrays=None, metrics=metrics, min_count=10)
+    out = guard_reply("evaluate", task=CLS, incoming={}, arrays=None, metrics=metrics, min_count=10)
     assert out.metrics == {"num-examples": 6, "auc-examples": 6, "handler-s": 0.3}
     assert {d.item for d in out.decisions if d.action == "withhold"} == {
         "metric:loss", "metric:accuracy", "metric:auc", "metric:auc-ci-low", "metric:auc-ci-high"}
     assert [d.item for d in out.violations] == ["metric:bad"]
-    wide = guard_reply("evaluate", incoming={}, arrays=None, metrics=metrics, min_count=5).metrics
+    wide = guard_reply("evaluate", task=CLS, incoming={}, arrays=None, metrics=metrics, min_count=5).metrics
     assert wide.get("auc") == 0.9 and (wide["auc-ci-low"], wide["auc-ci-high"]) == (0.7, 1.0)
 
 

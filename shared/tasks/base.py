@@ -230,7 +230,10 @@ class TaskSpec:
         from shared.names import name_list
         from shared.tasks import get_task
 
-        task = get_task(str(rc.get("task-type", "classification")).strip().lower())
+        try:
+            task = get_task(str(rc.get("task-type", "classification")).strip().lower())
+        except ValueError as exc:
+            raise ValueError(f"'task-type': {exc}") from None
         try:
             outputs = task.check_outputs(name_list(rc.get(task.outputs_key)))
         except ValueError as exc:
