@@ -60,7 +60,7 @@ def test_segmentation_task_goes_into_the_run_config_and_classification_stays_the
     assert task.type == "segmentation" and list(task.outputs) == LABELS
     default = parse_consortium(BASE).to_run_config(run_dir="/tmp/r")  # an existing config is unchanged
     assert (default["task-type"], default["labels"], default["model"]) == ("classification", "", "smallcnn")
-    assert RunSettings.from_run_config(default).outputs == ["normal", "nodule"]
+    assert RunSettings.from_run_config(default).task.outputs == ("normal", "nodule")
     parse_consortium(__import__("yaml").safe_load(consortium_yaml_text("Seg Net", "h:1")))  # the template still parses
 
 
