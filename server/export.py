@@ -18,6 +18,7 @@ from server.consortium import load_consortium
 from shared.config import ConfigError
 from shared.intensity import HistogramEqualize
 from shared.modelfile import load_model_file
+from shared.tasks import get_task
 
 _ROUND = re.compile(r"^round-(\d+)\.pt$")
 
@@ -77,9 +78,10 @@ def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Pat
         raise ConfigError(f"{directory}: no run folder under runs/; train first with `fedrad-server start`.")
     src = pick_model(Path(run_dir), best)
     loaded = load_model_file(src)
-    if fmt != "pt" and loaded.task != "classification":
-        raise ConfigError(f"--format {fmt}: graphs are exported for classification models only so far; "
-                          f"{src.name} is a {loaded.task} model: use --format pt")  # fmt: skip
+    task = get_task(loaded.task)
+    refusal = task.unsupported("onnx") if fmt != "pt" else None
+    if refusal:
+        raise ConfigError(f"--format {fmt}: {refusal}; {src.name} is a {loaded.task} model: use --format pt")
     if fmt == "onnx" and any(isinstance(m, HistogramEqualize) for m in loaded.model.modules()):  # searchsorted: no ONNX op
         raise ConfigError(f"--format onnx: {src.name} is a {loaded.architecture} model, and ONNX has no operator for its "
                           "histogram-equalisation input layer; use --format torchscript (same probabilities) or pt")  # fmt: skip
@@ -90,8 +92,9 @@ def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Pat
         shutil.copyfile(src, out)
         what = "FedRad model file (load with shared.modelfile.load_model_file)"
     else:
-        gap = export_graph(loaded.model, loaded.preprocess.image_size, fmt, out)
-        what = f"{fmt} graph: float32 images (N, 1, S, S) → class probabilities; max gap to the checkpoint {gap:.1e}"
+        gap = export_graph(loaded.model, loaded.preprocess.image_size, fmt, out, activation=task.probabilities)
+        kind = "class probabilities" if task.outputs_key == "classes" else f"a probability map per {task.outputs_key[:-1]}"
+        what = f"{fmt} graph: float32 images (N, 1, S, S) → {kind}; max gap to the checkpoint {gap:.1e}"
     bench = _read_json_option("--benchmark", benchmark, "results.json", ("matrix", "columns"))
     cross = _read_json_option("--crossval", crossval, "crossval.json", ("matrix", "sites"))
     card = out.with_name(out.name + ".md")

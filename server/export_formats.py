@@ -1,8 +1,10 @@
 """Export a FedRad model for clinical integration: TorchScript or ONNX, checked against the checkpoint.
 
 The exported graph takes a float32 batch ``(N, 1, S, S)`` of images already
-preprocessed the FedRad way (the model card says how) and returns class
-probabilities (softmax), so an integrator needs no FedRad code to run it.
+preprocessed the FedRad way (the model card says how) and returns what the
+model's task calls probabilities (:meth:`shared.tasks.Task.probabilities`:
+softmax over classes, a sigmoid map per segment label), so an integrator
+needs no FedRad code to run it.
 Before a file is handed out, its outputs are compared with the checkpoint's on
 ``CHECK_IMAGES`` images (a fixed-seed batch, or the caller's test images):
 the largest gap must stay within ``tolerance`` (default 1e-5), else the file is
@@ -11,6 +13,7 @@ deleted and the export fails.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +24,15 @@ CHECK_IMAGES = 16
 
 
 class _Probabilities(torch.nn.Module):
-    """The model followed by softmax: what a viewer or PACS plug-in wants."""
+    """The model followed by its task's output activation: what a viewer or PACS plug-in wants."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, activation: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.model = model.eval()
+        self.activation = activation
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(images), dim=1)
+        return self.activation(self.model(images))
 
 
 def check_images(image_size: int, images: torch.Tensor | None = None) -> torch.Tensor:
@@ -39,9 +43,12 @@ def check_images(image_size: int, images: torch.Tensor | None = None) -> torch.T
 
 
 def export_graph(model: torch.nn.Module, image_size: int, fmt: str, dest: Path,
-                 images: torch.Tensor | None = None, tolerance: float = 1e-5) -> float:
-    """Write ``model`` as ``fmt`` to ``dest``; return the largest |probability gap| to the checkpoint."""
-    wrapped = _Probabilities(model).eval()
+                 images: torch.Tensor | None = None, tolerance: float = 1e-5,
+                 activation: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Write ``model`` as ``fmt`` to ``dest``; return the largest |probability gap| to the checkpoint.
+
+    ``activation``: the task's (:meth:`shared.tasks.Task.probabilities`); default softmax over classes."""
+    wrapped = _Probabilities(model, activation or (lambda logits: torch.softmax(logits, dim=1))).eval()
     x = check_images(image_size, images)
     with torch.no_grad():
         expected = wrapped(x).numpy()

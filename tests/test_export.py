@@ -102,3 +102,26 @@ def test_card_shows_each_sites_auc_with_its_interval_from_crossval(consortium: P
     (tmp_path / "bad.json").write_text(json.dumps({"matrix": {}}))
     with pytest.raises(ConfigError, match="--crossval .*bad.json: not a crossval.json"):
         export_model(consortium, tmp_path / "g2.pt", run_dir=consortium / "runs" / "r1", crossval=tmp_path / "bad.json")
+
+
+def test_a_segmentation_model_exports_as_onnx_with_a_sigmoid_map_per_label(tmp_path: Path) -> None:
+    """The task decides the exported graph's output: a probability map per segment label, matching the checkpoint."""
+    from shared.tasks import get_task
+
+    c = tmp_path / "consortium"
+    init_consortium(c, "Seg Export", "127.0.0.1:9443")
+    torch.manual_seed(0)
+    model = get_task("segmentation").build_model("unet", 2, 32)
+    run = RunDir(c / "runs" / "r1")
+    task = RunTask(TaskSpec("segmentation", ("nodule", "lung"), "unet", 32), "Seg Export", "fedavg", 0)
+    run.prepare(task, resume=False)
+    run.save_round(1, model.state_dict(), task=task, num_server_rounds=1, metrics={"round": 1, "eval": {}})
+    result = export_model(c, tmp_path / "seg.onnx", fmt="onnx")
+    assert result["max_gap"] is not None and result["max_gap"] < 1e-5
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    session = onnxruntime.InferenceSession(str(tmp_path / "seg.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = torch.sigmoid(model.eval()(x)).numpy()
+    assert got.shape == (2, 2, 32, 32) and np.abs(got - expected).max() < 1e-4
+    assert "probability map per label" in Path(result["model_card"]).read_text()

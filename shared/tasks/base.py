@@ -37,7 +37,7 @@ FEATURES: dict[str, str] = {
     "image-dp": "per-image differential privacy (dp level: image)",
     "scanner-augment": "scanner-appearance augmentation",
     "stats": "data statistics (fedrad-server stats)",
-    "onnx": "ONNX export",
+    "onnx": "graph export (fedrad-server export --format torchscript|onnx)",
     "explain": "saliency maps (fedrad-site evaluate --explain)",
     "finetune": "fine-tuning a global model at a site (fedrad-site finetune)",
 }
@@ -93,6 +93,10 @@ class Task:
     def describe_output(self) -> str:
         """What the model returns, for model cards and logs."""
         return f"one output per {self.outputs_key[:-1]}"
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's outputs as a viewer wants them (an exported graph ends with this)."""
+        return logits
 
     def intended_use(self, outputs: list[str]) -> str:
         """The model card's one line of what the model is for."""

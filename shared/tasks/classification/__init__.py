@@ -56,6 +56,11 @@ class ClassificationTask(Task):
     def describe_output(self) -> str:
         return "one logit per class (softmax = class probabilities)"
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.softmax(logits, dim=1)
+
     def intended_use(self, outputs: list[str]) -> str:
         return f"the classification of radiographs into {', '.join(outputs)} (positive class: {outputs[-1]})"
 

@@ -67,6 +67,11 @@ class SegmentationTask(Task):
     def describe_output(self) -> str:
         return "one logit map per segment label (sigmoid ≥ 0.5 = in the mask)"
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.sigmoid(logits)  # one independent channel per label (labels overlap)
+
     def intended_use(self, outputs: list[str]) -> str:
         return f"the segmentation of {', '.join(outputs)} on radiographs"
 
