@@ -305,6 +305,7 @@ def run_crossval(grid: Grid, s: RunSettings) -> None:
     models = {GLOBAL: template, **{f"local@{node}": arrays for node, arrays in local.items()}}
     matrix = cross_evaluate(grid, nodes, models, {"seed": s.seed, "server-round": 0}, timeout=timeout, send=send_and_receive)
     path = write_crossval(s.run_dir, {"model": s.crossval_model, "weights_sha256": loaded.weights_sha256,
+                                      "task": s.task.type, "metric": s.task.headline_metric,
                                       "sites": [str(x) for x in nodes], "not_shared": {str(k): v for k, v in not_shared.items()},
                                       "matrix": matrix})  # fmt: skip
     _say(f"crossval: {len(models)} model(s) x {n} site(s) written to {path}")

@@ -73,13 +73,14 @@ def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], 
     else:
         lines.append("* no federated evaluation recorded for this run")
     if crossval:
-        from server.crossval_view import auc_cell
+        from server.crossval_view import metric_cell
 
-        lines += ["", f"Per-site evaluation (`fedrad-server crossval`, {crossval.get('time', '?')}): AUC with each site's "
+        metric = crossval.get("metric", "auc")
+        lines += ["", f"Per-site evaluation (`fedrad-server crossval`, {crossval.get('time', '?')}): {metric} with each site's "
                   "own 95 % bootstrap interval on its held-out patients (n):", "",
                   "| model | " + " | ".join(crossval["sites"]) + " |", "|---" * (len(crossval["sites"]) + 1) + "|"]
         for m, row in crossval["matrix"].items():
-            cells = [row.get(s, {}).get("error", "")[:40] or auc_cell(row.get(s, {})) for s in crossval["sites"]]
+            cells = [row.get(s, {}).get("error", "")[:40] or metric_cell(row.get(s, {}), metric) for s in crossval["sites"]]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if benchmark:  # a segmentation benchmark (metric dice-mean) also has one matrix per label (metric_matrices)
         matrices = {benchmark.get("metric", "auc"): benchmark["matrix"], **(benchmark.get("metric_matrices") or {})}
