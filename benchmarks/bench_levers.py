@@ -105,7 +105,7 @@ def run_setting(setting: Setting, sites: dict[str, SiteDataset], seed: int, epoc
     return {**scores, "site mean": statistics.fmean(scores.values()), UNSEEN: auc_score(model, data[UNSEEN])}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohort", type=Path, help="A synth cohort with site-1..3 and unseen-1 (default: write one)")
     ap.add_argument("--cache", type=Path, help="Tensor cache folder to reuse between runs (default: a temporary one)")
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--shift", type=float, default=1.0)
     ap.add_argument("--only", help="Settings to run, separated by ';' (default: all); 'default' always runs first")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     chosen = ["default"] + [k.strip() for k in (args.only or ";".join(SETTINGS)).split(";") if k.strip() not in ("", "default")]
     unknown = [k for k in chosen if k not in SETTINGS]
     if unknown:
