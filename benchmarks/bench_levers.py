@@ -4,7 +4,7 @@ Trains the pooled model (all training sites' training patients in one place, the
 the sites use) once per lever setting and seed, and scores it on each training site's held-out
 patients (30 %, patient-grouped, split by the seed) and on every image of the unseen site. Pooled
 is the cleanest place to read a preprocessing or augmentation lever: no federated noise on top;
-``fedrad-server benchmark`` measures the shipped levers federated. Settings:
+``fedrad-bench generalization`` measures the shipped levers federated. Settings:
 
 * ``default``: FedRad's default (per-image percentile window, ``augment: 1.0``); the baseline of
   every difference;

@@ -1,6 +1,6 @@
 """How a FedRad consortium scales with the number of sites, on Flower's simulation engine (Ray).
 
-Runs ``fedrad-server simulate`` (:func:`benchmarks.scale.run_scale`) for N = 5,
+Runs ``fedrad-bench scale`` (:func:`benchmarks.scale.run_scale`) for N = 5,
 10, 25, 50 sites of the same size, and prints wall time per round, peak
 memory of the whole process tree, upload bytes per round, and a least-squares
 fit of seconds per round against total images (does time grow linearly?).
