@@ -23,15 +23,16 @@ test: install
 demo: install
 	$(PY) -m deploy.federated_demo --out demo-federated
 
+# fedrad-bench (benchmarks/cli.py) subcommands; `$(PY) -m benchmarks.cli --help` lists them all.
 bench: install
-	$(PY) benchmarks/bench_ingest.py
-	$(PY) benchmarks/bench_training.py
-	$(PY) -m benchmarks.bench_round_overhead
-	$(PY) -m benchmarks.bench_privacy
-	$(PY) -m benchmarks.bench_secagg
-	$(PY) -m benchmarks.bench_compression
-	$(PY) -m benchmarks.bench_scale
-	$(PY) -m benchmarks.bench_levers
+	$(PY) -m benchmarks.cli ingest
+	$(PY) -m benchmarks.cli training
+	$(PY) -m benchmarks.cli overhead
+	$(PY) -m benchmarks.cli privacy
+	$(PY) -m benchmarks.cli secagg
+	$(PY) -m benchmarks.cli compression
+	$(PY) -m benchmarks.cli scale-sweep
+	$(PY) -m benchmarks.cli levers
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-run demo-federated

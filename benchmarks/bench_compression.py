@@ -45,7 +45,7 @@ def upload_bytes(audit_log: Path) -> list[int]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohort", type=Path, help="A synth cohort (site-1..3); default: write one at --scale")
     ap.add_argument("--scale", type=float, default=0.5)
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--difficulty", type=float, default=0.3, help="cohort difficulty (0.5 is the default cohort)")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = BenchConfig(rounds=args.rounds, local_epochs=args.local_epochs)
     task = TaskSpec("classification", tuple(cfg.classes), cfg.model, cfg.image_size)

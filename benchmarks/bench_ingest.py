@@ -44,12 +44,12 @@ def fedrad_load(site: Path, cache: Path) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, data.images
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=0.3, help="cohort size multiplier (1.0 ≈ 900 images)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     work = Path(tempfile.mkdtemp(prefix="fedrad-bench-ingest-"))

@@ -4,7 +4,7 @@ Trains the pooled model (all training sites' training patients in one place, the
 the sites use) once per lever setting and seed, and scores it on each training site's held-out
 patients (30 %, patient-grouped, split by the seed) and on every image of the unseen site. Pooled
 is the cleanest place to read a preprocessing or augmentation lever: no federated noise on top;
-``fedrad-server benchmark`` measures the shipped levers federated. Settings:
+``fedrad-bench generalization`` measures the shipped levers federated. Settings:
 
 * ``default``: FedRad's default (per-image percentile window, ``augment: 1.0``); the baseline of
   every difference;
@@ -106,7 +106,7 @@ def run_setting(setting: Setting, sites: dict[str, SiteDataset], seed: int, epoc
     return {**scores, "site mean": statistics.fmean(scores.values()), UNSEEN: auc_score(model, data[UNSEEN])}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohort", type=Path, help="A synth cohort with site-1..3 and unseen-1 (default: write one)")
     ap.add_argument("--cache", type=Path, help="Tensor cache folder to reuse between runs (default: a temporary one)")
@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--shift", type=float, default=1.0)
     ap.add_argument("--only", help="Settings to run, separated by ';' (default: all); 'default' always runs first")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     chosen = ["default"] + [k.strip() for k in (args.only or ";".join(SETTINGS)).split(";") if k.strip() not in ("", "default")]
     unknown = [k for k in chosen if k not in SETTINGS]
     if unknown:

@@ -141,7 +141,7 @@ def image_level_runs(lc, root: Path, a, console) -> tuple[dict[str, tuple[Path, 
     return runs, "no DP, from public model"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--level", choices=("site", "image"), default="site", help="client-level (site) or per-image DP")
     p.add_argument("--clip", type=float, default=1.0, help="--level image: per-image gradient clipping norm")
@@ -153,7 +153,7 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=0.3)
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", type=Path, default=None)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     console = Console(stderr=a.json)
     root = Path(a.keep or tempfile.mkdtemp(prefix="fedrad-bench-dp-")).resolve()
     cohort = write_cohort(root / "cohort", n_sites=a.sites, unseen=1, scale=a.scale, seed=0)

@@ -126,14 +126,14 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--scale", type=float, default=0.1, help="synthetic site size relative to the defaults")
     p.add_argument("--json", action="store_true", help="print the figures as JSON only")
     p.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     console = Console(stderr=a.json)
     root = Path(a.keep or tempfile.mkdtemp(prefix="fedrad-bench-round-")).resolve()
     cohort = write_cohort(root / "cohort", n_sites=a.sites, unseen=0, scale=a.scale, seed=0)

@@ -1,6 +1,6 @@
 """How a FedRad consortium scales with the number of sites, on Flower's simulation engine (Ray).
 
-Runs ``fedrad-server simulate`` (:func:`benchmarks.scale.run_scale`) for N = 5,
+Runs ``fedrad-bench scale`` (:func:`benchmarks.scale.run_scale`) for N = 5,
 10, 25, 50 sites of the same size, and prints wall time per round, peak
 memory of the whole process tree, upload bytes per round, and a least-squares
 fit of seconds per round against total images (does time grow linearly?).
@@ -33,14 +33,14 @@ def linear_fit(x: list[float], y: list[float]) -> dict:
             "r2": round(1 - ss_res / ss_tot, 4) if ss_tot > 0 else 1.0}  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sites", default="5,10,25,50")
     ap.add_argument("--images-per-site", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     counts = [int(n) for n in args.sites.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="fedrad-scale-") as tmp:

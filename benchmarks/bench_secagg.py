@@ -66,14 +66,14 @@ def train_bytes_per_site_round(root: Path, run_id: int, rounds: int) -> float:
     return statistics.mean(totals) / rounds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--scale", type=float, default=0.3)
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", type=Path, default=None)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     console = Console(stderr=a.json)
     root = Path(a.keep or tempfile.mkdtemp(prefix="fedrad-bench-secagg-")).resolve()
     cohort = write_cohort(root / "cohort", n_sites=a.sites, unseen=0, scale=a.scale, seed=0)

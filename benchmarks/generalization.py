@@ -1,4 +1,4 @@
-"""``fedrad-server benchmark``: does federation generalise? Pooled, local-only and federated models, every site.
+"""``fedrad-bench generalization``: does federation generalise? Pooled, local-only and federated models, every site.
 
 On the same data and the same compute budget (``rounds × local_epochs``
 passes over each training image), for each seed:

@@ -1,4 +1,4 @@
-"""Terminal tables for ``fedrad-server benchmark`` (the same figures as report.html)."""
+"""Terminal tables for ``fedrad-bench generalization`` (the same figures as report.html)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``fedrad-server simulate --sites N``: a whole consortium of N synthetic hospitals on one machine.
+"""``fedrad-bench scale --sites N``: a whole consortium of N synthetic hospitals on one machine.
 
 Writes N synthetic sites (real DICOM, each with its own scanner profile) and
 runs FedRad's production ServerApp and ClientApp over them on Flower's

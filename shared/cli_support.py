@@ -1,6 +1,6 @@
-"""What both CLIs share: one error policy and the progress bar.
+"""What the CLIs share: one error policy and the progress bar.
 
-Exit codes mean the same in ``fedrad-site`` and ``fedrad-server``:
+Exit codes mean the same in ``fedrad-site``, ``fedrad-server`` and ``fedrad-bench``:
 0 success, 1 the command ran but the answer is "no" (e.g. data cannot train),
 2 bad invocation or configuration, 3 an unexpected internal error.
 """

@@ -4,7 +4,7 @@ Why offer one: with a constant learning rate the last steps move the weights as 
 decay to near zero is the usual remedy. It is not the default because it measured worse here: the benchmark's
 pooled model under strong scanner shift, 10 epochs, 5 seeds, had site-mean AUC 0.741 ± 0.110 with cosine vs
 0.832 ± 0.124 constant (cosine lower in every seed: at that budget the model is under-trained, and cosine
-halves the total step size). Measure it on your budget with ``fedrad-server benchmark --lr-schedule cosine``.
+halves the total step size). Measure it on your budget with ``fedrad-bench generalization --lr-schedule cosine``.
 
 The federated server calls :func:`scheduled_lr` with the round (each site trains its round at that rate);
 centralised training (pooled, local-only, ``fedrad-site train``) calls it with the epoch. With one local

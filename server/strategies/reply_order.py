@@ -5,7 +5,7 @@ two runs of the same seed differed by one float32 ulp after round 1 (1.2e-7)
 and by 1.9 in some weight after round 10, because Adam at the sites amplifies
 the difference round after round. Sorting the replies by a digest of their
 content makes a federated run reproducible bit for bit from its seed, so two
-strategies can be compared seed by seed (``fedrad-server benchmark``'s paired
+strategies can be compared seed by seed (``fedrad-bench generalization``'s paired
 differences) without the arrival order adding noise of its own.
 """
 

@@ -44,7 +44,7 @@ def _running_under(folder: Path) -> list[str]:
 def test_benchmark_on_the_deployment_engine(tmp_path: Path) -> None:
     cohort = {s.name: s.path for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=1, scale=0.08, seed=2)}
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "server.cli", "benchmark", "--sites", str(cohort["site-1"]), "--sites",
+    cmd = [sys.executable, "-m", "benchmarks.cli", "generalization", "--sites", str(cohort["site-1"]), "--sites",
            str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
            "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--engine", "deployment", "--carry-optimizer-lever",
            "--average-rounds", "2", "--out", str(out), "--json"]  # fmt: skip

@@ -1,6 +1,6 @@
 """The generalization benchmark, small: real DICOM sites, real training, federated runs on Flower's Ray engine.
 
-``fedrad-server benchmark`` at its smallest (2 training sites, 1 unseen, 1
+``fedrad-bench generalization`` at its smallest (2 training sites, 1 unseen, 1
 seed, FedAvg and FedBN with and without the histogram-equalisation and
 scanner-augmentation levers, 2 rounds of 1 epoch on a cosine schedule, 32×32): every arm runs, every model
 is scored on every test set, the report is written, and the simulated sites
@@ -31,7 +31,7 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     cohort = {s.name: s.path for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=1, scale=0.08, seed=2, test_images=10)}
     shutil.rmtree(cohort["site-2/test"])  # site-1 is scored on its test export, site-2 on its held-out patients
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "server.cli", "benchmark", "--sites", str(cohort["site-1"]), "--sites",
+    cmd = [sys.executable, "-m", "benchmarks.cli", "generalization", "--sites", str(cohort["site-1"]), "--sites",
            str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
            "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--finetune-epochs", "1", "--equalize-lever",
            "--scanner-augment-lever", "1.0", "--lr-schedule", "cosine", "--server-momentum-lever", "0.5",

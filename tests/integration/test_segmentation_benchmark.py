@@ -1,6 +1,6 @@
 """The generalization benchmark for segmentation, small: DICOM SEG sites, a UNet, FedAvg on Flower's Ray engine.
 
-``fedrad-server benchmark --task segmentation`` at its smallest (2 training
+``fedrad-bench generalization --task segmentation`` at its smallest (2 training
 sites, 1 unseen, 1 seed, FedAvg, 2 rounds of 1 epoch, 32×32): every arm runs,
 every model is scored by Dice per label (and their mean) on every test set,
 the report names Dice, and the simulated sites went through the production
@@ -31,7 +31,7 @@ def test_segmentation_benchmark_scores_dice_per_label(tmp_path: Path) -> None:
         (tmp_path / "yaml" / name).mkdir(parents=True)
         (tmp_path / "yaml" / name / "site.yaml").write_text(f"data: {cohort[name] / 'dicom'}\n")
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "server.cli", "benchmark", "--task", "segmentation", "--labels", "nodule,lung",
+    cmd = [sys.executable, "-m", "benchmarks.cli", "generalization", "--task", "segmentation", "--labels", "nodule,lung",
            "--sites", str(cohort["site-1"]), "--sites", str(tmp_path / "yaml" / "site-2"),
            "--unseen", str(tmp_path / "yaml" / "unseen-1"),
            "--strategies", "fedavg", "--seeds", "1", "--rounds", "2", "--local-epochs", "1", "--image-size", "32",

@@ -1,4 +1,4 @@
-"""``fedrad-server simulate --sites N``: N synthetic hospitals on Flower's simulation engine, production apps.
+"""``fedrad-bench scale --sites N``: N synthetic hospitals on Flower's simulation engine, production apps.
 
 Small (3 sites × 10 images, 2 rounds) but whole: the sites are written as real
 DICOM, every simulated site goes through code approval, training, the outbound
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_simulate_three_sites_reports_rounds_bytes_and_memory(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "server.cli", "simulate", "--sites", "3", "--images-per-site", "10", "--rounds", "2",
+    cmd = [sys.executable, "-m", "benchmarks.cli", "scale", "--sites", "3", "--images-per-site", "10", "--rounds", "2",
            "--out", str(tmp_path), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -40,6 +40,6 @@ def test_simulate_three_sites_reports_rounds_bytes_and_memory(tmp_path: Path) ->
 
 
 def test_simulate_refuses_an_unknown_strategy(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "simulate", "--sites", "2", "--strategy", "fedsgd",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.cli", "scale", "--sites", "2", "--strategy", "fedsgd",
                            "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2 and "fedsgd" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr

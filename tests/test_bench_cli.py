@@ -1,0 +1,54 @@
+"""``fedrad-bench`` (``python -m benchmarks.cli``): every benchmark is a subcommand; ``fedrad-server`` keeps none."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from benchmarks.cli import SCRIPTS
+from benchmarks.cli import app as bench_cli
+
+pytestmark = pytest.mark.timeout(120)
+REPO = Path(__file__).resolve().parents[1]
+SUBCOMMANDS = ["generalization", "scale", "overhead", "privacy", "secagg", "compression", "ingest", "training",
+               "levers", "scale-sweep"]  # fmt: skip
+runner = CliRunner()
+
+
+def test_module_help_lists_every_subcommand() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.cli", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=100, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    listed = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("│ ") and len(line.split()) > 1}
+    assert set(SUBCOMMANDS) <= listed, proc.stdout
+
+
+def test_fedrad_server_no_longer_benchmarks() -> None:
+    from server.cli import app as server_cli
+
+    for command in ("benchmark", "simulate"):
+        res = runner.invoke(server_cli, [command, "--help"])
+        assert res.exit_code == 2, (command, res.output)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_script_subcommands_pass_their_arguments_through(name: str) -> None:
+    """``--help`` reaches the script's own argparse (exit 0, its options); a wrong option is its exit 2."""
+    res = runner.invoke(bench_cli, [name, "--help"])
+    assert res.exit_code == 0, res.output
+    assert f"usage: fedrad-bench {name}" in res.output
+    res = runner.invoke(bench_cli, [name, "--no-such-option"])
+    assert res.exit_code == 2 and "--no-such-option" in res.output, res.output
+
+
+def test_generalization_refuses_a_bad_invocation_with_exit_2(tmp_path: Path) -> None:
+    res = runner.invoke(bench_cli, ["generalization", "--sites", str(tmp_path), "--strategies", "fedsgd",
+                                    "--out", str(tmp_path / "out")])  # fmt: skip
+    assert res.exit_code == 2 and "fedsgd" in res.output, res.output
+    res = runner.invoke(bench_cli, ["generalization", "--sites", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "at least 2 training sites" in res.output, res.output
