@@ -88,9 +88,7 @@ def generalization(
     if len(sites) < 2:
         raise ConfigError("--sites: give at least 2 training sites (a federation of one is local training)")
     task_type = task.strip().lower()
-    segments = name_list(labels) if task_type == "segmentation" else []
-    if task_type == "segmentation" and "fedprox" in names:
-        raise ConfigError("--strategies: fedprox is not implemented for segmentation; use fedavg, fedbn or fedadam")
+    segments = name_list(labels)  # the outputs of a task that names them labels (segmentation); else unused
     cfg = BenchConfig(strategies=names, seeds=seeds, rounds=rounds, local_epochs=local_epochs, image_size=image_size,
                       lr=lr, lr_schedule=lr_schedule.strip().lower(), augment=augment, cpus=cpus,
                       task_type=task_type, labels=segments,
