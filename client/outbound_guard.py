@@ -40,7 +40,7 @@ from shared.tasks import TaskSpec
 DEFAULT_MIN_COUNT = 10
 # metric → the count key that says how many cases it was computed over (None: not patient-derived)
 ALLOWED_METRICS: dict[str, str | None] = {
-    "num-examples": None, "auc-examples": None, "held-out": None, "warm-worker": None,
+    "num-examples": None, "held-out": None, "warm-worker": None,
     "load-s": None, "train-s": None, "startup-s": None, "handler-s": None,
     "train-loss": "num-examples", "loss": "num-examples",
     "dp-epsilon": None, "dp-noise-multiplier": None,  # per-image DP: the site's own ledger (client/privacy_ledger.py)

@@ -145,6 +145,8 @@ class ClassificationTask(Task):
         return out
 
     def metric_count_key(self, key: str, outputs: list[str]) -> str | None | bool:
+        if key == "auc-examples":
+            return None  # a count itself: the held-out cases an AUC could be computed over
         return METRIC_COUNTS.get(key, False)
 
     def evaluate_local(self, loaded: Any, model_path: Path, cfg: SiteDataConfig, out_dir: Path, **options: Any) -> dict:
