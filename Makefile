@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 test: install
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 demo: install

@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client.federated import load_site_data  # noqa: E402
-from shared.tasks import TaskSpec  # noqa: E402
 from benchmarks.generalization import BenchConfig  # noqa: E402
 from benchmarks.simulation import prepare_site, run_simulated  # noqa: E402
+from client.federated import load_site_data  # noqa: E402
 from shared.modelfile import load_model_file  # noqa: E402
 from shared.synth import write_cohort  # noqa: E402
+from shared.tasks import TaskSpec  # noqa: E402
 from shared.tasks.classification.evaluation import auc_score  # noqa: E402
 
 MODES = ("none", "fp16")
@@ -68,11 +68,23 @@ def main(argv: list[str] | None = None) -> None:
         for seed in range(args.seeds):
             for mode in MODES:
                 arm = root / f"{mode}-seed{seed}"  # fresh site work dirs: one audit log per arm
-                sites = [prepare_site(arm / "sites", n, cohort / n / "dicom", cohort / n / "labels.csv", cfg.classes,
-                                      cfg.image_size, root / "cache" / n) for n in names]  # fmt: skip
+                sites = [
+                    prepare_site(
+                        arm / "sites",
+                        n,
+                        cohort / n / "dicom",
+                        cohort / n / "labels.csv",
+                        cfg.classes,
+                        cfg.image_size,
+                        root / "cache" / n,
+                    )
+                    for n in names
+                ]
                 run_dir = arm / "run"
                 t0 = time.monotonic()
-                run_simulated({**cfg.run_config("fedavg", seed, run_dir, len(sites)), "compression": mode}, sites, cpus=2)
+                run_simulated(
+                    {**cfg.run_config("fedavg", seed, run_dir, len(sites)), "compression": mode}, sites, cpus=2
+                )
                 rows[mode]["seconds"].append(time.monotonic() - t0)
                 model = load_model_file(run_dir / "latest.pt").model.eval()
                 aucs = [auc_score(model, load_site_data(s.site_yaml, task, seed, s.name).held_out) for s in sites]
@@ -81,22 +93,37 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"seed {seed} {mode}: mean site AUC {rows[mode]['auc'][-1]:.4f}", file=sys.stderr, flush=True)
     base_bytes, base_auc = statistics.fmean(rows["none"]["bytes"]), statistics.fmean(rows["none"]["auc"])
     result = {
-        "config": {"seeds": args.seeds, "rounds": args.rounds, "local_epochs": args.local_epochs, "scale": args.scale,
-                   "difficulty": args.difficulty, "sites": len(names), "strategy": "fedavg",
-                   "engine": "Flower simulation engine (Ray), production ServerApp/ClientApp"},
-        "modes": {m: {"bytes_per_site_round": round(statistics.fmean(r["bytes"])),
-                      "bytes_ratio": round(statistics.fmean(r["bytes"]) / base_bytes, 4),
-                      "auc_mean": round(statistics.fmean(r["auc"]), 4), "auc_per_seed": [round(a, 4) for a in r["auc"]],
-                      "auc_cost": round(base_auc - statistics.fmean(r["auc"]), 4),
-                      "seconds_per_run": round(statistics.fmean(r["seconds"]), 1)} for m, r in rows.items()},
-    }  # fmt: skip
+        "config": {
+            "seeds": args.seeds,
+            "rounds": args.rounds,
+            "local_epochs": args.local_epochs,
+            "scale": args.scale,
+            "difficulty": args.difficulty,
+            "sites": len(names),
+            "strategy": "fedavg",
+            "engine": "Flower simulation engine (Ray), production ServerApp/ClientApp",
+        },
+        "modes": {
+            m: {
+                "bytes_per_site_round": round(statistics.fmean(r["bytes"])),
+                "bytes_ratio": round(statistics.fmean(r["bytes"]) / base_bytes, 4),
+                "auc_mean": round(statistics.fmean(r["auc"]), 4),
+                "auc_per_seed": [round(a, 4) for a in r["auc"]],
+                "auc_cost": round(base_auc - statistics.fmean(r["auc"]), 4),
+                "seconds_per_run": round(statistics.fmean(r["seconds"]), 1),
+            }
+            for m, r in rows.items()
+        },
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"{'mode':6s} {'B/site/round':>13s} {'× none':>7s} {'AUC':>7s} {'AUC cost':>9s} {'s/run':>6s}  per seed")
     for m, r in result["modes"].items():
-        print(f"{m:6s} {r['bytes_per_site_round']:13,d} {r['bytes_ratio']:7.3f} {r['auc_mean']:7.4f} {r['auc_cost']:+9.4f} "
-              f"{r['seconds_per_run']:6.1f}  {r['auc_per_seed']}")
+        print(
+            f"{m:6s} {r['bytes_per_site_round']:13,d} {r['bytes_ratio']:7.3f} {r['auc_mean']:7.4f} {r['auc_cost']:+9.4f} "
+            f"{r['seconds_per_run']:6.1f}  {r['auc_per_seed']}"
+        )
 
 
 if __name__ == "__main__":

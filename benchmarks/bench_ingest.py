@@ -31,7 +31,7 @@ def bare_pydicom(files: list[Path]) -> float:
     start = time.perf_counter()
     for f in files:
         try:
-            pydicom.dcmread(f).pixel_array
+            _ = pydicom.dcmread(f).pixel_array
         except Exception:
             pass
     return time.perf_counter() - start
@@ -77,12 +77,20 @@ def main(argv: list[str] | None = None) -> None:
             import pydicom as _p
 
             ts = _p.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID.name
-            rows.append({
-                "site": site.name, "files": len(files), "transfer_syntax": ts,
-                "bare_pydicom_files_per_s": len(files) / b, "fedrad_first_pass_files_per_s": len(files) / f1,
-                "ingest_vs_bare_ratio": b / f1, "fresh_process_cached_s": c, "first_pass_s": f1,
-                "cached_speedup": f1 / c, "in_memory_epoch_speedup": f1 / max(mem_epoch, 1e-9),
-            })
+            rows.append(
+                {
+                    "site": site.name,
+                    "files": len(files),
+                    "transfer_syntax": ts,
+                    "bare_pydicom_files_per_s": len(files) / b,
+                    "fedrad_first_pass_files_per_s": len(files) / f1,
+                    "ingest_vs_bare_ratio": b / f1,
+                    "fresh_process_cached_s": c,
+                    "first_pass_s": f1,
+                    "cached_speedup": f1 / c,
+                    "in_memory_epoch_speedup": f1 / max(mem_epoch, 1e-9),
+                }
+            )
         total_files = sum(r["files"] for r in rows)
         overall = {
             "ingest_vs_bare_ratio": sum(r["files"] / r["bare_pydicom_files_per_s"] for r in rows)
@@ -93,13 +101,19 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             print(json.dumps({"sites": rows, "overall": overall}, indent=2))
             return
-        print(f"{'site':10} {'files':>5} {'transfer syntax':32} {'bare f/s':>9} {'fedrad f/s':>10} {'ratio':>6} {'cached x':>9} {'in-mem x':>9}")
+        print(
+            f"{'site':10} {'files':>5} {'transfer syntax':32} {'bare f/s':>9} {'fedrad f/s':>10} {'ratio':>6} {'cached x':>9} {'in-mem x':>9}"
+        )
         for r in rows:
-            print(f"{r['site']:10} {r['files']:5d} {r['transfer_syntax'][:32]:32} {r['bare_pydicom_files_per_s']:9.1f} "
-                  f"{r['fedrad_first_pass_files_per_s']:10.1f} {r['ingest_vs_bare_ratio']:6.2f} "
-                  f"{r['cached_speedup']:9.1f} {r['in_memory_epoch_speedup']:9.0f}")
-        print(f"overall: ingest {overall['ingest_vs_bare_ratio']:.2f}x bare pydicom (target >= 0.9), "
-              f"fresh-process cached load {overall['cached_speedup']:.1f}x faster than the first pass (target >= 20)")
+            print(
+                f"{r['site']:10} {r['files']:5d} {r['transfer_syntax'][:32]:32} {r['bare_pydicom_files_per_s']:9.1f} "
+                f"{r['fedrad_first_pass_files_per_s']:10.1f} {r['ingest_vs_bare_ratio']:6.2f} "
+                f"{r['cached_speedup']:9.1f} {r['in_memory_epoch_speedup']:9.0f}"
+            )
+        print(
+            f"overall: ingest {overall['ingest_vs_bare_ratio']:.2f}x bare pydicom (target >= 0.9), "
+            f"fresh-process cached load {overall['cached_speedup']:.1f}x faster than the first pass (target >= 20)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.paired_comparison import paired_difference  # noqa: E402
 from shared.config import SiteDataConfig  # noqa: E402
-from shared.tasks.classification.dataset import SiteDataset, concat_datasets  # noqa: E402
 from shared.models import build_model  # noqa: E402
 from shared.site_data import load_site_dataset  # noqa: E402
 from shared.splits import stratified_group_split  # noqa: E402
 from shared.synth import write_cohort  # noqa: E402
-from shared.training import TrainConfig, train_model  # noqa: E402
+from shared.tasks.classification.dataset import SiteDataset, concat_datasets  # noqa: E402
 from shared.tasks.classification.evaluation import auc_score  # noqa: E402
+from shared.training import TrainConfig, train_model  # noqa: E402
 
 TRAINING_SITES = ("site-1", "site-2", "site-3")
 UNSEEN = "unseen-1"
@@ -90,7 +90,9 @@ def load(cohort: Path, name: str, cache: Path) -> SiteDataset:
 
 def run_setting(setting: Setting, sites: dict[str, SiteDataset], seed: int, epochs: int) -> dict[str, float]:
     """Train the pooled model of one seed; its AUC per training site's held-out patients, their mean, and unseen."""
-    data = {n: replace(d, images=setting.transform(d.images.float())) if setting.transform else d for n, d in sites.items()}
+    data = {
+        n: replace(d, images=setting.transform(d.images.float())) if setting.transform else d for n, d in sites.items()
+    }
     train, test = [], {}
     for name in TRAINING_SITES:
         d = data[name]
@@ -117,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", help="Settings to run, separated by ';' (default: all); 'default' always runs first")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    chosen = ["default"] + [k.strip() for k in (args.only or ";".join(SETTINGS)).split(";") if k.strip() not in ("", "default")]
+    chosen = ["default"] + [
+        k.strip() for k in (args.only or ";".join(SETTINGS)).split(";") if k.strip() not in ("", "default")
+    ]
     unknown = [k for k in chosen if k not in SETTINGS]
     if unknown:
         sys.exit(f"--only: unknown setting(s) {unknown}; choose from {'; '.join(SETTINGS)}")
@@ -134,8 +138,11 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.monotonic()
                 runs.setdefault(label, []).append(run_setting(SETTINGS[label], sites, seed, args.epochs))
                 r = runs[label][-1]
-                print(f"{label:32s} seed {seed}: site mean {r['site mean']:.4f}, {UNSEEN} {r[UNSEEN]:.4f} "
-                      f"({time.monotonic() - t0:.0f} s)", file=sys.stderr)  # fmt: skip
+                print(
+                    f"{label:32s} seed {seed}: site mean {r['site mean']:.4f}, {UNSEEN} {r[UNSEEN]:.4f} "
+                    f"({time.monotonic() - t0:.0f} s)",
+                    file=sys.stderr,
+                )
 
     def column(label: str, col: str) -> list[float]:
         return [r[col] for r in runs[label]]
@@ -145,18 +152,32 @@ def main(argv: list[str] | None = None) -> None:
         row: dict = {"model": SETTINGS[label].model}
         for col in ("site mean", UNSEEN):
             vals = column(label, col)
-            row[col] = {"mean": round(statistics.fmean(vals), 4), "sd": round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0,
-                        "vs_default": paired_difference(vals, column("default", col)) if label != "default" else None}  # fmt: skip
+            row[col] = {
+                "mean": round(statistics.fmean(vals), 4),
+                "sd": round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0,
+                "vs_default": paired_difference(vals, column("default", col)) if label != "default" else None,
+            }
         rows[label] = row
-    result = {"config": {"seeds": args.seeds, "epochs": args.epochs, "scale": args.scale, "shift": args.shift,
-                         "cohort": str(args.cohort or "generated"), "test_fraction": TEST_FRACTION,
-                         "train_images": sum(len(sites[n]) for n in TRAINING_SITES), "unseen_images": len(sites[UNSEEN])},
-              "rows": rows}  # fmt: skip
+    result = {
+        "config": {
+            "seeds": args.seeds,
+            "epochs": args.epochs,
+            "scale": args.scale,
+            "shift": args.shift,
+            "cohort": str(args.cohort or "generated"),
+            "test_fraction": TEST_FRACTION,
+            "train_images": sum(len(sites[n]) for n in TRAINING_SITES),
+            "unseen_images": len(sites[UNSEEN]),
+        },
+        "rows": rows,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"pooled model, AUC over {args.seeds} seeds ({args.epochs} epochs): mean ± sd; paired difference to "
-          "'default' [95 % CI]")  # fmt: skip
+    print(
+        f"pooled model, AUC over {args.seeds} seeds ({args.epochs} epochs): mean ± sd; paired difference to "
+        "'default' [95 % CI]"
+    )
     print(f"{'setting':32s} {'site mean':>16s} {'Δ [95 % CI]':>26s} {UNSEEN:>16s} {'Δ [95 % CI]':>26s}")
     for label, row in rows.items():
         cells = []

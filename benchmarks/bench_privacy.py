@@ -43,7 +43,6 @@ from shared.modelfile import load_model_file
 from shared.processes import ProcessSet
 from shared.synth import write_cohort
 
-
 IMAGE_SIZE, EPOCHS = 64, 4
 PUBLIC_EPOCHS = 15  # the demo's setting: at 32×32 and 2 epochs FedAvg itself stays near chance in 5 rounds
 
@@ -60,8 +59,16 @@ def noise_for_epsilon(target: float, rounds: int, delta: float = 1e-5) -> float:
 
 def run(lc, root: Path, label: str, rounds: int, sites: int, dp: dict) -> Path:  # noqa: ANN001
     run_dir = root / "runs" / label
-    config = {**FEDRAD_CONFIG, "local-epochs": EPOCHS, "image-size": IMAGE_SIZE, "run-dir": str(run_dir), "num-server-rounds": rounds,
-              "evaluate-every": rounds, "min-sites": sites, **dp}  # fmt: skip
+    config = {
+        **FEDRAD_CONFIG,
+        "local-epochs": EPOCHS,
+        "image-size": IMAGE_SIZE,
+        "run-dir": str(run_dir),
+        "num-server-rounds": rounds,
+        "evaluate-every": rounds,
+        "min-sites": sites,
+        **dp,
+    }
     run_id = submit_run(lc.link, stage_app(root / f"app-{label}", REPO, config))
     with lc.link.control() as control:
         info = control.wait_for_run(run_id, timeout=rounds * 240 + 120, poll=1.0)
@@ -76,7 +83,10 @@ def global_update_norms(run_dir: Path, rounds: int) -> list[float]:
 
     states = [load_model_file(run_dir / f"round-{r:04d}.pt").model.state_dict() for r in range(1, rounds + 1)]
     keys = dp_covered(states[0])
-    return [float(np.sqrt(sum(float(((b[k] - a[k]).double() ** 2).sum()) for k in keys))) for a, b in zip(states, states[1:])]
+    return [
+        float(np.sqrt(sum(float(((b[k] - a[k]).double() ** 2).sum()) for k in keys)))
+        for a, b in zip(states, states[1:])
+    ]
 
 
 def unseen_auc(run_dir: Path, unseen) -> float:  # noqa: ANN001 - SiteSummary
@@ -86,33 +96,52 @@ def unseen_auc(run_dir: Path, unseen) -> float:  # noqa: ANN001 - SiteSummary
     from shared.tasks.classification.evaluation import evaluate
 
     model = load_model_file(run_dir if run_dir.is_file() else run_dir / "latest.pt")
-    data, _ = load_site_dataset(SiteDataConfig(data=unseen.dicom_dir, labels=unseen.labels_csv, classes=model.classes,
-                                               image_size=model.preprocess.image_size))  # fmt: skip
+    data, _ = load_site_dataset(
+        SiteDataConfig(
+            data=unseen.dicom_dir,
+            labels=unseen.labels_csv,
+            classes=model.classes,
+            image_size=model.preprocess.image_size,
+        )
+    )
     return float(evaluate(model.model, data)["val_auc"])
 
 
 def pretrain_public_model(root: Path, scale: float, console) -> Path:  # noqa: ANN001
     """A smallcnn trained on a separate synthetic cohort (other patients, seed 99): the "public" model DP fine-tunes."""
     from shared.config import SiteDataConfig
-    from shared.tasks.classification.dataset import concat_datasets
     from shared.modelfile import save_model_file
     from shared.models import build_model
     from shared.site_data import load_site_dataset
+    from shared.tasks.classification.dataset import concat_datasets
     from shared.training import TrainConfig, seed_everything, train_model
 
     public = write_cohort(root / "public", n_sites=3, unseen=0, scale=scale, seed=99)
-    configs = [SiteDataConfig(data=s.dicom_dir, labels=s.labels_csv, classes=["normal", "nodule"], image_size=IMAGE_SIZE)
-               for s in public]  # fmt: skip
+    configs = [
+        SiteDataConfig(data=s.dicom_dir, labels=s.labels_csv, classes=["normal", "nodule"], image_size=IMAGE_SIZE)
+        for s in public
+    ]
     data = concat_datasets([load_site_dataset(c)[0] for c in configs])
     console.print(f"pretraining the public model on {len(data)} images of another synthetic cohort …")
     seed_everything(0)
     model = build_model("smallcnn", 2, IMAGE_SIZE)
     train_model(model, data, TrainConfig(epochs=PUBLIC_EPOCHS, batch_size=16, augment=0.5))
     path = root / "public-model.pt"
-    save_model_file(path, model, architecture="smallcnn", arch_kwargs={}, classes=["normal", "nodule"],
-                    preprocess=configs[0].preprocess(), threshold=None,
-                    provenance={"trained_by": "public synthetic cohort", "kind": "local", "epochs": PUBLIC_EPOCHS,
-                                "extra": {"train_images": len(data)}})  # fmt: skip
+    save_model_file(
+        path,
+        model,
+        architecture="smallcnn",
+        arch_kwargs={},
+        classes=["normal", "nodule"],
+        preprocess=configs[0].preprocess(),
+        threshold=None,
+        provenance={
+            "trained_by": "public synthetic cohort",
+            "kind": "local",
+            "epochs": PUBLIC_EPOCHS,
+            "extra": {"train_images": len(data)},
+        },
+    )
     return path
 
 
@@ -131,7 +160,10 @@ def image_level_runs(lc, root: Path, a, console) -> tuple[dict[str, tuple[Path, 
     for target in (8.0, 3.0):
         console.print(f"FedAvg with per-image DP, classifier only, target ε {target:g}, clipping norm {a.clip} …")
         dp = {**init, "dp-level": "image", "dp-layers": "head", "dp-target-epsilon": target, "dp-clipping-norm": a.clip}
-        runs[f"per-image DP ε={target:g}, head"] = (run(lc, root, f"image-head-eps{target:g}", a.rounds, a.sites, dp), target)
+        runs[f"per-image DP ε={target:g}, head"] = (
+            run(lc, root, f"image-head-eps{target:g}", a.rounds, a.sites, dp),
+            target,
+        )
     if a.with_gn:
         console.print("FedAvg without DP, smallcnn-gn from scratch …")
         runs["no DP, smallcnn-gn"] = (run(lc, root, "no-dp-gn", a.rounds, a.sites, {"model": "smallcnn-gn"}), 0.0)
@@ -145,8 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--level", choices=("site", "image"), default="site", help="client-level (site) or per-image DP")
     p.add_argument("--clip", type=float, default=1.0, help="--level image: per-image gradient clipping norm")
-    p.add_argument("--public-scale", type=float, default=1.0, help="--level image: size of the public cohort "
-                   "(1.0: about 700 images)")
+    p.add_argument(
+        "--public-scale",
+        type=float,
+        default=1.0,
+        help="--level image: size of the public cohort (1.0: about 700 images)",
+    )
     p.add_argument("--with-gn", action="store_true", help="--level image: also smallcnn-gn from scratch, all layers")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sites", type=int, default=3)
@@ -170,33 +206,55 @@ def main(argv: list[str] | None = None) -> None:
             runs, baseline, norms, clip = site_level_runs(lc, root, a, console)
     for name, (run_dir, z) in runs.items():
         if z < 0:  # a model file, not a run: the unseen site only
-            results[name] = {"noise_multiplier": 0.0, "clipping_norm": None, "epsilon": None, "held_out_auc": None,
-                             "unseen_auc": round(unseen_auc(run_dir, unseen), 4)}  # fmt: skip
+            results[name] = {
+                "noise_multiplier": 0.0,
+                "clipping_norm": None,
+                "epsilon": None,
+                "held_out_auc": None,
+                "unseen_auc": round(unseen_auc(run_dir, unseen), 4),
+            }
             continue
         last = read_metrics(run_dir)[-1]
         results[name] = {
             "noise_multiplier": (last.get("train") or {}).get("dp-noise-multiplier", z) if z else 0.0,
             "clipping_norm": clip if z else None,
             "epsilon": (last.get("privacy") or {}).get("epsilon"),
-            "held_out_auc": (last.get("eval") or {}).get("auc"), "unseen_auc": round(unseen_auc(run_dir, unseen), 4),
-        }  # fmt: skip
+            "held_out_auc": (last.get("eval") or {}).get("auc"),
+            "unseen_auc": round(unseen_auc(run_dir, unseen), 4),
+        }
     base = results[baseline]
     for r in results.values():
         r["unseen_auc_cost"] = round(base["unseen_auc"] - r["unseen_auc"], 4)
         if r["held_out_auc"] is not None and base["held_out_auc"] is not None:
             r["held_out_auc_cost"] = round(base["held_out_auc"] - r["held_out_auc"], 4)
-    report = {"level": a.level, "rounds": a.rounds, "sites": a.sites, "baseline": baseline,
-              "global_update_norms": [round(n, 4) for n in norms], "results": results}  # fmt: skip
+    report = {
+        "level": a.level,
+        "rounds": a.rounds,
+        "sites": a.sites,
+        "baseline": baseline,
+        "global_update_norms": [round(n, 4) for n in norms],
+        "results": results,
+    }
     if a.json:
         print(json.dumps(report, indent=2))
         return
     what = "Per-image DP (DP-SGD at each site)" if a.level == "image" else "Client-level DP"
-    table = Table(title=f"{what}, FedAvg, {a.sites} sites, {a.rounds} rounds × {EPOCHS} epochs (δ = 1e-5); cost vs {baseline}")
+    table = Table(
+        title=f"{what}, FedAvg, {a.sites} sites, {a.rounds} rounds × {EPOCHS} epochs (δ = 1e-5); cost vs {baseline}"
+    )
     for col in ("run", "noise multiplier", "clipping norm", "ε", "held-out AUC", "cost", "unseen AUC", "cost"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for name, r in results.items():
-        table.add_row(name, f"{r['noise_multiplier']:.3g}", str(r["clipping_norm"]), str(r["epsilon"]), str(r["held_out_auc"]),
-                      str(r.get("held_out_auc_cost", "")), str(r["unseen_auc"]), str(r["unseen_auc_cost"]))  # fmt: skip
+        table.add_row(
+            name,
+            f"{r['noise_multiplier']:.3g}",
+            str(r["clipping_norm"]),
+            str(r["epsilon"]),
+            str(r["held_out_auc"]),
+            str(r.get("held_out_auc_cost", "")),
+            str(r["unseen_auc"]),
+            str(r["unseen_auc_cost"]),
+        )
     console.print(table)
     console.print(json.dumps(report))
 
@@ -211,8 +269,10 @@ def site_level_runs(lc, root: Path, a, console) -> tuple[dict[str, tuple[Path, f
     for target in (8.0, 30.0):
         z = noise_for_epsilon(target, a.rounds)
         console.print(f"FedAvg with DP, target ε ≈ {target:g}: noise multiplier {z}, clipping norm {clip} …")
-        runs[f"DP ε≈{target:g}"] = (run(lc, root, f"dp-eps{target:g}", a.rounds, a.sites,
-                                         {"dp-noise-multiplier": z, "dp-clipping-norm": clip}), z)  # fmt: skip
+        runs[f"DP ε≈{target:g}"] = (
+            run(lc, root, f"dp-eps{target:g}", a.rounds, a.sites, {"dp-noise-multiplier": z, "dp-clipping-norm": clip}),
+            z,
+        )
     return runs, "no DP", norms, clip
 
 

@@ -45,9 +45,18 @@ from shared.synth import write_cohort
 
 BARE_APP = Path(__file__).resolve().parent / "bare_flower"
 FEDRAD_CONFIG = {
-    "round-timeout-s": 300, "seed": 0, "strategy": "fedavg", "classes": "normal,nodule", "image-size": 32,
-    "model": "smallcnn", "batch-size": 16, "lr": 0.001, "augment": 0.5, "local-epochs": 1, "consortium": "Bench",
-}  # fmt: skip
+    "round-timeout-s": 300,
+    "seed": 0,
+    "strategy": "fedavg",
+    "classes": "normal,nodule",
+    "image-size": 32,
+    "model": "smallcnn",
+    "batch-size": 16,
+    "lr": 0.001,
+    "augment": 0.5,
+    "local-epochs": 1,
+    "consortium": "Bench",
+}
 
 
 def _median(values: list[float]) -> float:
@@ -72,16 +81,28 @@ def run_bare(lc, root: Path, rounds: int, sites: int) -> list[dict]:  # noqa: AN
     if info["status"] != "finished:completed":
         raise SystemExit(f"bare Flower run failed: {info}")
     return [
-        {"round": r["round"], "wall_s": r["seconds"], "train_s": r.get("train-s", 0.0), "startup_s": r.get("startup-s", 0.0),
-         "handler_s": r.get("handler-s", 0.0), "wave_s": r["seconds"], "aggregate_s": 0.0}
+        {
+            "round": r["round"],
+            "wall_s": r["seconds"],
+            "train_s": r.get("train-s", 0.0),
+            "startup_s": r.get("startup-s", 0.0),
+            "handler_s": r.get("handler-s", 0.0),
+            "wave_s": r["seconds"],
+            "aggregate_s": 0.0,
+        }
         for r in json.loads(out.read_text())
-    ]  # fmt: skip
+    ]
 
 
 def run_fedrad(lc, root: Path, label: str, rounds: int, sites: int) -> list[dict]:  # noqa: ANN001
     run_dir = root / "runs" / label
-    config = {**FEDRAD_CONFIG, "run-dir": str(run_dir), "num-server-rounds": rounds, "evaluate-every": rounds + 1,
-              "min-sites": sites}  # fmt: skip
+    config = {
+        **FEDRAD_CONFIG,
+        "run-dir": str(run_dir),
+        "num-server-rounds": rounds,
+        "evaluate-every": rounds + 1,
+        "min-sites": sites,
+    }
     app = stage_app(root / f"app-{label}", REPO, config)
     run_id = submit_run(lc.link, app)
     arrivals: dict[int, float] = {}
@@ -103,10 +124,18 @@ def run_fedrad(lc, root: Path, label: str, rounds: int, sites: int) -> list[dict
         r, t = row["round"], row["train"]
         if r - 1 not in arrivals:
             continue
-        out.append({"round": r, "wall_s": arrivals[r] - arrivals[r - 1], "train_s": t.get("train-s", 0.0),
-                    "startup_s": t.get("startup-s", 0.0), "handler_s": t.get("handler-s", 0.0),
-                    "wave_s": row["timing"]["train_wave_s"], "aggregate_s": row["timing"]["aggregate_s"],
-                    "warm": t.get("warm-worker", 0.0)})  # fmt: skip
+        out.append(
+            {
+                "round": r,
+                "wall_s": arrivals[r] - arrivals[r - 1],
+                "train_s": t.get("train-s", 0.0),
+                "startup_s": t.get("startup-s", 0.0),
+                "handler_s": t.get("handler-s", 0.0),
+                "wave_s": row["timing"]["train_wave_s"],
+                "aggregate_s": row["timing"]["aggregate_s"],
+                "warm": t.get("warm-worker", 0.0),
+            }
+        )
     return out
 
 
@@ -156,14 +185,29 @@ def main(argv: list[str] | None = None) -> None:
     base = results["bare Flower"]["overhead_s"]
     for r in results.values():
         r["overhead_ratio_vs_bare"] = round(r["overhead_s"] / base, 3) if base else None
-    report = {"sites": a.sites, "rounds": a.rounds, "median_over_rounds": "2..N", "results": results,
-              "warm_worker_fraction": _median([r["warm"] for r in warm_rows])}  # fmt: skip
+    report = {
+        "sites": a.sites,
+        "rounds": a.rounds,
+        "median_over_rounds": "2..N",
+        "results": results,
+        "warm_worker_fraction": _median([r["warm"] for r in warm_rows]),
+    }
     if a.json:
         print(json.dumps(report, indent=2))
         return
-    table = Table(title=f"Round overhead, {a.sites} sites on loopback (TLS, site keys, proxy), median of rounds 2..{a.rounds}")
-    cols = ["round_s", "slowest_train_s", "overhead_s", "overhead_ratio_vs_bare", "process_start_imports_s",
-            "handler_other_s", "flower_polling_transfer_s", "aggregation_checkpoint_s"]  # fmt: skip
+    table = Table(
+        title=f"Round overhead, {a.sites} sites on loopback (TLS, site keys, proxy), median of rounds 2..{a.rounds}"
+    )
+    cols = [
+        "round_s",
+        "slowest_train_s",
+        "overhead_s",
+        "overhead_ratio_vs_bare",
+        "process_start_imports_s",
+        "handler_other_s",
+        "flower_polling_transfer_s",
+        "aggregation_checkpoint_s",
+    ]
     table.add_column("app")
     for col in cols:
         table.add_column(col.replace("_", " "), justify="right")

@@ -29,8 +29,11 @@ def linear_fit(x: list[float], y: list[float]) -> dict:
     slope, intercept = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
     pred = slope * np.asarray(x) + intercept
     ss_res, ss_tot = float(((np.asarray(y) - pred) ** 2).sum()), float(((np.asarray(y) - np.mean(y)) ** 2).sum())
-    return {"slope_s_per_image": round(float(slope), 5), "intercept_s": round(float(intercept), 2),
-            "r2": round(1 - ss_res / ss_tot, 4) if ss_tot > 0 else 1.0}  # fmt: skip
+    return {
+        "slope_s_per_image": round(float(slope), 5),
+        "intercept_s": round(float(intercept), 2),
+        "r2": round(1 - ss_res / ss_tot, 4) if ss_tot > 0 else 1.0,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,10 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps({"runs": results, "fit_seconds_per_round_vs_images": fit}, indent=2))
         return
-    print(f"{'sites':>5s} {'images':>6s} {'s/round':>8s} {'s/round/site':>12s} {'peak RSS MB':>11s} {'upload B/round':>15s}")
+    print(
+        f"{'sites':>5s} {'images':>6s} {'s/round':>8s} {'s/round/site':>12s} {'peak RSS MB':>11s} {'upload B/round':>15s}"
+    )
     for r in results:
-        print(f"{r['sites']:5d} {r['images']:6d} {r['seconds_per_round']:8.1f} {r['seconds_per_round'] / r['sites']:12.2f} "
-              f"{r['peak_rss_mb']:11.0f} {r['upload_bytes_per_round']:15,d}")
+        print(
+            f"{r['sites']:5d} {r['images']:6d} {r['seconds_per_round']:8.1f} {r['seconds_per_round'] / r['sites']:12.2f} "
+            f"{r['peak_rss_mb']:11.0f} {r['upload_bytes_per_round']:15,d}"
+        )
     print(f"fit: s/round ≈ {fit['slope_s_per_image']:.4f} × images + {fit['intercept_s']:.1f}  (R² {fit['r2']:.3f})")
 
 

@@ -42,8 +42,14 @@ SECAGG = json.dumps({"threshold_fraction": 0.67})
 
 def run(lc, root: Path, label: str, rounds: int, sites: int, extra: dict) -> tuple[Path, int]:  # noqa: ANN001
     run_dir = root / "runs" / label
-    config = {**FEDRAD_CONFIG, "run-dir": str(run_dir), "num-server-rounds": rounds, "evaluate-every": rounds,
-              "min-sites": sites, **extra}  # fmt: skip
+    config = {
+        **FEDRAD_CONFIG,
+        "run-dir": str(run_dir),
+        "num-server-rounds": rounds,
+        "evaluate-every": rounds,
+        "min-sites": sites,
+        **extra,
+    }
     run_id = submit_run(lc.link, stage_app(root / f"app-{label}", REPO, config))
     with lc.link.control() as control:
         info = control.wait_for_run(run_id, timeout=rounds * 300 + 120, poll=1.0)
@@ -62,7 +68,9 @@ def train_bytes_per_site_round(root: Path, run_id: int, rounds: int) -> float:
     totals = []
     for log in sorted((root / "sites").glob("*/work/audit/outbound.jsonl")):
         entries = [json.loads(line) for line in log.read_text().splitlines()]
-        totals.append(sum(e.get("bytes", 0) for e in entries if e.get("run") == run_id and str(e["type"]).startswith("train")))
+        totals.append(
+            sum(e.get("bytes", 0) for e in entries if e.get("run") == run_id and str(e["type"]).startswith("train"))
+        )
     return statistics.mean(totals) / rounds
 
 
@@ -113,15 +121,36 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(report, indent=2))
         return
     table = Table(title=f"Secure aggregation (SecAgg+) vs plain FedAvg, {a.sites} sites, {a.rounds} rounds")
-    cols = ("run", "round s", "× plain", "train wave s", "× plain", "upload B/site/round", "× plain", "held-out AUC", "ε")
+    cols = (
+        "run",
+        "round s",
+        "× plain",
+        "train wave s",
+        "× plain",
+        "upload B/site/round",
+        "× plain",
+        "held-out AUC",
+        "ε",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col == "run" else "right")
     for label, r in results.items():
-        table.add_row(label, str(r["round_s"]), str(r["time_ratio"]), str(r["train_wave_s"]), str(r["train_wave_ratio"]),
-                      str(r["train_bytes_per_site_round"]), str(r["bytes_ratio"]), str(r["held_out_auc"]), str(r["epsilon"]))  # fmt: skip
+        table.add_row(
+            label,
+            str(r["round_s"]),
+            str(r["time_ratio"]),
+            str(r["train_wave_s"]),
+            str(r["train_wave_ratio"]),
+            str(r["train_bytes_per_site_round"]),
+            str(r["bytes_ratio"]),
+            str(r["held_out_auc"]),
+            str(r["epsilon"]),
+        )
     console.print(table)
     s = results["secagg"]
-    console.print(f"largest weight gap secure vs plain: {s['gap_round1']:.2e} after round 1, {s['gap_last']:.2e} after round {a.rounds}")
+    console.print(
+        f"largest weight gap secure vs plain: {s['gap_round1']:.2e} after round 1, {s['gap_last']:.2e} after round {a.rounds}"
+    )
     console.print(json.dumps(report))
 
 

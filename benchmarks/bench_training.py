@@ -29,8 +29,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.augment import build_augment  # noqa: E402
-from shared.tasks.classification.dataset import SiteDataset  # noqa: E402
 from shared.models import build_model  # noqa: E402
+from shared.tasks.classification.dataset import SiteDataset  # noqa: E402
 from shared.training import TrainConfig, train_model  # noqa: E402
 
 
@@ -122,27 +122,36 @@ def main(argv: list[str] | None = None) -> int:
     n_img = args.images * args.epochs
     bare, ours = [], []  # (wall s, cpu s) per run
     for _ in range(args.repeats):
-        bare.append(timed(bare_loop, copy.deepcopy(init), images, labels, args.epochs, args.batch_size,
-                          cfg.lr, cfg.weight_decay))
+        bare.append(
+            timed(
+                bare_loop, copy.deepcopy(init), images, labels, args.epochs, args.batch_size, cfg.lr, cfg.weight_decay
+            )
+        )
         ours.append(timed(fedrad_loop, copy.deepcopy(init), data, cfg))
     b_wall, o_wall = n_img / min(t[0] for t in bare), n_img / min(t[0] for t in ours)
     b_cpu, o_cpu = n_img / min(t[1] for t in bare), n_img / min(t[1] for t in ours)
     paired = statistics.median(b[0] / o[0] for b, o in zip(bare, ours))
-    print(f"model={args.model} images={args.images} size={args.size} batch={args.batch_size} "
-          f"epochs={args.epochs} repeats={args.repeats} threads={torch.get_num_threads()}")
+    print(
+        f"model={args.model} images={args.images} size={args.size} batch={args.batch_size} "
+        f"epochs={args.epochs} repeats={args.repeats} threads={torch.get_num_threads()}"
+    )
     runs = lambda ts: ", ".join(f"{n_img / t[0]:.0f}" for t in ts)  # noqa: E731
     print(f"bare loop        : {b_wall:8.1f} images/s wall, {b_cpu:8.1f} images/CPU-s  (wall runs: {runs(bare)})")
     print(f"train_model      : {o_wall:8.1f} images/s wall, {o_cpu:8.1f} images/CPU-s  (wall runs: {runs(ours)})")
     ratio = o_cpu / b_cpu
-    print(f"ratio            : {o_wall / b_wall:8.3f} wall (best), {ratio:.3f} CPU (best), "
-          f"{paired:.3f} wall (median of neighbouring pairs)  (target >= 0.9)")
+    print(
+        f"ratio            : {o_wall / b_wall:8.3f} wall (best), {ratio:.3f} CPU (best), "
+        f"{paired:.3f} wall (median of neighbouring pairs)  (target >= 0.9)"
+    )
 
     batched, per_sample = augment_cost(images, args.batch_size)
     step = 1.0 / b_cpu
     print(f"augment batched  : {batched * 1e6:8.1f} us/image ({batched / step:.1%} of a bare training step)")
     if per_sample is not None:
-        print(f"augment per-sample MONAI Compose: {per_sample * 1e6:8.1f} us/image "
-              f"({per_sample / step:.1%} of a bare training step)")
+        print(
+            f"augment per-sample MONAI Compose: {per_sample * 1e6:8.1f} us/image "
+            f"({per_sample / step:.1%} of a bare training step)"
+        )
     return 0 if ratio >= 0.9 else 1
 
 

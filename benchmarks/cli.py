@@ -36,42 +36,90 @@ def _root() -> None:
 @app.command()
 @handle_errors
 def generalization(
-    sites: list[Path] = typer.Option(..., "--sites", help="A training site folder (site.yaml, or dicom/ + labels.csv); repeat."),
-    unseen: list[Path] = typer.Option([], "--unseen", help="A site that never trains, scored on all its images; repeat."),
+    sites: list[Path] = typer.Option(
+        ..., "--sites", help="A training site folder (site.yaml, or dicom/ + labels.csv); repeat."
+    ),
+    unseen: list[Path] = typer.Option(
+        [], "--unseen", help="A site that never trains, scored on all its images; repeat."
+    ),
     strategies: str = typer.Option("fedavg,fedprox,fedbn,fedadam", help="Federated strategies, comma-separated."),
     seeds: int = typer.Option(3, min=1, help="Repeats with different seeds (splits, initial weights, shuffling)."),
-    rounds: int = typer.Option(5, min=1, help="Federated rounds; pooled and local models get rounds × local-epochs epochs."),
+    rounds: int = typer.Option(
+        5, min=1, help="Federated rounds; pooled and local models get rounds × local-epochs epochs."
+    ),
     local_epochs: int = typer.Option(2, "--local-epochs", min=1),
     image_size: int = typer.Option(64, "--image-size", min=16),
-    lr: float = typer.Option(0.0, min=0, help="Learning rate; 0 = the task's default (1e-3 classification, 1e-2 segmentation)."),
-    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="Every arm's learning rate over its epochs "
-                                    "or rounds: constant, or cosine (decays to near 0 at the end)."),
+    lr: float = typer.Option(
+        0.0, min=0, help="Learning rate; 0 = the task's default (1e-3 classification, 1e-2 segmentation)."
+    ),
+    lr_schedule: str = typer.Option(
+        "constant",
+        "--lr-schedule",
+        help="Every arm's learning rate over its epochs or rounds: constant, or cosine (decays to near 0 at the end).",
+    ),
     augment: float = typer.Option(1.0, min=0),
     cpus: int = typer.Option(2, min=1, help="Ray CPUs: simulated sites that train at once (simulation engine only)."),
-    engine: str = typer.Option("simulation", "--engine", help="Where the federated runs go: simulation (Flower's Ray "
-                               "engine, fast) or deployment (a TLS SuperLink + one SuperNode per site on 127.0.0.1, "
-                               "submitted with `flwr run`: the slower final check)."),
-    task: str = typer.Option("classification", "--task", help="classification (AUC) or segmentation (Dice per label; "
-                             "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`)."),
+    engine: str = typer.Option(
+        "simulation",
+        "--engine",
+        help="Where the federated runs go: simulation (Flower's Ray "
+        "engine, fast) or deployment (a TLS SuperLink + one SuperNode per site on 127.0.0.1, "
+        "submitted with `flwr run`: the slower final check).",
+    ),
+    task: str = typer.Option(
+        "classification",
+        "--task",
+        help="classification (AUC) or segmentation (Dice per label; "
+        "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`).",
+    ),
     labels: str = typer.Option("nodule,lung", "--labels", help="Segmentation: the SEG segment names, comma-separated."),
-    finetune_epochs: int = typer.Option(0, "--finetune-epochs", min=0, help="Also score each strategy's model after "
-                                        "this many epochs of `fedrad-site finetune` at each training site (0: off)."),
-    equalize_lever: bool = typer.Option(False, "--equalize-lever", help="Also train pooled and each strategy with "
-                                        "per-image histogram equalisation as the model's input layer (model <model>-eq)."),
-    scanner_augment_lever: float = typer.Option(0.0, "--scanner-augment-lever", min=0, help="Also train pooled and "
-                                                "each strategy with scanner-look augmentation at this strength (e.g. "
-                                                "1.0; with --equalize-lever also both together). 0: off."),
-    server_momentum_lever: float = typer.Option(0.0, "--server-momentum-lever", min=0, help="Also run each strategy "
-                                                "that takes one (fedbn, fedavgm) with this server momentum (e.g. 0.5). "
-                                                "0: off."),
-    carry_optimizer_lever: bool = typer.Option(False, "--carry-optimizer-lever", help="Also run each strategy with "
-                                               "each site's AdamW moments carried from round to round "
-                                               "(site_optimizer: carry)."),
-    average_rounds: int = typer.Option(0, "--average-rounds", min=0, help="Also score every federated run's mean "
-                                       "of its last K rounds' global models (average_last_rounds: K; no extra "
-                                       "training). 0: off."),
-    combined_levers_only: bool = typer.Option(False, "--combined-levers-only", help="With --equalize-lever and "
-                                              "--scanner-augment-lever: train only both together, not each alone."),
+    finetune_epochs: int = typer.Option(
+        0,
+        "--finetune-epochs",
+        min=0,
+        help="Also score each strategy's model after "
+        "this many epochs of `fedrad-site finetune` at each training site (0: off).",
+    ),
+    equalize_lever: bool = typer.Option(
+        False,
+        "--equalize-lever",
+        help="Also train pooled and each strategy with "
+        "per-image histogram equalisation as the model's input layer (model <model>-eq).",
+    ),
+    scanner_augment_lever: float = typer.Option(
+        0.0,
+        "--scanner-augment-lever",
+        min=0,
+        help="Also train pooled and "
+        "each strategy with scanner-look augmentation at this strength (e.g. "
+        "1.0; with --equalize-lever also both together). 0: off.",
+    ),
+    server_momentum_lever: float = typer.Option(
+        0.0,
+        "--server-momentum-lever",
+        min=0,
+        help="Also run each strategy that takes one (fedbn, fedavgm) with this server momentum (e.g. 0.5). 0: off.",
+    ),
+    carry_optimizer_lever: bool = typer.Option(
+        False,
+        "--carry-optimizer-lever",
+        help="Also run each strategy with "
+        "each site's AdamW moments carried from round to round "
+        "(site_optimizer: carry).",
+    ),
+    average_rounds: int = typer.Option(
+        0,
+        "--average-rounds",
+        min=0,
+        help="Also score every federated run's mean "
+        "of its last K rounds' global models (average_last_rounds: K; no extra "
+        "training). 0: off.",
+    ),
+    combined_levers_only: bool = typer.Option(
+        False,
+        "--combined-levers-only",
+        help="With --equalize-lever and --scanner-augment-lever: train only both together, not each alone.",
+    ),
     out_dir: Path = typer.Option(..., "--out", help="Folder for results.json, report.html and the charts."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
@@ -89,17 +137,32 @@ def generalization(
         raise ConfigError("--sites: give at least 2 training sites (a federation of one is local training)")
     task_type = task.strip().lower()
     segments = name_list(labels)  # the outputs of a task that names them labels (segmentation); else unused
-    cfg = BenchConfig(strategies=names, seeds=seeds, rounds=rounds, local_epochs=local_epochs, image_size=image_size,
-                      lr=lr, lr_schedule=lr_schedule.strip().lower(), augment=augment, cpus=cpus,
-                      task_type=task_type, labels=segments,
-                      finetune_epochs=finetune_epochs, equalize_lever=equalize_lever,
-                      scanner_augment_lever=scanner_augment_lever, server_momentum_lever=server_momentum_lever,
-                      carry_optimizer_lever=carry_optimizer_lever, average_rounds=average_rounds,
-                      combined_levers_only=combined_levers_only, engine=engine.strip().lower())  # fmt: skip
+    cfg = BenchConfig(
+        strategies=names,
+        seeds=seeds,
+        rounds=rounds,
+        local_epochs=local_epochs,
+        image_size=image_size,
+        lr=lr,
+        lr_schedule=lr_schedule.strip().lower(),
+        augment=augment,
+        cpus=cpus,
+        task_type=task_type,
+        labels=segments,
+        finetune_epochs=finetune_epochs,
+        equalize_lever=equalize_lever,
+        scanner_augment_lever=scanner_augment_lever,
+        server_momentum_lever=server_momentum_lever,
+        carry_optimizer_lever=carry_optimizer_lever,
+        average_rounds=average_rounds,
+        combined_levers_only=combined_levers_only,
+        engine=engine.strip().lower(),
+    )
     say = (lambda text: err.print(text)) if as_json else (lambda text: out.print(f"[bold]•[/] {text}"))
     try:
-        results = run_benchmark([BenchSite.from_dir(s) for s in sites], [BenchSite.from_dir(u) for u in unseen], cfg,
-                                out_dir, say=say)  # fmt: skip
+        results = run_benchmark(
+            [BenchSite.from_dir(s) for s in sites], [BenchSite.from_dir(u) for u in unseen], cfg, out_dir, say=say
+        )
     except BenchmarkError as exc:
         err.print(f"[red]benchmark stopped:[/] {exc}")
         raise typer.Exit(EXIT_NO) from None
@@ -132,8 +195,10 @@ def scale(
     if strategy.strip().lower() not in STRATEGIES:
         raise ConfigError(f"--strategy: unknown {strategy!r}; choose from {', '.join(STRATEGIES)}")
     if not as_json:
-        out.print(f"[bold]•[/] {sites} sites × {images_per_site} images, {rounds} round(s) of {strategy} "
-                  f"on Flower's simulation engine ({cpus} CPUs) …")  # fmt: skip
+        out.print(
+            f"[bold]•[/] {sites} sites × {images_per_site} images, {rounds} round(s) of {strategy} "
+            f"on Flower's simulation engine ({cpus} CPUs) …"
+        )
     result = run_scale(out_dir, sites, images_per_site, rounds, strategy.strip().lower(), cpus)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
@@ -141,15 +206,25 @@ def scale(
     from rich.table import Table
 
     table = Table("sites", "images", "rounds", "s/round", "total s", "peak RSS MB", "upload B/round", "AUC")
-    table.add_row(str(result.sites), str(result.images), str(result.rounds), f"{result.seconds_per_round:.1f}",
-                  f"{result.seconds:.0f}", f"{result.peak_rss_mb:.0f}", f"{result.upload_bytes_per_round:,}",
-                  "–" if result.final_auc is None else f"{result.final_auc:.3f}")  # fmt: skip
+    table.add_row(
+        str(result.sites),
+        str(result.images),
+        str(result.rounds),
+        f"{result.seconds_per_round:.1f}",
+        f"{result.seconds:.0f}",
+        f"{result.peak_rss_mb:.0f}",
+        f"{result.upload_bytes_per_round:,}",
+        "–" if result.final_auc is None else f"{result.final_auc:.3f}",
+    )
     out.print(table)
 
 
 # Thin subcommands: name -> (module whose main(argv) runs, one line of help). Arguments pass through unparsed.
 SCRIPTS: dict[str, tuple[str, str]] = {
-    "overhead": ("benchmarks.bench_round_overhead", "Round overhead on Flower's deployment engine: FedRad vs bare Flower."),
+    "overhead": (
+        "benchmarks.bench_round_overhead",
+        "Round overhead on Flower's deployment engine: FedRad vs bare Flower.",
+    ),
     "privacy": ("benchmarks.bench_privacy", "AUC cost of differential privacy (site-level or per-image), same run."),
     "secagg": ("benchmarks.bench_secagg", "SecAgg+ vs plain FedAvg: same aggregate, cost in time and bytes."),
     "compression": ("benchmarks.bench_compression", "Upload bytes and model quality: float32 vs fp16 site uploads."),

@@ -42,8 +42,15 @@ class DeploymentEngine:
     images the benchmark already ingested instead of decoding them again.
     """
 
-    def __init__(self, root: Path, sites: Sequence[SiteData], *, classes: list[str], image_size: int,
-                 cache_dirs: Mapping[str, Path] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        sites: Sequence[SiteData],
+        *,
+        classes: list[str],
+        image_size: int,
+        cache_dirs: Mapping[str, Path] | None = None,
+    ) -> None:
         self.root = Path(root).resolve()
         self.sites = {s.name: SiteFiles(Path(s.data), s.labels, (cache_dirs or {}).get(s.name)) for s in sites}
         self.classes, self.image_size = list(classes), image_size
@@ -53,8 +60,10 @@ class DeploymentEngine:
 
     @property
     def description(self) -> str:
-        return (f"Flower deployment engine (SuperLink + {len(self.sites)} SuperNodes over TLS on 127.0.0.1, "
-                "`flwr run`), FedRad's production ServerApp/ClientApp")  # fmt: skip
+        return (
+            f"Flower deployment engine (SuperLink + {len(self.sites)} SuperNodes over TLS on 127.0.0.1, "
+            "`flwr run`), FedRad's production ServerApp/ClientApp"
+        )
 
     @property
     def logs(self) -> Path:
@@ -83,15 +92,18 @@ class DeploymentEngine:
         with lc.link.control() as control:
             info = control.wait_for_run(run_id, timeout=run_wait_s(run_config), poll=1.0)
         if info["status"] != "finished:completed":
-            raise DeploymentError(f"deployment-engine run {label} (Flower run {run_id}) ended {info['status']}: "
-                                  f"{info.get('details') or 'no details'}; logs under {self.logs}")  # fmt: skip
+            raise DeploymentError(
+                f"deployment-engine run {label} (Flower run {run_id}) ended {info['status']}: "
+                f"{info.get('details') or 'no details'}; logs under {self.logs}"
+            )
 
     def _consortium(self) -> LoopbackConsortium:
         if self._ps is None:
             raise DeploymentError("DeploymentEngine.run outside its `with` block")
         if self._lc is None:
-            self._lc = start_loopback_consortium(self._ps, self.root, self.sites, image_size=self.image_size,
-                                                 classes=self.classes, name="Benchmark")  # fmt: skip
+            self._lc = start_loopback_consortium(
+                self._ps, self.root, self.sites, image_size=self.image_size, classes=self.classes, name="Benchmark"
+            )
             self._wait_online(self._lc)
         return self._lc
 

@@ -36,20 +36,20 @@ from pathlib import Path
 
 import torch
 
-from client.federated import LocalNormStore, global_model, load_site_data
 from benchmarks import generalization_task as bench_task
 from benchmarks.deployment_engine import DeploymentEngine
 from benchmarks.paired_comparison import SITE_MEAN, comparisons
 from benchmarks.simulation import SimulatedSite, prepare_site, run_simulated
+from client.federated import LocalNormStore, global_model, load_site_data
 from server.checkpoints import RunDir
 from server.round_average import averaged_model, window
 from shared.config import ConfigError, load_yaml_mapping
 from shared.lr_schedule import LR_SCHEDULES
-from shared.models import MODEL_BUILDERS
 from shared.modelfile import load_model_file
+from shared.models import MODEL_BUILDERS
+from shared.synth.cohort import TEST_EXPORT
 from shared.tasks import TaskSpec, get_task, task_names
 from shared.training import TrainConfig
-from shared.synth.cohort import TEST_EXPORT
 
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam")
 STRATEGY_PARAMS = {"fedprox": {"proximal_mu": 0.01}, "fedadam": {"eta": 0.01}}
@@ -123,8 +123,10 @@ class BenchSite:
             return cls(name, base / str(values["data"]), labels)
         if (folder / "dicom").is_dir() and (folder / "labels.csv").is_file():
             return cls(name, folder / "dicom", folder / "labels.csv")
-        raise ConfigError(f"{folder}: not a site folder; expected site.yaml, or dicom/ and labels.csv "
-                          "(what `fedrad-site synth` writes)")  # fmt: skip
+        raise ConfigError(
+            f"{folder}: not a site folder; expected site.yaml, or dicom/ and labels.csv "
+            "(what `fedrad-site synth` writes)"
+        )
 
 
 @dataclass
@@ -145,7 +147,9 @@ class BenchConfig:
     task_type: str = "classification"  # or "segmentation": a UNet on DICOM SEG masks, scored by Dice per label
     labels: list[str] = field(default_factory=list)  # segmentation: the SEG segment names, one output channel each
     finetune_epochs: int = 0  # > 0: also "<strategy> + finetune", each site's model tuned on its own training patients
-    engine: str = "simulation"  # or "deployment": federated runs on a loopback consortium (benchmarks.deployment_engine)
+    engine: str = (
+        "simulation"  # or "deployment": federated runs on a loopback consortium (benchmarks.deployment_engine)
+    )
     equalize_lever: bool = False  # also "pooled + equalize" and "<strategy> + equalize" (model <model>-eq)
     scanner_augment_lever: float = 0.0  # > 0: also "<arm> + scanner-aug" at this strength (and with equalize)
     server_momentum_lever: float = 0.0  # > 0: also "<strategy> + momentum" for the strategies that take one
@@ -169,18 +173,29 @@ class BenchConfig:
             raise ConfigError(f"--lr-schedule: unknown {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         self.model = self.model or kind.default_model
         if self.equalize_lever and self.model + EQUALIZE_SUFFIX not in MODEL_BUILDERS:
-            raise ConfigError("--equalize-lever: the histogram-equalisation input layer exists for the classification "
-                              f"models smallcnn and smallcnn-gn only, not {self.model!r}")  # fmt: skip
-        if not 0 <= self.scanner_augment_lever < math.inf or (self.scanner_augment_lever and kind.unsupported("scanner-augment")):
-            raise ConfigError("--scanner-augment-lever: a strength >= 0 (e.g. 1.0), for tasks with scanner augmentation")
+            raise ConfigError(
+                "--equalize-lever: the histogram-equalisation input layer exists for the classification "
+                f"models smallcnn and smallcnn-gn only, not {self.model!r}"
+            )
+        if not 0 <= self.scanner_augment_lever < math.inf or (
+            self.scanner_augment_lever and kind.unsupported("scanner-augment")
+        ):
+            raise ConfigError(
+                "--scanner-augment-lever: a strength >= 0 (e.g. 1.0), for tasks with scanner augmentation"
+            )
         if not 0 <= self.server_momentum_lever < 1:
-            raise ConfigError(f"--server-momentum-lever: a momentum in [0, 1) (e.g. 0.5), got {self.server_momentum_lever}")
+            raise ConfigError(
+                f"--server-momentum-lever: a momentum in [0, 1) (e.g. 0.5), got {self.server_momentum_lever}"
+            )
         if self.average_rounds < 0 or self.average_rounds == 1 or self.average_rounds > self.rounds:
-            raise ConfigError(f"--average-rounds: a number of rounds from 2 to --rounds ({self.rounds}), or 0 for off; "
-                              f"got {self.average_rounds}")  # fmt: skip
+            raise ConfigError(
+                f"--average-rounds: a number of rounds from 2 to --rounds ({self.rounds}), or 0 for off; "
+                f"got {self.average_rounds}"
+            )
         if self.server_momentum_lever and not any(takes_server_momentum(s) for s in self.strategies):
-            raise ConfigError("--server-momentum-lever: none of --strategies takes a server momentum; "
-                              "add fedbn or fedavgm")  # fmt: skip
+            raise ConfigError(
+                "--server-momentum-lever: none of --strategies takes a server momentum; add fedbn or fedavgm"
+            )
         defaults = TrainConfig.for_task(kind)
         self.batch_size = self.batch_size or defaults.batch_size
         self.lr = self.lr or BENCH_LR.get(kind.name, defaults.lr)
@@ -195,10 +210,12 @@ class BenchConfig:
         ``combined_levers_only``, only both together)."""
         eq, sa = self.equalize_lever, self.scanner_augment_lever
         single = not (eq and sa and self.combined_levers_only)
-        return [PLAIN,
-                *([ArmVariant(EQUALIZE, equalize=True)] if eq and single else []),
-                *([ArmVariant(SCANNER_AUG, scanner_augment=sa)] if sa and single else []),
-                *([ArmVariant(f"{EQUALIZE} + {SCANNER_AUG}", equalize=True, scanner_augment=sa)] if eq and sa else [])]  # fmt: skip
+        return [
+            PLAIN,
+            *([ArmVariant(EQUALIZE, equalize=True)] if eq and single else []),
+            *([ArmVariant(SCANNER_AUG, scanner_augment=sa)] if sa and single else []),
+            *([ArmVariant(f"{EQUALIZE} + {SCANNER_AUG}", equalize=True, scanner_augment=sa)] if eq and sa else []),
+        ]
 
     def federated_variants(self, strategy: str) -> list[ArmVariant]:
         """:meth:`variants`, then the levers with no pooled twin (pooled training has no server, and one optimizer
@@ -207,12 +224,17 @@ class BenchConfig:
         m = self.server_momentum_lever if takes_server_momentum(strategy) else 0.0
         carry = self.carry_optimizer_lever
         levered = self.variants()[-1]
-        return [*self.variants(),
-                *([ArmVariant(MOMENTUM, server_momentum=m)] if m else []),
-                *([ArmVariant(CARRIED, carry_optimizer=True)] if carry else []),
-                *([ArmVariant(f"{MOMENTUM} + {CARRIED}", server_momentum=m, carry_optimizer=True)] if m and carry else []),
-                *([replace(levered, label=f"{levered.label} + {CARRIED}", carry_optimizer=True)]
-                  if carry and levered != PLAIN else [])]  # fmt: skip
+        return [
+            *self.variants(),
+            *([ArmVariant(MOMENTUM, server_momentum=m)] if m else []),
+            *([ArmVariant(CARRIED, carry_optimizer=True)] if carry else []),
+            *([ArmVariant(f"{MOMENTUM} + {CARRIED}", server_momentum=m, carry_optimizer=True)] if m and carry else []),
+            *(
+                [replace(levered, label=f"{levered.label} + {CARRIED}", carry_optimizer=True)]
+                if carry and levered != PLAIN
+                else []
+            ),
+        ]
 
     def task(self, variant: ArmVariant = PLAIN) -> TaskSpec:
         """The benchmark's task; with an equalising ``variant``, the same model with that input layer."""
@@ -221,14 +243,27 @@ class BenchConfig:
 
     def run_config(self, strategy: str, seed: int, run_dir: Path, n_sites: int, variant: ArmVariant = PLAIN) -> dict:
         return {
-            "num-server-rounds": self.rounds, "local-epochs": self.local_epochs, "min-sites": n_sites,
-            "round-timeout-s": 1800, "evaluate-every": self.rounds, "seed": seed, "strategy": strategy,
-            "strategy-params": json.dumps(STRATEGY_PARAMS.get(strategy, {})
-                                          | ({"server_momentum": variant.server_momentum} if variant.server_momentum else {})),
-            **self.task(variant).to_run_config(), "batch-size": self.batch_size, "lr": self.lr,
-            "lr-schedule": self.lr_schedule, "augment": self.augment, "scanner-augment": variant.scanner_augment,
-            "site-optimizer": "carry" if variant.carry_optimizer else "reset", "run-dir": str(run_dir), "consortium": "Benchmark",
-        }  # fmt: skip
+            "num-server-rounds": self.rounds,
+            "local-epochs": self.local_epochs,
+            "min-sites": n_sites,
+            "round-timeout-s": 1800,
+            "evaluate-every": self.rounds,
+            "seed": seed,
+            "strategy": strategy,
+            "strategy-params": json.dumps(
+                STRATEGY_PARAMS.get(strategy, {})
+                | ({"server_momentum": variant.server_momentum} if variant.server_momentum else {})
+            ),
+            **self.task(variant).to_run_config(),
+            "batch-size": self.batch_size,
+            "lr": self.lr,
+            "lr-schedule": self.lr_schedule,
+            "augment": self.augment,
+            "scanner-augment": variant.scanner_augment,
+            "site-optimizer": "carry" if variant.carry_optimizer else "reset",
+            "run-dir": str(run_dir),
+            "consortium": "Benchmark",
+        }
 
 
 def takes_server_momentum(strategy: str) -> bool:
@@ -267,37 +302,58 @@ def _mean_sd(values: list[float]) -> dict:
     per_seed = [None if math.isnan(v) else round(v, 4) for v in values]
     if not vals:
         return {"mean": None, "sd": None, "n": 0, "values": per_seed}
-    return {"mean": round(statistics.fmean(vals), 4), "sd": round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0,
-            "n": len(vals), "values": per_seed}  # fmt: skip
+    return {
+        "mean": round(statistics.fmean(vals), 4),
+        "sd": round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0,
+        "n": len(vals),
+        "values": per_seed,
+    }
 
 
 def run_benchmark(
-    sites: list[BenchSite], unseen: list[BenchSite], cfg: BenchConfig, out: Path,
+    sites: list[BenchSite],
+    unseen: list[BenchSite],
+    cfg: BenchConfig,
+    out: Path,
     say: Callable[[str], None] = print,
-) -> dict:  # fmt: skip
+) -> dict:
     """Train and score everything; write ``results.json`` under ``out``; return the results.
 
     With ``engine="deployment"`` one loopback consortium serves every federated run; it stops when this returns
     or fails."""
     out = Path(out).resolve()
-    deployment = DeploymentEngine(out / "deployment", sites, classes=cfg.classes, image_size=cfg.image_size,
-                                  cache_dirs={s.name: out / "cache" / s.name for s in sites})  # fmt: skip
+    deployment = DeploymentEngine(
+        out / "deployment",
+        sites,
+        classes=cfg.classes,
+        image_size=cfg.image_size,
+        cache_dirs={s.name: out / "cache" / s.name for s in sites},
+    )
     with deployment if cfg.engine == "deployment" else contextlib.nullcontext() as deployed:
         return _run_benchmark(sites, unseen, cfg, out, say, deployed)
 
 
 def _run_benchmark(
-    sites: list[BenchSite], unseen: list[BenchSite], cfg: BenchConfig, out: Path,
-    say: Callable[[str], None], deployed: DeploymentEngine | None,
-) -> dict:  # fmt: skip
+    sites: list[BenchSite],
+    unseen: list[BenchSite],
+    cfg: BenchConfig,
+    out: Path,
+    say: Callable[[str], None],
+    deployed: DeploymentEngine | None,
+) -> dict:
     torch.set_num_threads(1)
     task = cfg.task()
     metrics = bench_task.metric_names(task)
-    sim = [prepare_site(out / "sites", s.name, s.data, s.labels, cfg.classes, cfg.image_size, out / "cache" / s.name)
-           for s in sites]  # fmt: skip
+    sim = [
+        prepare_site(out / "sites", s.name, s.data, s.labels, cfg.classes, cfg.image_size, out / "cache" / s.name)
+        for s in sites
+    ]
     unseen_data = {u.name: bench_task.load_all(task, u.data, u.labels, out / "cache" / u.name) for u in unseen}
-    test_exports = {s.name: bench_task.load_all(task, s.test.data, s.test.labels, out / "cache" / f"{s.name}-{TEST_EXPORT}")
-                    for s in sites if s.test is not None}  # fmt: skip
+    test_exports = {
+        s.name: bench_task.load_all(task, s.test.data, s.test.labels, out / "cache" / f"{s.name}-{TEST_EXPORT}")
+        for s in sites
+        if s.test is not None
+    }
     columns = [f"{s.name} test" for s in sites] + list(unseen_data)
     cells: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in metrics}  # metric → model → column → per seed
     adabn = cfg.adabn and bool(unseen_data) and bench_task.has_batch_norm(task)
@@ -307,7 +363,7 @@ def _run_benchmark(
         split = {s.name: load_site_data(s.site_yaml, task, seed, s.name) for s in sim}
         tests = {f"{n} test": test_exports.get(n, d.held_out) for n, d in split.items()} | unseen_data
 
-        def score(label: str, model_for: Callable[[str], torch.nn.Module]) -> None:
+        def score(label: str, model_for: Callable[[str], torch.nn.Module], tests: dict = tests) -> None:
             for col, data in tests.items():
                 for metric, value in bench_task.score(task, model_for(col), data).items():
                     cells[metric].setdefault(label, {}).setdefault(col, []).append(value)
@@ -333,41 +389,60 @@ def _run_benchmark(
             timings.setdefault("local", []).append(time.monotonic() - t0)
         for strategy in cfg.strategies:
             t0 = time.monotonic()
-            say(f"seed {seed}: federated {strategy} ({cfg.rounds} rounds × {cfg.local_epochs} epochs, {len(sim)} sites)")
+            say(
+                f"seed {seed}: federated {strategy} ({cfg.rounds} rounds × {cfg.local_epochs} epochs, {len(sim)} sites)"
+            )
             models = _federated_run(cfg, strategy, seed, out / "runs" / PLAIN.run_name(strategy, seed), sim, deployed)
             score_run(strategy, models)
             if adabn:  # the unseen site re-estimates BatchNorm statistics on its own images
                 adapted = {u: adapt_bn(models(u), d.images) for u, d in unseen_data.items()}
                 score(f"{strategy} + AdaBN", lambda col, m=models, a=adapted: a.get(col, m(col)))
             if cfg.finetune_epochs:  # what `fedrad-site finetune` gives each training site; unseen sites have no labels
-                tuned = {f"{n} test": bench_task.finetune(models(f"{n} test"), d.train, cfg.finetune_epochs, cfg.batch_size,
-                                                          cfg.augment, seed) for n, d in split.items()}  # fmt: skip
+                tuned = {
+                    f"{n} test": bench_task.finetune(
+                        models(f"{n} test"), d.train, cfg.finetune_epochs, cfg.batch_size, cfg.augment, seed
+                    )
+                    for n, d in split.items()
+                }
                 score(f"{strategy} + finetune", lambda col, m=models, t=tuned: t.get(col, m(col)))
             timings.setdefault(strategy, []).append(time.monotonic() - t0)
             for variant in cfg.federated_variants(strategy)[1:]:
                 t0 = time.monotonic()
                 say(f"seed {seed}: federated {variant.row(strategy)}")
-                run = _federated_run(cfg, strategy, seed, out / "runs" / variant.run_name(strategy, seed), sim, deployed, variant)
+                run = _federated_run(
+                    cfg, strategy, seed, out / "runs" / variant.run_name(strategy, seed), sim, deployed, variant
+                )
                 score_run(variant.row(strategy), run)
                 timings.setdefault(variant.row(strategy), []).append(time.monotonic() - t0)
     site_tests = [f"{s.name} test" for s in sites]
     results = summarise(cells[metrics[0]], columns, site_tests, [s.name for s in sites], list(unseen_data))
     results["metric"] = metrics[0]
     if len(metrics) > 1:  # segmentation: the cross-site matrix of each label's Dice too
-        results["metric_matrices"] = {m: summarise(cells[m], columns, site_tests, [s.name for s in sites],
-                                                   list(unseen_data))["matrix"] for m in metrics[1:]}  # fmt: skip
-    results.update(config=asdict(cfg), engine=deployed.description if deployed is not None else ENGINE, sites={s.name: len(split[s.name].train) + len(split[s.name].held_out) for s in sim},
-                   test_sizes={c: len(d) for c, d in tests.items()},
-                   test_sets={f"{s.name} test": "test export" if s.name in test_exports else "held-out patients"
-                              for s in sites}, seconds={k: round(sum(v), 1) for k, v in timings.items()})  # fmt: skip
+        results["metric_matrices"] = {
+            m: summarise(cells[m], columns, site_tests, [s.name for s in sites], list(unseen_data))["matrix"]
+            for m in metrics[1:]
+        }
+    results.update(
+        config=asdict(cfg),
+        engine=deployed.description if deployed is not None else ENGINE,
+        sites={s.name: len(split[s.name].train) + len(split[s.name].held_out) for s in sim},
+        test_sizes={c: len(d) for c, d in tests.items()},
+        test_sets={f"{s.name} test": "test export" if s.name in test_exports else "held-out patients" for s in sites},
+        seconds={k: round(sum(v), 1) for k, v in timings.items()},
+    )
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
 def _federated_run(
-    cfg: BenchConfig, strategy: str, seed: int, run_dir: Path, sim: list[SimulatedSite], deployed: DeploymentEngine | None,
+    cfg: BenchConfig,
+    strategy: str,
+    seed: int,
+    run_dir: Path,
+    sim: list[SimulatedSite],
+    deployed: DeploymentEngine | None,
     variant: ArmVariant = PLAIN,
-) -> FederatedModels:  # fmt: skip
+) -> FederatedModels:
     """One federated run on the chosen engine; column → the model it gives there (see :class:`FederatedModels`)."""
     try:
         if deployed is not None:
@@ -375,14 +450,19 @@ def _federated_run(
         else:
             run_simulated(cfg.run_config(strategy, seed, run_dir, len(sim), variant), sim, cpus=cfg.cpus)
     except Exception as exc:  # noqa: BLE001 - the ServerApp's own message names the round and the sites
-        raise BenchmarkError(f"federated {strategy} run (seed {seed}) failed: {exc}; its files are in {run_dir}") from None
+        raise BenchmarkError(
+            f"federated {strategy} run (seed {seed}) failed: {exc}; its files are in {run_dir}"
+        ) from None
     homes = [replace(s, work_dir=deployed.work_dir(s.name)) for s in sim] if deployed is not None else sim
     return FederatedModels(cfg.task(variant), run_dir, homes, strategy == "fedbn", cfg.rounds, cfg.average_rounds)
 
 
-def _train(task: TaskSpec, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, seed: int,
-           scanner_augment: float = 0.0) -> torch.nn.Module:  # fmt: skip
-    return bench_task.train(task, data, epochs, cfg.batch_size, cfg.lr, cfg.augment, seed, cfg.lr_schedule, scanner_augment)
+def _train(
+    task: TaskSpec, data: bench_task.Dataset, epochs: int, cfg: BenchConfig, seed: int, scanner_augment: float = 0.0
+) -> torch.nn.Module:
+    return bench_task.train(
+        task, data, epochs, cfg.batch_size, cfg.lr, cfg.augment, seed, cfg.lr_schedule, scanner_augment
+    )
 
 
 @dataclass
@@ -430,11 +510,12 @@ def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names
     series: dict[str, dict[str, list[float]]] = {}  # model → column (and SITE_MEAN) → value per seed
     seeds = max(len(v) for row in cells.values() for v in row.values())
     for m, row in cells.items():
-        per_seed_mean = [statistics.fmean([row[c][i] for c in site_tests if not math.isnan(row[c][i])] or [math.nan])
-                         for i in range(seeds)]  # fmt: skip
+        per_seed_mean = [
+            statistics.fmean([row[c][i] for c in site_tests if not math.isnan(row[c][i])] or [math.nan])
+            for i in range(seeds)
+        ]
         series[m] = {**row, SITE_MEAN: per_seed_mean}
-        models[m] = {"site_mean": _mean_sd(per_seed_mean),
-                     "unseen": {u: matrix[m][u] for u in unseen}}  # fmt: skip
+        models[m] = {"site_mean": _mean_sd(per_seed_mean), "unseen": {u: matrix[m][u] for u in unseen}}
     pooled = models.get("pooled", {}).get("site_mean", {}).get("mean")
     for m in models.values():
         mean = m["site_mean"]["mean"]
@@ -461,6 +542,7 @@ def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names
 
 def _best_unseen(federated: list[str], matrix: dict, unseen: list[str]) -> str | None:
     """The first of ``federated`` with the highest mean score over the unseen sites, if any was scored."""
+
     def score(m: str) -> float:
         vals = [matrix[m][u]["mean"] for u in unseen if matrix[m].get(u, {}).get("mean") is not None]
         return statistics.fmean(vals) if vals else -math.inf
@@ -473,9 +555,12 @@ def _verdict(best: str, models: dict, matrix: dict, site_names: list[str], unsee
     """How ``best`` does against the targets, on means over seeds (:func:`summarise`'s ``paired`` has the CIs)."""
     own = {n: matrix[f"local {n}"][f"{n} test"]["mean"] for n in site_names if f"local {n}" in matrix}
     return {
-        "best_federated": best, "ratio_to_pooled": models[best]["ratio_to_pooled"],
+        "best_federated": best,
+        "ratio_to_pooled": models[best]["ratio_to_pooled"],
         "beats_local_on_own_test": {n: (matrix[best][f"{n} test"]["mean"] or 0) > (v or 0) for n, v in own.items()},
         "best_unseen": {u: max(models, key=lambda m: matrix[m][u]["mean"] or 0) for u in unseen},
-        "beats_local_on_unseen": {u: all((matrix[best][u]["mean"] or 0) > (matrix[f"local {n}"][u]["mean"] or 0)
-                                         for n in site_names) for u in unseen},  # fmt: skip
+        "beats_local_on_unseen": {
+            u: all((matrix[best][u]["mean"] or 0) > (matrix[f"local {n}"][u]["mean"] or 0) for n in site_names)
+            for u in unseen
+        },
     }

@@ -39,20 +39,42 @@ def pool(task: TaskSpec, parts: list[Dataset]) -> Dataset:
     return task.task.concat(parts)
 
 
-def train(task: TaskSpec, data: Dataset, epochs: int, batch_size: int, lr: float, augment: float, seed: int,
-          lr_schedule: str = "constant", scanner_augment: float = 0.0) -> torch.nn.Module:
+def train(
+    task: TaskSpec,
+    data: Dataset,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    augment: float,
+    seed: int,
+    lr_schedule: str = "constant",
+    scanner_augment: float = 0.0,
+) -> torch.nn.Module:
     """A fresh model of the task trained centrally for ``epochs`` (the pooled and local-only arms), its learning
     rate following ``lr_schedule`` over the epochs as a federated run's follows it over the rounds
     (``scanner_augment``: for tasks that support it, :mod:`shared.scanner_augment`)."""
     torch.manual_seed(seed)
     model = task.build_model()
-    train_model(model, data, TrainConfig.for_task(task.task, epochs=epochs, batch_size=batch_size, lr=lr,
-                                                  augment=augment, seed=seed, lr_schedule=lr_schedule,
-                                                  scanner_augment=scanner_augment))
+    train_model(
+        model,
+        data,
+        TrainConfig.for_task(
+            task.task,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            augment=augment,
+            seed=seed,
+            lr_schedule=lr_schedule,
+            scanner_augment=scanner_augment,
+        ),
+    )
     return model.eval()
 
 
-def finetune(model: torch.nn.Module, data: Dataset, epochs: int, batch_size: int, augment: float, seed: int) -> torch.nn.Module:
+def finetune(
+    model: torch.nn.Module, data: Dataset, epochs: int, batch_size: int, augment: float, seed: int
+) -> torch.nn.Module:
     """A copy of ``model`` tuned on one site's training cases as ``fedrad-site finetune`` does it
     (its learning rate: a tenth of training's, keep what the consortium learned)."""
     import copy
@@ -60,7 +82,11 @@ def finetune(model: torch.nn.Module, data: Dataset, epochs: int, batch_size: int
     from client.finetune import FinetuneOptions
 
     tuned = copy.deepcopy(model)
-    train_model(tuned, data, TrainConfig(epochs=epochs, batch_size=batch_size, lr=FinetuneOptions.lr, augment=augment, seed=seed))
+    train_model(
+        tuned,
+        data,
+        TrainConfig(epochs=epochs, batch_size=batch_size, lr=FinetuneOptions.lr, augment=augment, seed=seed),
+    )
     return tuned.eval()
 
 

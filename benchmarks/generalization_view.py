@@ -11,11 +11,16 @@ from shared.cli_support import out
 def render_results(results: dict) -> None:
     cols = results["columns"]
     unseen = [c for c in cols if not c.endswith(" test")]
-    summary = Table(title=f"Mean {metric_title(results)} (± sd over {results['config']['seeds']} seed(s)); {results['engine']}", title_justify="left")
+    summary = Table(
+        title=f"Mean {metric_title(results)} (± sd over {results['config']['seeds']} seed(s)); {results['engine']}",
+        title_justify="left",
+    )
     for name in ["model", "site test sets", "× pooled", *unseen]:
         summary.add_column(name, justify="left" if name == "model" else "right")
     for model, r in results["models"].items():
-        summary.add_row(model, _fmt(r["site_mean"]), str(r["ratio_to_pooled"] or "–"), *(_fmt(r["unseen"][u]) for u in unseen))
+        summary.add_row(
+            model, _fmt(r["site_mean"]), str(r["ratio_to_pooled"] or "–"), *(_fmt(r["unseen"][u]) for u in unseen)
+        )
     out.print(summary)
     matrix = Table(title="Cross-site matrix: models (rows) × test sites (columns)", title_justify="left")
     for name in ["model", *cols]:
@@ -24,7 +29,9 @@ def render_results(results: dict) -> None:
         matrix.add_row(model, *(_fmt(row.get(c)) for c in cols))
     out.print(matrix)
     for metric, rows in (results.get("metric_matrices") or {}).items():  # segmentation: each label's Dice
-        table = Table(title=f"{metric_title(results, metric)}: models (rows) × test sites (columns)", title_justify="left")
+        table = Table(
+            title=f"{metric_title(results, metric)}: models (rows) × test sites (columns)", title_justify="left"
+        )
         for name in ["model", *cols]:
             table.add_column(name, justify="left" if name == "model" else "right")
         for model, row in rows.items():
@@ -38,9 +45,13 @@ def render_results(results: dict) -> None:
             table.add_row(*row[:-1])
         out.print(table)
     v = results.get("verdict") or {}
-    out.print(f"best federated: [bold]{v.get('best_federated')}[/] at {v.get('ratio_to_pooled')} × pooled; beats local-only "
-              f"on own test sets {v.get('beats_local_on_own_test')}, on unseen {v.get('beats_local_on_unseen')}")
+    out.print(
+        f"best federated: [bold]{v.get('best_federated')}[/] at {v.get('ratio_to_pooled')} × pooled; beats local-only "
+        f"on own test sets {v.get('beats_local_on_own_test')}, on unseen {v.get('beats_local_on_unseen')}"
+    )
     for key, label in (("with_levers", "with levers"), ("for_unseen", "best at the unseen sites")):
         if w := v.get(key):
-            out.print(f"{label}: [bold]{w['best_federated']}[/] at {w['ratio_to_pooled']} × pooled; beats local-only "
-                      f"on own test sets {w['beats_local_on_own_test']}, on unseen {w['beats_local_on_unseen']}")
+            out.print(
+                f"{label}: [bold]{w['best_federated']}[/] at {w['ratio_to_pooled']} × pooled; beats local-only "
+                f"on own test sets {w['beats_local_on_own_test']}, on unseen {w['beats_local_on_unseen']}"
+            )

@@ -23,8 +23,14 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     from scipy.stats import t as student_t
 
     diffs = [x - y for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))]
-    out: dict = {"per_seed": [round(d, 4) for d in diffs], "n": len(diffs), "mean": None, "ci95": None,
-                 "wins": sum(d > 0 for d in diffs), "measurable": False}  # fmt: skip
+    out: dict = {
+        "per_seed": [round(d, 4) for d in diffs],
+        "n": len(diffs),
+        "mean": None,
+        "ci95": None,
+        "wins": sum(d > 0 for d in diffs),
+        "measurable": False,
+    }
     if not diffs:
         return out
     mean = statistics.fmean(diffs)
@@ -40,12 +46,25 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
 # histogram equalisation (an input layer of the model) and scanner-appearance augmentation (every site trains
 # with it), server momentum (the shared weights), the carried site optimizer (how every site trains) and the
 # round average (the published weights) everywhere. A combination ("equalize + scanner-aug") acts where its parts do.
-LEVER_COLUMNS = {"AdaBN": "unseen", "finetune": "sites", "equalize": "all", "scanner-aug": "all", "momentum": "all",
-                 "carried optimizer": "all", "round average": "all"}  # fmt: skip
+LEVER_COLUMNS = {
+    "AdaBN": "unseen",
+    "finetune": "sites",
+    "equalize": "all",
+    "scanner-aug": "all",
+    "momentum": "all",
+    "carried optimizer": "all",
+    "round average": "all",
+}
 
 
-def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: Sequence[str], site_names: Sequence[str],
-                unseen: Sequence[str], best: str | None, baseline: str = "fedavg") -> list[dict]:  # fmt: skip
+def comparisons(
+    series: Mapping[str, Mapping[str, Sequence[float]]],
+    federated: Sequence[str],
+    site_names: Sequence[str],
+    unseen: Sequence[str],
+    best: str | None,
+    baseline: str = "fedavg",
+) -> list[dict]:
     """The paired differences a consortium asks about, from ``series`` (model → column → value per seed).
 
     * each strategy against plain ``baseline`` (FedAvg), on the site mean and each unseen site;
@@ -59,12 +78,14 @@ def comparisons(series: Mapping[str, Mapping[str, Sequence[float]]], federated: 
 
     def add(a: str, b: str, column: str) -> None:
         if a in series and b in series and column in series[a] and column in series[b]:
-            rows.append({"model": a, "against": b, "column": column, **paired_difference(series[a][column], series[b][column])})
+            rows.append(
+                {"model": a, "against": b, "column": column, **paired_difference(series[a][column], series[b][column])}
+            )
 
     for model in federated:
         strategy, _, lever = (part.strip() for part in model.partition("+"))
         if not lever:
-            for column in ((SITE_MEAN, *unseen) if model != baseline else ()):
+            for column in (SITE_MEAN, *unseen) if model != baseline else ():
                 add(model, baseline, column)
         else:
             first, _, more = (part.strip() for part in lever.partition("+"))

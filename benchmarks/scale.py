@@ -99,19 +99,41 @@ def write_sites(out: Path, n_sites: int, images_per_site: int, seed: int = 0) ->
     return folders
 
 
-def run_scale(out: Path, n_sites: int, images_per_site: int, rounds: int = 2, strategy: str = "fedavg",
-              cpus: int = 2, image_size: int = 64, seed: int = 0) -> ScaleResult:  # fmt: skip
+def run_scale(
+    out: Path,
+    n_sites: int,
+    images_per_site: int,
+    rounds: int = 2,
+    strategy: str = "fedavg",
+    cpus: int = 2,
+    image_size: int = 64,
+    seed: int = 0,
+) -> ScaleResult:
     """Write (or reuse) the sites under ``out/cohort`` and run one federation over all of them."""
     out = Path(out).resolve()
     folders = write_sites(out / "cohort", n_sites, images_per_site, seed)
     classes = ["normal", "nodule"]
     run_root = out / f"run-{n_sites}x{images_per_site}-{int(time.time())}"
-    sites = [prepare_site(run_root / "sites", f.name, f / "dicom", f / "labels.csv", classes, image_size,
-                          out / "cache" / f.name) for f in folders]  # fmt: skip
+    sites = [
+        prepare_site(
+            run_root / "sites", f.name, f / "dicom", f / "labels.csv", classes, image_size, out / "cache" / f.name
+        )
+        for f in folders
+    ]
     run_dir = run_root / "run"
-    config = {"num-server-rounds": rounds, "local-epochs": 1, "min-sites": n_sites, "round-timeout-s": 3600,
-              "evaluate-every": rounds, "seed": seed, "strategy": strategy, "classes": ",".join(classes),
-              "image-size": image_size, "run-dir": str(run_dir), "consortium": "Scale"}  # fmt: skip
+    config = {
+        "num-server-rounds": rounds,
+        "local-epochs": 1,
+        "min-sites": n_sites,
+        "round-timeout-s": 3600,
+        "evaluate-every": rounds,
+        "seed": seed,
+        "strategy": strategy,
+        "classes": ",".join(classes),
+        "image-size": image_size,
+        "run-dir": str(run_dir),
+        "consortium": "Scale",
+    }
     t0 = time.monotonic()
     with TreeMemory() as mem:
         run_simulated(config, sites, cpus=cpus)
@@ -124,8 +146,13 @@ def run_scale(out: Path, n_sites: int, images_per_site: int, rounds: int = 2, st
         upload += sum(int(e.get("bytes", 0)) for e in entries if e.get("type") == "train")
     final = next((r.get("eval") or {} for r in reversed(rows) if r.get("eval")), {})
     return ScaleResult(
-        sites=n_sites, images=n_sites * images_per_site, rounds=len(rows), strategy=strategy,
-        seconds=round(seconds, 1), seconds_per_round=round(sum(r["seconds"] for r in rows) / max(1, len(rows)), 2),
-        peak_rss_mb=round(mem.peak_bytes / 2**20, 1), upload_bytes_per_round=upload // max(1, len(rows)),
+        sites=n_sites,
+        images=n_sites * images_per_site,
+        rounds=len(rows),
+        strategy=strategy,
+        seconds=round(seconds, 1),
+        seconds_per_round=round(sum(r["seconds"] for r in rows) / max(1, len(rows)), 2),
+        peak_rss_mb=round(mem.peak_bytes / 2**20, 1),
+        upload_bytes_per_round=upload // max(1, len(rows)),
         final_auc=round(final["auc"], 4) if "auc" in final else None,
-    )  # fmt: skip
+    )

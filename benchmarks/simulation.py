@@ -61,19 +61,34 @@ class SimulatedSite:
     work_dir: Path
 
     def node_config(self, min_count: int = 10) -> dict[str, str | int]:
-        return {"site-config": str(self.site_yaml), "site-name": self.name, "min-count": min_count,
-                "audit-log": str(self.work_dir / "audit" / "outbound.jsonl"),
-                "approvals": str(self.work_dir / "approved-code.json")}  # fmt: skip
+        return {
+            "site-config": str(self.site_yaml),
+            "site-name": self.name,
+            "min-count": min_count,
+            "audit-log": str(self.work_dir / "audit" / "outbound.jsonl"),
+            "approvals": str(self.work_dir / "approved-code.json"),
+        }
 
 
-def prepare_site(root: Path, name: str, data: Path, labels: Path | None, classes: list[str], image_size: int,
-                 cache_dir: Path | None = None) -> SimulatedSite:  # fmt: skip
+def prepare_site(
+    root: Path,
+    name: str,
+    data: Path,
+    labels: Path | None,
+    classes: list[str],
+    image_size: int,
+    cache_dir: Path | None = None,
+) -> SimulatedSite:
     """Write a data-only site.yaml under ``root/name`` and approve this checkout's code there
     (``labels`` None: a segmentation-only site, no label CSV)."""
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
-    doc = {"data": str(Path(data).resolve()), "classes": list(classes), "image_size": image_size,
-           "cache_dir": str(Path(cache_dir or folder / "cache").resolve())}  # fmt: skip
+    doc = {
+        "data": str(Path(data).resolve()),
+        "classes": list(classes),
+        "image_size": image_size,
+        "cache_dir": str(Path(cache_dir or folder / "cache").resolve()),
+    }
     if labels is not None:
         doc["labels"] = str(Path(labels).resolve())
     (folder / "site.yaml").write_text(yaml.safe_dump(doc))
@@ -115,20 +130,37 @@ def run_simulated(run_config: Mapping, sites: list[SimulatedSite], *, cpus: int 
         shutil.rmtree(work)
     work.mkdir(parents=True)
     paths = ("site-config", "audit-log", "approvals")
-    sites_file = write_sites_file(work / "sites.json", [{k: str(Path(v).resolve()) if k in paths else v
-                                                         for k, v in s.node_config().items()} for s in sites])  # fmt: skip
+    sites_file = write_sites_file(
+        work / "sites.json",
+        [{k: str(Path(v).resolve()) if k in paths else v for k, v in s.node_config().items()} for s in sites],
+    )
     timeout = run_wait_s(config)
-    federation = {"num-supernodes": len(sites), "client-resources-num-cpus": 1, "client-resources-num-gpus": 0.0,
-                  "init-args-num-cpus": cpus, "init-args-log-to-driver": verbose, "verbose": verbose}  # fmt: skip
+    federation = {
+        "num-supernodes": len(sites),
+        "client-resources-num-cpus": 1,
+        "client-resources-num-gpus": 0.0,
+        "init-args-num-cpus": cpus,
+        "init-args-log-to-driver": verbose,
+        "verbose": verbose,
+    }
     logs = work / "logs"
     if verbose:
         print(f"FedRad simulation: Flower's logs in {logs}", file=sys.stderr, flush=True)
     log, run_log = logs / "superlink.log", logs / "run.log"
     with ProcessSet(logs) as ps:  # stops the SuperLink and everything under it (SuperExec, flwr-simulation, Ray)
-        tls = init_pki(work / "pki", "Simulation", "127.0.0.1:9443")  # throw-away CA; the SuperLink binds 127.0.0.1 only
+        tls = init_pki(
+            work / "pki", "Simulation", "127.0.0.1:9443"
+        )  # throw-away CA; the SuperLink binds 127.0.0.1 only
         try:
-            link = start_superlink(ps, tls=tls, port=free_port(), database=None, flwr_home=work / "flwr-home",
-                                   simulation=True, env={SITES_ENV: str(sites_file)})  # fmt: skip
+            link = start_superlink(
+                ps,
+                tls=tls,
+                port=free_port(),
+                database=None,
+                flwr_home=work / "flwr-home",
+                simulation=True,
+                env={SITES_ENV: str(sites_file)},
+            )
             run_id = submit_run(link, stage_app(work / "app", REPO, config), federation_config=federation)
             info = _wait(link, run_id, timeout)
             with link.control() as control:  # the ServerApp's and Flower's output of the run, for the record
@@ -139,8 +171,10 @@ def run_simulated(run_config: Mapping, sites: list[SimulatedSite], *, cpus: int 
         sys.stderr.write(run_log.read_text())
     if info["status"] != "finished:completed":
         tail = "\n".join(run_log.read_text().splitlines()[-15:])
-        raise SimulationError(f"simulated run (Flower run {run_id}) ended {info['status']}: "
-                              f"{info.get('details') or 'no details'}; logs: {run_log}, {log}\n{tail}")  # fmt: skip
+        raise SimulationError(
+            f"simulated run (Flower run {run_id}) ended {info['status']}: "
+            f"{info.get('details') or 'no details'}; logs: {run_log}, {log}\n{tail}"
+        )
     shutil.rmtree(work / "flwr-home" / "apps", ignore_errors=True)  # installed copies of the code; the logs stay
 
 

@@ -49,7 +49,9 @@ def process_age_s() -> float:
         return 0.0
 
 
-def _in_process(op: str, context: Context, config: dict, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray] | None, dict]:
+def _in_process(
+    op: str, context: Context, config: dict, arrays: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray] | None, dict]:
     """The message's work in this process (no warm worker): torch import, data load, train/evaluate/query."""
     import torch
 
@@ -70,8 +72,14 @@ def _work(op: str, msg: Message, context: Context, config: dict, arrays: dict[st
     try:
         if not socket_path:
             raise WorkerUnavailable("no worker-socket in the node config")
-        out, metrics = call_worker(socket_path, op, run_id=msg.metadata.run_id, run_config=dict(context.run_config),
-                                   config=config, arrays=arrays)  # fmt: skip
+        out, metrics = call_worker(
+            socket_path,
+            op,
+            run_id=msg.metadata.run_id,
+            run_config=dict(context.run_config),
+            config=config,
+            arrays=arrays,
+        )
         return (out if op in ("train", "local-model") else None), metrics, 1
     except WorkerUnavailable as exc:
         print(f"FedRad: {exc}; working in this process (slower)", file=sys.stderr, flush=True)
@@ -86,8 +94,10 @@ def _refusal(node_config: dict) -> tuple[str, str] | None:
 
     missing = [k for k in ("approvals", "audit-log") if not node_config.get(k)]
     if missing:
-        return ("site not configured for FedRad runs", f"node config lacks {missing}: start the site with "
-                "`fedrad-site start --config site.yaml`, which sets them")  # fmt: skip
+        return (
+            "site not configured for FedRad runs",
+            f"node config lacks {missing}: start the site with `fedrad-site start --config site.yaml`, which sets them",
+        )
     sha = code_sha256(Path(__file__).resolve().parents[1])
     try:
         if is_approved(Path(str(node_config["approvals"])), sha):
@@ -104,8 +114,9 @@ def _refusal(node_config: dict) -> tuple[str, str] | None:
 def _privacy_refusal(node_config: dict, config: dict, *, secure: bool) -> tuple[str, str] | None:
     """Refuse a training round that does not meet this site's ``privacy`` requirements (site.yaml)."""
     if int(node_config.get("require-secagg", 0)) and not secure:
-        reason = ("run refused by the site: it requires secure aggregation "
-                  "(privacy.secure_aggregation in consortium.yaml)")  # fmt: skip
+        reason = (
+            "run refused by the site: it requires secure aggregation (privacy.secure_aggregation in consortium.yaml)"
+        )
         return reason, reason
     image_dp = config.get("dp-level") == "image"  # per-image DP: the site accounts its own ε (client/privacy_ledger.py)
     if int(node_config.get("require-dp", 0)) and "clipping_norm" not in config and not image_dp:
@@ -120,7 +131,9 @@ def _privacy_refusal(node_config: dict, config: dict, *, secure: bool) -> tuple[
         return None
     epsilon = float(config.get("dp-epsilon-next", float("inf") if limit else 0.0))
     if limit and epsilon > limit:
-        reason = f"run refused by the site: this round would bring epsilon to {epsilon:.3f}, above its max_epsilon {limit:g}"
+        reason = (
+            f"run refused by the site: this round would bring epsilon to {epsilon:.3f}, above its max_epsilon {limit:g}"
+        )
         return reason, reason
     return None
 
@@ -138,8 +151,9 @@ def _error_reply(msg: Message, audit_log: str | None, entry: dict, public: str, 
     return Message(error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=public), reply_to=msg)
 
 
-def _guarded_work(op: str, msg: Message, context: Context, config: dict, arrays: dict[str, np.ndarray], t0: float,
-                  startup: float):  # noqa: ANN202 - GuardedReply
+def _guarded_work(
+    op: str, msg: Message, context: Context, config: dict, arrays: dict[str, np.ndarray], t0: float, startup: float
+):  # noqa: ANN202 - GuardedReply
     """The work (warm worker or in-process) → DP clipping → outbound guard; what may leave."""
     from client.outbound_guard import DEFAULT_MIN_COUNT, guard_reply, spec_of
     from shared.tasks import TaskSpec
@@ -152,9 +166,14 @@ def _guarded_work(op: str, msg: Message, context: Context, config: dict, arrays:
         print(f"FedRad DP: update norm {norm:.4f} clipped to {float(config['clipping_norm']):g}", file=sys.stderr)
     if op != "query":  # statistics replies carry counts only
         metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0, "warm-worker": warm})
-    guarded = guard_reply(op, incoming=spec_of(arrays), arrays=state, metrics=metrics,
-                          min_count=int(context.node_config.get("min-count", DEFAULT_MIN_COUNT)),
-                          task=TaskSpec.from_run_config(context.run_config))
+    guarded = guard_reply(
+        op,
+        incoming=spec_of(arrays),
+        arrays=state,
+        metrics=metrics,
+        min_count=int(context.node_config.get("min-count", DEFAULT_MIN_COUNT)),
+        task=TaskSpec.from_run_config(context.run_config),
+    )
     for d in guarded.violations:
         print(f"FedRad outbound guard dropped {d.item}: {d.reason}", file=sys.stderr, flush=True)
     return guarded
@@ -183,7 +202,9 @@ def _send(msg: Message, reply: Message, audit_log: str | None, entry: dict) -> M
         append_entry(Path(str(audit_log)), entry)
     except OSError as exc:
         public = f"{entry['type']} reply withheld: the site could not write its audit log"
-        return _error_reply(msg, None, {k: entry[k] for k in ("run", "round", "type")}, public, f"{public} {audit_log}: {exc}")
+        return _error_reply(
+            msg, None, {k: entry[k] for k in ("run", "round", "type")}, public, f"{public} {audit_log}: {exc}"
+        )
     return reply
 
 
@@ -193,7 +214,11 @@ def _site_context(context: Context) -> tuple[Context, str | None]:
     A real SuperNode's context is returned as it is; a simulated partition's node config
     comes from the simulating machine (:mod:`client.simulated_site`), never from the run config.
     """
-    from client.simulated_site import SimulatedSiteError, is_simulated_partition, site_node_config  # standard library only
+    from client.simulated_site import (
+        SimulatedSiteError,
+        is_simulated_partition,
+        site_node_config,
+    )  # standard library only
 
     if not is_simulated_partition(context.node_config):
         return context, None
@@ -201,8 +226,13 @@ def _site_context(context: Context) -> tuple[Context, str | None]:
         node_config = site_node_config(context.node_config)
     except SimulatedSiteError as exc:
         return context, str(exc)
-    return Context(run_id=context.run_id, node_id=context.node_id, node_config=node_config, state=context.state,
-                   run_config=context.run_config), None  # fmt: skip
+    return Context(
+        run_id=context.run_id,
+        node_id=context.node_id,
+        node_config=node_config,
+        state=context.state,
+        run_config=context.run_config,
+    ), None
 
 
 def _handle(op: str, msg: Message, context: Context) -> Message:
@@ -245,10 +275,18 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     if guarded.arrays is not None:
         reply["arrays"] = ArrayRecord(array_dict={name: Array(arr) for name, arr in sent.items()})
     digests = {name: hashlib.sha256(np.require(a, requirements="C").tobytes()).hexdigest() for name, a in sent.items()}
-    return _send(msg, Message(reply, reply_to=msg), audit_log, {
-        **entry, "bytes": sum(a.nbytes for a in sent.values()), "arrays": digests, "metrics": guarded.metrics,
-        "guard": [asdict(d) for d in guarded.decisions],
-    })  # fmt: skip
+    return _send(
+        msg,
+        Message(reply, reply_to=msg),
+        audit_log,
+        {
+            **entry,
+            "bytes": sum(a.nbytes for a in sent.values()),
+            "arrays": digests,
+            "metrics": guarded.metrics,
+            "guard": [asdict(d) for d in guarded.decisions],
+        },
+    )
 
 
 def _handle_secure(msg: Message, context: Context, startup: float, t0: float) -> Message:
@@ -261,8 +299,11 @@ def _handle_secure(msg: Message, context: Context, startup: float, t0: float) ->
     audit_log = node.get("audit-log")
     stage = secure_stage(msg)
     config = round_config(msg)
-    entry = {"run": int(msg.metadata.run_id), "round": int(config.get("server-round", msg.metadata.group_id or 0)),
-             "type": f"train/secagg-{stage}"}  # fmt: skip
+    entry = {
+        "run": int(msg.metadata.run_id),
+        "round": int(config.get("server-round", msg.metadata.group_id or 0)),
+        "type": f"train/secagg-{stage}",
+    }
     refusal = _refusal(node)
     if refusal is not None:
         return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
@@ -288,8 +329,12 @@ def _handle_secure(msg: Message, context: Context, startup: float, t0: float) ->
     except Exception as exc:  # noqa: BLE001
         return _failure("train", msg, audit_log, entry, exc)
     size, digests = stage_digest(reply)
-    metrics = dict(reply.content.config_records["fitres.metrics"]) if "fitres.metrics" in reply.content.config_records else {}
-    return _send(msg, reply, audit_log, {**entry, "bytes": size, "arrays": digests, "metrics": metrics, "guard": decisions})
+    metrics = (
+        dict(reply.content.config_records["fitres.metrics"]) if "fitres.metrics" in reply.content.config_records else {}
+    )
+    return _send(
+        msg, reply, audit_log, {**entry, "bytes": size, "arrays": digests, "metrics": metrics, "guard": decisions}
+    )
 
 
 @app.train()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,9 @@ def load_approvals(path: Path) -> list[dict[str, Any]]:
         data = json.loads(path.read_text())
         entries = list(data["approved"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ApprovalError(f"{path}: not a FedRad approvals file ({exc}); fix or delete it and approve again") from None
+        raise ApprovalError(
+            f"{path}: not a FedRad approvals file ({exc}); fix or delete it and approve again"
+        ) from None
     return entries
 
 
@@ -56,7 +58,7 @@ def approve(path: Path, sha256: str, note: str = "") -> bool:
     entries = load_approvals(path)
     if any(e.get("sha256") == sha256 for e in entries):
         return False
-    entries.append({"sha256": sha256, "approved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "note": note})
+    entries.append({"sha256": sha256, "approved_at": datetime.now(UTC).isoformat(timespec="seconds"), "note": note})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,12 @@ def append_entry(log: Path, entry: dict[str, Any]) -> dict[str, Any]:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             head = _read_head(log)
-            record = {"seq": head["entries"] + 1, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                      **entry, "prev": head["last"]}  # fmt: skip
+            record = {
+                "seq": head["entries"] + 1,
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                **entry,
+                "prev": head["last"],
+            }
             line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
             fh.write(line)
             fh.flush()
@@ -78,8 +82,7 @@ def _write_head(log: Path, head: dict[str, Any]) -> None:
 def read_entries(log: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) for each line of the log."""
     with open(log, "rb") as fh:
-        for number, line in enumerate(fh, start=1):
-            yield number, line
+        yield from enumerate(fh, start=1)
 
 
 @dataclass
@@ -114,8 +117,10 @@ def verify(log: Path) -> AuditSummary:
         except ValueError:
             raise AuditError(f"{log}: line {number} is not valid JSON: the log was edited or truncated") from None
         if entry.get("seq") != number or entry.get("prev") != prev:
-            raise AuditError(f"{log}: line {number} does not chain to line {number - 1}: the log was edited, "
-                             "lines were removed or reordered")  # fmt: skip
+            raise AuditError(
+                f"{log}: line {number} does not chain to line {number - 1}: the log was edited, "
+                "lines were removed or reordered"
+            )
         prev = _sha(line)
         summary.entries += 1
         summary.bytes += int(entry.get("bytes", 0))
@@ -129,8 +134,10 @@ def verify(log: Path) -> AuditSummary:
         summary.refused += kind == "refused"
     head = _read_head(log)
     if head != {"entries": summary.entries, "last": prev}:
-        raise AuditError(f"{log}: the head ({head_path(log).name}) records {head.get('entries')} entries ending in "
-                         f"{str(head.get('last'))[:12]}…, the log has {summary.entries} ending in {prev[:12]}…: "
-                         "the last line(s) were edited or removed")  # fmt: skip
+        raise AuditError(
+            f"{log}: the head ({head_path(log).name}) records {head.get('entries')} entries ending in "
+            f"{str(head.get('last'))[:12]}…, the log has {summary.entries} ending in {prev[:12]}…: "
+            "the last line(s) were edited or removed"
+        )
     summary.runs, summary.rounds, summary.last_hash = len(runs), len(rounds), prev
     return summary

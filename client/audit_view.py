@@ -34,19 +34,32 @@ def render_entries(entries: list[dict[str, Any]], console: Console) -> None:
         table.add_column(col, justify="right" if col in ("#", "round", "bytes", "arrays") else "left")
     for e in entries:
         guard = "; ".join(f"{d['action']} {d['item']}" for d in e.get("guard", [])) or e.get("reason", "")
-        table.add_row(str(e.get("seq")), str(e.get("time", ""))[:19], str(e.get("run", "")), str(e.get("round", "")),
-                      str(e.get("type")), str(e.get("bytes", "")), str(len(e.get("arrays", {}))),
-                      _metrics(e.get("metrics", {})), guard)  # fmt: skip
+        table.add_row(
+            str(e.get("seq")),
+            str(e.get("time", ""))[:19],
+            str(e.get("run", "")),
+            str(e.get("round", "")),
+            str(e.get("type")),
+            str(e.get("bytes", "")),
+            str(len(e.get("arrays", {}))),
+            _metrics(e.get("metrics", {})),
+            guard,
+        )
     console.print(table)
 
 
 def render_summary(s: AuditSummary, console: Console) -> None:
     table = Table(title=f"Audit log verified: {s.path}", show_header=False)
     for label, value in (
-        ("messages", s.entries), ("by type", ", ".join(f"{k} {v}" for k, v in sorted(s.by_type.items()))),
-        ("bytes sent (arrays)", f"{s.bytes:,}"), ("runs", s.runs), ("rounds", s.rounds),
-        ("guard violations (dropped)", s.violations), ("metrics withheld (min_count)", s.withheld),
-        ("runs refused (code not approved)", s.refused), ("chain head sha256", s.last_hash),
-    ):  # fmt: skip
+        ("messages", s.entries),
+        ("by type", ", ".join(f"{k} {v}" for k, v in sorted(s.by_type.items()))),
+        ("bytes sent (arrays)", f"{s.bytes:,}"),
+        ("runs", s.runs),
+        ("rounds", s.rounds),
+        ("guard violations (dropped)", s.violations),
+        ("metrics withheld (min_count)", s.withheld),
+        ("runs refused (code not approved)", s.refused),
+        ("chain head sha256", s.last_hash),
+    ):
         table.add_row(label, str(value))
     console.print(table)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -27,7 +26,9 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="site.yaml with data, labe
 DataOpt = typer.Option(None, "--data", help="Folder of the DICOM export (searched recursively).")
 LabelsOpt = typer.Option(None, "--labels", help="CSV with a key column and a label column.")
 ClassesOpt = typer.Option(None, "--classes", help="Comma-separated class names, e.g. normal,nodule (last = positive).")
-KeyOpt = typer.Option(None, "--key", help="Label key column: SOPInstanceUID, StudyInstanceUID, AccessionNumber or path.")
+KeyOpt = typer.Option(
+    None, "--key", help="Label key column: SOPInstanceUID, StudyInstanceUID, AccessionNumber or path."
+)
 LabelColOpt = typer.Option(None, "--label-column", help="Label column name in the CSV (default: label).")
 SizeOpt = typer.Option(None, "--image-size", help="Model input side in pixels (default 64).")
 CacheOpt = typer.Option(None, "--cache-dir", help="Preprocessed-tensor cache (default: beside the data folder).")
@@ -41,19 +42,38 @@ def _print_json(obj: dict) -> None:
 @app.command()
 @handle_errors
 def check(
-    config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
-    classes: Optional[str] = ClassesOpt, key: Optional[str] = KeyOpt, label_column: Optional[str] = LabelColOpt,
-    image_size: Optional[int] = SizeOpt, cache_dir: Optional[Path] = CacheOpt, as_json: bool = JsonOpt,
-    segments: Optional[str] = typer.Option(None, "--segments", help="Segment labels, e.g. nodule,lung: also match "
-                                           "the DICOM SEG files in the export to their images and report problems."),
+    config: Path | None = ConfigOpt,
+    data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
+    classes: str | None = ClassesOpt,
+    key: str | None = KeyOpt,
+    label_column: str | None = LabelColOpt,
+    image_size: int | None = SizeOpt,
+    cache_dir: Path | None = CacheOpt,
+    as_json: bool = JsonOpt,
+    segments: str | None = typer.Option(
+        None,
+        "--segments",
+        help="Segment labels, e.g. nodule,lung: also match "
+        "the DICOM SEG files in the export to their images and report problems.",
+    ),
 ) -> None:
     """Scan the export, join the labels and say which images are usable, and why the others are not."""
     from client.check_view import render_check
     from client.site_options import site_data_config
     from shared.site_data import check_site
 
-    cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir,
-                           task="segmentation" if segments else "classification")  # fmt: skip
+    cfg = site_data_config(
+        config,
+        data,
+        labels,
+        classes,
+        key,
+        label_column,
+        image_size,
+        cache_dir,
+        task="segmentation" if segments else "classification",
+    )
     if cfg.labels is None:  # a segmentation-only site: the SEGs are its labels
         from client.check_view import render_segmentation
         from shared.tasks.segmentation.data import check_segments_only
@@ -94,23 +114,37 @@ def check(
 @handle_errors
 def train_local(
     out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the model file (.pt)."),
-    config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
-    classes: Optional[str] = ClassesOpt, key: Optional[str] = KeyOpt, label_column: Optional[str] = LabelColOpt,
-    image_size: Optional[int] = SizeOpt, cache_dir: Optional[Path] = CacheOpt,
-    model: Optional[str] = typer.Option(None, "--model", help="Architecture: smallcnn (default), densenet121, resnet18; "
-                                        "unet with --segments."),
+    config: Path | None = ConfigOpt,
+    data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
+    classes: str | None = ClassesOpt,
+    key: str | None = KeyOpt,
+    label_column: str | None = LabelColOpt,
+    image_size: int | None = SizeOpt,
+    cache_dir: Path | None = CacheOpt,
+    model: str | None = typer.Option(
+        None, "--model", help="Architecture: smallcnn (default), densenet121, resnet18; unet with --segments."
+    ),
     epochs: int = typer.Option(15, "--epochs", min=1, help="Training epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default 32 (8 with --segments)."),
-    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Default 1e-3 (3e-3 with --segments)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default 32 (8 with --segments)."),
+    lr: float | None = typer.Option(None, "--lr", min=0.0, help="Default 1e-3 (3e-3 with --segments)."),
     augment: float = typer.Option(1.0, "--augment", min=0.0, help="Augmentation strength (0 = off)."),
-    scanner_augment: float = typer.Option(0.0, "--scanner-augment", min=0.0, help="Scanner-look augmentation strength "
-                                          "(exposure field, collimation, blur, contrast curve, noise); 0 = off."),
+    scanner_augment: float = typer.Option(
+        0.0,
+        "--scanner-augment",
+        min=0.0,
+        help="Scanner-look augmentation strength (exposure field, collimation, blur, contrast curve, noise); 0 = off.",
+    ),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9),
     seed: int = typer.Option(0, "--seed"),
     site_name: str = typer.Option("local-site", "--site-name", help="Recorded in the model's provenance."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads (1 is fastest when sites share cores)."),
-    segments: Optional[str] = typer.Option(None, "--segments", help="Segment labels, e.g. nodule,lung: train a "
-                                           "segmentation model on the export's DICOM SEGs (no label CSV needed)."),
+    segments: str | None = typer.Option(
+        None,
+        "--segments",
+        help="Segment labels, e.g. nodule,lung: train a "
+        "segmentation model on the export's DICOM SEGs (no label CSV needed).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a local baseline on this site's data only; nothing leaves the site."""
@@ -126,9 +160,18 @@ def train_local(
     except ValueError as exc:
         raise ConfigError(f"--{'segments' if seg else 'classes'}: {exc}") from None
     task = TaskSpec(kind.name, tuple(outputs), model or kind.default_model, cfg.image_size)
-    opts = TrainLocalOptions(model=task.model, epochs=epochs, batch_size=batch_size or 0, lr=lr or 0.0,
-                             augment=augment, scanner_augment=scanner_augment, val_fraction=val_fraction, seed=seed,
-                             site_name=site_name, threads=threads)
+    opts = TrainLocalOptions(
+        model=task.model,
+        epochs=epochs,
+        batch_size=batch_size or 0,
+        lr=lr or 0.0,
+        augment=augment,
+        scanner_augment=scanner_augment,
+        val_fraction=val_fraction,
+        seed=seed,
+        site_name=site_name,
+        threads=threads,
+    )
     summary = run_train_local(cfg, opts, out_path, show_progress=not as_json, console=out, task=task)
     if as_json:
         _print_json(summary)
@@ -139,18 +182,34 @@ def train_local(
 def evaluate(
     model_path: Path = typer.Option(..., "--model", "-m", help="A FedRad model file (local or global)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Report folder (stays at the site)."),
-    config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
-    key: Optional[str] = KeyOpt, label_column: Optional[str] = LabelColOpt, cache_dir: Optional[Path] = CacheOpt,
+    config: Path | None = ConfigOpt,
+    data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
+    key: str | None = KeyOpt,
+    label_column: str | None = LabelColOpt,
+    cache_dir: Path | None = CacheOpt,
     n_bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap replicates for the AUC CI."),
-    explain: int = typer.Option(0, "--explain", min=0, help="Add Grad-CAM overlays for K cases per class to the report."),
+    explain: int = typer.Option(
+        0, "--explain", min=0, help="Add Grad-CAM overlays for K cases per class to the report."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Evaluate a model on this site's labelled images: metrics, plots and an HTML report in OUT."""
     from client.evaluate import run_evaluate
 
     metrics = run_evaluate(
-        model_path, out_dir, config=config, data=data, labels=labels, key=key, label_column=label_column,
-        cache_dir=cache_dir, n_bootstrap=n_bootstrap, show_progress=not as_json, console=out, explain=explain,
+        model_path,
+        out_dir,
+        config=config,
+        data=data,
+        labels=labels,
+        key=key,
+        label_column=label_column,
+        cache_dir=cache_dir,
+        n_bootstrap=n_bootstrap,
+        show_progress=not as_json,
+        console=out,
+        explain=explain,
     )
     if as_json:
         _print_json(metrics)
@@ -161,14 +220,22 @@ def evaluate(
 def finetune(
     model_path: Path = typer.Option(..., "--model", "-m", help="The global model file to adapt."),
     out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the fine-tuned model file (.pt)."),
-    config: Optional[Path] = ConfigOpt, data: Optional[Path] = DataOpt, labels: Optional[Path] = LabelsOpt,
-    cache_dir: Optional[Path] = CacheOpt,
+    config: Path | None = ConfigOpt,
+    data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
+    cache_dir: Path | None = CacheOpt,
     epochs: int = typer.Option(3, "--epochs", min=1),
     lr: float = typer.Option(1e-4, "--lr", min=0.0, help="Small: keep what the consortium learned."),
     augment: float = typer.Option(1.0, "--augment", min=0.0),
-    scanner_augment: float = typer.Option(0.0, "--scanner-augment", min=0.0, help="Scanner-look augmentation strength "
-                                          "(exposure field, collimation, blur, contrast curve, noise); 0 = off."),
-    test_fraction: float = typer.Option(0.3, "--test-fraction", min=0.05, max=0.9, help="Patients held out to score before/after."),
+    scanner_augment: float = typer.Option(
+        0.0,
+        "--scanner-augment",
+        min=0.0,
+        help="Scanner-look augmentation strength (exposure field, collimation, blur, contrast curve, noise); 0 = off.",
+    ),
+    test_fraction: float = typer.Option(
+        0.3, "--test-fraction", min=0.05, max=0.9, help="Patients held out to score before/after."
+    ),
     seed: int = typer.Option(0, "--seed"),
     site_name: str = typer.Option("local-site", "--site-name", help="Recorded in the model's provenance."),
     n_bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
@@ -177,10 +244,27 @@ def finetune(
     """Fine-tune the global model on this site's data and compare it with the global model on held-out patients."""
     from client.finetune import FinetuneOptions, run_finetune
 
-    opts = FinetuneOptions(epochs=epochs, lr=lr, augment=augment, scanner_augment=scanner_augment, test_fraction=test_fraction, seed=seed,
-                           site_name=site_name, n_bootstrap=n_bootstrap)  # fmt: skip
-    summary = run_finetune(model_path, out_path, opts, config=config, data=data, labels=labels, cache_dir=cache_dir,
-                           show_progress=not as_json, console=out)  # fmt: skip
+    opts = FinetuneOptions(
+        epochs=epochs,
+        lr=lr,
+        augment=augment,
+        scanner_augment=scanner_augment,
+        test_fraction=test_fraction,
+        seed=seed,
+        site_name=site_name,
+        n_bootstrap=n_bootstrap,
+    )
+    summary = run_finetune(
+        model_path,
+        out_path,
+        opts,
+        config=config,
+        data=data,
+        labels=labels,
+        cache_dir=cache_dir,
+        show_progress=not as_json,
+        console=out,
+    )
     if as_json:
         _print_json(summary)
 
@@ -193,13 +277,25 @@ def synth(
     unseen: int = typer.Option(0, "--unseen", min=0, max=4, help="Extra sites with a different scanner."),
     seed: int = typer.Option(0, "--seed"),
     scale: float = typer.Option(1.0, "--scale", min=0.01, help="Multiply the default site sizes."),
-    shift: float = typer.Option(1.0, "--shift", min=0.0, help="Scanner shift between sites (0 none, 1 moderate, 2 strong)."),
-    difficulty: Optional[float] = typer.Option(None, "--difficulty", help="Higher = fainter nodules (0 obvious, 1 barely visible)."),
+    shift: float = typer.Option(
+        1.0, "--shift", min=0.0, help="Scanner shift between sites (0 none, 1 moderate, 2 strong)."
+    ),
+    difficulty: float | None = typer.Option(
+        None, "--difficulty", help="Higher = fainter nodules (0 obvious, 1 barely visible)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace sites already in OUT_DIR."),
-    task: str = typer.Option("classification", "--task", help="classification, or segmentation: also a DICOM SEG "
-                             "(nodule, lung) beside every image."),
-    test_images: int = typer.Option(0, "--test-images", min=0, help="Also write site-<k>/test/: this many images of "
-                                    "other patients per training site, the benchmark's test set there (0: none)."),
+    task: str = typer.Option(
+        "classification",
+        "--task",
+        help="classification, or segmentation: also a DICOM SEG (nodule, lung) beside every image.",
+    ),
+    test_images: int = typer.Option(
+        0,
+        "--test-images",
+        min=0,
+        help="Also write site-<k>/test/: this many images of "
+        "other patients per training site, the benchmark's test set there (0: none).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write synthetic chest radiograph sites as real DICOM plus labels.csv, for dry runs and demos."""
@@ -222,12 +318,16 @@ def synth(
 @app.command()
 @handle_errors
 def keygen(
-    directory: Path = typer.Argument(..., help="Folder for site.key (private, stays here) and site.pub (send to the coordinator)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing key (key rotation: re-enroll the new site.pub)."),
+    directory: Path = typer.Argument(
+        ..., help="Folder for site.key (private, stays here) and site.pub (send to the coordinator)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing key (key rotation: re-enroll the new site.pub)."
+    ),
 ) -> None:
     """Make this site's identity key pair; print the fingerprint to confirm with the coordinator."""
-    from shared.keys import SiteKeyError, fingerprint, generate_site_keys
     from shared.config import ConfigError
+    from shared.keys import SiteKeyError, fingerprint, generate_site_keys
 
     try:
         priv, pub = generate_site_keys(directory, overwrite=overwrite)
@@ -261,13 +361,16 @@ SiteConfigOpt = typer.Option(..., "--config", "-c", help="site.yaml of this site
 @handle_errors
 def approve(
     config: Path = SiteConfigOpt,
-    code_hash: Optional[str] = typer.Option(None, "--code-hash", help="sha256 of reviewed code (default: this installation's)."),
+    code_hash: str | None = typer.Option(
+        None, "--code-hash", help="sha256 of reviewed code (default: this installation's)."
+    ),
     note: str = typer.Option("", "--note", help="Why it was approved (who reviewed it), kept with the approval."),
     list_only: bool = typer.Option(False, "--list", help="Only list the approved code fingerprints."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Approve FedRad code for consortium runs at this site; runs shipping any other code are refused."""
-    from client.approval import ApprovalError, approvals_path, approve as add_approval, load_approvals
+    from client.approval import ApprovalError, approvals_path, load_approvals
+    from client.approval import approve as add_approval
     from client.site_config import load_site_file
     from shared.code_identity import code_sha256, installed_root
     from shared.config import ConfigError

@@ -17,7 +17,9 @@ from flwr.supercore.differential_privacy import compute_clip_model_update, get_n
 from shared.dp_rules import dp_covered
 
 
-def clip_update(received: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray], clipping_norm: float) -> tuple[dict[str, np.ndarray], float]:
+def clip_update(
+    received: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray], clipping_norm: float
+) -> tuple[dict[str, np.ndarray], float]:
     """(weights with the covered update clipped to ``clipping_norm``, the update's norm before clipping)."""
     keys = dp_covered(new)
     updated = [np.array(new[k], dtype=np.float64) for k in keys]

@@ -20,20 +20,44 @@ from shared.tasks import get_task
 
 
 def run_evaluate(
-    model_path: Path, out_dir: Path, *, config: Path | None = None, data: Path | None = None,
-    labels: Path | None = None, key: str | None = None, label_column: str | None = None,
-    cache_dir: Path | None = None, n_bootstrap: int = 1000, show_progress: bool = True,
-    console: Console | None = None, explain: int = 0,
+    model_path: Path,
+    out_dir: Path,
+    *,
+    config: Path | None = None,
+    data: Path | None = None,
+    labels: Path | None = None,
+    key: str | None = None,
+    label_column: str | None = None,
+    cache_dir: Path | None = None,
+    n_bootstrap: int = 1000,
+    show_progress: bool = True,
+    console: Console | None = None,
+    explain: int = 0,
 ) -> dict:
     """Evaluate and write the report; returns the metrics dict (also in OUT/metrics.json)."""
     loaded = load_model_file(model_path)
     cfg = site_data_config(
-        config, data, labels, ",".join(loaded.classes) or None, key, label_column, loaded.preprocess.image_size,
-        cache_dir, task=loaded.task,
+        config,
+        data,
+        labels,
+        ",".join(loaded.classes) or None,
+        key,
+        label_column,
+        loaded.preprocess.image_size,
+        cache_dir,
+        task=loaded.task,
     )
     task = get_task(loaded.task)
     refusal = task.unsupported("explain") if explain else None
     if refusal:
         raise ConfigError(f"--explain: {refusal}; leave it out for this model ({model_path})")
-    return task.evaluate_local(loaded, model_path, cfg, out_dir, n_bootstrap=n_bootstrap,
-                                                show_progress=show_progress, console=console, explain=explain)
+    return task.evaluate_local(
+        loaded,
+        model_path,
+        cfg,
+        out_dir,
+        n_bootstrap=n_bootstrap,
+        show_progress=show_progress,
+        console=console,
+        explain=explain,
+    )

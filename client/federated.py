@@ -118,7 +118,11 @@ class RoundStateStore:
         return self.dir / f"{self.kind}-round-{rnd:04d}.pt"
 
     def load_before(self, rnd: int) -> dict | None:
-        rounds = sorted(int(p.stem.rsplit("-", 1)[1]) for p in self.dir.glob(f"{self.kind}-round-*.pt")) if self.dir.exists() else []
+        rounds = (
+            sorted(int(p.stem.rsplit("-", 1)[1]) for p in self.dir.glob(f"{self.kind}-round-*.pt"))
+            if self.dir.exists()
+            else []
+        )
         earlier = [r for r in rounds if r < rnd]
         if not earlier:
             return None
@@ -181,8 +185,14 @@ def train_config(task: TaskSpec, config: Mapping) -> TrainConfig:
 
 
 def train_round(
-    task: TaskSpec, state: Mapping[str, torch.Tensor], data: SiteData, config: Mapping, store: LocalNormStore | None,
-    ledger: Path | None = None, max_epsilon: float = 0.0, optimizer_store: OptimizerStore | None = None,
+    task: TaskSpec,
+    state: Mapping[str, torch.Tensor],
+    data: SiteData,
+    config: Mapping,
+    store: LocalNormStore | None,
+    ledger: Path | None = None,
+    max_epsilon: float = 0.0,
+    optimizer_store: OptimizerStore | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
     """Train the global weights locally; return (new state dict, aggregate metrics).
 
@@ -210,8 +220,9 @@ def train_round(
             raise ValueError(refusal)
         if ledger is None:
             raise ValueError("per-image DP needs the site's privacy ledger path")
-        history, dp_metrics = train_private_round(model, data.train, train_config(task, config),
-                                                  ImageDp.from_config(config), rnd, ledger, max_epsilon)
+        history, dp_metrics = train_private_round(
+            model, data.train, train_config(task, config), ImageDp.from_config(config), rnd, ledger, max_epsilon
+        )
     last = history[-1]
     metrics: dict[str, float | int] = {"num-examples": len(data.train), "train-loss": float(last["loss"])}
     if "train_acc" in last:
@@ -269,9 +280,16 @@ class SiteSession:
         if not site_config:
             raise ConfigError("node config has no 'site-config' (fedrad-site start sets it to the site.yaml path)")
         task = TaskSpec.from_run_config(run_config)
-        data = load_site_data(Path(str(site_config)), task, int(run_config.get("seed", 0)), node_config.get("site-name"))
-        return cls(task, data, str(run_config.get("consortium", "")), str(run_config.get("run-dir", "")),
-                   float(node_config.get("max-epsilon", 0.0) or 0.0))  # fmt: skip
+        data = load_site_data(
+            Path(str(site_config)), task, int(run_config.get("seed", 0)), node_config.get("site-name")
+        )
+        return cls(
+            task,
+            data,
+            str(run_config.get("consortium", "")),
+            str(run_config.get("run-dir", "")),
+            float(node_config.get("max-epsilon", 0.0) or 0.0),
+        )
 
     @property
     def run_key(self) -> str:
@@ -283,7 +301,11 @@ class SiteSession:
         return self.data.work_dir / "privacy" / f"{self.run_key}-{self.data.site_name}.json"
 
     def _store(self, config: Mapping) -> LocalNormStore | None:
-        return LocalNormStore(self.data.work_dir, self.run_key, self.data.site_name) if config.get("keep-local-norm") else None
+        return (
+            LocalNormStore(self.data.work_dir, self.run_key, self.data.site_name)
+            if config.get("keep-local-norm")
+            else None
+        )
 
     def _optimizer_store(self, config: Mapping) -> OptimizerStore | None:
         carry = config.get("site-optimizer", "reset") == "carry"
@@ -297,8 +319,16 @@ class SiteSession:
         ``load-s`` is the data-loading time this message paid (0 once the session is warm).
         """
         if op == "train":
-            new_state, metrics = train_round(self.task, state, self.data, config, self._store(config),
-                                             self.ledger_path(), self.max_epsilon, self._optimizer_store(config))  # fmt: skip
+            new_state, metrics = train_round(
+                self.task,
+                state,
+                self.data,
+                config,
+                self._store(config),
+                self.ledger_path(),
+                self.max_epsilon,
+                self._optimizer_store(config),
+            )
         elif op == "evaluate":
             new_state, metrics = None, evaluate_round(self.task, state, self.data, config, self._store(config))
         elif op == "local-model":  # a consented crossval request: this site's own model file, checked against the task

@@ -40,11 +40,18 @@ from shared.tasks import TaskSpec
 DEFAULT_MIN_COUNT = 10
 # metric → the count key that says how many cases it was computed over (None: not patient-derived)
 ALLOWED_METRICS: dict[str, str | None] = {
-    "num-examples": None, "held-out": None, "warm-worker": None,
-    "load-s": None, "train-s": None, "startup-s": None, "handler-s": None,
-    "train-loss": "num-examples", "loss": "num-examples",
-    "dp-epsilon": None, "dp-noise-multiplier": None,  # per-image DP: the site's own ledger (client/privacy_ledger.py)
-}  # fmt: skip
+    "num-examples": None,
+    "held-out": None,
+    "warm-worker": None,
+    "load-s": None,
+    "train-s": None,
+    "startup-s": None,
+    "handler-s": None,
+    "train-loss": "num-examples",
+    "loss": "num-examples",
+    "dp-epsilon": None,
+    "dp-noise-multiplier": None,  # per-image DP: the site's own ledger (client/privacy_ledger.py)
+}
 # Data-QC statistics (``query`` replies, client/site_stats.py): counts only, each withheld below min_count.
 STATS_KEY = re.compile(r"^(images|class:[A-Za-z0-9 ._-]{1,40}|manufacturer:[A-Za-z0-9 ._-]{1,40}|intensity-bin:\d)$")
 ArraySpec = tuple[tuple[int, ...], str]  # (shape, numpy dtype name)
@@ -91,14 +98,24 @@ def _guard_arrays(op: str, arrays: Mapping[str, Any] | None, incoming: Mapping[s
             out.append(Decision(f"array:{name}", "drop", f"not a numeric array ({type(value).__name__})"))
         elif spec_of({name: value})[name] != incoming[name]:
             shape, dtype = spec_of({name: value})[name]
-            out.append(Decision(f"array:{name}", "drop", f"shape {list(shape)} {dtype}, the model's is "
-                                f"{list(incoming[name][0])} {incoming[name][1]}"))  # fmt: skip
+            out.append(
+                Decision(
+                    f"array:{name}",
+                    "drop",
+                    f"shape {list(shape)} {dtype}, the model's is {list(incoming[name][0])} {incoming[name][1]}",
+                )
+            )
         else:
             kept[name] = value
     missing = sorted(set(incoming) - set(kept))
     if missing:
-        out.append(Decision("arrays", "drop", f"{len(missing)} model array(s) missing or invalid (e.g. {missing[0]!r}): "
-                            "no partial model is sent"))  # fmt: skip
+        out.append(
+            Decision(
+                "arrays",
+                "drop",
+                f"{len(missing)} model array(s) missing or invalid (e.g. {missing[0]!r}): no partial model is sent",
+            )
+        )
         return None
     return kept
 
@@ -113,8 +130,9 @@ def _number(value: Any) -> float | int | None:
     return None
 
 
-def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decision],
-                   task: TaskSpec | None) -> dict[str, int | float]:
+def _guard_metrics(
+    metrics: Mapping[str, Any], min_count: int, out: list[Decision], task: TaskSpec | None
+) -> dict[str, int | float]:
     numbers: dict[str, int | float] = {}
     count_keys: dict[str, str | None | bool] = {}
     for key, value in metrics.items():
@@ -136,7 +154,9 @@ def _guard_metrics(metrics: Mapping[str, Any], min_count: int, out: list[Decisio
         if count_key is not None:
             count = numbers.get(count_key)
             if count is None or count < min_count:
-                out.append(Decision(f"metric:{key}", "withhold", f"computed over {count} case(s) < min_count={min_count}"))
+                out.append(
+                    Decision(f"metric:{key}", "withhold", f"computed over {count} case(s) < min_count={min_count}")
+                )
                 continue
         kept[key] = number
     return kept

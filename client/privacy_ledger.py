@@ -52,12 +52,22 @@ class ImageDp:
         if config.get("dp-level") != "image":
             return None
         try:
-            dp = cls(float(config["dp-target-epsilon"]), float(config["dp-clipping-norm"]), float(config["dp-delta"]),
-                     int(config["num-server-rounds"]), str(config.get("dp-layers", "all")))  # fmt: skip
+            dp = cls(
+                float(config["dp-target-epsilon"]),
+                float(config["dp-clipping-norm"]),
+                float(config["dp-delta"]),
+                int(config["num-server-rounds"]),
+                str(config.get("dp-layers", "all")),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise SiteRefusal(f"run refused by the site: per-image DP settings incomplete or invalid ({exc})") from None
-        if not (dp.target_epsilon > 0 and dp.clipping_norm > 0 and 0 < dp.delta < 1 and dp.total_rounds >= 1
-                and dp.layers in ("all", "head")):  # fmt: skip
+        if not (
+            dp.target_epsilon > 0
+            and dp.clipping_norm > 0
+            and 0 < dp.delta < 1
+            and dp.total_rounds >= 1
+            and dp.layers in ("all", "head")
+        ):
             raise SiteRefusal(f"run refused by the site: per-image DP settings out of range ({dp})")
         return dp
 
@@ -92,8 +102,10 @@ class PrivacyLedger:
         z = noise_for_epsilon(dp.target_epsilon, self.n, self.batch_size, steps * dp.total_rounds, self.delta)
         after = self._epsilon([(z, steps)])
         if max_epsilon and after > max_epsilon:
-            raise SiteRefusal(f"run refused by the site: round {rnd} would bring its per-image epsilon to {after:.3f}, "
-                              f"above its max_epsilon {max_epsilon:g}")  # fmt: skip
+            raise SiteRefusal(
+                f"run refused by the site: round {rnd} would bring its per-image epsilon to {after:.3f}, "
+                f"above its max_epsilon {max_epsilon:g}"
+            )
         return RoundPlan(rnd, z, steps, after)
 
     def record(self, plan: RoundPlan) -> None:
@@ -101,12 +113,21 @@ class PrivacyLedger:
         self.rounds.append({"round": plan.round, "noise_multiplier": plan.noise_multiplier, "steps": plan.steps})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"n": self.n, "batch_size": self.batch_size, "delta": self.delta, "rounds": self.rounds}))
+        tmp.write_text(
+            json.dumps({"n": self.n, "batch_size": self.batch_size, "delta": self.delta, "rounds": self.rounds})
+        )
         os.replace(tmp, self.path)
 
 
-def train_private_round(model, data, cfg, dp: ImageDp, rnd: int, ledger_path: Path,  # noqa: ANN001 - torch types
-                        max_epsilon: float = 0.0) -> tuple[list[dict], dict[str, float]]:  # fmt: skip
+def train_private_round(
+    model,
+    data,
+    cfg,
+    dp: ImageDp,
+    rnd: int,
+    ledger_path: Path,  # noqa: ANN001 - torch types
+    max_epsilon: float = 0.0,
+) -> tuple[list[dict], dict[str, float]]:
     """One round of DP-SGD on ``data`` (a SiteDataset): plan and record it in the ledger, then train.
 
     Returns (training history, the metrics the server may see: ``dp-epsilon`` after this round and the

@@ -66,10 +66,13 @@ def site_node_config(node_config: Mapping, environ: Mapping[str, str] | None = N
     try:
         sites = json.loads(Path(name).read_text())["sites"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SimulatedSiteError(f"{ENV}={name}: cannot read the simulated sites ({type(exc).__name__}: {exc})") from exc
+        raise SimulatedSiteError(
+            f"{ENV}={name}: cannot read the simulated sites ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(sites, list) or not 0 <= partition < len(sites) or not isinstance(sites[partition], dict):
         raise SimulatedSiteError(f"{ENV}={name} has no site for partition {partition} ({len(sites)} sites)")
     if NUM_PARTITIONS in node_config and int(node_config[NUM_PARTITIONS]) != len(sites):
-        raise SimulatedSiteError(f"{ENV}={name} lists {len(sites)} sites; the simulation has "
-                                 f"{node_config[NUM_PARTITIONS]} partitions")  # fmt: skip
+        raise SimulatedSiteError(
+            f"{ENV}={name} lists {len(sites)} sites; the simulation has {node_config[NUM_PARTITIONS]} partitions"
+        )
     return {**dict(node_config), **sites[partition]}

@@ -22,18 +22,25 @@ SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 class SitePrivacy(StrictModel):
     """``privacy:`` in site.yaml: what this site lets leave and which runs it accepts."""
 
-    min_count: int = Field(10, ge=1, description="Loss/accuracy/AUC over fewer cases than this are withheld from replies.")
+    min_count: int = Field(
+        10, ge=1, description="Loss/accuracy/AUC over fewer cases than this are withheld from replies."
+    )
     require_dp: bool = Field(False, description="Refuse training rounds without differential privacy.")
     max_epsilon: float | None = Field(None, gt=0, description="Refuse a round that would take the run's ε above this.")
-    require_secure_aggregation: bool = Field(False, description="Refuse training rounds without SecAgg+ (the server "
-                                             "sees only the sum of the sites' updates).")  # fmt: skip
+    require_secure_aggregation: bool = Field(
+        False,
+        description="Refuse training rounds without SecAgg+ (the server sees only the sum of the sites' updates).",
+    )
 
 
 class CrossvalConsent(StrictModel):
     """``crossval:`` in site.yaml: what this site lends to `fedrad-server crossval`."""
 
-    share_local_model: Path | None = Field(None, description="A FedRad model file (e.g. from `fedrad-site train-local`) "
-                                           "this site lets every site evaluate; absent = not shared.")  # fmt: skip
+    share_local_model: Path | None = Field(
+        None,
+        description="A FedRad model file (e.g. from `fedrad-site train-local`) "
+        "this site lets every site evaluate; absent = not shared.",
+    )
 
 
 class SiteFileConfig(SiteDataConfig):
@@ -43,7 +50,9 @@ class SiteFileConfig(SiteDataConfig):
     server_address: str = Field(description="HOST:PORT of the consortium's fleet proxy.")
     ca_cert: Path = Field(description="Consortium CA certificate from the site bundle (ca.crt).")
     private_key: Path = Field(description="This site's private key from `fedrad-site keygen` (never leaves the site).")
-    work_dir: Path | None = Field(None, description="Flower's state and the code the consortium ships; default beside site.yaml.")
+    work_dir: Path | None = Field(
+        None, description="Flower's state and the code the consortium ships; default beside site.yaml."
+    )
     privacy: SitePrivacy = Field(default_factory=SitePrivacy, description="Outbound limits and run requirements.")
     crossval: CrossvalConsent = Field(default_factory=CrossvalConsent, description="Cross-site evaluation consent.")
 
@@ -75,10 +84,16 @@ def site_node_config(config: Path, cfg: SiteFileConfig, worker_socket: Path | No
     from client.approval import approvals_path
 
     work = Path(cfg.work_dir or Path(config).resolve().parent / "work")
-    node = {"site-config": str(Path(config).resolve()), "site-name": cfg.site_name, "audit-log": str(work / "audit" / "outbound.jsonl"),
-            "approvals": str(approvals_path(work)), "min-count": cfg.privacy.min_count,
-            "require-dp": int(cfg.privacy.require_dp), "max-epsilon": float(cfg.privacy.max_epsilon or 0.0),
-            "require-secagg": int(cfg.privacy.require_secure_aggregation)}  # fmt: skip
+    node = {
+        "site-config": str(Path(config).resolve()),
+        "site-name": cfg.site_name,
+        "audit-log": str(work / "audit" / "outbound.jsonl"),
+        "approvals": str(approvals_path(work)),
+        "min-count": cfg.privacy.min_count,
+        "require-dp": int(cfg.privacy.require_dp),
+        "max-epsilon": float(cfg.privacy.max_epsilon or 0.0),
+        "require-secagg": int(cfg.privacy.require_secure_aggregation),
+    }
     if cfg.crossval.share_local_model is not None:
         node["local-model"] = str(Path(cfg.crossval.share_local_model).resolve())
     if worker_socket is not None:

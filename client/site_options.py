@@ -36,8 +36,12 @@ def site_data_config(
         values = load_yaml_mapping(config)
         source, base_dir = str(config), Path(config).resolve().parent
     flags = {
-        "data": data, "labels": labels, "key": key, "label_column": label_column,
-        "image_size": image_size, "cache_dir": cache_dir,
+        "data": data,
+        "labels": labels,
+        "key": key,
+        "label_column": label_column,
+        "image_size": image_size,
+        "cache_dir": cache_dir,
         "classes": [c.strip() for c in classes.split(",")] if classes else None,
     }
     for name, value in flags.items():
@@ -49,7 +53,11 @@ def site_data_config(
     required = (("data", "--data"), ("labels", "--labels")) if needs_csv else (("data", "--data"),)
     for name, flag in required:
         if values.get(name) is None:
-            hint = f" ({task} needs the label CSV; a segmentation-only site may leave 'labels' out)" if name == "labels" else ""
+            hint = (
+                f" ({task} needs the label CSV; a segmentation-only site may leave 'labels' out)"
+                if name == "labels"
+                else ""
+            )
             raise ConfigError(f"no {name} folder/file given: pass {flag} or set '{name}' in site.yaml (--config){hint}")
     if SITE_ONLY_KEYS & set(values):  # a full site.yaml (fedrad-site start): validate all of it, use the data part
         from client.site_config import SiteFileConfig

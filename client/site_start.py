@@ -39,17 +39,17 @@ from pathlib import Path
 from rich.console import Console
 
 from client.approval import approvals_path, load_approvals
-from shared.keys import SiteKeyError, check_private_key
 from client.site_config import SiteFileConfig, load_site_file, site_node_config
 from client.site_worker import start_site_worker
-from client.tls_check import server_certificate_problem
 from client.supernode import (
     EXIT_REASONS,
     SuperNodeError,
     flower_exit_code,
     start_supernode,
 )
+from client.tls_check import server_certificate_problem
 from shared.config import ConfigError
+from shared.keys import SiteKeyError, check_private_key
 from shared.processes import ProcessSet, exit_on_sigterm, free_port
 
 # SuperNode log lines worth showing the operator (the rest stays in the log file).
@@ -113,9 +113,11 @@ def explain_exit(log_text: str, returncode: int | None) -> str:
     if code is None and returncode == 0 and "terminated gracefully" in log_text:
         # Flower answers an UNAUTHENTICATED reply (e.g. "Invalid timestamp") by sending itself SIGINT: exit 0,
         # no error in the log. Measured: a site clock 30 s ahead of the server's ends exactly like this.
-        return ("the SuperNode shut itself down after the server refused a signed request (Flower logs no reason): "
-                "most likely this machine's clock is ahead of the server's (Flower allows 5 s; enable NTP), "
-                "or the coordinator revoked this site's key")  # fmt: skip
+        return (
+            "the SuperNode shut itself down after the server refused a signed request (Flower logs no reason): "
+            "most likely this machine's clock is ahead of the server's (Flower allows 5 s; enable NTP), "
+            "or the coordinator revoked this site's key"
+        )
     if code is None:
         return f"the SuperNode exited with status {returncode} (no Flower exit code in its log)"
     reason = HINTS.get(code) or EXIT_REASONS.get(code) or "see the log"
@@ -148,8 +150,10 @@ def run_site(
         console.print(f"data check: {verdict}")
     work = Path(cfg.work_dir or config.parent / "work")
     if not load_approvals(approvals_path(work)):
-        console.print("[yellow]warning:[/] no FedRad code is approved at this site, so every run will be refused; "
-                      f"review and approve with `fedrad-site approve --config {config}`")  # fmt: skip
+        console.print(
+            "[yellow]warning:[/] no FedRad code is approved at this site, so every run will be refused; "
+            f"review and approve with `fedrad-site approve --config {config}`"
+        )
     exit_on_sigterm()
     with ProcessSet(work / "logs") as ps:
         worker, socket_path = start_site_worker(ps, cfg.site_name, config)
@@ -158,21 +162,31 @@ def run_site(
         while True:
             try:
                 proc = start_supernode(
-                    ps, cfg.site_name, superlink=cfg.server_address, ca_cert=Path(cfg.ca_cert),
-                    private_key=Path(cfg.private_key), node_config=node_config, work_dir=work,
-                    runtime_port=free_port(), max_retries=max_retries,
-                )  # fmt: skip
+                    ps,
+                    cfg.site_name,
+                    superlink=cfg.server_address,
+                    ca_cert=Path(cfg.ca_cert),
+                    private_key=Path(cfg.private_key),
+                    node_config=node_config,
+                    work_dir=work,
+                    runtime_port=free_port(),
+                    max_retries=max_retries,
+                )
             except SuperNodeError as exc:
                 raise ConfigError(str(exc)) from None
             start = _size(proc.log_path)
-            console.print(f"site {cfg.site_name!r} connecting to {cfg.server_address} (log: {proc.log_path}); Ctrl-C to stop")
+            console.print(
+                f"site {cfg.site_name!r} connecting to {cfg.server_address} (log: {proc.log_path}); Ctrl-C to stop"
+            )
             if on_started is not None:
                 on_started(proc.log_path)
             offset = start
             while proc.poll() is None:
                 offset = _echo_new_lines(proc.log_path, offset, console)
                 if worker.poll() is not None:
-                    console.print(f"site worker stopped (status {worker.returncode}, log {worker.log_path}); restarting it")
+                    console.print(
+                        f"site worker stopped (status {worker.returncode}, log {worker.log_path}); restarting it"
+                    )
                     worker, _ = start_site_worker(ps, cfg.site_name, config, socket_path=socket_path)
                 time.sleep(0.5)
             _echo_new_lines(proc.log_path, offset, console)

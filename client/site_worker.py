@@ -50,8 +50,19 @@ def start_site_worker(
     Pass ``socket_path`` to restart a worker on the path a running SuperNode already knows.
     """
     path = socket_path or socket_path_for(name)
-    cmd = [sys.executable, "-m", "client.site_worker", "--socket", str(path), "--site-config", str(Path(site_config).resolve()),
-           "--site-name", name, "--parent-pid", str(os.getpid())]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "client.site_worker",
+        "--socket",
+        str(path),
+        "--site-config",
+        str(Path(site_config).resolve()),
+        "--site-name",
+        name,
+        "--parent-pid",
+        str(os.getpid()),
+    ]
     return ps.start(f"worker-{name}", cmd, cwd=cwd), path
 
 
@@ -76,7 +87,10 @@ class SiteWorker:
         import torch
 
         if header.get("protocol") != PROTOCOL:
-            return {"ok": False, "error": f"protocol {header.get('protocol')} != worker's {PROTOCOL}: update FedRad at the site"}, {}
+            return {
+                "ok": False,
+                "error": f"protocol {header.get('protocol')} != worker's {PROTOCOL}: update FedRad at the site",
+            }, {}
         session = self.session(int(header.get("run_id", 0)), dict(header.get("run_config") or {}))
         state = {k: torch.from_numpy(v) for k, v in arrays.items()}
         new_state, metrics = session.handle(str(header.get("op")), state, dict(header.get("config") or {}))
@@ -109,8 +123,11 @@ def _serve_one(worker: SiteWorker, conn: socket.socket) -> None:
         except Exception as exc:  # noqa: BLE001 - every failure becomes a reply; the worker keeps serving
             reply, out = _reply_error(exc), {}
         status = "ok" if reply.get("ok") else f"error: {reply.get('error')}"
-        print(f"run {header.get('run_id')} {header.get('op')} round {header.get('config', {}).get('server-round')}: "
-              f"{time.perf_counter() - t0:.2f} s {status}", flush=True)  # fmt: skip
+        print(
+            f"run {header.get('run_id')} {header.get('op')} round {header.get('config', {}).get('server-round')}: "
+            f"{time.perf_counter() - t0:.2f} s {status}",
+            flush=True,
+        )
         try:
             send_frame(conn, reply, out)
         except OSError as exc:

@@ -31,15 +31,23 @@ def server_certificate_problem(address: str, ca_cert: Path, timeout: float = 5.0
     except ssl.SSLCertVerificationError as exc:
         why = (exc.verify_message or str(exc)).lower()
         if "expired" in why:
-            return (f"the server's TLS certificate at {address} has expired; ask the coordinator to re-issue it "
-                    "(deploy/RUNBOOK.md, 'Server certificate'). "
-                    "If the certificate is recent, check this machine's clock")  # fmt: skip
+            return (
+                f"the server's TLS certificate at {address} has expired; ask the coordinator to re-issue it "
+                "(deploy/RUNBOOK.md, 'Server certificate'). "
+                "If the certificate is recent, check this machine's clock"
+            )
         if "not yet valid" in why:
-            return f"the server's TLS certificate at {address} is not valid yet: check this machine's clock (enable NTP)"
+            return (
+                f"the server's TLS certificate at {address} is not valid yet: check this machine's clock (enable NTP)"
+            )
         if "hostname" in why or "ip address mismatch" in why:
-            return (f"the server's TLS certificate does not name {host!r}; use the address from the site bundle "
-                    "(server_address in site.yaml) or ask the coordinator to add this name")  # fmt: skip
-        return (f"the server at {address} presented a certificate not signed by the consortium CA in {ca_cert} "
-                f"({exc.verify_message}); this site may hold another consortium's bundle, or the address is wrong")
+            return (
+                f"the server's TLS certificate does not name {host!r}; use the address from the site bundle "
+                "(server_address in site.yaml) or ask the coordinator to add this name"
+            )
+        return (
+            f"the server at {address} presented a certificate not signed by the consortium CA in {ca_cert} "
+            f"({exc.verify_message}); this site may hold another consortium's bundle, or the address is wrong"
+        )
     except (OSError, ssl.SSLError, ValueError):
         return None  # unreachable or not TLS yet: the SuperNode retries; the server may be in maintenance

@@ -40,8 +40,12 @@ class TrainLocalOptions:
 
 
 def run_train_local(
-    cfg: SiteDataConfig, opts: TrainLocalOptions, out_path: Path, show_progress: bool = True,
-    console: Console | None = None, task: TaskSpec | None = None,
+    cfg: SiteDataConfig,
+    opts: TrainLocalOptions,
+    out_path: Path,
+    show_progress: bool = True,
+    console: Console | None = None,
+    task: TaskSpec | None = None,
 ) -> dict:
     """Load the site, split, train, pick the threshold, write the model file; return a JSON-able summary.
 
@@ -65,9 +69,15 @@ def run_train_local(
     seed_everything(opts.seed)
     model = task.build_model()
     defaults = TrainConfig.for_task(kind)
-    train_cfg = TrainConfig.for_task(kind, epochs=opts.epochs, batch_size=opts.batch_size or defaults.batch_size,
-                                     lr=opts.lr or defaults.lr, augment=opts.augment,
-                                     scanner_augment=opts.scanner_augment, seed=opts.seed)
+    train_cfg = TrainConfig.for_task(
+        kind,
+        epochs=opts.epochs,
+        batch_size=opts.batch_size or defaults.batch_size,
+        lr=opts.lr or defaults.lr,
+        augment=opts.augment,
+        scanner_augment=opts.scanner_augment,
+        seed=opts.seed,
+    )
     started = time.perf_counter()
     history = _train_with_progress(model, train, val, train_cfg, show_progress)
     seconds = time.perf_counter() - started
@@ -75,21 +85,40 @@ def run_train_local(
     threshold = kind.operating_threshold(model, val) if val is not None else None
     by_labels = kind.outputs_key == "labels"
     sha = save_model_file(
-        out_path, model, architecture=task.model, arch_kwargs={}, task=task.type,
-        classes=[] if by_labels else list(task.outputs), labels=list(task.outputs) if by_labels else None,
-        preprocess=cfg.preprocess(), threshold=threshold,
+        out_path,
+        model,
+        architecture=task.model,
+        arch_kwargs={},
+        task=task.type,
+        classes=[] if by_labels else list(task.outputs),
+        labels=list(task.outputs) if by_labels else None,
+        preprocess=cfg.preprocess(),
+        threshold=threshold,
         provenance={
-            "trained_by": opts.site_name, "kind": "local", "rounds": 0, "epochs": opts.epochs,
-            "extra": {"train_images": len(train), "val_images": len(val) if val is not None else 0,
-                      "train_config": train_cfg.to_dict()},
+            "trained_by": opts.site_name,
+            "kind": "local",
+            "rounds": 0,
+            "epochs": opts.epochs,
+            "extra": {
+                "train_images": len(train),
+                "val_images": len(val) if val is not None else 0,
+                "train_config": train_cfg.to_dict(),
+            },
         },
     )
     summary = {
-        "model_file": str(out_path), "weights_sha256": sha, "architecture": task.model, "task": task.type,
+        "model_file": str(out_path),
+        "weights_sha256": sha,
+        "architecture": task.model,
+        "task": task.type,
         kind.outputs_key: list(task.outputs),
-        "train_images": len(train), "val_images": len(val) if val is not None else 0,
-        "train_counts": kind.output_counts(train), "val_counts": kind.output_counts(val) if val is not None else {},
-        "threshold": threshold, "seconds": round(seconds, 2), "history": history,
+        "train_images": len(train),
+        "val_images": len(val) if val is not None else 0,
+        "train_counts": kind.output_counts(train),
+        "val_counts": kind.output_counts(val) if val is not None else {},
+        "threshold": threshold,
+        "seconds": round(seconds, 2),
+        "history": history,
         "final": history[-1] if history else {},
     }
     if show_progress and console is not None:
@@ -100,8 +129,13 @@ def run_train_local(
 def _train_with_progress(model, train, val, train_cfg: TrainConfig, show: bool) -> list[dict]:
     if not show:
         return train_model(model, train, train_cfg, val=val)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("Training", total=train_cfg.epochs, status="")
 
@@ -121,12 +155,18 @@ def _render_summary(summary: dict, console: Console, headline: str) -> None:
     table.add_column("value", justify="right")
     final = summary["final"]
     rows = [
-        ("training images", summary["train_images"]), ("validation images", summary["val_images"]),
-        ("epochs", len(summary["history"])), ("final loss", f"{final.get('loss', float('nan')):.4f}"),
-        *((f"validation {key.removeprefix('val_')}", f"{final[key]:.3f}") for key in ("val_auc", "val_dice")
-          if final.get(key) is not None),
+        ("training images", summary["train_images"]),
+        ("validation images", summary["val_images"]),
+        ("epochs", len(summary["history"])),
+        ("final loss", f"{final.get('loss', float('nan')):.4f}"),
+        *(
+            (f"validation {key.removeprefix('val_')}", f"{final[key]:.3f}")
+            for key in ("val_auc", "val_dice")
+            if final.get(key) is not None
+        ),
         ("operating threshold", "0.5 (default)" if summary["threshold"] is None else f"{summary['threshold']:.3f}"),
-        ("time", f"{summary['seconds']:.1f} s"), ("model file", summary["model_file"]),
+        ("time", f"{summary['seconds']:.1f} s"),
+        ("model file", summary["model_file"]),
     ]
     for k, v in rows:
         table.add_row(k, str(v))

@@ -113,12 +113,20 @@ def call_worker(
             sock.connect(str(socket_path))
         except OSError as exc:
             raise WorkerUnavailable(f"site worker at {socket_path} not reachable ({exc.strerror or exc})") from None
-        header = {"protocol": PROTOCOL, "op": op, "run_id": int(run_id), "run_config": dict(run_config), "config": dict(config)}
+        header = {
+            "protocol": PROTOCOL,
+            "op": op,
+            "run_id": int(run_id),
+            "run_config": dict(run_config),
+            "config": dict(config),
+        }
         try:
             send_frame(sock, header, arrays)
             reply, out = recv_frame(sock)
         except ConnectionError as exc:
-            raise WorkerError(f"site worker stopped during the {op} message ({exc}); see its log in the site's work/logs") from None
+            raise WorkerError(
+                f"site worker stopped during the {op} message ({exc}); see its log in the site's work/logs"
+            ) from None
         if reply.get("refused"):
             raise SiteRefusal(str(reply["refused"]))
         if not reply.get("ok"):

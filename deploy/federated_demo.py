@@ -43,7 +43,7 @@ from rich.table import Table
 from client.approval import approve_installed
 from client.site_config import fill_site_yaml, load_site_file
 from server.enrollment import enroll_site, init_consortium
-from shared.processes import ProcessSet, exit_on_sigterm, executable, free_port, is_running, proc_id
+from shared.processes import ProcessSet, executable, exit_on_sigterm, free_port, is_running, proc_id
 
 REPO = Path(__file__).resolve().parent.parent
 console = Console()
@@ -100,14 +100,16 @@ def prepare_out(out: Path) -> Path:
         raise ForeignFolder(f"{out} is a file, not a folder; pass another --out.")
     if out.is_dir() and any(out.iterdir()):
         if not _is_demo_folder(out):
-            raise ForeignFolder(f"{out} is not empty and was not written by this demo; pass another --out "
-                                "or delete it.")  # fmt: skip
+            raise ForeignFolder(
+                f"{out} is not empty and was not written by this demo; pass another --out or delete it."
+            )
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             mark = json.loads((out / MARKER).read_text())
             owner = (int(mark["pid"]), int(mark["start"]))
             if owner[0] != os.getpid() and is_running(owner):
-                raise ForeignFolder(f"a demo (pid {owner[0]}) is still running in {out}; wait for it, stop it, "
-                                    "or pass another --out.")  # fmt: skip
+                raise ForeignFolder(
+                    f"a demo (pid {owner[0]}) is still running in {out}; wait for it, stop it, or pass another --out."
+                )
         stopped = _stop_leftovers(out)
         if stopped:
             console.print(f"stopped {stopped} process(es) left running by an earlier demo in {out}")
@@ -119,8 +121,12 @@ def prepare_out(out: Path) -> Path:
         console.print(f"cleared the previous demo in {out}")
     out.mkdir(parents=True, exist_ok=True)
     me = proc_id(os.getpid())
-    (out / MARKER).write_text(json.dumps({"pid": os.getpid(), "start": me[1] if me else None,
-                                          "written_by": "python -m deploy.federated_demo"}) + "\n")  # fmt: skip
+    (out / MARKER).write_text(
+        json.dumps(
+            {"pid": os.getpid(), "start": me[1] if me else None, "written_by": "python -m deploy.federated_demo"}
+        )
+        + "\n"
+    )
     return out
 
 
@@ -159,8 +165,7 @@ def write_demo_cohort(out: Path, scale: float, seed: int, test_images: int) -> l
     return summaries
 
 
-def setup(out: Path, scale: float, rounds: int, local_epochs: int, seed: int, strategy: str,
-          test_images: int) -> dict:  # fmt: skip
+def setup(out: Path, scale: float, rounds: int, local_epochs: int, seed: int, strategy: str, test_images: int) -> dict:
     """Cohort, consortium folder, enrolled sites with filled site.yaml files."""
     from shared.synth.cohort import TEST_EXPORT
 
@@ -176,8 +181,16 @@ def setup(out: Path, scale: float, rounds: int, local_epochs: int, seed: int, st
     init_consortium(cdir, "FedRad Demo", f"127.0.0.1:{port}")
     cfg_path = cdir / "consortium.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg.update(rounds=rounds, local_epochs=local_epochs, min_sites=3, evaluate_every=rounds, seed=seed,
-               wait_for_sites_s=180, round_timeout_s=300, strategy={"name": strategy})
+    cfg.update(
+        rounds=rounds,
+        local_epochs=local_epochs,
+        min_sites=3,
+        evaluate_every=rounds,
+        seed=seed,
+        wait_for_sites_s=180,
+        round_timeout_s=300,
+        strategy={"name": strategy},
+    )
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     site_yaml, unseen = {}, {}
     for s in summaries:
@@ -185,12 +198,20 @@ def setup(out: Path, scale: float, rounds: int, local_epochs: int, seed: int, st
             unseen[s.name] = s
             continue
         bundle = enroll_site(cdir, s.name).bundle_dir
-        site_yaml[s.name] = fill_site_yaml(bundle / "site.yaml", data=s.dicom_dir, labels=s.labels_csv,
-                                           cache_dir=out / "cache" / s.name)
+        site_yaml[s.name] = fill_site_yaml(
+            bundle / "site.yaml", data=s.dicom_dir, labels=s.labels_csv, cache_dir=out / "cache" / s.name
+        )
         sha = approve_installed(load_site_file(site_yaml[s.name]).work_dir, note="demo")  # = `fedrad-site approve`
         console.print(f"enrolled {s.name}: bundle {bundle}; site approved FedRad code {sha[:16]}…")
-    return {"dir": cdir, "port": port, "site_yaml": site_yaml, "unseen": unseen, "tests": tests, "config": cfg,
-            "cache": out / "cache"}
+    return {
+        "dir": cdir,
+        "port": port,
+        "site_yaml": site_yaml,
+        "unseen": unseen,
+        "tests": tests,
+        "config": cfg,
+        "cache": out / "cache",
+    }
 
 
 def federate(setup_info: dict, out: Path) -> tuple[int, Path | None, float]:
@@ -199,11 +220,17 @@ def federate(setup_info: dict, out: Path) -> tuple[int, Path | None, float]:
     cdir, port = setup_info["dir"], setup_info["port"]
     t0 = time.monotonic()
     with ProcessSet(out / "logs") as ps:
-        server = ps.start("server", [executable("fedrad-server"), "start", str(cdir), "--listen", f"127.0.0.1:{port}"],
-                          env={"COLUMNS": "160"}, cwd=REPO)
+        server = ps.start(
+            "server",
+            [executable("fedrad-server"), "start", str(cdir), "--listen", f"127.0.0.1:{port}"],
+            env={"COLUMNS": "160"},
+            cwd=REPO,
+        )
         _wait_for_line(server, "listening for sites", 120)
         for name, path in setup_info["site_yaml"].items():
-            ps.start(name, [executable("fedrad-site"), "start", "--config", str(path)], env={"COLUMNS": "160"}, cwd=REPO)
+            ps.start(
+                name, [executable("fedrad-site"), "start", "--config", str(path)], env={"COLUMNS": "160"}, cwd=REPO
+            )
         console.print(f"server and {len(setup_info['site_yaml'])} sites started; logs in {out / 'logs'}")
         offset, recorded = 0, 0.0
         while server.poll() is None:
@@ -235,8 +262,9 @@ def score_cell(model, data, seed: int, n_bootstrap: int = N_BOOTSTRAP) -> dict: 
     counts = {c: int((data.labels == k).sum()) for k, c in enumerate(data.classes)}
     if len(data) == 0:
         return {"n": 0, "n_per_class": counts, "auc": None, "auc_ci95": None}
-    m = evaluate_predictions(data.labels.numpy(), predict_proba(model, data.images), data.classes,
-                             n_bootstrap=n_bootstrap, seed=seed)  # fmt: skip
+    m = evaluate_predictions(
+        data.labels.numpy(), predict_proba(model, data.images), data.classes, n_bootstrap=n_bootstrap, seed=seed
+    )
     return {k: m[k] for k in ("n", "n_per_class", "auc", "auc_ci95")}
 
 
@@ -261,9 +289,12 @@ def render_table(results: dict[str, dict[str, dict]]) -> Table:
     classes = list(next((c.get("n_per_class") or {} for c in first.values()), {}))
     positive = classes[-1] if classes else None
     plus = f"; + = {positive}" if positive else ""
-    table = Table(title=f"AUC, its 95 % CI (stratified bootstrap) and n (images scored{plus}) of each model (rows) "
-                        "on each site's separate test export and the unseen site (columns)",
-                  title_justify="left", show_lines=True)  # fmt: skip
+    table = Table(
+        title=f"AUC, its 95 % CI (stratified bootstrap) and n (images scored{plus}) of each model (rows) "
+        "on each site's separate test export and the unseen site (columns)",
+        title_justify="left",
+        show_lines=True,
+    )
     table.add_column("model")
     for col in columns:
         table.add_column(col, justify="right")
@@ -285,27 +316,34 @@ def _mean(values: list) -> float | None:
     return sum(got) / len(got) if got else None
 
 
-def summary_line(results: dict[str, dict[str, dict]], global_label: str, home: dict[str, str],
-                 unseen: list[str]) -> str:  # fmt: skip
+def summary_line(
+    results: dict[str, dict[str, dict]], global_label: str, home: dict[str, str], unseen: list[str]
+) -> str:
     """One plain sentence: best at home on average (global vs each local model at its own site, CI overlap per
     site) and best at each unseen site (against the runner-up, CI overlap). ``home``: local model → its column."""
     parts = []
-    pairs = [(results[global_label][col], results[m][col]) for m, col in home.items()
-             if results[global_label][col]["auc"] is not None and results[m][col]["auc"] is not None]  # fmt: skip
+    pairs = [
+        (results[global_label][col], results[m][col])
+        for m, col in home.items()
+        if results[global_label][col]["auc"] is not None and results[m][col]["auc"] is not None
+    ]
     if not pairs:
         parts.append("at home: AUC undefined (one class) at every site, no comparison")
     else:
         g_home = _mean([g["auc"] for g, _ in pairs])
-        l_home = _mean([l["auc"] for _, l in pairs])
+        l_home = _mean([loc["auc"] for _, loc in pairs])
         best = "the global model" if g_home >= l_home else "the local models"
-        overlaps = [_overlap(g, l) for g, l in pairs]
+        overlaps = [_overlap(g, loc) for g, loc in pairs]
         known = [o for o in overlaps if o is not None]
-        parts.append(f"at home {best} is best on average (global {g_home:.3f} vs each site's own local model "
-                     f"{l_home:.3f}, mean over {len(pairs)} site tests), CIs overlap at {sum(known)} of {len(known)} "
-                     "sites")  # fmt: skip
+        parts.append(
+            f"at home {best} is best on average (global {g_home:.3f} vs each site's own local model "
+            f"{l_home:.3f}, mean over {len(pairs)} site tests), CIs overlap at {sum(known)} of {len(known)} "
+            "sites"
+        )
     for col in unseen:
-        ranked = sorted(((cells[col]["auc"], m) for m, cells in results.items() if cells[col]["auc"] is not None),
-                        reverse=True)  # fmt: skip
+        ranked = sorted(
+            ((cells[col]["auc"], m) for m, cells in results.items() if cells[col]["auc"] is not None), reverse=True
+        )
         if not ranked:
             parts.append(f"at {col} AUC is undefined (one class)")
             continue
@@ -314,8 +352,7 @@ def summary_line(results: dict[str, dict[str, dict]], global_label: str, home: d
         if rest:
             a2, m2 = rest[0]
             ov = _overlap(results[m1][col], results[m2][col])
-            verdict = {True: "CIs overlap, not a measurable difference", False: "CIs do not overlap",
-                       None: "no CI"}[ov]  # fmt: skip
+            verdict = {True: "CIs overlap, not a measurable difference", False: "CIs do not overlap", None: "no CI"}[ov]
             text += f", next {m2} at {a2:.3f}: {verdict}"
         parts.append(text)
     return "Reading: " + "; ".join(parts) + "."
@@ -339,8 +376,13 @@ def evaluate_all(setup_info: dict, run_dir: Path, rounds: int, local_epochs: int
     size = glob.preprocess.image_size
 
     def load(name: str, s) -> object:  # noqa: ANN001 - SiteSummary
-        cfg = SiteDataConfig(data=s.dicom_dir, labels=s.labels_csv, classes=glob.classes, image_size=size,
-                             cache_dir=setup_info["cache"] / name.replace("/", "-"))  # fmt: skip
+        cfg = SiteDataConfig(
+            data=s.dicom_dir,
+            labels=s.labels_csv,
+            classes=glob.classes,
+            image_size=size,
+            cache_dir=setup_info["cache"] / name.replace("/", "-"),
+        )
         return load_site_dataset(cfg)[0]
 
     eval_sets, train_sets, home = {}, {}, {}
@@ -360,15 +402,18 @@ def evaluate_all(setup_info: dict, run_dir: Path, rounds: int, local_epochs: int
         train_model(model, data, TrainConfig(epochs=rounds * local_epochs, seed=seed))
         models[f"local {name}"] = model.eval()
 
-    results = {label: {col: score_cell(model, d, seed) for col, d in eval_sets.items()} for label, model in models.items()}
+    results = {
+        label: {col: score_cell(model, d, seed) for col, d in eval_sets.items()} for label, model in models.items()
+    }
     console.print(render_table(results))
     line = summary_line(results, global_label, home, list(setup_info["unseen"]))
     console.print(line, highlight=False, markup=False, soft_wrap=True)
     return {"cells": results, "summary": line}
 
 
-def run(out: Path, scale: float, rounds: int, local_epochs: int, seed: int, strategy: str,
-        test_images: int = 200) -> dict:  # fmt: skip
+def run(
+    out: Path, scale: float, rounds: int, local_epochs: int, seed: int, strategy: str, test_images: int = 200
+) -> dict:
     t0 = time.monotonic()
     warnings.simplefilter("ignore")
     out = prepare_out(out)
@@ -378,9 +423,17 @@ def run(out: Path, scale: float, rounds: int, local_epochs: int, seed: int, stra
         raise SystemExit(f"federated run failed (server exit {rc}); see {out / 'logs'} and {info['dir'] / 'logs'}")
     results = evaluate_all(info, run_dir, rounds, local_epochs, seed)
     wall = time.monotonic() - t0
-    summary = {"wall_s": round(wall, 1), "federated_s": round(fed_s, 1), "run_dir": str(run_dir),
-               "rounds": rounds, "strategy": strategy, "test_images": test_images, "n_bootstrap": N_BOOTSTRAP,
-               "auc": results["cells"], "summary": results["summary"]}  # fmt: skip
+    summary = {
+        "wall_s": round(wall, 1),
+        "federated_s": round(fed_s, 1),
+        "run_dir": str(run_dir),
+        "rounds": rounds,
+        "strategy": strategy,
+        "test_images": test_images,
+        "n_bootstrap": N_BOOTSTRAP,
+        "auc": results["cells"],
+        "summary": results["summary"],
+    }
     (out / "federated-demo-results.json").write_text(json.dumps(summary, indent=2, default=str))
     console.print(f"demo wall time {wall:.0f} s (federation {fed_s:.0f} s); global model {run_dir / 'latest.pt'}")
     return summary
@@ -388,14 +441,22 @@ def run(out: Path, scale: float, rounds: int, local_epochs: int, seed: int, stra
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("federated-demo"),
-                   help="output folder; a previous demo's folder is cleared and reused, a foreign one refused")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("federated-demo"),
+        help="output folder; a previous demo's folder is cleared and reused, a foreign one refused",
+    )
     p.add_argument("--scale", type=float, default=0.4, help="site sizes relative to the synthetic defaults")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--local-epochs", type=int, default=6)
-    p.add_argument("--test-images", type=int, default=200,
-                   help="images in each site's separate test export and in the unseen site (0: score held-out "
-                        "patients, as before)")
+    p.add_argument(
+        "--test-images",
+        type=int,
+        default=200,
+        help="images in each site's separate test export and in the unseen site (0: score held-out "
+        "patients, as before)",
+    )
     p.add_argument("--strategy", default="fedavg")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()

@@ -21,13 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.config import SiteDataConfig
-from shared.tasks.classification.dataset import SiteDataset, concat_datasets
 from shared.models import build_model
 from shared.site_data import load_site_dataset
 from shared.splits import stratified_group_split
 from shared.synth import write_cohort
-from shared.training import TrainConfig, train_model
+from shared.tasks.classification.dataset import SiteDataset, concat_datasets
 from shared.tasks.classification.evaluation import auc_score
+from shared.training import TrainConfig, train_model
 
 console = Console()
 
@@ -51,8 +51,10 @@ def run(out: Path, scale: float, epochs: int, seed: int) -> dict:
         cfg = SiteDataConfig(data=path / "dicom", labels=path / "labels.csv")
         data, check = load_site_dataset(cfg)
         report = check.to_json()
-        console.print(f"{name}: {report['images']['usable']} usable, {report['images']['rejected']} rejected, "
-                      f"classes {report['classes']}, {report['manufacturers']}, {report['photometric']}")
+        console.print(
+            f"{name}: {report['images']['usable']} usable, {report['images']['rejected']} rejected, "
+            f"classes {report['classes']}, {report['manufacturers']}, {report['photometric']}"
+        )
         if name.startswith("unseen"):
             unseen[name] = data
         else:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import yaml
 
-from shared.keys import generate_site_keys
 from client.approval import approve_installed
 from client.site_config import load_site_file, site_node_config
 from client.site_worker import start_site_worker
@@ -26,6 +25,7 @@ from client.supernode import start_supernode
 from server.fleet_proxy import start_fleet_proxy
 from server.pki import ServerTls, init_pki
 from server.superlink import SuperLink, start_superlink
+from shared.keys import generate_site_keys
 from shared.processes import ManagedProcess, ProcessSet, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,25 +66,45 @@ class LoopbackConsortium:
                 online = {n.name for n in control.nodes() if n.status == "online"}
                 if set(self.sites) <= online:
                     return
-                dead = [s.name for s in self.sites.values() if s.supernode.poll() is not None
-                        or (s.worker is not None and s.worker.poll() is not None)]  # fmt: skip
+                dead = [
+                    s.name
+                    for s in self.sites.values()
+                    if s.supernode.poll() is not None or (s.worker is not None and s.worker.poll() is not None)
+                ]
                 if dead or time.monotonic() > deadline:
                     why = f"site process(es) of {', '.join(dead)} exited" if dead else f"not after {timeout:.0f} s"
-                    raise RuntimeError(f"SuperNodes online: {sorted(online) or 'none'} of {sorted(self.sites)} ({why}); "
-                                       f"logs under {self.root}")  # fmt: skip
+                    raise RuntimeError(
+                        f"SuperNodes online: {sorted(online) or 'none'} of {sorted(self.sites)} ({why}); "
+                        f"logs under {self.root}"
+                    )
                 time.sleep(0.5)
 
 
-def write_site_yaml(path: Path, *, site: Path | SiteFiles, name: str, server: str, ca_cert: Path, key: Path,
-                    image_size: int, classes: list[str] | None = None) -> Path:  # fmt: skip
+def write_site_yaml(
+    path: Path,
+    *,
+    site: Path | SiteFiles,
+    name: str,
+    server: str,
+    ca_cert: Path,
+    key: Path,
+    image_size: int,
+    classes: list[str] | None = None,
+) -> Path:
     """A full site.yaml (data keys + credentials) for a synthetic site folder (``dicom/`` + ``labels.csv``)
     or for explicit :class:`SiteFiles`."""
     files = site if isinstance(site, SiteFiles) else SiteFiles(site / "dicom", site / "labels.csv")
     doc = {
-        "site_name": name, "server_address": server, "ca_cert": str(ca_cert), "private_key": str(key),
-        "data": str(files.data), "classes": list(classes or CLASSES), "image_size": image_size,
-        "cache_dir": str(files.cache_dir or path.parent / "cache"), "work_dir": str(path.parent / "work"),
-    }  # fmt: skip
+        "site_name": name,
+        "server_address": server,
+        "ca_cert": str(ca_cert),
+        "private_key": str(key),
+        "data": str(files.data),
+        "classes": list(classes or CLASSES),
+        "image_size": image_size,
+        "cache_dir": str(files.cache_dir or path.parent / "cache"),
+        "work_dir": str(path.parent / "work"),
+    }
     if files.labels is not None:
         doc["labels"] = str(files.labels)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,23 +126,46 @@ def start_loopback_consortium(
     (name → synthetic site folder, or :class:`SiteFiles`)."""
     root = Path(root)
     tls = init_pki(root / "pki", name, "127.0.0.1:9443")
-    link = start_superlink(ps, tls=tls, port=free_port(), database=root / "state" / "sl.db", flwr_home=root / "server-home")
+    link = start_superlink(
+        ps, tls=tls, port=free_port(), database=root / "state" / "sl.db", flwr_home=root / "server-home"
+    )
     proxy = f"127.0.0.1:{free_port()}"
-    start_fleet_proxy(ps, listen=proxy, upstream=link.address, certfile=tls.server_cert, keyfile=tls.server_key,
-                      ca_certfile=tls.ca_cert, cwd=REPO)  # fmt: skip
+    start_fleet_proxy(
+        ps,
+        listen=proxy,
+        upstream=link.address,
+        certfile=tls.server_cert,
+        keyfile=tls.server_key,
+        ca_certfile=tls.ca_cert,
+        cwd=REPO,
+    )
     fed = LoopbackConsortium(root=root, tls=tls, link=link, proxy=proxy)
     with link.control() as control:
         for site_name, folder in sites.items():
             key, pub = generate_site_keys(root / "sites" / site_name / "keys")
             control.register(pub, site_name)
-            site_yaml = write_site_yaml(root / "sites" / site_name / "site.yaml", site=folder, name=site_name,
-                                        server=proxy, ca_cert=tls.ca_cert, key=key, image_size=image_size,
-                                        classes=classes)  # fmt: skip
+            site_yaml = write_site_yaml(
+                root / "sites" / site_name / "site.yaml",
+                site=folder,
+                name=site_name,
+                server=proxy,
+                ca_cert=tls.ca_cert,
+                key=key,
+                image_size=image_size,
+                classes=classes,
+            )
             worker, socket_path = start_site_worker(ps, site_name, site_yaml) if warm_workers else (None, None)
             node_config = site_node_config(site_yaml, load_site_file(site_yaml), socket_path)
             approve_installed(Path(node_config["approvals"]).parent, note="loopback consortium: this checkout")
-            supernode = start_supernode(ps, site_name, superlink=proxy, ca_cert=tls.ca_cert, private_key=key,
-                                        node_config=node_config, work_dir=root / "sites" / site_name / "work",
-                                        runtime_port=free_port())  # fmt: skip
+            supernode = start_supernode(
+                ps,
+                site_name,
+                superlink=proxy,
+                ca_cert=tls.ca_cert,
+                private_key=key,
+                node_config=node_config,
+                work_dir=root / "sites" / site_name / "work",
+                runtime_port=free_port(),
+            )
             fed.sites[site_name] = LoopbackSite(site_name, site_yaml, supernode, worker)
     return fed

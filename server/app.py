@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message
@@ -79,7 +79,9 @@ class RunSettings:
     secagg: str = "{}"  # SecAgg+ settings as JSON (server/secure_aggregation.py); "{}" = off
     lr_schedule: str = "constant"  # over the rounds: "constant" or "cosine" (shared.lr_schedule)
     scanner_augment: float = 0.0  # scanner-appearance augmentation strength at the sites (shared.scanner_augment)
-    site_optimizer: str = "reset"  # each round a fresh AdamW at the sites, or "carry" its moments (shared.training.OptimizerCarry)
+    site_optimizer: str = (
+        "reset"  # each round a fresh AdamW at the sites, or "carry" its moments (shared.training.OptimizerCarry)
+    )
     average_last_rounds: int = 0  # > 1: also publish the mean of the last K global models (server.round_average)
 
     @property
@@ -141,20 +143,30 @@ class RunSettings:
         from shared.lr_schedule import LR_SCHEDULES
 
         if s.lr_schedule not in LR_SCHEDULES:
-            raise RunConfigError(f"run config 'lr-schedule' must be one of {', '.join(LR_SCHEDULES)}, got {s.lr_schedule!r}")
+            raise RunConfigError(
+                f"run config 'lr-schedule' must be one of {', '.join(LR_SCHEDULES)}, got {s.lr_schedule!r}"
+            )
         if not (0 <= s.augment < math.inf and 0 <= s.scanner_augment < math.inf):
-            raise RunConfigError(f"run config 'augment' and 'scanner-augment' must be finite numbers >= 0, "
-                                 f"got {s.augment!r} and {s.scanner_augment!r}")  # fmt: skip
+            raise RunConfigError(
+                f"run config 'augment' and 'scanner-augment' must be finite numbers >= 0, "
+                f"got {s.augment!r} and {s.scanner_augment!r}"
+            )
         from shared.training import SITE_OPTIMIZERS
 
         if s.site_optimizer not in SITE_OPTIMIZERS:
-            raise RunConfigError(f"run config 'site-optimizer' must be one of {', '.join(SITE_OPTIMIZERS)}, got {s.site_optimizer!r}")
+            raise RunConfigError(
+                f"run config 'site-optimizer' must be one of {', '.join(SITE_OPTIMIZERS)}, got {s.site_optimizer!r}"
+            )
         if s.site_optimizer == "carry" and s.image_dp:
-            raise RunConfigError("run config 'site-optimizer' carry does not apply under per-image DP (DP-SGD keeps "
-                                 "no moments between rounds); set it to reset")
+            raise RunConfigError(
+                "run config 'site-optimizer' carry does not apply under per-image DP (DP-SGD keeps "
+                "no moments between rounds); set it to reset"
+            )
         if s.average_last_rounds < 0:
-            raise RunConfigError(f"run config 'average-last-rounds' must be a number of rounds >= 0 (0 = publish the "
-                                 f"last round's model), got {s.average_last_rounds}")  # fmt: skip
+            raise RunConfigError(
+                f"run config 'average-last-rounds' must be a number of rounds >= 0 (0 = publish the "
+                f"last round's model), got {s.average_last_rounds}"
+            )
         refusal = s.task.task.unsupported("scanner-augment") if s.scanner_augment else None
         if refusal:
             raise RunConfigError(f"run config 'scanner-augment': {refusal}; set it to 0")
@@ -174,18 +186,24 @@ class RunSettings:
         if s.dp_level not in ("site", "image"):
             raise RunConfigError(f"run config 'dp-level' must be 'site' or 'image', got {s.dp_level!r}")
         if s.dp_level == "image" and (s.dp_target_epsilon <= 0 or s.dp_clipping_norm <= 0 or s.dp_noise_multiplier):
-            raise RunConfigError("run config 'dp-level' image needs 'dp-target-epsilon' > 0 and 'dp-clipping-norm' > 0, "
-                                 "and no 'dp-noise-multiplier' (each site calibrates its own noise)")  # fmt: skip
+            raise RunConfigError(
+                "run config 'dp-level' image needs 'dp-target-epsilon' > 0 and 'dp-clipping-norm' > 0, "
+                "and no 'dp-noise-multiplier' (each site calibrates its own noise)"
+            )
         from shared.models import BATCHNORM_FREE_MODELS
 
         if s.dp_layers not in ("all", "head"):
             raise RunConfigError(f"run config 'dp-layers' must be 'all' or 'head', got {s.dp_layers!r}")
         if s.dp_level == "image" and s.dp_layers == "all" and s.model not in BATCHNORM_FREE_MODELS:
-            raise RunConfigError(f"run config 'dp-level' image with 'dp-layers' all needs a model without BatchNorm "
-                                 f"({', '.join(BATCHNORM_FREE_MODELS)}), not {s.model!r}")  # fmt: skip
+            raise RunConfigError(
+                f"run config 'dp-level' image with 'dp-layers' all needs a model without BatchNorm "
+                f"({', '.join(BATCHNORM_FREE_MODELS)}), not {s.model!r}"
+            )
         if s.dp_level == "image" and s.dp_layers == "head" and not s.init_weights:
-            raise RunConfigError("run config 'dp-layers' head trains only the classifier, so it needs 'init-weights' "
-                                 "(a pretrained model file) for the frozen features")  # fmt: skip
+            raise RunConfigError(
+                "run config 'dp-layers' head trains only the classifier, so it needs 'init-weights' "
+                "(a pretrained model file) for the frozen features"
+            )
         try:
             secagg = json.loads(s.secagg or "{}")
         except json.JSONDecodeError:
@@ -195,15 +213,20 @@ class RunSettings:
         from server.consortium import SECAGG_STRATEGIES
 
         if secagg and s.strategy not in SECAGG_STRATEGIES:
-            raise RunConfigError(f"run config 'secagg' (secure aggregation) needs one of {', '.join(SECAGG_STRATEGIES)}, "
-                                 f"not strategy {s.strategy!r}: it hides the single updates that strategy needs")  # fmt: skip
+            raise RunConfigError(
+                f"run config 'secagg' (secure aggregation) needs one of {', '.join(SECAGG_STRATEGIES)}, "
+                f"not strategy {s.strategy!r}: it hides the single updates that strategy needs"
+            )
         if not 0 < s.dp_delta < 1:
             raise RunConfigError(f"run config 'dp-delta' must lie in (0, 1), got {s.dp_delta}")
         for key, value, low in (
-            ("num-server-rounds", s.num_server_rounds, 1), ("local-epochs", s.local_epochs, 1),
-            ("min-sites", s.min_sites, 1), ("round-timeout-s", s.round_timeout_s, 1),
-            ("evaluate-every", s.evaluate_every, 1), ("batch-size", s.batch_size, 2),
-        ):  # fmt: skip
+            ("num-server-rounds", s.num_server_rounds, 1),
+            ("local-epochs", s.local_epochs, 1),
+            ("min-sites", s.min_sites, 1),
+            ("round-timeout-s", s.round_timeout_s, 1),
+            ("evaluate-every", s.evaluate_every, 1),
+            ("batch-size", s.batch_size, 2),
+        ):
             if value < low:
                 raise RunConfigError(f"run config {key!r} must be at least {low}, got {value}")
         check_task(s)
@@ -221,21 +244,40 @@ class RunSettings:
         schedule), and with per-image DP the settings each site calibrates to."""
         from shared.lr_schedule import scheduled_lr
 
-        dp = ({"dp-level": "image", "dp-target-epsilon": self.dp_target_epsilon, "dp-clipping-norm": self.dp_clipping_norm,
-              "dp-delta": self.dp_delta, "num-server-rounds": self.num_server_rounds, "dp-layers": self.dp_layers}
-              if self.image_dp else {})  # fmt: skip
+        dp = (
+            {
+                "dp-level": "image",
+                "dp-target-epsilon": self.dp_target_epsilon,
+                "dp-clipping-norm": self.dp_clipping_norm,
+                "dp-delta": self.dp_delta,
+                "num-server-rounds": self.num_server_rounds,
+                "dp-layers": self.dp_layers,
+            }
+            if self.image_dp
+            else {}
+        )
         lr = scheduled_lr(self.lr, rnd - 1, self.num_server_rounds, self.lr_schedule)
-        return {"local-epochs": self.local_epochs, "batch-size": self.batch_size, "lr": lr,
-                "augment": self.augment, "scanner-augment": self.scanner_augment, "seed": self.seed, "compression": self.compression,
-                "site-optimizer": self.site_optimizer, **dp}  # fmt: skip
+        return {
+            "local-epochs": self.local_epochs,
+            "batch-size": self.batch_size,
+            "lr": lr,
+            "augment": self.augment,
+            "scanner-augment": self.scanner_augment,
+            "seed": self.seed,
+            "compression": self.compression,
+            "site-optimizer": self.site_optimizer,
+            **dp,
+        }
 
 
 def check_task(s: RunSettings) -> None:
     """The run config's architecture is one of its task's; a RunConfigError names the key."""
     registry = s.task.task.model_registry()
     if s.model not in registry:
-        raise RunConfigError(f"run config 'model': {s.model!r} is not a {s.task.type} architecture; use one of "
-                             f"{', '.join(sorted(registry))}")
+        raise RunConfigError(
+            f"run config 'model': {s.model!r} is not a {s.task.type} architecture; use one of "
+            f"{', '.join(sorted(registry))}"
+        )
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float, poll_s: float = 0.2) -> list[Message]:
@@ -303,11 +345,21 @@ def run_crossval(grid: Grid, s: RunSettings) -> None:
     template = ArrayRecord(loaded.model.state_dict())
     local, not_shared = collect_local_models(grid, nodes, template, timeout=timeout, send=send_and_receive)
     models = {GLOBAL: template, **{f"local@{node}": arrays for node, arrays in local.items()}}
-    matrix = cross_evaluate(grid, nodes, models, {"seed": s.seed, "server-round": 0}, timeout=timeout, send=send_and_receive)
-    path = write_crossval(s.run_dir, {"model": s.crossval_model, "weights_sha256": loaded.weights_sha256,
-                                      "task": s.task.type, "metric": s.task.headline_metric,
-                                      "sites": [str(x) for x in nodes], "not_shared": {str(k): v for k, v in not_shared.items()},
-                                      "matrix": matrix})  # fmt: skip
+    matrix = cross_evaluate(
+        grid, nodes, models, {"seed": s.seed, "server-round": 0}, timeout=timeout, send=send_and_receive
+    )
+    path = write_crossval(
+        s.run_dir,
+        {
+            "model": s.crossval_model,
+            "weights_sha256": loaded.weights_sha256,
+            "task": s.task.type,
+            "metric": s.task.headline_metric,
+            "sites": [str(x) for x in nodes],
+            "not_shared": {str(k): v for k, v in not_shared.items()},
+            "matrix": matrix,
+        },
+    )
     _say(f"crossval: {len(models)} model(s) x {n} site(s) written to {path}")
 
 
@@ -318,8 +370,15 @@ def main(grid: Grid, context: Context) -> None:
 
     from server.checkpoints import RunDir, RunTask, read_metrics
     from server.secure_aggregation import SecAggSettings, secure_train_wave
-    from server.strategies.dp import DpSettings, epsilon_next, image_privacy_report, make_private, privacy_report, replay
     from server.strategies import build_strategy
+    from server.strategies.dp import (
+        DpSettings,
+        epsilon_next,
+        image_privacy_report,
+        make_private,
+        privacy_report,
+        replay,
+    )
     from shared.modelfile import weights_sha256
     from shared.processes import apply_thread_limit
 
@@ -356,7 +415,9 @@ def main(grid: Grid, context: Context) -> None:
         state, start = point.state_dict, point.last_round + 1
         strategy.load_state_dict(point.strategy_state)
         if strategy.dp is not None:  # ε continues from the rounds already released
-            replay(strategy, [int(r["sites_answered"]) for r in read_metrics(s.run_dir) if r["round"] <= point.last_round])
+            replay(
+                strategy, [int(r["sites_answered"]) for r in read_metrics(s.run_dir) if r["round"] <= point.last_round]
+            )
         _say(f"resume from round={point.last_round} sha256={point.weights_sha256}")
     arrays = ArrayRecord(state)
     model_bytes = _bytes(arrays)
@@ -385,7 +446,9 @@ def main(grid: Grid, context: Context) -> None:
             missing = len(msgs) - len(replies)
         else:  # the same round config, sent through SecAgg+: the server only ever holds the sum
             nodes = [int(m.metadata.dst_node_id) for m in msgs]
-            wave = secure_train_wave(grid, context, rnd, arrays, dict(msgs[0].content["config"]), nodes, secagg, timeout)
+            wave = secure_train_wave(
+                grid, context, rnd, arrays, dict(msgs[0].content["config"]), nodes, secagg, timeout
+            )
             t_train = time.monotonic()
             outcome = strategy.aggregate_train(rnd, wave.replies)
             outcome.accepted = wave.contributors if outcome.arrays is not None else []
@@ -395,8 +458,11 @@ def main(grid: Grid, context: Context) -> None:
             raise RuntimeError(
                 f"round {rnd}: {len(outcome.accepted)} valid update(s) from {len(msgs)} site(s) "
                 f"within {timeout:.0f} s, need {strategy.min_replies} ({missing} no reply; rejected: {reasons})"
-                + ("; under secure aggregation a site's error reaches only its own log: see the sites' SuperNode logs"
-                   if secagg is not None else "")
+                + (
+                    "; under secure aggregation a site's error reaches only its own log: see the sites' SuperNode logs"
+                    if secagg is not None
+                    else ""
+                )
             )
         arrays = outcome.arrays
         t_agg = time.monotonic()
@@ -412,15 +478,18 @@ def main(grid: Grid, context: Context) -> None:
             [{"node": n, "reason": f"evaluate: {r}"} for n, r in eval_out.rejected] if eval_out else []
         )
         row = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(t_eval - t0, 3),
             "sites_answered": len(outcome.accepted),
             "sites_failed": len(outcome.rejected) + missing,
             "failures": failures,
             "train": outcome.metrics,
             "eval": eval_metrics,
-            "privacy": image_privacy_report(s.dp_target_epsilon, s.dp_clipping_norm, s.dp_delta, outcome.metrics, s.dp_layers)
-            if s.image_dp else privacy_report(strategy),
+            "privacy": image_privacy_report(
+                s.dp_target_epsilon, s.dp_clipping_norm, s.dp_delta, outcome.metrics, s.dp_layers
+            )
+            if s.image_dp
+            else privacy_report(strategy),
             "start_weights_sha256": start_sha,
             "timing": {
                 "wait_sites_s": round(t_wait - t0, 3),
@@ -450,4 +519,6 @@ def main(grid: Grid, context: Context) -> None:
             + f"train={json.dumps(outcome.metrics)} "
             f"eval={json.dumps(eval_metrics)} timing={json.dumps(row['timing'])}"
         )
-    _say(f"rounds_completed={s.num_server_rounds - start + 1} of {s.num_server_rounds} (last round {s.num_server_rounds})")
+    _say(
+        f"rounds_completed={s.num_server_rounds - start + 1} of {s.num_server_rounds} (last round {s.num_server_rounds})"
+    )

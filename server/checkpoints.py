@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,9 @@ class RunDir:
             try:
                 raw = torch.load(sp, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem for the user
-                raise CheckpointError(f"{sp}: cannot read the strategy state ({type(exc).__name__}); cannot resume") from None
+                raise CheckpointError(
+                    f"{sp}: cannot read the strategy state ({type(exc).__name__}); cannot resume"
+                ) from None
             strategy_state = {a: {k: v.numpy() for k, v in d.items()} for a, d in raw.items()}
         rows = read_metrics(self.path)
         kept = [r for r in rows if int(r.get("round", 0)) <= last]
@@ -268,8 +270,10 @@ class RunDir:
             try:
                 averaged = write_round_average(self.path, rnd, average_last, self.round_path)
             except ModelFileError as exc:  # e.g. an operator pruned old round files
-                raise CheckpointError(f"cannot average the last {average_last} rounds: {exc}; restore that round file "
-                                      "from backup, or lower average_last_rounds (0 = off) and resume") from None
+                raise CheckpointError(
+                    f"cannot average the last {average_last} rounds: {exc}; restore that round file "
+                    "from backup, or lower average_last_rounds (0 = off) and resume"
+                ) from None
         previous = self.state() or {}
         best = dict(previous.get("best") or {})
         metric = task.best_metric
@@ -278,7 +282,10 @@ class RunDir:
             best = {"round": rnd, metric: float(eval_auc), "file": round_file_name(rnd)}
         strategy_file = None
         if strategy_state:
-            tensors = {a: {k: torch.from_numpy(np.array(v, order="C")) for k, v in d.items()} for a, d in strategy_state.items()}
+            tensors = {
+                a: {k: torch.from_numpy(np.array(v, order="C")) for k, v in d.items()}
+                for a, d in strategy_state.items()
+            }
             _atomic(self.path / STRATEGY_STATE_FILE, lambda fh: torch.save(tensors, fh))
             strategy_file = STRATEGY_STATE_FILE
         row = {**metrics, "round": rnd, "weights_sha256": digest, "strategy": task.strategy}
@@ -305,7 +312,7 @@ class RunDir:
                 "seed": task.seed,
                 "best": best or None,
                 "averaged": averaged,
-                "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "updated": datetime.now(UTC).isoformat(timespec="seconds"),
             },
         )
         return digest

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -65,8 +64,10 @@ def init(
 def enroll(
     directory: Path = DirArg,
     site: str = typer.Argument(..., help="Site name, e.g. hospital-a."),
-    public_key: Optional[Path] = typer.Option(
-        None, "--public-key", help="The site's site.pub from `fedrad-site keygen`. Without it a key is generated (demo only)."
+    public_key: Path | None = typer.Option(
+        None,
+        "--public-key",
+        help="The site's site.pub from `fedrad-site keygen`. Without it a key is generated (demo only).",
     ),
     replace: bool = typer.Option(False, "--replace", help="Replace an enrolled site's key (key rotation)."),
 ) -> None:
@@ -80,6 +81,7 @@ def enroll(
             "so the private key never leaves the hospital.[/]",
             highlight=False,
         )
+
     res = enroll_site(directory, site, public_key, replace=replace, on_generate=warn_demo_key)
     out.print(f"site [bold]{site}[/] enrolled, key fingerprint {res.site.fingerprint}")
     out.print(f"  confirm this fingerprint with the site out of band (phone), then send {res.bundle_dir}")
@@ -122,9 +124,11 @@ def start(
     directory: Path = DirArg,
     resume: bool = typer.Option(False, "--resume", help="Continue the last run from its last finished round."),
     auto_resume: bool = typer.Option(
-        False, "--auto-resume", help="Resume the last run if it did not complete, else start a new one (for systemd/docker restarts)."
+        False,
+        "--auto-resume",
+        help="Resume the last run if it did not complete, else start a new one (for systemd/docker restarts).",
     ),
-    listen: Optional[str] = ListenOpt,
+    listen: str | None = ListenOpt,
 ) -> None:
     """Start the server, wait for the sites, run the federated training and report its real status."""
     from server.coordinator import StartOptions
@@ -141,7 +145,7 @@ def start(
 @handle_errors
 def stats(
     directory: Path = DirArg,
-    listen: Optional[str] = ListenOpt,
+    listen: str | None = ListenOpt,
     as_json: bool = typer.Option(False, "--json", help="Print stats.json on stdout instead of the table."),
 ) -> None:
     """Start the server and ask every site for data statistics (counts per class, manufacturer, intensity)."""
@@ -157,9 +161,13 @@ def stats(
 @handle_errors
 def crossval(
     directory: Path = DirArg,
-    model: Optional[Path] = typer.Option(None, "--model", help="A FedRad model file (default: the last run's published "
-                                         "model: averaged.pt where it averages its last rounds, else latest.pt)."),
-    listen: Optional[str] = ListenOpt,
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        help="A FedRad model file (default: the last run's published "
+        "model: averaged.pt where it averages its last rounds, else latest.pt).",
+    ),
+    listen: str | None = ListenOpt,
     as_json: bool = typer.Option(False, "--json", help="Print crossval.json on stdout instead of the table."),
 ) -> None:
     """Start the server and evaluate the global model and consenting sites' local models at every site (no training)."""
@@ -175,7 +183,9 @@ def crossval(
         model = pick_model(last, best=False) if last is not None else None
         if model is None or not model.is_file():
             raise ConfigError(f"{directory}: no trained run with a latest.pt; give --model PATH")
-    result = _session(directory, StartOptions(listen=listen, mode="crossval", crossval_model=model), err if as_json else out)
+    result = _session(
+        directory, StartOptions(listen=listen, mode="crossval", crossval_model=model), err if as_json else out
+    )
     _show_result_file(result, CROSSVAL_FILE, "cross-site results", as_json, render_crossval)
 
 
@@ -201,11 +211,14 @@ def export(
     directory: Path = DirArg,
     out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the model file (.pt)."),
     best: bool = typer.Option(False, "--best", help="The best round by federated AUC instead of the latest."),
-    run_dir: Optional[Path] = typer.Option(None, "--run", help="A run folder (default: the current/last run)."),
+    run_dir: Path | None = typer.Option(None, "--run", help="A run folder (default: the current/last run)."),
     fmt: str = typer.Option("pt", "--format", help="pt (FedRad model file), torchscript or onnx."),
-    benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="A benchmark results.json "
-                                             "(`fedrad-bench generalization`) for the model card."),
-    crossval: Optional[Path] = typer.Option(None, "--crossval", help="A crossval.json: per-site AUC with CIs in the card."),
+    benchmark: Path | None = typer.Option(
+        None, "--benchmark", help="A benchmark results.json (`fedrad-bench generalization`) for the model card."
+    ),
+    crossval: Path | None = typer.Option(
+        None, "--crossval", help="A crossval.json: per-site AUC with CIs in the card."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print what was exported as JSON."),
 ) -> None:
     """Write the published (or best) global model, verified, to OUT, with a model card (OUT.md).
@@ -214,13 +227,17 @@ def export(
     average_last_rounds."""
     from server.export import export_model
 
-    info = export_model(directory, out_path, best=best, run_dir=run_dir, fmt=fmt, benchmark=benchmark, crossval=crossval)
+    info = export_model(
+        directory, out_path, best=best, run_dir=run_dir, fmt=fmt, benchmark=benchmark, crossval=crossval
+    )
     if as_json:
         print(json.dumps(info, indent=2))
         return
     gap = f", max gap to checkpoint {info['max_gap']:.1e}" if info["max_gap"] is not None else ""
-    out.print(f"exported {info['source']} -> {info['out']} as {info['format']} (rounds {info['rounds']}, "
-              f"sha256 {info['weights_sha256'][:16]}…{gap}); model card {info['model_card']}")
+    out.print(
+        f"exported {info['source']} -> {info['out']} as {info['format']} (rounds {info['rounds']}, "
+        f"sha256 {info['weights_sha256'][:16]}…{gap}); model card {info['model_card']}"
+    )
 
 
 def main() -> None:

@@ -20,12 +20,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import check_host_port, ConfigError, StrictModel, TaskConfig, load_yaml_mapping, parse_model
+from shared.config import ConfigError, StrictModel, TaskConfig, check_host_port, load_yaml_mapping, parse_model
 
 CONSORTIUM_YAML = "consortium.yaml"
 STRATEGY_NAMES: tuple[str, ...] = (
-    "fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "fedbn",
-)  # fmt: skip
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedavgm",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "fedbn",
+)
 
 
 class _Strategy(StrictModel):
@@ -57,8 +65,12 @@ class FedAvgMStrategy(_ServerStep):
     """FedAvg with server momentum (Hsu et al. 2019); BatchNorm statistics are averaged outside the step."""
 
     name: Literal["fedavgm"]
-    server_momentum: float = Field(0.5, ge=0, lt=1, description="Server momentum (0.9 measured worse than FedAvg "
-                                   "with FedRad's Adam sites; see README).")
+    server_momentum: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="Server momentum (0.9 measured worse than FedAvg with FedRad's Adam sites; see README).",
+    )
 
 
 class FedMedianStrategy(_Strategy):
@@ -121,14 +133,25 @@ class DpConfig(StrictModel):
     """
 
     level: Literal["site", "image"] = Field("site", description="Whom ε protects: a whole site, or one image.")
-    noise_multiplier: float | None = Field(None, gt=0, description="level site: noise std as a multiple of "
-                                           "clipping_norm / sites.")  # fmt: skip
-    target_epsilon: float | None = Field(None, gt=0, description="level image: ε every site reaches after the last "
-                                         "round (each calibrates its own noise to its data).")  # fmt: skip
-    layers: Literal["all", "head"] = Field("all", description="level image: train every layer (a BatchNorm-free "
-                                           "model), or only the classifier of task.init_weights' pretrained model.")  # fmt: skip
-    clipping_norm: float = Field(gt=0, description="L2 bound: on each site's update (level site; parameters, not BN "
-                                 "statistics) or on each image's gradient (level image).")  # fmt: skip
+    noise_multiplier: float | None = Field(
+        None, gt=0, description="level site: noise std as a multiple of clipping_norm / sites."
+    )
+    target_epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="level image: ε every site reaches after the last "
+        "round (each calibrates its own noise to its data).",
+    )
+    layers: Literal["all", "head"] = Field(
+        "all",
+        description="level image: train every layer (a BatchNorm-free "
+        "model), or only the classifier of task.init_weights' pretrained model.",
+    )
+    clipping_norm: float = Field(
+        gt=0,
+        description="L2 bound: on each site's update (level site; parameters, not BN "
+        "statistics) or on each image's gradient (level image).",
+    )
     delta: float = Field(1e-5, gt=0, lt=1, description="δ at which ε is reported.")
 
     @model_validator(mode="after")
@@ -136,8 +159,9 @@ class DpConfig(StrictModel):
         if self.level == "site" and (self.noise_multiplier is None or self.target_epsilon is not None):
             raise ValueError("privacy.dp level 'site' needs noise_multiplier (and no target_epsilon)")
         if self.level == "image" and (self.target_epsilon is None or self.noise_multiplier is not None):
-            raise ValueError("privacy.dp level 'image' needs target_epsilon (and no noise_multiplier: each site "
-                             "calibrates its own)")  # fmt: skip
+            raise ValueError(
+                "privacy.dp level 'image' needs target_epsilon (and no noise_multiplier: each site calibrates its own)"
+            )
         return self
 
 
@@ -148,13 +172,25 @@ SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm", "fedb
 class SecAggConfig(StrictModel):
     """SecAgg+ (server/secure_aggregation.py): the server sees only the sum of the sites' updates."""
 
-    share_fraction: float = Field(1.0, gt=0, le=1, description="Each site's secrets are split among this fraction of the sites.")
-    threshold_fraction: float = Field(0.67, gt=0, le=1, description="Fraction of the shares needed to unmask: "
-                                      "higher protects more, lower tolerates more sites dropping mid-round.")  # fmt: skip
-    clipping_range: float = Field(1.0, gt=0, description="With max_weight C = range × max_weight: a site with n "
-                                  "examples may send update values up to C / n, quantised to ~2C / (4.2M × n).")  # fmt: skip
-    max_weight: float = Field(1000, gt=0, description="Example-count scale; all sites' examples together must stay "
-                              "below 1024 × max_weight.")  # fmt: skip
+    share_fraction: float = Field(
+        1.0, gt=0, le=1, description="Each site's secrets are split among this fraction of the sites."
+    )
+    threshold_fraction: float = Field(
+        0.67,
+        gt=0,
+        le=1,
+        description="Fraction of the shares needed to unmask: "
+        "higher protects more, lower tolerates more sites dropping mid-round.",
+    )
+    clipping_range: float = Field(
+        1.0,
+        gt=0,
+        description="With max_weight C = range × max_weight: a site with n "
+        "examples may send update values up to C / n, quantised to ~2C / (4.2M × n).",
+    )
+    max_weight: float = Field(
+        1000, gt=0, description="Example-count scale; all sites' examples together must stay below 1024 × max_weight."
+    )
 
 
 class PrivacySettings(StrictModel):
@@ -165,8 +201,15 @@ class PrivacySettings(StrictModel):
 
 
 StrategyConfig = Annotated[
-    FedAvgStrategy | FedBNStrategy | FedMedianStrategy | FedProxStrategy | FedAdamStrategy
-    | FedYogiStrategy | FedAvgMStrategy | FedTrimmedAvgStrategy | KrumStrategy,
+    FedAvgStrategy
+    | FedBNStrategy
+    | FedMedianStrategy
+    | FedProxStrategy
+    | FedAdamStrategy
+    | FedYogiStrategy
+    | FedAvgMStrategy
+    | FedTrimmedAvgStrategy
+    | KrumStrategy,
     Field(discriminator="name"),
 ]
 
@@ -182,19 +225,33 @@ class ConsortiumConfig(StrictModel):
     batch_size: int = Field(32, ge=1, le=4096)
     lr: float = Field(1e-3, gt=0, le=10)
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="The sites' learning rate over the rounds: constant, or a cosine decay to near 0 "
-                               "at the last round (measured worse at 10 rounds; shared/lr_schedule.py).")  # fmt: skip
+        "constant",
+        description="The sites' learning rate over the rounds: constant, or a cosine decay to near 0 "
+        "at the last round (measured worse at 10 rounds; shared/lr_schedule.py).",
+    )
     augment: float = Field(1.0, ge=0, le=10)
     scanner_augment: float = Field(
-        0.0, ge=0, le=4, description="Scanner-appearance augmentation strength at the sites (exposure field, "
-                                     "collimation, blur, contrast curve, noise; shared/scanner_augment.py); 0 = off.")  # fmt: skip
-    compression: Literal["none", "fp16"] = Field("none", description="Site uploads as float32 or float16 (half the bytes).")
+        0.0,
+        ge=0,
+        le=4,
+        description="Scanner-appearance augmentation strength at the sites (exposure field, "
+        "collimation, blur, contrast curve, noise; shared/scanner_augment.py); 0 = off.",
+    )
+    compression: Literal["none", "fp16"] = Field(
+        "none", description="Site uploads as float32 or float16 (half the bytes)."
+    )
     site_optimizer: Literal["reset", "carry"] = Field(
-        "reset", description="Each round a fresh AdamW at the sites (reset), or each site's AdamW moments carried "
-                             "from its previous round (carry; kept at the site, never sent).")  # fmt: skip
+        "reset",
+        description="Each round a fresh AdamW at the sites (reset), or each site's AdamW moments carried "
+        "from its previous round (carry; kept at the site, never sent).",
+    )
     average_last_rounds: int = Field(
-        0, ge=0, le=10_000, description="Publish the mean of the last K rounds' global models as the run's model "
-                                        "(RUN_DIR/averaged.pt; server/round_average.py); 0 = the last round's.")  # fmt: skip
+        0,
+        ge=0,
+        le=10_000,
+        description="Publish the mean of the last K rounds' global models as the run's model "
+        "(RUN_DIR/averaged.pt; server/round_average.py); 0 = the last round's.",
+    )
     strategy: StrategyConfig = Field(default_factory=lambda: FedAvgStrategy(name="fedavg"))
     min_sites: int = Field(2, ge=1)
     round_timeout_s: int = Field(600, ge=10)
@@ -231,16 +288,20 @@ class ConsortiumConfig(StrictModel):
                 "or privacy.dp.layers: head with a pretrained task.init_weights"
             )
         if dp.layers == "head" and self.task.init_weights is None:
-            raise ValueError("privacy.dp.layers head trains only the classifier on frozen features, which must come "
-                             "from a pretrained model: set task.init_weights")  # fmt: skip
+            raise ValueError(
+                "privacy.dp.layers head trains only the classifier on frozen features, which must come "
+                "from a pretrained model: set task.init_weights"
+            )
         return self
 
     @model_validator(mode="after")
     def _carried_optimizer_is_not_dp_sgd(self) -> ConsortiumConfig:
         dp = self.privacy.dp
         if self.site_optimizer == "carry" and dp is not None and dp.level == "image":
-            raise ValueError("site_optimizer carry does not apply under per-image DP (DP-SGD keeps no moments "
-                             "between rounds); set site_optimizer: reset")
+            raise ValueError(
+                "site_optimizer carry does not apply under per-image DP (DP-SGD keeps no moments "
+                "between rounds); set site_optimizer: reset"
+            )
         return self
 
     @model_validator(mode="after")
@@ -262,8 +323,9 @@ class ConsortiumConfig(StrictModel):
     def host(self) -> str:
         return self.address.rpartition(":")[0].strip("[]")
 
-    def to_run_config(self, *, run_dir: Path | str = "", resume: bool = False, mode: str = "train",
-                      crossval_model: Path | str = "") -> dict[str, Any]:
+    def to_run_config(
+        self, *, run_dir: Path | str = "", resume: bool = False, mode: str = "train", crossval_model: Path | str = ""
+    ) -> dict[str, Any]:
         """The Flower run config of the contract (flat kebab-case keys, TOML scalar values)."""
         return {
             "num-server-rounds": self.rounds,
@@ -295,7 +357,9 @@ class ConsortiumConfig(StrictModel):
             "mode": mode,  # "train", "stats" (`fedrad-server stats`) or "crossval" (`fedrad-server crossval`)
             "init-weights": str(Path(self.task.init_weights).resolve()) if self.task.init_weights else "",
             "crossval-model": str(Path(crossval_model).resolve()) if str(crossval_model) else "",
-            "secagg": json.dumps(self.privacy.secure_aggregation.model_dump() if self.privacy.secure_aggregation else {}),
+            "secagg": json.dumps(
+                self.privacy.secure_aggregation.model_dump() if self.privacy.secure_aggregation else {}
+            ),
         }
 
 
@@ -307,13 +371,13 @@ def parse_consortium(data: dict, source: str = CONSORTIUM_YAML) -> ConsortiumCon
         data = {**data, "strategy": strategy}
     if isinstance(strategy, dict) and strategy.get("name") not in STRATEGY_NAMES:
         got = strategy.get("name")
-        raise ConfigError(
-            f"{source}: key 'strategy.name': must be one of {', '.join(STRATEGY_NAMES)} (got {got!r})"
-        )
+        raise ConfigError(f"{source}: key 'strategy.name': must be one of {', '.join(STRATEGY_NAMES)} (got {got!r})")
     try:
         return parse_model(ConsortiumConfig, data, source)
     except ConfigError as exc:  # pydantic names union members: 'strategy.fedprox.eta' -> 'strategy.eta'
-        raise ConfigError(re.sub(r"'strategy\.(" + "|".join(STRATEGY_NAMES) + r")\.", r"'strategy.", str(exc))) from None
+        raise ConfigError(
+            re.sub(r"'strategy\.(" + "|".join(STRATEGY_NAMES) + r")\.", r"'strategy.", str(exc))
+        ) from None
 
 
 def load_consortium(directory: Path) -> ConsortiumConfig:

@@ -39,9 +39,17 @@ from rich.table import Table
 from server.consortium import ConsortiumConfig, load_consortium
 from server.enrollment import EnrollmentError, load_registry, pki_dir, site_public_key
 from server.fleet_proxy import start_fleet_proxy
-from server.statistics import STATS_FILE
 from server.pki import PkiError, server_tls
-from server.superlink import ControlClient, SuperLink, SuperLinkError, is_finished, stage_app, start_superlink, submit_run
+from server.statistics import STATS_FILE
+from server.superlink import (
+    ControlClient,
+    SuperLink,
+    SuperLinkError,
+    is_finished,
+    stage_app,
+    start_superlink,
+    submit_run,
+)
 from shared.processes import ProcessError, ProcessSet, executable, exit_on_sigterm, free_port, proc_id, run_cli
 
 STATE_DIR = "state"
@@ -131,7 +139,9 @@ def sync_registrations(control: ControlClient, directory: Path) -> dict[str, str
     for node in control.nodes():
         pem = node.public_key_pem if isinstance(node.public_key_pem, bytes) else str(node.public_key_pem).encode()
         if node.status != "unregistered" and pem.strip() not in wanted:
-            control._call("UnregisterNode", UnregisterNodeRequest(node_id=node.node_id), f"unregistering node {node.name!r}")  # noqa: SLF001
+            control._call(
+                "UnregisterNode", UnregisterNodeRequest(node_id=node.node_id), f"unregistering node {node.name!r}"
+            )  # noqa: SLF001
     result = {}
     for name, site in sites.items():
         node_id = control.register(site_public_key(directory, site), name)
@@ -202,7 +212,9 @@ def _fmt_metrics(row: dict[str, Any]) -> str:
         shown = [
             f"{k.removeprefix('train-').removeprefix('eval-')}={v:.3g}"
             for k, v in sub.items()
-            if isinstance(v, int | float) and not k.endswith("-s") and k not in ("sites", "num-examples", "held-out")
+            if isinstance(v, int | float)
+            and not k.endswith("-s")
+            and k not in ("sites", "num-examples", "held-out")
             and not k.endswith("examples")
         ]
         if shown:
@@ -223,7 +235,9 @@ def round_row(row: dict[str, Any]) -> RoundRow:
     if nfail:
         sites += f" ({nfail} failed)"
     secs = row.get("seconds")
-    return RoundRow(int(row.get("round", 0)), sites, _fmt_metrics(row), f"{secs:.1f}" if isinstance(secs, int | float) else "-")
+    return RoundRow(
+        int(row.get("round", 0)), sites, _fmt_metrics(row), f"{secs:.1f}" if isinstance(secs, int | float) else "-"
+    )
 
 
 class MetricsTail:
@@ -260,8 +274,15 @@ def _rounds_table(rows: list[RoundRow], total: int, status: str, elapsed: float)
 
 
 def follow_run(
-    link: SuperLink, control: ControlClient, ps: ProcessSet, run_id: int, run_dir: Path, total_rounds: int,
-    console: Console, live: bool, poll_s: float,
+    link: SuperLink,
+    control: ControlClient,
+    ps: ProcessSet,
+    run_id: int,
+    run_dir: Path,
+    total_rounds: int,
+    console: Console,
+    live: bool,
+    poll_s: float,
 ) -> SessionResult:
     """Show rounds as they finish; return when the run's status is ``finished:*``."""
     tail = MetricsTail(run_dir / "metrics.jsonl")
@@ -338,47 +359,73 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
                 regs = sync_registrations(control, directory)
                 orphans = stop_orphaned_runs(control)
             start_fleet_proxy(
-                ps, listen=listen, upstream=link.address, certfile=tls.server_cert, keyfile=tls.server_key,
-                ca_certfile=tls.ca_cert, cwd=SOURCE_ROOT,
+                ps,
+                listen=listen,
+                upstream=link.address,
+                certfile=tls.server_cert,
+                keyfile=tls.server_key,
+                ca_certfile=tls.ca_cert,
+                cwd=SOURCE_ROOT,
             )
         except SuperLinkError as exc:
             raise CoordinatorError(str(exc)) from None
         except ProcessError as exc:
             raise CoordinatorError(f"the server could not start (is port {listen} free?): {exc}") from None
         me = proc_id(os.getpid())
-        _write_json(state / SERVER_JSON, {
-            "pid": os.getpid(), "starttime": me[1] if me else None, "superlink": link.address,
-            "listen": listen, "started_at": time.time(),
-        })  # fmt: skip
+        _write_json(
+            state / SERVER_JSON,
+            {
+                "pid": os.getpid(),
+                "starttime": me[1] if me else None,
+                "superlink": link.address,
+                "listen": listen,
+                "started_at": time.time(),
+            },
+        )
         console.print(f"{len(regs)} enrolled site(s) registered with the SuperLink")
         for orphan in orphans:
-            console.print(f"[yellow]stopped run {orphan}[/], left unfinished by a server process that died; its "
-                          "queued messages would have held the sites (its finished rounds are on disk)")  # fmt: skip
-        console.print(f"[bold]{cfg.name}[/]: server listening for sites on {listen} (TLS, site keys); "
-                      f"logs in {directory / LOGS_DIR}")
+            console.print(
+                f"[yellow]stopped run {orphan}[/], left unfinished by a server process that died; its "
+                "queued messages would have held the sites (its finished rounds are on disk)"
+            )
+        console.print(
+            f"[bold]{cfg.name}[/]: server listening for sites on {listen} (TLS, site keys); "
+            f"logs in {directory / LOGS_DIR}"
+        )
         run_id = None
         try:
             with link.control() as control:
                 wait_for_sites(control, sorted(sites), cfg.min_sites, cfg.wait_for_sites_s, console, live, opts.poll_s)
-                run_config = cfg.to_run_config(run_dir=run_dir, resume=opts.resume, mode=opts.mode,
-                                               crossval_model=opts.crossval_model or "")  # fmt: skip
+                run_config = cfg.to_run_config(
+                    run_dir=run_dir, resume=opts.resume, mode=opts.mode, crossval_model=opts.crossval_model or ""
+                )
                 run_dir.mkdir(parents=True, exist_ok=True)
                 app_dir = stage_app(state / "app", SOURCE_ROOT, config_defaults=run_config)
                 run_id = submit_run(link, app_dir)
-                current = {"run_id": run_id, "run_dir": str(run_dir), "resume": opts.resume,
-                           "submitted_at": time.time(), "status": "submitted", "rounds": cfg.rounds}
+                current = {
+                    "run_id": run_id,
+                    "run_dir": str(run_dir),
+                    "resume": opts.resume,
+                    "submitted_at": time.time(),
+                    "status": "submitted",
+                    "rounds": cfg.rounds,
+                }
                 if opts.mode == "train":  # what --auto-resume and `status` read (not stats/crossval sessions)
                     _write_json(state / CURRENT_RUN_JSON, current)
-                console.print(f"run {run_id} submitted{' (resume)' if opts.resume else ''}: {cfg.rounds} rounds of "
-                              f"{cfg.strategy.name}, checkpoints in {run_dir}")
+                console.print(
+                    f"run {run_id} submitted{' (resume)' if opts.resume else ''}: {cfg.rounds} rounds of "
+                    f"{cfg.strategy.name}, checkpoints in {run_dir}"
+                )
                 result = follow_run(link, control, ps, run_id, run_dir, cfg.rounds, console, live, opts.poll_s)
                 if opts.mode == "stats":
                     _name_stats_sites(run_dir, control)
                 elif opts.mode == "crossval":
                     _name_crossval_sites(run_dir, control)
                 else:
-                    _write_json(state / CURRENT_RUN_JSON, {**current, "status": result.status, "details": result.details,
-                                                           "finished_at": time.time()})
+                    _write_json(
+                        state / CURRENT_RUN_JSON,
+                        {**current, "status": result.status, "details": result.details, "finished_at": time.time()},
+                    )
                 if not result.ok:  # the ServerApp's traceback is only in `flwr log` (costs seconds: failures only)
                     path = _save_serverapp_log(link, run_id, directory)
                     if path is not None:
@@ -410,11 +457,20 @@ def _name_crossval_sites(run_dir: Path, control: ControlClient) -> None:
         return
     names = {str(n.node_id): n.name for n in control.nodes()}
     matrix = {
-        (f"local {names.get(m.split('@', 1)[1], m)}" if m.startswith("local@") else m): {names.get(k, k): v for k, v in row.items()}
+        (f"local {names.get(m.split('@', 1)[1], m)}" if m.startswith("local@") else m): {
+            names.get(k, k): v for k, v in row.items()
+        }
         for m, row in data["matrix"].items()
     }
-    _write_json(path, {**data, "matrix": matrix, "sites": [names.get(s, s) for s in data["sites"]],
-                       "not_shared": {names.get(k, k): v for k, v in data.get("not_shared", {}).items()}})  # fmt: skip
+    _write_json(
+        path,
+        {
+            **data,
+            "matrix": matrix,
+            "sites": [names.get(s, s) for s in data["sites"]],
+            "not_shared": {names.get(k, k): v for k, v in data.get("not_shared", {}).items()},
+        },
+    )
 
 
 def _stop_if_running(link: SuperLink, run_id: int) -> None:
@@ -449,7 +505,9 @@ def _save_serverapp_log(link: SuperLink, run_id: int, directory: Path) -> Path |
     try:
         res = run_cli(
             [executable("flwr"), "log", str(run_id), link.connection, "--show"],
-            env={"FLWR_HOME": str(link.flwr_home)}, cwd=link.flwr_home, timeout=60,
+            env={"FLWR_HOME": str(link.flwr_home)},
+            cwd=link.flwr_home,
+            timeout=60,
         )
         text = res.stdout + res.stderr
     except Exception:  # noqa: BLE001 - a missing log must not hide the run's verdict

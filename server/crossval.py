@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -36,11 +36,18 @@ def _reason(reply: Message) -> str:
     return str(reply.error.reason) if reply.has_error() else "empty reply"
 
 
-def collect_local_models(grid: Grid, nodes: list[int], template: ArrayRecord, *, timeout: float,
-                         send: Callable[..., list[Message]]) -> tuple[dict[int, ArrayRecord], dict[int, str]]:  # fmt: skip
+def collect_local_models(
+    grid: Grid, nodes: list[int], template: ArrayRecord, *, timeout: float, send: Callable[..., list[Message]]
+) -> tuple[dict[int, ArrayRecord], dict[int, str]]:
     """(node → its local model's arrays, node → why not) for every site asked."""
-    msgs = [Message(RecordDict({"arrays": template, "config": ConfigRecord({"purpose": "local-model"})}),
-                    dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]  # fmt: skip
+    msgs = [
+        Message(
+            RecordDict({"arrays": template, "config": ConfigRecord({"purpose": "local-model"})}),
+            dst_node_id=n,
+            message_type=MessageType.QUERY,
+        )
+        for n in nodes
+    ]
     models, missing = {}, {n: f"no reply within {timeout:.0f} s" for n in nodes}
     for reply in send(grid, msgs, timeout=timeout):
         node = int(reply.metadata.src_node_id)
@@ -53,12 +60,26 @@ def collect_local_models(grid: Grid, nodes: list[int], template: ArrayRecord, *,
     return models, missing
 
 
-def cross_evaluate(grid: Grid, nodes: list[int], models: dict[str, ArrayRecord], config: dict, *, timeout: float,
-                   send: Callable[..., list[Message]]) -> dict[str, dict[str, dict]]:  # fmt: skip
+def cross_evaluate(
+    grid: Grid,
+    nodes: list[int],
+    models: dict[str, ArrayRecord],
+    config: dict,
+    *,
+    timeout: float,
+    send: Callable[..., list[Message]],
+) -> dict[str, dict[str, dict]]:
     """model name → node → the site's aggregate metrics, or ``{"error": why}``."""
-    msgs = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord({**config, "purpose": "crossval"})}),
-                    dst_node_id=n, message_type=MessageType.EVALUATE, group_id=name)  # the reply keeps group_id
-            for name, arrays in models.items() for n in nodes]  # fmt: skip
+    msgs = [
+        Message(
+            RecordDict({"arrays": arrays, "config": ConfigRecord({**config, "purpose": "crossval"})}),
+            dst_node_id=n,
+            message_type=MessageType.EVALUATE,
+            group_id=name,
+        )  # the reply keeps group_id
+        for name, arrays in models.items()
+        for n in nodes
+    ]
     matrix = {name: {str(n): {"error": f"no reply within {timeout:.0f} s"} for n in nodes} for name in models}
     for reply in send(grid, msgs, timeout=timeout):
         name, node = reply.metadata.group_id, str(reply.metadata.src_node_id)
@@ -77,6 +98,6 @@ def write_crossval(run_dir: Path, result: dict) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CROSSVAL_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **result}, indent=2))
+    tmp.write_text(json.dumps({"time": datetime.now(UTC).isoformat(timespec="seconds"), **result}, indent=2))
     os.replace(tmp, path)
     return path

@@ -9,8 +9,10 @@ from rich.table import Table
 def render_crossval(data: dict, console: Console) -> None:
     sites = data["sites"]
     metric = data.get("metric", "auc")  # the task's headline (older files: AUC)
-    table = Table(title=f"Cross-site evaluation: {metric} [95 % CI] on each site's held-out patients (n) — model "
-                        f"{data['model']}", title_justify="left")
+    table = Table(
+        title=f"Cross-site evaluation: {metric} [95 % CI] on each site's held-out patients (n) — model {data['model']}",
+        title_justify="left",
+    )
     table.add_column("model")
     for s in sites:
         table.add_column(s, justify="right")
@@ -29,7 +31,7 @@ def render_crossval(data: dict, console: Console) -> None:
 
 
 def metric_cell(cell: dict, metric: str = "auc") -> str:
-    """"0.912 [0.861–0.955] (n=120)": a site's ``metric`` with its own bootstrap interval, when it sent one
+    """ "0.912 [0.861–0.955] (n=120)": a site's ``metric`` with its own bootstrap interval, when it sent one
     ("–" where the site could not compute it: its ``<metric>-examples`` count, when it sends one, is 0)."""
     counted = cell.get(f"{metric}-examples", 1)
     value = cell.get(metric) if counted else None

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shared.keys import PRIVATE_KEY, PUBLIC_KEY, SiteKeyError, fingerprint, generate_site_keys, load_public_key
 from server.consortium import CONSORTIUM_YAML, ConsortiumConfig, consortium_yaml_text, load_consortium
 from server.pki import CA_CERT, PkiError, init_pki
 from shared.config import DEFAULT_CLASSES, ConfigError
+from shared.keys import PRIVATE_KEY, PUBLIC_KEY, SiteKeyError, fingerprint, generate_site_keys, load_public_key
 
 PKI_DIR = "pki"
 SITES_DIR = "sites"
@@ -112,7 +112,11 @@ def site_public_key(directory: Path, site: EnrolledSite) -> Path:
 
 
 def enroll_site(
-    directory: Path, name: str, public_key: Path | None = None, *, replace: bool = False,
+    directory: Path,
+    name: str,
+    public_key: Path | None = None,
+    *,
+    replace: bool = False,
     on_generate: Callable[[], None] | None = None,
 ) -> EnrollResult:
     """Register ``name`` with its public key and write ``DIR/bundles/NAME/``.
@@ -124,7 +128,9 @@ def enroll_site(
     directory = Path(directory)
     cfg = load_consortium(directory)
     if not SITE_NAME.match(name):
-        raise EnrollmentError(f"site name {name!r}: use letters, digits, '.', '_' or '-' (max 63), starting with a letter or digit.")
+        raise EnrollmentError(
+            f"site name {name!r}: use letters, digits, '.', '_' or '-' (max 63), starting with a letter or digit."
+        )
     sites = load_registry(directory)
     if name in sites and not replace:
         raise EnrollmentError(f"site {name!r} is already enrolled; pass --replace to rotate its key.")
@@ -144,7 +150,9 @@ def enroll_site(
         raise EnrollmentError(str(exc)) from None
     for other in sites.values():
         if other.fingerprint == fp and other.name != name:
-            raise EnrollmentError(f"{public_key} is already enrolled for site {other.name!r}; every site needs its own key.")
+            raise EnrollmentError(
+                f"{public_key} is already enrolled for site {other.name!r}; every site needs its own key."
+            )
     stored = directory / SITES_DIR / f"{name}.pub"
     stored.parent.mkdir(parents=True, exist_ok=True)
     stored.write_bytes(Path(public_key).read_bytes())
@@ -191,9 +199,11 @@ def site_yaml_template(cfg: ConsortiumConfig, site_name: str) -> str:
 
     A segmentation consortium's template leaves ``labels`` commented out: its labels are the DICOM SEGs in ``data``.
     """
-    labels_line = ("labels: /path/to/labels.csv          # CSV with a key column and a label column"
-                   if cfg.task.spec().task.label_csv else
-                   f"# labels: /path/to/labels.csv        # not needed: {cfg.task.type} reads its labels from `data`")
+    labels_line = (
+        "labels: /path/to/labels.csv          # CSV with a key column and a label column"
+        if cfg.task.spec().task.label_csv
+        else f"# labels: /path/to/labels.csv        # not needed: {cfg.task.type} reads its labels from `data`"
+    )
     return f"""\
 # FedRad site settings for {site_name!r} (consortium {cfg.name!r}).
 # Edit `data` and `labels`, then: fedrad-site check --config site.yaml
@@ -221,6 +231,15 @@ private_key: {PRIVATE_KEY}                # made by `fedrad-site keygen`; never 
 
 
 __all__ = [
-    "EnrolledSite", "EnrollResult", "EnrollmentError", "PUBLIC_KEY", "enroll_site", "init_consortium",
-    "load_registry", "pki_dir", "site_public_key", "site_yaml_template", "write_bundle",
+    "EnrolledSite",
+    "EnrollResult",
+    "EnrollmentError",
+    "PUBLIC_KEY",
+    "enroll_site",
+    "init_consortium",
+    "load_registry",
+    "pki_dir",
+    "site_public_key",
+    "site_yaml_template",
+    "write_bundle",
 ]

@@ -12,9 +12,9 @@ import re
 import shutil
 from pathlib import Path
 
-from server.coordinator import CURRENT_RUN_JSON, STATE_DIR, last_run_dir, read_json
 from server.checkpoints import CheckpointError, RunDir
 from server.consortium import load_consortium
+from server.coordinator import CURRENT_RUN_JSON, STATE_DIR, last_run_dir, read_json
 from shared.config import ConfigError
 from shared.intensity import HistogramEqualize
 from shared.modelfile import load_model_file
@@ -55,8 +55,16 @@ def _current_average(run_dir: Path) -> Path | None:
     return path if averaged.get("file") and path.is_file() and rounds[-1] == state.get("last_round") else None
 
 
-def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Path | None = None, fmt: str = "pt",
-                 benchmark: Path | None = None, crossval: Path | None = None) -> dict:
+def export_model(
+    directory: Path,
+    out: Path,
+    *,
+    best: bool = False,
+    run_dir: Path | None = None,
+    fmt: str = "pt",
+    benchmark: Path | None = None,
+    crossval: Path | None = None,
+) -> dict:
     """Write the chosen global model of the current/last run to ``out`` (as ``fmt``) with a model card; return what was done.
 
     ``pt`` copies the verified FedRad model file; ``torchscript`` / ``onnx``
@@ -82,9 +90,13 @@ def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Pat
     refusal = task.unsupported("onnx") if fmt != "pt" else None
     if refusal:
         raise ConfigError(f"--format {fmt}: {refusal}; {src.name} is a {loaded.task} model: use --format pt")
-    if fmt == "onnx" and any(isinstance(m, HistogramEqualize) for m in loaded.model.modules()):  # searchsorted: no ONNX op
-        raise ConfigError(f"--format onnx: {src.name} is a {loaded.architecture} model, and ONNX has no operator for its "
-                          "histogram-equalisation input layer; use --format torchscript (same probabilities) or pt")  # fmt: skip
+    if fmt == "onnx" and any(
+        isinstance(m, HistogramEqualize) for m in loaded.model.modules()
+    ):  # searchsorted: no ONNX op
+        raise ConfigError(
+            f"--format onnx: {src.name} is a {loaded.architecture} model, and ONNX has no operator for its "
+            "histogram-equalisation input layer; use --format torchscript (same probabilities) or pt"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     gap = None
@@ -93,16 +105,26 @@ def export_model(directory: Path, out: Path, *, best: bool = False, run_dir: Pat
         what = "FedRad model file (load with shared.modelfile.load_model_file)"
     else:
         gap = export_graph(loaded.model, loaded.preprocess.image_size, fmt, out, activation=task.probabilities)
-        kind = "class probabilities" if task.outputs_key == "classes" else f"a probability map per {task.outputs_key[:-1]}"
+        kind = (
+            "class probabilities" if task.outputs_key == "classes" else f"a probability map per {task.outputs_key[:-1]}"
+        )
         what = f"{fmt} graph: float32 images (N, 1, S, S) → {kind}; max gap to the checkpoint {gap:.1e}"
     bench = _read_json_option("--benchmark", benchmark, "results.json", ("matrix", "columns"))
     cross = _read_json_option("--crossval", crossval, "crossval.json", ("matrix", "sites"))
     card = out.with_name(out.name + ".md")
     card.write_text(model_card(loaded, Path(run_dir), {out.name: what}, enrolled_sites(directory), bench, cross))
-    return {"source": str(src), "out": str(out), "format": fmt, "model_card": str(card), "max_gap": gap,
-            "weights_sha256": loaded.weights_sha256, "rounds": loaded.provenance.get("rounds"),
-            "trained_by": loaded.provenance.get("trained_by"), "architecture": loaded.architecture,
-            "classes": loaded.classes}
+    return {
+        "source": str(src),
+        "out": str(out),
+        "format": fmt,
+        "model_card": str(card),
+        "max_gap": gap,
+        "weights_sha256": loaded.weights_sha256,
+        "rounds": loaded.provenance.get("rounds"),
+        "trained_by": loaded.provenance.get("trained_by"),
+        "architecture": loaded.architecture,
+        "classes": loaded.classes,
+    }
 
 
 def _read_json_option(option: str, path: Path | None, what: str, keys: tuple[str, ...]) -> dict | None:

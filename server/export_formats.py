@@ -42,9 +42,15 @@ def check_images(image_size: int, images: torch.Tensor | None = None) -> torch.T
     return torch.rand((CHECK_IMAGES, 1, image_size, image_size), generator=g)
 
 
-def export_graph(model: torch.nn.Module, image_size: int, fmt: str, dest: Path,
-                 images: torch.Tensor | None = None, tolerance: float = 1e-5,
-                 activation: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+def export_graph(
+    model: torch.nn.Module,
+    image_size: int,
+    fmt: str,
+    dest: Path,
+    images: torch.Tensor | None = None,
+    tolerance: float = 1e-5,
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> float:
     """Write ``model`` as ``fmt`` to ``dest``; return the largest |probability gap| to the checkpoint.
 
     ``activation``: the task's (:meth:`shared.tasks.Task.probabilities`); default softmax over classes."""
@@ -67,9 +73,16 @@ def export_graph(model: torch.nn.Module, image_size: int, fmt: str, dest: Path,
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapped, (x[:1],), str(dest), input_names=["images"], output_names=["probabilities"],
-                              dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}}, dynamo=True,
-                              verbose=False)
+            torch.onnx.export(
+                wrapped,
+                (x[:1],),
+                str(dest),
+                input_names=["images"],
+                output_names=["probabilities"],
+                dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                dynamo=True,
+                verbose=False,
+            )
         session = onnxruntime.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
         got = session.run(None, {"images": x.numpy()})[0]
     else:

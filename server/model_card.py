@@ -25,8 +25,14 @@ def enrolled_sites(consortium_dir: Path) -> list[str]:
         return []
 
 
-def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], sites: list[str],
-               benchmark: dict | None = None, crossval: dict | None = None) -> str:
+def model_card(
+    model: LoadedModel,
+    run_dir: Path | None,
+    files: dict[str, str],
+    sites: list[str],
+    benchmark: dict | None = None,
+    crossval: dict | None = None,
+) -> str:
     """The card's Markdown text."""
     prov, pre = model.provenance, model.preprocess
     kind = get_task(model.task)
@@ -55,41 +61,74 @@ def model_card(model: LoadedModel, run_dir: Path | None, files: dict[str, str], 
         "## Training",
         f"* federated, {prov.get('rounds')} round(s), strategy {extra.get('strategy', '?')}, seed {extra.get('seed', '?')}; "
         f"created {prov.get('created')}, FedRad {prov.get('fedrad_version')}",
-        *([f"* published weights: the mean of the global models of rounds {extra['averaged_rounds'][0]}–"
-           f"{extra['averaged_rounds'][1]} (average_last_rounds)"] if extra.get("averaged_rounds") else []),
+        *(
+            [
+                f"* published weights: the mean of the global models of rounds {extra['averaged_rounds'][0]}–"
+                f"{extra['averaged_rounds'][1]} (average_last_rounds)"
+            ]
+            if extra.get("averaged_rounds")
+            else []
+        ),
         f"* training sites: {', '.join(sites) if sites else 'not recorded in this folder'}",
         f"* sites per round: {sorted({r.get('sites_answered') for r in rows}) if rows else '?'}",
-        "* differential privacy: " + (f"ε = {privacy.get('epsilon')} at δ = {privacy.get('delta')}, noise multiplier "
-                                       f"{privacy.get('noise_multiplier')}, clipping norm {privacy.get('clipping_norm')}"
-                                       if privacy else "none"),
+        "* differential privacy: "
+        + (
+            f"ε = {privacy.get('epsilon')} at δ = {privacy.get('delta')}, noise multiplier "
+            f"{privacy.get('noise_multiplier')}, clipping norm {privacy.get('clipping_norm')}"
+            if privacy
+            else "none"
+        ),
         "",
         "## Performance",
     ]
     if last:
         e = last["eval"]
-        lines.append(f"* federated evaluation, round {last['round']}, sites' held-out patients pooled ({e.get('num-examples')} "
-                     f"images): {kind.summarize(e, model.outputs)}. "
-                     "Sites send aggregates only, so this figure has no per-site breakdown or interval.")
+        lines.append(
+            f"* federated evaluation, round {last['round']}, sites' held-out patients pooled ({e.get('num-examples')} "
+            f"images): {kind.summarize(e, model.outputs)}. "
+            "Sites send aggregates only, so this figure has no per-site breakdown or interval."
+        )
     else:
         lines.append("* no federated evaluation recorded for this run")
     if crossval:
         from server.crossval_view import metric_cell
 
         metric = crossval.get("metric", "auc")
-        lines += ["", f"Per-site evaluation (`fedrad-server crossval`, {crossval.get('time', '?')}): {metric} with each site's "
-                  "own 95 % bootstrap interval on its held-out patients (n):", "",
-                  "| model | " + " | ".join(crossval["sites"]) + " |", "|---" * (len(crossval["sites"]) + 1) + "|"]
+        lines += [
+            "",
+            f"Per-site evaluation (`fedrad-server crossval`, {crossval.get('time', '?')}): {metric} with each site's "
+            "own 95 % bootstrap interval on its held-out patients (n):",
+            "",
+            "| model | " + " | ".join(crossval["sites"]) + " |",
+            "|---" * (len(crossval["sites"]) + 1) + "|",
+        ]
         for m, row in crossval["matrix"].items():
-            cells = [row.get(s, {}).get("error", "")[:40] or metric_cell(row.get(s, {}), metric) for s in crossval["sites"]]
+            cells = [
+                row.get(s, {}).get("error", "")[:40] or metric_cell(row.get(s, {}), metric) for s in crossval["sites"]
+            ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if benchmark:  # a segmentation benchmark (metric dice-mean) also has one matrix per label (metric_matrices)
         matrices = {benchmark.get("metric", "auc"): benchmark["matrix"], **(benchmark.get("metric_matrices") or {})}
         for metric, matrix in matrices.items():
-            name = "AUC" if metric == "auc" else "Dice, mean over labels" if metric == "dice-mean" else metric.replace("dice-", "Dice ")
-            lines += ["", f"Benchmark ({benchmark.get('engine')}, {benchmark['config']['seeds']} seeds, {name} mean ± sd over seeds):", "",
-                      "| model | " + " | ".join(benchmark["columns"]) + " |", "|---" * (len(benchmark["columns"]) + 1) + "|"]  # fmt: skip
+            name = (
+                "AUC"
+                if metric == "auc"
+                else "Dice, mean over labels"
+                if metric == "dice-mean"
+                else metric.replace("dice-", "Dice ")
+            )
+            lines += [
+                "",
+                f"Benchmark ({benchmark.get('engine')}, {benchmark['config']['seeds']} seeds, {name} mean ± sd over seeds):",
+                "",
+                "| model | " + " | ".join(benchmark["columns"]) + " |",
+                "|---" * (len(benchmark["columns"]) + 1) + "|",
+            ]
             for m, row in matrix.items():
-                cells = [f"{row[c]['mean']:.3f} ± {row[c]['sd']:.3f}" if row[c]["mean"] is not None else "–" for c in benchmark["columns"]]
+                cells = [
+                    f"{row[c]['mean']:.3f} ± {row[c]['sd']:.3f}" if row[c]["mean"] is not None else "–"
+                    for c in benchmark["columns"]
+                ]
                 lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -61,7 +61,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _san_entry(name: str) -> x509.GeneralName:
@@ -144,9 +144,7 @@ def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
     return cert, key
 
 
-def issue_server_cert(
-    directory: Path, hosts: list[str] | tuple[str, ...], *, days: int = 825
-) -> ServerTls:
+def issue_server_cert(directory: Path, hosts: list[str] | tuple[str, ...], *, days: int = 825) -> ServerTls:
     """Issue (or re-issue) ``server.crt``/``server.key`` signed by the CA in ``directory``.
 
     ``hosts`` are the public names/IPs hospitals dial; loopback names are always
@@ -187,9 +185,7 @@ def issue_server_cert(
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
     _write_private(directory / SERVER_KEY, _pem_key(key))

@@ -67,10 +67,21 @@ def write_round_average(run_dir: Path, last_round: int, k: int, round_path) -> d
     extra = dict(prov.get("extra") or {}) | {"averaged_rounds": [rounds[0], rounds[-1]]}
     path = Path(run_dir) / AVERAGED_FILE
     digest = save_model_file(
-        path, avg.model, architecture=avg.architecture, arch_kwargs=avg.arch_kwargs,
-        classes=avg.classes, labels=avg.labels or None, task=avg.task, preprocess=avg.preprocess,
+        path,
+        avg.model,
+        architecture=avg.architecture,
+        arch_kwargs=avg.arch_kwargs,
+        classes=avg.classes,
+        labels=avg.labels or None,
+        task=avg.task,
+        preprocess=avg.preprocess,
         threshold=avg.threshold,
-        provenance={"trained_by": prov["trained_by"], "kind": prov["kind"], "rounds": prov.get("rounds"),
-                    "epochs": prov.get("epochs"), "extra": extra},
-    )  # fmt: skip
+        provenance={
+            "trained_by": prov["trained_by"],
+            "kind": prov["kind"],
+            "rounds": prov.get("rounds"),
+            "epochs": prov.get("epochs"),
+            "extra": extra,
+        },
+    )
     return {"file": AVERAGED_FILE, "rounds": [rounds[0], rounds[-1]], "weights_sha256": digest}

@@ -73,8 +73,13 @@ class SecAggSettings:
         return cls(**{k: float(v) for k, v in data.items()}) if data else None
 
     def workflow(self, timeout: float) -> SecAggPlusWorkflow:
-        return SecAggPlusWorkflow(self.share_fraction, self.threshold_fraction, max_weight=self.max_weight,
-                                  clipping_range=self.clipping_range, timeout=timeout)  # fmt: skip
+        return SecAggPlusWorkflow(
+            self.share_fraction,
+            self.threshold_fraction,
+            max_weight=self.max_weight,
+            clipping_range=self.clipping_range,
+            timeout=timeout,
+        )
 
 
 class _NodeProxy(ClientProxy):
@@ -98,7 +103,9 @@ class _OneRound(Strategy):
         self.mean: list[np.ndarray] | None = None
         self.results: list[tuple[int, int, dict]] = []  # (node id, num_examples, metrics)
 
-    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: Any
+    ) -> list[tuple[ClientProxy, FitIns]]:
         return [(_NodeProxy(nid), FitIns(parameters, dict(self.config))) for nid in self.node_ids]
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list) -> tuple:
@@ -129,9 +136,15 @@ class SecureWave:
 
 
 def secure_train_wave(
-    grid: Grid, context: Context, rnd: int, arrays: ArrayRecord, config: dict[str, Any], node_ids: list[int],
-    settings: SecAggSettings, timeout: float,
-) -> SecureWave:  # fmt: skip
+    grid: Grid,
+    context: Context,
+    rnd: int,
+    arrays: ArrayRecord,
+    config: dict[str, Any],
+    node_ids: list[int],
+    settings: SecAggSettings,
+    timeout: float,
+) -> SecureWave:
     """Run SecAgg+ for round ``rnd`` over ``node_ids``; the sites train on ``arrays`` with ``config``."""
     names = list(arrays.keys())
     global_arrays = [arrays[k].numpy() for k in names]
@@ -157,9 +170,17 @@ def secure_train_wave(
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numeric.setdefault("num-examples", num_examples)
         content = RecordDict({"arrays": ArrayRecord(dict(model)), "metrics": MetricRecord(numeric)})
-        meta = Metadata(run_id=context.run_id, message_id="", src_node_id=node_id, dst_node_id=0, reply_to_message_id="",
-                        group_id=str(rnd), created_at=time.time(), ttl=0.0, message_type="train")  # fmt: skip
+        meta = Metadata(
+            run_id=context.run_id,
+            message_id="",
+            src_node_id=node_id,
+            dst_node_id=0,
+            reply_to_message_id="",
+            group_id=str(rnd),
+            created_at=time.time(),
+            ttl=0.0,
+            message_type="train",
+        )
         out.replies.append(Message(content=content, metadata=meta))
         out.contributors.append(node_id)
     return out
-

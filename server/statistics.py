@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -28,7 +28,9 @@ def collect_statistics(grid: Grid, run_dir: Path, *, timeout: float, send: Calla
     """Ask every connected site; write and return ``run_dir/stats.json``."""
     nodes = list(grid.get_node_ids())
     msgs = [
-        Message(RecordDict({"config": ConfigRecord({"purpose": "data-qc"})}), dst_node_id=n, message_type=MessageType.QUERY)
+        Message(
+            RecordDict({"config": ConfigRecord({"purpose": "data-qc"})}), dst_node_id=n, message_type=MessageType.QUERY
+        )
         for n in nodes
     ]
     replies = send(grid, msgs, timeout=timeout)
@@ -44,6 +46,6 @@ def collect_statistics(grid: Grid, run_dir: Path, *, timeout: float, send: Calla
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / STATS_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sites": sites}, indent=2))
+    tmp.write_text(json.dumps({"time": datetime.now(UTC).isoformat(timespec="seconds"), "sites": sites}, indent=2))
     os.replace(tmp, path)
     return path

@@ -13,8 +13,10 @@ WITHHELD = "<min"  # a count the site withheld (below its min_count), or a categ
 def render_statistics(stats: dict[str, Any], console: Console) -> None:
     sites = stats.get("sites", {})
     names = stats.get("names", {})
-    keys = sorted({k for s in sites.values() for k in s.get("counts", {})},
-                  key=lambda k: (k.split(":")[0] != "images", k.split(":")[0], k))  # fmt: skip
+    keys = sorted(
+        {k for s in sites.values() for k in s.get("counts", {})},
+        key=lambda k: (k.split(":")[0] != "images", k.split(":")[0], k),
+    )
     table = Table(title=f"Site data statistics ({stats.get('time', '')}); counts below a site's min_count are withheld")
     table.add_column("statistic")
     columns = sorted(sites, key=lambda n: names.get(n, n))

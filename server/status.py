@@ -65,14 +65,19 @@ def collect_status(directory: Path) -> dict[str, Any]:
         run = {
             "run_dir": str(run_dir),
             "run_id": current.get("run_id") if current else None,
-            "status": (current or {}).get("status", "unknown") if current and current.get("run_dir") == str(run_dir) else "unknown",
+            "status": (current or {}).get("status", "unknown")
+            if current and current.get("run_dir") == str(run_dir)
+            else "unknown",
             "rounds": cfg.rounds,
             "last_round": state.get("last_round", last.get("round") if last else None),
             "last_metrics": last,
             "latest_model": str(run_dir / "latest.pt") if (run_dir / "latest.pt").exists() else None,
             "best_model": str(run_dir / "best.pt") if (run_dir / "best.pt").exists() else None,
-            "averaged_model": ({"path": str(run_dir / state["averaged"]["file"]), "rounds": state["averaged"]["rounds"]}
-                               if state.get("averaged") else None),
+            "averaged_model": (
+                {"path": str(run_dir / state["averaged"]["file"]), "rounds": state["averaged"]["rounds"]}
+                if state.get("averaged")
+                else None
+            ),
         }
         if server is None and run["status"] in ("submitted", "running"):
             run["status"] = f"{run['status']} (server stopped; `fedrad-server start --resume` continues it)"
@@ -82,8 +87,14 @@ def collect_status(directory: Path) -> dict[str, Any]:
         "strategy": cfg.strategy.name,
         "server_running": server is not None,
         "sites": [
-            {"name": n, "fingerprint": s.fingerprint, "enrolled_at": s.enrolled_at,
-             "status": (online or {}).get(n, "not connected") if server is not None else "unknown (server not running)"}
+            {
+                "name": n,
+                "fingerprint": s.fingerprint,
+                "enrolled_at": s.enrolled_at,
+                "status": (online or {}).get(n, "not connected")
+                if server is not None
+                else "unknown (server not running)",
+            }
             for n, s in sorted(sites.items())
         ],
         "run": run,
@@ -91,7 +102,9 @@ def collect_status(directory: Path) -> dict[str, Any]:
 
 
 def render_status(st: dict[str, Any], console: Console) -> None:
-    running = "[green]running[/]" if st["server_running"] else "[yellow]not running[/] (start it with `fedrad-server start`)"
+    running = (
+        "[green]running[/]" if st["server_running"] else "[yellow]not running[/] (start it with `fedrad-server start`)"
+    )
     console.print(f"[bold]{st['consortium']}[/] at {st['address']} ({st['strategy']}): server {running}")
     table = Table(title=f"{len(st['sites'])} site(s) enrolled", title_justify="left")
     for col in ("site", "status", "key fingerprint", "enrolled"):
@@ -103,8 +116,10 @@ def render_status(st: dict[str, Any], console: Console) -> None:
     if run is None:
         console.print("no run yet")
         return
-    console.print(f"run {run['run_id'] or '?'} in {run['run_dir']}: {run['status']}, "
-                  f"round {run['last_round'] if run['last_round'] is not None else 0}/{run['rounds']}")
+    console.print(
+        f"run {run['run_id'] or '?'} in {run['run_dir']}: {run['status']}, "
+        f"round {run['last_round'] if run['last_round'] is not None else 0}/{run['rounds']}"
+    )
     if run["last_metrics"]:
         r = round_row(run["last_metrics"])
         console.print(f"last round {r.round}: sites {r.sites}, {r.metrics}, {r.seconds} s")

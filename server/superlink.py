@@ -58,8 +58,9 @@ class SuperLink:
         return ControlClient(self.address, self.ca_cert)
 
 
-def superlink_command(tls: ServerTls, *, port: int, database: Path | None, host: str = "127.0.0.1",
-                      simulation: bool = False) -> list[str]:  # fmt: skip
+def superlink_command(
+    tls: ServerTls, *, port: int, database: Path | None, host: str = "127.0.0.1", simulation: bool = False
+) -> list[str]:
     """The ``flower-superlink`` command line FedRad uses (TLS, node auth, persistent state, no installs).
 
     ``simulation``: Flower's simulation runtime (``--simulation``: no Fleet API, runs are
@@ -67,16 +68,22 @@ def superlink_command(tls: ServerTls, *, port: int, database: Path | None, host:
     """
     return [
         executable("flower-superlink"),
-        "--ssl-certfile", str(tls.server_cert),
-        "--ssl-keyfile", str(tls.server_key),
-        "--ssl-ca-certfile", str(tls.ca_cert),
+        "--ssl-certfile",
+        str(tls.server_cert),
+        "--ssl-keyfile",
+        str(tls.server_key),
+        "--ssl-ca-certfile",
+        str(tls.ca_cert),
         *(["--simulation"] if simulation else ["--enable-supernode-auth"]),
         *(["--database", str(database)] if database is not None else []),
         "--disable-runtime-dependency-installation",
-        "--host", host,
-        "--port", str(port),
-        "--isolation", "subprocess",
-    ]  # fmt: skip
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--isolation",
+        "subprocess",
+    ]
 
 
 def write_cli_config(flwr_home: Path, address: str, ca_cert: Path, name: str = CONNECTION) -> Path:
@@ -86,7 +93,9 @@ def write_cli_config(flwr_home: Path, address: str, ca_cert: Path, name: str = C
     flwr_home = Path(flwr_home)
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
-    doc = {"superlink": {"default": name, name: {"address": address, "root-certificates": str(Path(ca_cert).resolve())}}}
+    doc = {
+        "superlink": {"default": name, name: {"address": address, "root-certificates": str(Path(ca_cert).resolve())}}
+    }
     path.write_text(tomli_w.dumps(doc))
     return path
 
@@ -201,7 +210,9 @@ class ControlClient:
         try:
             return getattr(self._client, method)(request)
         except httpx.HTTPStatusError as exc:
-            raise SuperLinkError(f"{what}: SuperLink answered {exc.response.status_code} {exc.response.text[:300]}") from exc
+            raise SuperLinkError(
+                f"{what}: SuperLink answered {exc.response.status_code} {exc.response.text[:300]}"
+            ) from exc
         except httpx.HTTPError as exc:
             raise SuperLinkError(f"{what}: SuperLink at {self.address} unreachable ({exc})") from exc
 
@@ -230,9 +241,7 @@ class ControlClient:
         from flwr.proto.control_pb2 import ListNodesRequest
 
         res = self._call("ListNodes", ListNodesRequest(), "listing SuperNodes")
-        return [
-            NodeStatus(int(n.node_id), n.name, n.status, n.public_key, n.last_activated_at) for n in res.nodes_info
-        ]
+        return [NodeStatus(int(n.node_id), n.name, n.status, n.public_key, n.last_activated_at) for n in res.nodes_info]
 
     def run(self, run_id: int) -> dict[str, Any]:
         """A run's status (``status`` like ``finished:completed``), timing and traffic."""
@@ -315,6 +324,7 @@ def stage_app(dest: Path, source_root: Path | None = None, config_defaults: dict
     declare, and a consortium's settings are the run's defaults anyway.
     """
     import tomllib
+
     import tomli_w
 
     root = Path(source_root) if source_root else Path(__file__).resolve().parent.parent
@@ -351,8 +361,12 @@ def run_wait_s(run_config: Mapping[str, Any]) -> float:
     return (rounds + 1) * round_timeout + 300
 
 
-def submit_run(link: SuperLink, app_dir: Path, run_config: dict[str, Any] | None = None,
-               federation_config: dict[str, Any] | None = None) -> int:  # fmt: skip
+def submit_run(
+    link: SuperLink,
+    app_dir: Path,
+    run_config: dict[str, Any] | None = None,
+    federation_config: dict[str, Any] | None = None,
+) -> int:
     """Build the FAB from ``app_dir``, start a run on ``link``; return the run id.
 
     ``run_config`` overrides go to ``flwr run --run-config`` as a TOML file:

@@ -47,5 +47,7 @@ def widen(arrays: Mapping[str, np.ndarray], dtypes: Mapping[str, str]) -> dict[s
     """float16 arrays back to the model's float32 (exact); None when nothing was compressed."""
     if not any(a.dtype == np.float16 and dtypes.get(k) == "float32" for k, a in arrays.items()):
         return None
-    return {k: a.astype(np.float32) if a.dtype == np.float16 and dtypes.get(k) == "float32" else a
-            for k, a in arrays.items()}  # fmt: skip
+    return {
+        k: a.astype(np.float32) if a.dtype == np.float16 and dtypes.get(k) == "float32" else a
+        for k, a in arrays.items()
+    }

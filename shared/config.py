@@ -47,18 +47,34 @@ class TaskConfig(StrictModel):
     ``labels``, whichever the task names them by), input size and architecture. The rules of each kind are its
     task's (:mod:`shared.tasks`); :meth:`spec` is the one typed description that travels from here on."""
 
-    type: str = Field("classification", description="The task: classification (one label per image), segmentation "
-                      "(a mask per segment label, from DICOM SEG files), or a registered plug-in task.")
-    classes: list[str] | None = Field(None, validate_default=True, description="Classification: the class names, in label order "
-                                      "(default normal, nodule).")
-    labels: list[str] | None = Field(None, validate_default=True, description="Segmentation: the DICOM SEG segment names to learn, one "
-                                     "output channel each.")
+    type: str = Field(
+        "classification",
+        description="The task: classification (one label per image), segmentation "
+        "(a mask per segment label, from DICOM SEG files), or a registered plug-in task.",
+    )
+    classes: list[str] | None = Field(
+        None,
+        validate_default=True,
+        description="Classification: the class names, in label order (default normal, nodule).",
+    )
+    labels: list[str] | None = Field(
+        None,
+        validate_default=True,
+        description="Segmentation: the DICOM SEG segment names to learn, one output channel each.",
+    )
     image_size: int = Field(64, ge=16, le=1024)
-    model: str = Field("", validate_default=True, description="Architecture name from the task's registry (classification: "
-                       "shared.models.MODEL_BUILDERS, default smallcnn; segmentation: "
-                       "shared.tasks.segmentation.models.SEG_MODEL_BUILDERS, default unet).")
-    init_weights: Path | None = Field(None, description="A FedRad model file on the server host to start from "
-                                      "(transfer learning); read locally, never downloaded.")
+    model: str = Field(
+        "",
+        validate_default=True,
+        description="Architecture name from the task's registry (classification: "
+        "shared.models.MODEL_BUILDERS, default smallcnn; segmentation: "
+        "shared.tasks.segmentation.models.SEG_MODEL_BUILDERS, default unet).",
+    )
+    init_weights: Path | None = Field(
+        None,
+        description="A FedRad model file on the server host to start from "
+        "(transfer learning); read locally, never downloaded.",
+    )
 
     @field_validator("type")
     @classmethod
@@ -77,8 +93,10 @@ class TaskConfig(StrictModel):
         task = get_task(info.data["type"])
         if info.field_name != task.outputs_key:
             if v is not None:
-                raise ValueError(f"task.{info.field_name} is not used by a {task.name} task, which names its outputs "
-                                 f"in task.{task.outputs_key} (remove task.{info.field_name})")
+                raise ValueError(
+                    f"task.{info.field_name} is not used by a {task.name} task, which names its outputs "
+                    f"in task.{task.outputs_key} (remove task.{info.field_name})"
+                )
             return None
         if v is None and info.field_name == "classes":
             v = list(DEFAULT_CLASSES)
@@ -130,11 +148,17 @@ class SiteDataConfig(StrictModel):
     """Where a site's images and labels are and how they join."""
 
     data: Path
-    labels: Path | None = Field(None, description="The label CSV (classification). A site that only takes part in "
-                                "segmentation leaves it out: its labels are the DICOM SEGs in the export.")  # fmt: skip
-    masks: Path | None = Field(None, description="Segmentation masks as PNG/NIfTI files: a CSV with the key column, "
-                               "'label' (segment name) and 'mask' (file path relative to the CSV); used instead "
-                               "of the export's DICOM SEGs when set (shared/imaging/mask_manifest.py).")  # fmt: skip
+    labels: Path | None = Field(
+        None,
+        description="The label CSV (classification). A site that only takes part in "
+        "segmentation leaves it out: its labels are the DICOM SEGs in the export.",
+    )
+    masks: Path | None = Field(
+        None,
+        description="Segmentation masks as PNG/NIfTI files: a CSV with the key column, "
+        "'label' (segment name) and 'mask' (file path relative to the CSV); used instead "
+        "of the export's DICOM SEGs when set (shared/imaging/mask_manifest.py).",
+    )
     key: LabelKey = "SOPInstanceUID"
     label_column: str = "label"
     classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)
@@ -142,7 +166,7 @@ class SiteDataConfig(StrictModel):
     cache_dir: Path | None = Field(None, description="Preprocessed tensor cache; default DATA/../.fedrad-cache.")
 
     @model_validator(mode="after")
-    def _check(self) -> "SiteDataConfig":
+    def _check(self) -> SiteDataConfig:
         TaskConfig(classes=self.classes)  # reuse the class-list rules
         return self
 

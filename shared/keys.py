@@ -62,7 +62,9 @@ def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     except FileNotFoundError as exc:
         raise SiteKeyError(f"{path} not found: the site creates it with `fedrad-site keygen`.") from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise SiteKeyError(f"{path} is not an OpenSSH public key ({exc}); send the site.pub made by `fedrad-site keygen`.") from exc
+        raise SiteKeyError(
+            f"{path} is not an OpenSSH public key ({exc}); send the site.pub made by `fedrad-site keygen`."
+        ) from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
         raise SiteKeyError(f"{path} is not a NIST EC (ecdsa-sha2-nistp*) key; Flower SuperNode auth needs one.")
     return key

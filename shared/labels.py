@@ -58,7 +58,9 @@ def _decode(raw: bytes, path: Path) -> str:
     raise ConfigError(f"{path}: cannot decode the file as UTF-8 or Latin-1")  # latin-1 never fails; kept for clarity
 
 
-def read_csv_columns(path: Path, columns: list[str], hint: str, what: str = "label file") -> list[tuple[int, list[str]]]:
+def read_csv_columns(
+    path: Path, columns: list[str], hint: str, what: str = "label file"
+) -> list[tuple[int, list[str]]]:
     """(line number, stripped cells of ``columns``) per non-empty row of an Excel-made CSV.
 
     Shared by the label CSV and the segmentation mask manifest, so both cope with the same
@@ -85,7 +87,9 @@ def read_csv_columns(path: Path, columns: list[str], hint: str, what: str = "lab
     header = [h.strip() for h in next(reader)]
     missing = [c for c in columns if c not in header]
     if missing:
-        raise ConfigError(f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; found columns {header}. {hint}")
+        raise ConfigError(
+            f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; found columns {header}. {hint}"
+        )
     index = [header.index(c) for c in columns]
     rows = []
     for line_no, row in enumerate(reader, start=2):

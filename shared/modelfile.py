@@ -29,7 +29,7 @@ import pickle
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,16 @@ from shared.tasks import TaskSpec, get_task
 FORMAT = "fedrad-model"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = (
-    "format", "format_version", "architecture", "num_classes", "classes",
-    "input_size", "preprocess", "threshold", "state_dict", "provenance",
+    "format",
+    "format_version",
+    "architecture",
+    "num_classes",
+    "classes",
+    "input_size",
+    "preprocess",
+    "threshold",
+    "state_dict",
+    "provenance",
 )
 PROVENANCE_KEYS = ("trained_by", "kind", "rounds", "epochs", "created", "fedrad_version", "weights_sha256", "extra")
 PROVENANCE_KINDS = ("local", "federated", "finetuned")  # finetuned: a global model adapted at one site
@@ -128,7 +136,9 @@ def _check_plain(value: Any, where: str) -> None:
                 raise ValueError(f"{where}: keys must be strings, got {k!r}")
             _check_plain(v, f"{where}.{k}")
         return
-    raise ValueError(f"{where}: {type(value).__name__} cannot be stored in a model file; use str/int/float/bool/list/dict")
+    raise ValueError(
+        f"{where}: {type(value).__name__} cannot be stored in a model file; use str/int/float/bool/list/dict"
+    )
 
 
 def _state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str, Any]) -> str | None:
@@ -199,7 +209,7 @@ def save_model_file(
         "kind": provenance["kind"],
         "rounds": provenance.get("rounds"),
         "epochs": provenance.get("epochs"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "fedrad_version": _fedrad_version(),
         "weights_sha256": digest,
         "extra": dict(provenance.get("extra") or {}),

@@ -36,8 +36,8 @@ from torch import nn
 
 from shared.augment import build_augment
 from shared.tasks.classification.dataset import SiteDataset
-from shared.training import TrainConfig, seed_everything
 from shared.tasks.classification.evaluation import class_weights
+from shared.training import TrainConfig, seed_everything
 
 MAX_NOISE_MULTIPLIER = 1000.0
 # Integer Rényi orders: dp-accounting's fractional orders below 2 fail to converge at these sampling rates
@@ -57,8 +57,9 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def image_accountant(n: int, delta: float) -> RdpAccountant:
     """An RDP accountant for Poisson-sampled steps over a training set of ``n`` images."""
-    return RdpAccountant(PrivacyConfig(delta, n, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.POISSON),
-                         orders=RDP_ORDERS)
+    return RdpAccountant(
+        PrivacyConfig(delta, n, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.POISSON), orders=RDP_ORDERS
+    )
 
 
 def step_event(noise_multiplier: float, n: int, batch_size: int) -> GaussianPrivacyEvent:
@@ -87,7 +88,9 @@ def noise_for_epsilon(target_epsilon: float, n: int, batch_size: int, steps: int
     while epsilon_after(high, n, batch_size, steps, delta) > target_epsilon:
         low, high = high, high * 2
         if high > MAX_NOISE_MULTIPLIER:
-            raise ValueError(f"no noise multiplier up to {MAX_NOISE_MULTIPLIER:g} reaches ε {target_epsilon} in {steps} steps")
+            raise ValueError(
+                f"no noise multiplier up to {MAX_NOISE_MULTIPLIER:g} reaches ε {target_epsilon} in {steps} steps"
+            )
     while high / low > 1.005:
         mid = math.sqrt(low * high)
         if epsilon_after(mid, n, batch_size, steps, delta) > target_epsilon:
@@ -116,8 +119,10 @@ def _private_part(model: nn.Module, layers: str) -> tuple[nn.Module, Callable[[t
     if layers == "all":
         problems = dp_sgd_problems(model)
         if problems:
-            raise ValueError(f"per-image DP cannot train this model: {'; '.join(problems)} "
-                             "(use task.model: smallcnn-gn, or privacy.dp.layers: head)")  # fmt: skip
+            raise ValueError(
+                f"per-image DP cannot train this model: {'; '.join(problems)} "
+                "(use task.model: smallcnn-gn, or privacy.dp.layers: head)"
+            )
         return model, lambda x: x
     if layers != "head":
         raise ValueError(f"privacy.dp.layers must be one of {', '.join(LAYERS)}, got {layers!r}")
@@ -168,9 +173,13 @@ def train_model_private(
     weight = class_weights(labels, len(data.classes)) if cfg.class_weighted else torch.ones(len(data.classes))
     private = GradSampleModule(trained, loss_reduction="mean")
     bs = min(cfg.batch_size, n)
-    optimizer = DPOptimizer(torch.optim.AdamW(private.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-                            noise_multiplier=noise_multiplier, max_grad_norm=clipping_norm, expected_batch_size=bs,
-                            loss_reduction="mean")  # fmt: skip
+    optimizer = DPOptimizer(
+        torch.optim.AdamW(private.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=clipping_norm,
+        expected_batch_size=bs,
+        loss_reduction="mean",
+    )
     q, steps = sample_rate(n, bs), steps_per_epoch(n, bs)
     history: list[dict] = []
     # The images need no gradient, so torch notes that the first layer's full backward hook sees outputs only:
@@ -196,8 +205,14 @@ def train_model_private(
                 if on_batch is not None:
                     on_batch((epoch - 1) * steps + step + 1, cfg.epochs * steps)
             elapsed = time.perf_counter() - t0
-            history.append({"epoch": epoch, "loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                            "images_per_s": seen / elapsed if elapsed > 0 else float("inf")})  # fmt: skip
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": loss_sum / max(1, seen),
+                    "train_acc": correct / max(1, seen),
+                    "images_per_s": seen / elapsed if elapsed > 0 else float("inf"),
+                }
+            )
     finally:
         private.to_standard_module()  # removes Opacus' hooks: the plain model goes on (evaluated, sent, saved)
         for p in model.parameters():

@@ -139,9 +139,7 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def wait_for_port(
-    host: str, port: int, timeout: float = 30.0, proc: ManagedProcess | None = None
-) -> float:
+def wait_for_port(host: str, port: int, timeout: float = 30.0, proc: ManagedProcess | None = None) -> float:
     """Block until ``host:port`` accepts connections; return seconds waited.
 
     Fails fast (with the log tail) if ``proc`` exits first, instead of waiting

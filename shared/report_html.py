@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 PER_CASE_NOTICE = "This report and predictions.csv contain per-case results: keep them at the site."
@@ -17,15 +17,22 @@ MODEL_INFO_FIRST = ("architecture", "classes", "provenance", "sha256")
 DPI = 110
 
 
-def html_page(title: str, sections: str, warnings: list[str], model_info: dict, images: dict[str, Path],
-              captions: list[str], footer: str) -> str:  # fmt: skip
+def html_page(
+    title: str,
+    sections: str,
+    warnings: list[str],
+    model_info: dict,
+    images: dict[str, Path],
+    captions: list[str],
+    footer: str,
+) -> str:
     """The self-contained report page: notice, warnings, the task's ``sections`` (HTML), model, embedded plots.
 
     Shared by the classification report and the segmentation one (:mod:`shared.tasks.segmentation.report`).
     """
     esc = html.escape
     img = {k: base64.b64encode(v.read_bytes()).decode("ascii") for k, v in images.items()}
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     warn = "".join(f"<li>{esc(w)}</li>" for w in warnings)
     figures = "".join(
         f'<figure><img alt="{k}" src="data:image/png;base64,{b64}"><figcaption>{esc(cap)}</figcaption></figure>'
@@ -48,7 +55,7 @@ img {{ max-width: 520px; }}
 <h1>{esc(title)}</h1>
 <p>Generated {generated}.</p>
 <p class="notice">{esc(PER_CASE_NOTICE)}</p>
-{f'<div class="warn"><p>Warnings:</p><ul>{warn}</ul></div>' if warn else ''}
+{f'<div class="warn"><p>Warnings:</p><ul>{warn}</ul></div>' if warn else ""}
 {sections}<h2>Model</h2>
 {_model_table(model_info) if model_info else "<p>No model information given.</p>"}
 <h2>Plots</h2>

@@ -83,8 +83,12 @@ class ScannerAugment(StrengthAugment):
 
         # Collimator borders: outside the exposed rectangle the detector records no attenuation (bright).
         margin = u[:, 5:9] * min(self.max_collimation * s, 0.3)  # left, right, top, bottom
-        inside = ((xs >= -1 + 2 * margin[:, 0].view(b, 1, 1, 1)) & (xs <= 1 - 2 * margin[:, 1].view(b, 1, 1, 1))
-                  & (ys >= -1 + 2 * margin[:, 2].view(b, 1, 1, 1)) & (ys <= 1 - 2 * margin[:, 3].view(b, 1, 1, 1)))  # fmt: skip
+        inside = (
+            (xs >= -1 + 2 * margin[:, 0].view(b, 1, 1, 1))
+            & (xs <= 1 - 2 * margin[:, 1].view(b, 1, 1, 1))
+            & (ys >= -1 + 2 * margin[:, 2].view(b, 1, 1, 1))
+            & (ys <= 1 - 2 * margin[:, 3].view(b, 1, 1, 1))
+        )
         collimate = col(9) < min(self.collimation_p * s, 1.0)
         bright = out.amax(dim=(2, 3), keepdim=True)
         out = torch.where(collimate & ~inside, bright, out)

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from shared.config import ConfigError, SiteDataConfig
-from shared.tasks.classification.dataset import SiteDataset
 from shared.imaging import EXPLANATIONS, Reason, ScanResult, scan_site
 from shared.imaging.scan import ProgressFn
 from shared.labels import JoinResult, join_labels, read_labels, record_key
+from shared.tasks.classification.dataset import SiteDataset
 
 MIN_CLASSES_TO_TRAIN = 2
 
@@ -63,7 +63,8 @@ class SiteCheck:
             "classes": self.class_counts(),
             "rejected": [{"path": r.path, "reason": r.reason, "detail": r.detail} for r in rejected],
             "rejected_by_reason": {
-                reason: {"count": n, "explanation": EXPLANATIONS[Reason(reason)]} for reason, n in by_reason.most_common()
+                reason: {"count": n, "explanation": EXPLANATIONS[Reason(reason)]}
+                for reason, n in by_reason.most_common()
             },
             "labels": {
                 "rows": self.join.rows,
@@ -95,9 +96,11 @@ def check_site(config: SiteDataConfig, on_progress: ProgressFn | None = None, wo
     if not data.is_dir():
         raise ConfigError(f"data folder {data} is not a folder")
     if config.labels is None:
-        raise ConfigError(f"no label CSV: set 'labels' in site.yaml or pass --labels; classification needs one "
-                          f"(a segmentation-only site's labels are the DICOM SEGs in {data}, used by segmentation "
-                          "runs and models only)")  # fmt: skip
+        raise ConfigError(
+            f"no label CSV: set 'labels' in site.yaml or pass --labels; classification needs one "
+            f"(a segmentation-only site's labels are the DICOM SEGs in {data}, used by segmentation "
+            "runs and models only)"
+        )
     rows = read_labels(Path(config.labels), config.key, config.label_column)
     scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), on_progress, workers)
     return SiteCheck(config=config, scan=scan, join=join_labels(scan.records, rows, config.key, config.classes))
@@ -130,7 +133,9 @@ def build_dataset(check: SiteCheck) -> SiteDataset:
 
 
 def load_site_dataset(
-    config: SiteDataConfig, on_progress: ProgressFn | None = None, workers: int | None = None,
+    config: SiteDataConfig,
+    on_progress: ProgressFn | None = None,
+    workers: int | None = None,
 ) -> tuple[SiteDataset, SiteCheck]:
     check = check_site(config, on_progress, workers)
     return build_dataset(check), check

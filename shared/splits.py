@@ -41,9 +41,7 @@ def stratified_group_split(
         g = np.asarray([str(v) for v in groups])
     n_groups = len(np.unique(g))
     if n_groups < 2:
-        raise ValueError(
-            f"cannot make a patient-level validation split: all {n} cases belong to {n_groups} patient(s)"
-        )
+        raise ValueError(f"cannot make a patient-level validation split: all {n} cases belong to {n_groups} patient(s)")
 
     n_splits = int(min(max(2, round(1.0 / val_fraction)), n_groups))
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)

@@ -28,8 +28,12 @@ def phantom(rows: int = 96, cols: int = 96, seed: int = 0) -> np.ndarray:
 
 
 def base_dataset(
-    sop_uid: str | None = None, patient_id: str = "P001", study_uid: str | None = None,
-    accession: str = "ACC001", modality: str = "DX", sop_class: str = DX_STORAGE,
+    sop_uid: str | None = None,
+    patient_id: str = "P001",
+    study_uid: str | None = None,
+    accession: str = "ACC001",
+    modality: str = "DX",
+    sop_class: str = DX_STORAGE,
 ) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -69,7 +73,9 @@ def write_image(
     values = image if photometric == "MONOCHROME2" else 1.0 - image
     stored = np.round(lo + values * (hi - lo)).astype(np.int64)
     allocated = 8 if bits_stored <= 8 else 16
-    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}[(allocated, signed)]
+    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}[
+        (allocated, signed)
+    ]
     ds.Rows, ds.Columns = image.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric

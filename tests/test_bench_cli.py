@@ -15,14 +15,30 @@ from benchmarks.cli import app as bench_cli
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["generalization", "scale", "overhead", "privacy", "secagg", "compression", "ingest", "training",
-               "levers", "scale-sweep"]  # fmt: skip
+SUBCOMMANDS = [
+    "generalization",
+    "scale",
+    "overhead",
+    "privacy",
+    "secagg",
+    "compression",
+    "ingest",
+    "training",
+    "levers",
+    "scale-sweep",
+]
 runner = CliRunner()
 
 
 def test_module_help_lists_every_subcommand() -> None:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.cli", "--help"], cwd=REPO, capture_output=True, text=True,
-                          timeout=100, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cli", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     listed = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("│ ") and len(line.split()) > 1}
     assert set(SUBCOMMANDS) <= listed, proc.stdout
@@ -47,8 +63,10 @@ def test_script_subcommands_pass_their_arguments_through(name: str) -> None:
 
 
 def test_generalization_refuses_a_bad_invocation_with_exit_2(tmp_path: Path) -> None:
-    res = runner.invoke(bench_cli, ["generalization", "--sites", str(tmp_path), "--strategies", "fedsgd",
-                                    "--out", str(tmp_path / "out")])  # fmt: skip
+    res = runner.invoke(
+        bench_cli,
+        ["generalization", "--sites", str(tmp_path), "--strategies", "fedsgd", "--out", str(tmp_path / "out")],
+    )
     assert res.exit_code == 2 and "fedsgd" in res.output, res.output
     res = runner.invoke(bench_cli, ["generalization", "--sites", str(tmp_path), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "at least 2 training sites" in res.output, res.output

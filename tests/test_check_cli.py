@@ -35,18 +35,29 @@ def site(tmp_path: Path) -> Path:
 
 
 def test_check_json_reports_counts_rejections_and_label_problems(site: Path) -> None:
-    proc = run("check", "--data", str(site / "dicom"), "--labels", str(site / "labels.csv"),
-               "--classes", "normal,nodule", "--json")
+    proc = run(
+        "check",
+        "--data",
+        str(site / "dicom"),
+        "--labels",
+        str(site / "labels.csv"),
+        "--classes",
+        "normal,nodule",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] is True
     assert report["images"] == {"files": 10, "usable": 8, "rejected": 2}
     assert report["classes"] == {"normal": 4, "nodule": 4}
     assert {(r["path"], r["reason"]) for r in report["rejected"]} == {
-        ("P0/screenshot.dcm", "not-grayscale"), ("notes.txt", "not-dicom")}
+        ("P0/screenshot.dcm", "not-grayscale"),
+        ("notes.txt", "not-dicom"),
+    }
     assert report["labels"]["matched"] == 8
-    assert report["labels"]["problems"] == [{"key": "1.2.3.4.5.6", "reason": "image-missing",
-                                             "detail": "no image with this key in the data folder"}]
+    assert report["labels"]["problems"] == [
+        {"key": "1.2.3.4.5.6", "reason": "image-missing", "detail": "no image with this key in the data folder"}
+    ]
     assert report["unlabelled_images"] == 0
     assert report["modalities"] == {"DX": 8}
     assert "Test^Patient" not in proc.stdout and "P3" not in json.dumps(report["classes"])
@@ -68,12 +79,15 @@ def test_one_class_only_exits_1(site: Path) -> None:
     assert json.loads(proc.stdout)["ok"] is False
 
 
-@pytest.mark.parametrize("yaml_text,needle", [
-    ("data: dicom\nlabels: labels.csv\nlabel_colum: label\n", "unknown key 'label_colum'"),
-    ("data: dicom\nlabels: labels.csv\nkey: PatientName\n", "key 'key'"),
-    ("data: dicom\nlabels: labels.csv\nimage_size: big\n", "key 'image_size'"),
-    ("data: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "yaml_text,needle",
+    [
+        ("data: dicom\nlabels: labels.csv\nlabel_colum: label\n", "unknown key 'label_colum'"),
+        ("data: dicom\nlabels: labels.csv\nkey: PatientName\n", "key 'key'"),
+        ("data: dicom\nlabels: labels.csv\nimage_size: big\n", "key 'image_size'"),
+        ("data: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_exits_2_naming_the_key(site: Path, yaml_text: str, needle: str) -> None:
     (site / "site.yaml").write_text(yaml_text)
     proc = run("check", "--config", str(site / "site.yaml"))
@@ -101,8 +115,16 @@ def test_check_segments_reports_seg_problems_in_json(tmp_path: Path) -> None:
     segs = sorted((site / "dicom").rglob("SEG0001*"))
     assert segs and len(segs) == len(list((site / "dicom").rglob("IMG0001*")))
     segs[0].unlink()
-    res = run("check", "--data", str(site / "dicom"), "--labels", str(site / "labels.csv"), "--segments",
-              "nodule,lung,heart", "--json")  # fmt: skip
+    res = run(
+        "check",
+        "--data",
+        str(site / "dicom"),
+        "--labels",
+        str(site / "labels.csv"),
+        "--segments",
+        "nodule,lung,heart",
+        "--json",
+    )
     report = json.loads(res.stdout)
     seg = report["segmentation"]
     assert seg["labels"] == ["nodule", "lung", "heart"]
@@ -110,6 +132,14 @@ def test_check_segments_reports_seg_problems_in_json(tmp_path: Path) -> None:
     assert kinds["image-without-seg"]["count"] == 1 and kinds["missing-segment"]["count"] == len(segs) - 1
     assert all(p["what_to_do"] for p in seg["problems"])
     assert report["images"]["rejected"] == len(segs) - 1  # the SEGs themselves are not images
-    ok = run("check", "--data", str(site / "dicom"), "--labels", str(site / "labels.csv"), "--segments", "nodule,lung",
-             "--json")  # fmt: skip
+    ok = run(
+        "check",
+        "--data",
+        str(site / "dicom"),
+        "--labels",
+        str(site / "labels.csv"),
+        "--segments",
+        "nodule,lung",
+        "--json",
+    )
     assert json.loads(ok.stdout)["segmentation"]["images_with_masks"] == len(segs) - 1

@@ -22,8 +22,12 @@ from shared.models import build_model
 from shared.tasks import TaskSpec
 
 pytestmark = pytest.mark.timeout(60)
-TASK = RunTask(task=TaskSpec("classification", ("normal", "nodule"), "smallcnn", 16), consortium="Test Consortium",
-               strategy="fedadam", seed=7)
+TASK = RunTask(
+    task=TaskSpec("classification", ("normal", "nodule"), "smallcnn", 16),
+    consortium="Test Consortium",
+    strategy="fedadam",
+    seed=7,
+)
 
 
 def weights(seed: int) -> dict[str, torch.Tensor]:
@@ -37,9 +41,14 @@ def moments(x: float) -> dict[str, dict[str, np.ndarray]]:
 
 def save(run: RunDir, rnd: int, auc: float | None, seed: int | None = None) -> str:
     return run.save_round(
-        rnd, weights(seed if seed is not None else rnd), task=TASK, num_server_rounds=5,
-        metrics={"seconds": 1.0, "train": {"train-loss": 0.5}}, strategy_state=moments(rnd), eval_auc=auc,
-    )  # fmt: skip
+        rnd,
+        weights(seed if seed is not None else rnd),
+        task=TASK,
+        num_server_rounds=5,
+        metrics={"seconds": 1.0, "train": {"train-loss": 0.5}},
+        strategy_state=moments(rnd),
+        eval_auc=auc,
+    )
 
 
 def test_every_round_writes_a_loadable_model_and_a_metrics_line(tmp_path: Path) -> None:
@@ -49,8 +58,16 @@ def test_every_round_writes_a_loadable_model_and_a_metrics_line(tmp_path: Path) 
     d2 = save(run, 2, 0.55)
     d3 = save(run, 3, None)
     names = sorted(p.name for p in run.path.iterdir())
-    assert names == ["best.pt", "latest.pt", "metrics.jsonl", "round-0001.pt", "round-0002.pt", "round-0003.pt",
-                     "state.json", "strategy-state.pt"]  # fmt: skip  (no temporary files left)
+    assert names == [
+        "best.pt",
+        "latest.pt",
+        "metrics.jsonl",
+        "round-0001.pt",
+        "round-0002.pt",
+        "round-0003.pt",
+        "state.json",
+        "strategy-state.pt",
+    ]  # no temporary files left
     loaded = load_model_file(run.path / "round-0002.pt")
     assert loaded.weights_sha256 == d2 == weights_sha256(weights(2))
     assert loaded.provenance["kind"] == "federated" and loaded.provenance["rounds"] == 2
@@ -161,7 +178,9 @@ def test_a_missing_round_file_stops_the_average_with_a_message_naming_it(tmp_pat
     (tmp_path / "round-0001.pt").unlink()  # pruned by hand
     with pytest.raises(CheckpointError, match=r"round-0001\.pt: model file not found.*lower average_last_rounds"):
         run.save_round(2, weights(2), task=TASK, num_server_rounds=5, metrics={}, average_last=2)
-    assert json.loads((tmp_path / "state.json").read_text())["last_round"] == 1  # round 2 never committed: resume redoes it
+    assert (
+        json.loads((tmp_path / "state.json").read_text())["last_round"] == 1
+    )  # round 2 never committed: resume redoes it
 
 
 def test_export_refuses_to_guess_the_published_model_when_state_json_is_unreadable(tmp_path: Path) -> None:

@@ -95,7 +95,8 @@ def test_the_client_and_server_apps_import_only_shipped_code() -> None:
             reached.add(dep)
             todo.append(dep)
     shipped = set(_fingerprinted(ROOT))
-    as_files = {m: m.replace(".", "/") + ("/__init__.py" if (ROOT / m.replace(".", "/")).is_dir() else ".py")
-                for m in reached}  # fmt: skip
+    as_files = {
+        m: m.replace(".", "/") + ("/__init__.py" if (ROOT / m.replace(".", "/")).is_dir() else ".py") for m in reached
+    }
     assert not [m for m in reached if m == "shared.synth" or m.startswith("shared.synth.")]
     assert sorted(m for m, f in as_files.items() if f not in shipped) == []

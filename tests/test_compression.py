@@ -14,8 +14,11 @@ from tests.test_strategies import Grid, reply, site_state, task_identity, train_
 
 
 def test_fp16_halves_float_bytes_and_leaves_the_rest() -> None:
-    arrays = {"w": np.linspace(-2, 2, 1000, dtype=np.float32), "n": np.array(7, dtype=np.int64),
-              "big": np.array([1e6, 1.0], dtype=np.float32)}  # fmt: skip
+    arrays = {
+        "w": np.linspace(-2, 2, 1000, dtype=np.float32),
+        "n": np.array(7, dtype=np.int64),
+        "big": np.array([1e6, 1.0], dtype=np.float32),
+    }
     sent = compress(arrays, "fp16")
     assert sent["w"].dtype == np.float16 and sent["w"].nbytes == arrays["w"].nbytes // 2
     assert sent["n"].dtype == np.int64 and sent["big"].dtype == np.float32  # 1e6 does not fit float16: sent as is
@@ -31,8 +34,10 @@ def test_the_server_aggregates_fp16_replies_like_float32(task_identity: None) ->
     torch.manual_seed(0)
     model = build_model("smallcnn", 2, 16)
     states = [site_state(model, off, 3) for off in (0.01, 0.03)]
-    small = [{k: torch.from_numpy(v) for k, v in compress({k: t.numpy() for k, t in st.items()}, "fp16").items()}
-             for st in states]  # fmt: skip
+    small = [
+        {k: torch.from_numpy(v) for k, v in compress({k: t.numpy() for k, t in st.items()}, "fp16").items()}
+        for st in states
+    ]
     assert small[0]["classifier.weight"].dtype == torch.float16
     results = []
     for replies in (states, small):

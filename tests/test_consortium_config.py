@@ -9,7 +9,11 @@ import pytest
 import yaml
 
 from server.consortium import (
-    STRATEGY_NAMES, ConsortiumConfig, consortium_yaml_text, load_consortium, parse_consortium,
+    STRATEGY_NAMES,
+    ConsortiumConfig,
+    consortium_yaml_text,
+    load_consortium,
+    parse_consortium,
 )
 from shared.config import ConfigError
 
@@ -98,7 +102,12 @@ def test_strategy_defaults_are_flowers() -> None:
 
     from flwr.serverapp import strategy as fs
 
-    for name, cls in (("fedadam", fs.FedAdam), ("fedyogi", fs.FedYogi), ("fedtrimmedavg", fs.FedTrimmedAvg), ("krum", fs.Krum)):
+    for name, cls in (
+        ("fedadam", fs.FedAdam),
+        ("fedyogi", fs.FedYogi),
+        ("fedtrimmedavg", fs.FedTrimmedAvg),
+        ("krum", fs.Krum),
+    ):
         params = parse_consortium({**_base(), "min_sites": 3, "strategy": name}).strategy.params()  # krum f=0: n ≥ 3
         sig = inspect.signature(cls.__init__).parameters
         assert params == {k: sig[k].default for k in params}, name
@@ -108,8 +117,10 @@ def test_strategy_defaults_are_flowers() -> None:
 def test_krum_refuses_fewer_sites_than_it_needs_to_tolerate_f(f: int, min_sites: int, need: int) -> None:
     """Krum tolerates f hostile sites only with n ≥ 2f + 3 (below, honest and hostile scores can tie)."""
     msg = _error({**_base(), "min_sites": min_sites, "strategy": {"name": "krum", "num_malicious_nodes": f}})
-    assert (f"krum with num_malicious_nodes: {f} needs at least {need} sites (n ≥ 2f + 3); "
-            f"min_sites is {min_sites}: raise min_sites to {need} or use fedmedian/fedtrimmedavg") in msg  # fmt: skip
+    assert (
+        f"krum with num_malicious_nodes: {f} needs at least {need} sites (n ≥ 2f + 3); "
+        f"min_sites is {min_sites}: raise min_sites to {need} or use fedmedian/fedtrimmedavg"
+    ) in msg
     cfg = parse_consortium({**_base(), "min_sites": need, "strategy": {"name": "krum", "num_malicious_nodes": f}})
     assert cfg.min_sites == need and cfg.strategy.num_malicious_nodes == f
     assert parse_consortium({**_base(), "min_sites": min_sites, "strategy": "fedmedian"}).min_sites == min_sites
@@ -118,8 +129,14 @@ def test_krum_refuses_fewer_sites_than_it_needs_to_tolerate_f(f: int, min_sites:
 def test_to_run_config_matches_contract_and_pyproject(tmp_path: Path) -> None:
     import tomllib
 
-    cfg = parse_consortium({**_base(), "rounds": 7, "strategy": {"name": "fedprox", "proximal_mu": 0.05},
-                            "task": {"classes": ["normal", "nodule"], "image_size": 32, "model": "smallcnn"}})
+    cfg = parse_consortium(
+        {
+            **_base(),
+            "rounds": 7,
+            "strategy": {"name": "fedprox", "proximal_mu": 0.05},
+            "task": {"classes": ["normal", "nodule"], "image_size": 32, "model": "smallcnn"},
+        }
+    )
     rc = cfg.to_run_config(run_dir=tmp_path / "runs" / "r1", resume=True)
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert set(rc) == set(declared)  # Flower refuses run-config keys the app does not declare
@@ -149,7 +166,13 @@ def test_load_consortium_names_the_file(tmp_path: Path) -> None:
 
 def test_segmentation_trains_with_fedprox_and_a_carried_optimizer() -> None:
     """One training loop for every task: the proximal term and the carried optimizer are not classification's alone."""
-    cfg = parse_consortium({**_base(), "site_optimizer": "carry", "strategy": {"name": "fedprox", "proximal_mu": 0.1},
-                            "task": {"type": "segmentation", "labels": ["nodule"], "model": "unet"}})
+    cfg = parse_consortium(
+        {
+            **_base(),
+            "site_optimizer": "carry",
+            "strategy": {"name": "fedprox", "proximal_mu": 0.1},
+            "task": {"type": "segmentation", "labels": ["nodule"], "model": "unet"},
+        }
+    )
     rc = cfg.to_run_config()
     assert rc["site-optimizer"] == "carry" and rc["strategy"] == "fedprox" and rc["labels"] == "nodule"

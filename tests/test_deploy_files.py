@@ -52,7 +52,11 @@ def test_dockerfile_copies_existing_paths_and_turns_telemetry_off(dockerfile: Pa
         *sources, _dest = line.split()
         for src in sources:
             assert (root / src).exists(), f"{dockerfile.name}: COPY {src} does not exist"
-    for var in ("FLWR_TELEMETRY_ENABLED=0", "FLWR_DISABLE_UPDATE_CHECK=1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1"):
+    for var in (
+        "FLWR_TELEMETRY_ENABLED=0",
+        "FLWR_DISABLE_UPDATE_CHECK=1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1",
+    ):
         assert var in text, f"{dockerfile.name} lacks {var}"
     assert "torch==2.13.0" in text and re.search(r"^USER\s+fedrad", text, flags=re.M)
 
@@ -70,7 +74,8 @@ def test_systemd_unit_is_valid_and_restarts_on_failure(unit: Path) -> None:
         pytest.skip("systemd-analyze not installed")
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [
-        ln for ln in (res.stdout + res.stderr).splitlines()
+        ln
+        for ln in (res.stdout + res.stderr).splitlines()
         if ln.strip() and "/opt/fedrad/" not in ln  # the install path exists only on a real host
-    ]  # fmt: skip
+    ]
     assert not problems, problems

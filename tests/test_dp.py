@@ -98,6 +98,12 @@ def test_consortium_privacy_section_becomes_run_config() -> None:
 def test_coordinator_round_row_shows_epsilon() -> None:
     from server.coordinator import round_row
 
-    row = {"round": 2, "sites_answered": 3, "sites_failed": 0, "seconds": 21.0, "train": {"train-loss": 0.5},
-           "privacy": {"epsilon": 4.4012, "delta": 1e-5}}  # fmt: skip
+    row = {
+        "round": 2,
+        "sites_answered": 3,
+        "sites_failed": 0,
+        "seconds": 21.0,
+        "train": {"train-loss": 0.5},
+        "privacy": {"epsilon": 4.4012, "delta": 1e-5},
+    }
     assert "DP ε=4.40 (δ=1e-05)" in round_row(row).metrics

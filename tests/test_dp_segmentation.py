@@ -31,8 +31,10 @@ def unet() -> torch.nn.Module:
 def test_site_clipping_bounds_a_unet_update(unet: torch.nn.Module) -> None:
     received = {k: v.numpy() for k, v in unet.state_dict().items()}
     rng = np.random.default_rng(0)
-    new = {k: (v + rng.normal(0, 0.1, v.shape) if np.issubdtype(v.dtype, np.floating) else v).astype(v.dtype)
-           for k, v in received.items()}  # fmt: skip
+    new = {
+        k: (v + rng.normal(0, 0.1, v.shape) if np.issubdtype(v.dtype, np.floating) else v).astype(v.dtype)
+        for k, v in received.items()
+    }
     covered = dp_covered(received)
     assert covered and all(not is_norm_statistic(k) for k in covered)
     clipped, norm = clip_update(received, new, clipping_norm=0.5)

@@ -13,7 +13,6 @@ from cryptography import x509
 from typer.testing import CliRunner
 
 from client.cli import app as site_cli
-from shared.keys import fingerprint
 from client.site_config import SITE_ONLY_KEYS, SiteFileConfig, fill_site_yaml, load_site_file
 from client.site_options import SITE_ONLY_KEYS as OPTIONS_SITE_KEYS
 from client.site_options import site_data_config
@@ -21,6 +20,7 @@ from server.cli import app as server_cli
 from server.enrollment import load_registry
 from server.pki import certificate_names
 from shared.config import ConfigError
+from shared.keys import fingerprint
 
 pytestmark = pytest.mark.timeout(60)
 runner = CliRunner()
@@ -46,8 +46,13 @@ def test_init_creates_ca_server_cert_with_sans_and_config(consortium: Path) -> N
     ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
     cert = x509.load_pem_x509_certificate((pki / "server.crt").read_bytes())
     assert cert.issuer == ca.subject
-    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, __import__(
-        "cryptography.hazmat.primitives.asymmetric.ec", fromlist=["ECDSA"]).ECDSA(cert.signature_hash_algorithm))
+    ca.public_key().verify(
+        cert.signature,
+        cert.tbs_certificate_bytes,
+        __import__("cryptography.hazmat.primitives.asymmetric.ec", fromlist=["ECDSA"]).ECDSA(
+            cert.signature_hash_algorithm
+        ),
+    )
     assert {"gw.hospital-net.org", "127.0.0.1", "localhost"} <= set(certificate_names(pki / "server.crt"))
     for key in ("ca.key", "server.key"):
         assert stat.S_IMODE(os.stat(pki / key).st_mode) == 0o600
@@ -94,8 +99,13 @@ def test_keygen_then_enroll_external_key_writes_bundle_and_registry(consortium: 
     assert isinstance(cfg, SiteFileConfig) and cfg.site_name == "hospital-a"
     assert cfg.ca_cert == bundle / "ca.crt" and cfg.server_address == "gw.hospital-net.org:9443"
     # ... and once filled in, the data commands read its data part and validate the rest.
-    filled = fill_site_yaml(bundle / "site.yaml", tmp_path / "site.yaml", data=tmp_path / "dicom",
-                            labels=tmp_path / "labels.csv", private_key=priv)
+    filled = fill_site_yaml(
+        bundle / "site.yaml",
+        tmp_path / "site.yaml",
+        data=tmp_path / "dicom",
+        labels=tmp_path / "labels.csv",
+        private_key=priv,
+    )
     data_cfg = site_data_config(filled)
     assert data_cfg.data == tmp_path / "dicom" and data_cfg.classes == ["normal", "nodule"]
     filled.write_text(filled.read_text() + "server_adress: typo:1\n")
@@ -124,7 +134,10 @@ def test_bad_enroll_inputs_exit_2_without_traceback(consortium: Path, tmp_path: 
     junk.write_text("not a key\n")
     cases = [
         (("enroll", consortium, "site-1", "--public-key", tmp_path / "k" / "site.pub"), "already enrolled"),
-        (("enroll", consortium, "site-2", "--public-key", tmp_path / "k" / "site.pub"), "already enrolled for site 'site-1'"),
+        (
+            ("enroll", consortium, "site-2", "--public-key", tmp_path / "k" / "site.pub"),
+            "already enrolled for site 'site-1'",
+        ),
         (("enroll", consortium, "site-3", "--public-key", tmp_path / "missing.pub"), "not found"),
         (("enroll", consortium, "site-4", "--public-key", junk), "not an OpenSSH public key"),
         (("enroll", consortium, "bad name!"), "site name"),
@@ -139,14 +152,16 @@ def test_bad_enroll_inputs_exit_2_without_traceback(consortium: Path, tmp_path: 
     # Key rotation is explicit.
     _site("keygen", tmp_path / "k2")
     res = _server("enroll", consortium, "site-1", "--public-key", tmp_path / "k2" / "site.pub", "--replace")
-    assert res.exit_code == 0 and load_registry(consortium)["site-1"].fingerprint == fingerprint(tmp_path / "k2" / "site.pub")
+    assert res.exit_code == 0 and load_registry(consortium)["site-1"].fingerprint == fingerprint(
+        tmp_path / "k2" / "site.pub"
+    )
 
 
 def test_status_and_export_before_any_run(consortium: Path, tmp_path: Path) -> None:
     _server("enroll", consortium, "demo-site")
     res = _server("status", consortium, "--json")
     assert res.exit_code == 0, res.output
-    st = json.loads(res.stdout[res.stdout.index("{"):])
+    st = json.loads(res.stdout[res.stdout.index("{") :])
     assert st["server_running"] is False and st["run"] is None
     assert [s["name"] for s in st["sites"]] == ["demo-site"]
     res = _server("export", consortium, "--out", tmp_path / "m.pt")
@@ -159,9 +174,15 @@ def test_site_start_refuses_bad_key_and_failed_data_check(consortium: Path, tmp_
     bundle = consortium / "bundles" / "site-x"
     (tmp_path / "dicom").mkdir()
     (tmp_path / "labels.csv").write_text("SOPInstanceUID,label\n1.2.3,normal\n")
-    site_yaml = fill_site_yaml(bundle / "site.yaml", tmp_path / "site.yaml", data=tmp_path / "dicom",
-                               labels=tmp_path / "labels.csv", private_key=bundle / "site.key",
-                               ca_cert=bundle / "ca.crt", work_dir=tmp_path / "work")
+    site_yaml = fill_site_yaml(
+        bundle / "site.yaml",
+        tmp_path / "site.yaml",
+        data=tmp_path / "dicom",
+        labels=tmp_path / "labels.csv",
+        private_key=bundle / "site.key",
+        ca_cert=bundle / "ca.crt",
+        work_dir=tmp_path / "work",
+    )
     res = _site("start", "--config", site_yaml)
     assert res.exit_code == 1, res.output
     text = " ".join(res.output.split())

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from server.checkpoints import RunDir, RunTask
-from shared.tasks import TaskSpec
 from server.enrollment import enroll_site, init_consortium
 from server.export import export_model
+from shared.config import ConfigError
 from shared.modelfile import load_model_file
 from shared.models import build_model
-from shared.config import ConfigError
+from shared.tasks import TaskSpec
 
 pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +36,15 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     task = RunTask(TaskSpec("classification", ("normal", "nodule"), "smallcnn", 32), "Export Net", "fedavg", 0)
     run.prepare(task, resume=False)
     metrics = {"round": 1, "sites_answered": 2, "eval": {"auc": 0.71, "accuracy": 0.66, "num-examples": 40}}
-    run.save_round(1, model.state_dict(), task=task, num_server_rounds=1, metrics=metrics, eval_auc=0.71,
-                   privacy={"epsilon": 7.9, "delta": 1e-5, "noise_multiplier": 1.2, "clipping_norm": 0.5})  # fmt: skip
+    run.save_round(
+        1,
+        model.state_dict(),
+        task=task,
+        num_server_rounds=1,
+        metrics=metrics,
+        eval_auc=0.71,
+        privacy={"epsilon": 7.9, "delta": 1e-5, "noise_multiplier": 1.2, "clipping_norm": 0.5},
+    )
     return c
 
 
@@ -45,8 +52,15 @@ def test_pt_export_is_the_verified_model_file_with_a_card(consortium: Path, tmp_
     info = export_model(consortium, tmp_path / "global.pt", run_dir=consortium / "runs" / "r1")
     assert load_model_file(tmp_path / "global.pt").weights_sha256 == info["weights_sha256"]
     card = (tmp_path / "global.pt.md").read_text()
-    for text in ("## Intended use", "city-general", "st-marys", "ε = 7.9", "AUC 0.710", "## Known limitations",
-                 info["weights_sha256"]):  # fmt: skip
+    for text in (
+        "## Intended use",
+        "city-general",
+        "st-marys",
+        "ε = 7.9",
+        "AUC 0.710",
+        "## Known limitations",
+        info["weights_sha256"],
+    ):
         assert text in card, text
 
 
@@ -69,8 +83,23 @@ def test_graph_export_gives_the_checkpoints_probabilities(consortium: Path, tmp_
 
 
 def test_unknown_format_is_a_clear_error(consortium: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "export", str(consortium), "--out", str(tmp_path / "m"),
-                           "--format", "tflite"], capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "export",
+            str(consortium),
+            "--out",
+            str(tmp_path / "m"),
+            "--format",
+            "tflite",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "tflite" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
     assert json.dumps(proc.returncode)
 
@@ -87,14 +116,30 @@ def test_init_weights_start_round_one_from_a_local_model_file(consortium: Path) 
     assert all(torch.equal(state[k], expected[k]) for k in expected)
     assert initial_state(RunSettings.from_run_config(base), fresh) is not None
     with pytest.raises(RunConfigError, match="init_weights"):
-        initial_state(RunSettings.from_run_config({**base, "image-size": 64, "init-weights": str(path)}), build_model("smallcnn", 2, 64))
+        initial_state(
+            RunSettings.from_run_config({**base, "image-size": 64, "init-weights": str(path)}),
+            build_model("smallcnn", 2, 64),
+        )
 
 
 def test_card_shows_each_sites_auc_with_its_interval_from_crossval(consortium: Path, tmp_path: Path) -> None:
-    xval = {"time": "2026-11-26T09:00:00+00:00", "model": "latest.pt", "sites": ["city-general", "st-marys"],
-            "matrix": {"global": {"city-general": {"auc": 0.912, "auc-examples": 120, "num-examples": 120,
-                                                   "auc-ci-low": 0.861, "auc-ci-high": 0.955},
-                                  "st-marys": {"error": "no reply within 60 s"}}}}  # fmt: skip
+    xval = {
+        "time": "2026-11-26T09:00:00+00:00",
+        "model": "latest.pt",
+        "sites": ["city-general", "st-marys"],
+        "matrix": {
+            "global": {
+                "city-general": {
+                    "auc": 0.912,
+                    "auc-examples": 120,
+                    "num-examples": 120,
+                    "auc-ci-low": 0.861,
+                    "auc-ci-high": 0.955,
+                },
+                "st-marys": {"error": "no reply within 60 s"},
+            }
+        },
+    }
     (tmp_path / "crossval.json").write_text(json.dumps(xval))
     export_model(consortium, tmp_path / "g.pt", run_dir=consortium / "runs" / "r1", crossval=tmp_path / "crossval.json")
     card = (tmp_path / "g.pt.md").read_text()

@@ -13,8 +13,8 @@ import torch
 from rich.console import Console
 
 from deploy import federated_demo as demo
-from shared.tasks.classification.dataset import SiteDataset
 from shared.processes import is_running, proc_id
+from shared.tasks.classification.dataset import SiteDataset
 
 GLOBAL = "global (3 rounds)"
 
@@ -25,11 +25,17 @@ def _cell(auc, ci=None, n=200, pos=60) -> dict:  # noqa: ANN001
 
 def _results() -> dict:
     return {
-        GLOBAL: {"site-1 test": _cell(0.912, [0.871, 0.948]), "site-3 test": _cell(None, None, n=5, pos=0),
-                 "unseen-1": _cell(0.880, [0.82, 0.93])},
-        "local site-1": {"site-1 test": _cell(0.850, [0.80, 0.90]), "site-3 test": _cell(None, None, n=5, pos=0),
-                         "unseen-1": _cell(0.700, [0.62, 0.78])},
-    }  # fmt: skip
+        GLOBAL: {
+            "site-1 test": _cell(0.912, [0.871, 0.948]),
+            "site-3 test": _cell(None, None, n=5, pos=0),
+            "unseen-1": _cell(0.880, [0.82, 0.93]),
+        },
+        "local site-1": {
+            "site-1 test": _cell(0.850, [0.80, 0.90]),
+            "site-3 test": _cell(None, None, n=5, pos=0),
+            "unseen-1": _cell(0.700, [0.62, 0.78]),
+        },
+    }
 
 
 def _render(results: dict) -> str:
@@ -66,8 +72,11 @@ def test_summary_line_says_best_at_home_and_unseen_with_ci_overlap() -> None:
 
 def test_summary_line_skips_one_class_sites_and_reports_overlap_at_unseen() -> None:
     r = _results()
-    r["local site-3"] = {"site-1 test": _cell(0.6, [0.5, 0.7]), "site-3 test": _cell(None, None, n=5, pos=0),
-                         "unseen-1": _cell(0.86, [0.80, 0.91])}  # fmt: skip
+    r["local site-3"] = {
+        "site-1 test": _cell(0.6, [0.5, 0.7]),
+        "site-3 test": _cell(None, None, n=5, pos=0),
+        "unseen-1": _cell(0.86, [0.80, 0.91]),
+    }
     line = demo.summary_line(r, GLOBAL, {"local site-1": "site-1 test", "local site-3": "site-3 test"}, ["unseen-1"])
     assert "mean over 1 site tests" in line  # site-3's one-class test set is left out, not counted as 0
     assert "next local site-3 at 0.860: CIs overlap, not a measurable difference" in line

@@ -10,11 +10,25 @@ from benchmarks.generalization_report import lever_notes, write_report
 
 def _results(models: list[str]) -> dict:
     cols = ["s1 test", "s2 test", "u"]
-    cells = {m: {c: [0.6 + 0.01 * i, 0.7, 0.65] for c in cols} for i, m in enumerate(["pooled", "local s1", "local s2", *models])}
+    cells = {
+        m: {c: [0.6 + 0.01 * i, 0.7, 0.65] for c in cols}
+        for i, m in enumerate(["pooled", "local s1", "local s2", *models])
+    }
     r = summarise(cells, cols, ["s1 test", "s2 test"], ["s1", "s2"], ["u"])
-    return r | {"config": {"seeds": 3, "rounds": 2, "local_epochs": 1, "model": "smallcnn", "image_size": 32,
-                           "scanner_augment_lever": 1.0, "finetune_epochs": 0},
-                "engine": "Flower simulation engine", "test_sizes": {"u": 10}, "seconds": {}}  # fmt: skip
+    return r | {
+        "config": {
+            "seeds": 3,
+            "rounds": 2,
+            "local_epochs": 1,
+            "model": "smallcnn",
+            "image_size": 32,
+            "scanner_augment_lever": 1.0,
+            "finetune_epochs": 0,
+        },
+        "engine": "Flower simulation engine",
+        "test_sizes": {"u": 10},
+        "seconds": {},
+    }
 
 
 def test_only_the_levers_that_ran_are_explained(tmp_path: Path) -> None:
@@ -43,12 +57,23 @@ def test_the_model_best_at_the_unseen_site_is_named_when_it_is_not_the_best_at_h
 def test_the_carried_optimizer_also_runs_on_top_of_both_input_levers_and_singles_can_be_skipped() -> None:
     from benchmarks.generalization import BenchConfig
 
-    cfg = BenchConfig(strategies=["fedavgm"], rounds=4, equalize_lever=True, scanner_augment_lever=1.0,
-                      combined_levers_only=True, carry_optimizer_lever=True, average_rounds=2)  # fmt: skip
+    cfg = BenchConfig(
+        strategies=["fedavgm"],
+        rounds=4,
+        equalize_lever=True,
+        scanner_augment_lever=1.0,
+        combined_levers_only=True,
+        carry_optimizer_lever=True,
+        average_rounds=2,
+    )
     assert [v.label for v in cfg.variants()] == ["", "equalize + scanner-aug"]
     rows = [v.row("fedavgm") for v in cfg.federated_variants("fedavgm")]
-    assert rows == ["fedavgm", "fedavgm + equalize + scanner-aug", "fedavgm + carried optimizer",
-                    "fedavgm + equalize + scanner-aug + carried optimizer"]  # fmt: skip
+    assert rows == [
+        "fedavgm",
+        "fedavgm + equalize + scanner-aug",
+        "fedavgm + carried optimizer",
+        "fedavgm + equalize + scanner-aug + carried optimizer",
+    ]
     last = cfg.federated_variants("fedavgm")[-1]
     assert last.equalize and last.scanner_augment == 1.0 and last.carry_optimizer
     assert last.run_name("fedavgm", 0) == "fedavgm-equalize-scanner-aug-carried-optimizer-seed0"

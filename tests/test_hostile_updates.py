@@ -36,12 +36,12 @@ from flwr.app import ArrayRecord
 
 from server.strategies import build_strategy
 from shared.config import SiteDataConfig
-from shared.tasks.classification.dataset import SiteDataset
 from shared.models import build_model
 from shared.site_data import load_site_dataset
 from shared.synth import write_cohort
-from shared.training import TrainConfig, train_model
+from shared.tasks.classification.dataset import SiteDataset
 from shared.tasks.classification.evaluation import auc_score
+from shared.training import TrainConfig, train_model
 from tests.test_strategies import reply, site_state, task_identity, train_metrics  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(300)
@@ -74,8 +74,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[SiteDataset],
     """Five IID site shards and a test set, from one site's real DICOM (obvious nodules, no scanner shift)."""
     out = tmp_path_factory.mktemp("hostile")
     site = write_cohort(out, n_sites=1, seed=3, unseen=0, scale=0.75, difficulty=0.1, shift=0.0)[0]
-    data, _ = load_site_dataset(SiteDataConfig(data=site.dicom_dir, labels=site.labels_csv, image_size=SIZE,
-                                               cache_dir=out / "cache"))  # fmt: skip
+    data, _ = load_site_dataset(
+        SiteDataConfig(data=site.dicom_dir, labels=site.labels_csv, image_size=SIZE, cache_dir=out / "cache")
+    )
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
     test, train = order[: len(data) // 4], order[len(data) // 4 :]
 
@@ -88,12 +89,15 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[SiteDataset],
 def hostile_update(state: dict[str, torch.Tensor], start: dict[str, torch.Tensor], factor: float) -> dict:
     """``start + factor × (state − start)`` on the weights (factor −6: sign flip, boosted); BatchNorm statistics
     stay plausible, as a careful attacker would leave them (a negative variance is rejected by validation)."""
-    return {k: (start[k] + factor * (v - start[k])) if v.is_floating_point() and "running_" not in k else v
-            for k, v in state.items()}  # fmt: skip
+    return {
+        k: (start[k] + factor * (v - start[k])) if v.is_floating_point() and "running_" not in k else v
+        for k, v in state.items()
+    }
 
 
-def federate(name: str, params: str, shards: list[SiteDataset], test: SiteDataset,
-             attack: float | None) -> tuple[float, list, list[int]]:  # fmt: skip
+def federate(
+    name: str, params: str, shards: list[SiteDataset], test: SiteDataset, attack: float | None
+) -> tuple[float, list, list[int]]:
     """ROUNDS rounds of LOCAL_EPOCHS local epochs per site; returns (global AUC on ``test``, every round's
     rejections, the node whose update became the global model each round (-1: a mix of several))."""
     torch.manual_seed(0)
@@ -111,12 +115,19 @@ def federate(name: str, params: str, shards: list[SiteDataset], test: SiteDatase
             if attack is not None and node == HOSTILE:
                 state = hostile_update(state, start, attack)
             states[node] = state
-        out = strategy.aggregate_train(rnd, [reply(n, states[n], train_metrics(len(s)))  # in node order, not arrival
-                                             for n, s in zip(NODES, shards, strict=True)])  # fmt: skip
+        out = strategy.aggregate_train(
+            rnd,
+            [
+                reply(n, states[n], train_metrics(len(s)))  # in node order, not arrival
+                for n, s in zip(NODES, shards, strict=True)
+            ],
+        )
         rejected += out.rejected
         assert out.arrays is not None, out.rejected
         new = out.arrays.to_torch_state_dict()
-        same = [n for n, st in states.items() if all(torch.equal(new[k], st[k]) for k in st if st[k].is_floating_point())]
+        same = [
+            n for n, st in states.items() if all(torch.equal(new[k], st[k]) for k in st if st[k].is_floating_point())
+        ]
         selected.append(same[0] if len(same) == 1 else -1)
         model.load_state_dict(new)
     return auc_score(model.eval(), test), rejected, selected
@@ -128,10 +139,16 @@ def test_a_huge_update_is_screened_out_and_the_round_continues(model: torch.nn.M
     s.configure_train(1, ArrayRecord(start), {}, Grid(NODES[:3]), available=3)
     honest = [site_state(model, off, 2) for off in (0.01, 0.02)]
     huge = hostile_update(site_state(model, 0.015, 2), start, 1000.0)
-    out = s.aggregate_train(1, [reply(11, honest[0], train_metrics(5)), reply(12, honest[1], train_metrics(5)),
-                                reply(13, huge, train_metrics(5))])  # fmt: skip
+    out = s.aggregate_train(
+        1,
+        [
+            reply(11, honest[0], train_metrics(5)),
+            reply(12, honest[1], train_metrics(5)),
+            reply(13, huge, train_metrics(5)),
+        ],
+    )
     assert out.accepted == [11, 12]
-    (node, reason), = out.rejected
+    ((node, reason),) = out.rejected
     assert node == 13 and "median" in reason and "max_update_ratio 10" in reason
     w = out.arrays.to_torch_state_dict()["classifier.weight"]
     assert torch.allclose(w, (honest[0]["classifier.weight"] + honest[1]["classifier.weight"]) / 2)
@@ -153,15 +170,22 @@ def test_robust_strategies_absorb_a_sign_flipping_site(shards, task_identity: No
     fedavg_clean, rejected, _ = federate("fedavg", "{}", sites, test, attack=None)
     assert not rejected, rejected
     results, krum_selected = {}, []
-    for name, params in (("fedavg", "{}"), ("fedmedian", "{}"), ("fedtrimmedavg", '{"beta": 0.2}'),
-                         ("krum", f'{{"num_malicious_nodes": {MALICIOUS}}}')):  # fmt: skip
+    for name, params in (
+        ("fedavg", "{}"),
+        ("fedmedian", "{}"),
+        ("fedtrimmedavg", '{"beta": 0.2}'),
+        ("krum", f'{{"num_malicious_nodes": {MALICIOUS}}}'),
+    ):
         attacked, rejected, selected = federate(name, params, sites, test, attack=ATTACK)
         assert not rejected, f"{name}: the screen should let a {-ATTACK:g}× update through: {rejected}"
         results[name] = attacked
         if name == "krum":
             krum_selected = selected
-    print(f"\nAUC: fedavg clean {fedavg_clean:.3f}; one site of five sign-flipping ×{-ATTACK:g}: "
-          + ", ".join(f"{n} {a:.3f}" for n, a in results.items()) + f"; krum selected {krum_selected}")
+    print(
+        f"\nAUC: fedavg clean {fedavg_clean:.3f}; one site of five sign-flipping ×{-ATTACK:g}: "
+        + ", ".join(f"{n} {a:.3f}" for n, a in results.items())
+        + f"; krum selected {krum_selected}"
+    )
     fedavg_attacked = results.pop("fedavg")
     # Bounds below what 4 seeds of the whole experiment gave (clean 0.91-0.96; attacked FedAvg 0.41-0.52,
     # FedMedian 0.81-0.88, FedTrimmedAvg 0.69-0.89, Krum 0.70-0.98), so they hold whatever the float path.

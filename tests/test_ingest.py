@@ -109,7 +109,9 @@ def test_second_scan_and_fresh_cache_object_do_not_decode_again(export: Path, tm
     assert first.cache.decoded == len(first.records)
     second = scan_site(export, PARAMS, cache)  # new IngestCache reading the on-disk indexes, like a new process
     assert second.cache.decoded == 0
-    assert [(r.path, r.usable, r.reason) for r in second.records] == [(r.path, r.usable, r.reason) for r in first.records]
+    assert [(r.path, r.usable, r.reason) for r in second.records] == [
+        (r.path, r.usable, r.reason) for r in first.records
+    ]
     other = scan_site(export, PreprocessConfig(image_size=48), cache)  # new preprocessing -> new tensors
     assert other.cache.decoded == len(other.usable) + 1  # usable images (and the duplicate copy) only
 
@@ -153,8 +155,9 @@ def test_non_finite_rows_in_the_pack_are_decoded_again(export: Path, tmp_path: P
 def test_parallel_workers_give_the_same_result(export: Path, tmp_path: Path) -> None:
     serial = scan_site(export, PARAMS, tmp_path / "c1", workers=1)
     parallel = scan_site(export, PARAMS, tmp_path / "c2", workers=2)
-    assert [(r.path, r.usable, r.reason, r.sha256) for r in serial.records] == \
-        [(r.path, r.usable, r.reason, r.sha256) for r in parallel.records]
+    assert [(r.path, r.usable, r.reason, r.sha256) for r in serial.records] == [
+        (r.path, r.usable, r.reason, r.sha256) for r in parallel.records
+    ]
     for a, b in zip(serial.usable, parallel.usable):
         np.testing.assert_array_equal(serial.load_image(a), parallel.load_image(b))
 

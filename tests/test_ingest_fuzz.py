@@ -34,8 +34,9 @@ from tests.dicom_factory import phantom, write_image
 
 PARAMS = PreprocessConfig(image_size=32)
 # derandomize: CI runs exactly the examples that passed here (a new find is a bug to fix, not a flaky CI)
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=120, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 SYNTAXES = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian, "rle": RLELossless}
 
 
@@ -81,7 +82,9 @@ HEADER_VALUES = {
     "HighBit": st.integers(0, 65),
     "PixelRepresentation": st.integers(0, 3),
     "SamplesPerPixel": st.integers(0, 4),
-    "PhotometricInterpretation": st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "", "X"]),
+    "PhotometricInterpretation": st.sampled_from(
+        ["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "", "X"]
+    ),
     "NumberOfFrames": st.sampled_from(["0", "1", "2", "-1", "abc", ""]),
     "RescaleSlope": st.sampled_from(["0", "1", "-1", "1e308", "nan", "abc", ""]),
     "RescaleIntercept": st.sampled_from(["0", "-1024", "1e308", "inf", "x"]),
@@ -105,7 +108,9 @@ def _set_raw(ds: pydicom.Dataset, keyword: str, value: int | str) -> None:
 @FUZZ
 @given(
     syntax=st.sampled_from(sorted(SYNTAXES)),
-    changes=st.dictionaries(st.sampled_from(sorted(HEADER_VALUES)), st.none() | st.just("value"), min_size=1, max_size=4),
+    changes=st.dictionaries(
+        st.sampled_from(sorted(HEADER_VALUES)), st.none() | st.just("value"), min_size=1, max_size=4
+    ),
     data=st.data(),
 )
 def test_mutated_headers_give_an_image_or_a_reason(syntax: str, changes: dict, data) -> None:  # noqa: ANN001

@@ -53,18 +53,24 @@ def test_torchscript_keeps_the_layer() -> None:
 
 def test_onnx_export_of_an_equalizing_model_is_refused_with_the_way_out(tmp_path) -> None:
     from server.checkpoints import RunDir, RunTask
-    from shared.tasks import TaskSpec
     from server.enrollment import init_consortium
     from server.export import export_model
     from shared.config import ConfigError
+    from shared.tasks import TaskSpec
 
     c = tmp_path / "consortium"
     init_consortium(c, "Eq Net", "127.0.0.1:9443")
     task = RunTask(TaskSpec("classification", ("normal", "nodule"), "smallcnn-eq", 32), "Eq Net", "fedavg", 0)
     run = RunDir(c / "runs" / "r1")
     run.prepare(task, resume=False)
-    run.save_round(1, build_model("smallcnn-eq", 2, 32).state_dict(), task=task, num_server_rounds=1,
-                   metrics={"round": 1, "sites_answered": 2}, eval_auc=None)  # fmt: skip
+    run.save_round(
+        1,
+        build_model("smallcnn-eq", 2, 32).state_dict(),
+        task=task,
+        num_server_rounds=1,
+        metrics={"round": 1, "sites_answered": 2},
+        eval_auc=None,
+    )
     with pytest.raises(ConfigError, match="smallcnn-eq.*--format torchscript"):
         export_model(c, tmp_path / "g.onnx", run_dir=c / "runs" / "r1", fmt="onnx")
     info = export_model(c, tmp_path / "g.ts", run_dir=c / "runs" / "r1", fmt="torchscript")

@@ -19,8 +19,11 @@ def scanned(tmp_path: Path):
     uids = {}
     for i in range(6):
         ds = f.write_image(
-            data / f"p{i // 2}" / f"img{i}.dcm", f.phantom(64, 64, seed=i),
-            patient_id=f"P{i // 2}", accession=f"ACC{i}", study_uid=f"1.2.3.{i // 2}",
+            data / f"p{i // 2}" / f"img{i}.dcm",
+            f.phantom(64, 64, seed=i),
+            patient_id=f"P{i // 2}",
+            accession=f"ACC{i}",
+            study_uid=f"1.2.3.{i // 2}",
         )
         uids[i] = ds.SOPInstanceUID
     f.write_rgb(data / "colour.dcm")
@@ -35,17 +38,23 @@ def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
 def test_join_reports_every_kind_of_problem(scanned, tmp_path: Path) -> None:
     result, uids = scanned
     colour_uid = next(r for r in result.records if r.path == "colour.dcm").header.sop_instance_uid
-    csv_text = "SOPInstanceUID,label\n" + "\n".join([
-        f"{uids[0]},normal",
-        f"{uids[1]},nodule",
-        f"{uids[2]},normal",
-        f"{uids[2]},normal",  # consistent duplicate: fine
-        f"{uids[3]},normal",
-        f"{uids[3]},nodule",  # conflicting duplicate: excluded
-        f"{uids[4]},pneumonia",  # not a task class
-        "1.2.999.404,normal",  # image missing
-        f"{colour_uid},normal",  # image rejected
-    ]) + "\n"
+    csv_text = (
+        "SOPInstanceUID,label\n"
+        + "\n".join(
+            [
+                f"{uids[0]},normal",
+                f"{uids[1]},nodule",
+                f"{uids[2]},normal",
+                f"{uids[2]},normal",  # consistent duplicate: fine
+                f"{uids[3]},normal",
+                f"{uids[3]},nodule",  # conflicting duplicate: excluded
+                f"{uids[4]},pneumonia",  # not a task class
+                "1.2.999.404,normal",  # image missing
+                f"{colour_uid},normal",  # image rejected
+            ]
+        )
+        + "\n"
+    )
     rows = read_labels(write_csv(tmp_path / "labels.csv", csv_text), "SOPInstanceUID")
     join = join_labels(result.records, rows, "SOPInstanceUID", ["normal", "nodule"])
     assert sorted(rec.path for rec, _ in join.matched) == ["p0/img0.dcm", "p0/img1.dcm", "p1/img2.dcm"]
@@ -57,10 +66,13 @@ def test_join_reports_every_kind_of_problem(scanned, tmp_path: Path) -> None:
     assert join.unlabelled == ["p2/img5.dcm"]
 
 
-@pytest.mark.parametrize("key,column_of", [
-    ("path", lambda i: f"p{i // 2}/img{i}.dcm"),
-    ("AccessionNumber", lambda i: f"ACC{i}"),
-])
+@pytest.mark.parametrize(
+    "key,column_of",
+    [
+        ("path", lambda i: f"p{i // 2}/img{i}.dcm"),
+        ("AccessionNumber", lambda i: f"ACC{i}"),
+    ],
+)
 def test_other_key_columns(scanned, tmp_path: Path, key: str, column_of) -> None:
     result, _ = scanned
     text = f"{key},label\n" + "".join(f"{column_of(i)},{'nodule' if i % 2 else 'normal'}\n" for i in range(6))
@@ -71,8 +83,12 @@ def test_other_key_columns(scanned, tmp_path: Path, key: str, column_of) -> None
 def test_study_key_labels_every_image_of_the_study(scanned, tmp_path: Path) -> None:
     result, _ = scanned
     text = "StudyInstanceUID,label\n1.2.3.0,normal\n1.2.3.1,nodule\n"
-    join = join_labels(result.records, read_labels(write_csv(tmp_path / "l.csv", text), "StudyInstanceUID"),
-                       "StudyInstanceUID", ["normal", "nodule"])
+    join = join_labels(
+        result.records,
+        read_labels(write_csv(tmp_path / "l.csv", text), "StudyInstanceUID"),
+        "StudyInstanceUID",
+        ["normal", "nodule"],
+    )
     assert len(join.matched) == 4 and len(join.unlabelled) == 2
 
 
@@ -90,10 +106,13 @@ def test_tab_delimited(tmp_path: Path) -> None:
     assert rows[0].key == "a.dcm" and rows[0].line == 2
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("SOPInstanceUID,diagnosis\n1.2,normal\n", "missing column(s) 'label'"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("SOPInstanceUID,diagnosis\n1.2,normal\n", "missing column(s) 'label'"),
+        ("", "empty"),
+    ],
+)
 def test_bad_label_files_name_the_file_and_the_problem(tmp_path: Path, text: str, expected: str) -> None:
     path = write_csv(tmp_path / "bad.csv", text)
     with pytest.raises(ConfigError, match=re.escape(expected)) as info:

@@ -61,7 +61,8 @@ def test_every_layer_has_files_to_check() -> None:
 def test_no_layer_imports_what_sits_above_or_beside_it() -> None:
     new = violations() - KNOWN_EXCEPTIONS
     assert not new, "layer breaks (file, package it must not import):\n" + "\n".join(
-        f"  {f} imports {p}" for f, p in sorted(new))
+        f"  {f} imports {p}" for f, p in sorted(new)
+    )
 
 
 def test_known_exceptions_are_still_real() -> None:
@@ -70,13 +71,16 @@ def test_known_exceptions_are_still_real() -> None:
     assert not stale, f"no longer imported, remove from KNOWN_EXCEPTIONS: {sorted(stale)}"
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("import benchmarks.scale\n", {"benchmarks"}),
-    ("from deploy.loopback import REPO\n", {"deploy"}),
-    ("def f():\n    from client import cli\n", {"client"}),
-    ("from . import strategies\n", {"server"}),
-    ("from ..client import cli\n", {"client"}),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import benchmarks.scale\n", {"benchmarks"}),
+        ("from deploy.loopback import REPO\n", {"deploy"}),
+        ("def f():\n    from client import cli\n", {"client"}),
+        ("from . import strategies\n", {"server"}),
+        ("from ..client import cli\n", {"client"}),
+    ],
+)
 def test_imports_are_found_wherever_they_are_written(tmp_path: Path, source: str, expected: set[str]) -> None:
     path = tmp_path / "server" / "x.py"
     path.parent.mkdir()

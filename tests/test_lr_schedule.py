@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from server.app import RunConfigError, RunSettings
-from shared.tasks.classification.dataset import SiteDataset
 from shared.lr_schedule import scheduled_lr
 from shared.models import build_model
+from shared.tasks.classification.dataset import SiteDataset
 from shared.training import TrainConfig, train_model
 
 
@@ -39,7 +39,9 @@ def test_the_server_sends_each_round_its_rate() -> None:
 def test_centralised_training_follows_the_schedule_epoch_by_epoch() -> None:
     g = torch.Generator().manual_seed(0)
     data = SiteDataset(torch.rand((8, 1, 16, 16), generator=g), torch.tensor([0, 1] * 4), ["a", "b"])
-    history = train_model(build_model("smallcnn", 2, 16), data, TrainConfig(epochs=4, batch_size=4, lr=0.01, lr_schedule="cosine"))
+    history = train_model(
+        build_model("smallcnn", 2, 16), data, TrainConfig(epochs=4, batch_size=4, lr=0.01, lr_schedule="cosine")
+    )
     assert [h["lr"] for h in history] == [scheduled_lr(0.01, e, 4, "cosine") for e in range(4)]
     with pytest.raises(ValueError, match="unknown learning-rate schedule"):
         TrainConfig(lr_schedule="warm")

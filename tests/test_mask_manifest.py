@@ -47,9 +47,14 @@ def test_png_and_nifti_masks_align_like_seg_masks(tmp_path):
     masks = tmp_path / "masks"
     _png(masks / "wide-nodule.png", nodule, mode="RGB")  # colour PNG: any channel set = inside
     nib = pytest.importorskip("nibabel")
-    nib.save(nib.Nifti1Image(lung.T[:, :, None].astype(np.uint8), np.eye(4)), masks / "wide-lung.nii.gz")  # (cols, rows, 1)
-    manifest = _manifest(masks / "masks.csv", "path", [("wide.dcm", "nodule", "wide-nodule.png"),
-                                                      ("./wide.dcm", "Lung", "wide-lung.nii.gz")])  # fmt: skip
+    nib.save(
+        nib.Nifti1Image(lung.T[:, :, None].astype(np.uint8), np.eye(4)), masks / "wide-lung.nii.gz"
+    )  # (cols, rows, 1)
+    manifest = _manifest(
+        masks / "masks.csv",
+        "path",
+        [("wide.dcm", "nodule", "wide-nodule.png"), ("./wide.dcm", "Lung", "wide-lung.nii.gz")],
+    )
 
     scan = scan_site(data, PreprocessConfig(image_size=SIZE), cache_dir=tmp_path / "cache", workers=1)
     report = match_mask_manifest(scan.records, manifest, "path", LABELS, SIZE)
@@ -69,7 +74,9 @@ def test_read_mask_file_formats(tmp_path):
     m = _square(10, 14, 2, 3, 4)
     _png(tmp_path / "a.png", m, mode="1")
     _png(tmp_path / "p.png", m, mode="P")
-    assert np.array_equal(read_mask_file(tmp_path / "a.png"), m) and np.array_equal(read_mask_file(tmp_path / "p.png"), m)
+    assert np.array_equal(read_mask_file(tmp_path / "a.png"), m) and np.array_equal(
+        read_mask_file(tmp_path / "p.png"), m
+    )
 
 
 def test_every_mask_problem_is_reported_with_its_file(tmp_path):
@@ -80,30 +87,39 @@ def test_every_mask_problem_is_reported_with_its_file(tmp_path):
     _png(masks / "small.png", _disc(48, 48, 24, 24, 6))
     (masks / "broken.png").write_text("not a PNG")
     rows = [
-        (uids["ok"], "nodule", "disc.png"), (uids["ok"], "lung", "disc.png"),
-        (uids["small"], "nodule", "small.png"), (uids["small"], "lung", "disc.png"),
-        (uids["broken"], "nodule", "broken.png"), (uids["broken"], "lung", "gone.png"),
+        (uids["ok"], "nodule", "disc.png"),
+        (uids["ok"], "lung", "disc.png"),
+        (uids["small"], "nodule", "small.png"),
+        (uids["small"], "lung", "disc.png"),
+        (uids["broken"], "nodule", "broken.png"),
+        (uids["broken"], "lung", "gone.png"),
         (uids["half"], "nodule", "disc.png"),
-        (uids["odd"], "nodule", "disc.png"), (uids["odd"], "lung", "disc.png"), (uids["odd"], "effusion", "disc.png"),
+        (uids["odd"], "nodule", "disc.png"),
+        (uids["odd"], "lung", "disc.png"),
+        (uids["odd"], "effusion", "disc.png"),
         ("1.2.3.999", "nodule", "disc.png"),
-    ]  # fmt: skip
+    ]
     manifest = _manifest(masks / "masks.csv", "SOPInstanceUID", rows)
     scan = scan_site(data, PreprocessConfig(image_size=SIZE), cache_dir=tmp_path / "cache", workers=1)
     report = match_mask_manifest(scan.records, manifest, "SOPInstanceUID", LABELS, SIZE)
 
     got = sorted((p.kind.value, p.path) for p in report.problems)
-    assert got == sorted([
-        ("mask-geometry-mismatch", "small.png"),
-        ("unreadable-mask", "broken.png"),
-        ("mask-file-missing", "gone.png"),
-        ("missing-mask-label", "half.dcm"),
-        ("unknown-mask-label", "masks.csv line 11"),
-        ("mask-key-not-found", "masks.csv line 12"),
-        ("image-without-mask", "none.dcm"),
-    ]), got
+    assert got == sorted(
+        [
+            ("mask-geometry-mismatch", "small.png"),
+            ("unreadable-mask", "broken.png"),
+            ("mask-file-missing", "gone.png"),
+            ("missing-mask-label", "half.dcm"),
+            ("unknown-mask-label", "masks.csv line 11"),
+            ("mask-key-not-found", "masks.csv line 12"),
+            ("image-without-mask", "none.dcm"),
+        ]
+    ), got
     assert set(report.masks) == {uids["ok"], uids["odd"]}  # an unknown extra label does not drop the image
     by_kind = {p.kind.value: p for p in report.problems}
-    assert "48x48" in by_kind["mask-geometry-mismatch"].detail and "small.dcm" in by_kind["mask-geometry-mismatch"].detail
+    assert (
+        "48x48" in by_kind["mask-geometry-mismatch"].detail and "small.dcm" in by_kind["mask-geometry-mismatch"].detail
+    )
     assert "'effusion'" in by_kind["unknown-mask-label"].detail and "1.2.3.999" in by_kind["mask-key-not-found"].detail
     assert "['lung']" in by_kind["missing-mask-label"].detail
     assert all(p.to_dict()["what_to_do"] for p in report.problems)
@@ -120,7 +136,10 @@ def test_load_seg_dataset_from_a_png_manifest_equals_the_seg_path(tmp_path):
         nodule, lung = _disc(r, c, r / 3, c / 2, 7 + i), _square(r, c, 5, 5, 30)
         ds = _image(data / f"img{i}.dcm", np.where(nodule, 0.9, 0.2), patient_id=f"P{i}", accession=f"A{i}")
         _seg(data / "seg" / f"img{i}.dcm", [ds], {"nodule": nodule[None], "lung": lung[None]})
-        rows += [(f"A{i}", "nodule", _png(masks / f"{i}-n.png", nodule)), (f"A{i}", "lung", _png(masks / f"{i}-l.png", lung))]
+        rows += [
+            (f"A{i}", "nodule", _png(masks / f"{i}-n.png", nodule)),
+            (f"A{i}", "lung", _png(masks / f"{i}-l.png", lung)),
+        ]
     manifest = _manifest(masks / "masks.csv", "AccessionNumber", rows)
     base = dict(data=data, key="AccessionNumber", image_size=SIZE, cache_dir=tmp_path / "cache")
     from_seg, seg_report = load_seg_dataset(SiteDataConfig(**base), LABELS, workers=1)

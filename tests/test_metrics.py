@@ -89,9 +89,7 @@ def test_youden_threshold_maximises_j():
     assert t == pytest.approx(0.65)
     pred = score >= t
     sens, spec = pred[y == 1].mean(), 1 - pred[y == 0].mean()
-    best = max(
-        (score[y == 1] >= c).mean() + (score[y == 0] < c).mean() - 1 for c in np.r_[score, np.inf]
-    )
+    best = max((score[y == 1] >= c).mean() + (score[y == 0] < c).mean() - 1 for c in np.r_[score, np.inf])
     assert sens + spec - 1 == pytest.approx(best)
 
 

@@ -11,8 +11,8 @@ import torch
 from shared.config import PreprocessConfig
 from shared.modelfile import ModelFileError, load_model_file, save_model_file, weights_sha256
 from shared.models import build_model
-from shared.training import seed_everything
 from shared.tasks.classification.evaluation import predict_proba
+from shared.training import seed_everything
 
 SIZE = 32
 

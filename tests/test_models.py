@@ -54,7 +54,9 @@ def test_norm_layer_names_finds_every_batchnorm_key_of_smallcnn():
     expected = set()
     for mod_name, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
-            expected |= {f"{mod_name}.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+            expected |= {
+                f"{mod_name}.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+            }
     assert len(expected) == 4 * 5
     assert keys == expected
     assert keys <= set(model.state_dict())

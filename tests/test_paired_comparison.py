@@ -58,11 +58,15 @@ def test_summarise_keeps_every_seed_and_pairs_each_lever_with_fedavg_and_the_bes
     assert "for_unseen" not in r["verdict"]  # at the unseen site all tie: the models already named stand
 
 
-def test_equalisation_is_paired_with_its_own_arm_at_home_and_at_the_unseen_site_and_pooled_stays_the_reference() -> None:
+def test_equalisation_is_paired_with_its_own_arm_at_home_and_at_the_unseen_site_and_pooled_stays_the_reference() -> (
+    None
+):
     base = _cells()
     cells = base | {
         "pooled + equalize": {c: [v + 0.01 for v in vals] for c, vals in base["pooled"].items()},
-        "fedavg + equalize": {c: [v + (0.02 if c != "u" else -0.04) for v in vals] for c, vals in base["fedavg"].items()},
+        "fedavg + equalize": {
+            c: [v + (0.02 if c != "u" else -0.04) for v in vals] for c, vals in base["fedavg"].items()
+        },
     }
     r = summarise(cells, ["s1 test", "s2 test", "u"], ["s1 test", "s2 test"], ["s1", "s2"], ["u"])
     rows = {(p["model"], p["against"], p["column"]): p for p in r["paired"]}
@@ -99,8 +103,11 @@ def test_a_round_average_is_paired_with_the_same_run_without_it() -> None:
     base = _cells()
     plus = lambda row, d: {c: [v + d for v in vals] for c, vals in row.items()}  # noqa: E731
     levered = "fedavg + equalize + carried optimizer"
-    cells = base | {"fedavg + equalize": plus(base["fedavg"], 0.01), levered: plus(base["fedavg"], 0.02),
-                    f"{levered} + round average": plus(base["fedavg"], 0.05)}  # fmt: skip
+    cells = base | {
+        "fedavg + equalize": plus(base["fedavg"], 0.01),
+        levered: plus(base["fedavg"], 0.02),
+        f"{levered} + round average": plus(base["fedavg"], 0.05),
+    }
     r = summarise(cells, ["s1 test", "s2 test", "u"], ["s1 test", "s2 test"], ["s1", "s2"], ["u"])
     rows = {(p["model"], p["against"], p["column"]): p["mean"] for p in r["paired"]}
     for column in (SITE_MEAN, "u"):  # what the last lever adds, against the row with all the others

@@ -7,8 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from shared.tasks import TaskSpec
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from client.outbound_guard import guard_reply
@@ -19,8 +17,9 @@ from server.strategies.validation import template_of, validate_train_reply
 from shared.config import ConfigError
 from shared.models import build_model
 from shared.private_training import epsilon_after, noise_for_epsilon, steps_per_epoch, train_model_private
-from shared.training import TrainConfig, seed_everything
+from shared.tasks import TaskSpec
 from shared.tasks.classification.evaluation import auc_score
+from shared.training import TrainConfig, seed_everything
 from tests.test_training import blob_dataset
 
 
@@ -60,8 +59,15 @@ def test_batchnorm_model_is_refused_with_the_model_to_use() -> None:
 
 
 def _dp(target: float = 8.0, rounds: int = 3) -> ImageDp:
-    return ImageDp.from_config({"dp-level": "image", "dp-target-epsilon": target, "dp-clipping-norm": 1.0,
-                                "dp-delta": 1e-5, "num-server-rounds": rounds})  # fmt: skip
+    return ImageDp.from_config(
+        {
+            "dp-level": "image",
+            "dp-target-epsilon": target,
+            "dp-clipping-norm": 1.0,
+            "dp-delta": 1e-5,
+            "num-server-rounds": rounds,
+        }
+    )
 
 
 def test_ledger_composes_rounds_to_the_target_and_survives_a_restart(tmp_path) -> None:
@@ -97,10 +103,18 @@ def test_incomplete_image_dp_settings_are_a_refusal_not_a_crash() -> None:
 
 def test_private_round_reports_only_epsilon_and_noise(tmp_path) -> None:
     model = build_model("smallcnn-gn", 2, 32)
-    history, metrics = train_private_round(model, blob_dataset(40, 32), TrainConfig(epochs=1, batch_size=16), _dp(rounds=1),
-                                           1, tmp_path / "l.json")  # fmt: skip
+    history, metrics = train_private_round(
+        model, blob_dataset(40, 32), TrainConfig(epochs=1, batch_size=16), _dp(rounds=1), 1, tmp_path / "l.json"
+    )
     assert set(metrics) == {"dp-epsilon", "dp-noise-multiplier"} and 7.9 <= metrics["dp-epsilon"] <= 8.0
-    guarded = guard_reply("train", task=TaskSpec("classification", ("normal", "nodule"), "smallcnn-gn", 16), incoming={}, arrays=None, metrics={"num-examples": 40, **metrics}, min_count=10)
+    guarded = guard_reply(
+        "train",
+        task=TaskSpec("classification", ("normal", "nodule"), "smallcnn-gn", 16),
+        incoming={},
+        arrays=None,
+        metrics={"num-examples": 40, **metrics},
+        min_count=10,
+    )
     assert guarded.metrics["dp-epsilon"] == metrics["dp-epsilon"] and not guarded.violations
 
 
@@ -116,8 +130,10 @@ def test_server_requires_the_sites_epsilon_and_reports_the_least_private_site() 
     assert problem == "metric 'dp-epsilon' is missing"
     clean, problem = validate_train_reply(content({"num-examples": 30, "dp-epsilon": 7.5}), template, ("dp-epsilon",))
     assert problem is None and clean["dp-epsilon"] == 7.5
-    replies = [RecordDict({"metrics": MetricRecord({"num-examples": n, "dp-epsilon": e, "dp-noise-multiplier": z})})
-               for n, e, z in ((10, 6.0, 1.3), (90, 7.9, 0.9))]  # fmt: skip
+    replies = [
+        RecordDict({"metrics": MetricRecord({"num-examples": n, "dp-epsilon": e, "dp-noise-multiplier": z})})
+        for n, e, z in ((10, 6.0, 1.3), (90, 7.9, 0.9))
+    ]
     out = aggregate_metrics(replies)
     assert out["dp-epsilon"] == 7.9 and out["dp-noise-multiplier"] == 0.9  # not weighted means
 
@@ -130,8 +146,13 @@ def test_consortium_image_dp_needs_a_target_and_a_batchnorm_free_model() -> None
     run = cfg.to_run_config()
     assert (run["dp-level"], run["dp-target-epsilon"], run["dp-noise-multiplier"]) == ("image", 8.0, 0.0)
     with pytest.raises(ConfigError, match="task.model .*smallcnn-gn"):
-        parse_consortium({**base, "task": {"classes": ["a", "b"], "model": "smallcnn"},
-                          "privacy": {"dp": {"level": "image", "target_epsilon": 8, "clipping_norm": 1.0}}})  # fmt: skip
+        parse_consortium(
+            {
+                **base,
+                "task": {"classes": ["a", "b"], "model": "smallcnn"},
+                "privacy": {"dp": {"level": "image", "target_epsilon": 8, "clipping_norm": 1.0}},
+            }
+        )
     with pytest.raises(ConfigError, match="needs target_epsilon"):
         parse_consortium({**base, "privacy": {"dp": {"level": "image", "noise_multiplier": 1.0, "clipping_norm": 1.0}}})
     with pytest.raises(ConfigError, match="needs noise_multiplier"):
@@ -151,8 +172,14 @@ def test_site_refuses_a_target_above_its_cap_and_counts_image_dp_as_dp() -> None
 def test_coordinator_round_row_says_per_image_epsilon() -> None:
     from server.coordinator import round_row
 
-    row = {"round": 1, "sites_answered": 2, "sites_failed": 0, "seconds": 9.0, "train": {},
-           "privacy": {"epsilon": 5.54, "delta": 1e-5, "level": "image"}}  # fmt: skip
+    row = {
+        "round": 1,
+        "sites_answered": 2,
+        "sites_failed": 0,
+        "seconds": 9.0,
+        "train": {},
+        "privacy": {"epsilon": 5.54, "delta": 1e-5, "level": "image"},
+    }
     assert "DP ε=5.54 per image, largest site (δ=1e-05)" in round_row(row).metrics
 
 
@@ -163,7 +190,9 @@ def test_head_only_dp_keeps_the_pretrained_features_and_their_statistics() -> No
     model = build_model("smallcnn", 2, 32)  # BatchNorm: fine here, the features are frozen
     train_model(model, blob_dataset(64, 32), TrainConfig(epochs=2, batch_size=16))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train_model_private(model, blob_dataset(48, 32, seed=2), TrainConfig(epochs=2, batch_size=16), 1.0, 1.0, layers="head")
+    train_model_private(
+        model, blob_dataset(48, 32, seed=2), TrainConfig(epochs=2, batch_size=16), 1.0, 1.0, layers="head"
+    )
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed == {"classifier.weight", "classifier.bias"}  # BN running statistics never saw the private images
     assert all(p.requires_grad for p in model.parameters())
@@ -177,5 +206,7 @@ def test_head_only_dp_needs_pretrained_weights(tmp_path) -> None:
     with pytest.raises(ConfigError, match="set task.init_weights"):
         parse_consortium({**base, "task": {"classes": ["normal", "nodule"]}})
     (tmp_path / "public.pt").write_bytes(b"x")
-    cfg = parse_consortium({**base, "task": {"classes": ["normal", "nodule"], "init_weights": str(tmp_path / "public.pt")}})
+    cfg = parse_consortium(
+        {**base, "task": {"classes": ["normal", "nodule"], "init_weights": str(tmp_path / "public.pt")}}
+    )
     assert cfg.to_run_config()["dp-layers"] == "head"

@@ -10,9 +10,9 @@ import re
 import numpy as np
 import pytest
 
+from shared.metrics import evaluate_predictions
 from shared.report_html import PER_CASE_NOTICE
 from shared.tasks.classification.report import write_report
-from shared.metrics import evaluate_predictions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["normal", "nodule"]
@@ -65,7 +65,7 @@ def test_binary_report_writes_valid_files(tmp_path):
     assert f"{m['auc_ci95'][0]:.3f}–{m['auc_ci95'][1]:.3f}" in page
     assert f"{m['sensitivity']:.3f}" in page and f"{m['specificity']:.3f}" in page
     assert "f" * 64 in page and "smallcnn" in page and "federated, round 3" in page
-    assert "<th>normal</th><td class=\"num\">60</td>" in page  # n per class
+    assert '<th>normal</th><td class="num">60</td>' in page  # n per class
 
 
 def test_multiclass_report(tmp_path):

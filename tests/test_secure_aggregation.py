@@ -52,7 +52,9 @@ def test_secure_aggregation_refuses_strategies_that_need_single_updates(strategy
     with pytest.raises(RunConfigError, match="secagg"):
         RunSettings.from_run_config({"run-dir": "/tmp/r", "classes": "a,b", "strategy": strategy, "secagg": "{}x"})
     with pytest.raises(RunConfigError, match=strategy):
-        RunSettings.from_run_config({"run-dir": "/tmp/r", "classes": "a,b", "strategy": strategy, "secagg": '{"max_weight": 10}'})
+        RunSettings.from_run_config(
+            {"run-dir": "/tmp/r", "classes": "a,b", "strategy": strategy, "secagg": '{"max_weight": 10}'}
+        )
 
 
 def test_unknown_secure_aggregation_key_is_named() -> None:
@@ -68,9 +70,16 @@ def test_site_that_requires_secure_aggregation_refuses_a_plain_round(tmp_path) -
     assert refusal is not None and "requires secure aggregation" in refusal[0]
     assert _privacy_refusal(node, {}, secure=True) is None
     assert _privacy_refusal({}, {}, secure=False) is None
-    cfg = SiteFileConfig(site_name="site-a", server_address="h:1", ca_cert=tmp_path / "ca.crt", private_key=tmp_path / "k",
-                         data=tmp_path, labels=tmp_path / "l.csv", classes=["a", "b"],
-                         privacy={"require_secure_aggregation": True})  # fmt: skip
+    cfg = SiteFileConfig(
+        site_name="site-a",
+        server_address="h:1",
+        ca_cert=tmp_path / "ca.crt",
+        private_key=tmp_path / "k",
+        data=tmp_path,
+        labels=tmp_path / "l.csv",
+        classes=["a", "b"],
+        privacy={"require_secure_aggregation": True},
+    )
     assert site_node_config(tmp_path / "site.yaml", cfg)["require-secagg"] == 1
 
 
@@ -88,8 +97,9 @@ def test_protocol_guard_passes_the_protocol_fields_only() -> None:
     assert leaky and "'patient'" in leaky[0]
     extra = guard_secure_reply(Stage.SETUP, _stage_reply(keys, extra=ConfigRecord({"file": "IMG0001.dcm"})), None)
     assert extra == ["record 'extra' is not part of stage setup"]
-    arrays = guard_secure_reply(Stage.UNMASK, _stage_reply({Key.NODE_ID_LIST: [1], Key.SHARE_LIST: [b"s"]},
-                                                           preds=ArrayRecord({})), None)  # fmt: skip
+    arrays = guard_secure_reply(
+        Stage.UNMASK, _stage_reply({Key.NODE_ID_LIST: [1], Key.SHARE_LIST: [b"s"]}, preds=ArrayRecord({})), None
+    )
     assert arrays == ["array record 'preds' must not leave in a secure round"]  # even an empty one
     wrong_type = guard_secure_reply(Stage.UNMASK, _stage_reply({Key.NODE_ID_LIST: ["a"], Key.SHARE_LIST: [b"s"]}), None)
     assert wrong_type and Key.NODE_ID_LIST in wrong_type[0]
@@ -97,13 +107,22 @@ def test_protocol_guard_passes_the_protocol_fields_only() -> None:
 
 def test_protocol_guard_checks_the_masked_vectors() -> None:
     vectors = [_npy(np.array([5], np.int64)), _npy(np.zeros((4, 3), np.int64))]
-    fitres = {"fitres.metrics": ConfigRecord({"num-examples": 40}), "fitres.num_examples": MetricRecord({"num_examples": 40}),
-              "fitres.status": ConfigRecord({"code": 0, "message": ""}), "fitres.parameters": ArrayRecord({})}  # fmt: skip
+    fitres = {
+        "fitres.metrics": ConfigRecord({"num-examples": 40}),
+        "fitres.num_examples": MetricRecord({"num_examples": 40}),
+        "fitres.status": ConfigRecord({"code": 0, "message": ""}),
+        "fitres.parameters": ArrayRecord({}),
+    }
     good = _stage_reply({Key.MASKED_PARAMETERS: vectors}, **fitres)
     assert guard_secure_reply(Stage.COLLECT_MASKED_VECTORS, good, n_arrays=1) == []
-    assert "2 masked vectors for a model of 2 arrays" in guard_secure_reply(Stage.COLLECT_MASKED_VECTORS, good, n_arrays=2)[0]
+    assert (
+        "2 masked vectors for a model of 2 arrays"
+        in guard_secure_reply(Stage.COLLECT_MASKED_VECTORS, good, n_arrays=2)[0]
+    )
     plain = _stage_reply({Key.MASKED_PARAMETERS: [vectors[0], _npy(np.zeros((4, 3), np.float32))]}, **fitres)
-    assert guard_secure_reply(Stage.COLLECT_MASKED_VECTORS, plain, n_arrays=1) == ["masked vectors must be integer arrays"]
+    assert guard_secure_reply(Stage.COLLECT_MASKED_VECTORS, plain, n_arrays=1) == [
+        "masked vectors must be integer arrays"
+    ]
 
 
 def test_site_refuses_an_update_secagg_would_clip() -> None:
@@ -117,8 +136,13 @@ def test_site_refuses_an_update_secagg_would_clip() -> None:
 def test_flower_masking_recovers_the_weighted_mean_at_fedrad_settings() -> None:
     """Quantise, mask with pairwise masks that cancel, sum, unmask: the arithmetic the protocol rests on."""
     from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-        factor_combine, factor_extract, parameters_addition, parameters_mod, parameters_multiply, parameters_subtraction,
-    )  # fmt: skip
+        factor_combine,
+        factor_extract,
+        parameters_addition,
+        parameters_mod,
+        parameters_multiply,
+        parameters_subtraction,
+    )
     from flwr.common.secure_aggregation.quantization import dequantize, quantize
     from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
@@ -136,7 +160,9 @@ def test_flower_masking_recovers_the_weighted_mean_at_fedrad_settings() -> None:
                 mask = pseudo_rand_gen(bytes([min(i, j), max(i, j)]) * 16, mod, [v.shape for v in vec])
                 vec = (parameters_addition if i > j else parameters_subtraction)(vec, mask)
         masked.append(parameters_mod(vec, mod))
-    assert not np.allclose(masked[0][1], quantize(updates[0], s.clipping_range, qrange)[0])  # a masked vector hides the update
+    assert not np.allclose(
+        masked[0][1], quantize(updates[0], s.clipping_range, qrange)[0]
+    )  # a masked vector hides the update
     total = masked[0]
     for vec in masked[1:]:
         total = parameters_addition(total, vec)

@@ -8,9 +8,9 @@ import torch
 
 from benchmarks.generalization import BenchConfig
 from benchmarks.generalization_task import metric_names, score
-from shared.tasks.segmentation.report import overlay_cases
 from shared.config import ConfigError
 from shared.tasks.segmentation.dataset import SegDataset, concat_seg_datasets
+from shared.tasks.segmentation.report import overlay_cases
 
 
 def test_bench_config_defaults_per_task() -> None:
@@ -64,11 +64,25 @@ def test_model_card_names_dice_for_a_segmentation_benchmark(tmp_path) -> None:  
     from shared.tasks import get_task
 
     path = tmp_path / "seg.pt"
-    save_model_file(path, get_task("segmentation").build_model("unet", 2, 16), architecture="unet", arch_kwargs={}, classes=[],
-                    labels=["nodule", "lung"], preprocess=PreprocessConfig(image_size=16), threshold=None,
-                    provenance={"trained_by": "test", "kind": "local"})  # fmt: skip
+    save_model_file(
+        path,
+        get_task("segmentation").build_model("unet", 2, 16),
+        architecture="unet",
+        arch_kwargs={},
+        classes=[],
+        labels=["nodule", "lung"],
+        preprocess=PreprocessConfig(image_size=16),
+        threshold=None,
+        provenance={"trained_by": "test", "kind": "local"},
+    )
     cell = {"mean": 0.9, "sd": 0.0, "n": 1}
-    bench = {"engine": "sim", "config": {"seeds": 1}, "columns": ["a test"], "metric": "dice-mean",
-             "matrix": {"fedavg": {"a test": cell}}, "metric_matrices": {"dice-lung": {"fedavg": {"a test": cell}}}}  # fmt: skip
+    bench = {
+        "engine": "sim",
+        "config": {"seeds": 1},
+        "columns": ["a test"],
+        "metric": "dice-mean",
+        "matrix": {"fedavg": {"a test": cell}},
+        "metric_matrices": {"dice-lung": {"fedavg": {"a test": cell}}},
+    }
     card = model_card(load_model_file(path), None, {}, ["a"], benchmark=bench)
     assert "Dice, mean over labels mean" in card and "Dice lung mean" in card and "AUC mean" not in card

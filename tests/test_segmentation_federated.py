@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.tasks import TaskSpec
 from client.outbound_guard import guard_reply
 from server.app import RunConfigError, RunSettings
 from server.checkpoints import RunDir, RunTask
@@ -21,8 +20,8 @@ from server.strategies.metrics import aggregate_metrics
 from server.strategies.validation import validate_eval_reply
 from shared.config import ConfigError
 from shared.modelfile import load_model_file
+from shared.tasks import TaskSpec, get_task
 from shared.tasks.segmentation.metric_keys import metric_keys
-from shared.tasks import get_task
 from tests.test_strategies import reply, task_identity  # noqa: F401 - the fixture is used by name
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,7 +52,12 @@ def test_segmentation_task_goes_into_the_run_config_and_classification_stays_the
     cfg = parse_consortium({**BASE, "task": SEG_TASK})
     assert (cfg.task.type, cfg.task.model, cfg.task.labels) == ("segmentation", "unet", LABELS)  # unet is the default
     run = cfg.to_run_config(run_dir="/tmp/r")
-    assert (run["task-type"], run["labels"], run["model"], run["image-size"]) == ("segmentation", "nodule,lung", "unet", 32)
+    assert (run["task-type"], run["labels"], run["model"], run["image-size"]) == (
+        "segmentation",
+        "nodule,lung",
+        "unet",
+        32,
+    )
     s = RunSettings.from_run_config(run)
     assert (s.task.type, list(s.task.outputs), s.model) == ("segmentation", LABELS, "unet")
     task = TaskSpec.from_run_config(run)
@@ -100,29 +104,71 @@ def test_run_config_task_errors_name_the_key(change: dict, key: str) -> None:
 
 # ------------------------------------------------------------------ the metric keys: site guard, server validation, aggregation
 def test_guard_passes_the_tasks_segmentation_aggregates_and_nothing_per_case() -> None:
-    metrics = {"num-examples": 12, "loss": 0.5, "dice-mean": 0.6, "dice-lung": 0.9, "dice-lung-ci-low": 0.85,
-               "dice-lung-ci-high": 0.93, "hd95-lung": 2.0, "hd95-lung-examples": 12, "dice-nodule": 0.3,
-               "hd95-nodule": 9.0, "hd95-nodule-examples": 4,
-               "dice-case17": 0.2, "dice-lung-case-3": 0.1, "dice-heart": float("nan"),
-               "dice-lung-cases": [0.9, 0.8]}  # fmt: skip
+    metrics = {
+        "num-examples": 12,
+        "loss": 0.5,
+        "dice-mean": 0.6,
+        "dice-lung": 0.9,
+        "dice-lung-ci-low": 0.85,
+        "dice-lung-ci-high": 0.93,
+        "hd95-lung": 2.0,
+        "hd95-lung-examples": 12,
+        "dice-nodule": 0.3,
+        "hd95-nodule": 9.0,
+        "hd95-nodule-examples": 4,
+        "dice-case17": 0.2,
+        "dice-lung-case-3": 0.1,
+        "dice-heart": float("nan"),
+        "dice-lung-cases": [0.9, 0.8],
+    }
     g = guard_reply("evaluate", incoming={}, arrays=None, metrics=metrics, min_count=10, task=SEG_SPEC)
-    assert set(g.metrics) == {"num-examples", "loss", "dice-mean", "dice-lung", "dice-lung-ci-low", "dice-lung-ci-high",
-                              "hd95-lung", "hd95-lung-examples", "dice-nodule", "hd95-nodule-examples"}  # fmt: skip
+    assert set(g.metrics) == {
+        "num-examples",
+        "loss",
+        "dice-mean",
+        "dice-lung",
+        "dice-lung-ci-low",
+        "dice-lung-ci-high",
+        "hd95-lung",
+        "hd95-lung-examples",
+        "dice-nodule",
+        "hd95-nodule-examples",
+    }
     dropped = {d.item for d in g.violations}
     assert dropped == {"metric:dice-case17", "metric:dice-lung-case-3", "metric:dice-heart", "metric:dice-lung-cases"}
     withheld = {d.item for d in g.decisions if d.action == "withhold"}
     assert withheld == {"metric:hd95-nodule"}  # HD95 over 4 cases < min_count
     small = guard_reply("evaluate", incoming={}, arrays=None, metrics={**metrics, "num-examples": 5}, task=SEG_SPEC)
     assert not {k for k in small.metrics if k.startswith("dice-")}  # Dice over 5 held-out cases is withheld
-    classification = guard_reply("evaluate", incoming={}, arrays=None, metrics={"num-examples": 20, "dice-lung": 0.9},
-                                 task=TaskSpec("classification", ("normal", "nodule"), "smallcnn", 32))
+    classification = guard_reply(
+        "evaluate",
+        incoming={},
+        arrays=None,
+        metrics={"num-examples": 20, "dice-lung": 0.9},
+        task=TaskSpec("classification", ("normal", "nodule"), "smallcnn", 32),
+    )
     assert "dice-lung" not in classification.metrics  # no segmentation keys outside a segmentation task
 
 
 def test_server_accepts_and_aggregates_segmentation_metrics() -> None:
-    site_a = {"num-examples": 30, "loss": 0.4, "dice-mean": 0.5, "dice-lung": 0.9, "dice-lung-ci-low": 0.8,
-              "dice-lung-ci-high": 0.95, "hd95-lung": 2.0, "hd95-lung-examples": 30}  # fmt: skip
-    site_b = {"num-examples": 10, "loss": 0.8, "dice-mean": 0.3, "dice-lung": 0.5, "hd95-lung": 6.0, "hd95-lung-examples": 10}
+    site_a = {
+        "num-examples": 30,
+        "loss": 0.4,
+        "dice-mean": 0.5,
+        "dice-lung": 0.9,
+        "dice-lung-ci-low": 0.8,
+        "dice-lung-ci-high": 0.95,
+        "hd95-lung": 2.0,
+        "hd95-lung-examples": 30,
+    }
+    site_b = {
+        "num-examples": 10,
+        "loss": 0.8,
+        "dice-mean": 0.3,
+        "dice-lung": 0.5,
+        "hd95-lung": 6.0,
+        "hd95-lung-examples": 10,
+    }
     clean, problem = validate_eval_reply(reply(1, None, site_a).content)
     assert problem is None and clean == site_a
     assert set(metric_keys(["lung"])) >= set(site_a) - {"num-examples", "loss"}
@@ -184,8 +230,12 @@ def test_model_card_describes_a_segmentation_model(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
     task = RunTask(TaskSpec("segmentation", tuple(LABELS), "unet", 32), "Seg Net", "fedavg", 0)
     run.prepare(task, resume=False)
-    row = {"eval": {"num-examples": 20, "dice-mean": 0.5, "dice-lung": 0.9, "hd95-lung": 2.5, "dice-nodule": 0.1},
-           "sites_answered": 2}  # fmt: skip
+    row = {
+        "eval": {"num-examples": 20, "dice-mean": 0.5, "dice-lung": 0.9, "hd95-lung": 2.5, "dice-nodule": 0.1},
+        "sites_answered": 2,
+    }
     run.save_round(1, unet().state_dict(), task=task, num_server_rounds=1, metrics=row, eval_auc=0.5)
     card = model_card(load_model_file(tmp_path / "run" / "latest.pt"), tmp_path / "run", {}, ["a", "b"], None, None)
-    assert "segmentation of nodule, lung" in card and "lung Dice 0.900 HD95 2.5 px" in card and "mean Dice 0.500" in card
+    assert (
+        "segmentation of nodule, lung" in card and "lung Dice 0.900 HD95 2.5 px" in card and "mean Dice 0.500" in card
+    )

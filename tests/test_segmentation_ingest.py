@@ -64,17 +64,29 @@ def _seg(path: Path, sources: list[pydicom.Dataset], masks: dict[str, np.ndarray
     alg = hd.AlgorithmIdentificationSequence(name="test", version="1", family=codes.cid7162.ArtificialIntelligence)
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=i + 1, segment_label=label, segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            segment_number=i + 1,
+            segment_label=label,
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=alg,
         )
         for i, label in enumerate(masks)
     ]
     pixels = np.stack([np.asarray(m, dtype=np.uint8) for m in masks.values()], axis=-1)
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels, segmentation_type="BINARY", segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(), series_number=99, sop_instance_uid=generate_uid(), instance_number=1,
-        manufacturer="Test", manufacturer_model_name="test", software_versions="1", device_serial_number="1",
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type="BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=99,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="Test",
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="1",
         omit_empty_frames=omit_empty,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,17 +194,19 @@ def test_every_problem_is_reported_with_its_file(tmp_path):
     report = match_segmentations(scan.usable, sorted(segs.iterdir()), LABELS, SIZE, data)
 
     got = sorted((p.kind.value, p.path) for p in report.problems)
-    assert got == sorted([
-        ("duplicate-seg", "seg/2-duplicate.dcm"),
-        ("unknown-segment", "seg/extra-label.dcm"),
-        ("missing-segment", "seg/lung-missing.dcm"),
-        ("seg-source-missing", "seg/orphan.dcm"),
-        ("geometry-mismatch", "seg/resized-seg.dcm"),
-        ("unreadable-seg", "seg/truncated.dcm"),
-        ("unreadable-seg", "seg/an-image.dcm"),
-        ("unreadable-seg", "seg/notes.txt"),
-        ("image-without-seg", "no-seg.dcm"),
-    ]), got
+    assert got == sorted(
+        [
+            ("duplicate-seg", "seg/2-duplicate.dcm"),
+            ("unknown-segment", "seg/extra-label.dcm"),
+            ("missing-segment", "seg/lung-missing.dcm"),
+            ("seg-source-missing", "seg/orphan.dcm"),
+            ("geometry-mismatch", "seg/resized-seg.dcm"),
+            ("unreadable-seg", "seg/truncated.dcm"),
+            ("unreadable-seg", "seg/an-image.dcm"),
+            ("unreadable-seg", "seg/notes.txt"),
+            ("image-without-seg", "no-seg.dcm"),
+        ]
+    ), got
     by_path = {p.path: p for p in report.problems}
     assert "'effusion'" in by_path["seg/extra-label.dcm"].detail
     assert "['lung']" in by_path["seg/lung-missing.dcm"].detail

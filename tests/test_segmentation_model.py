@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from shared.models import MODEL_BUILDERS
+from shared.tasks import get_task
+from shared.tasks.segmentation.dataset import SegDataset, flip_pairs, predict_masks
 from shared.tasks.segmentation.metrics import (
     bootstrap_mean_ci,
     evaluate_segmentation,
     hd95_per_case,
 )
 from shared.tasks.segmentation.models import SEG_MODEL_BUILDERS, build_seg_model
-from shared.tasks import get_task
-from shared.tasks.segmentation.dataset import SegDataset, flip_pairs, predict_masks
 from shared.training import TrainConfig, train_model
 
 
@@ -84,7 +84,9 @@ def test_training_raises_held_out_dice_far_above_untrained():
     model = build_seg_model("unet", n_labels=1, image_size=32)
     untrained = evaluate_segmentation(predict_masks(model, test.images), test.masks, test.labels, n_bootstrap=200)
     t0 = time.perf_counter()
-    history = train_model(model, train, TrainConfig.for_task(get_task("segmentation"), epochs=30, batch_size=8, lr=1e-2, seed=0), val=test)
+    history = train_model(
+        model, train, TrainConfig.for_task(get_task("segmentation"), epochs=30, batch_size=8, lr=1e-2, seed=0), val=test
+    )
     seconds = time.perf_counter() - t0
     trained = evaluate_segmentation(predict_masks(model, test.images), test.masks, test.labels, n_bootstrap=200)
 

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from shared.config import SiteDataConfig
+from shared.synth import write_cohort
+from shared.tasks import get_task
 from shared.tasks.segmentation.data import load_seg_dataset, split_seg_dataset
+from shared.tasks.segmentation.dataset import predict_masks
 from shared.tasks.segmentation.metrics import evaluate_segmentation
 from shared.tasks.segmentation.models import build_seg_model
-from shared.tasks import get_task
-from shared.tasks.segmentation.dataset import predict_masks
 from shared.training import TrainConfig, train_model
-from shared.synth import write_cohort
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 LABELS = ["nodule", "lung"]
@@ -44,8 +44,10 @@ def test_synthetic_seg_site_trains_a_unet_that_finds_the_lungs(tmp_path: Path) -
     train_model(model, train, TrainConfig.for_task(get_task("segmentation"), epochs=25, lr=1e-2, seed=0))
     after = evaluate_segmentation(predict_masks(model, held.images), held.masks, LABELS, n_bootstrap=200)
     lung_before, lung_after = before.per_label["lung"].dice_mean, after.per_label["lung"].dice_mean
-    print(f"\nheld-out lung Dice {lung_before:.3f} → {lung_after:.3f}; nodule Dice "
-          f"{after.per_label['nodule'].dice_mean:.3f}; {len(train)} train / {len(held)} held-out images")
+    print(
+        f"\nheld-out lung Dice {lung_before:.3f} → {lung_after:.3f}; nodule Dice "
+        f"{after.per_label['nodule'].dice_mean:.3f}; {len(train)} train / {len(held)} held-out images"
+    )
     assert lung_after > 0.8 and lung_after > lung_before + 0.3
     low, high = after.per_label["lung"].dice_ci95
     assert low <= lung_after <= high

@@ -41,8 +41,22 @@ def seg_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def seg_model(seg_site: Path) -> tuple[Path, dict]:
     out = seg_site.parent / "local-seg.pt"
-    proc = run("train-local", "--config", str(seg_site), "--segments", LABELS, "--epochs", "3", "--lr", "0.01",
-               "--out", str(out), "--site-name", "site-1", "--json")  # fmt: skip
+    proc = run(
+        "train-local",
+        "--config",
+        str(seg_site),
+        "--segments",
+        LABELS,
+        "--epochs",
+        "3",
+        "--lr",
+        "0.01",
+        "--out",
+        str(out),
+        "--site-name",
+        "site-1",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads(proc.stdout)
 
@@ -66,11 +80,23 @@ def test_train_local_writes_a_segmentation_model_file(seg_model: tuple[Path, dic
     assert summary["train_images"] > 0 and len(summary["history"]) == 3
 
 
-def test_evaluate_reports_dice_per_label_and_overlays(seg_site: Path, seg_model: tuple[Path, dict], tmp_path: Path) -> None:
+def test_evaluate_reports_dice_per_label_and_overlays(
+    seg_site: Path, seg_model: tuple[Path, dict], tmp_path: Path
+) -> None:
     model, _ = seg_model
     report = tmp_path / "report"
-    proc = run("evaluate", "--model", str(model), "--config", str(seg_site), "--out", str(report), "--json",
-               "--bootstrap", "100")  # fmt: skip
+    proc = run(
+        "evaluate",
+        "--model",
+        str(model),
+        "--config",
+        str(seg_site),
+        "--out",
+        str(report),
+        "--json",
+        "--bootstrap",
+        "100",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(proc.stdout)
     assert metrics == json.loads((report / "metrics.json").read_text())
@@ -89,37 +115,57 @@ def test_evaluate_reports_dice_per_label_and_overlays(seg_site: Path, seg_model:
 
 def test_evaluate_prints_a_dice_table(seg_site: Path, seg_model: tuple[Path, dict], tmp_path: Path) -> None:
     model, _ = seg_model
-    proc = run("evaluate", "--model", str(model), "--config", str(seg_site), "--out", str(tmp_path / "r"),
-               "--bootstrap", "50")  # fmt: skip
+    proc = run(
+        "evaluate", "--model", str(model), "--config", str(seg_site), "--out", str(tmp_path / "r"), "--bootstrap", "50"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Segmentation evaluation on 20 images" in proc.stdout and "Dice 95% CI" in proc.stdout
 
 
 def test_start_preflight_accepts_a_segmentation_only_site(seg_site: Path) -> None:
-    from client.site_start import check_data
     from client.site_config import SiteFileConfig
+    from client.site_start import check_data
     from shared.config import parse_model
 
-    values = yaml.safe_load(seg_site.read_text()) | {"site_name": "site-1", "server_address": "127.0.0.1:9443",
-                                                      "ca_cert": "ca.crt", "private_key": "site.key"}  # fmt: skip
+    values = yaml.safe_load(seg_site.read_text()) | {
+        "site_name": "site-1",
+        "server_address": "127.0.0.1:9443",
+        "ca_cert": "ca.crt",
+        "private_key": "site.key",
+    }
     cfg = parse_model(SiteFileConfig, values, str(seg_site), seg_site.parent)
     ok, verdict = check_data(cfg)
     assert ok and "segmentation" in verdict and "20 DICOM SEG" in verdict, verdict
 
 
-def test_finetune_tunes_a_segmentation_model_and_scores_dice_before_and_after(seg_site: Path, seg_model: tuple[Path, dict],
-                                                                              tmp_path: Path) -> None:
+def test_finetune_tunes_a_segmentation_model_and_scores_dice_before_and_after(
+    seg_site: Path, seg_model: tuple[Path, dict], tmp_path: Path
+) -> None:
     """One training loop: a segmentation model fine-tunes at a site like a classifier, scored by its task (Dice)."""
     model, _ = seg_model
     out = tmp_path / "ft.pt"
-    proc = run("finetune", "--model", str(model), "--config", str(seg_site), "--out", str(out), "--epochs", "1",
-               "--bootstrap", "50", "--json")
+    proc = run(
+        "finetune",
+        "--model",
+        str(model),
+        "--config",
+        str(seg_site),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--bootstrap",
+        "50",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["headline"] == "dice-mean" and set(summary["before"]) == set(summary["after"])
     assert 0.0 <= summary["before"]["dice-mean"] <= 1.0 and 0.0 <= summary["after"]["dice-mean"] <= 1.0
     tuned = load_model_file(out)
-    assert tuned.task == "segmentation" and tuned.labels == ["nodule", "lung"] and tuned.provenance["kind"] == "finetuned"
+    assert (
+        tuned.task == "segmentation" and tuned.labels == ["nodule", "lung"] and tuned.provenance["kind"] == "finetuned"
+    )
 
 
 def test_segmentation_bundle_site_yaml_has_no_label_csv() -> None:
@@ -127,7 +173,9 @@ def test_segmentation_bundle_site_yaml_has_no_label_csv() -> None:
     from server.consortium import parse_consortium
     from server.enrollment import site_yaml_template
 
-    seg = parse_consortium({"name": "Seg", "address": "127.0.0.1:9443", "task": {"type": "segmentation", "labels": ["lung"]}})
+    seg = parse_consortium(
+        {"name": "Seg", "address": "127.0.0.1:9443", "task": {"type": "segmentation", "labels": ["lung"]}}
+    )
     values = yaml.safe_load(site_yaml_template(seg, "site-1"))
     assert "labels" not in values and SiteFileConfig.model_validate(values).labels is None
     cls = parse_consortium({"name": "Cls", "address": "127.0.0.1:9443"})

@@ -23,8 +23,13 @@ from server.superlink import _toml_value
 
 def _site(root: Path, name: str) -> dict:
     work = root / name / "work"
-    return {"site-config": str(root / name / "site.yaml"), "site-name": name, "min-count": 10,
-            "audit-log": str(work / "audit" / "outbound.jsonl"), "approvals": str(work / "approved-code.json")}  # fmt: skip
+    return {
+        "site-config": str(root / name / "site.yaml"),
+        "site-name": name,
+        "min-count": 10,
+        "audit-log": str(work / "audit" / "outbound.jsonl"),
+        "approvals": str(work / "approved-code.json"),
+    }
 
 
 @pytest.fixture
@@ -41,8 +46,17 @@ def task_identity() -> Iterator[None]:
 
 
 def _query(node_config: dict, run_config: dict | None = None) -> tuple[Message, Context]:
-    meta = Metadata(run_id=7, message_id="m1", src_node_id=0, dst_node_id=3, reply_to_message_id="", group_id="",
-                    created_at=time.time(), ttl=60.0, message_type="query")  # fmt: skip
+    meta = Metadata(
+        run_id=7,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=3,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type="query",
+    )
     msg = Message(content=RecordDict({"config": ConfigRecord({"server-round": 1})}), metadata=meta)
     return msg, Context(run_id=7, node_id=3, node_config=node_config, state=RecordDict(), run_config=run_config or {})
 

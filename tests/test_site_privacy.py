@@ -14,10 +14,10 @@ import yaml
 
 from client.approval import ApprovalError, approvals_path, approve, approve_installed, is_approved, load_approvals
 from client.audit import AuditError, append_entry, head_path, verify
-from shared.tasks import TaskSpec
 from client.outbound_guard import guard_reply, spec_of
-from shared.code_identity import code_sha256, installed_root
 from server.superlink import stage_app
+from shared.code_identity import code_sha256, installed_root
+from shared.tasks import TaskSpec
 
 MODEL = {"conv.weight": np.zeros((4, 1, 3, 3), np.float32), "bn.num_batches_tracked": np.array(3, np.int64)}
 GOOD_METRICS = {"num-examples": 40, "train-loss": 0.5, "train-acc": 0.75, "train-s": 1.2}
@@ -25,14 +25,18 @@ CLS = TaskSpec("classification", ("normal", "nodule"), "smallcnn", 16)  # the ru
 
 
 def test_guard_passes_model_arrays_and_aggregate_metrics() -> None:
-    out = guard_reply("train", task=CLS, incoming=spec_of(MODEL), arrays={k: v + 1 for k, v in MODEL.items()}, metrics=GOOD_METRICS)
+    out = guard_reply(
+        "train", task=CLS, incoming=spec_of(MODEL), arrays={k: v + 1 for k, v in MODEL.items()}, metrics=GOOD_METRICS
+    )
     assert set(out.arrays) == set(MODEL) and out.metrics == GOOD_METRICS and out.decisions == []
 
 
 def test_guard_drops_a_per_case_array_and_a_string_metric_but_sends_the_rest() -> None:
     per_case = np.random.default_rng(0).random((40, 2)).astype(np.float32)  # one probability row per patient
     metrics = {**GOOD_METRICS, "worst-case": "RS0160162/STE1E2679A/IMG0001", "case-probs": [0.1, 0.9]}
-    out = guard_reply("train", task=CLS, incoming=spec_of(MODEL), arrays={**MODEL, "predictions": per_case}, metrics=metrics)
+    out = guard_reply(
+        "train", task=CLS, incoming=spec_of(MODEL), arrays={**MODEL, "predictions": per_case}, metrics=metrics
+    )
     assert set(out.arrays) == set(MODEL)  # the model still goes out
     assert out.metrics == GOOD_METRICS
     dropped = {d.item for d in out.violations}
@@ -43,17 +47,33 @@ def test_guard_sends_no_partial_model_and_no_arrays_with_evaluate() -> None:
     bad = {**MODEL, "conv.weight": np.zeros((4, 1, 5, 5), np.float32)}
     out = guard_reply("train", task=CLS, incoming=spec_of(MODEL), arrays=bad, metrics=GOOD_METRICS)
     assert out.arrays is None and {d.item for d in out.violations} == {"array:conv.weight", "arrays"}
-    out = guard_reply("evaluate", task=CLS, incoming=spec_of(MODEL), arrays=MODEL, metrics={"num-examples": 30, "auc": 0.8})
+    out = guard_reply(
+        "evaluate", task=CLS, incoming=spec_of(MODEL), arrays=MODEL, metrics={"num-examples": 30, "auc": 0.8}
+    )
     assert out.arrays is None and [d.item for d in out.violations] == ["arrays"]
 
 
 def test_guard_withholds_patient_metrics_below_min_count() -> None:
-    metrics = {"num-examples": 6, "loss": 0.4, "accuracy": 0.5, "auc": 0.9, "auc-examples": 6, "handler-s": 0.3,
-               "auc-ci-low": 0.7, "auc-ci-high": 1.0, "bad": float("nan")}  # fmt: skip
+    metrics = {
+        "num-examples": 6,
+        "loss": 0.4,
+        "accuracy": 0.5,
+        "auc": 0.9,
+        "auc-examples": 6,
+        "handler-s": 0.3,
+        "auc-ci-low": 0.7,
+        "auc-ci-high": 1.0,
+        "bad": float("nan"),
+    }
     out = guard_reply("evaluate", task=CLS, incoming={}, arrays=None, metrics=metrics, min_count=10)
     assert out.metrics == {"num-examples": 6, "auc-examples": 6, "handler-s": 0.3}
     assert {d.item for d in out.decisions if d.action == "withhold"} == {
-        "metric:loss", "metric:accuracy", "metric:auc", "metric:auc-ci-low", "metric:auc-ci-high"}
+        "metric:loss",
+        "metric:accuracy",
+        "metric:auc",
+        "metric:auc-ci-low",
+        "metric:auc-ci-high",
+    }
     assert [d.item for d in out.violations] == ["metric:bad"]
     wide = guard_reply("evaluate", task=CLS, incoming={}, arrays=None, metrics=metrics, min_count=5).metrics
     assert wide.get("auc") == 0.9 and (wide["auc-ci-low"], wide["auc-ci-high"]) == (0.7, 1.0)
@@ -61,8 +81,18 @@ def test_guard_withholds_patient_metrics_below_min_count() -> None:
 
 def _fill(log: Path, n: int = 3) -> None:
     for rnd in range(1, n + 1):
-        append_entry(log, {"run": 7, "round": rnd, "type": "train", "bytes": 100, "arrays": {"w": "ab" * 32},
-                           "metrics": {"num-examples": 40}, "guard": []})  # fmt: skip
+        append_entry(
+            log,
+            {
+                "run": 7,
+                "round": rnd,
+                "type": "train",
+                "bytes": 100,
+                "arrays": {"w": "ab" * 32},
+                "metrics": {"num-examples": 40},
+                "guard": [],
+            },
+        )
 
 
 def test_audit_chain_verifies_and_detects_a_one_byte_edit(tmp_path: Path) -> None:
@@ -125,16 +155,29 @@ def test_approvals_are_kept_and_checked(tmp_path: Path) -> None:
 def _site_yaml(tmp_path: Path) -> Path:
     key = tmp_path / "site.key"
     key.write_text("x")
-    doc = {"site_name": "site-1", "server_address": "127.0.0.1:9443", "ca_cert": "ca.crt", "private_key": "site.key",
-           "data": "dicom", "labels": "labels.csv", "classes": ["normal", "nodule"], "privacy": {"min_count": 5}}  # fmt: skip
+    doc = {
+        "site_name": "site-1",
+        "server_address": "127.0.0.1:9443",
+        "ca_cert": "ca.crt",
+        "private_key": "site.key",
+        "data": "dicom",
+        "labels": "labels.csv",
+        "classes": ["normal", "nodule"],
+        "privacy": {"min_count": 5},
+    }
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "client", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def test_cli_approve_and_audit_verify_show(tmp_path: Path) -> None:
@@ -156,11 +199,22 @@ def test_cli_approve_and_audit_verify_show(tmp_path: Path) -> None:
 
 
 def test_guard_lets_only_suppressed_counts_through_a_statistics_reply() -> None:
-    metrics = {"images": 40, "class:normal": 31, "class:nodule": 9, "manufacturer:GE MEDICAL": 40,
-               "intensity-bin:3": 12, "intensity-bin:4": 2, "patient:RS0160162": 1, "mean-age": 61.5}  # fmt: skip
+    metrics = {
+        "images": 40,
+        "class:normal": 31,
+        "class:nodule": 9,
+        "manufacturer:GE MEDICAL": 40,
+        "intensity-bin:3": 12,
+        "intensity-bin:4": 2,
+        "patient:RS0160162": 1,
+        "mean-age": 61.5,
+    }
     out = guard_reply("query", incoming={}, arrays=None, metrics=metrics, min_count=10)
     assert out.metrics == {"images": 40, "class:normal": 31, "manufacturer:GE MEDICAL": 40, "intensity-bin:3": 12}
-    assert {d.item for d in out.decisions if d.action == "withhold"} == {"metric:class:nodule", "metric:intensity-bin:4"}
+    assert {d.item for d in out.decisions if d.action == "withhold"} == {
+        "metric:class:nodule",
+        "metric:intensity-bin:4",
+    }
     assert {d.item for d in out.violations} == {"metric:patient:RS0160162", "metric:mean-age"}
 
 
@@ -175,5 +229,8 @@ def test_site_statistics_counts_classes_manufacturers_and_intensity() -> None:
     stats = site_statistics([data], {"GE MEDICAL": 4, "Siemens/Healthineers<script>": 1})
     assert stats["images"] == 5 and stats["class:normal"] == 2 and stats["class:nodule"] == 3
     assert stats["manufacturer:GE MEDICAL"] == 4 and stats["manufacturer:Siemens_Healthineers_script_"] == 1
-    assert stats["intensity-bin:1"] == 3 and stats["intensity-bin:9"] == 2 and sum(
-        v for k, v in stats.items() if k.startswith("intensity-bin:")) == 5
+    assert (
+        stats["intensity-bin:1"] == 3
+        and stats["intensity-bin:9"] == 2
+        and sum(v for k, v in stats.items() if k.startswith("intensity-bin:")) == 5
+    )

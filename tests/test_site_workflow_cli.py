@@ -28,8 +28,17 @@ def site_args(site) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(small_cohort, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("model") / "local.pt"
-    proc = run("train-local", *site_args(small_cohort[0]), "--out", str(out), "--epochs", "3", "--site-name",
-               "site-1", "--json")
+    proc = run(
+        "train-local",
+        *site_args(small_cohort[0]),
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--site-name",
+        "site-1",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     return out, json.loads(proc.stdout)
 
@@ -49,8 +58,9 @@ def test_evaluate_writes_report_and_prints_metrics(trained, small_cohort, tmp_pa
     model, _ = trained
     unseen = small_cohort[-1]
     report = tmp_path / "report"
-    proc = run("evaluate", "--model", str(model), *site_args(unseen), "--out", str(report), "--json",
-               "--bootstrap", "200")
+    proc = run(
+        "evaluate", "--model", str(model), *site_args(unseen), "--out", str(report), "--json", "--bootstrap", "200"
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)
     assert 0.0 <= metrics["auc"] <= 1.0
@@ -66,28 +76,59 @@ def test_evaluate_writes_report_and_prints_metrics(trained, small_cohort, tmp_pa
 def test_evaluate_explain_adds_grad_cam_overlays_to_the_report(trained, small_cohort, tmp_path: Path) -> None:
     model, _ = trained
     report = tmp_path / "report"
-    proc = run("evaluate", "--model", str(model), *site_args(small_cohort[-1]), "--out", str(report), "--json",
-               "--bootstrap", "0", "--explain", "2")  # fmt: skip
+    proc = run(
+        "evaluate",
+        "--model",
+        str(model),
+        *site_args(small_cohort[-1]),
+        "--out",
+        str(report),
+        "--json",
+        "--bootstrap",
+        "0",
+        "--explain",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["explained_cases"] == 2
     assert (report / "explain-gradcam.png").stat().st_size > 10_000
     assert "Grad-CAM" in (report / "report.html").read_text()
 
 
-def test_finetune_scores_the_global_model_before_and_after_on_the_same_patients(trained, small_cohort, tmp_path: Path) -> None:
+def test_finetune_scores_the_global_model_before_and_after_on_the_same_patients(
+    trained, small_cohort, tmp_path: Path
+) -> None:
     from shared.modelfile import load_model_file
 
     model, _ = trained
     out = tmp_path / "tuned.pt"
-    proc = run("finetune", "--model", str(model), *site_args(small_cohort[1]), "--out", str(out), "--epochs", "2",
-               "--lr", "0.001", "--bootstrap", "100", "--site-name", "site-b", "--json")  # fmt: skip
+    proc = run(
+        "finetune",
+        "--model",
+        str(model),
+        *site_args(small_cohort[1]),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--lr",
+        "0.001",
+        "--bootstrap",
+        "100",
+        "--site-name",
+        "site-b",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
     assert s["test_images"] > 0 and s["finetune_images"] > 0
     assert s["test_images"] + s["finetune_images"] == small_cohort[1].n_images
     assert s["auc_change"] == pytest.approx(s["after"]["auc"] - s["before"]["auc"], abs=1e-3)
     tuned = load_model_file(out)
-    assert tuned.provenance["kind"] == "finetuned" and tuned.provenance["extra"]["base_model_sha256"] == s["base_model_sha256"]
+    assert (
+        tuned.provenance["kind"] == "finetuned"
+        and tuned.provenance["extra"]["base_model_sha256"] == s["base_model_sha256"]
+    )
     assert tuned.weights_sha256 != s["base_model_sha256"]
 
 

@@ -8,15 +8,23 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, MessageType, Metadata, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.federated import LocalNormStore, OptimizerStore, SiteData, evaluate_round, global_model, norm_state, train_round
-from shared.tasks import TaskSpec
+from client.federated import (
+    LocalNormStore,
+    OptimizerStore,
+    SiteData,
+    evaluate_round,
+    global_model,
+    norm_state,
+    train_round,
+)
 from server.strategies import STRATEGIES, StrategyError, build_strategy, parse_strategy_params
 from server.strategies.metrics import aggregate_metrics
-from shared.tasks.classification.dataset import SiteDataset
 from shared.models import build_model, norm_layer_names
+from shared.tasks import TaskSpec
+from shared.tasks.classification.dataset import SiteDataset
 
 pytestmark = pytest.mark.timeout(60)
 TASK = TaskSpec("classification", ("normal", "nodule"), "smallcnn", 16)
@@ -54,9 +62,16 @@ def reply(node: int, state: dict[str, torch.Tensor] | None, metrics: dict, kind:
     if state is not None:
         content["arrays"] = ArrayRecord({k: Array(v.numpy()) for k, v in state.items()})
     meta = Metadata(
-        run_id=1, message_id=f"r{node}", src_node_id=node, dst_node_id=0, reply_to_message_id=f"m{node}",
-        group_id="", created_at=time.time(), ttl=60.0, message_type=kind,
-    )  # fmt: skip
+        run_id=1,
+        message_id=f"r{node}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id=f"m{node}",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=kind,
+    )
     return Message(content=content, metadata=meta)
 
 
@@ -77,17 +92,30 @@ def train_metrics(n: int) -> dict:
 def test_every_strategy_builds_from_config(name: str, model: torch.nn.Module) -> None:
     s = build_strategy(name, "{}", model, min_sites=3 if name == "krum" else 2)  # krum with f=0 needs n ≥ 3
     assert s.name == name
-    assert s.bn_policy == {"fedadam": "average", "fedyogi": "average", "fedavgm": "average", "fedbn": "local"}.get(name, "strategy")
+    assert s.bn_policy == {"fedadam": "average", "fedyogi": "average", "fedavgm": "average", "fedbn": "local"}.get(
+        name, "strategy"
+    )
     flower = {
-        "fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam", "fedyogi": "FedYogi",
-        "fedmedian": "FedMedian", "fedtrimmedavg": "FedTrimmedAvg", "krum": "Krum", "fedbn": "FedAvgM", "fedavgm": "FedAvgM",
-    }  # fmt: skip
+        "fedavg": "FedAvg",
+        "fedprox": "FedProx",
+        "fedadam": "FedAdam",
+        "fedyogi": "FedYogi",
+        "fedmedian": "FedMedian",
+        "fedtrimmedavg": "FedTrimmedAvg",
+        "krum": "Krum",
+        "fedbn": "FedAvgM",
+        "fedavgm": "FedAvgM",
+    }
     assert type(s.inner).__name__ == flower[name]
 
 
 def test_strategy_params_are_checked() -> None:
     assert parse_strategy_params("FedProx", '{"proximal_mu": 0.1}') == {
-        "proximal_mu": 0.1, "min_replies": 1, "max_update_ratio": 10.0, "max_update_norm": 0.0}
+        "proximal_mu": 0.1,
+        "min_replies": 1,
+        "max_update_ratio": 10.0,
+        "max_update_norm": 0.0,
+    }
     assert parse_strategy_params("fedadam", {"eta": 0.05})["eta"] == 0.05
     with pytest.raises(StrategyError, match="unknown strategy 'fedsgd'.*fedavg, fedprox"):
         parse_strategy_params("fedsgd", "{}")
@@ -103,10 +131,14 @@ def test_strategy_params_are_checked() -> None:
         build_strategy("fedtrimmedavg", '{"beta": 0.6}', build_model("smallcnn", 2, 16), min_sites=2)
 
 
-def test_krum_refuses_too_few_sites_and_warns_on_too_few_replies(model: torch.nn.Module, caplog: pytest.LogCaptureFixture) -> None:
+def test_krum_refuses_too_few_sites_and_warns_on_too_few_replies(
+    model: torch.nn.Module, caplog: pytest.LogCaptureFixture
+) -> None:
     """Krum tolerates f hostile sites only with n ≥ 2f + 3: the run config is refused below that, and a round
     that gets fewer valid replies still aggregates but says it is unprotected."""
-    with pytest.raises(StrategyError, match=r"num_malicious_nodes: 1 needs at least 5 sites \(n ≥ 2f \+ 3\); min_sites is 3"):
+    with pytest.raises(
+        StrategyError, match=r"num_malicious_nodes: 1 needs at least 5 sites \(n ≥ 2f \+ 3\); min_sites is 3"
+    ):
         build_strategy("krum", '{"num_malicious_nodes": 1}', model, min_sites=3)
     with pytest.raises(StrategyError, match="num_malicious_nodes: 0 needs at least 3 sites"):
         build_strategy("krum", "{}", model, min_sites=2)
@@ -118,7 +150,10 @@ def test_krum_refuses_too_few_sites_and_warns_on_too_few_replies(model: torch.nn
         short = krum.aggregate_train(2, [reply(11 + i, st, train_metrics(5)) for i, st in enumerate(states[:3])])
     assert short.arrays is not None  # one site dropping out does not stop the run
     (warning,) = caplog.records
-    assert "round 2: krum with num_malicious_nodes 1 needs at least 5 valid updates (n ≥ 2f + 3), got 3" in warning.getMessage()
+    assert (
+        "round 2: krum with num_malicious_nodes 1 needs at least 5 valid updates (n ≥ 2f + 3), got 3"
+        in warning.getMessage()
+    )
 
 
 def test_train_config_carries_proximal_mu_and_fedbn_flag(model: torch.nn.Module, task_identity: None) -> None:
@@ -130,9 +165,12 @@ def test_train_config_carries_proximal_mu_and_fedbn_flag(model: torch.nn.Module,
     assert cfg["proximal-mu"] == 0.05 and cfg["server-round"] == 3 and cfg["keep-local-norm"] is False
     bn = build_strategy("fedbn", None, model, min_sites=2).configure_evaluate(1, arrays, {}, Grid(), available=2)
     assert bn[0].content["config"]["keep-local-norm"] is True
-    assert build_strategy("fedavg", "", model, min_sites=2).configure_train(1, arrays, {}, Grid(), 2)[0].content[
-        "config"
-    ]["proximal-mu"] == 0.0
+    assert (
+        build_strategy("fedavg", "", model, min_sites=2)
+        .configure_train(1, arrays, {}, Grid(), 2)[0]
+        .content["config"]["proximal-mu"]
+        == 0.0
+    )
 
 
 # --------------------------------------------------------------------------- BN policy
@@ -156,7 +194,9 @@ def test_fedadam_keeps_bn_statistics_out_of_the_optimizer(model: torch.nn.Module
     start = site_state(model, 0.0, 0)
     s.configure_train(1, ArrayRecord(start), {}, Grid(), 2)
     a, b = site_state(model, -0.4, 5), site_state(model, -0.2, 5)
-    agg = s.aggregate_train(1, [reply(11, a, train_metrics(1)), reply(12, b, train_metrics(1))]).arrays.to_torch_state_dict()
+    agg = s.aggregate_train(
+        1, [reply(11, a, train_metrics(1)), reply(12, b, train_metrics(1))]
+    ).arrays.to_torch_state_dict()
     var = "features.1.running_var"
     assert torch.allclose(agg[var], start[var] - 0.3, atol=1e-6)  # plain weighted mean: 1 - 0.3 > 0
     w = "features.0.weight"
@@ -171,22 +211,37 @@ def test_fedbn_server_step_moves_weights_but_not_bn_statistics(model: torch.nn.M
     start = site_state(model, 0.0, 0)
     s.configure_train(1, ArrayRecord(start), {}, Grid(), 2)
     a, b = site_state(model, -0.4, 5), site_state(model, -0.2, 5)
-    agg = s.aggregate_train(1, [reply(11, a, train_metrics(1)), reply(12, b, train_metrics(1))]).arrays.to_torch_state_dict()
+    agg = s.aggregate_train(
+        1, [reply(11, a, train_metrics(1)), reply(12, b, train_metrics(1))]
+    ).arrays.to_torch_state_dict()
     assert torch.allclose(agg["features.0.weight"], start["features.0.weight"] - 0.6, atol=1e-5)  # 2 × the mean −0.3
-    assert torch.allclose(agg["features.1.running_var"], start["features.1.running_var"] - 0.3, atol=1e-6)  # the mean, not a 2× step
+    assert torch.allclose(
+        agg["features.1.running_var"], start["features.1.running_var"] - 0.3, atol=1e-6
+    )  # the mean, not a 2× step
     assert int(agg["features.1.num_batches_tracked"]) == 5
-    for bad, key in (('{"server_momentum": 1.0}', "server_momentum"), ('{"server_learning_rate": 0}', "server_learning_rate")):
+    for bad, key in (
+        ('{"server_momentum": 1.0}', "server_momentum"),
+        ('{"server_learning_rate": 0}', "server_learning_rate"),
+    ):
         with pytest.raises(StrategyError, match=f"'fedbn': {key} must be"):
             build_strategy("fedbn", bad, model, min_sites=2)
 
 
 @pytest.mark.parametrize("name", ["fedyogi", "fedavgm"])
-def test_server_optimizer_state_round_trip_gives_the_same_next_round(name: str, model: torch.nn.Module, task_identity: None) -> None:
+def test_server_optimizer_state_round_trip_gives_the_same_next_round(
+    name: str, model: torch.nn.Module, task_identity: None
+) -> None:
     """What a resume relies on: saved moments (FedAvgM: momentum) + saved weights give exactly the uninterrupted round 2."""
-    r1 = [reply(11, site_state(model, 0.1, 2), train_metrics(3)), reply(12, site_state(model, 0.3, 2), train_metrics(5))]
+    r1 = [
+        reply(11, site_state(model, 0.1, 2), train_metrics(3)),
+        reply(12, site_state(model, 0.3, 2), train_metrics(5)),
+    ]
 
     def r2(base: dict) -> list[Message]:
-        return [reply(11, site_state_from(base, 0.05), train_metrics(3)), reply(12, site_state_from(base, -0.02), train_metrics(5))]
+        return [
+            reply(11, site_state_from(base, 0.05), train_metrics(3)),
+            reply(12, site_state_from(base, -0.02), train_metrics(5)),
+        ]
 
     def site_state_from(base: dict, off: float) -> dict:
         return {k: (v + off if v.is_floating_point() else v) for k, v in base.items()}
@@ -211,7 +266,9 @@ def test_server_optimizer_state_round_trip_gives_the_same_next_round(name: str, 
 def test_robust_strategies_aggregate_bn_stats_too(model: torch.nn.Module) -> None:
     states = [site_state(model, off, n) for off, n in ((0.0, 1), (0.1, 9), (5.0, 4))]
     replies = lambda: [reply(10 + i, st, train_metrics(10)) for i, st in enumerate(states)]  # noqa: E731
-    med = build_strategy("fedmedian", "{}", model, min_sites=3).aggregate_train(1, replies()).arrays.to_torch_state_dict()
+    med = (
+        build_strategy("fedmedian", "{}", model, min_sites=3).aggregate_train(1, replies()).arrays.to_torch_state_dict()
+    )
     var = "features.1.running_var"
     assert torch.allclose(med[var], states[1][var]) and int(med["features.1.num_batches_tracked"]) == 9
     krum = build_strategy("krum", "{}", model, min_sites=3).aggregate_train(1, replies())
@@ -254,8 +311,14 @@ def test_extra_metrics_are_dropped_and_eval_auc_weighted(model: torch.nn.Module)
     e1 = {"num-examples": 10, "loss": 0.4, "accuracy": 0.9, "auc": 0.8, "auc-examples": 10, "patient-42": 1.0}
     e2 = {"num-examples": 30, "loss": 0.2, "accuracy": 0.5, "auc": 0.0, "auc-examples": 0}
     bad = {"num-examples": 5, "loss": 0.1, "accuracy": 2.0, "auc": 0.5, "auc-examples": 5}
-    out = s.aggregate_evaluate(1, [reply(1, None, e1, MessageType.EVALUATE), reply(2, None, e2, MessageType.EVALUATE),
-                                   reply(3, None, bad, MessageType.EVALUATE)])  # fmt: skip
+    out = s.aggregate_evaluate(
+        1,
+        [
+            reply(1, None, e1, MessageType.EVALUATE),
+            reply(2, None, e2, MessageType.EVALUATE),
+            reply(3, None, bad, MessageType.EVALUATE),
+        ],
+    )
     assert out.accepted == [1, 2] and "[0, 1]" in dict(out.rejected)[3]
     m = out.metrics
     assert m["auc"] == pytest.approx(0.8)  # the site without an AUC does not drag it to 0
@@ -366,8 +429,9 @@ def test_run_config_errors_name_the_key(tmp_path) -> None:
     assert RunSettings.from_run_config({**ok, "site-optimizer": "Carry"}).train_config(1)["site-optimizer"] == "carry"
     with pytest.raises(RunConfigError, match="'site-optimizer' must be one of reset, carry"):
         RunSettings.from_run_config({**ok, "site-optimizer": "keep"})
-    seg = RunSettings.from_run_config({**ok, "site-optimizer": "carry", "task-type": "segmentation", "labels": "nodule",
-                                       "model": "unet"})  # one training loop: segmentation carries its optimizer too
+    seg = RunSettings.from_run_config(
+        {**ok, "site-optimizer": "carry", "task-type": "segmentation", "labels": "nodule", "model": "unet"}
+    )  # one training loop: segmentation carries its optimizer too
     assert seg.train_config(1)["site-optimizer"] == "carry" and seg.task.outputs == ("nodule",)
     assert RunSettings.from_run_config({**ok, "average-last-rounds": 5}).average_last_rounds == 5
     with pytest.raises(RunConfigError, match="'average-last-rounds' must be a number of rounds >= 0"):
@@ -380,8 +444,12 @@ def test_metrics_combine_each_key_over_the_sites_that_sent_it() -> None:
 
     from server.strategies.metrics import aggregate_metrics
 
-    big = RecordDict({"metrics": MetricRecord({"num-examples": 40, "auc": 0.8, "auc-examples": 40, "loss": 0.5, "handler-s": 1.0})})
-    big2 = RecordDict({"metrics": MetricRecord({"num-examples": 20, "auc": 0.5, "auc-examples": 20, "loss": 0.2, "handler-s": 3.0})})
+    big = RecordDict(
+        {"metrics": MetricRecord({"num-examples": 40, "auc": 0.8, "auc-examples": 40, "loss": 0.5, "handler-s": 1.0})}
+    )
+    big2 = RecordDict(
+        {"metrics": MetricRecord({"num-examples": 20, "auc": 0.5, "auc-examples": 20, "loss": 0.2, "handler-s": 3.0})}
+    )
     small = RecordDict({"metrics": MetricRecord({"num-examples": 4, "auc-examples": 4, "handler-s": 2.0})})
     big["metrics"]["auc-ci-low"], big["metrics"]["auc-ci-high"] = 0.7, 0.9  # a site's interval ...
     out = aggregate_metrics([big, small, big2])
@@ -395,7 +463,9 @@ def test_an_evaluation_with_withheld_metrics_is_valid() -> None:
 
     from server.strategies.validation import validate_eval_reply
 
-    metrics, problem = validate_eval_reply(RecordDict({"metrics": MetricRecord({"num-examples": 4, "auc-examples": 4})}))
+    metrics, problem = validate_eval_reply(
+        RecordDict({"metrics": MetricRecord({"num-examples": 4, "auc-examples": 4})})
+    )
     assert problem is None and metrics == {"num-examples": 4, "auc-examples": 4}
     _, problem = validate_eval_reply(RecordDict({"metrics": MetricRecord({"num-examples": 40, "auc": 1.5})}))
     assert problem and "auc" in problem
@@ -420,14 +490,21 @@ class ThreeSites(Grid):
 
 
 @pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedbn", "fedadam", "fedmedian", "fedtrimmedavg", "krum"])
-def test_aggregate_is_bit_identical_whatever_order_the_replies_arrive_in(name: str, model: torch.nn.Module, task_identity: None) -> None:
+def test_aggregate_is_bit_identical_whatever_order_the_replies_arrive_in(
+    name: str, model: torch.nn.Module, task_identity: None
+) -> None:
     """Float sums depend on their order; the strategy sorts replies so a seed reproduces its run exactly."""
     torch.manual_seed(1)
-    states = [{k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-              for _ in range(3)]  # fmt: skip
+    states = [
+        {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        for _ in range(3)
+    ]
     results = []
     for run, order in enumerate(itertools.permutations(range(3))):  # timings differ from run to run; updates do not
-        replies = [reply(11 + i, st, {**train_metrics(7 + 13 * i), "train-s": 1.0 + run * (i + 1)}) for i, st in enumerate(states)]
+        replies = [
+            reply(11 + i, st, {**train_metrics(7 + 13 * i), "train-s": 1.0 + run * (i + 1)})
+            for i, st in enumerate(states)
+        ]
         s = build_strategy(name, "{}", model, min_sites=3)
         s.configure_train(1, ArrayRecord(model.state_dict()), {}, ThreeSites(), 3)
         results.append(s.aggregate_train(1, [replies[i] for i in order]).arrays.to_torch_state_dict())

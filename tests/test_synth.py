@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import io
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian
+from typer.testing import CliRunner
 
+from client.cli import app as site_cli
 from shared.synth import (
     CLASSES,
     DEFAULT_DIFFICULTY,
@@ -27,9 +29,6 @@ from shared.synth import (
     write_site,
 )
 from shared.synth.anatomy import NODULE_RADIUS, _inside, _pick_in_lung, expose, sample_patient
-from typer.testing import CliRunner
-
-from client.cli import app as site_cli
 from shared.synth.cohort import MIN_SITE_IMAGES
 from shared.synth.dicom_writer import SOP_CLASS, ImageMeta, build_dataset, encode_pixels
 from shared.synth.profiles import REFERENCE_LOOK
@@ -58,8 +57,20 @@ def _down64(img: np.ndarray) -> np.ndarray:
 
 
 def _meta(uid: str = "1.2.3.4") -> ImageMeta:
-    return ImageMeta("P1", "SYNTHETIC^P1", "19600101", "F", uid + ".1", uid + ".2", uid + ".3", "A1", "20240101",
-                     "101010", "1", 120.0)
+    return ImageMeta(
+        "P1",
+        "SYNTHETIC^P1",
+        "19600101",
+        "F",
+        uid + ".1",
+        uid + ".2",
+        uid + ".3",
+        "A1",
+        "20240101",
+        "101010",
+        "1",
+        120.0,
+    )
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -113,8 +124,11 @@ def test_each_profile_encodes_and_decodes_losslessly(name):
     assert ds.file_meta.TransferSyntaxUID == profile.transfer_syntax
     arr = ds.pixel_array
     assert np.array_equal(arr, stored)
-    assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (profile.bits_allocated, profile.bits_stored,
-                                                             profile.bits_stored - 1)
+    assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (
+        profile.bits_allocated,
+        profile.bits_stored,
+        profile.bits_stored - 1,
+    )
     assert ds.PixelRepresentation == int(profile.signed)
     assert ds.PhotometricInterpretation == profile.photometric
     values = apply_modality_lut(arr, ds)
@@ -246,7 +260,19 @@ def test_command_line_writes_a_cohort(tmp_path):
 
 def test_test_export_holds_other_patients_of_the_same_scanner(tmp_path):
     """`--test-images N`: site-<k>/test/ has N images of patients the site's own export does not hold; unseen sites get none."""
-    args = ["synth", str(tmp_path / "c"), "--sites", "2", "--unseen", "1", "--scale", "0.05", "--test-images", "12", "--json"]
+    args = [
+        "synth",
+        str(tmp_path / "c"),
+        "--sites",
+        "2",
+        "--unseen",
+        "1",
+        "--scale",
+        "0.05",
+        "--test-images",
+        "12",
+        "--json",
+    ]
     result = CliRunner().invoke(site_cli, args)
     assert result.exit_code == 0, result.output
     names = [s["name"] for s in json.loads(result.output)["sites"]]
@@ -254,12 +280,21 @@ def test_test_export_holds_other_patients_of_the_same_scanner(tmp_path):
     for site in ("site-1", "site-2"):
         test_rows, own_rows = _read_labels(tmp_path / "c" / site / "test"), _read_labels(tmp_path / "c" / site)
         assert len(test_rows) == 12
-        patients = {pydicom.dcmread(tmp_path / "c" / site / folder / "dicom" / r["path"], stop_before_pixels=True).PatientID
-                    for folder, rows in (("test", test_rows), (".", own_rows)) for r in rows[:1] + rows[-1:]}  # fmt: skip
+        patients = {
+            pydicom.dcmread(tmp_path / "c" / site / folder / "dicom" / r["path"], stop_before_pixels=True).PatientID
+            for folder, rows in (("test", test_rows), (".", own_rows))
+            for r in rows[:1] + rows[-1:]
+        }
         assert len(patients) == 4  # first and last patient of each: none shared
-        header = pydicom.dcmread(tmp_path / "c" / site / "test" / "dicom" / test_rows[0]["path"], stop_before_pixels=True)
-        assert header.InstitutionName == pydicom.dcmread(tmp_path / "c" / site / "dicom" / own_rows[0]["path"],
-                                                         stop_before_pixels=True).InstitutionName  # fmt: skip
+        header = pydicom.dcmread(
+            tmp_path / "c" / site / "test" / "dicom" / test_rows[0]["path"], stop_before_pixels=True
+        )
+        assert (
+            header.InstitutionName
+            == pydicom.dcmread(
+                tmp_path / "c" / site / "dicom" / own_rows[0]["path"], stop_before_pixels=True
+            ).InstitutionName
+        )
     assert not (tmp_path / "c" / "unseen-1" / "test").exists()
     bad = CliRunner().invoke(site_cli, [*args[:-2], "2", "--overwrite"])
     assert bad.exit_code == 2 and "test_images must be 0 (none) or at least 4" in bad.output

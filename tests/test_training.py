@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from shared.augment import BatchAugment, build_augment
-from shared.tasks.classification.dataset import SiteDataset
 from shared.modelfile import weights_sha256
 from shared.models import build_model
 from shared.splits import stratified_group_split
-from shared.training import OptimizerCarry, TrainConfig, seed_everything, train_model
+from shared.tasks.classification.dataset import SiteDataset
 from shared.tasks.classification.evaluation import class_weights, predict_proba
+from shared.training import OptimizerCarry, TrainConfig, seed_everything, train_model
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,9 @@ def blob_dataset(n: int = 64, size: int = 32, seed: int = 0) -> SiteDataset:
             cy, cx = torch.randint(8, size - 8, (2,), generator=g).tolist()
             images[i, 0] += 0.6 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0**2))
     return SiteDataset(
-        images=images.clamp(0, 1), labels=labels, classes=["normal", "nodule"],
+        images=images.clamp(0, 1),
+        labels=labels,
+        classes=["normal", "nodule"],
         groups=[f"p{i // 2}" for i in range(n)],
     )
 
@@ -152,8 +154,9 @@ def test_smallcnn_learns_blobs_and_reports_history():
     model = fresh_model()
     epochs_seen, batches = [], []
     cfg = TrainConfig(epochs=6, batch_size=16, lr=3e-3)
-    hist = train_model(model, data, cfg, val=val, on_epoch=epochs_seen.append,
-                       on_batch=lambda i, n: batches.append((i, n)))
+    hist = train_model(
+        model, data, cfg, val=val, on_epoch=epochs_seen.append, on_batch=lambda i, n: batches.append((i, n))
+    )
     assert [h["epoch"] for h in hist] == list(range(1, 7)) and epochs_seen == hist
     assert batches[-1] == (24, 24) and len(batches) == 24
     assert hist[-1]["train_acc"] > 0.9

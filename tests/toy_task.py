@@ -44,8 +44,9 @@ class BrightnessDataset:
 def _tiny_regressor(num_outputs: int, image_size: int, **kwargs: Any):  # noqa: ANN202
     from torch import nn
 
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, num_outputs))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_outputs)
+    )
 
 
 class BrightnessTask(Task):
@@ -95,8 +96,13 @@ class BrightnessTask(Task):
         err = pred - data.targets
         var = float(((data.targets - data.targets.mean()) ** 2).mean())
         mse = float((err**2).mean())
-        return {"loss": mse, "mae": float(err.abs().mean()), "r2": 1.0 - mse / var if var > 0 else 0.0,
-                "n": len(data), "finite": bool(torch.isfinite(pred).all())}
+        return {
+            "loss": mse,
+            "mae": float(err.abs().mean()),
+            "r2": 1.0 - mse / var if var > 0 else 0.0,
+            "n": len(data),
+            "finite": bool(torch.isfinite(pred).all()),
+        }
 
     def validation(self, model, data: BrightnessDataset) -> dict[str, Any]:  # noqa: ANN001
         return {"val_loss": self._figures(model, data)["loss"]}

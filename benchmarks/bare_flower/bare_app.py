@@ -42,8 +42,15 @@ def train(msg: Message, context: Context) -> Message:
         torch.nn.functional.cross_entropy(model(x[i : i + 16]), y[i : i + 16]).backward()
         opt.step()
     train_s = time.perf_counter() - t0
-    metrics = {"num-examples": 64, "train-s": train_s, "startup-s": startup, "handler-s": time.perf_counter() - t_handler}
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}), reply_to=msg)
+    metrics = {
+        "num-examples": 64,
+        "train-s": train_s,
+        "startup-s": startup,
+        "handler-s": time.perf_counter() - t_handler,
+    }
+    return Message(
+        RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}), reply_to=msg
+    )
 
 
 @server.main()
@@ -58,10 +65,12 @@ def main(grid: Grid, context: Context) -> None:
         marks.append(time.monotonic())
         return MetricRecord()
 
-    strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=sites, min_available_nodes=sites,
-                      train_metrics_aggr_fn=aggregate_metrics)  # fmt: skip
-    result = strategy.start(grid, ArrayRecord(build_model("smallcnn", 2, 32).state_dict()), num_rounds=rounds,
-                            evaluate_fn=mark)  # fmt: skip
+    strategy = FedAvg(
+        fraction_evaluate=0.0, min_train_nodes=sites, min_available_nodes=sites, train_metrics_aggr_fn=aggregate_metrics
+    )
+    result = strategy.start(
+        grid, ArrayRecord(build_model("smallcnn", 2, 32).state_dict()), num_rounds=rounds, evaluate_fn=mark
+    )
     per_round = [
         {"round": r, "seconds": marks[r] - marks[r - 1], **dict(result.train_metrics_clientapp.get(r, {}))}
         for r in range(1, len(marks))

@@ -22,9 +22,15 @@ _MODULES: tuple[ModuleType, ...] = (fedavg, fedprox, fedadam, fedyogi, fedavgm, 
 STRATEGIES: dict[str, ModuleType] = {m.SPEC.name: m for m in _MODULES}
 
 __all__ = [
-    "STRATEGIES", "EvalOutcome", "FedRadStrategy", "StrategyError", "StrategySpec", "TrainOutcome",
-    "build_strategy", "parse_strategy_params",
-]  # fmt: skip
+    "STRATEGIES",
+    "EvalOutcome",
+    "FedRadStrategy",
+    "StrategyError",
+    "StrategySpec",
+    "TrainOutcome",
+    "build_strategy",
+    "parse_strategy_params",
+]
 
 
 def parse_strategy_params(name: str, params: str | dict | None) -> dict:
@@ -53,8 +59,9 @@ def build_strategy(name: str, params: str | dict | None, model: nn.Module, *, mi
     min_replies = parsed.pop("min_replies")
     max_update_ratio, max_update_norm = parsed.pop("max_update_ratio"), parsed.pop("max_update_norm")
     if max_update_ratio < 0 or max_update_norm < 0 or 0 < max_update_ratio <= 1:
-        raise StrategyError(f"strategy {module.SPEC.name!r}: max_update_ratio must be 0 (off) or > 1 and "
-                            "max_update_norm >= 0 (0 = off)")  # fmt: skip
+        raise StrategyError(
+            f"strategy {module.SPEC.name!r}: max_update_ratio must be 0 (off) or > 1 and max_update_norm >= 0 (0 = off)"
+        )
     if min_replies < 1:
         raise StrategyError(f"strategy {module.SPEC.name!r}: min_replies must be at least 1")
     try:

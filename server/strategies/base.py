@@ -82,7 +82,9 @@ class FedRadStrategy:
         self._sent: dict[str, np.ndarray] | None = None  # the weights this round's training started from
         self.uniform_weight_key: str | None = None  # set under DP (server/strategies/dp.py): equal site weights
         self.dp = None  # DpSettings under DP
-        self.required_train_metrics: tuple[str, ...] = ()  # per-image DP: ("dp-epsilon",), a reply without it is rejected
+        self.required_train_metrics: tuple[
+            str, ...
+        ] = ()  # per-image DP: ("dp-epsilon",), a reply without it is rejected
         self.task: TaskSpec | None = None  # the run's task: which evaluation metric keys a reply may carry
 
     def set_bn_policy(self, policy: str) -> None:
@@ -106,10 +108,15 @@ class FedRadStrategy:
 
     def configure_train(self, rnd: int, arrays: ArrayRecord, config: Mapping, grid, available: int) -> list[Message]:  # noqa: ANN001
         self._set_available(available)
-        screened = [k for k, spec in self.template.items() if np.dtype(spec.dtype).kind == "f"
-                    and k not in self.held and k not in self.norm_keys.stats]  # fmt: skip
+        screened = [
+            k
+            for k, spec in self.template.items()
+            if np.dtype(spec.dtype).kind == "f" and k not in self.held and k not in self.norm_keys.stats
+        ]
         self._sent = {k: arrays[k].numpy().astype(np.float64) for k in screened if k in arrays}
-        cfg = ConfigRecord({**dict(config), "proximal-mu": 0.0, "keep-local-norm": self.keep_local_norm, "strategy": self.name})
+        cfg = ConfigRecord(
+            {**dict(config), "proximal-mu": 0.0, "keep-local-norm": self.keep_local_norm, "strategy": self.name}
+        )
         msgs = list(self.inner.configure_train(rnd, arrays, cfg, grid))  # FedProx overwrites proximal-mu
         current = getattr(self.inner, "current_arrays", None)
         # FedOpt and FedAvgM step from what was sent; they only ever see the non-held keys. FedAvgM would keep its
@@ -132,11 +139,18 @@ class FedRadStrategy:
         clean: list[Message] = []
         held: list[dict[str, np.ndarray]] = []
         weights: list[float] = []
-        valid = list(_triage(map(self._widened, replies), lambda c: validate_train_reply(c, self.template, self.required_train_metrics),
-                             out.rejected))  # fmt: skip
+        valid = list(
+            _triage(
+                map(self._widened, replies),
+                lambda c: validate_train_reply(c, self.template, self.required_train_metrics),
+                out.rejected,
+            )
+        )
         valid = in_content_order(valid, lambda v: v[0])  # arrival order must not change the float sums
         if self._sent and (self.max_update_ratio > 0 or self.max_update_norm > 0):
-            norms = [update_norm({k: m.content[ARRAYS_KEY][k].numpy() for k in self._sent}, self._sent) for m, _, _ in valid]
+            norms = [
+                update_norm({k: m.content[ARRAYS_KEY][k].numpy() for k in self._sent}, self._sent) for m, _, _ in valid
+            ]
             reasons = screen(norms, self.max_update_ratio, self.max_update_norm)
             out.rejected += [(node, why) for (_, node, _), why in zip(valid, reasons, strict=True) if why]
             valid = [v for v, why in zip(valid, reasons, strict=True) if not why]
@@ -177,9 +191,15 @@ class FedRadStrategy:
         """Krum below 2f + 3 replies picks between tied honest and hostile scores: say so (it still aggregates)."""
         f = getattr(getattr(self.inner, "strategy", self.inner), "num_malicious_nodes", None)
         if f is not None and replies < min_sites_for(f):
-            log.warning("round %d: %s with num_malicious_nodes %d needs at least %d valid updates (n ≥ 2f + 3), got %d: "
-                        "the update it selects is not protected against a hostile site", rnd, self.name, f,
-                        min_sites_for(f), replies)  # fmt: skip
+            log.warning(
+                "round %d: %s with num_malicious_nodes %d needs at least %d valid updates (n ≥ 2f + 3), got %d: "
+                "the update it selects is not protected against a hostile site",
+                rnd,
+                self.name,
+                f,
+                min_sites_for(f),
+                replies,
+            )
 
     def _widened(self, msg: Message) -> Message:
         """A reply whose float16 arrays (``compression: fp16``) are widened back to the model's float32."""
@@ -196,7 +216,9 @@ class FedRadStrategy:
     def aggregate_evaluate(self, rnd: int, replies: Iterable[Message]) -> EvalOutcome:
         out = EvalOutcome(metrics=None)
         clean: list[Message] = []
-        for msg, node, metrics in in_content_order(_triage(replies, lambda c: validate_eval_reply(c, self.task), out.rejected), lambda v: v[0]):
+        for msg, node, metrics in in_content_order(
+            _triage(replies, lambda c: validate_eval_reply(c, self.task), out.rejected), lambda v: v[0]
+        ):
             clean.append(Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), metadata=msg.metadata))
             out.accepted.append(node)
         out.accepted.sort()
@@ -222,7 +244,9 @@ class FedRadStrategy:
         """Restore what :meth:`state_dict` returned (a resumed run continues the same optimizer)."""
         for attr, value in state.items():
             if attr not in STATEFUL_ATTRS or not hasattr(self.inner, attr):
-                raise ValueError(f"strategy {self.name!r} has no state {attr!r}; the run folder was made by another strategy")
+                raise ValueError(
+                    f"strategy {self.name!r} has no state {attr!r}; the run folder was made by another strategy"
+                )
             restored = {k: np.asarray(v) for k, v in value.items()}
             setattr(self.inner, attr, [restored[k] for k in sorted(restored)] if attr in POSITIONAL_STATE else restored)
 

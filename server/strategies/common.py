@@ -25,8 +25,10 @@ class StrategySpec:
 # than max_update_ratio × the round's median update (with 3+ replies), or than max_update_norm, is rejected.
 # 0 turns either off.
 COMMON_PARAMS: dict[str, tuple[type, object]] = {
-    "min_replies": (int, 1), "max_update_ratio": (float, 10.0), "max_update_norm": (float, 0.0),
-}  # fmt: skip
+    "min_replies": (int, 1),
+    "max_update_ratio": (float, 10.0),
+    "max_update_norm": (float, 0.0),
+}
 
 
 def flower_kwargs(min_sites: int) -> dict:
@@ -52,7 +54,11 @@ def parse_params(spec: StrategySpec, raw: dict) -> dict:
     out = {}
     for key, (typ, default) in allowed.items():
         value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or (typ is int and not float(value).is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (typ is int and not float(value).is_integer())
+        ):
             raise StrategyError(f"strategy {spec.name!r}: parameter {key!r} must be {typ.__name__}, got {value!r}")
         out[key] = typ(value)
     return out

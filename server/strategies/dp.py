@@ -60,10 +60,13 @@ def make_private(strategy: FedRadStrategy, dp: DpSettings) -> None:
     strategy.set_bn_policy("average")
     held = {k for k in strategy.template if is_norm_statistic(k)}
     if set(strategy.held) != held:  # server noise and site clipping must cover the same arrays
-        raise StrategyError(f"model's normalisation statistics {sorted(strategy.held)} differ from the DP rule's {sorted(held)}")
+        raise StrategyError(
+            f"model's normalisation statistics {sorted(strategy.held)} differ from the DP rule's {sorted(held)}"
+        )
     strategy.inner.weighted_by_key = UNIFORM_WEIGHT_KEY
-    strategy.inner = DifferentialPrivacyClientSideFixedClipping(strategy.inner, dp.noise_multiplier, dp.clipping_norm, 1,
-                                                                accountant=new_accountant(dp))  # fmt: skip
+    strategy.inner = DifferentialPrivacyClientSideFixedClipping(
+        strategy.inner, dp.noise_multiplier, dp.clipping_norm, 1, accountant=new_accountant(dp)
+    )
     strategy.uniform_weight_key = UNIFORM_WEIGHT_KEY
     strategy.dp = dp
 
@@ -73,8 +76,9 @@ def release_event(dp: DpSettings, sites: int) -> GaussianPrivacyEvent:
 
 
 def new_accountant(dp: DpSettings) -> RdpAccountant:
-    return RdpAccountant(PrivacyConfig(dp.delta, POPULATION, NeighboringRelation.ADD_OR_REMOVE_ONE,
-                                       SamplingMethod.NO_AMPLIFICATION))  # fmt: skip
+    return RdpAccountant(
+        PrivacyConfig(dp.delta, POPULATION, NeighboringRelation.ADD_OR_REMOVE_ONE, SamplingMethod.NO_AMPLIFICATION)
+    )
 
 
 def epsilon_next(strategy: FedRadStrategy, sites: int) -> float:
@@ -94,9 +98,14 @@ def privacy_report(strategy: FedRadStrategy) -> dict | None:
     if dp is None:
         return None
     spent = strategy.inner.privacy_spent()
-    return {"epsilon": round(spent.epsilon, 4) if spent.num_releases else 0.0, "delta": dp.delta,
-            "noise_multiplier": dp.noise_multiplier, "clipping_norm": dp.clipping_norm,
-            "rounds_released": spent.num_releases, "accounting": "rdp, client-level, no sampling amplification"}  # fmt: skip
+    return {
+        "epsilon": round(spent.epsilon, 4) if spent.num_releases else 0.0,
+        "delta": dp.delta,
+        "noise_multiplier": dp.noise_multiplier,
+        "clipping_norm": dp.clipping_norm,
+        "rounds_released": spent.num_releases,
+        "accounting": "rdp, client-level, no sampling amplification",
+    }
 
 
 def replay(strategy: FedRadStrategy, sites_per_round: list[int]) -> None:
@@ -105,14 +114,26 @@ def replay(strategy: FedRadStrategy, sites_per_round: list[int]) -> None:
         strategy.inner.accountant.compose(release_event(strategy.dp, max(1, sites)))
 
 
-def image_privacy_report(target_epsilon: float, clipping_norm: float, delta: float, train_metrics,  # noqa: ANN001
-                         layers: str = "all") -> dict:  # fmt: skip
+def image_privacy_report(
+    target_epsilon: float,
+    clipping_norm: float,
+    delta: float,
+    train_metrics,  # noqa: ANN001
+    layers: str = "all",
+) -> dict:
     """Per-image DP (each site's DP-SGD, :mod:`shared.private_training`): ε of the least private site this round.
 
     The sites account their own ε (:mod:`client.privacy_ledger`) and report it; the server only collects it, and
     rejects a training reply without it (``FedRadStrategy.required_train_metrics``).
     """
     eps = float(train_metrics.get("dp-epsilon", 0.0)) if train_metrics else 0.0
-    return {"epsilon": round(eps, 4), "delta": delta, "level": "image", "layers": layers, "target_epsilon": target_epsilon,
-            "clipping_norm": clipping_norm, "noise_multiplier_min": train_metrics.get("dp-noise-multiplier") if train_metrics else None,
-            "accounting": "rdp, per image, Poisson sampling, at each site (largest site ε)"}  # fmt: skip
+    return {
+        "epsilon": round(eps, 4),
+        "delta": delta,
+        "level": "image",
+        "layers": layers,
+        "target_epsilon": target_epsilon,
+        "clipping_norm": clipping_norm,
+        "noise_multiplier_min": train_metrics.get("dp-noise-multiplier") if train_metrics else None,
+        "accounting": "rdp, per image, Poisson sampling, at each site (largest site ε)",
+    }

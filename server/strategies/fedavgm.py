@@ -16,8 +16,9 @@ from flwr.serverapp.strategy import FedAvgM
 
 from server.strategies.common import StrategySpec, flower_kwargs
 
-SPEC = StrategySpec(name="fedavgm", params={"server_learning_rate": (float, 1.0), "server_momentum": (float, 0.5)},
-                    bn_policy="average")  # fmt: skip
+SPEC = StrategySpec(
+    name="fedavgm", params={"server_learning_rate": (float, 1.0), "server_momentum": (float, 0.5)}, bn_policy="average"
+)
 
 
 def build(params: dict, min_sites: int) -> FedAvgM:

@@ -31,8 +31,10 @@ def sites_problem(num_malicious_nodes: int, min_sites: int) -> str | None:
     need = min_sites_for(num_malicious_nodes)
     if min_sites >= need:
         return None
-    return (f"krum with num_malicious_nodes: {num_malicious_nodes} needs at least {need} sites (n ≥ 2f + 3); "
-            f"min_sites is {min_sites}: raise min_sites to {need} or use fedmedian/fedtrimmedavg")  # fmt: skip
+    return (
+        f"krum with num_malicious_nodes: {num_malicious_nodes} needs at least {need} sites (n ≥ 2f + 3); "
+        f"min_sites is {min_sites}: raise min_sites to {need} or use fedmedian/fedtrimmedavg"
+    )
 
 
 def build(params: dict, min_sites: int) -> Krum:

@@ -23,7 +23,10 @@ from flwr.app import MetricRecord, RecordDict
 from shared.tasks import get_task, task_names
 
 SUMMED = ("num-examples", "auc-examples")
-WORST = {"dp-epsilon": max, "dp-noise-multiplier": min}  # per-image DP: the round is as private as its least private site
+WORST = {
+    "dp-epsilon": max,
+    "dp-noise-multiplier": min,
+}  # per-image DP: the round is as private as its least private site
 
 
 def is_per_site(key: str) -> bool:

@@ -44,8 +44,10 @@ def screen(norms: list[float], max_ratio: float, max_norm: float) -> list[str | 
         if max_norm > 0 and n > max_norm:
             reasons.append(f"update norm {n:.3g} exceeds max_update_norm {max_norm:g}")
         elif max_ratio > 0 and median is not None and median > 0 and n > max_ratio * median:
-            reasons.append(f"update norm {n:.3g} is {n / median:.1f}× the round's median {median:.3g} "
-                           f"(max_update_ratio {max_ratio:g})")  # fmt: skip
+            reasons.append(
+                f"update norm {n:.3g} is {n / median:.1f}× the round's median {median:.3g} "
+                f"(max_update_ratio {max_ratio:g})"
+            )
         else:
             reasons.append(None)
     return reasons

@@ -25,8 +25,17 @@ WEIGHT_KEY = "num-examples"
 # Sites withhold loss/accuracy/AUC computed over fewer than their min_count cases (client/outbound_guard.py),
 # so only the example count is required.
 TRAIN_REQUIRED = ("num-examples",)
-TRAIN_OPTIONAL = ("train-loss", "train-acc", "load-s", "train-s", "startup-s", "handler-s", "warm-worker",
-                  "dp-epsilon", "dp-noise-multiplier")  # fmt: skip
+TRAIN_OPTIONAL = (
+    "train-loss",
+    "train-acc",
+    "load-s",
+    "train-s",
+    "startup-s",
+    "handler-s",
+    "warm-worker",
+    "dp-epsilon",
+    "dp-noise-multiplier",
+)
 EVAL_REQUIRED = ("num-examples",)
 EVAL_OPTIONAL = ("loss", "held-out", "load-s", "startup-s", "handler-s", "warm-worker")  # + the task's own keys
 
@@ -41,9 +50,7 @@ class ArraySpec:
 
 def template_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, ArraySpec]:
     """The reply template of a model: every state-dict key with its shape and numpy dtype."""
-    return {
-        k: ArraySpec(tuple(v.shape), str(v.detach().cpu().numpy().dtype)) for k, v in state_dict.items()
-    }
+    return {k: ArraySpec(tuple(v.shape), str(v.detach().cpu().numpy().dtype)) for k, v in state_dict.items()}
 
 
 def _one(content: RecordDict, kind: str, key: str) -> str | None:
@@ -92,8 +99,9 @@ def clean_metrics(record: MetricRecord, required: Iterable[str], optional: Itera
     return out, None
 
 
-def validate_train_reply(content: RecordDict, template: Mapping[str, ArraySpec],
-                         required: Iterable[str] = ()) -> tuple[dict, str | None]:  # fmt: skip
+def validate_train_reply(
+    content: RecordDict, template: Mapping[str, ArraySpec], required: Iterable[str] = ()
+) -> tuple[dict, str | None]:
     """Return (clean metrics, None) for a usable training reply, or ({}, reason).
 
     ``required``: metrics the run needs on top of the example count (per-image DP: the site's ``dp-epsilon``,
@@ -106,7 +114,9 @@ def validate_train_reply(content: RecordDict, template: Mapping[str, ArraySpec],
     if problem:
         return {}, problem
     extra = tuple(required)
-    return clean_metrics(content[METRICS_KEY], (*TRAIN_REQUIRED, *extra), tuple(k for k in TRAIN_OPTIONAL if k not in extra))
+    return clean_metrics(
+        content[METRICS_KEY], (*TRAIN_REQUIRED, *extra), tuple(k for k in TRAIN_OPTIONAL if k not in extra)
+    )
 
 
 def task_rules(task: TaskSpec | None) -> list[tuple]:
@@ -127,8 +137,13 @@ def validate_eval_reply(content: RecordDict, task: TaskSpec | None = None) -> tu
         return {}, problem
     record = content[METRICS_KEY]
     rules = task_rules(task)
-    own = tuple(k for k in record.keys() if k not in EVAL_OPTIONAL and k not in EVAL_REQUIRED
-                and any(t.metric_count_key(k, outs) is not False for t, outs in rules))
+    own = tuple(
+        k
+        for k in record.keys()
+        if k not in EVAL_OPTIONAL
+        and k not in EVAL_REQUIRED
+        and any(t.metric_count_key(k, outs) is not False for t, outs in rules)
+    )
     metrics, problem = clean_metrics(record, EVAL_REQUIRED, EVAL_OPTIONAL + own)
     if problem is not None:
         return metrics, problem
@@ -136,6 +151,7 @@ def validate_eval_reply(content: RecordDict, task: TaskSpec | None = None) -> tu
         bounds = next((b for t, _ in rules if (b := t.metric_bounds(key)) is not None), None)
         if key in metrics and bounds is not None and not bounds[0] <= metrics[key] <= bounds[1]:
             low, high = bounds
-            return {}, f"metric(s) ['{key}'] must lie in [{low:g}, {high:g}]" if high < float("inf") else \
-                f"metric(s) ['{key}'] must not be negative"
+            return {}, f"metric(s) ['{key}'] must lie in [{low:g}, {high:g}]" if high < float(
+                "inf"
+            ) else f"metric(s) ['{key}'] must not be negative"
     return metrics, None

@@ -6,5 +6,12 @@ from shared.imaging.reasons import EXPLANATIONS, Reason, Rejection
 from shared.imaging.scan import FileRecord, ScanResult, scan_site
 
 __all__ = [
-    "EXPLANATIONS", "FileRecord", "ImageHeader", "Reason", "Rejection", "ScanResult", "read_image", "scan_site",
+    "EXPLANATIONS",
+    "FileRecord",
+    "ImageHeader",
+    "Reason",
+    "Rejection",
+    "ScanResult",
+    "read_image",
+    "scan_site",
 ]

@@ -113,7 +113,9 @@ def check_image_object(ds: pydicom.Dataset, header: ImageHeader) -> None:
 
     What a modality accepts among the rest (grey-scale, frames, size) is its own ``check``
     (:mod:`shared.imaging.modality`)."""
-    sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID")
+    sop_class = _text(ds, "SOPClassUID") or _text(
+        getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID"
+    )
     if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise Rejection(Reason.DICOMDIR, "media storage directory (DICOMDIR)")
     if sop_class == SEGMENTATION_STORAGE or _text(ds, "Modality") == "SEG":
@@ -131,7 +133,9 @@ def _check_decodable(ds: pydicom.Dataset) -> None:
         return
     uid = UID(str(ts))
     if not uid.is_transfer_syntax:  # e.g. a damaged file meta header
-        raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"TransferSyntaxUID {str(ts)[:64]!r} is not a transfer syntax")
+        raise Rejection(
+            Reason.UNDECODABLE_TRANSFER_SYNTAX, f"TransferSyntaxUID {str(ts)[:64]!r} is not a transfer syntax"
+        )
     if not uid.is_compressed:
         return
     try:
@@ -152,7 +156,12 @@ def pixel_array(ds: pydicom.Dataset, header: ImageHeader) -> np.ndarray:
             raise
         msg = str(exc)
         lowered = msg.lower()
-        if "less than expected" in lowered or "truncat" in lowered or "insufficient" in lowered or isinstance(exc, EOFError):
+        if (
+            "less than expected" in lowered
+            or "truncat" in lowered
+            or "insufficient" in lowered
+            or isinstance(exc, EOFError)
+        ):
             raise Rejection(Reason.TRUNCATED, f"pixel data shorter than its header says ({msg[:160]})") from None
         if isinstance(exc, (NotImplementedError, RuntimeError)) and "plugin" in lowered:
             raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{header.transfer_syntax}: {msg[:160]}") from None

@@ -103,20 +103,24 @@ def match_mask_manifest(
         row = f"{where} line {line}"
         recs = usable.get(k, [])
         if not recs:
-            why = f"image {rejected[k].path} was rejected: {rejected[k].reason}" if k in rejected else "no usable image has it"
+            why = (
+                f"image {rejected[k].path} was rejected: {rejected[k].reason}"
+                if k in rejected
+                else "no usable image has it"
+            )
             report.problems.append(SegProblem(SegProblemKind.MASK_KEY_NOT_FOUND, row, f"{key} {k!r}: {why}"))
             continue
         annotated.update(r.header.sop_instance_uid for r in recs)
         channel = wanted.get(label.strip().casefold())
         if channel is None:
-            report.problems.append(SegProblem(SegProblemKind.UNKNOWN_MASK_LABEL, row,
-                                              f"label {label!r} is not one of {list(labels)}"))
+            report.problems.append(
+                SegProblem(SegProblemKind.UNKNOWN_MASK_LABEL, row, f"label {label!r} is not one of {list(labels)}")
+            )
             continue
         mask_path = base / mask_cell.replace("\\", "/")
         name = mask_path.relative_to(base).as_posix() if mask_path.is_relative_to(base) else str(mask_path)
         if not mask_cell or not mask_path.is_file():
-            report.problems.append(SegProblem(SegProblemKind.MASK_FILE_MISSING, name,
-                                              f"{row}: no file {mask_path}"))
+            report.problems.append(SegProblem(SegProblemKind.MASK_FILE_MISSING, name, f"{row}: no file {mask_path}"))
             broken.update(r.header.sop_instance_uid for r in recs)
             continue
         try:
@@ -128,10 +132,14 @@ def match_mask_manifest(
         for rec in recs:
             uid = rec.header.sop_instance_uid
             if native.shape != (rec.header.rows, rec.header.columns):
-                report.problems.append(SegProblem(
-                    SegProblemKind.MASK_GEOMETRY_MISMATCH, name,
-                    f"{row}: mask is {native.shape[0]}x{native.shape[1]}, image {rec.path} is "
-                    f"{rec.header.rows}x{rec.header.columns} (Rows x Columns)"))  # fmt: skip
+                report.problems.append(
+                    SegProblem(
+                        SegProblemKind.MASK_GEOMETRY_MISMATCH,
+                        name,
+                        f"{row}: mask is {native.shape[0]}x{native.shape[1]}, image {rec.path} is "
+                        f"{rec.header.rows}x{rec.header.columns} (Rows x Columns)",
+                    )
+                )
                 broken.add(uid)
                 continue
             stack = stacks.setdefault(uid, np.zeros((len(labels), image_size, image_size), dtype=bool))
@@ -142,14 +150,20 @@ def match_mask_manifest(
     for uid in sorted(annotated - broken, key=paths.__getitem__):
         missing = [label for i, label in enumerate(labels) if i not in seen[uid]]
         if missing:
-            report.problems.append(SegProblem(SegProblemKind.MISSING_MASK_LABEL, paths[uid],
-                                              f"{where} has no mask for {missing}"))
+            report.problems.append(
+                SegProblem(SegProblemKind.MISSING_MASK_LABEL, paths[uid], f"{where} has no mask for {missing}")
+            )
             continue
         report.masks[uid] = stacks[uid]
     report.image_paths = {u: p for u, p in report.image_paths.items() if u in report.masks}
     for recs in usable.values():
         for rec in recs:
             if rec.header.sop_instance_uid not in annotated:
-                report.problems.append(SegProblem(SegProblemKind.IMAGE_WITHOUT_MASK, rec.path,
-                                                  f"no row in {where} for {key} {record_key(rec, key)!r}"))
+                report.problems.append(
+                    SegProblem(
+                        SegProblemKind.IMAGE_WITHOUT_MASK,
+                        rec.path,
+                        f"no row in {where} for {key} {record_key(rec, key)!r}",
+                    )
+                )
     return report

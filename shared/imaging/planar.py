@@ -34,10 +34,17 @@ RANK = 2
 MIN_SIDE = 32
 COLOUR_PHOTOMETRICS = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR", "YBR_PARTIAL_420"}
 # Every code check/decode can raise (pixel_array adds the decoder's: truncated, undecodable, corrupt).
-REASONS = frozenset({
-    Reason.NOT_GRAYSCALE, Reason.MULTI_FRAME, Reason.TOO_SMALL, Reason.CONSTANT_IMAGE,
-    Reason.CORRUPT_PIXEL_DATA, Reason.TRUNCATED, Reason.UNDECODABLE_TRANSFER_SYNTAX,
-})
+REASONS = frozenset(
+    {
+        Reason.NOT_GRAYSCALE,
+        Reason.MULTI_FRAME,
+        Reason.TOO_SMALL,
+        Reason.CONSTANT_IMAGE,
+        Reason.CORRUPT_PIXEL_DATA,
+        Reason.TRUNCATED,
+        Reason.UNDECODABLE_TRANSFER_SYNTAX,
+    }
+)
 
 
 def check(ds: pydicom.Dataset, header: ImageHeader) -> None:
@@ -78,8 +85,10 @@ def decode(ds: pydicom.Dataset, header: ImageHeader) -> DecodedImage:
     """Stored pixels → :class:`DecodedImage`; rejects anything that is not a usable 2D grayscale image."""
     arr = pixel_array(ds, header)
     if arr.ndim != 2:
-        raise Rejection(Reason.NOT_GRAYSCALE if arr.ndim == 3 and arr.shape[-1] in (3, 4) else Reason.MULTI_FRAME,
-                        f"decoded array has shape {arr.shape}")
+        raise Rejection(
+            Reason.NOT_GRAYSCALE if arr.ndim == 3 and arr.shape[-1] in (3, 4) else Reason.MULTI_FRAME,
+            f"decoded array has shape {arr.shape}",
+        )
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise Rejection(Reason.CORRUPT_PIXEL_DATA, "pixel values are not finite")
     lo, hi = arr.min(), arr.max()
@@ -90,7 +99,9 @@ def decode(ds: pydicom.Dataset, header: ImageHeader) -> DecodedImage:
         try:
             values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
         except Exception as exc:
-            raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"modality LUT could not be applied ({type(exc).__name__})") from None
+            raise Rejection(
+                Reason.CORRUPT_PIXEL_DATA, f"modality LUT could not be applied ({type(exc).__name__})"
+            ) from None
         return DecodedImage(values, invert=invert)
     try:
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
@@ -102,8 +113,10 @@ def decode(ds: pydicom.Dataset, header: ImageHeader) -> DecodedImage:
     with np.errstate(over="ignore", invalid="ignore"):  # preprocessing runs in float32: the range must survive it
         ends = np.float32(slope) * np.array([lo, hi], dtype=np.float32) + np.float32(intercept)
     if not np.isfinite(ends).all() or ends[0] == ends[1]:
-        raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"rescale (slope {slope:g}, intercept {intercept:g}) overflows or "
-                        "flattens the pixel values in float32")  # fmt: skip
+        raise Rejection(
+            Reason.CORRUPT_PIXEL_DATA,
+            f"rescale (slope {slope:g}, intercept {intercept:g}) overflows or flattens the pixel values in float32",
+        )
     return DecodedImage(arr, slope=slope, intercept=intercept, invert=invert)
 
 

@@ -83,7 +83,9 @@ def list_files(data_dir: Path) -> tuple[list[Path], list[FileRecord]]:
 
     def onerror(err: OSError) -> None:
         rel = Path(err.filename).relative_to(data_dir).as_posix() if err.filename else "."
-        problems.append(FileRecord(rel, reason=Reason.UNREADABLE.value, detail=f"folder cannot be listed: {err.strerror}"))
+        problems.append(
+            FileRecord(rel, reason=Reason.UNREADABLE.value, detail=f"folder cannot be listed: {err.strerror}")
+        )
 
     for root, dirs, names in os.walk(data_dir, onerror=onerror):
         dirs[:] = sorted(d for d in dirs if d not in IGNORED_DIR_NAMES)

@@ -235,28 +235,46 @@ def match_segmentations(
             if label.strip().casefold() in wanted:
                 channel[label] = wanted[label.strip().casefold()]
             else:
-                report.problems.append(SegProblem(SegProblemKind.UNKNOWN_SEGMENT, name,
-                                                  f"segment {label!r} is not one of {list(labels)}"))
+                report.problems.append(
+                    SegProblem(SegProblemKind.UNKNOWN_SEGMENT, name, f"segment {label!r} is not one of {list(labels)}")
+                )
         missing = [label for i, label in enumerate(labels) if i not in channel.values()]
         if missing:
-            report.problems.append(SegProblem(SegProblemKind.MISSING_SEGMENT, name,
-                                              f"no segment for {missing}; it has {sorted(set(seg.labels.values()))}"))
+            report.problems.append(
+                SegProblem(
+                    SegProblemKind.MISSING_SEGMENT,
+                    name,
+                    f"no segment for {missing}; it has {sorted(set(seg.labels.values()))}",
+                )
+            )
         for uid, per_label in seg.masks.items():
             record = by_uid.get(uid)
             if record is None:
-                report.problems.append(SegProblem(SegProblemKind.SOURCE_MISSING, name,
-                                                  f"source image SOPInstanceUID {uid} is not among the usable images"))
+                report.problems.append(
+                    SegProblem(
+                        SegProblemKind.SOURCE_MISSING,
+                        name,
+                        f"source image SOPInstanceUID {uid} is not among the usable images",
+                    )
+                )
                 continue
             if uid in covered:
-                report.problems.append(SegProblem(SegProblemKind.DUPLICATE_SEG, name,
-                                                  f"{record.path} is already annotated by {covered[uid]}"))
+                report.problems.append(
+                    SegProblem(
+                        SegProblemKind.DUPLICATE_SEG, name, f"{record.path} is already annotated by {covered[uid]}"
+                    )
+                )
                 continue
             covered[uid] = name
             if (seg.rows, seg.columns) != (record.header.rows, record.header.columns):
-                report.problems.append(SegProblem(
-                    SegProblemKind.GEOMETRY_MISMATCH, name,
-                    f"SEG frames are {seg.rows}x{seg.columns}, source image {record.path} is "
-                    f"{record.header.rows}x{record.header.columns} (Rows x Columns)"))  # fmt: skip
+                report.problems.append(
+                    SegProblem(
+                        SegProblemKind.GEOMETRY_MISMATCH,
+                        name,
+                        f"SEG frames are {seg.rows}x{seg.columns}, source image {record.path} is "
+                        f"{record.header.rows}x{record.header.columns} (Rows x Columns)",
+                    )
+                )
                 continue
             if missing:
                 continue
@@ -268,8 +286,9 @@ def match_segmentations(
             report.image_paths[uid] = record.path
     for uid, record in by_uid.items():
         if uid not in covered:
-            report.problems.append(SegProblem(SegProblemKind.IMAGE_WITHOUT_SEG, record.path,
-                                              f"no SEG references SOPInstanceUID {uid}"))
+            report.problems.append(
+                SegProblem(SegProblemKind.IMAGE_WITHOUT_SEG, record.path, f"no SEG references SOPInstanceUID {uid}")
+            )
     return report
 
 

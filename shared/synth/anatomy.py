@@ -179,9 +179,7 @@ def _lung_fields(X: np.ndarray, Y: np.ndarray, p: dict) -> np.ndarray:
     u = (ax - 0.5 * (p["med"] + p["lat"])) / (0.5 * (p["lat"] - p["med"]))
     dia = yb + p["dome"] * u * u  # diaphragm dome: highest mid-lung, lower at the costophrenic angle
     e = 0.018
-    return (_sig((lat - ax) / e) * _sig((ax - med) / e) * _sig((Y - yt) / e) * _sig((dia - Y) / e)).astype(
-        np.float32
-    )
+    return (_sig((lat - ax) / e) * _sig((ax - med) / e) * _sig((Y - yt) / e) * _sig((dia - Y) / e)).astype(np.float32)
 
 
 def _ribs(X: np.ndarray, Y: np.ndarray, p: dict) -> np.ndarray:
@@ -212,9 +210,7 @@ def _clavicles(X: np.ndarray, Y: np.ndarray, p: dict) -> np.ndarray:
     return _sig((0.045 - d) / 0.01).astype(np.float32)
 
 
-def _add_blob(
-    img: np.ndarray, x: float, y: float, rx: float, ry: float, theta: float, amp: float
-) -> None:
+def _add_blob(img: np.ndarray, x: float, y: float, rx: float, ry: float, theta: float, amp: float) -> None:
     """Add ``amp`` × the projected density of an ellipsoid, sqrt(1 - r²), in place.
 
     Only the bounding box is touched; the edge is softened later by the scanner blur.

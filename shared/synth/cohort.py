@@ -178,8 +178,10 @@ def write_site(
             total_bytes += write_dicom(dicom_dir / rel, ds)
             if write_seg is not None:  # draws no random numbers: the images stay those of classification
                 seg = write_seg(
-                    ds, anatomy_masks(patient, exposure, profile.matrix),
-                    _uid(seed, profile.name, pid, "seg-series", j), _uid(seed, profile.name, pid, "seg", j),
+                    ds,
+                    anatomy_masks(patient, exposure, profile.matrix),
+                    _uid(seed, profile.name, pid, "seg-series", j),
+                    _uid(seed, profile.name, pid, "seg", j),
                     _uid(seed, profile.name, pid, "seg-dimensions", j),
                 )
                 total_bytes += write_dicom(dicom_dir / rel.with_name(rel.name.replace("IMG", "SEG")), seg)
@@ -270,7 +272,15 @@ def write_cohort(
             write_site(out / profile.name, profile, n, seed, difficulty, shift, overwrite=overwrite, task=task)
         )
         if test_images and profile.name.startswith("site-"):  # other patients: the seed draws the patients
-            test = write_site(out / profile.name / TEST_EXPORT, profile, test_images, seed + TEST_SEED_OFFSET,
-                              difficulty, shift, overwrite=overwrite, task=task)  # fmt: skip
+            test = write_site(
+                out / profile.name / TEST_EXPORT,
+                profile,
+                test_images,
+                seed + TEST_SEED_OFFSET,
+                difficulty,
+                shift,
+                overwrite=overwrite,
+                task=task,
+            )
             summaries.append(replace(test, name=f"{profile.name}/{TEST_EXPORT}"))
     return summaries

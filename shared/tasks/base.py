@@ -82,7 +82,9 @@ class Task:
     def build_model(self, name: str, num_outputs: int, image_size: int, **kwargs: Any) -> nn.Module:
         from shared.models import build_from
 
-        return build_from(dict(self.model_registry()), f"{self.name} architecture", name, num_outputs, image_size, **kwargs)
+        return build_from(
+            dict(self.model_registry()), f"{self.name} architecture", name, num_outputs, image_size, **kwargs
+        )
 
     def unsupported(self, feature: str) -> str | None:
         """None when the task supports ``feature``, else the sentence that refuses it."""
@@ -128,7 +130,9 @@ class Task:
         """The loss per image, unreduced (DP-SGD clips each image's gradient); None: no per-image DP."""
         return None
 
-    def augment(self, strength: float, scanner: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple]:
+    def augment(
+        self, strength: float, scanner: float
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple]:
         """``augment(x, y, generator) -> (x, y)`` for a training batch; identity by default."""
         return lambda x, y, gen: (x, y)
 
@@ -149,9 +153,18 @@ class Task:
         """The key counting the cases ``key`` was computed over; None for a count itself; False: not this task's."""
         return False
 
-    def evaluate_local(self, loaded: Any, model_path: Path, cfg: SiteDataConfig, out_dir: Path, *,
-                       n_bootstrap: int = 1000, show_progress: bool = True, console: Any = None,
-                       explain: int = 0) -> dict:
+    def evaluate_local(
+        self,
+        loaded: Any,
+        model_path: Path,
+        cfg: SiteDataConfig,
+        out_dir: Path,
+        *,
+        n_bootstrap: int = 1000,
+        show_progress: bool = True,
+        console: Any = None,
+        explain: int = 0,
+    ) -> dict:
         """``fedrad-site evaluate``: score a model file (``shared.modelfile.LoadedModel``) on the site's labelled
         cases, write the report folder (per-case results: it stays at the site), return the metrics."""
         raise NotImplementedError
@@ -160,8 +173,9 @@ class Task:
         """The threshold a local model file records, chosen on validation cases; None: the task has none."""
         return None
 
-    def local_scores(self, model: nn.Module, data: TaskDataset, *, threshold: float | None, n_bootstrap: int,
-                     seed: int) -> dict[str, Any]:
+    def local_scores(
+        self, model: nn.Module, data: TaskDataset, *, threshold: float | None, n_bootstrap: int, seed: int
+    ) -> dict[str, Any]:
         """Figures of ``model`` on a site's own test patients, with 95 % CIs (``<key>_ci95``), headline first:
         what ``fedrad-site finetune`` shows before and after (stays at the site)."""
         raise NotImplementedError
@@ -223,8 +237,13 @@ class TaskSpec:
     def to_run_config(self) -> dict[str, str | int]:
         """The run-config keys that carry the task (see pyproject's [tool.flwr.app.config])."""
         key = self.task.outputs_key
-        rc: dict[str, str | int] = {"task-type": self.type, "classes": "", "labels": "", "model": self.model,
-                                    "image-size": self.image_size}
+        rc: dict[str, str | int] = {
+            "task-type": self.type,
+            "classes": "",
+            "labels": "",
+            "model": self.model,
+            "image-size": self.image_size,
+        }
         rc[key] = ",".join(self.outputs)
         return rc
 
@@ -247,9 +266,12 @@ class TaskSpec:
 
     def mismatch(self, other: TaskSpec) -> str | None:
         """Why a model made for ``other`` does not fit this task; None when it does."""
-        for what, mine, theirs in (("task", self.type, other.type), ("architecture", self.model, other.model),
-                                   (self.task.outputs_key, list(self.outputs), list(other.outputs)),
-                                   ("image size", self.image_size, other.image_size)):
+        for what, mine, theirs in (
+            ("task", self.type, other.type),
+            ("architecture", self.model, other.model),
+            (self.task.outputs_key, list(self.outputs), list(other.outputs)),
+            ("image size", self.image_size, other.image_size),
+        ):
             if mine != theirs:
                 return f"{what} is {theirs!r}, the task needs {mine!r}"
         return None

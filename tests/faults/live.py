@@ -42,13 +42,21 @@ def make_consortium(tmp_path: Path, cohort: list[SiteSummary], *, rounds: int, r
     init_consortium(c, "Fault Test", f"127.0.0.1:{port}")
     cfg_path = c / "consortium.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg.update(rounds=rounds, evaluate_every=rounds, min_sites=2, round_timeout_s=round_timeout, wait_for_sites_s=90,
-               local_epochs=1)  # fmt: skip
+    cfg.update(
+        rounds=rounds,
+        evaluate_every=rounds,
+        min_sites=2,
+        round_timeout_s=round_timeout,
+        wait_for_sites_s=90,
+        local_epochs=1,
+    )
     cfg_path.write_text(yaml.safe_dump(cfg))
     site_cmd = {}
     for name, data in zip(("site-a", "site-b"), cohort[:2], strict=True):
         bundle = enroll_site(c, name).bundle_dir
-        path = fill_site_yaml(bundle / "site.yaml", data=data.dicom_dir, labels=data.labels_csv, cache_dir=tmp_path / "cache" / name)
+        path = fill_site_yaml(
+            bundle / "site.yaml", data=data.dicom_dir, labels=data.labels_csv, cache_dir=tmp_path / "cache" / name
+        )
         approve_installed(load_site_file(path).work_dir)
         site_cmd[name] = [executable("fedrad-site"), "start", "--config", str(path)]
     server_cmd = [executable("fedrad-server"), "start", str(c), "--listen", f"127.0.0.1:{port}"]

@@ -21,7 +21,7 @@ from tests import dicom_factory as f
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
 
-CHILD = textwrap.dedent('''
+CHILD = textwrap.dedent("""
     import json, resource, signal, sys, warnings
     from pathlib import Path
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -34,7 +34,7 @@ CHILD = textwrap.dedent('''
     shapes = [list(result.load_image(r).shape) for r in result.usable]
     print(json.dumps({"usable": len(result.usable), "shapes": shapes, "warning": result.cache.warning,
                       "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}))
-''')
+""")
 
 
 def test_a_full_cache_disk_degrades_to_memory_with_one_clear_warning(tmp_path: Path) -> None:
@@ -42,8 +42,9 @@ def test_a_full_cache_disk_degrades_to_memory_with_one_clear_warning(tmp_path: P
     for i in range(4):
         f.write_image(export / f"img{i}.dcm", f.phantom(96, 96, seed=i))
     cache = tmp_path / "cache"
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(export), str(cache)], cwd=REPO, capture_output=True,
-                          text=True, timeout=100)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(export), str(cache)], cwd=REPO, capture_output=True, text=True, timeout=100
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["usable"] == 4 and out["shapes"] == [[32, 32]] * 4  # every image still there, from memory

@@ -59,12 +59,16 @@ def test_site_cut_off_past_the_heartbeat_rejoins(tmp_path: Path, small_cohort: l
         rows = read_metrics(sorted(live.runs.iterdir())[-1])
         assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1)), [r["round"] for r in rows]
         after = [r["round"] for r in rows[len(during) + 1 :] if r["sites_answered"] == 2]
-        assert after, (f"site-b never answered after the cut: {[(r['round'], r['sites_answered']) for r in rows]}\n"
-                       f"--- site-b ---\n{sites['site-b'].log_tail(40)}")  # fmt: skip
+        assert after, (
+            f"site-b never answered after the cut: {[(r['round'], r['sites_answered']) for r in rows]}\n"
+            f"--- site-b ---\n{sites['site-b'].log_tail(40)}"
+        )
         assert sites["site-b"].poll() is None, "site-b's process gave up instead of reconnecting"
-        print(f"\nnetwork cut {CUT_S} s: rounds {[r['round'] for r in during]} finished without site-b during the cut; "
-              f"site-b back in round {after[0]}; run done {time.monotonic() - t_back:.0f} s after the resume; "
-              f"round seconds {[r['seconds'] for r in rows]}")
+        print(
+            f"\nnetwork cut {CUT_S} s: rounds {[r['round'] for r in during]} finished without site-b during the cut; "
+            f"site-b back in round {after[0]}; run done {time.monotonic() - t_back:.0f} s after the resume; "
+            f"round seconds {[r['seconds'] for r in rows]}"
+        )
     finally:
         for proc in ps.procs:
             signal_tree(proc, signal.SIGCONT)  # a stopped process cannot stop cleanly

@@ -44,10 +44,36 @@ def _running_under(folder: Path) -> list[str]:
 def test_benchmark_on_the_deployment_engine(tmp_path: Path) -> None:
     cohort = {s.name: s.path for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=1, scale=0.08, seed=2)}
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "benchmarks.cli", "generalization", "--sites", str(cohort["site-1"]), "--sites",
-           str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
-           "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--engine", "deployment", "--carry-optimizer-lever",
-           "--average-rounds", "2", "--out", str(out), "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.cli",
+        "generalization",
+        "--sites",
+        str(cohort["site-1"]),
+        "--sites",
+        str(cohort["site-2"]),
+        "--unseen",
+        str(cohort["unseen-1"]),
+        "--strategies",
+        "fedavg,fedbn",
+        "--seeds",
+        "1",
+        "--rounds",
+        "2",
+        "--local-epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--engine",
+        "deployment",
+        "--carry-optimizer-lever",
+        "--average-rounds",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -62,7 +88,9 @@ def test_benchmark_on_the_deployment_engine(tmp_path: Path) -> None:
             assert cell["mean"] is not None and math.isfinite(cell["mean"]), (model, col)
     for site in ("site-1", "site-2"):  # the SuperNodes' ClientApp answered: its audit log chains and shows the rounds
         summary = verify(out / "deployment" / "sites" / site / "work" / "audit" / "outbound.jsonl")
-        assert summary.by_type.get("train") == 8 and summary.violations == 0, summary  # 2 strategies × 2 levers × 2 rounds
+        assert summary.by_type.get("train") == 8 and summary.violations == 0, (
+            summary
+        )  # 2 strategies × 2 levers × 2 rounds
         work = out / "deployment" / "sites" / site / "work"
         assert list((work / "fedbn").glob("*/*/norm-round-*.pt")), site
         # The carried runs kept each site's AdamW moments in its work dir, one run key per carried run.

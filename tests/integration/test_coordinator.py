@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -31,12 +31,12 @@ from client.audit import AuditError
 from client.audit import verify as verify_audit
 from client.site_config import fill_site_yaml
 from server.enrollment import enroll_site, init_consortium
-from shared.modelfile import load_model_file
 from server.export import export_model
 from server.status import collect_status
+from shared.modelfile import load_model_file
 from shared.processes import ProcessSet, executable, free_port
-from tests.integration.cleanup import stop_all_and_check
 from shared.synth import SiteSummary
+from tests.integration.cleanup import stop_all_and_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]  # measured 117 s (+ ~40 s stats, ~50 s crossval) at load ~5
 REPO = Path(__file__).resolve().parents[2]
@@ -56,8 +56,15 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
     init_consortium(c, "Coord Test", f"127.0.0.1:{port}")
     cfg_path = c / "consortium.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg.update(rounds=ROUNDS, evaluate_every=1, min_sites=2, round_timeout_s=60, wait_for_sites_s=WAIT, local_epochs=1,
-               average_last_rounds=3)  # publishes averaged.pt: the mean of the (here only) last rounds
+    cfg.update(
+        rounds=ROUNDS,
+        evaluate_every=1,
+        min_sites=2,
+        round_timeout_s=60,
+        wait_for_sites_s=WAIT,
+        local_epochs=1,
+        average_last_rounds=3,
+    )  # publishes averaged.pt: the mean of the (here only) last rounds
     cfg_path.write_text(yaml.safe_dump(cfg))
     site_yaml = {}
     for name, data in zip(("site-a", "site-b"), small_cohort[:2], strict=True):
@@ -69,8 +76,12 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
             doc = yaml.safe_load(site_yaml[name].read_text())
             doc["crossval"] = {"share_local_model": str(tmp_path / "site-a-local.pt")}
             site_yaml[name].write_text(yaml.safe_dump(doc))
-        res = subprocess.run([executable("fedrad-site"), "approve", "--config", str(site_yaml[name]), "--json"],
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        res = subprocess.run(
+            [executable("fedrad-site"), "approve", "--config", str(site_yaml[name]), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert res.returncode == 0 and json.loads(res.stdout)["added"] is True, res.stderr
 
     server_cmd = [executable("fedrad-server"), "start", str(c), "--listen", f"127.0.0.1:{port}"]
@@ -129,8 +140,14 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         assert "published weights: the mean of the global models of rounds" in Path(info["model_card"]).read_text()
         assert model.provenance["trained_by"] == "Coord Test"
         # Data statistics for the coordinator: counts only, each at least the sites' min_count (10).
-        res = subprocess.run([*server_cmd[:1], "stats", str(c), "--listen", f"127.0.0.1:{port}", "--json"],
-                             capture_output=True, text=True, timeout=150, env={**os.environ, **WIDE}, cwd=REPO)  # fmt: skip
+        res = subprocess.run(
+            [*server_cmd[:1], "stats", str(c), "--listen", f"127.0.0.1:{port}", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=150,
+            env={**os.environ, **WIDE},
+            cwd=REPO,
+        )
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         stats = json.loads(res.stdout)
         assert sorted(stats["names"][n] for n in stats["sites"]) == ["site-a", "site-b"], stats
@@ -140,16 +157,26 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
             assert all(v >= 10 for v in counts.values())  # smaller counts were withheld at the site
         assert not (c / "state" / "current-run.json").read_text().count("stats")  # a stats run is not "the last run"
         # Cross-site evaluation: the global model and site-a's consented local model, scored at both sites.
-        shutil.copyfile(exported, tmp_path / "site-a-local.pt")  # any model file of the task will do as its "local model"
-        res = subprocess.run([*server_cmd[:1], "crossval", str(c), "--listen", f"127.0.0.1:{port}", "--json"],
-                             capture_output=True, text=True, timeout=150, env={**os.environ, **WIDE}, cwd=REPO)  # fmt: skip
+        shutil.copyfile(
+            exported, tmp_path / "site-a-local.pt"
+        )  # any model file of the task will do as its "local model"
+        res = subprocess.run(
+            [*server_cmd[:1], "crossval", str(c), "--listen", f"127.0.0.1:{port}", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=150,
+            env={**os.environ, **WIDE},
+            cwd=REPO,
+        )
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         xval = json.loads(res.stdout)
         assert set(xval["matrix"]) == {"global", "local site-a"} and sorted(xval["sites"]) == ["site-a", "site-b"], xval
         for model, row in xval["matrix"].items():
             for site, cell in row.items():
                 assert cell["num-examples"] > 0 and "error" not in cell, (model, site, cell)
-        assert xval["matrix"]["global"]["site-a"]["loss"] == pytest.approx(xval["matrix"]["local site-a"]["site-a"]["loss"])
+        assert xval["matrix"]["global"]["site-a"]["loss"] == pytest.approx(
+            xval["matrix"]["local site-a"]["site-a"]["loss"]
+        )
         assert "does not share" in xval["not_shared"]["site-b"]
         with_ci = [cell for row in xval["matrix"].values() for cell in row.values() if "auc-ci-low" in cell]
         assert all(c["auc-ci-low"] <= c["auc"] <= c["auc-ci-high"] for c in with_ci), with_ci
@@ -159,29 +186,44 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         for name, env in envs.items():
             assert {k: env.get(k) for k in NO_CALLS_HOME} == NO_CALLS_HOME, (name, env)
         # Nothing derived from a patient reached the server side: no ID, UID or file name in any server file.
-        hits = _find_identifiers([p for p in c.rglob("*") if p.is_file() and "bundles" not in p.relative_to(c).parts]
-                                 + list((tmp_path / "logs").glob("server-*.log")), _patient_identifiers(small_cohort[:2]))
+        hits = _find_identifiers(
+            [p for p in c.rglob("*") if p.is_file() and "bundles" not in p.relative_to(c).parts]
+            + list((tmp_path / "logs").glob("server-*.log")),
+            _patient_identifiers(small_cohort[:2]),
+        )
         assert not hits, hits[:10]
         # The sites' audit logs verify after the real run and list what was sent.
-        res = subprocess.run([executable("fedrad-site"), "audit", "verify", "--config", str(site_yaml["site-a"]), "--json"],
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        res = subprocess.run(
+            [executable("fedrad-site"), "audit", "verify", "--config", str(site_yaml["site-a"]), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         audit = json.loads(res.stdout)
         assert res.returncode == 0 and audit["ok"] and audit["violations"] == 0, res.stdout + res.stderr
-        assert audit["by_type"] == {"train": ROUNDS, "evaluate": ROUNDS + 2, "query": 1, "local-model": 1} and audit["bytes"] > 0, audit  # + crossval: 2 models, its own local model sent once
+        assert (
+            audit["by_type"] == {"train": ROUNDS, "evaluate": ROUNDS + 2, "query": 1, "local-model": 1}
+            and audit["bytes"] > 0
+        ), audit  # + crossval: 2 models, its own local model sent once
         log_path = Path(audit["path"])
         data = bytearray(log_path.read_bytes())
         data[data.index(b'"type":"train"') + 9] ^= 0x01  # one byte: "train" -> "tsain"
         log_path.write_bytes(bytes(data))
         with pytest.raises(AuditError, match="line 2 does not chain"):
             verify_audit(log_path)
-        print(f"\ncoordinator test: audit {audit['entries']} messages {audit['bytes']} bytes; processes checked {sorted(seen)}")
+        print(
+            f"\ncoordinator test: audit {audit['entries']} messages {audit['bytes']} bytes; processes checked {sorted(seen)}"
+        )
         print(f"\ncoordinator test: missing-site wait {waited:.1f} s, total {time.monotonic() - t_start:.1f} s")
     finally:
         started = stop_all_and_check(ps, started)
 
 
-NO_CALLS_HOME = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}  # fmt: skip
+NO_CALLS_HOME = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
 
 
 def _flower_envs(ps: ProcessSet) -> dict[str, dict[str, str]]:
@@ -205,7 +247,12 @@ def _patient_identifiers(sites: list[SiteSummary]) -> set[str]:
     for site in sites:
         with open(site.labels_csv, newline="") as fh:
             for row in csv.DictReader(fh):
-                ids |= {row["SOPInstanceUID"], row["StudyInstanceUID"], row["AccessionNumber"], Path(row["path"]).parts[0]}
+                ids |= {
+                    row["SOPInstanceUID"],
+                    row["StudyInstanceUID"],
+                    row["AccessionNumber"],
+                    Path(row["path"]).parts[0],
+                }
     return {i for i in ids if len(i) >= 6}
 
 
@@ -241,4 +288,7 @@ def test_wait_names_only_missing_sites() -> None:
     with pytest.raises(CoordinatorError) as exc:
         wait_for_sites(control, ["site-a", "site-b", "site-c", "site-d"], 4, 0.3, console, live=False, poll_s=0.1)
     assert "only 2 of the 4" in str(exc.value) and "Missing: site-b, site-d." in str(exc.value)
-    assert wait_for_sites(control, ["site-a", "site-b", "site-c"], 2, 5, console, live=True, poll_s=0.1) == ["site-a", "site-c"]
+    assert wait_for_sites(control, ["site-a", "site-b", "site-c"], 2, 5, console, live=True, poll_s=0.1) == [
+        "site-a",
+        "site-c",
+    ]

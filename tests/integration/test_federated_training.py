@@ -40,10 +40,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # ~70-110 s per test 
 
 SITES = ("site-1", "site-2")
 RUN_CONFIG = {
-    "min-sites": 2, "round-timeout-s": 180, "evaluate-every": 1, "seed": 3, "strategy": "fedadam",
-    "strategy-params": '{"eta": 0.01}', "classes": "normal,nodule", "image-size": 32, "model": "smallcnn",
-    "batch-size": 16, "lr": 0.001, "augment": 0.5, "local-epochs": 1, "consortium": "TestConsortium",
-}  # fmt: skip
+    "min-sites": 2,
+    "round-timeout-s": 180,
+    "evaluate-every": 1,
+    "seed": 3,
+    "strategy": "fedadam",
+    "strategy-params": '{"eta": 0.01}',
+    "classes": "normal,nodule",
+    "image-size": 32,
+    "model": "smallcnn",
+    "batch-size": 16,
+    "lr": 0.001,
+    "augment": 0.5,
+    "local-epochs": 1,
+    "consortium": "TestConsortium",
+}
 
 
 @dataclass
@@ -76,8 +87,13 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
         lc = start_loopback_consortium(ps, tmp, {name: cohort[name] for name in SITES}, image_size=32)
         run_dir = tmp / "runs" / "r1"
         app_dir = stage_app(tmp / "app", REPO, {**RUN_CONFIG, "run-dir": str(run_dir)})
-        yield Fed(tmp=tmp, link=lc.link, app_dir=app_dir, run_dir=run_dir,
-                  supernodes={n: s.supernode for n, s in lc.sites.items()})  # fmt: skip
+        yield Fed(
+            tmp=tmp,
+            link=lc.link,
+            app_dir=app_dir,
+            run_dir=run_dir,
+            supernodes={n: s.supernode for n, s in lc.sites.items()},
+        )
     finally:
         started = stop_all_and_check(ps, started)
 
@@ -132,14 +148,22 @@ def _report(label: str, info: dict, r: dict, params: int | None) -> None:
         f"\n{label}: submit->finished {info['wall-s']:.1f} s; round {r['seconds']} s {r['timing']}; "
         f"slowest site startup/load/train/handler {t.get('startup-s', 0):.2f}/{t.get('load-s', 0):.2f}/"
         f"{t.get('train-s', 0):.2f}/{t.get('handler-s', 0):.2f} s; bytes per site {r['bytes_per_site']}; "
-        f"run bytes sent/recv {info['bytes-sent']}/{info['bytes-recv']}" + (f"; smallcnn {params} params" if params else "")
+        f"run bytes sent/recv {info['bytes-sent']}/{info['bytes-recv']}"
+        + (f"; smallcnn {params} params" if params else "")
     )
 
 
 def test_dp_run_clips_at_the_sites_and_reports_epsilon_every_round(fed: Fed) -> None:
     run_dir = fed.tmp / "runs" / "dp"
-    config = {"num-server-rounds": 2, "strategy": "fedavg", "strategy-params": "{}", "dp-noise-multiplier": 1.5,
-              "dp-clipping-norm": 0.5, "run-dir": str(run_dir), "evaluate-every": 5}  # fmt: skip
+    config = {
+        "num-server-rounds": 2,
+        "strategy": "fedavg",
+        "strategy-params": "{}",
+        "dp-noise-multiplier": 1.5,
+        "dp-clipping-norm": 0.5,
+        "run-dir": str(run_dir),
+        "evaluate-every": 5,
+    }
     info = _run(fed, "dp", config, timeout=220)
     assert info["status"] == "finished:completed", info
     rows = read_metrics(run_dir)
@@ -155,15 +179,25 @@ def test_dp_run_clips_at_the_sites_and_reports_epsilon_every_round(fed: Fed) -> 
 def test_image_dp_run_each_site_accounts_its_own_epsilon(fed: Fed) -> None:
     """Per-image DP: DP-SGD at every site, ε from each site's own ledger, reaching the target after the last round."""
     run_dir = fed.tmp / "runs" / "image-dp"
-    config = {"num-server-rounds": 2, "strategy": "fedavg", "strategy-params": "{}", "model": "smallcnn-gn",
-              "dp-level": "image", "dp-target-epsilon": 8.0, "dp-clipping-norm": 1.0, "run-dir": str(run_dir),
-              "evaluate-every": 5}  # fmt: skip
+    config = {
+        "num-server-rounds": 2,
+        "strategy": "fedavg",
+        "strategy-params": "{}",
+        "model": "smallcnn-gn",
+        "dp-level": "image",
+        "dp-target-epsilon": 8.0,
+        "dp-clipping-norm": 1.0,
+        "run-dir": str(run_dir),
+        "evaluate-every": 5,
+    }
     info = _run(fed, "image-dp", config, timeout=220)
     assert info["status"] == "finished:completed", info
     rows = read_metrics(run_dir)
     eps = [r["privacy"]["epsilon"] for r in rows]
-    print(f"\nper-image DP, target ε 8: ε after each round (largest site) {eps}; "
-          f"noise multipliers {[r['train'].get('dp-noise-multiplier') for r in rows]}")
+    print(
+        f"\nper-image DP, target ε 8: ε after each round (largest site) {eps}; "
+        f"noise multipliers {[r['train'].get('dp-noise-multiplier') for r in rows]}"
+    )
     assert 0 < eps[0] < eps[1] <= 8.0 and eps[1] > 7.8, eps  # each site calibrated its noise to reach 8 at round 2
     assert all(r["privacy"]["level"] == "image" for r in rows)
     privacy = load_model_file(run_dir / "latest.pt").provenance["extra"]["privacy"]
@@ -179,7 +213,9 @@ def test_secure_aggregation_gives_the_plain_mean_without_the_server_seeing_an_up
     base = {"num-server-rounds": 1, "strategy": "fedavg", "strategy-params": "{}", "evaluate-every": 5, "resume": False}
     plain_dir, secure_dir = fed.tmp / "runs" / "plain", fed.tmp / "runs" / "secagg"
     plain = _run(fed, "plain", {**base, "run-dir": str(plain_dir)}, timeout=200)
-    secure = _run(fed, "secagg", {**base, "run-dir": str(secure_dir), "secagg": '{"threshold_fraction": 1.0}'}, timeout=240)
+    secure = _run(
+        fed, "secagg", {**base, "run-dir": str(secure_dir), "secagg": '{"threshold_fraction": 1.0}'}, timeout=240
+    )
     assert plain["status"] == secure["status"] == "finished:completed", (plain, secure)
     row = read_metrics(secure_dir)[0]
     assert row["sites_answered"] == 2 and row["sites_failed"] == 0, row
@@ -194,13 +230,19 @@ def test_secure_aggregation_gives_the_plain_mean_without_the_server_seeing_an_up
         log = fed.tmp / "sites" / name / "work" / "audit" / "outbound.jsonl"
         entries = [json.loads(line) for line in log.read_text().splitlines()]
         stages = [e["type"] for e in entries if e["type"].startswith("train/secagg-")]
-        assert stages == ["train/secagg-setup", "train/secagg-share_keys", "train/secagg-collect_masked_vectors",
-                          "train/secagg-unmask"], stages  # fmt: skip
+        assert stages == [
+            "train/secagg-setup",
+            "train/secagg-share_keys",
+            "train/secagg-collect_masked_vectors",
+            "train/secagg-unmask",
+        ], stages
         masked = next(e for e in entries if e["type"] == "train/secagg-collect_masked_vectors")
         assert 1.9 * model_bytes < masked["bytes"] < 2.2 * model_bytes, (masked["bytes"], model_bytes)  # int64 vectors
         assert set(masked["arrays"]) == {"masked_params"} and masked["metrics"]["num-examples"] > 0
-    print(f"\nsecure aggregation: round {row['seconds']} s vs plain {read_metrics(plain_dir)[0]['seconds']} s; "
-          f"largest weight gap {max(gaps.values()):.2e}; masked upload {masked['bytes']} B vs {model_bytes} B float32")
+    print(
+        f"\nsecure aggregation: round {row['seconds']} s vs plain {read_metrics(plain_dir)[0]['seconds']} s; "
+        f"largest weight gap {max(gaps.values()):.2e}; masked upload {masked['bytes']} B vs {model_bytes} B float32"
+    )
 
 
 def test_site_refuses_a_run_whose_code_it_has_not_approved(fed: Fed) -> None:

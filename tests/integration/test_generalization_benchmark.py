@@ -28,14 +28,48 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
-    cohort = {s.name: s.path for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=1, scale=0.08, seed=2, test_images=10)}
+    cohort = {
+        s.name: s.path
+        for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=1, scale=0.08, seed=2, test_images=10)
+    }
     shutil.rmtree(cohort["site-2/test"])  # site-1 is scored on its test export, site-2 on its held-out patients
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "benchmarks.cli", "generalization", "--sites", str(cohort["site-1"]), "--sites",
-           str(cohort["site-2"]), "--unseen", str(cohort["unseen-1"]), "--strategies", "fedavg,fedbn", "--seeds", "1",
-           "--rounds", "2", "--local-epochs", "1", "--image-size", "32", "--finetune-epochs", "1", "--equalize-lever",
-           "--scanner-augment-lever", "1.0", "--lr-schedule", "cosine", "--server-momentum-lever", "0.5",
-           "--average-rounds", "2", "--out", str(out), "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.cli",
+        "generalization",
+        "--sites",
+        str(cohort["site-1"]),
+        "--sites",
+        str(cohort["site-2"]),
+        "--unseen",
+        str(cohort["unseen-1"]),
+        "--strategies",
+        "fedavg,fedbn",
+        "--seeds",
+        "1",
+        "--rounds",
+        "2",
+        "--local-epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--finetune-epochs",
+        "1",
+        "--equalize-lever",
+        "--scanner-augment-lever",
+        "1.0",
+        "--lr-schedule",
+        "cosine",
+        "--server-momentum-lever",
+        "0.5",
+        "--average-rounds",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -43,14 +77,28 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     assert results["columns"] == ["site-1 test", "site-2 test", "unseen-1"]
     assert results["test_sets"] == {"site-1 test": "test export", "site-2 test": "held-out patients"}
     assert results["test_sizes"]["site-1 test"] == 10 and results["test_sizes"]["unseen-1"] == 16
-    federated = {"fedavg", "fedbn", "fedbn + momentum"} | {f"{arm} + {lever}" for arm in ("fedavg", "fedbn")
-                                                          for lever in ("equalize", "scanner-aug", "equalize + scanner-aug")}
-    assert set(results["matrix"]) == {"pooled", "local site-1", "local site-2", "fedavg + AdaBN", "fedbn + AdaBN",
-                                      "fedavg + finetune", "fedbn + finetune", *federated} | {
-        f"pooled + {lever}" for lever in ("equalize", "scanner-aug", "equalize + scanner-aug")} | {
-        f"{row} + round average" for row in federated}  # every federated run also as the mean of its 2 rounds' models
+    federated = {"fedavg", "fedbn", "fedbn + momentum"} | {
+        f"{arm} + {lever}"
+        for arm in ("fedavg", "fedbn")
+        for lever in ("equalize", "scanner-aug", "equalize + scanner-aug")
+    }
+    assert set(results["matrix"]) == {
+        "pooled",
+        "local site-1",
+        "local site-2",
+        "fedavg + AdaBN",
+        "fedbn + AdaBN",
+        "fedavg + finetune",
+        "fedbn + finetune",
+        *federated,
+    } | {f"pooled + {lever}" for lever in ("equalize", "scanner-aug", "equalize + scanner-aug")} | {
+        f"{row} + round average" for row in federated
+    }  # every federated run also as the mean of its 2 rounds' models
 
-    for strategy in ("fedavg", "fedbn"):  # fine-tuning changes the model at home; an unseen site has no labels to tune on
+    for strategy in (
+        "fedavg",
+        "fedbn",
+    ):  # fine-tuning changes the model at home; an unseen site has no labels to tune on
         assert results["matrix"][f"{strategy} + finetune"]["unseen-1"] == results["matrix"][strategy]["unseen-1"]
     pairs = {(p["model"], p["against"], p["column"]) for p in results["paired"]}
     assert ("fedbn", "fedavg", "site mean") in pairs and ("fedbn", "fedavg", "unseen-1") in pairs
@@ -64,7 +112,9 @@ def test_benchmark_scores_every_model_on_every_site(tmp_path: Path) -> None:
     assert results["verdict"]["best_federated"] in ("fedavg", "fedbn")  # the matched budget: plain strategies only
     assert load_model_file(out / "runs" / "fedavg-equalize-seed0" / "latest.pt").architecture == "smallcnn-eq"
     assert load_model_file(out / "runs" / "fedavg-seed0" / "latest.pt").architecture == "smallcnn"
-    assert load_model_file(out / "runs" / "fedbn-equalize-scanner-aug-seed0" / "latest.pt").architecture == "smallcnn-eq"
+    assert (
+        load_model_file(out / "runs" / "fedbn-equalize-scanner-aug-seed0" / "latest.pt").architecture == "smallcnn-eq"
+    )
     assert results["config"]["scanner_augment_lever"] == 1.0
     assert ("fedbn + momentum", "fedbn", "site mean") in pairs  # fedavg takes no server momentum: no row
     momentum = torch.load(out / "runs" / "fedbn-momentum-seed0" / "strategy-state.pt", weights_only=False)

@@ -25,17 +25,43 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_segmentation_benchmark_scores_dice_per_label(tmp_path: Path) -> None:
-    cohort = {s.name: s.path for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=1, scale=0.06, seed=3,
-                                                   task="segmentation")}  # fmt: skip
+    cohort = {
+        s.name: s.path
+        for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=1, scale=0.06, seed=3, task="segmentation")
+    }
     for name in ("site-2", "unseen-1"):  # segmentation-only sites: a site.yaml with data and no label CSV
         (tmp_path / "yaml" / name).mkdir(parents=True)
         (tmp_path / "yaml" / name / "site.yaml").write_text(f"data: {cohort[name] / 'dicom'}\n")
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "benchmarks.cli", "generalization", "--task", "segmentation", "--labels", "nodule,lung",
-           "--sites", str(cohort["site-1"]), "--sites", str(tmp_path / "yaml" / "site-2"),
-           "--unseen", str(tmp_path / "yaml" / "unseen-1"),
-           "--strategies", "fedavg", "--seeds", "1", "--rounds", "2", "--local-epochs", "1", "--image-size", "32",
-           "--out", str(out), "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.cli",
+        "generalization",
+        "--task",
+        "segmentation",
+        "--labels",
+        "nodule,lung",
+        "--sites",
+        str(cohort["site-1"]),
+        "--sites",
+        str(tmp_path / "yaml" / "site-2"),
+        "--unseen",
+        str(tmp_path / "yaml" / "unseen-1"),
+        "--strategies",
+        "fedavg",
+        "--seeds",
+        "1",
+        "--rounds",
+        "2",
+        "--local-epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--out",
+        str(out),
+        "--json",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())

@@ -34,9 +34,9 @@ from server.consortium import parse_consortium
 from server.superlink import stage_app, submit_run
 from shared.modelfile import load_model_file
 from shared.processes import ProcessSet
-from shared.tasks.segmentation.metric_keys import metric_keys
 from shared.synth import write_cohort
 from shared.tasks import get_task
+from shared.tasks.segmentation.metric_keys import metric_keys
 from tests.integration.cleanup import stop_all_and_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
@@ -46,10 +46,18 @@ LABELS = ["nodule", "lung"]
 ROUNDS = 2  # each message wave costs a fresh flwr-clientapp process per site (~8-16 s under load)
 SEED = 2
 CONSORTIUM = {
-    "name": "SegConsortium", "address": "127.0.0.1:9443", "rounds": ROUNDS, "local_epochs": 3, "batch_size": 8,
-    "lr": 0.01, "min_sites": 2, "round_timeout_s": 180, "seed": SEED, "strategy": "fedavg",
+    "name": "SegConsortium",
+    "address": "127.0.0.1:9443",
+    "rounds": ROUNDS,
+    "local_epochs": 3,
+    "batch_size": 8,
+    "lr": 0.01,
+    "min_sites": 2,
+    "round_timeout_s": 180,
+    "seed": SEED,
+    "strategy": "fedavg",
     "task": {"type": "segmentation", "labels": LABELS, "image_size": 32, "model": "unet"},
-}  # fmt: skip
+}
 MIN_GAIN = 0.2  # lung Dice gain over the untrained UNet; measured ~0.5 after 2 rounds (0.41-0.43 -> 0.93-0.95)
 
 
@@ -66,8 +74,10 @@ def _sent_evaluations(log: Path, run: int) -> dict[int, dict]:
 def test_two_site_segmentation_federation_over_tls(tmp_path: Path) -> None:
     t0 = time.monotonic()
     torch.set_num_threads(1)
-    cohort = {s.name: s.path for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=0, scale=0.25, seed=5,
-                                                   task="segmentation")}  # fmt: skip
+    cohort = {
+        s.name: s.path
+        for s in write_cohort(tmp_path / "cohort", n_sites=2, unseen=0, scale=0.25, seed=5, task="segmentation")
+    }
     run_dir = tmp_path / "runs" / "seg"
     run_config = parse_consortium(CONSORTIUM).to_run_config(run_dir=run_dir)
     ps = ProcessSet(tmp_path / "logs")
@@ -117,11 +127,20 @@ def test_two_site_segmentation_federation_over_tls(tmp_path: Path) -> None:
         assert len(session.data.held_out) == sent[ROUNDS]["num-examples"]  # the same held-out patients
         assert sent[ROUNDS]["dice-lung"] > before["dice-lung"] + MIN_GAIN, (name, before["dice-lung"], sent[ROUNDS])
 
-    print(f"\nsegmentation federation: {ROUNDS} rounds FedAvg, 2 sites over TLS, UNet 32 px, "
-          f"{time.monotonic() - t0:.0f} s in all ({run_s:.0f} s to the finished run)")
+    print(
+        f"\nsegmentation federation: {ROUNDS} rounds FedAvg, 2 sites over TLS, UNet 32 px, "
+        f"{time.monotonic() - t0:.0f} s in all ({run_s:.0f} s to the finished run)"
+    )
     print("held-out lung Dice   untrained " + " ".join(f"round {r}" for r in range(1, ROUNDS + 1)))
     for name, (before, sent) in table.items():
-        print(f"  {name} (n={sent[ROUNDS]['num-examples']:>2})      {before['dice-lung']:.3f}    "
-              + "   ".join(f"{sent[r]['dice-lung']:.3f}" for r in range(1, ROUNDS + 1)))
-    print("  aggregate               " + "   ".join(f"{r['eval']['dice-lung']:.3f}" for r in rows)
-          + "   (dice-mean " + ", ".join(f"{r['eval']['dice-mean']:.3f}" for r in rows) + ")")
+        print(
+            f"  {name} (n={sent[ROUNDS]['num-examples']:>2})      {before['dice-lung']:.3f}    "
+            + "   ".join(f"{sent[r]['dice-lung']:.3f}" for r in range(1, ROUNDS + 1))
+        )
+    print(
+        "  aggregate               "
+        + "   ".join(f"{r['eval']['dice-lung']:.3f}" for r in rows)
+        + "   (dice-mean "
+        + ", ".join(f"{r['eval']['dice-mean']:.3f}" for r in rows)
+        + ")"
+    )

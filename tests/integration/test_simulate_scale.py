@@ -23,8 +23,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_simulate_three_sites_reports_rounds_bytes_and_memory(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "benchmarks.cli", "scale", "--sites", "3", "--images-per-site", "10", "--rounds", "2",
-           "--out", str(tmp_path), "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.cli",
+        "scale",
+        "--sites",
+        "3",
+        "--images-per-site",
+        "10",
+        "--rounds",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--json",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
@@ -40,6 +53,22 @@ def test_simulate_three_sites_reports_rounds_bytes_and_memory(tmp_path: Path) ->
 
 
 def test_simulate_refuses_an_unknown_strategy(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.cli", "scale", "--sites", "2", "--strategy", "fedsgd",
-                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.cli",
+            "scale",
+            "--sites",
+            "2",
+            "--strategy",
+            "fedsgd",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "fedsgd" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr

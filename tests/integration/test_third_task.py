@@ -43,9 +43,23 @@ def test_a_test_only_task_trains_federated_and_is_evaluated_at_a_site(tmp_path: 
         summary = write_site(tmp_path / "cohort" / profile.name, profile, 60, seed=3)
         sites.append(prepare_site(tmp_path / "sites", profile.name, summary.dicom_dir, None, ["normal", "nodule"], 32))
     run_dir = tmp_path / "run"
-    run_simulated({"task-type": NAME, "labels": "brightness", "model": "tinyreg", "image-size": 32,
-                   "classes": "", "num-server-rounds": 2, "min-sites": 2, "batch-size": 8, "lr": 0.01,
-                   "run-dir": str(run_dir), "consortium": "Toy"}, sites, cpus=2)
+    run_simulated(
+        {
+            "task-type": NAME,
+            "labels": "brightness",
+            "model": "tinyreg",
+            "image-size": 32,
+            "classes": "",
+            "num-server-rounds": 2,
+            "min-sites": 2,
+            "batch-size": 8,
+            "lr": 0.01,
+            "run-dir": str(run_dir),
+            "consortium": "Toy",
+        },
+        sites,
+        cpus=2,
+    )
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
@@ -61,9 +75,26 @@ def test_a_test_only_task_trains_federated_and_is_evaluated_at_a_site(tmp_path: 
         assert audit.by_type.get("train") == 2 and audit.violations == 0
 
     report = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "client", "evaluate", "--model", str(run_dir / "latest.pt"),
-                           "--data", str(tmp_path / "cohort" / profiles[0].name / "dicom"), "--out", str(report),
-                           "--json"], cwd=REPO, env=plugin_env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "evaluate",
+            "--model",
+            str(run_dir / "latest.pt"),
+            "--data",
+            str(tmp_path / "cohort" / profiles[0].name / "dicom"),
+            "--out",
+            str(report),
+            "--json",
+        ],
+        cwd=REPO,
+        env=plugin_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(proc.stdout)
     assert metrics["task"] == NAME and metrics["n"] == 60 and metrics["finite"]

@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.keys import generate_site_keys
 from client.approval import approve_installed
 from client.site_config import load_site_file, site_node_config
 from client.site_start import explain_exit
@@ -38,9 +37,10 @@ from server.checkpoints import read_metrics
 from server.fleet_proxy import start_fleet_proxy
 from server.pki import ServerTls, certificate_names, init_pki, issue_server_cert
 from server.superlink import SuperLink, flwr_json, stage_app, start_superlink, submit_run, write_cli_config
+from shared.keys import generate_site_keys
 from shared.processes import ManagedProcess, ProcessId, ProcessSet, executable, free_port, run_cli
-from tests.integration.cleanup import stop_all_and_check
 from shared.synth import write_cohort
+from tests.integration.cleanup import stop_all_and_check
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -95,11 +95,16 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
             site_yaml.write_text(
                 yaml.safe_dump(
                     {
-                        "site_name": name, "server_address": f"127.0.0.1:{proxy_port}", "ca_cert": str(tls.ca_cert),
-                        "private_key": str(keys[name][0]), "data": str(cohort[f"site-{i + 1}"] / "dicom"),
-                        "labels": str(cohort[f"site-{i + 1}"] / "labels.csv"), "classes": ["normal", "nodule"],
-                        "image_size": 32, "work_dir": str(tmp / "sites" / name / "work"),
-                    }  # fmt: skip
+                        "site_name": name,
+                        "server_address": f"127.0.0.1:{proxy_port}",
+                        "ca_cert": str(tls.ca_cert),
+                        "private_key": str(keys[name][0]),
+                        "data": str(cohort[f"site-{i + 1}"] / "dicom"),
+                        "labels": str(cohort[f"site-{i + 1}"] / "labels.csv"),
+                        "classes": ["normal", "nodule"],
+                        "image_size": 32,
+                        "work_dir": str(tmp / "sites" / name / "work"),
+                    }
                 )
             )
             # site-a has the warm worker; site-b works in each ClientApp process (the fallback path)
@@ -120,9 +125,15 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
             tmp / "app",
             REPO,
             config_defaults={
-                "min-sites": len(SITES), "round-timeout-s": 180, "evaluate-every": ROUNDS, "image-size": 32,
-                "classes": "normal,nodule", "strategy": "fedavg", "batch-size": 16, "run-dir": str(tmp / "run"),
-            },  # fmt: skip
+                "min-sites": len(SITES),
+                "round-timeout-s": 180,
+                "evaluate-every": ROUNDS,
+                "image-size": 32,
+                "classes": "normal,nodule",
+                "strategy": "fedavg",
+                "batch-size": 16,
+                "run-dir": str(tmp / "run"),
+            },
         )
         f.t_submit = time.monotonic()
         f.run_id = submit_run(link, app_dir, {"num-server-rounds": ROUNDS})
@@ -241,15 +252,33 @@ def test_wrong_ca_and_expired_certificate_are_refused_and_named(fed: Fed, monkey
     old = issue_server_cert(expired_dir, ["127.0.0.1"])
     monkeypatch.undo()
     old_port = free_port()
-    start_fleet_proxy(fed.ps, listen=f"127.0.0.1:{old_port}", upstream=fed.link.address, certfile=old.server_cert,
-                      keyfile=old.server_key, ca_certfile=old.ca_cert, cwd=REPO)  # fmt: skip
+    start_fleet_proxy(
+        fed.ps,
+        listen=f"127.0.0.1:{old_port}",
+        upstream=fed.link.address,
+        certfile=old.server_cert,
+        keyfile=old.server_key,
+        ca_certfile=old.ca_cert,
+        cwd=REPO,
+    )
     problem = server_certificate_problem(f"127.0.0.1:{old_port}", fed.tls.ca_cert)
     assert problem and "has expired" in problem
 
-    for label, address, ca in (("wrong-ca", proxy, other.ca_cert), ("expired", f"127.0.0.1:{old_port}", fed.tls.ca_cert)):
-        node = start_supernode(fed.ps, label, superlink=address, ca_cert=ca, private_key=fed.keys["rogue"][0],
-                               node_config={"seed": 1}, work_dir=fed.tmp / "sites" / label, runtime_port=free_port(),
-                               max_wait_time=8)  # fmt: skip
+    for label, address, ca in (
+        ("wrong-ca", proxy, other.ca_cert),
+        ("expired", f"127.0.0.1:{old_port}", fed.tls.ca_cert),
+    ):
+        node = start_supernode(
+            fed.ps,
+            label,
+            superlink=address,
+            ca_cert=ca,
+            private_key=fed.keys["rogue"][0],
+            node_config={"seed": 1},
+            work_dir=fed.tmp / "sites" / label,
+            runtime_port=free_port(),
+            max_wait_time=8,
+        )
         assert node.wait(timeout=90) != 0, label
         assert "SuperNode ID" not in node.log_text() and "Connection successful" not in node.log_text(), label
 
@@ -328,8 +357,14 @@ def test_clock_skew_behind_is_tolerated_ahead_is_refused_and_explained(fed: Fed)
     with fed.link.control() as control:
         assert control.register(public, "skewed") is not None
     for skew, connects in ((-120, True), (30, False)):
-        cmd = supernode_command(superlink=f"127.0.0.1:{fed.proxy_port}", ca_cert=fed.tls.ca_cert, private_key=private,
-                                node_config=None, runtime_port=free_port(), max_wait_time=20)  # fmt: skip
+        cmd = supernode_command(
+            superlink=f"127.0.0.1:{fed.proxy_port}",
+            ca_cert=fed.tls.ca_cert,
+            private_key=private,
+            node_config=None,
+            runtime_port=free_port(),
+            max_wait_time=20,
+        )
         cmd = [sys.executable, "-c", SKEWED_SUPERNODE, str(skew), *cmd[1:]]
         node = fed.ps.start(f"supernode-skew{skew}", cmd, env={"FLWR_HOME": str(fed.tmp / "sites" / f"skew{skew}")})
         if connects:

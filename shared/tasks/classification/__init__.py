@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 
 # metric → the count key saying how many cases it was computed over (the outbound guard's rule)
 METRIC_COUNTS: dict[str, str] = {
-    "train-acc": "num-examples", "accuracy": "num-examples", "auc": "auc-examples",
-    "auc-ci-low": "auc-examples", "auc-ci-high": "auc-examples",  # the site's own bootstrap interval of its AUC
+    "train-acc": "num-examples",
+    "accuracy": "num-examples",
+    "auc": "auc-examples",
+    "auc-ci-low": "auc-examples",
+    "auc-ci-high": "auc-examples",  # the site's own bootstrap interval of its AUC
 }
 
 
@@ -73,13 +76,17 @@ class ClassificationTask(Task):
         from shared.site_data import load_site_dataset
 
         if list(cfg.classes) != list(outputs):
-            raise ConfigError(f"{source}: classes {cfg.classes} differ from the consortium's {list(outputs)}; "
-                              "set 'classes' in site.yaml to the task's list, in the same order")
+            raise ConfigError(
+                f"{source}: classes {cfg.classes} differ from the consortium's {list(outputs)}; "
+                "set 'classes' in site.yaml to the task's list, in the same order"
+            )
         data, check = load_site_dataset(cfg)
         n_classes = len(set(data.labels.tolist()))
         if len(data) < 2 or n_classes < 2:
-            raise ConfigError(f"{source}: cannot train: {len(data)} usable labelled images in {n_classes} class(es); "
-                              "training needs at least 2 images of 2 classes (run `fedrad-site check`)")
+            raise ConfigError(
+                f"{source}: cannot train: {len(data)} usable labelled images in {n_classes} class(es); "
+                "training needs at least 2 images of 2 classes (run `fedrad-site check`)"
+            )
         data.manufacturers = dict(Counter(r.header.manufacturer or "unknown" for r in check.scan.usable))
         return data
 
@@ -163,13 +170,20 @@ class ClassificationTask(Task):
             return None
         return youden_threshold(val.labels.numpy(), predict_proba(model, val.images)[:, 1])
 
-    def local_scores(self, model: nn.Module, data: SiteDataset, *, threshold: float | None, n_bootstrap: int,
-                     seed: int) -> dict[str, Any]:
+    def local_scores(
+        self, model: nn.Module, data: SiteDataset, *, threshold: float | None, n_bootstrap: int, seed: int
+    ) -> dict[str, Any]:
         from shared.metrics import evaluate_predictions
         from shared.tasks.classification.evaluation import predict_proba
 
-        m = evaluate_predictions(data.labels.numpy(), predict_proba(model, data.images), data.classes,
-                                 threshold=threshold, n_bootstrap=n_bootstrap, seed=seed)
+        m = evaluate_predictions(
+            data.labels.numpy(),
+            predict_proba(model, data.images),
+            data.classes,
+            threshold=threshold,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        )
         return {k: m.get(k) for k in ("auc", "auc_ci95", "sensitivity", "specificity", "accuracy", "balanced_accuracy")}
 
     def concat(self, parts: list[SiteDataset]) -> SiteDataset:

@@ -32,7 +32,7 @@ class SiteDataset:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, index: list[int] | torch.Tensor) -> "SiteDataset":
+    def subset(self, index: list[int] | torch.Tensor) -> SiteDataset:
         """The cases at ``index``, in that order."""
         idx = torch.as_tensor(index, dtype=torch.long)
         pick = idx.tolist()

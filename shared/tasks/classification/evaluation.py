@@ -51,7 +51,9 @@ def evaluate(model: nn.Module, data: SiteDataset, batch_size: int = 256) -> dict
     return {"val_loss": loss, "val_acc": acc, "val_auc": auc}
 
 
-def auc_with_ci(model: nn.Module, data: SiteDataset, n_bootstrap: int = 500, seed: int = 0) -> tuple[float, float, float] | None:
+def auc_with_ci(
+    model: nn.Module, data: SiteDataset, n_bootstrap: int = 500, seed: int = 0
+) -> tuple[float, float, float] | None:
     """(AUC, 95 % CI low, high) by the stratified bootstrap of :mod:`shared.metrics`; None where AUC is undefined.
 
     Sent by sites with their evaluation (three aggregate numbers), so a coordinator's cross-site table and the
@@ -61,8 +63,9 @@ def auc_with_ci(model: nn.Module, data: SiteDataset, n_bootstrap: int = 500, see
 
     if len(data) == 0 or len(set(data.labels.tolist())) < len(data.classes):
         return None
-    m = evaluate_predictions(data.labels.numpy(), predict_proba(model, data.images), data.classes,
-                             n_bootstrap=n_bootstrap, seed=seed)  # fmt: skip
+    m = evaluate_predictions(
+        data.labels.numpy(), predict_proba(model, data.images), data.classes, n_bootstrap=n_bootstrap, seed=seed
+    )
     if m["auc"] is None:
         return None
     low, high = m["auc_ci95"] or (m["auc"], m["auc"])

@@ -38,8 +38,15 @@ def pick_cases(y: np.ndarray, proba: np.ndarray, k: int) -> list[tuple[int, str]
     return picks
 
 
-def grad_cam_figure(model: torch.nn.Module, images: torch.Tensor, y: np.ndarray, proba: np.ndarray,
-                    classes: list[str], k: int, path: Path) -> Path:  # fmt: skip
+def grad_cam_figure(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: list[str],
+    k: int,
+    path: Path,
+) -> Path:
     """Write a grid of image | Grad-CAM overlay for the chosen cases to ``path`` (PNG)."""
     from monai.visualize import GradCAM
 

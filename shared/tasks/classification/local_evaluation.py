@@ -20,8 +20,17 @@ from shared.tasks.classification.evaluation import predict_proba
 from shared.tasks.classification.report import write_report
 
 
-def evaluate_local(loaded: LoadedModel, model_path: Path, cfg: SiteDataConfig, out_dir: Path, *, n_bootstrap: int = 1000,
-                   show_progress: bool = True, console: Console | None = None, explain: int = 0) -> dict:
+def evaluate_local(
+    loaded: LoadedModel,
+    model_path: Path,
+    cfg: SiteDataConfig,
+    out_dir: Path,
+    *,
+    n_bootstrap: int = 1000,
+    show_progress: bool = True,
+    console: Console | None = None,
+    explain: int = 0,
+) -> dict:
     """Evaluate ``loaded`` on the site's labelled images; write the report; return the metrics dict."""
     with progress_bar("Loading DICOM", enabled=show_progress) as update:
         dataset, check = load_site_dataset(cfg, on_progress=update)
@@ -31,30 +40,46 @@ def evaluate_local(loaded: LoadedModel, model_path: Path, cfg: SiteDataConfig, o
     y = dataset.labels.numpy()
     metrics = evaluate_predictions(y, proba, loaded.classes, threshold=loaded.threshold, n_bootstrap=n_bootstrap)
     metrics["model"] = {
-        "file": str(model_path), "architecture": loaded.architecture, "weights_sha256": loaded.weights_sha256,
+        "file": str(model_path),
+        "architecture": loaded.architecture,
+        "weights_sha256": loaded.weights_sha256,
         "provenance": loaded.provenance,
     }
-    metrics["data"] = {"images_usable": len(check.scan.usable), "images_rejected": len(check.scan.rejected),
-                       "label_problems": len(check.join.problems)}
+    metrics["data"] = {
+        "images_usable": len(check.scan.usable),
+        "images_rejected": len(check.scan.rejected),
+        "label_problems": len(check.join.problems),
+    }
     figures = {}
     if explain > 0:
         from shared.tasks.classification.explain import grad_cam_figure
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        caption = f"Grad-CAM: where the model looked ({explain} confident correct case(s) per class, then its worst miss)"
-        figures[caption] = grad_cam_figure(loaded.model, dataset.images, y, proba, loaded.classes, explain,
-                                           Path(out_dir) / "explain-gradcam.png")  # fmt: skip
+        caption = (
+            f"Grad-CAM: where the model looked ({explain} confident correct case(s) per class, then its worst miss)"
+        )
+        figures[caption] = grad_cam_figure(
+            loaded.model, dataset.images, y, proba, loaded.classes, explain, Path(out_dir) / "explain-gradcam.png"
+        )
         metrics["explained_cases"] = explain
     write_report(
-        out_dir, metrics, y, proba, loaded.classes, case_ids=dataset.paths, extra_figures=figures,
-        model_info={"architecture": loaded.architecture, "classes": ", ".join(loaded.classes),
-                    "weights sha256": loaded.weights_sha256, **{k: str(v) for k, v in loaded.provenance.items()}},
+        out_dir,
+        metrics,
+        y,
+        proba,
+        loaded.classes,
+        case_ids=dataset.paths,
+        extra_figures=figures,
+        model_info={
+            "architecture": loaded.architecture,
+            "classes": ", ".join(loaded.classes),
+            "weights sha256": loaded.weights_sha256,
+            **{k: str(v) for k, v in loaded.provenance.items()},
+        },
     )
     if show_progress and console is not None:
         _render(metrics, out_dir, console)
     return metrics
-
-
 
 
 def _fmt(v) -> str:
@@ -76,7 +101,10 @@ def _render(m: dict, out_dir: Path, console: Console) -> None:
             table.add_row(k, _fmt(m[k]))
     if "youden" in m:
         y = m["youden"]
-        table.add_row("Youden threshold / sens / spec", f"{_fmt(y['threshold'])} / {_fmt(y['sensitivity'])} / {_fmt(y['specificity'])}")
+        table.add_row(
+            "Youden threshold / sens / spec",
+            f"{_fmt(y['threshold'])} / {_fmt(y['sensitivity'])} / {_fmt(y['specificity'])}",
+        )
     table.add_row("n per class", ", ".join(f"{k}: {v}" for k, v in m.get("n_per_class", {}).items()))
     console.print(table)
     for w in m.get("warnings", []):

@@ -24,7 +24,6 @@ from shared.metrics import DEFAULT_THRESHOLD, calibration_bins, roc_points
 from shared.report_html import DPI, _fmt_ci, _num, _rows_table, html_page
 
 
-
 def write_report(
     out_dir: Path,
     metrics: dict,
@@ -67,7 +66,9 @@ def write_report(
     _write_predictions(paths["predictions"], case_ids, y, p, classes, metrics)
     images = {k: paths[k] for k in ("roc", "calibration", "confusion")}
     captions = ["ROC curve", "Calibration (reliability diagram and histogram)", "Confusion matrix"]
-    for caption, path in (extra_figures or {}).items():  # e.g. Grad-CAM overlays (shared/tasks/classification/explain.py)
+    for caption, path in (
+        extra_figures or {}
+    ).items():  # e.g. Grad-CAM overlays (shared/tasks/classification/explain.py)
         images[caption], paths[caption] = path, path
         captions.append(caption)
     paths["report"].write_text(_html(title, metrics, classes, model_info or {}, images, captions), encoding="utf-8")
@@ -102,12 +103,26 @@ def _roc_figure(y: np.ndarray, p: np.ndarray, classes: list[str], m: dict) -> Fi
         fpr, tpr, _ = roc_points(y == 1, p[:, 1])
         ax.plot(fpr, tpr, lw=2, color="C0", label=f"AUC {m['auc']:.3f}{' (95% CI ' + ci + ')' if ci else ''}")
         if m.get("sensitivity") is not None and m.get("specificity") is not None:
-            ax.plot(1 - m["specificity"], m["sensitivity"], "o", ms=9, color="C3",
-                    label=f"operating point (threshold {m['threshold']:.3g})")
+            ax.plot(
+                1 - m["specificity"],
+                m["sensitivity"],
+                "o",
+                ms=9,
+                color="C3",
+                label=f"operating point (threshold {m['threshold']:.3g})",
+            )
         yd = m.get("youden")
         if yd:
-            ax.plot(1 - yd["specificity"], yd["sensitivity"], "D", ms=7, mfc="none", mew=2, color="C2",
-                    label=f"Youden point (threshold {yd['threshold']:.3g})")
+            ax.plot(
+                1 - yd["specificity"],
+                yd["sensitivity"],
+                "D",
+                ms=7,
+                mfc="none",
+                mew=2,
+                color="C2",
+                label=f"Youden point (threshold {yd['threshold']:.3g})",
+            )
         ax.set_title(f"ROC: {classes[1]} vs {classes[0]}")
     else:
         for k, c in enumerate(classes):
@@ -117,8 +132,13 @@ def _roc_figure(y: np.ndarray, p: np.ndarray, classes: list[str], m: dict) -> Fi
             fpr, tpr, _ = roc_points(y == k, p[:, k])
             ax.plot(fpr, tpr, lw=1.5, label=f"{c} vs rest: AUC {auc_k:.3f}")
         ax.set_title(f"ROC one-vs-rest, macro AUC {m['auc']:.3f}" + (f"\n95% CI {ci}" if ci else ""))
-    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="1 - specificity (false positive rate)",
-           ylabel="Sensitivity (true positive rate)", aspect="equal")
+    ax.set(
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="Sensitivity (true positive rate)",
+        aspect="equal",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return fig
@@ -141,8 +161,15 @@ def _calibration_figure(y: np.ndarray, p: np.ndarray, classes: list[str], m: dic
     top.grid(alpha=0.3)
     top.legend(loc="upper left", fontsize=8)
     lo = [b["bin_lo"] for b in bins]
-    bottom.bar(lo, [b["count"] for b in bins], width=[b["bin_hi"] - b["bin_lo"] for b in bins], align="edge",
-               color="C0", alpha=0.6, edgecolor="white")
+    bottom.bar(
+        lo,
+        [b["count"] for b in bins],
+        width=[b["bin_hi"] - b["bin_lo"] for b in bins],
+        align="edge",
+        color="C0",
+        alpha=0.6,
+        edgecolor="white",
+    )
     bottom.set(xlim=(0, 1), xlabel=xlabel, ylabel="Cases")
     return fig
 
@@ -159,8 +186,15 @@ def _confusion_figure(m: dict, classes: list[str]) -> Figure:
     dark = cm > 0.6 * max(int(cm.max()), 1)
     for i in range(n_classes):
         for j in range(n_classes):
-            ax.text(j, i, f"{cm[i, j]}\n{pct[i, j]:.0%}", ha="center", va="center", fontsize=11,
-                    color="white" if dark[i, j] else "black")
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{pct[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=11,
+                color="white" if dark[i, j] else "black",
+            )
     ax.set(xticks=range(n_classes), yticks=range(n_classes), xlabel="Predicted", ylabel="True")
     ax.set_xticklabels(classes, rotation=30 if n_classes > 3 else 0, ha="right" if n_classes > 3 else "center")
     ax.set_yticklabels(classes)
@@ -184,7 +218,9 @@ def _write_predictions(path: Path, case_ids, y, p, classes, metrics) -> None:
 # --- HTML -----------------------------------------------------------------------------------------
 
 
-def _html(title: str, m: dict, classes: list[str], model_info: dict, images: dict[str, Path], captions: list[str]) -> str:
+def _html(
+    title: str, m: dict, classes: list[str], model_info: dict, images: dict[str, Path], captions: list[str]
+) -> str:
     sections = f"""<h2>Metrics</h2>
 {_metrics_table(m, classes)}
 <h2>Cases per class</h2>
@@ -195,8 +231,10 @@ def _html(title: str, m: dict, classes: list[str], model_info: dict, images: dic
 
 
 def _metrics_table(m: dict, classes: list[str]) -> str:
-    rows = [("AUC" + (" (macro one-vs-rest)" if len(classes) > 2 else ""), _num(m.get("auc"))),
-            ("AUC 95% CI (stratified bootstrap)", _fmt_ci(m.get("auc_ci95")) or "n/a")]
+    rows = [
+        ("AUC" + (" (macro one-vs-rest)" if len(classes) > 2 else ""), _num(m.get("auc"))),
+        ("AUC 95% CI (stratified bootstrap)", _fmt_ci(m.get("auc_ci95")) or "n/a"),
+    ]
     if len(classes) == 2:
         rows += [
             ("Positive class", html.escape(str(m.get("positive_class", classes[1])))),
@@ -206,8 +244,13 @@ def _metrics_table(m: dict, classes: list[str]) -> str:
         ]
         yd = m.get("youden")
         if yd:
-            rows.append(("Youden point", f"threshold {_num(yd['threshold'])}, sensitivity {_num(yd['sensitivity'])}, "
-                                         f"specificity {_num(yd['specificity'])}, J {_num(yd['j'])}"))
+            rows.append(
+                (
+                    "Youden point",
+                    f"threshold {_num(yd['threshold'])}, sensitivity {_num(yd['sensitivity'])}, "
+                    f"specificity {_num(yd['specificity'])}, J {_num(yd['j'])}",
+                )
+            )
     else:
         for c, a in (m.get("per_class_auc") or {}).items():
             rows.append((f"AUC {c} vs rest", _num(a)))
@@ -224,5 +267,3 @@ def _counts_table(m: dict, classes: list[str]) -> str:
     per_class = m.get("n_per_class", {})
     rows = [(c, str(per_class.get(c, ""))) for c in classes] + [("total", str(m.get("n", "")))]
     return _rows_table(rows, numeric=True)
-
-

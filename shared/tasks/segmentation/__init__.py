@@ -45,13 +45,17 @@ class SegmentationTask(Task):
 
     def check_outputs(self, names: list[str]) -> list[str]:
         if not names:
-            raise ValueError("a segmentation task needs its segment names, e.g. labels: [nodule, lung] (the "
-                             "SegmentLabel of the DICOM SEG segments)")
+            raise ValueError(
+                "a segmentation task needs its segment names, e.g. labels: [nodule, lung] (the "
+                "SegmentLabel of the DICOM SEG segments)"
+            )
         names = super().check_outputs(names)
         bad = [x for x in names if not re.match(SEGMENT_LABEL_PATTERN, x) or x == "mean"]
         if bad:
-            raise ValueError(f"segment labels {bad} must be 1-40 letters, digits, '_' or '.' and not 'mean' "
-                             "(they name metrics such as dice-<label>)")
+            raise ValueError(
+                f"segment labels {bad} must be 1-40 letters, digits, '_' or '.' and not 'mean' "
+                "(they name metrics such as dice-<label>)"
+            )
         return names
 
     def model_registry(self) -> Mapping[str, Callable[..., nn.Module]]:
@@ -77,8 +81,10 @@ class SegmentationTask(Task):
 
     def summarize(self, metrics: Mapping[str, Any], outputs: list[str]) -> str:
         per_label = ", ".join(
-            f"{x} Dice {metrics[f'dice-{x}']:.3f}" + (f" HD95 {metrics[f'hd95-{x}']:.1f} px" if f"hd95-{x}" in metrics else "")
-            for x in outputs if f"dice-{x}" in metrics
+            f"{x} Dice {metrics[f'dice-{x}']:.3f}"
+            + (f" HD95 {metrics[f'hd95-{x}']:.1f} px" if f"hd95-{x}" in metrics else "")
+            for x in outputs
+            if f"dice-{x}" in metrics
         )
         return f"mean Dice {metrics.get('dice-mean', float('nan')):.3f}; {per_label}"
 
@@ -124,8 +130,9 @@ class SegmentationTask(Task):
         from shared.tasks.segmentation.metrics import evaluate_segmentation
 
         loss = evaluate_segmentation_loss(model, data)["val_loss"]
-        result = evaluate_segmentation(predict_masks(model, data.images), data.masks, data.labels,
-                                       n_bootstrap=N_BOOTSTRAP, seed=seed)
+        result = evaluate_segmentation(
+            predict_masks(model, data.images), data.masks, data.labels, n_bootstrap=N_BOOTSTRAP, seed=seed
+        )
         out: dict[str, float | int] = {"num-examples": len(data), "loss": float(loss), "dice-mean": result.mean_dice}
         for label, s in result.per_label.items():
             out[f"dice-{label}"] = s.dice_mean
@@ -146,13 +153,15 @@ class SegmentationTask(Task):
 
         return evaluate_local(loaded, model_path, cfg, out_dir, **options)
 
-    def local_scores(self, model: nn.Module, data: SegDataset, *, threshold: float | None, n_bootstrap: int,
-                     seed: int) -> dict[str, Any]:
+    def local_scores(
+        self, model: nn.Module, data: SegDataset, *, threshold: float | None, n_bootstrap: int, seed: int
+    ) -> dict[str, Any]:
         from shared.tasks.segmentation.dataset import predict_masks
         from shared.tasks.segmentation.metrics import evaluate_segmentation
 
-        result = evaluate_segmentation(predict_masks(model, data.images), data.masks, data.labels,
-                                       n_bootstrap=n_bootstrap, seed=seed)
+        result = evaluate_segmentation(
+            predict_masks(model, data.images), data.masks, data.labels, n_bootstrap=n_bootstrap, seed=seed
+        )
         out: dict[str, Any] = {"dice-mean": result.mean_dice}
         for label, s in result.per_label.items():
             out[f"dice-{label}"], out[f"dice-{label}_ci95"] = s.dice_mean, s.dice_ci95
@@ -169,7 +178,10 @@ class SegmentationTask(Task):
         from shared.tasks.segmentation.metrics import dice_per_case
 
         dice = dice_per_case(predict_masks(model, data.images), data.masks)  # (N, L)
-        return {"dice-mean": float(dice.mean()), **{f"dice-{x}": float(dice[:, i].mean()) for i, x in enumerate(data.labels)}}
+        return {
+            "dice-mean": float(dice.mean()),
+            **{f"dice-{x}": float(dice[:, i].mean()) for i, x in enumerate(data.labels)},
+        }
 
     def score_keys(self, outputs: list[str]) -> list[str]:
         return [f"dice-{x}" for x in ["mean", *outputs]]

@@ -19,8 +19,8 @@ import torch
 from shared.config import ConfigError, SiteDataConfig
 from shared.imaging.scan import ScanResult, scan_site
 from shared.imaging.segmentation import SegReport, match_segmentations, seg_files
-from shared.tasks.segmentation.dataset import SegDataset
 from shared.splits import stratified_group_split
+from shared.tasks.segmentation.dataset import SegDataset
 
 
 def match_site_masks(config: SiteDataConfig, scan: ScanResult, labels: list[str]) -> SegReport:
@@ -38,7 +38,9 @@ def match_site_masks(config: SiteDataConfig, scan: ScanResult, labels: list[str]
     return match_segmentations(scan.usable, seg_files(scan.records, data), labels, config.image_size, data)
 
 
-def load_seg_dataset(config: SiteDataConfig, labels: list[str], workers: int | None = None) -> tuple[SegDataset, SegReport]:
+def load_seg_dataset(
+    config: SiteDataConfig, labels: list[str], workers: int | None = None
+) -> tuple[SegDataset, SegReport]:
     """Every image of the export with usable masks (:func:`match_site_masks`), channels in ``labels`` order."""
     data = Path(config.data)
     scan = scan_site(data, config.preprocess(), config.resolved_cache_dir(), workers=workers)
@@ -53,7 +55,11 @@ def load_seg_dataset(config: SiteDataConfig, labels: list[str], workers: int | N
         images[i, 0] = scan.load_image(rec)
         groups.append(rec.header.patient_id or rec.header.study_instance_uid or rec.path)
     scan.flush_cache()
-    masks = torch.from_numpy(np.stack([report.masks[u] for u in uids])) if uids else torch.zeros((0, len(labels), size, size), dtype=torch.bool)
+    masks = (
+        torch.from_numpy(np.stack([report.masks[u] for u in uids]))
+        if uids
+        else torch.zeros((0, len(labels), size, size), dtype=torch.bool)
+    )
     return SegDataset(images=torch.from_numpy(images), masks=masks.bool(), labels=list(labels), groups=groups), report
 
 
@@ -101,8 +107,16 @@ def check_segments_only(config: SiteDataConfig, labels: list[str], on_progress=N
     report = match_site_masks(config, scan, labels)
     n = len(report.masks)
     ok = n >= MIN_SEG_CASES
-    verdict = (f"ready for segmentation: {n} images with masks of {labels}" if ok else
-               f"cannot train segmentation: {n} image(s) with masks of {labels}, need at least {MIN_SEG_CASES}")  # fmt: skip
-    return {"ok": ok, "verdict": verdict, "data": str(data), "labels_file": None,
-            "images": {"files": len(scan.records), "usable": len(scan.usable), "rejected": len(scan.rejected)},
-            "segmentation": report.to_json()}  # fmt: skip
+    verdict = (
+        f"ready for segmentation: {n} images with masks of {labels}"
+        if ok
+        else f"cannot train segmentation: {n} image(s) with masks of {labels}, need at least {MIN_SEG_CASES}"
+    )
+    return {
+        "ok": ok,
+        "verdict": verdict,
+        "data": str(data),
+        "labels_file": None,
+        "images": {"files": len(scan.records), "usable": len(scan.usable), "rejected": len(scan.rejected)},
+        "segmentation": report.to_json(),
+    }

@@ -39,8 +39,10 @@ class SegDataset:
         if self.images.ndim < 4 or self.images.shape[1] != 1:  # (N, 1, H, W) or (N, 1, D, H, W): rank is the data's
             raise ValueError(f"images must be (N, 1, *spatial), got {tuple(self.images.shape)}")
         if self.masks.ndim != self.images.ndim or self.masks.shape[1] != len(self.labels):
-            raise ValueError(f"masks must be (N, {len(self.labels)}, *spatial) for labels {self.labels}, "
-                             f"got {tuple(self.masks.shape)}")
+            raise ValueError(
+                f"masks must be (N, {len(self.labels)}, *spatial) for labels {self.labels}, "
+                f"got {tuple(self.masks.shape)}"
+            )
         if self.masks.shape[0] != self.images.shape[0] or self.masks.shape[2:] != self.images.shape[2:]:
             raise ValueError(f"images {tuple(self.images.shape)} and masks {tuple(self.masks.shape)} do not match")
         if self.masks.dtype != torch.bool:
@@ -77,9 +79,7 @@ def flip_pairs(
     return torch.where(flip, images.flip(-1), images), torch.where(flip, masks.flip(-1), masks)
 
 
-def predict_masks(
-    model: nn.Module, images: torch.Tensor, threshold: float = 0.5, batch_size: int = 64
-) -> torch.Tensor:
+def predict_masks(model: nn.Module, images: torch.Tensor, threshold: float = 0.5, batch_size: int = 64) -> torch.Tensor:
     """Predicted masks (N, L, S, S) bool: sigmoid probability >= ``threshold``; the model's mode is restored."""
     return torch.sigmoid(batched_logits(model, images, batch_size)) >= threshold
 

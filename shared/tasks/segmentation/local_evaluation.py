@@ -13,16 +13,24 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from shared.tasks.segmentation.report import write_seg_report
 from shared.config import ConfigError, SiteDataConfig
 from shared.modelfile import LoadedModel
-from shared.tasks.segmentation.metrics import evaluate_segmentation
 from shared.tasks.segmentation.dataset import predict_masks
+from shared.tasks.segmentation.metrics import evaluate_segmentation
+from shared.tasks.segmentation.report import write_seg_report
 
 
 def evaluate_local(
-    loaded: LoadedModel, model_path: Path, cfg: SiteDataConfig, out_dir: Path, *, n_bootstrap: int = 1000,
-    show_progress: bool = True, console: Console | None = None, explain: int = 0, n_overlay: int = 4,
+    loaded: LoadedModel,
+    model_path: Path,
+    cfg: SiteDataConfig,
+    out_dir: Path,
+    *,
+    n_bootstrap: int = 1000,
+    show_progress: bool = True,
+    console: Console | None = None,
+    explain: int = 0,
+    n_overlay: int = 4,
 ) -> dict:
     """Evaluate ``loaded`` on the site's SEG-labelled images; write the report; return the metrics dict."""
     from shared.tasks.segmentation.data import load_seg_dataset
@@ -37,15 +45,35 @@ def evaluate_local(
     pred = predict_masks(loaded.model, data.images)
     result = evaluate_segmentation(pred, data.masks, loaded.labels, n_bootstrap=n_bootstrap)
     metrics = {"task": "segmentation", **result.to_json()}
-    metrics["model"] = {"file": str(model_path), "architecture": loaded.architecture,
-                        "weights_sha256": loaded.weights_sha256, "provenance": loaded.provenance}  # fmt: skip
+    metrics["model"] = {
+        "file": str(model_path),
+        "architecture": loaded.architecture,
+        "weights_sha256": loaded.weights_sha256,
+        "provenance": loaded.provenance,
+    }
     metrics["data"] = {"images_with_seg": len(data), "seg_problems": len(seg.problems)}
     uids = list(seg.masks)
-    case_ids = [seg.image_paths.get(u, u) for u in uids] if len(uids) == len(data) else [f"case-{i + 1:05d}" for i in range(len(data))]
-    write_seg_report(out_dir, metrics, result, data.images.numpy(), pred.numpy(), data.masks.numpy(), case_ids,
-                     {"architecture": loaded.architecture, "labels": ", ".join(loaded.labels),
-                      "weights sha256": loaded.weights_sha256, **{k: str(v) for k, v in loaded.provenance.items()}},
-                     n_overlay=n_overlay)  # fmt: skip
+    case_ids = (
+        [seg.image_paths.get(u, u) for u in uids]
+        if len(uids) == len(data)
+        else [f"case-{i + 1:05d}" for i in range(len(data))]
+    )
+    write_seg_report(
+        out_dir,
+        metrics,
+        result,
+        data.images.numpy(),
+        pred.numpy(),
+        data.masks.numpy(),
+        case_ids,
+        {
+            "architecture": loaded.architecture,
+            "labels": ", ".join(loaded.labels),
+            "weights sha256": loaded.weights_sha256,
+            **{k: str(v) for k, v in loaded.provenance.items()},
+        },
+        n_overlay=n_overlay,
+    )
     if show_progress and console is not None:
         render_seg_metrics(metrics, out_dir, console)
     return metrics
@@ -57,12 +85,21 @@ def _ci(ci: list[float] | None) -> str:
 
 def render_seg_metrics(m: dict, out_dir: Path, console: Console) -> None:
     """Dice and HD95 per label with their 95 % CIs, as a rich table."""
-    table = Table(title=f"Segmentation evaluation on {m['n_cases']} images (mean Dice {m['mean_dice']:.3f})", title_justify="left")
+    table = Table(
+        title=f"Segmentation evaluation on {m['n_cases']} images (mean Dice {m['mean_dice']:.3f})", title_justify="left"
+    )
     for name in ("label", "Dice", "Dice 95% CI", f"HD95 ({m['hd95_unit']})", "HD95 95% CI", "HD95 cases", "FP / FN"):
         table.add_column(name, justify="left" if name == "label" else "right")
     for label, s in m["per_label"].items():
         hd = "n/a" if s["hd95_mean"] is None else f"{s['hd95_mean']:.2f}"
-        table.add_row(label, f"{s['dice_mean']:.3f}", _ci(s["dice_ci95"]), hd, _ci(s["hd95_ci95"]), str(s["n_hd95"]),
-                      f"{s['n_false_positive']} / {s['n_false_negative']}")  # fmt: skip
+        table.add_row(
+            label,
+            f"{s['dice_mean']:.3f}",
+            _ci(s["dice_ci95"]),
+            hd,
+            _ci(s["hd95_ci95"]),
+            str(s["n_hd95"]),
+            f"{s['n_false_positive']} / {s['n_false_negative']}",
+        )
     console.print(table)
     console.print(f"Report: {Path(out_dir) / 'report.html'} (per-case results and overlays; keep at the site)")

@@ -32,7 +32,12 @@ def count_key(key: str, labels: Collection[str] | None = None) -> str | None | b
     With ``labels`` (the outbound guard passes the task's segment names) only those labels' keys qualify, so no
     other value can leave under a made-up label.
     """
-    for pattern, counted_by in ((_DICE, COUNT_KEY), (_DICE_CI, COUNT_KEY), (_HD95, f"{key}-examples"), (_HD95_COUNT, None)):
+    for pattern, counted_by in (
+        (_DICE, COUNT_KEY),
+        (_DICE_CI, COUNT_KEY),
+        (_HD95, f"{key}-examples"),
+        (_HD95_COUNT, None),
+    ):
         m = pattern.match(key)
         if m:
             known = labels is None or m.group(1) in labels or (pattern is _DICE and m.group(1) == "mean")
@@ -58,5 +63,11 @@ def metric_keys(labels: list[str]) -> list[str]:
     """Every aggregate key a segmentation evaluation of ``labels`` may send (for tests and docs)."""
     out = ["dice-mean"]
     for label in labels:
-        out += [f"dice-{label}", f"dice-{label}-ci-low", f"dice-{label}-ci-high", f"hd95-{label}", f"hd95-{label}-examples"]
+        out += [
+            f"dice-{label}",
+            f"dice-{label}-ci-low",
+            f"dice-{label}-ci-high",
+            f"hd95-{label}",
+            f"hd95-{label}-examples",
+        ]
     return out

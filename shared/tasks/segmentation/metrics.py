@@ -171,6 +171,10 @@ def evaluate_segmentation(
             n_false_negative=int((~p_any[:, k] & t_any[:, k]).sum()),
         )
     return SegMetrics(
-        labels=list(labels), dice=dice, hd95=hd, per_label=per_label, n_bootstrap=int(n_bootstrap),
+        labels=list(labels),
+        dice=dice,
+        hd95=hd,
+        per_label=per_label,
+        n_bootstrap=int(n_bootstrap),
         hd95_unit="pixel" if spacing is None else "spacing unit",
     )

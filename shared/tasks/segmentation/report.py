@@ -30,14 +30,21 @@ def overlay_cases(dice: np.ndarray, k: int) -> list[int]:
     return [int(order[round(i * (len(order) - 1) / (k - 1))]) for i in range(k)] if k > 1 else [int(order[0])]
 
 
-def overlay_figure(images: np.ndarray, pred: np.ndarray, ref: np.ndarray, labels: list[str], dice: np.ndarray,
-                   cases: list[int], case_ids: list[str]) -> Figure:  # fmt: skip
+def overlay_figure(
+    images: np.ndarray,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    labels: list[str],
+    dice: np.ndarray,
+    cases: list[int],
+    case_ids: list[str],
+) -> Figure:
     """One panel per case: the image, reference contours (solid) and predicted contours (dashed) per label."""
     fig = Figure(figsize=(3.0 * len(cases), 3.6), layout="constrained")
     for j, i in enumerate(cases):
         ax = fig.add_subplot(1, len(cases), j + 1)
         ax.imshow(images[i, 0], cmap="gray", vmin=0, vmax=1)
-        for k, name in enumerate(labels):
+        for k in range(len(labels)):
             color = COLORS[k % len(COLORS)]
             for mask, style in ((ref[i, k], "solid"), (pred[i, k], "dashed")):
                 if mask.any():
@@ -50,17 +57,32 @@ def overlay_figure(images: np.ndarray, pred: np.ndarray, ref: np.ndarray, labels
     return fig
 
 
-def write_seg_report(out_dir: Path, metrics: dict, result: SegMetrics, images: np.ndarray, pred: np.ndarray,
-                     ref: np.ndarray, case_ids: list[str], model_info: dict, n_overlay: int = 4,
-                     title: str = "FedRad site evaluation: segmentation") -> dict[str, Path]:  # fmt: skip
+def write_seg_report(
+    out_dir: Path,
+    metrics: dict,
+    result: SegMetrics,
+    images: np.ndarray,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    case_ids: list[str],
+    model_info: dict,
+    n_overlay: int = 4,
+    title: str = "FedRad site evaluation: segmentation",
+) -> dict[str, Path]:
     """Write metrics.json, overlays.png, predictions.csv (per-case Dice/HD95) and report.html; returns {kind: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"metrics": out_dir / "metrics.json", "overlays": out_dir / "overlays.png",
-             "predictions": out_dir / "predictions.csv", "report": out_dir / "report.html"}  # fmt: skip
+    paths = {
+        "metrics": out_dir / "metrics.json",
+        "overlays": out_dir / "overlays.png",
+        "predictions": out_dir / "predictions.csv",
+        "report": out_dir / "report.html",
+    }
     paths["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     cases = overlay_cases(result.dice, n_overlay)
-    overlay_figure(images, pred, ref, result.labels, result.dice, cases, case_ids).savefig(paths["overlays"], format="png", dpi=DPI)
+    overlay_figure(images, pred, ref, result.labels, result.dice, cases, case_ids).savefig(
+        paths["overlays"], format="png", dpi=DPI
+    )
     with open(paths["predictions"], "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["case", *(f"dice_{x}" for x in result.labels), *(f"hd95_{x}" for x in result.labels)])
@@ -69,8 +91,15 @@ def write_seg_report(out_dir: Path, metrics: dict, result: SegMetrics, images: n
             w.writerow([case, *(f"{v:.4f}" for v in result.dice[i]), *hd])
     caption = f"{len(cases)} case(s) across the Dice range, worst first: reference (solid) vs prediction (dashed)"
     footer = "Per-case Dice and HD95: <code>predictions.csv</code> next to this file."
-    page = html_page(title, _sections(metrics, result), metrics.get("warnings", []), model_info,
-                     {"overlays": paths["overlays"]}, [caption], footer)  # fmt: skip
+    page = html_page(
+        title,
+        _sections(metrics, result),
+        metrics.get("warnings", []),
+        model_info,
+        {"overlays": paths["overlays"]},
+        [caption],
+        footer,
+    )
     paths["report"].write_text(page, encoding="utf-8")
     return paths
 
@@ -81,10 +110,15 @@ def _sections(metrics: dict, result: SegMetrics) -> str:
     for name, s in result.per_label.items():
         rows += [
             (f"{name}: Dice (95% CI)", f"{_num(s.dice_mean)} ({_fmt_ci(s.dice_ci95) or 'n/a'})"),
-            (f"{name}: HD95, {unit}s (95% CI)", f"{_num(s.hd95_mean)} ({_fmt_ci(s.hd95_ci95) or 'n/a'}), {s.n_hd95} case(s)"),
-            (f"{name}: both empty / false positive / false negative",
-             f"{s.n_both_empty} / {s.n_false_positive} / {s.n_false_negative}"),
-        ]  # fmt: skip
+            (
+                f"{name}: HD95, {unit}s (95% CI)",
+                f"{_num(s.hd95_mean)} ({_fmt_ci(s.hd95_ci95) or 'n/a'}), {s.n_hd95} case(s)",
+            ),
+            (
+                f"{name}: both empty / false positive / false negative",
+                f"{s.n_both_empty} / {s.n_false_positive} / {s.n_false_negative}",
+            ),
+        ]
     data = metrics.get("data", {})
     seg_rows = [(k.replace("_", " "), str(v)) for k, v in data.items()]
     return f"<h2>Metrics</h2>\n{_rows_table(rows, numeric=True)}\n<h2>Images and SEGs</h2>\n{_rows_table(seg_rows, numeric=True)}\n"
