@@ -2,7 +2,7 @@
 
 Flower runs whatever code the consortium's run ships (the FAB). Open-source
 Flower 1.42 cannot verify FAB signatures (``--trusted-entities`` needs a
-SuperLink with Flower's commercial licence; deploy/FLOWER_NOTES.md), so the
+SuperLink with Flower's commercial licence; docs/flower-notes.md), so the
 site decides itself: the ClientApp computes
 :func:`shared.code_identity.code_sha256` of the code it was shipped and
 refuses the run, before reading any data, unless that fingerprint is in

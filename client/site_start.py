@@ -21,7 +21,7 @@ registered is still reported, just 150 s later.
 
 Reconnection: the SuperNode is started without ``--max-retries`` /
 ``--max-wait-time``, so Flower retries every Fleet call forever with capped
-exponential backoff (verified in deploy/FLOWER_NOTES.md: SuperLink killed and
+exponential backoff (verified in docs/flower-notes.md: SuperLink killed and
 restarted → "Connection successful after 4.95 s and 5 tries", the node stays
 registered and online). Network faults therefore need no action here; this
 command only ends when the SuperNode itself exits, and then translates

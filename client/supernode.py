@@ -1,6 +1,6 @@
 """Start the site's Flower SuperNode: TLS to the consortium, signed with the site key.
 
-Why these flags (Flower 1.42, verified; see deploy/FLOWER_NOTES.md):
+Why these flags (Flower 1.42, verified; see docs/flower-notes.md):
 
 * ``--superlink HOST:PORT`` is the consortium's *fleet proxy* address; HTTPS is
   the default and ``--root-certificates`` pins the consortium CA (from the site

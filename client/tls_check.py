@@ -33,7 +33,7 @@ def server_certificate_problem(address: str, ca_cert: Path, timeout: float = 5.0
         if "expired" in why:
             return (
                 f"the server's TLS certificate at {address} has expired; ask the coordinator to re-issue it "
-                "(deploy/RUNBOOK.md, 'Server certificate'). "
+                "(docs/runbook.md, 'Server certificate'). "
                 "If the certificate is recent, check this machine's clock"
             )
         if "not yet valid" in why:

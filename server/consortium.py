@@ -69,7 +69,7 @@ class FedAvgMStrategy(_ServerStep):
         0.5,
         ge=0,
         lt=1,
-        description="Server momentum (0.9 measured worse than FedAvg with FedRad's Adam sites; see README).",
+        description="Server momentum (0.9 measured worse than FedAvg with FedRad's Adam sites; see docs/generalization.md).",
     )
 
 
@@ -416,11 +416,11 @@ batch_size: {cfg.batch_size}
 lr: {cfg.lr}                    # site optimiser learning rate
 lr_schedule: {cfg.lr_schedule}         # over the rounds: constant, or cosine (decays to near 0 by the last round)
 augment: {cfg.augment}                 # augmentation strength at the sites (0 = off)
-scanner_augment: {cfg.scanner_augment}         # scanner-look augmentation at the sites (0 = off; see README before raising it)
+scanner_augment: {cfg.scanner_augment}         # scanner-look augmentation at the sites (0 = off; see docs/generalization.md before raising it)
 compression: {cfg.compression}             # site uploads: none (float32) or fp16 (half the bytes)
 site_optimizer: {cfg.site_optimizer}        # each round a fresh AdamW at the sites (reset), or carry its moments over (carry)
 average_last_rounds: {cfg.average_last_rounds}       # publish the mean of the last K rounds' global models (averaged.pt); 0 = the last round's
-# For scanners no site has (README, "round average"): strategy fedavgm, task.model smallcnn-eq, scanner_augment 1.0,
+# For scanners no site has (docs/generalization.md, "round average"): strategy fedavgm, task.model smallcnn-eq, scanner_augment 1.0,
 # site_optimizer carry, average_last_rounds 5, rounds 40.
 
 strategy:
@@ -430,7 +430,7 @@ strategy:
   #   fedadam:       eta (0.1), eta_l (0.1), beta_1 (0.9), beta_2 (0.99), tau (0.001)
   #   fedyogi:       eta (0.01), eta_l (0.0316), beta_1 (0.9), beta_2 (0.99), tau (0.001)
   #   fedavgm:       server_learning_rate (1.0), server_momentum (0.5)
-  #   fedbn:         server_learning_rate (1.0), server_momentum (0.0; see README before raising it)
+  #   fedbn:         server_learning_rate (1.0), server_momentum (0.0; see docs/generalization.md before raising it)
   #   fedtrimmedavg: beta (0.2, fraction trimmed at each end)
   #   krum:          num_malicious_nodes (0; needs min_sites >= 2 x num_malicious_nodes + 3)
   #   fedavg, fedmedian: none (fedbn keeps normalisation layers at each site)

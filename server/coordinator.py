@@ -5,7 +5,7 @@ Order and why:
 1. Validate ``consortium.yaml`` and the registry first: nothing starts on a typo.
 2. SuperLink on 127.0.0.1 (TLS, SuperNode auth, persistent ``DIR/state/superlink.db``,
    no runtime installs, telemetry off) and the fleet proxy on the public address:
-   the Control API never faces the hospitals (deploy/FLOWER_NOTES.md).
+   the Control API never faces the hospitals (docs/flower-notes.md).
 3. Register every enrolled key (idempotent with the persistent database) and
    unregister keys that are no longer enrolled (key rotation, removed sites),
    *before* the proxy opens: a site connecting earlier would be refused (305).

@@ -8,7 +8,7 @@ to generalise better to unseen domains. It costs no training and nothing leaves 
 already keeps every round's model file (:mod:`server.checkpoints`), and an average of released models
 is post-processing, so a DP guarantee of the rounds holds for it unchanged.
 
-Measured in ``fedrad-bench generalization --average-rounds K`` (README, "Generalization").
+Measured in ``fedrad-bench generalization --average-rounds K`` (docs/generalization.md).
 
 Floating-point tensors (weights, BatchNorm running statistics) are averaged; integer ones (BatchNorm's
 batch counters) are taken from the last round.

@@ -1,6 +1,6 @@
 """Start the Flower SuperLink and drive it through Flower's own CLI (``flwr``).
 
-Verified against Flower 1.42 (see deploy/FLOWER_NOTES.md):
+Verified against Flower 1.42 (see docs/flower-notes.md):
 
 * The SuperLink serves Fleet, Control and Runtime APIs on ONE HTTPS port
   (uvicorn, ``--host``/``--port``). FedRad binds it to 127.0.0.1 and exposes

@@ -26,7 +26,7 @@ independently, with every range scaled by ``strength`` (0 = off):
 It works best under the histogram-equalisation input layer (``smallcnn-eq``, :mod:`shared.intensity`):
 equalisation removes the scanner's contrast curve exactly but is thrown by what it cannot remove
 (collimator borders, exposure fields, noise), and this augmentation teaches the model those. Measured
-in ``fedrad-bench generalization --equalize-lever --scanner-augment-lever 1.0`` (README, "Generalization").
+in ``fedrad-bench generalization --equalize-lever --scanner-augment-lever 1.0`` (docs/generalization.md).
 
 Batched torch, random numbers from the caller's generator (reproducible by seed); about 12 ms per
 batch of 32 at 64×64 on one thread.

@@ -7,7 +7,7 @@ could make a variance negative.
 
 Momentum defaults to 0.5, not the paper's 0.9: FedRad's sites train with Adam,
 and on the synthetic cohort (moderate shift, 5 seeds, 20 rounds) 0.9 scored
-below plain FedAvg while 0.5 scored above it (README, issue 5 figures).
+below plain FedAvg while 0.5 scored above it (docs/generalization.md).
 """
 
 from __future__ import annotations
