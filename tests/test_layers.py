@@ -86,3 +86,19 @@ def test_imports_are_found_wherever_they_are_written(tmp_path: Path, source: str
     path.parent.mkdir()
     path.write_text(source)
     assert imported_packages(path, root=tmp_path) == expected
+
+
+def test_only_the_tasks_compare_a_task_name() -> None:
+    """The task seam: outside ``shared/tasks/`` code asks the task (``shared.tasks.get_task``) instead of comparing
+    its name, so a new task is a new folder, not a hunt for ``if task == ...`` branches."""
+    import re
+
+    by_name = re.compile(r"""(==|!=)\s*['"](classification|segmentation|multilabel|detection)['"]""")
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for wing in ("shared", "client", "server")
+        for path in sorted((REPO / wing).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if by_name.search(line) and not path.is_relative_to(REPO / "shared" / "tasks")
+    ]
+    assert not found, "compare a task's name outside shared/tasks/:\n" + "\n".join(found)
