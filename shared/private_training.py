@@ -29,15 +29,12 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, SamplingMethod
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from torch import nn
 
-from shared.augment import build_augment
-from shared.tasks.classification.dataset import SiteDataset
-from shared.tasks.classification.evaluation import class_weights
-from shared.training import TrainConfig, seed_everything
+from shared.tasks.base import TaskDataset
+from shared.training import TrainConfig, seed_everything, task_of
 
 MAX_NOISE_MULTIPLIER = 1000.0
 # Integer Rényi orders: dp-accounting's fractional orders below 2 fail to converge at these sampling rates
@@ -143,7 +140,7 @@ def _private_part(model: nn.Module, layers: str) -> tuple[nn.Module, Callable[[t
 
 def train_model_private(
     model: nn.Module,
-    data: SiteDataset,
+    data: TaskDataset,
     cfg: TrainConfig,
     noise_multiplier: float,
     clipping_norm: float,
@@ -168,9 +165,12 @@ def train_model_private(
         raise ValueError(f"need at least 2 training images, got {n}")
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    augment = build_augment(cfg.augment, cfg.scanner_augment)
-    images, labels = data.images, data.labels
-    weight = class_weights(labels, len(data.classes)) if cfg.class_weighted else torch.ones(len(data.classes))
+    task = task_of(data)
+    per_image_loss = task.per_image_loss(data, cfg.class_weighted)
+    if per_image_loss is None:
+        raise ValueError(task.unsupported("image-dp") or f"{task.name} has no per-image loss for DP-SGD")
+    augment = task.augment(cfg.augment, cfg.scanner_augment)
+    images, targets = data.images, task.targets(data)
     private = GradSampleModule(trained, loss_reduction="mean")
     bs = min(cfg.batch_size, n)
     optimizer = DPOptimizer(
@@ -193,14 +193,15 @@ def train_model_private(
                 idx = torch.nonzero(torch.rand(n, generator=gen) < q).flatten()
                 if len(idx) == 0:
                     continue
-                x, y = augment(images[idx], gen), labels[idx]
+                x, y = augment(images[idx], targets[idx], gen)
                 logits = private(frozen(x))
-                per_image = F.cross_entropy(logits, y, reduction="none") * weight[y]
+                per_image = per_image_loss(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 per_image.mean().backward()  # GradSampleModule undoes the mean: each image's own weighted gradient
                 optimizer.step()
                 loss_sum += float(per_image.detach().sum())
-                correct += int((logits.argmax(1) == y).sum())
+                right = task.correct(logits, y)
+                correct += int(right) if right is not None else 0
                 seen += len(idx)
                 if on_batch is not None:
                     on_batch((epoch - 1) * steps + step + 1, cfg.epochs * steps)

@@ -126,7 +126,9 @@ class Task:
         """The training loss ``loss(logits, targets)`` for ``data`` (mean over the batch)."""
         raise NotImplementedError
 
-    def per_image_loss(self, data: TaskDataset) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    def per_image_loss(
+        self, data: TaskDataset, class_weighted: bool = True
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
         """The loss per image, unreduced (DP-SGD clips each image's gradient); None: no per-image DP."""
         return None
 

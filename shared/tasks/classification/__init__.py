@@ -110,14 +110,14 @@ class ClassificationTask(Task):
         weight = class_weights(data.labels, len(data.classes)) if class_weighted else None
         return lambda logits, y: F.cross_entropy(logits, y, weight=weight)
 
-    def per_image_loss(self, data: SiteDataset) -> Callable:
+    def per_image_loss(self, data: SiteDataset, class_weighted: bool = True) -> Callable:
         """Cross entropy per image times its class weight, never normalised by the batch (DP-SGD)."""
         import torch
         import torch.nn.functional as F
 
         from shared.tasks.classification.evaluation import class_weights
 
-        weight = class_weights(data.labels, len(data.classes)) if len(data) else torch.ones(len(data.classes))
+        weight = class_weights(data.labels, len(data.classes)) if class_weighted else torch.ones(len(data.classes))
         return lambda logits, y: F.cross_entropy(logits, y, reduction="none") * weight[y]
 
     def augment(self, strength: float, scanner: float) -> Callable:
