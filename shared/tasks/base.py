@@ -44,8 +44,12 @@ FEATURES: dict[str, str] = {
 
 
 class TaskDataset(Protocol):
-    """What the training loop and the site need of a task's dataset: images, targets, patient groups."""
+    """What the training loop and the site need of a task's dataset: images, targets, patient groups.
 
+    ``task_name`` (a class attribute) names the dataset's task: :func:`shared.training.train_model` asks that
+    task for targets, loss and augmentation, so a dataset is trained the way its task says."""
+
+    task_name: ClassVar[str]
     images: torch.Tensor  # (N, C, *spatial) float32
     groups: list[str]  # patient grouping key per case (site-local; never leaves the site)
 
