@@ -13,9 +13,13 @@ methods, odd encodings — gets 404 without touching the SuperLink.
 
 The Fleet transport in 1.42 is protobuf over plain HTTP/1.1 POSTs (httpx on the
 SuperNode, unary request/response, objects pushed/pulled in <= 5 MB chunks),
-so buffering each body with a size cap is enough. SuperNode authentication
-(signed timestamp headers) passes through untouched and is checked by the
-SuperLink. Upstream outages answer 502, which SuperNodes retry.
+so buffering each body with a size cap is enough. Before a body is read, the
+request must name a route Flower serves and carry a valid SuperNode signature
+that was not seen before (:mod:`server.fleet_auth`); else 404 or 401, and the
+body is never read. Bodies are capped per route (only object pushes need
+megabytes) and at most ``MAX_BODIES_IN_FLIGHT`` are buffered at once. The
+signed headers pass through untouched and the SuperLink checks them again,
+with the enrolled keys. Upstream outages answer 502, which SuperNodes retry.
 
 Run: ``python -m server.fleet_proxy --listen 0.0.0.0:9443 --upstream 127.0.0.1:9092
 --certfile server.crt --keyfile server.key --ca-certfile ca.crt``.
@@ -24,6 +28,7 @@ Run: ``python -m server.fleet_proxy --listen 0.0.0.0:9443 --upstream 127.0.0.1:9
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import re
 import ssl
@@ -31,6 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from server.fleet_auth import ReplayGuard, auth_problem, route_limit
 from shared.processes import ManagedProcess, ProcessSet, wait_for_port
 
 if TYPE_CHECKING:
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
 FLEET_PATH = re.compile(rb"^/v1/fleet/[a-z][a-z-]{0,63}$")  # matched on the raw, undecoded path
-MAX_BODY_BYTES = 64 * 1024 * 1024  # Flower chunks arrays at 5 MB; 64 MB leaves headroom
+MAX_BODIES_IN_FLIGHT = 16  # signed requests buffering a body at once; the rest wait (memory stays bounded)
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -59,8 +65,10 @@ log = logging.getLogger("fedrad.fleet_proxy")
 
 
 def is_fleet_request(method: str, raw_path: bytes, query: bytes = b"") -> bool:
-    """The whole policy: a POST to one Fleet endpoint, no query string, no encoded characters."""
-    return method == "POST" and not query and bool(FLEET_PATH.match(raw_path))
+    """A POST to one of Flower's Fleet routes, no query string, no encoded characters."""
+    if method != "POST" or query or not FLEET_PATH.match(raw_path):
+        return False
+    return route_limit(raw_path.rsplit(b"/", 1)[1].decode("ascii")) is not None
 
 
 def build_app(upstream: str, ca_certfile: Path | None, *, timeout: float = 120.0) -> Callable:
@@ -76,6 +84,8 @@ def build_app(upstream: str, ca_certfile: Path | None, *, timeout: float = 120.0
         scheme = "https"
     base = f"{scheme}://{upstream}"
     client = httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=False)
+    replays = ReplayGuard()
+    bodies = asyncio.Semaphore(MAX_BODIES_IN_FLIGHT)
 
     async def proxy(request: Request) -> Response:
         scope = request.scope
@@ -84,20 +94,27 @@ def build_app(upstream: str, ca_certfile: Path | None, *, timeout: float = 120.0
         if not is_fleet_request(request.method, raw_path, scope.get("query_string", b"")):
             log.warning("refused %s %r from %s", request.method, raw_path[:200], peer)
             return Response(b"not found\n", status_code=404, media_type="text/plain")
+        problem = auth_problem(request.headers, replays)
+        if problem is not None:  # refused on its headers alone: the body is never read
+            log.warning("refused unauthenticated %r from %s: %s", raw_path[:200], peer, problem)
+            return Response(b"unauthenticated\n", status_code=401, media_type="text/plain")
+        limit = route_limit(raw_path.rsplit(b"/", 1)[1].decode("ascii"))
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return Response(b"request too large\n", status_code=413, media_type="text/plain")
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > MAX_BODY_BYTES:
-                return Response(b"request too large\n", status_code=413, media_type="text/plain")
+        async with bodies:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    return Response(b"request too large\n", status_code=413, media_type="text/plain")
+            body = b"".join(chunks)
+        del chunks
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         headers.append(("x-forwarded-for", peer))
         try:
-            upstream_req = client.build_request(
-                "POST", base + raw_path.decode("ascii"), headers=headers, content=bytes(body)
-            )
+            upstream_req = client.build_request("POST", base + raw_path.decode("ascii"), headers=headers, content=body)
             resp = await client.send(upstream_req, stream=True)
             try:
                 payload = b"".join([part async for part in resp.aiter_raw()])
