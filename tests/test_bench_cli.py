@@ -26,6 +26,7 @@ SUBCOMMANDS = [
     "training",
     "levers",
     "scale-sweep",
+    "proxy-preauth",
 ]
 runner = CliRunner()
 
