@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 FLEET_PATH = re.compile(rb"^/v1/fleet/[a-z][a-z-]{0,63}$")  # matched on the raw, undecoded path
 MAX_BODIES_IN_FLIGHT = 16  # signed requests buffering a body at once; the rest wait (memory stays bounded)
+MAX_HEADER_BYTES = 64 * 1024  # the request line and headers together; Flower's come to under 1 KiB
+MAX_CONNECTIONS = 512  # open connections and tasks; beyond it uvicorn answers 503 at once
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -168,6 +170,9 @@ def serve(listen: str, upstream: str, certfile: Path, keyfile: Path, ca_certfile
         server_header=False,
         date_header=False,
         timeout_keep_alive=30,
+        http="h11",  # h11 enforces a header size limit (httptools, uvicorn's other parser, has none)
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        limit_concurrency=MAX_CONNECTIONS,
     )
 
 

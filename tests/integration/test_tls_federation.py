@@ -205,6 +205,22 @@ def test_control_api_not_reachable_through_fleet_proxy(fed: Fed) -> None:
     assert flwr_json(via_proxy, ["ls", via_proxy.connection])["success"] is False
 
 
+def test_proxy_refuses_oversized_headers_and_unsigned_requests(fed: Fed) -> None:
+    """A 1 MB header is refused by the HTTP parser (64 KiB limit), and a Fleet call without a SuperNode signature
+    gets 401 from the proxy itself, its declared 60 MB body unread."""
+    port = fed.proxy_port
+    huge = (
+        b"POST /v1/fleet/get-run HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 1_000_000 + b"\r\nContent-Length: 0\r\n\r\n"
+    )
+    try:
+        answer = _raw_https(fed, port, huge)
+    except OSError:  # the proxy may close before the client has sent it all
+        answer = b""
+    assert not answer.startswith(b"HTTP/1.1 2"), answer[:100]
+    unsigned = b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: x\r\nContent-Length: 60000000\r\n\r\n"
+    assert _raw_https(fed, port, unsigned).startswith(b"HTTP/1.1 401"), "unsigned Fleet call not refused"
+
+
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 def test_superlink_listens_on_loopback_only(fed: Fed) -> None:
     port = int(fed.link.address.rsplit(":", 1)[1])
