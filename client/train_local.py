@@ -83,15 +83,12 @@ def run_train_local(
     seconds = time.perf_counter() - started
 
     threshold = kind.operating_threshold(model, val) if val is not None else None
-    by_labels = kind.outputs_key == "labels"
     sha = save_model_file(
         out_path,
         model,
         architecture=task.model,
         arch_kwargs={},
-        task=task.type,
-        classes=[] if by_labels else list(task.outputs),
-        labels=list(task.outputs) if by_labels else None,
+        **task.model_file_outputs(),
         preprocess=cfg.preprocess(),
         threshold=threshold,
         provenance={

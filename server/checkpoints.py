@@ -246,15 +246,12 @@ class RunDir:
         ``average_last`` K > 1, ``averaged.pt`` becomes the mean of rounds rnd-K+1..rnd, and ``state.json``
         says so (a stale one from an earlier setting is never named there)."""
         path = self.round_path(rnd)
-        by_labels = task.task.task.outputs_key == "labels"
         digest = save_model_file(
             path,
             dict(state_dict),
             architecture=task.model,
             arch_kwargs={},
-            classes=[] if by_labels else task.classes,
-            labels=task.classes if by_labels else None,
-            task=task.task_type,
+            **task.task.model_file_outputs(),
             preprocess=PreprocessConfig(image_size=task.image_size),
             threshold=None,
             provenance={

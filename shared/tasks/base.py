@@ -240,6 +240,16 @@ class TaskSpec:
     def build_model(self, **kwargs: Any) -> nn.Module:
         return self.task.build_model(self.model, len(self.outputs), self.image_size, **kwargs)
 
+    def model_file_outputs(self) -> dict[str, Any]:
+        """``task``, ``classes`` and ``labels`` as :func:`shared.modelfile.save_model_file` takes them: the outputs
+        under the key the task names them by, the other one empty."""
+        by_labels = self.task.outputs_key == "labels"
+        return {
+            "task": self.type,
+            "classes": [] if by_labels else list(self.outputs),
+            "labels": list(self.outputs) if by_labels else None,
+        }
+
     def to_run_config(self) -> dict[str, str | int]:
         """The run-config keys that carry the task (see pyproject's [tool.flwr.app.config])."""
         key = self.task.outputs_key
