@@ -115,8 +115,8 @@ def explain_exit(log_text: str, returncode: int | None) -> str:
         # no error in the log. Measured: a site clock 30 s ahead of the server's ends exactly like this.
         return (
             "the SuperNode shut itself down after the server refused a signed request (Flower logs no reason): "
-            "most likely this machine's clock is ahead of the server's (Flower allows 5 s; enable NTP), "
-            "or the coordinator revoked this site's key"
+            "this site's key is not enrolled (or was revoked): ask the coordinator to compare fingerprints; "
+            "or this machine's clock is off (the server allows 5 s ahead and 90 s behind; enable NTP)"
         )
     if code is None:
         return f"the SuperNode exited with status {returncode} (no Flower exit code in its log)"

@@ -12,7 +12,7 @@ Every process goes through the caller's :class:`ProcessSet`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +55,7 @@ class LoopbackConsortium:
     tls: ServerTls
     link: SuperLink
     proxy: str
+    proxy_process: ManagedProcess | None = None
     sites: dict[str, LoopbackSite] = field(default_factory=dict)
 
     def wait_until_online(self, timeout: float = 180.0) -> None:
@@ -121,6 +122,7 @@ def start_loopback_consortium(
     classes: list[str] | None = None,
     name: str = "TestConsortium",
     warm_workers: bool = True,
+    proxy_flags: Sequence[str] = (),
 ) -> LoopbackConsortium:
     """Start the server side and one SuperNode (+ warm worker) per entry of ``sites``
     (name → synthetic site folder, or :class:`SiteFiles`)."""
@@ -129,20 +131,25 @@ def start_loopback_consortium(
     link = start_superlink(
         ps, tls=tls, port=free_port(), database=root / "state" / "sl.db", flwr_home=root / "server-home"
     )
+    keys = {site_name: generate_site_keys(root / "sites" / site_name / "keys") for site_name in sites}
+    enrolled = root / "state" / "fleet-keys.pub"  # as the coordinator does: the proxy lets only these keys in
+    enrolled.write_text("".join(pub.read_text() for _, pub in keys.values()))
     proxy = f"127.0.0.1:{free_port()}"
-    start_fleet_proxy(
+    proxy_process = start_fleet_proxy(
         ps,
         listen=proxy,
         upstream=link.address,
         certfile=tls.server_cert,
         keyfile=tls.server_key,
         ca_certfile=tls.ca_cert,
+        enrolled_keys=enrolled,
+        extra=proxy_flags,
         cwd=REPO,
     )
-    fed = LoopbackConsortium(root=root, tls=tls, link=link, proxy=proxy)
+    fed = LoopbackConsortium(root=root, tls=tls, link=link, proxy=proxy, proxy_process=proxy_process)
     with link.control() as control:
         for site_name, folder in sites.items():
-            key, pub = generate_site_keys(root / "sites" / site_name / "keys")
+            key, pub = keys[site_name]
             control.register(pub, site_name)
             site_yaml = write_site_yaml(
                 root / "sites" / site_name / "site.yaml",

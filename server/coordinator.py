@@ -37,7 +37,7 @@ from rich.live import Live
 from rich.table import Table
 
 from server.consortium import ConsortiumConfig, load_consortium
-from server.enrollment import EnrollmentError, load_registry, pki_dir, site_public_key
+from server.enrollment import EnrollmentError, load_registry, pki_dir, site_public_key, write_enrolled_keys
 from server.fleet_proxy import start_fleet_proxy
 from server.pki import PkiError, server_tls
 from server.statistics import STATS_FILE
@@ -58,6 +58,7 @@ STATS_DIR = "stats"
 CROSSVAL_DIR = "crossval"
 LOGS_DIR = "logs"
 SERVER_JSON = "server.json"  # present while `start` runs: pid, loopback address (read by `status`)
+ENROLLED_KEYS = "fleet-keys.pub"  # written at start from the registry: the only keys the fleet proxy lets through
 CURRENT_RUN_JSON = "current-run.json"  # last submitted run: id, dir, status
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -365,6 +366,7 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
                 certfile=tls.server_cert,
                 keyfile=tls.server_key,
                 ca_certfile=tls.ca_cert,
+                enrolled_keys=write_enrolled_keys(directory, state / ENROLLED_KEYS),
                 cwd=SOURCE_ROOT,
             )
         except SuperLinkError as exc:

@@ -111,6 +111,21 @@ def site_public_key(directory: Path, site: EnrolledSite) -> Path:
     return Path(directory) / site.public_key
 
 
+def write_enrolled_keys(directory: Path, dest: Path) -> Path:
+    """Write every enrolled site's OpenSSH public key, one a line, for the fleet proxy (``--enrolled-keys``).
+
+    Written atomically: the proxy re-reads the file when it changes and must never see half of it.
+    """
+    sites = load_registry(directory)
+    lines = [f"# {name}\n{site_public_key(directory, s).read_text().strip()}\n" for name, s in sorted(sites.items())]
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(dest)
+    return dest
+
+
 def enroll_site(
     directory: Path,
     name: str,

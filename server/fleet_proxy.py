@@ -18,8 +18,12 @@ request must name a route Flower serves and carry a valid SuperNode signature
 that was not seen before (:mod:`server.fleet_auth`); else 404 or 401, and the
 body is never read. Bodies are capped per route (only object pushes need
 megabytes) and at most ``MAX_BODIES_IN_FLIGHT`` are buffered at once. The
-signed headers pass through untouched and the SuperLink checks them again,
-with the enrolled keys. Upstream outages answer 502, which SuperNodes retry.
+signed headers pass through untouched and the SuperLink checks them again.
+Only Flower's own request headers are forwarded (``FORWARDED_HEADERS``); the
+client's address is the socket's, never a header's. A refusal closes the
+connection, so an unread body is not drained. Connection-level limits (header
+deadline, per-client cap, TLS suites, quiet logs) are in
+:mod:`server.proxy_connections`. Upstream outages answer 502, which SuperNodes retry.
 
 Run: ``python -m server.fleet_proxy --listen 0.0.0.0:9443 --upstream 127.0.0.1:9092
 --certfile server.crt --keyfile server.key --ca-certfile ca.crt``.
@@ -36,7 +40,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.fleet_auth import ReplayGuard, auth_problem, route_limit
+from server.fleet_auth import DEFAULT_MAX_AGE_S, EnrolledKeys, EnrolledKeysError, ReplayGuard, auth_problem, route_limit
+from server.proxy_connections import (
+    HEADER_TIMEOUT_S,
+    MAX_CONNECTIONS_PER_CLIENT,
+    RateLimitedLog,
+    body_deadline_s,
+    guarded_protocol,
+    harden_tls,
+)
 from shared.processes import ManagedProcess, ProcessSet, wait_for_port
 
 if TYPE_CHECKING:
@@ -47,21 +59,27 @@ FLEET_PATH = re.compile(rb"^/v1/fleet/[a-z][a-z-]{0,63}$")  # matched on the raw
 MAX_BODIES_IN_FLIGHT = 16  # signed requests buffering a body at once; the rest wait (memory stays bounded)
 MAX_HEADER_BYTES = 64 * 1024  # the request line and headers together; Flower's come to under 1 KiB
 MAX_CONNECTIONS = 512  # open connections and tasks; beyond it uvicorn answers 503 at once
-HOP_BY_HOP = frozenset(
+MAX_HEADERS = 64  # Flower sends about ten
+# The SuperLink's own answer to a bad signature (flwr/superlink/routers/fleet/node_auth.py): the SuperNode
+# then behaves as if the SuperLink had refused it (exit code 305, which `fedrad-site start` explains).
+UNAUTHENTICATED = b'{"detail":"Invalid SuperNode authentication"}'
+# What a Flower 1.42 SuperNode sends (flwr/supercore/protobuf/client.py, its auth and version interceptors).
+FORWARDED_HEADERS = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "x-forwarded-for",  # set by the proxy itself; a client-supplied one is dropped
+        "content-type",
+        "accept",
+        "user-agent",
+        "flwr-public-key",
+        "flwr-signature",
+        "flwr-timestamp",
+        "flwr-package-name",
+        "flwr-package-version",
+        "flwr-component-name",
+        "x-flwr-client",
     }
+)
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "trailers", "transfer-encoding", "upgrade", "content-length"}
 )
 log = logging.getLogger("fedrad.fleet_proxy")
 
@@ -73,10 +91,27 @@ def is_fleet_request(method: str, raw_path: bytes, query: bytes = b"") -> bool:
     return route_limit(raw_path.rsplit(b"/", 1)[1].decode("ascii")) is not None
 
 
-def build_app(upstream: str, ca_certfile: Path | None, *, timeout: float = 120.0) -> Callable:
-    """ASGI app forwarding Fleet calls to ``https://<upstream>`` (plain http if ``ca_certfile`` is None)."""
+def _refuse(status: int, text: bytes, media_type: str = "text/plain") -> Response:
+    """A refusal that closes the connection: whatever body the client still sends is never read."""
+    from starlette.responses import Response
+
+    return Response(text, status_code=status, media_type=media_type, headers={"connection": "close"})
+
+
+def build_app(
+    upstream: str,
+    ca_certfile: Path | None,
+    *,
+    timeout: float = 120.0,
+    enrolled_keys: Path | None = None,
+    max_signature_age_s: float = DEFAULT_MAX_AGE_S,
+) -> Callable:
+    """ASGI app forwarding Fleet calls to ``https://<upstream>`` (plain http if ``ca_certfile`` is None).
+
+    ``enrolled_keys``: an OpenSSH ``.pub``-lines file; a signed request from any other key is refused.
+    """
     import httpx
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
 
     verify: ssl.SSLContext | bool = False
@@ -86,34 +121,46 @@ def build_app(upstream: str, ca_certfile: Path | None, *, timeout: float = 120.0
         scheme = "https"
     base = f"{scheme}://{upstream}"
     client = httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=False)
-    replays = ReplayGuard()
+    replays = ReplayGuard(max_age_s=max_signature_age_s)
+    enrolled = EnrolledKeys(enrolled_keys) if enrolled_keys is not None else None
     bodies = asyncio.Semaphore(MAX_BODIES_IN_FLIGHT)
 
     async def proxy(request: Request) -> Response:
         scope = request.scope
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        peer = request.client.host if request.client else "?"
+        peer = request.client.host if request.client else "?"  # the socket's address: headers cannot set it
         if not is_fleet_request(request.method, raw_path, scope.get("query_string", b"")):
             log.warning("refused %s %r from %s", request.method, raw_path[:200], peer)
-            return Response(b"not found\n", status_code=404, media_type="text/plain")
-        problem = auth_problem(request.headers, replays)
+            return _refuse(404, b"not found\n")
+        if len(scope["headers"]) > MAX_HEADERS:
+            log.warning("refused %r from %s: more than %d headers", raw_path[:200], peer, MAX_HEADERS)
+            return _refuse(431, b"too many headers\n")
+        problem = auth_problem(request.headers, replays, enrolled=enrolled)
         if problem is not None:  # refused on its headers alone: the body is never read
             log.warning("refused unauthenticated %r from %s: %s", raw_path[:200], peer, problem)
-            return Response(b"unauthenticated\n", status_code=401, media_type="text/plain")
+            return _refuse(401, UNAUTHENTICATED, "application/json")  # what the SuperLink itself answers
         limit = route_limit(raw_path.rsplit(b"/", 1)[1].decode("ascii"))
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return Response(b"request too large\n", status_code=413, media_type="text/plain")
+            return _refuse(413, b"request too large\n")
         async with bodies:
             chunks, size = [], 0
-            async for chunk in request.stream():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > limit:
-                    return Response(b"request too large\n", status_code=413, media_type="text/plain")
+            try:
+                async with asyncio.timeout(body_deadline_s(int(declared) if declared else None, limit)):
+                    async for chunk in request.stream():
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size > limit:
+                            return _refuse(413, b"request too large\n")
+            except TimeoutError:
+                log.warning("closed %r from %s: body not received in time (%d bytes)", raw_path[:200], peer, size)
+                return _refuse(408, b"body not received in time\n")
+            except ClientDisconnect:
+                log.info("client %s disconnected while sending %r", peer, raw_path[:200])
+                return _refuse(400, b"")
             body = b"".join(chunks)
         del chunks
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS]
         headers.append(("x-forwarded-for", peer))
         try:
             upstream_req = client.build_request("POST", base + raw_path.decode("ascii"), headers=headers, content=body)
@@ -154,13 +201,24 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def serve(listen: str, upstream: str, certfile: Path, keyfile: Path, ca_certfile: Path | None) -> None:
+def serve(
+    listen: str,
+    upstream: str,
+    certfile: Path,
+    keyfile: Path,
+    ca_certfile: Path | None,
+    *,
+    enrolled_keys: Path | None = None,
+    max_signature_age_s: float = DEFAULT_MAX_AGE_S,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+) -> None:
     """Serve the proxy until interrupted (blocking)."""
     import uvicorn
 
     host, port = _split(listen)
-    uvicorn.run(
-        build_app(upstream, ca_certfile),
+    config = uvicorn.Config(
+        build_app(upstream, ca_certfile, enrolled_keys=enrolled_keys, max_signature_age_s=max_signature_age_s),
         host=host,
         port=port,
         ssl_certfile=str(certfile),
@@ -169,17 +227,31 @@ def serve(listen: str, upstream: str, certfile: Path, keyfile: Path, ca_certfile
         access_log=False,
         server_header=False,
         date_header=False,
+        proxy_headers=False,  # the client's address is the socket's; X-Forwarded-For from a client is not trusted
         timeout_keep_alive=30,
-        http="h11",  # h11 enforces a header size limit (httptools, uvicorn's other parser, has none)
+        # h11 (not httptools) enforces a header size limit; the subclass adds a header deadline and a per-client cap
+        http=guarded_protocol(header_timeout_s, max_per_client),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         limit_concurrency=MAX_CONNECTIONS,
     )
+    config.load()
+    harden_tls(config.ssl)
+    uvicorn.Server(config).run()
 
 
-def proxy_command(listen: str, upstream: str, certfile: Path, keyfile: Path, ca_certfile: Path) -> list[str]:
-    """Command line that runs this module as a separate process."""
+def proxy_command(
+    listen: str,
+    upstream: str,
+    certfile: Path,
+    keyfile: Path,
+    ca_certfile: Path,
+    enrolled_keys: Path | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """Command line that runs this module as a separate process (``extra``: more of :func:`main`'s flags)."""
     import sys
 
+    keys = ["--enrolled-keys", str(enrolled_keys)] if enrolled_keys is not None else []
     return [
         sys.executable,
         "-m",
@@ -194,6 +266,8 @@ def proxy_command(listen: str, upstream: str, certfile: Path, keyfile: Path, ca_
         str(keyfile),
         "--ca-certfile",
         str(ca_certfile),
+        *keys,
+        *extra,
     ]
 
 
@@ -205,6 +279,8 @@ def start_fleet_proxy(
     certfile: Path,
     keyfile: Path,
     ca_certfile: Path,
+    enrolled_keys: Path | None = None,
+    extra: Sequence[str] = (),
     cwd: Path | None = None,
     timeout: float = 30.0,
 ) -> ManagedProcess:
@@ -212,7 +288,8 @@ def start_fleet_proxy(
 
     ``cwd`` must let ``python -m server.fleet_proxy`` import FedRad (repo root or installed package).
     """
-    proc = ps.start("fleet-proxy", proxy_command(listen, upstream, certfile, keyfile, ca_certfile), cwd=cwd)
+    cmd = proxy_command(listen, upstream, certfile, keyfile, ca_certfile, enrolled_keys, extra)
+    proc = ps.start("fleet-proxy", cmd, cwd=cwd)
     host, port = _split(listen)
     wait_for_port("127.0.0.1" if host in ("0.0.0.0", "") else host, port, timeout, proc)
     return proc
@@ -226,11 +303,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--certfile", required=True, type=Path)
     parser.add_argument("--keyfile", required=True, type=Path)
     parser.add_argument("--ca-certfile", type=Path, help="CA that signed the SuperLink certificate")
+    parser.add_argument("--enrolled-keys", type=Path, help="OpenSSH public keys of the enrolled sites, one a line")
+    parser.add_argument("--max-signature-age", type=float, default=DEFAULT_MAX_AGE_S, help="seconds (clock skew)")
+    parser.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT_S, help="seconds to send the headers")
+    parser.add_argument("--max-per-client", type=int, default=MAX_CONNECTIONS_PER_CLIENT, help="open connections")
     args = parser.parse_args(argv)
     # No timestamps here: the supervisor (ProcessSet, journald, docker) stamps each line.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RateLimitedLog())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per forwarded call is noise
-    serve(args.listen, args.upstream, args.certfile, args.keyfile, args.ca_certfile)
+    try:
+        serve(
+            args.listen,
+            args.upstream,
+            args.certfile,
+            args.keyfile,
+            args.ca_certfile,
+            enrolled_keys=args.enrolled_keys,
+            max_signature_age_s=args.max_signature_age,
+            header_timeout_s=args.header_timeout,
+            max_per_client=args.max_per_client,
+        )
+    except EnrolledKeysError as exc:
+        raise SystemExit(f"fleet proxy: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ SUBCOMMANDS = [
     "training",
     "levers",
     "scale-sweep",
-    "proxy-preauth",
+    "proxy-attacks",
 ]
 runner = CliRunner()
 

@@ -79,3 +79,14 @@ def test_systemd_unit_is_valid_and_restarts_on_failure(unit: Path) -> None:
         if ln.strip() and "/opt/fedrad/" not in ln  # the install path exists only on a real host
     ]
     assert not problems, problems
+
+
+def test_the_server_may_open_enough_files_for_the_proxys_connection_limit() -> None:
+    """Each proxied connection costs two descriptors (client and upstream); the review ran out at 1,024."""
+    from server.fleet_proxy import MAX_CONNECTIONS
+
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read_string((DEPLOY / "systemd" / "fedrad-server.service").read_text())
+    assert int(parser["Service"]["LimitNOFILE"]) >= 4 * MAX_CONNECTIONS
+    assert _compose()["services"]["server"]["ulimits"]["nofile"]["soft"] >= 4 * MAX_CONNECTIONS
