@@ -1,8 +1,9 @@
 """``fedrad-server``: the consortium coordinator's command line.
 
 ``init`` creates a consortium folder (CA, server certificate, documented
-consortium.yaml); ``enroll`` registers a site's public key and writes its
-bundle; ``start`` runs the server and one federated run to its verdict;
+consortium.yaml); ``renew-server-cert``, ``renew-ca-cert`` and
+``protect-ca-key`` look after the CA (server/ca_commands.py); ``enroll``
+registers a site's public key and writes its bundle; ``start`` runs the server and one federated run to its verdict;
 ``status`` and ``export`` read the consortium folder. Exit codes: 0 success,
 1 the answer is "no" (sites missing, run failed), 2 bad invocation or
 configuration, 3 internal error.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from server.ca_secret import PassphraseFileOpt, PassphrasePromptOpt
 from shared.cli_support import EXIT_NO, cli_app, err, handle_errors, out
 
 app = cli_app(
@@ -46,17 +48,27 @@ def init(
     directory: Path = DirArg,
     name: str = typer.Option(..., "--name", help="Consortium name (recorded in every global model)."),
     address: str = typer.Option(..., "--address", help="HOST:PORT hospitals will dial (public name of this server)."),
+    ca_passphrase_file: Path | None = PassphraseFileOpt,
+    ca_passphrase_prompt: bool = PassphrasePromptOpt,
 ) -> None:
-    """Create a consortium: private CA, server certificate (SANs: HOST, 127.0.0.1, localhost), consortium.yaml."""
+    """Create a consortium: private CA, server certificate (SANs: HOST, 127.0.0.1, localhost), consortium.yaml.
+
+    With --ca-passphrase-file or --ca-passphrase-prompt the CA key is written encrypted (without: demos only)."""
+    from server.ca_commands import warn_unencrypted_ca_key
+    from server.ca_secret import get_passphrase
     from server.enrollment import init_consortium, pki_dir
     from server.pki import certificate_names
 
-    cfg = init_consortium(directory, name, address)
+    passphrase = get_passphrase(ca_passphrase_file, ca_passphrase_prompt, new=True)
+    cfg = init_consortium(directory, name, address, ca_passphrase=passphrase)
     names = certificate_names(pki_dir(directory) / "server.crt")
     out.print(f"consortium [bold]{cfg.name}[/] created in {directory}")
     out.print(f"  server certificate for: {', '.join(names)}")
-    out.print(f"  CA private key: {pki_dir(directory) / 'ca.key'} (back it up offline; never share it)")
+    state = "encrypted" if passphrase else "[bold yellow]NOT encrypted[/]"
+    out.print(f"  CA private key: {pki_dir(directory) / 'ca.key'}, {state} (keep it offline; never share it)")
     out.print(f"  settings: {directory / 'consortium.yaml'} (edit, then enroll sites)")
+    if passphrase is None:
+        warn_unencrypted_ca_key(directory)
 
 
 @app.command()
@@ -196,13 +208,15 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Sites enrolled and online, current or last run, its round and last metrics."""
-    from server.status import collect_status, render_status
+    from server.status import collect_status, render_status, status_problems
 
     st = collect_status(directory)
     if as_json:
         print(json.dumps(st, indent=2, default=str))
     else:
         render_status(st, out)
+    if any(level == "error" for level, _ in status_problems(st)):
+        raise typer.Exit(EXIT_NO)  # an expired certificate: monitoring sees a failure, not a green check
 
 
 @app.command()
@@ -238,6 +252,15 @@ def export(
         f"exported {info['source']} -> {info['out']} as {info['format']} (rounds {info['rounds']}, "
         f"sha256 {info['weights_sha256'][:16]}…{gap}); model card {info['model_card']}"
     )
+
+
+def _register_ca_commands() -> None:
+    from server.ca_commands import register
+
+    register(app)
+
+
+_register_ca_commands()
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Layout of a consortium folder ``DIR``::
 
     consortium.yaml          settings (server/consortium.py)
-    pki/ca.crt ca.key        private CA (ca.key: 0600, back it up offline)
+    pki/ca.crt ca.key        private CA (ca.key: 0600, passphrase-encrypted unless a demo; keep it offline)
     pki/server.crt .key      fleet proxy + loopback SuperLink certificate
     sites/registry.json      enrolled sites: name -> public key file, fingerprint, time
     sites/<SITE>.pub         each site's OpenSSH public key (what the SuperLink registers)
@@ -13,7 +13,9 @@ Layout of a consortium folder ``DIR``::
 Why a registry file of our own: the SuperLink's database is runtime state
 (it can be rebuilt by ``start``, which registers every enrolled key), while
 the registry is the coordinator's decision of who is in the consortium,
-readable without a running server (``status``) and easy to back up.
+readable without a running server (``status``) and easy to back up. Every
+file here is written atomically (shared/atomic.py): a crash mid-enrollment
+leaves the previous registry, never a truncated one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from server.consortium import CONSORTIUM_YAML, ConsortiumConfig, consortium_yaml_text, load_consortium
 from server.pki import CA_CERT, PkiError, init_pki
+from shared.atomic import write_atomic
 from shared.config import DEFAULT_CLASSES, ConfigError
 from shared.keys import PRIVATE_KEY, PUBLIC_KEY, SiteKeyError, fingerprint, generate_site_keys, load_public_key
 
@@ -64,8 +67,11 @@ def pki_dir(directory: Path) -> Path:
     return Path(directory) / PKI_DIR
 
 
-def init_consortium(directory: Path, name: str, address: str) -> ConsortiumConfig:
-    """Create the consortium folder: documented consortium.yaml, CA and server certificate."""
+def init_consortium(
+    directory: Path, name: str, address: str, *, ca_passphrase: bytes | None = None
+) -> ConsortiumConfig:
+    """Create the consortium folder: documented consortium.yaml, CA (its key encrypted with
+    ``ca_passphrase`` when given) and server certificate."""
     directory = Path(directory)
     yaml_path = directory / CONSORTIUM_YAML
     if yaml_path.exists() or (pki_dir(directory) / CA_CERT).exists():
@@ -73,10 +79,10 @@ def init_consortium(directory: Path, name: str, address: str) -> ConsortiumConfi
     text = consortium_yaml_text(name, address)  # validates name and address before anything is written
     cfg = ConsortiumConfig(name=name, address=address)  # valid: consortium_yaml_text checked it
     try:
-        init_pki(pki_dir(directory), name, cfg.host)
+        init_pki(pki_dir(directory), name, cfg.host, passphrase=ca_passphrase)
     except PkiError as exc:
         raise EnrollmentError(str(exc)) from None
-    yaml_path.write_text(text)
+    write_atomic(yaml_path, text)
     (directory / SITES_DIR).mkdir(exist_ok=True)
     _write_registry(directory, {})
     return load_consortium(directory)
@@ -87,11 +93,8 @@ def _registry_path(directory: Path) -> Path:
 
 
 def _write_registry(directory: Path, sites: dict[str, EnrolledSite]) -> None:
-    path = _registry_path(directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"sites": {n: asdict(s) for n, s in sorted(sites.items())}}, indent=2) + "\n")
-    tmp.replace(path)
+    doc = {"sites": {n: asdict(s) for n, s in sorted(sites.items())}}
+    write_atomic(_registry_path(directory), json.dumps(doc, indent=2) + "\n")
 
 
 def load_registry(directory: Path) -> dict[str, EnrolledSite]:
@@ -168,9 +171,7 @@ def enroll_site(
             raise EnrollmentError(
                 f"{public_key} is already enrolled for site {other.name!r}; every site needs its own key."
             )
-    stored = directory / SITES_DIR / f"{name}.pub"
-    stored.parent.mkdir(parents=True, exist_ok=True)
-    stored.write_bytes(Path(public_key).read_bytes())
+    stored = write_atomic(directory / SITES_DIR / f"{name}.pub", Path(public_key).read_bytes())
     site = EnrolledSite(
         name=name,
         public_key=str(stored.relative_to(directory)),
@@ -187,8 +188,7 @@ def enroll_site(
 def write_bundle(directory: Path, cfg: ConsortiumConfig, site: EnrolledSite, bundle: Path) -> Path:
     """The folder sent to the hospital: CA, settings, a site.yaml template, instructions. No secrets
     (except site.key in demo mode, which the coordinator then must hand over securely)."""
-    bundle.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(pki_dir(directory) / CA_CERT, bundle / CA_CERT)
+    write_atomic(bundle / CA_CERT, (pki_dir(directory) / CA_CERT).read_bytes())
     info = {
         "consortium": cfg.name,
         "site_name": site.name,
@@ -196,15 +196,16 @@ def write_bundle(directory: Path, cfg: ConsortiumConfig, site: EnrolledSite, bun
         "task": cfg.task.model_dump(),
         "site_key_fingerprint": site.fingerprint,
     }
-    (bundle / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
-    (bundle / "site.yaml").write_text(site_yaml_template(cfg, site.name))
-    (bundle / "README.txt").write_text(
+    write_atomic(bundle / "bundle.json", json.dumps(info, indent=2) + "\n")
+    write_atomic(bundle / "site.yaml", site_yaml_template(cfg, site.name))
+    write_atomic(
+        bundle / "README.txt",
         f"FedRad site bundle for {site.name!r} in consortium {cfg.name!r}.\n\n"
         f"1. Put this folder on the site machine (e.g. /etc/fedrad/).\n"
         f"2. Key: {PRIVATE_KEY} made by `fedrad-site keygen` must be at the path `private_key` in site.yaml\n"
         f"   (its fingerprint must be {site.fingerprint}).\n"
         f"3. Edit `data` and `labels` in site.yaml, then run `fedrad-site check --config site.yaml`.\n"
-        f"4. Allow outbound TCP to {cfg.address} only; run `fedrad-site start --config site.yaml`.\n"
+        f"4. Allow outbound TCP to {cfg.address} only; run `fedrad-site start --config site.yaml`.\n",
     )
     return bundle
 

@@ -3,7 +3,8 @@
 Reads only files the coordinator and the ServerApp write (registry,
 ``state/server.json``, ``state/current-run.json``, ``RUN_DIR/state.json`` and
 ``metrics.jsonl``), plus the loopback Control API when ``start`` is running,
-so it works on a stopped server too and never touches the run.
+so it works on a stopped server too and never touches the run. It also checks
+the certificates' expiry and whether the CA key is encrypted (server/cert_expiry.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from server.cert_expiry import ca_key_health, certificate_health
 from server.consortium import load_consortium
 from server.coordinator import CURRENT_RUN_JSON, SERVER_JSON, STATE_DIR, last_run_dir, read_json, round_row
 from server.enrollment import load_registry, pki_dir
@@ -98,7 +100,16 @@ def collect_status(directory: Path) -> dict[str, Any]:
             for n, s in sorted(sites.items())
         ],
         "run": run,
+        "certificates": certificate_health(pki_dir(directory), directory),
+        "ca_key": ca_key_health(pki_dir(directory), directory),
     }
+
+
+def status_problems(st: dict[str, Any]) -> list[tuple[str, str]]:
+    """(level, message) for every certificate or CA-key finding that is not ok, errors first."""
+    rows = [*st.get("certificates", []), st.get("ca_key") or {}]
+    found = [(r["level"], r["message"]) for r in rows if r.get("level") in ("error", "warning") and r.get("message")]
+    return sorted(found, key=lambda lm: lm[0] != "error")
 
 
 def render_status(st: dict[str, Any], console: Console) -> None:
@@ -112,6 +123,9 @@ def render_status(st: dict[str, Any], console: Console) -> None:
     for s in st["sites"]:
         table.add_row(s["name"], s["status"], s["fingerprint"], s["enrolled_at"])
     console.print(table)
+    for level, message in status_problems(st):
+        colour = "red" if level == "error" else "yellow"
+        console.print(f"[bold {colour}]{level}:[/] {message}", highlight=False, soft_wrap=True)
     run = st["run"]
     if run is None:
         console.print("no run yet")
