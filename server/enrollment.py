@@ -121,12 +121,8 @@ def write_enrolled_keys(directory: Path, dest: Path) -> Path:
     """
     sites = load_registry(directory)
     lines = [f"# {name}\n{site_public_key(directory, s).read_text().strip()}\n" for name, s in sorted(sites.items())]
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text("".join(lines))
-    tmp.replace(dest)
-    return dest
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(Path(dest), "".join(lines))
 
 
 def enroll_site(
