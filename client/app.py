@@ -16,9 +16,12 @@ the details stay in the site's SuperNode log.
 
 Node config (set by ``fedrad-site start``, :func:`client.site_config.site_node_config`):
 ``site-config``, ``site-name``, ``audit-log``, ``approvals``, ``min-count``,
-optional ``worker-socket``. A virtual SuperNode of Flower's simulation runtime
-has only ``partition-id``: its site's node config comes from a file on the
-simulating machine (:mod:`client.simulated_site`), never from the server.
+optional ``worker-socket``, ``audit-key`` (signs the audit head), ``audit-pin-file``,
+``audit-pin-syslog``. An audit log that fails its checks refuses every reply with a
+reason naming the site and the log (never a crash, never a rewrite).
+A virtual SuperNode of Flower's simulation runtime has only ``partition-id``:
+its site's node config comes from a file on the simulating machine
+(:mod:`client.simulated_site`), never from the server.
 Run config: ``classes``, ``image-size``, ``model``, ``seed``, ``consortium``, ``run-dir``.
 """
 
@@ -28,10 +31,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+
+if TYPE_CHECKING:
+    from client.audit import SiteAuditLog
 
 app = ClientApp()
 
@@ -138,16 +145,50 @@ def _privacy_refusal(node_config: dict, config: dict, *, secure: bool) -> tuple[
     return None
 
 
-def _error_reply(msg: Message, audit_log: str | None, entry: dict, public: str, local: str) -> Message:
+def _record(audit: SiteAuditLog, entry: dict) -> tuple[str, str] | None:
+    """Write ``entry``; (reason for the server, detail for the site's log) when the audit log refuses it.
+
+    A log that fails its checks (tampering, a head that disagrees with it) or cannot be
+    written is never rewritten here: the message is withheld, each time, with a reason.
+    """
+    from client.audit import AuditError
+
+    try:
+        audit.append(entry)
+    except AuditError as exc:
+        return audit.refusal(exc), audit.refusal(exc)
+    except OSError as exc:
+        public = f"{entry.get('type')} reply withheld: the site could not write its audit log"
+        return public, f"{public} {audit.path}: {exc}"
+    return None
+
+
+def _audit_refusal(audit: SiteAuditLog | None) -> tuple[str, str] | None:
+    """Before any work: (reason, detail) when the site's audit log fails its checks; a crash's traces are repaired."""
+    from client.audit import AuditError
+
+    if audit is None:
+        return None
+    try:
+        audit.check()
+    except AuditError as exc:
+        return audit.refusal(exc), audit.refusal(exc)
+    except OSError as exc:
+        public = f"site {audit.site}: its audit log at {audit.path} cannot be opened"
+        return public, f"{public}: {exc}"
+    return None
+
+
+def _error_reply(msg: Message, audit: SiteAuditLog | None, entry: dict, public: str, local: str) -> Message:
     """Generic reason to the server, details to the site's log (the SuperNode log) and the audit log."""
     from flwr.app import Error
     from flwr.common.constant import ErrorCode
 
-    from client.audit import append_entry
-
     print(f"FedRad: {local}", file=sys.stderr, flush=True)
-    if audit_log:
-        append_entry(Path(audit_log), {**entry, "reason": public, "bytes": len(public)})
+    failed = _record(audit, {**entry, "reason": public, "bytes": len(public)}) if audit is not None else None
+    if failed is not None:  # the refusal itself could not be recorded: say why instead
+        public = failed[0]
+        print(f"FedRad: {failed[1]}", file=sys.stderr, flush=True)
     return Message(error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=public), reply_to=msg)
 
 
@@ -179,7 +220,7 @@ def _guarded_work(
     return guarded
 
 
-def _failure(op: str, msg: Message, audit_log: str | None, entry: dict, exc: Exception) -> Message:
+def _failure(op: str, msg: Message, audit: SiteAuditLog | None, entry: dict, exc: Exception) -> Message:
     """Whatever failed, the server gets a generic reason with a reference; the site's log gets the details."""
     import secrets
     import traceback
@@ -188,24 +229,25 @@ def _failure(op: str, msg: Message, audit_log: str | None, entry: dict, exc: Exc
 
     if isinstance(exc, SiteRefusal):  # the site's own rule (privacy budget, requirements): the reason may go out
         reason = str(exc.args[0])
-        return _error_reply(msg, audit_log, {**entry, "type": "refused"}, reason, exc.args[-1])
+        return _error_reply(msg, audit, {**entry, "type": "refused"}, reason, exc.args[-1])
     ref = secrets.token_hex(4)
     local = f"{op} failed (ref {ref}): {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-    return _error_reply(msg, audit_log, {**entry, "type": "error"}, f"{op} failed at the site (ref {ref})", local)
+    return _error_reply(msg, audit, {**entry, "type": "error"}, f"{op} failed at the site (ref {ref})", local)
 
 
-def _send(msg: Message, reply: Message, audit_log: str | None, entry: dict) -> Message:
+def _send(msg: Message, reply: Message, audit: SiteAuditLog | None, entry: dict) -> Message:
     """Nothing leaves without its audit entry: a reply whose entry cannot be written is withheld."""
-    from client.audit import append_entry
+    if audit is None:  # unreachable: _refusal refuses a node config without audit-log
+        return _error_reply(msg, None, {}, "site not configured for FedRad runs", "no audit-log in the node config")
+    failed = _record(audit, entry)
+    return reply if failed is None else _error_reply(msg, None, {}, *failed)
 
-    try:
-        append_entry(Path(str(audit_log)), entry)
-    except OSError as exc:
-        public = f"{entry['type']} reply withheld: the site could not write its audit log"
-        return _error_reply(
-            msg, None, {k: entry[k] for k in ("run", "round", "type")}, public, f"{public} {audit_log}: {exc}"
-        )
-    return reply
+
+def _site_audit(node: dict) -> SiteAuditLog | None:
+    """The site's audit log from its node config (path, site key for signed heads, pins)."""
+    from client.audit import SiteAuditLog
+
+    return SiteAuditLog.from_node_config(node)
 
 
 def _site_context(context: Context) -> tuple[Context, str | None]:
@@ -248,7 +290,10 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     if op == "train" and "secaggplus_configs" in msg.content.config_records:
         return _handle_secure(msg, context, startup, t0)
     config = dict(msg.content["config"])
-    audit_log = node.get("audit-log")
+    audit = _site_audit(node)
+    broken = _audit_refusal(audit)
+    if broken is not None:
+        return _error_reply(msg, None, {}, *broken)
     if op == "query" and config.get("purpose") == "local-model":  # `fedrad-server crossval` asks for the local model
         op = "local-model"
     entry = {"run": int(msg.metadata.run_id), "round": int(config.get("server-round", 0)), "type": op}
@@ -260,12 +305,12 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
             reason = "site does not share its local model (site.yaml crossval.share_local_model)"
             refusal = (reason, reason)
     if refusal is not None:
-        return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
+        return _error_reply(msg, audit, {**entry, "type": "refused"}, *refusal)
     arrays = {name: arr.numpy() for name, arr in msg.content["arrays"].items()} if "arrays" in msg.content else {}
     try:
         guarded = _guarded_work(op, msg, context, config, arrays, t0, startup)
     except Exception as exc:  # noqa: BLE001 - whatever failed, the server gets a generic reason only
-        return _failure(op, msg, audit_log, entry, exc)
+        return _failure(op, msg, audit, entry, exc)
     reply = RecordDict({"metrics": MetricRecord(guarded.metrics)})
     sent = guarded.arrays or {}
     if op == "train" and sent:  # after the guard: what it approved is what is compressed and audited
@@ -278,7 +323,7 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     return _send(
         msg,
         Message(reply, reply_to=msg),
-        audit_log,
+        audit,
         {
             **entry,
             "bytes": sum(a.nbytes for a in sent.values()),
@@ -296,7 +341,10 @@ def _handle_secure(msg: Message, context: Context, startup: float, t0: float) ->
     from client.secure_aggregation import guard_secure_reply, round_config, run_secure_stage, secure_stage, stage_digest
 
     node = dict(context.node_config)
-    audit_log = node.get("audit-log")
+    audit = _site_audit(node)
+    broken = _audit_refusal(audit)
+    if broken is not None:
+        return _error_reply(msg, None, {}, *broken)
     stage = secure_stage(msg)
     config = round_config(msg)
     entry = {
@@ -306,7 +354,7 @@ def _handle_secure(msg: Message, context: Context, startup: float, t0: float) ->
     }
     refusal = _refusal(node)
     if refusal is not None:
-        return _error_reply(msg, audit_log, {**entry, "type": "refused"}, *refusal)
+        return _error_reply(msg, audit, {**entry, "type": "refused"}, *refusal)
     decisions: list = []
     n_arrays: list[int] = []
 
@@ -327,14 +375,12 @@ def _handle_secure(msg: Message, context: Context, startup: float, t0: float) ->
         if problems:
             raise RuntimeError(f"secure-aggregation reply blocked by the outbound guard: {'; '.join(problems)}")
     except Exception as exc:  # noqa: BLE001
-        return _failure("train", msg, audit_log, entry, exc)
+        return _failure("train", msg, audit, entry, exc)
     size, digests = stage_digest(reply)
     metrics = (
         dict(reply.content.config_records["fitres.metrics"]) if "fitres.metrics" in reply.content.config_records else {}
     )
-    return _send(
-        msg, reply, audit_log, {**entry, "bytes": size, "arrays": digests, "metrics": metrics, "guard": decisions}
-    )
+    return _send(msg, reply, audit, {**entry, "bytes": size, "arrays": digests, "metrics": metrics, "guard": decisions})
 
 
 @app.train()

@@ -19,7 +19,8 @@ def load_entries(log: Path, last: int = 0) -> list[dict[str, Any]]:
         try:
             entries.append(json.loads(line))
         except ValueError:
-            entries.append({"seq": number, "type": "UNREADABLE LINE"})
+            torn = not line.endswith(b"\n")  # a crash mid-write; cut off (and kept) at the next message
+            entries.append({"seq": number, "type": "INCOMPLETE LINE (crash)" if torn else "UNREADABLE LINE"})
     return entries[-last:] if last else entries
 
 
@@ -60,6 +61,11 @@ def render_summary(s: AuditSummary, console: Console) -> None:
         ("metrics withheld (min_count)", s.withheld),
         ("runs refused (code not approved)", s.refused),
         ("chain head sha256", s.last_hash),
+        ("head signature", s.signature),
+        ("pinned heads checked", s.pins_checked or "none given (--pinned)"),
+        ("crash recoveries", s.recoveries),
     ):
         table.add_row(label, str(value))
     console.print(table)
+    for note in s.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)

@@ -411,13 +411,28 @@ def _audit_log(config: Path) -> Path:
 
 @audit_app.command("verify")
 @handle_errors
-def audit_verify(config: Path = SiteConfigOpt, as_json: bool = JsonOpt) -> None:
-    """Check the hash chain of the audit log; exit 1 if any line was edited, removed or reordered."""
+def audit_verify(
+    config: Path = SiteConfigOpt,
+    as_json: bool = JsonOpt,
+    pinned: Path | None = typer.Option(
+        None, "--pinned", help="A pin file (site.yaml audit.pin_file): the log must still hold every head pinned there."
+    ),
+    public_key: Path | None = typer.Option(
+        None,
+        "--public-key",
+        help="Check the head's signature with this site.pub (default: the one beside private_key).",
+    ),
+) -> None:
+    """Check the hash chain and the signed head; exit 1 if any line was edited, removed or reordered."""
     from client.audit import AuditError, verify
+    from client.audit_site import verify_key
     from client.audit_view import render_summary
+    from client.site_config import load_site_file
 
+    log = _audit_log(config)
+    key = verify_key(load_site_file(config), public_key)
     try:
-        summary = verify(_audit_log(config))
+        summary = verify(log, key, pinned)
     except AuditError as exc:
         if as_json:
             _print_json({"ok": False, "error": str(exc)})

@@ -43,6 +43,23 @@ class CrossvalConsent(StrictModel):
     )
 
 
+class SiteAuditPins(StrictModel):
+    """``audit:`` in site.yaml: where each new head of the audit log is also pinned (client/audit_pin.py).
+
+    Why: the head is signed with the site key, but someone holding that key could still
+    rewrite log and head together; a copy kept where the site cannot rewrite it shows that.
+    """
+
+    pin_file: Path | None = Field(
+        None,
+        description="A file on another volume (append-only for the site's account, e.g. chattr +a or a log "
+        "server's mount); one JSON line per head. Replies are withheld while it cannot be written.",
+    )
+    pin_syslog: bool = Field(
+        False, description="Also send each head as one syslog line to /dev/log (facility authpriv), best effort."
+    )
+
+
 class SiteFileConfig(SiteDataConfig):
     """The full ``site.yaml`` schema: the data keys of :class:`SiteDataConfig` plus the credentials."""
 
@@ -55,6 +72,7 @@ class SiteFileConfig(SiteDataConfig):
     )
     privacy: SitePrivacy = Field(default_factory=SitePrivacy, description="Outbound limits and run requirements.")
     crossval: CrossvalConsent = Field(default_factory=CrossvalConsent, description="Cross-site evaluation consent.")
+    audit: SiteAuditPins = Field(default_factory=SiteAuditPins, description="Pinning the audit log's heads.")
 
     _host_port = field_validator("server_address")(check_host_port)
 
@@ -79,9 +97,12 @@ def site_node_config(config: Path, cfg: SiteFileConfig, worker_socket: Path | No
     """Flower node config for this site's SuperNode: what the per-message ClientApp needs, without reading site.yaml.
 
     ``audit-log`` and ``approvals`` live in the work dir (client/audit.py,
-    client/approval.py); ``min-count`` is ``privacy.min_count``.
+    client/approval.py); ``min-count`` is ``privacy.min_count``; ``audit-key`` (the
+    site key, which signs the audit head) and the ``audit-pin-*`` keys come from
+    ``private_key`` and ``audit``.
     """
     from client.approval import approvals_path
+    from client.audit_pin import DEFAULT_SYSLOG
 
     work = Path(cfg.work_dir or Path(config).resolve().parent / "work")
     node = {
@@ -93,7 +114,12 @@ def site_node_config(config: Path, cfg: SiteFileConfig, worker_socket: Path | No
         "require-dp": int(cfg.privacy.require_dp),
         "max-epsilon": float(cfg.privacy.max_epsilon or 0.0),
         "require-secagg": int(cfg.privacy.require_secure_aggregation),
+        "audit-key": str(Path(config).resolve().parent / cfg.private_key),
     }
+    if cfg.audit.pin_file is not None:  # relative to site.yaml's folder, like every path in it
+        node["audit-pin-file"] = str(Path(config).resolve().parent / cfg.audit.pin_file)
+    if cfg.audit.pin_syslog:
+        node["audit-pin-syslog"] = DEFAULT_SYSLOG
     if cfg.crossval.share_local_model is not None:
         node["local-model"] = str(Path(cfg.crossval.share_local_model).resolve())
     if worker_socket is not None:

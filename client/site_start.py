@@ -154,6 +154,10 @@ def run_site(
             "[yellow]warning:[/] no FedRad code is approved at this site, so every run will be refused; "
             f"review and approve with `fedrad-site approve --config {config}`"
         )
+    from client.audit_site import start_audit  # audit log: crash traces repaired, tampering stops the start
+
+    for note in start_audit(config, cfg):
+        console.print(note)
     exit_on_sigterm()
     with ProcessSet(work / "logs") as ps:
         worker, socket_path = start_site_worker(ps, cfg.site_name, config)

@@ -70,17 +70,33 @@ def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def check_private_key(path: Path) -> None:
-    """Fail with a clear message unless ``path`` is an unencrypted OpenSSH EC private key."""
+def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The site's unencrypted OpenSSH EC private key; a clear :class:`SiteKeyError` otherwise."""
     path = Path(path)
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     except FileNotFoundError as exc:
         raise SiteKeyError(f"{path} not found: create it with `fedrad-site keygen`.") from exc
+    except PermissionError as exc:
+        raise SiteKeyError(f"{path} is not readable by this user ({exc.strerror}).") from exc
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SiteKeyError(f"{path} is not an unencrypted OpenSSH private key ({exc}).") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise SiteKeyError(f"{path} is not an EC key; Flower SuperNode auth needs one.")
+    return key
+
+
+def check_private_key(path: Path) -> None:
+    """Fail with a clear message unless ``path`` is an unencrypted OpenSSH EC private key."""
+    load_private_key(path)
+
+
+def key_fingerprint(key: ec.EllipticCurvePublicKey) -> str:
+    """``SHA256:…`` of a public key object, as :func:`fingerprint` and ``ssh-keygen -lf`` print it."""
+    blob = base64.b64decode(
+        key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).split()[1]
+    )
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def fingerprint(path: Path) -> str:

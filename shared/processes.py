@@ -233,7 +233,7 @@ class ManagedProcess:
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._known: set[ProcessId] = set()  # descendants seen so far (they may outlive this process)
-        self._log = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - closed in stop()
+        self._log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "ab", 0)  # 0640
         self._log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(self.cmd)}\n".encode())
         try:
             self.popen = subprocess.Popen(

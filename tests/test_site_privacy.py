@@ -13,10 +13,11 @@ import pytest
 import yaml
 
 from client.approval import ApprovalError, approvals_path, approve, approve_installed, is_approved, load_approvals
-from client.audit import AuditError, append_entry, head_path, verify
+from client.audit import AuditError, AuditSettings, append_entry, head_path, verify
 from client.outbound_guard import guard_reply, spec_of
 from server.superlink import stage_app
 from shared.code_identity import code_sha256, installed_root
+from shared.keys import generate_site_keys
 from shared.tasks import TaskSpec
 
 MODEL = {"conv.weight": np.zeros((4, 1, 3, 3), np.float32), "bn.num_batches_tracked": np.array(3, np.int64)}
@@ -79,7 +80,7 @@ def test_guard_withholds_patient_metrics_below_min_count() -> None:
     assert wide.get("auc") == 0.9 and (wide["auc-ci-low"], wide["auc-ci-high"]) == (0.7, 1.0)
 
 
-def _fill(log: Path, n: int = 3) -> None:
+def _fill(log: Path, n: int = 3, settings: AuditSettings | None = None) -> None:
     for rnd in range(1, n + 1):
         append_entry(
             log,
@@ -92,6 +93,7 @@ def _fill(log: Path, n: int = 3) -> None:
                 "metrics": {"num-examples": 40},
                 "guard": [],
             },
+            settings,
         )
 
 
@@ -153,8 +155,7 @@ def test_approvals_are_kept_and_checked(tmp_path: Path) -> None:
 
 
 def _site_yaml(tmp_path: Path) -> Path:
-    key = tmp_path / "site.key"
-    key.write_text("x")
+    generate_site_keys(tmp_path)  # site.key signs the audit head; verify checks it with site.pub
     doc = {
         "site_name": "site-1",
         "server_address": "127.0.0.1:9443",
@@ -187,9 +188,10 @@ def test_cli_approve_and_audit_verify_show(tmp_path: Path) -> None:
     info = json.loads(res.stdout)
     assert info["added"] is True and info["approved"][0]["sha256"] == code_sha256(installed_root())
     assert _cli("audit", "verify", "--config", str(site)).returncode == 2  # no log yet: a clear usage error
-    _fill(tmp_path / "work" / "audit" / "outbound.jsonl")
+    _fill(tmp_path / "work" / "audit" / "outbound.jsonl", settings=AuditSettings(key=tmp_path / "site.key"))
     res = _cli("audit", "verify", "--config", str(site), "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["entries"] == 3, res.stderr
+    assert json.loads(res.stdout)["signature"].startswith("valid"), res.stdout
     res = _cli("audit", "show", "--config", str(site))
     assert res.returncode == 0 and "Outbound messages" in res.stdout and "num-examples=40" in res.stdout
     log = tmp_path / "work" / "audit" / "outbound.jsonl"
