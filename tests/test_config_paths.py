@@ -79,9 +79,7 @@ def test_consortium_init_weights_resolves_against_the_consortium_folder(
     folder = tmp_path / "consortium"
     folder.mkdir()
     (folder / "consortium.yaml").write_text(
-        yaml.safe_dump(
-            {"name": "c", "address": "127.0.0.1:9443", "task": {"init_weights": "weights/start.fedrad"}}
-        )
+        yaml.safe_dump({"name": "c", "address": "127.0.0.1:9443", "task": {"init_weights": "weights/start.fedrad"}})
     )
     monkeypatch.chdir(tmp_path)
     assert load_consortium(Path("consortium")).task.init_weights == folder.resolve() / "weights" / "start.fedrad"
