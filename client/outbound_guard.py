@@ -10,7 +10,7 @@ What passes:
   no use to anyone, and the server rejects the reply).
 * **metrics**: keys from :data:`ALLOWED_METRICS` and the run's task's aggregate keys
   (:meth:`shared.tasks.Task.metric_count_key`: ``auc``, ``accuracy``, …; ``dice-<label>``,
-  ``hd95-<label>`` for its segment labels only), finite numbers only.
+  ``hd95-mm-<label>`` for its segment labels only), finite numbers only.
   Metrics computed from patients (loss, accuracy, AUC) are withheld when
   they cover fewer than ``min_count`` cases (site.yaml ``privacy.min_count``,
   default 10): a figure over three patients says too much about each.

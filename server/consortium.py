@@ -363,8 +363,11 @@ class ConsortiumConfig(StrictModel):
         }
 
 
-def parse_consortium(data: dict, source: str = CONSORTIUM_YAML) -> ConsortiumConfig:
-    """Validate a mapping; every problem is a :class:`ConfigError` naming the key."""
+def parse_consortium(data: dict, source: str = CONSORTIUM_YAML, base_dir: Path | None = None) -> ConsortiumConfig:
+    """Validate a mapping; every problem is a :class:`ConfigError` naming the key.
+
+    Relative paths (``task.init_weights``) resolve against ``base_dir`` when given (the consortium folder).
+    """
     strategy = data.get("strategy")
     if isinstance(strategy, str):  # shorthand: `strategy: fedavg`
         strategy = {"name": strategy}
@@ -373,7 +376,7 @@ def parse_consortium(data: dict, source: str = CONSORTIUM_YAML) -> ConsortiumCon
         got = strategy.get("name")
         raise ConfigError(f"{source}: key 'strategy.name': must be one of {', '.join(STRATEGY_NAMES)} (got {got!r})")
     try:
-        return parse_model(ConsortiumConfig, data, source)
+        return parse_model(ConsortiumConfig, data, source, base_dir)
     except ConfigError as exc:  # pydantic names union members: 'strategy.fedprox.eta' -> 'strategy.eta'
         raise ConfigError(
             re.sub(r"'strategy\.(" + "|".join(STRATEGY_NAMES) + r")\.", r"'strategy.", str(exc))
@@ -385,10 +388,7 @@ def load_consortium(directory: Path) -> ConsortiumConfig:
     path = Path(directory) / CONSORTIUM_YAML
     if not path.is_file():
         raise ConfigError(f"{path}: not found; is {directory} a consortium folder (made by `fedrad-server init`)?")
-    cfg = parse_consortium(load_yaml_mapping(path), str(path))
-    if cfg.task.init_weights is not None and not cfg.task.init_weights.is_absolute():
-        cfg.task.init_weights = Path(directory).resolve() / cfg.task.init_weights  # relative to the consortium folder
-    return cfg
+    return parse_consortium(load_yaml_mapping(path), str(path), Path(directory).resolve())
 
 
 def consortium_yaml_text(name: str, address: str) -> str:

@@ -229,7 +229,19 @@ def parse_model(model_cls: type[StrictModel], data: dict, source: str, base_dir:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
     if base_dir is not None:
-        for name, value in list(obj.__dict__.items()):
-            if isinstance(value, Path) and not value.is_absolute():
-                setattr(obj, name, (base_dir / value))
+        _resolve_relative_paths(obj, Path(base_dir))
     return obj
+
+
+def _resolve_relative_paths(obj: BaseModel, base_dir: Path) -> None:
+    """Anchor every relative ``Path`` in ``obj`` and its nested sections at ``base_dir``.
+
+    Why recursive: a path inside a section (``crossval.share_local_model``,
+    ``task.init_weights``) must mean the same file whichever folder the command
+    runs from, exactly like a top-level ``data:``.
+    """
+    for name, value in list(obj.__dict__.items()):
+        if isinstance(value, Path) and not value.is_absolute():
+            setattr(obj, name, base_dir / value)
+        elif isinstance(value, BaseModel):
+            _resolve_relative_paths(value, base_dir)

@@ -111,11 +111,13 @@ def test_guard_passes_the_tasks_segmentation_aggregates_and_nothing_per_case() -
         "dice-lung": 0.9,
         "dice-lung-ci-low": 0.85,
         "dice-lung-ci-high": 0.93,
-        "hd95-lung": 2.0,
-        "hd95-lung-examples": 12,
+        "hd95-mm-lung": 2.0,
+        "hd95-mm-lung-examples": 12,
         "dice-nodule": 0.3,
-        "hd95-nodule": 9.0,
-        "hd95-nodule-examples": 4,
+        "hd95-px-nodule": 9.0,
+        "hd95-px-nodule-examples": 4,
+        "hd95-lung": 2.0,  # the unitless key of old: not a key any more
+        "hd95-cm-lung": 0.2,
         "dice-case17": 0.2,
         "dice-lung-case-3": 0.1,
         "dice-heart": float("nan"),
@@ -129,15 +131,22 @@ def test_guard_passes_the_tasks_segmentation_aggregates_and_nothing_per_case() -
         "dice-lung",
         "dice-lung-ci-low",
         "dice-lung-ci-high",
-        "hd95-lung",
-        "hd95-lung-examples",
+        "hd95-mm-lung",
+        "hd95-mm-lung-examples",
         "dice-nodule",
-        "hd95-nodule-examples",
+        "hd95-px-nodule-examples",
     }
     dropped = {d.item for d in g.violations}
-    assert dropped == {"metric:dice-case17", "metric:dice-lung-case-3", "metric:dice-heart", "metric:dice-lung-cases"}
+    assert dropped == {
+        "metric:dice-case17",
+        "metric:dice-lung-case-3",
+        "metric:dice-heart",
+        "metric:dice-lung-cases",
+        "metric:hd95-lung",
+        "metric:hd95-cm-lung",
+    }
     withheld = {d.item for d in g.decisions if d.action == "withhold"}
-    assert withheld == {"metric:hd95-nodule"}  # HD95 over 4 cases < min_count
+    assert withheld == {"metric:hd95-px-nodule"}  # HD95 over 4 cases < min_count
     small = guard_reply("evaluate", incoming={}, arrays=None, metrics={**metrics, "num-examples": 5}, task=SEG_SPEC)
     assert not {k for k in small.metrics if k.startswith("dice-")}  # Dice over 5 held-out cases is withheld
     classification = guard_reply(
@@ -158,25 +167,28 @@ def test_server_accepts_and_aggregates_segmentation_metrics() -> None:
         "dice-lung": 0.9,
         "dice-lung-ci-low": 0.8,
         "dice-lung-ci-high": 0.95,
-        "hd95-lung": 2.0,
-        "hd95-lung-examples": 30,
+        "hd95-mm-lung": 2.0,
+        "hd95-mm-lung-examples": 30,
     }
     site_b = {
         "num-examples": 10,
         "loss": 0.8,
         "dice-mean": 0.3,
         "dice-lung": 0.5,
-        "hd95-lung": 6.0,
-        "hd95-lung-examples": 10,
+        "hd95-mm-lung": 6.0,
+        "hd95-mm-lung-examples": 10,
+        "hd95-px-lung": 4.0,  # site b also has images without a pixel spacing: a separate figure
+        "hd95-px-lung-examples": 5,
     }
     clean, problem = validate_eval_reply(reply(1, None, site_a).content)
     assert problem is None and clean == site_a
     assert set(metric_keys(["lung"])) >= set(site_a) - {"num-examples", "loss"}
     assert "must lie in [0, 1]" in validate_eval_reply(reply(1, None, {**site_b, "dice-lung": 1.5}).content)[1]
-    assert "must not be negative" in validate_eval_reply(reply(1, None, {**site_b, "hd95-lung": -1.0}).content)[1]
+    assert "must not be negative" in validate_eval_reply(reply(1, None, {**site_b, "hd95-mm-lung": -1.0}).content)[1]
     out = aggregate_metrics([reply(1, None, site_a).content, reply(2, None, site_b).content])
     assert out["dice-lung"] == pytest.approx((0.9 * 30 + 0.5 * 10) / 40)
-    assert out["hd95-lung"] == pytest.approx((2.0 * 30 + 6.0 * 10) / 40) and out["hd95-lung-examples"] == 40
+    assert out["hd95-mm-lung"] == pytest.approx((2.0 * 30 + 6.0 * 10) / 40) and out["hd95-mm-lung-examples"] == 40
+    assert out["hd95-px-lung"] == 4.0 and out["hd95-px-lung-examples"] == 5  # never averaged with millimetres
     assert out["num-examples"] == 40 and "dice-lung-ci-low" not in out  # a site's interval is never averaged
 
 
@@ -231,11 +243,11 @@ def test_model_card_describes_a_segmentation_model(tmp_path: Path) -> None:
     task = RunTask(TaskSpec("segmentation", tuple(LABELS), "unet", 32), "Seg Net", "fedavg", 0)
     run.prepare(task, resume=False)
     row = {
-        "eval": {"num-examples": 20, "dice-mean": 0.5, "dice-lung": 0.9, "hd95-lung": 2.5, "dice-nodule": 0.1},
+        "eval": {"num-examples": 20, "dice-mean": 0.5, "dice-lung": 0.9, "hd95-mm-lung": 2.5, "dice-nodule": 0.1},
         "sites_answered": 2,
     }
     run.save_round(1, unet().state_dict(), task=task, num_server_rounds=1, metrics=row, eval_auc=0.5)
     card = model_card(load_model_file(tmp_path / "run" / "latest.pt"), tmp_path / "run", {}, ["a", "b"], None, None)
     assert (
-        "segmentation of nodule, lung" in card and "lung Dice 0.900 HD95 2.5 px" in card and "mean Dice 0.500" in card
+        "segmentation of nodule, lung" in card and "lung Dice 0.900 HD95 2.5 mm" in card and "mean Dice 0.500" in card
     )

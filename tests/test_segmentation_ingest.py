@@ -310,3 +310,31 @@ def test_synthetic_site_round_trip(tmp_path):
     seg = read_segmentation(segs[0])
     assert seg.labels == {1: "nodule", 2: "lung"} and (seg.rows, seg.columns) == (profile.matrix, profile.matrix)
     assert hd.seg.segread(segs[0]).NumberOfFrames == 2  # stock highdicom reads the synthetic SEGs as they are
+
+
+def test_model_input_spacing_follows_the_pad_and_resample():
+    """HD95 in mm needs the mm per pixel of the (S, S) model input: native spacing x longer side / S."""
+    from shared.imaging.dicom_reader import ImageHeader, read_header
+    from shared.imaging.planar import model_input_spacing
+
+    header = ImageHeader(rows=2000, columns=1500, pixel_spacing=[0.2, 0.15])
+    assert model_input_spacing(header, 64) == pytest.approx((0.2 * 2000 / 64, 0.15 * 2000 / 64))
+    for bad in ([], [0.2], [0.0, 0.2], [float("nan"), 0.2], [-0.1, 0.1]):
+        assert model_input_spacing(ImageHeader(rows=64, columns=64, pixel_spacing=bad), 64) is None, bad
+    ds = pydicom.Dataset()  # a projection radiograph with only the detector's ImagerPixelSpacing
+    ds.Rows, ds.Columns, ds.ImagerPixelSpacing = 512, 512, [0.143, 0.143]
+    assert model_input_spacing(read_header(ds), 32) == pytest.approx((0.143 * 16, 0.143 * 16))
+
+
+def test_synthetic_images_carry_a_pixel_spacing_into_the_seg_dataset(tmp_path):
+    """Demos report HD95 in mm: the synthetic writer sets PixelSpacing and the loader keeps it per case."""
+    from shared.config import SiteDataConfig
+    from shared.tasks.segmentation.data import load_seg_dataset
+
+    profile = PROFILES["unseen-1"]
+    site = write_site(tmp_path / "seg", profile, 4, seed=2, difficulty=0.0, task="segmentation")
+    cfg = SiteDataConfig(data=site.dicom_dir, image_size=SIZE, cache_dir=tmp_path / "cache")
+    data, _ = load_seg_dataset(cfg, LABELS, workers=1)
+    expected = profile.pixel_spacing_mm * profile.matrix / SIZE  # square synthetic films
+    assert len(data.spacing) == len(data) == 4
+    assert all(s == pytest.approx((expected, expected), rel=1e-3) for s in data.spacing)

@@ -11,7 +11,7 @@ import torch
 
 from shared.models import MODEL_BUILDERS
 from shared.tasks import get_task
-from shared.tasks.segmentation.dataset import SegDataset, flip_pairs, predict_masks
+from shared.tasks.segmentation.dataset import SegDataset, concat_seg_datasets, flip_pairs, predict_masks
 from shared.tasks.segmentation.metrics import (
     bootstrap_mean_ci,
     evaluate_segmentation,
@@ -96,7 +96,7 @@ def test_training_raises_held_out_dice_far_above_untrained():
     assert history[-1]["val_dice"] == pytest.approx(trained.mean_dice)
     assert trained.mean_dice > 0.7
     assert trained.mean_dice > untrained.mean_dice + 0.3
-    assert trained.per_label["disc"].hd95_mean < untrained.per_label["disc"].hd95_mean
+    assert trained.per_label["disc"].hd95_px_mean < untrained.per_label["disc"].hd95_px_mean
     assert not model.training
 
 
@@ -164,6 +164,64 @@ def test_shifted_square_hd95_is_the_shift():
     assert r.dice[0, 0] == pytest.approx(2 * 40 / 128)
 
 
+def test_hd95_is_in_millimetres_at_the_cases_pixel_spacing_and_in_pixels_without_one():
+    # The 3 px column shift of test_shifted_square_hd95_is_the_shift at 0.5 mm pixels is 1.5 mm; a coarser row
+    # spacing changes nothing (the offset lies along the rows). The third case has no spacing: 3 px, kept apart.
+    a, b = square(24, 8, 8, 8), square(24, 8, 11, 8)
+    spacing = [(0.5, 0.5), (2.0, 0.5), None]
+    r = evaluate_segmentation(as_batch(b, b, b), as_batch(a, a, a), ["x"], n_bootstrap=0, spacing=spacing)
+    assert r.hd95[:, 0].tolist() == pytest.approx([1.5, 1.5, 3.0]) and r.in_mm.tolist() == [True, True, False]
+    s = r.per_label["x"]
+    assert (s.hd95_mm_mean, s.n_hd95_mm) == (pytest.approx(1.5), 2)
+    assert (s.hd95_px_mean, s.n_hd95_px) == (pytest.approx(3.0), 1)  # never one mean over mm and pixels
+    out = json.loads(json.dumps(r.to_json(include_cases=True)))
+    assert out["n_cases_without_spacing"] == 1 and set(out["hd95_units"]) == {"hd95_mm", "hd95_px"}
+    assert out["cases"]["hd95_mm"] == [[1.5], [1.5], [None]] and out["cases"]["hd95_px"] == [[None], [None], [3.0]]
+    # a shift of N px at 0.5 mm is N x 0.5 mm, for several N
+    for n in (1, 2, 5):
+        shifted = as_batch(square(24, 8, 8 + n, 8))
+        assert hd95_per_case(shifted, as_batch(a), [(0.5, 0.5)])[0, 0] == pytest.approx(n * 0.5)
+    with pytest.raises(ValueError, match="2 pixel spacings for 3 cases"):
+        evaluate_segmentation(as_batch(b, b, b), as_batch(a, a, a), ["x"], spacing=spacing[:2])
+    with pytest.raises(ValueError, match="positive"):
+        hd95_per_case(as_batch(b), as_batch(a), [(0.0, 0.5)])
+
+
+class _Fixed(torch.nn.Module):
+    """Predicts the masks it was built with, whatever the image: logits +10 inside, -10 outside."""
+
+    def __init__(self, masks: torch.Tensor) -> None:
+        super().__init__()
+        self.masks = masks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.masks[: len(x)].float() * 20 - 10
+
+
+def test_site_metrics_send_hd95_in_mm_and_in_pixels_under_their_own_keys():
+    from shared.tasks.segmentation.metric_keys import count_key
+
+    a, b = square(24, 8, 8, 8), square(24, 8, 11, 8)
+    data = SegDataset(
+        images=torch.rand(3, 1, 24, 24),
+        masks=as_batch(a, a, a),
+        labels=["x"],
+        groups=["p0", "p1", "p2"],
+        spacing=[(0.5, 0.5), None, (0.5, 0.5)],
+    )
+    out = get_task("segmentation").site_metrics(_Fixed(as_batch(b, b, b)), data, seed=0)
+    assert out["hd95-mm-x"] == pytest.approx(1.5) and out["hd95-mm-x-examples"] == 2
+    assert out["hd95-px-x"] == pytest.approx(3.0) and out["hd95-px-x-examples"] == 1
+    assert all(count_key(k, ["x"]) is not False for k in out if k.startswith("hd95"))
+    assert not [k for k in out if k.startswith("hd95-x")]  # no key without its unit
+    # the spacing follows its case through a split and a pooling of sites
+    assert data.subset([2, 1]).spacing == [(0.5, 0.5), None]
+    pooled = concat_seg_datasets([data, SegDataset(data.images[:1], data.masks[:1], ["x"], ["q"])])
+    assert pooled.spacing == [(0.5, 0.5), None, (0.5, 0.5), None]
+    with pytest.raises(ValueError, match="1 pixel spacings for 3 cases"):
+        SegDataset(data.images, data.masks, ["x"], spacing=[None])
+
+
 def test_hd95_ignores_a_single_far_outlier():
     # Prediction = the square plus one stray pixel 10+ px away: 1 of 29 edge distances is large, so the
     # 95th percentile (position 26.6 of 0..28) is still 0, where the plain Hausdorff distance would be >10.
@@ -184,12 +242,13 @@ def test_empty_mask_policy():
     assert r.dice[:, 0].tolist() == [1.0, 0.0, 0.0, 1.0]
     assert np.isnan(r.hd95[:3, 0]).all() and r.hd95[3, 0] == 0.0
     s = r.per_label["nodule"]
-    assert (s.n_both_empty, s.n_false_positive, s.n_false_negative, s.n_hd95) == (1, 1, 1, 1)
+    assert (s.n_both_empty, s.n_false_positive, s.n_false_negative, s.n_hd95_px, s.n_hd95_mm) == (1, 1, 1, 1, 0)
     assert s.dice_mean == pytest.approx(0.5)
-    assert s.hd95_mean == 0.0 and s.hd95_ci95 is None  # one defined case: no interval
+    assert s.hd95_px_mean == 0.0 and s.hd95_px_ci95 is None  # one defined case: no interval
+    assert s.hd95_mm_mean is None  # no case has a pixel spacing
     # every pair empty: HD95 has no cases at all
     none = evaluate_segmentation(as_batch(empty, empty), as_batch(empty, empty), ["nodule"], n_bootstrap=10)
-    assert none.per_label["nodule"].hd95_mean is None and none.mean_dice == 1.0
+    assert none.per_label["nodule"].hd95_px_mean is None and none.mean_dice == 1.0
     assert np.isnan(hd95_per_case(as_batch(sq), as_batch(empty))).all()
 
 
@@ -200,7 +259,7 @@ def test_multi_label_summary_and_json():
     out = json.loads(json.dumps(r.to_json(include_cases=True)))
     assert out["labels"] == ["lung", "nodule"] and out["n_cases"] == 2 and out["mean_dice"] == 1.0
     assert out["per_label"]["nodule"]["n_both_empty"] == 1
-    assert out["cases"]["hd95"][1] == [0.0, None]
+    assert out["cases"]["hd95_px"][1] == [0.0, None] and out["cases"]["hd95_mm"][1] == [None, None]
     assert "cases" not in r.to_json()  # per-case figures stay site-local unless asked for
     with pytest.raises(ValueError, match="labels"):
         evaluate_segmentation(pred, pred, ["lung"])

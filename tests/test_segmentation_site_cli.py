@@ -3,7 +3,7 @@
 A synthetic site whose images each have a DICOM SEG (``nodule``, ``lung``) and
 whose site.yaml has no ``labels``: ``check --segments`` matches the SEGs,
 ``train-local --segments`` writes a segmentation model file, ``evaluate`` with
-that file reports Dice/HD95 per label with CIs, writes the overlay PNG into the
+that file reports Dice/HD95 (mm) per label with CIs, writes the overlay PNG into the
 site's report, and the start preflight accepts the site without 2 labelled classes.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -110,7 +111,15 @@ def test_evaluate_reports_dice_per_label_and_overlays(
     html = (report / "report.html").read_text()
     assert "data:image/png;base64" in html and "lung: Dice" in html and "keep them at the site" in html
     rows = (report / "predictions.csv").read_text().splitlines()
-    assert rows[0].startswith("case,dice_nodule,dice_lung") and len(rows) == 21
+    assert rows[0] == "case,dice_nodule,dice_lung,hd95_mm_nodule,hd95_mm_lung,hd95_px_nodule,hd95_px_lung"
+    assert len(rows) == 21
+    # the synthetic films have a PixelSpacing: every HD95 is in millimetres, none in pixels
+    lung = metrics["per_label"]["lung"]
+    assert metrics["n_cases_without_spacing"] == 0 and lung["n_hd95_px"] == 0 and lung["hd95_px_mean"] is None
+    assert lung["n_hd95_mm"] > 0 and lung["hd95_mm_mean"] > 0
+    assert "lung: HD95, millimetres" in html and "HD95, pixels" not in html
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in report.iterdir()}
+    assert modes == dict.fromkeys(modes, 0o600), modes  # per-case results and overlays: owner-only from creation
 
 
 def test_evaluate_prints_a_dice_table(seg_site: Path, seg_model: tuple[Path, dict], tmp_path: Path) -> None:
@@ -120,6 +129,7 @@ def test_evaluate_prints_a_dice_table(seg_site: Path, seg_model: tuple[Path, dic
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Segmentation evaluation on 20 images" in proc.stdout and "Dice 95% CI" in proc.stdout
+    assert "HD95 (mm)" in proc.stdout and "HD95 (px)" not in proc.stdout
 
 
 def test_start_preflight_accepts_a_segmentation_only_site(seg_site: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,8 @@ def test_evaluate_writes_report_and_prints_metrics(trained, small_cohort, tmp_pa
         assert (report / name).stat().st_size > 0, name
     with open(report / "predictions.csv") as fh:
         assert len(list(csv.DictReader(fh))) == unseen.n_images
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in report.iterdir()}
+    assert modes == dict.fromkeys(modes, 0o600), modes  # per-case results: owner-only from creation
     assert json.loads((report / "metrics.json").read_text())["auc"] == metrics["auc"]
 
 
@@ -92,6 +95,7 @@ def test_evaluate_explain_adds_grad_cam_overlays_to_the_report(trained, small_co
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["explained_cases"] == 2
     assert (report / "explain-gradcam.png").stat().st_size > 10_000
+    assert stat.S_IMODE((report / "explain-gradcam.png").stat().st_mode) == 0o600  # patients' images
     assert "Grad-CAM" in (report / "report.html").read_text()
 
 

@@ -9,7 +9,7 @@ left out when no site could compute it); per-image DP's ``dp-epsilon`` takes the
 largest and ``dp-noise-multiplier`` the smallest (the least private site); a site's own interval (``auc-ci-*``,
 ``dice-<label>-ci-*``: :meth:`shared.tasks.Task.per_site`) is left out
 (``fedrad-server crossval`` keeps it per site); a metric with its own count
-(``hd95-<label>`` and ``hd95-<label>-examples``) is weighted by it (summed, like
+(``hd95-mm-<label>`` and ``hd95-mm-<label>-examples``; the pixel figure ``hd95-px-<label>`` apart) is weighted by it (summed, like
 every ``*-examples`` count); everything else is weighted by
 ``num-examples``. Each key is combined over the sites that sent it: a site
 withholds loss/accuracy/AUC over fewer cases than its ``min_count``.
@@ -51,7 +51,7 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str = "num-examples
         elif key.endswith("-s"):
             out[key] = max(values)
         else:
-            own = f"{key}-examples"  # auc-examples, hd95-<label>-examples
+            own = f"{key}-examples"  # auc-examples, hd95-mm-<label>-examples
             wkey = own if key == "auc" or own in keys else weight_key
             weights = [float(r.get(wkey, 0)) for r in having]
             if sum(weights) > 0:

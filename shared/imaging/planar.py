@@ -167,6 +167,24 @@ def preprocess_image(decoded: DecodedImage, params: PreprocessConfig) -> np.ndar
     return percentile_window(small, params.window_low_pct, params.window_high_pct)
 
 
+def model_input_spacing(header: ImageHeader, image_size: int) -> tuple[float, float] | None:
+    """(row, column) millimetres per pixel of the (S, S) model input; None when the file has no usable spacing.
+
+    Why here: the geometry is this module's. :func:`preprocess_image` pads to a square of the longer
+    side and resamples that to S, so one model pixel spans ``max(rows, columns) / S`` native pixels on
+    both axes. The native spacing is PixelSpacing, else ImagerPixelSpacing (at the detector, so
+    distances come out magnified by the projection's geometry, typically 5-15 % for a chest film);
+    :func:`shared.imaging.dicom_reader.read_header` reads it.
+    """
+    spacing = header.pixel_spacing
+    if len(spacing) != 2 or header.rows <= 0 or header.columns <= 0 or image_size <= 0:
+        return None
+    if not all(np.isfinite(v) and v > 0 for v in spacing):
+        return None
+    scale = max(header.rows, header.columns) / image_size
+    return (float(spacing[0]) * scale, float(spacing[1]) * scale)
+
+
 @dataclass(frozen=True)
 class Planar:
     """The :class:`~shared.imaging.modality.Modality` of projection radiographs."""

@@ -100,7 +100,7 @@ def test_two_site_segmentation_federation_over_tls(tmp_path: Path) -> None:
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
     assert all(r["sites_answered"] == 2 and r["sites_failed"] == 0 for r in rows), [r["failures"] for r in rows]
     for r in rows:
-        assert {"dice-mean", "dice-lung", "dice-nodule", "hd95-lung", "loss"} <= set(r["eval"]), r["eval"]
+        assert {"dice-mean", "dice-lung", "dice-nodule", "hd95-mm-lung", "loss"} <= set(r["eval"]), r["eval"]
         assert not any(k.endswith(("-ci-low", "-ci-high")) for k in r["eval"])  # per-site intervals are not averaged
     latest = load_model_file(run_dir / "latest.pt")
     assert (latest.task, latest.labels, latest.architecture) == ("segmentation", LABELS, "unet")

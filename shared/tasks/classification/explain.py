@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from shared.private_files import private_file
+
 
 def last_conv_layer(model: torch.nn.Module) -> str:
     """Dotted name of the last ``Conv2d``: Grad-CAM's usual target (finest map that still sees the whole image)."""
@@ -71,5 +73,6 @@ def grad_cam_figure(
         ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
         ax.set_title(f"Grad-CAM for {classes[-1]}", fontsize=7, loc="left")
         ax.axis("off")
-    fig.savefig(path, format="png", dpi=100)
+    with private_file(path, "wb") as fh:  # patients' images: owner-only like the rest of the report
+        fig.savefig(fh, format="png", dpi=100)
     return path

@@ -15,6 +15,7 @@ from shared.cli_support import progress_bar
 from shared.config import ConfigError, SiteDataConfig
 from shared.metrics import evaluate_predictions
 from shared.modelfile import LoadedModel
+from shared.private_files import private_dir
 from shared.site_data import load_site_dataset
 from shared.tasks.classification.evaluation import predict_proba
 from shared.tasks.classification.report import write_report
@@ -54,7 +55,7 @@ def evaluate_local(
     if explain > 0:
         from shared.tasks.classification.explain import grad_cam_figure
 
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        private_dir(Path(out_dir))
         caption = (
             f"Grad-CAM: where the model looked ({explain} confident correct case(s) per class, then its worst miss)"
         )

@@ -3,7 +3,9 @@
 The HTML embeds its images as base64 data URIs, so it is a single file a
 clinician can open from a USB stick or attach to an e-mail inside the hospital.
 ``metrics.json`` holds only aggregate figures; ``predictions.csv`` and the HTML
-hold per-case results and must stay at the site, which the page says up front.
+hold per-case results and must stay at the site, which the page says up front;
+every file is written owner-only (0600, :mod:`shared.private_files`), the folder
+0700 when this creates it.
 
 Plots use matplotlib's object API (``Figure``) rather than pyplot: it renders
 through the Agg canvas with no display, keeps no global figure registry to leak,
@@ -21,6 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from shared.metrics import DEFAULT_THRESHOLD, calibration_bins, roc_points
+from shared.private_files import private_dir, private_file, write_private_text
 from shared.report_html import DPI, _fmt_ci, _num, _rows_table, html_page
 
 
@@ -48,8 +51,7 @@ def write_report(
         case_ids = [f"case-{i + 1:05d}" for i in range(y.size)]
     if len(case_ids) != y.size:
         raise ValueError(f"got {len(case_ids)} case ids for {y.size} cases")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = private_dir(Path(out_dir))
 
     paths = {
         "metrics": out_dir / "metrics.json",
@@ -59,7 +61,7 @@ def write_report(
         "predictions": out_dir / "predictions.csv",
         "report": out_dir / "report.html",
     }
-    paths["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_private_text(paths["metrics"], json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     _save(_roc_figure(y, p, classes, metrics), paths["roc"])
     _save(_calibration_figure(y, p, classes, metrics), paths["calibration"])
     _save(_confusion_figure(metrics, classes), paths["confusion"])
@@ -71,7 +73,7 @@ def write_report(
     ).items():  # e.g. Grad-CAM overlays (shared/tasks/classification/explain.py)
         images[caption], paths[caption] = path, path
         captions.append(caption)
-    paths["report"].write_text(_html(title, metrics, classes, model_info or {}, images, captions), encoding="utf-8")
+    write_private_text(paths["report"], _html(title, metrics, classes, model_info or {}, images, captions))
     return paths
 
 
@@ -88,7 +90,8 @@ def predicted_labels(proba: np.ndarray, metrics: dict) -> np.ndarray:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, format="png", dpi=DPI)
+    with private_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=DPI)
 
 
 def _roc_figure(y: np.ndarray, p: np.ndarray, classes: list[str], m: dict) -> Figure:
@@ -208,7 +211,7 @@ def _confusion_figure(m: dict, classes: list[str]) -> Figure:
 
 def _write_predictions(path: Path, case_ids, y, p, classes, metrics) -> None:
     pred = predicted_labels(p, metrics)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with private_file(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["case_id", "true_label", *[f"p_{c}" for c in classes], "predicted_label"])
         for cid, t, probs, k in zip(case_ids, y, p, pred):

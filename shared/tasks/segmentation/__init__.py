@@ -9,8 +9,9 @@ inside the methods (the outbound guard asks this task for its metric keys).
 
 What leaves the site from an evaluation: ``num-examples``, ``loss``,
 ``dice-mean``, per label ``dice-<label>`` (with this site's bootstrap interval
-``dice-<label>-ci-low/high``), ``hd95-<label>`` in pixels and the number of
-cases it averages (``hd95-<label>-examples``).
+``dice-<label>-ci-low/high``), ``hd95-mm-<label>`` in millimetres over the cases
+whose image has a pixel spacing and ``hd95-px-<label>`` in model-input pixels over
+the others, each with the number of cases it averages (``hd95-<unit>-<label>-examples``).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class SegmentationTask(Task):
     def summarize(self, metrics: Mapping[str, Any], outputs: list[str]) -> str:
         per_label = ", ".join(
             f"{x} Dice {metrics[f'dice-{x}']:.3f}"
-            + (f" HD95 {metrics[f'hd95-{x}']:.1f} px" if f"hd95-{x}" in metrics else "")
+            + "".join(f" HD95 {metrics[k]:.1f} {u}" for u in ("mm", "px") if (k := f"hd95-{u}-{x}") in metrics)
             for x in outputs
             if f"dice-{x}" in metrics
         )
@@ -131,16 +132,23 @@ class SegmentationTask(Task):
 
         loss = evaluate_segmentation_loss(model, data)["val_loss"]
         result = evaluate_segmentation(
-            predict_masks(model, data.images), data.masks, data.labels, n_bootstrap=N_BOOTSTRAP, seed=seed
+            predict_masks(model, data.images),
+            data.masks,
+            data.labels,
+            n_bootstrap=N_BOOTSTRAP,
+            seed=seed,
+            spacing=data.spacing,
         )
         out: dict[str, float | int] = {"num-examples": len(data), "loss": float(loss), "dice-mean": result.mean_dice}
         for label, s in result.per_label.items():
             out[f"dice-{label}"] = s.dice_mean
             if s.dice_ci95 is not None:
                 out[f"dice-{label}-ci-low"], out[f"dice-{label}-ci-high"] = s.dice_ci95
-            out[f"hd95-{label}-examples"] = s.n_hd95
-            if s.hd95_mean is not None:
-                out[f"hd95-{label}"] = s.hd95_mean
+            for unit, mean, n in (("mm", s.hd95_mm_mean, s.n_hd95_mm), ("px", s.hd95_px_mean, s.n_hd95_px)):
+                if n:  # a unit no case was measured in is left out, so the round figure is of the sites that had it
+                    out[f"hd95-{unit}-{label}-examples"] = n
+                if mean is not None:
+                    out[f"hd95-{unit}-{label}"] = mean
         return out
 
     def metric_count_key(self, key: str, outputs: list[str]) -> str | None | bool:
@@ -160,7 +168,12 @@ class SegmentationTask(Task):
         from shared.tasks.segmentation.metrics import evaluate_segmentation
 
         result = evaluate_segmentation(
-            predict_masks(model, data.images), data.masks, data.labels, n_bootstrap=n_bootstrap, seed=seed
+            predict_masks(model, data.images),
+            data.masks,
+            data.labels,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            spacing=data.spacing,
         )
         out: dict[str, Any] = {"dice-mean": result.mean_dice}
         for label, s in result.per_label.items():

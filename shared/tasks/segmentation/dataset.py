@@ -34,6 +34,9 @@ class SegDataset:
     masks: torch.Tensor  # (N, L, S, S) bool, channels in ``labels`` order
     labels: list[str]
     groups: list[str] = field(default_factory=list)  # patient grouping key per case (site-local)
+    # per case: the model input's (row, column) mm per pixel, None where the image has no pixel spacing;
+    # empty = unknown for every case. HD95 is in mm where it is known (shared.tasks.segmentation.metrics).
+    spacing: list[tuple[float, float] | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.images.ndim < 4 or self.images.shape[1] != 1:  # (N, 1, H, W) or (N, 1, D, H, W): rank is the data's
@@ -49,6 +52,8 @@ class SegDataset:
             raise ValueError(f"masks must be bool, got {self.masks.dtype}")
         if self.groups and len(self.groups) != len(self):
             raise ValueError(f"{len(self.groups)} groups for {len(self)} cases")
+        if self.spacing and len(self.spacing) != len(self):
+            raise ValueError(f"{len(self.spacing)} pixel spacings for {len(self)} cases")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -61,6 +66,7 @@ class SegDataset:
             masks=self.masks[idx],
             labels=list(self.labels),
             groups=[self.groups[i] for i in idx.tolist()] if self.groups else [],
+            spacing=[self.spacing[i] for i in idx.tolist()] if self.spacing else [],
         )
 
 
@@ -107,4 +113,5 @@ def concat_seg_datasets(parts: list[SegDataset]) -> SegDataset:
         masks=torch.cat([p.masks for p in parts]),
         labels=list(labels),
         groups=[f"{i}:{g}" for i, p in enumerate(parts) for g in p.groups] if all(p.groups for p in parts) else [],
+        spacing=[s for p in parts for s in (p.spacing or [None] * len(p))] if any(p.spacing for p in parts) else [],
     )

@@ -43,7 +43,7 @@ def evaluate_local(
             f"problem(s)); run `fedrad-site check --data {cfg.data} --segments {','.join(loaded.labels)}`"
         )
     pred = predict_masks(loaded.model, data.images)
-    result = evaluate_segmentation(pred, data.masks, loaded.labels, n_bootstrap=n_bootstrap)
+    result = evaluate_segmentation(pred, data.masks, loaded.labels, n_bootstrap=n_bootstrap, spacing=data.spacing)
     metrics = {"task": "segmentation", **result.to_json()}
     metrics["model"] = {
         "file": str(model_path),
@@ -84,22 +84,27 @@ def _ci(ci: list[float] | None) -> str:
 
 
 def render_seg_metrics(m: dict, out_dir: Path, console: Console) -> None:
-    """Dice and HD95 per label with their 95 % CIs, as a rich table."""
+    """Dice and HD95 per label with their 95 % CIs, as a rich table; HD95 in mm, and in pixels for cases without
+    a pixel spacing (a column only when there are such cases: the two units are never averaged together)."""
     table = Table(
         title=f"Segmentation evaluation on {m['n_cases']} images (mean Dice {m['mean_dice']:.3f})", title_justify="left"
     )
-    for name in ("label", "Dice", "Dice 95% CI", f"HD95 ({m['hd95_unit']})", "HD95 95% CI", "HD95 cases", "FP / FN"):
+    units = ["mm", *(["px"] if m.get("n_cases_without_spacing") else [])]
+    columns = ["label", "Dice", "Dice 95% CI"]
+    for unit in units:
+        columns += [f"HD95 ({unit})", f"HD95 {unit} 95% CI", f"HD95 {unit} cases"]
+    for name in (*columns, "FP / FN"):
         table.add_column(name, justify="left" if name == "label" else "right")
     for label, s in m["per_label"].items():
-        hd = "n/a" if s["hd95_mean"] is None else f"{s['hd95_mean']:.2f}"
-        table.add_row(
-            label,
-            f"{s['dice_mean']:.3f}",
-            _ci(s["dice_ci95"]),
-            hd,
-            _ci(s["hd95_ci95"]),
-            str(s["n_hd95"]),
-            f"{s['n_false_positive']} / {s['n_false_negative']}",
-        )
+        row = [label, f"{s['dice_mean']:.3f}", _ci(s["dice_ci95"])]
+        for unit in units:
+            mean = s[f"hd95_{unit}_mean"]
+            row += ["n/a" if mean is None else f"{mean:.2f}", _ci(s[f"hd95_{unit}_ci95"]), str(s[f"n_hd95_{unit}"])]
+        table.add_row(*row, f"{s['n_false_positive']} / {s['n_false_negative']}")
     console.print(table)
+    if m.get("n_cases_without_spacing"):
+        console.print(
+            f"{m['n_cases_without_spacing']} image(s) have no PixelSpacing/ImagerPixelSpacing: their HD95 is in "
+            "pixels of the model input (HD95 px), apart from the millimetre figures."
+        )
     console.print(f"Report: {Path(out_dir) / 'report.html'} (per-case results and overlays; keep at the site)")

@@ -4,8 +4,12 @@ One place for the rules that the site's outbound guard, the server's reply
 validation and the round aggregation all apply, so they cannot drift apart:
 
 * ``dice-mean``, ``dice-<label>``: mean Dice over the held-out cases (counted by ``num-examples``);
-* ``hd95-<label>``: mean HD95 in pixels over the cases where both masks are
-  non-empty, counted by ``hd95-<label>-examples`` (HD95 is undefined elsewhere);
+* ``hd95-mm-<label>``: mean HD95 in millimetres over the cases whose image has a
+  pixel spacing and where both masks are non-empty, counted by
+  ``hd95-mm-<label>-examples`` (HD95 is undefined elsewhere);
+* ``hd95-px-<label>``: the same over the cases without a pixel spacing, in pixels
+  of the model input, counted by ``hd95-px-<label>-examples``. Never one mean over
+  both units: the server averages each key by its own count;
 * ``dice-<label>-ci-low`` / ``-ci-high``: the site's own bootstrap interval of
   its Dice, per site like ``auc-ci-*`` (never averaged across sites).
 
@@ -21,8 +25,9 @@ from collections.abc import Collection
 LABEL = r"[A-Za-z0-9_.]{1,40}"  # shared.config.SEGMENT_LABEL_PATTERN: labels cannot contain '-'
 _DICE = re.compile(rf"^dice-(mean|{LABEL})$")
 _DICE_CI = re.compile(rf"^dice-({LABEL})-ci-(?:low|high)$")
-_HD95 = re.compile(rf"^hd95-({LABEL})$")
-_HD95_COUNT = re.compile(rf"^hd95-({LABEL})-examples$")
+HD95_UNITS = ("mm", "px")  # shared.tasks.segmentation.metrics: mm where the pixel spacing is known, else pixels
+_HD95 = re.compile(rf"^hd95-(?:mm|px)-({LABEL})$")
+_HD95_COUNT = re.compile(rf"^hd95-(?:mm|px)-({LABEL})-examples$")
 COUNT_KEY = "num-examples"
 
 
@@ -67,7 +72,7 @@ def metric_keys(labels: list[str]) -> list[str]:
             f"dice-{label}",
             f"dice-{label}-ci-low",
             f"dice-{label}-ci-high",
-            f"hd95-{label}",
-            f"hd95-{label}-examples",
         ]
+        for unit in HD95_UNITS:
+            out += [f"hd95-{unit}-{label}", f"hd95-{unit}-{label}-examples"]
     return out

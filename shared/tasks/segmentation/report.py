@@ -4,7 +4,10 @@ The segmentation counterpart of :mod:`shared.tasks.classification.report` (same 
 keep-at-the-site rule): Dice and HD95 per label with bootstrap CIs, and an
 overlay PNG of a few cases (the image with reference and predicted contours)
 so a radiologist can see what the numbers mean. The cases shown span the Dice
-range (worst, middle, best), not only successes.
+range (worst, middle, best), not only successes. HD95 is in millimetres for cases
+whose image has a pixel spacing and in model-input pixels for the others, in
+separate rows and columns (never one mean over both). Every file is written
+owner-only (0600, :mod:`shared.private_files`): they are per-case results.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from shared.private_files import private_dir, private_file, write_private_text
 from shared.report_html import DPI, _fmt_ci, _num, _rows_table, html_page
 from shared.tasks.segmentation.metrics import SegMetrics
 
@@ -69,28 +73,42 @@ def write_seg_report(
     n_overlay: int = 4,
     title: str = "FedRad site evaluation: segmentation",
 ) -> dict[str, Path]:
-    """Write metrics.json, overlays.png, predictions.csv (per-case Dice/HD95) and report.html; returns {kind: path}."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write metrics.json, overlays.png, predictions.csv (per-case Dice/HD95) and report.html; returns {kind: path}.
+
+    predictions.csv has ``hd95_mm_<label>`` and ``hd95_px_<label>`` columns; each case fills the one of its unit.
+    """
+    out_dir = private_dir(Path(out_dir))
     paths = {
         "metrics": out_dir / "metrics.json",
         "overlays": out_dir / "overlays.png",
         "predictions": out_dir / "predictions.csv",
         "report": out_dir / "report.html",
     }
-    paths["metrics"].write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_private_text(paths["metrics"], json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     cases = overlay_cases(result.dice, n_overlay)
-    overlay_figure(images, pred, ref, result.labels, result.dice, cases, case_ids).savefig(
-        paths["overlays"], format="png", dpi=DPI
-    )
-    with open(paths["predictions"], "w", newline="", encoding="utf-8") as fh:
+    with private_file(paths["overlays"], "wb") as fh:
+        overlay_figure(images, pred, ref, result.labels, result.dice, cases, case_ids).savefig(
+            fh, format="png", dpi=DPI
+        )
+    hd_mm, hd_px = result.hd95_in("mm"), result.hd95_in("px")
+    with private_file(paths["predictions"], "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["case", *(f"dice_{x}" for x in result.labels), *(f"hd95_{x}" for x in result.labels)])
+        w.writerow(
+            [
+                "case",
+                *(f"dice_{x}" for x in result.labels),
+                *(f"hd95_mm_{x}" for x in result.labels),
+                *(f"hd95_px_{x}" for x in result.labels),
+            ]
+        )
         for i, case in enumerate(case_ids):
-            hd = ["" if np.isnan(v) else f"{v:.3f}" for v in result.hd95[i]]
+            hd = ["" if np.isnan(v) else f"{v:.3f}" for v in (*hd_mm[i], *hd_px[i])]
             w.writerow([case, *(f"{v:.4f}" for v in result.dice[i]), *hd])
     caption = f"{len(cases)} case(s) across the Dice range, worst first: reference (solid) vs prediction (dashed)"
-    footer = "Per-case Dice and HD95: <code>predictions.csv</code> next to this file."
+    footer = (
+        "Per-case Dice and HD95 (<code>hd95_mm_*</code> in millimetres, <code>hd95_px_*</code> in pixels for images "
+        "without a pixel spacing): <code>predictions.csv</code> next to this file."
+    )
     page = html_page(
         title,
         _sections(metrics, result),
@@ -100,25 +118,29 @@ def write_seg_report(
         [caption],
         footer,
     )
-    paths["report"].write_text(page, encoding="utf-8")
+    write_private_text(paths["report"], page)
     return paths
 
 
 def _sections(metrics: dict, result: SegMetrics) -> str:
-    unit = result.hd95_unit
     rows = [("Cases", str(result.n_cases)), ("Mean Dice over labels", _num(result.mean_dice))]
+    n_px = int((~result.in_mm).sum())
+    if n_px:
+        rows.append(("Cases without a pixel spacing (HD95 in pixels)", str(n_px)))
     for name, s in result.per_label.items():
-        rows += [
-            (f"{name}: Dice (95% CI)", f"{_num(s.dice_mean)} ({_fmt_ci(s.dice_ci95) or 'n/a'})"),
-            (
-                f"{name}: HD95, {unit}s (95% CI)",
-                f"{_num(s.hd95_mean)} ({_fmt_ci(s.hd95_ci95) or 'n/a'}), {s.n_hd95} case(s)",
-            ),
+        rows.append((f"{name}: Dice (95% CI)", f"{_num(s.dice_mean)} ({_fmt_ci(s.dice_ci95) or 'n/a'})"))
+        for unit, mean, ci, n in (
+            ("millimetres", s.hd95_mm_mean, s.hd95_mm_ci95, s.n_hd95_mm),
+            ("pixels, images without a pixel spacing", s.hd95_px_mean, s.hd95_px_ci95, s.n_hd95_px),
+        ):
+            if n or unit == "millimetres":
+                rows.append((f"{name}: HD95, {unit} (95% CI)", f"{_num(mean)} ({_fmt_ci(ci) or 'n/a'}), {n} case(s)"))
+        rows.append(
             (
                 f"{name}: both empty / false positive / false negative",
                 f"{s.n_both_empty} / {s.n_false_positive} / {s.n_false_negative}",
-            ),
-        ]
+            )
+        )
     data = metrics.get("data", {})
     seg_rows = [(k.replace("_", " "), str(v)) for k, v in data.items()]
     return f"<h2>Metrics</h2>\n{_rows_table(rows, numeric=True)}\n<h2>Images and SEGs</h2>\n{_rows_table(seg_rows, numeric=True)}\n"
