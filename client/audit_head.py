@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from shared.atomic import write_atomic
 from shared.keys import key_fingerprint
 
 GENESIS = "0" * 64
@@ -136,25 +136,7 @@ def read_head(log: Path) -> Head | None:
 
 def write_head(log: Path, head: Head) -> None:
     """Replace the head atomically and durably (the rename is fsynced through the folder)."""
-    path = head_path(log)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        os.write(fd, json.dumps(head.to_json(), sort_keys=True).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(head_path(log), json.dumps(head.to_json(), sort_keys=True).encode() + b"\n", mode=FILE_MODE)
 
 
 def check_signature(head: Head, public: ec.EllipticCurvePublicKey) -> str | None:

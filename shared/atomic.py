@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 
 def fsync_dir(directory: Path) -> None:
@@ -38,20 +41,22 @@ def remove_stale_temps(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> Path:
-    """Replace ``path`` with ``data`` atomically; the file has ``mode`` from its creation (0600 for keys).
+@contextmanager
+def replacing_file(path: Path, mode: str = "wb", *, file_mode: int = 0o644, **open_kwargs: Any) -> Iterator[IO[Any]]:
+    """Write a new file that replaces ``path`` (durably) when the block ends without an error.
 
-    On any error the target is untouched and the temporary file is removed.
+    The file has ``file_mode`` from its creation (the temporary file is created 0600, then set), so a private
+    file is never briefly readable by others, an older copy's mode is not inherited, and a symbolic link
+    planted at ``path`` is replaced, never written through. On any error the target is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")  # created 0600
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(raw)
+        with os.fdopen(fd, mode, **open_kwargs) as fh:
+            os.fchmod(fh.fileno(), file_mode)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -59,4 +64,10 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-    return path
+
+
+def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> Path:
+    """Replace ``path`` with ``data`` atomically; the file has ``mode`` from its creation (0600 for keys)."""
+    with replacing_file(path, "wb", file_mode=mode) as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    return Path(path)

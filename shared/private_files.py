@@ -2,20 +2,19 @@
 
 Why a helper: ``open(path, "w")`` creates a file with the process umask (usually
 0644, readable by every local account), and a later ``chmod`` leaves a window in
-which it is. :func:`tempfile.mkstemp` creates its file 0600, so writing there and
-renaming it over ``path`` gives a file that was never readable by anyone else,
+which it is. :func:`shared.atomic.replacing_file` writes a temporary file created
+0600 and renames it over ``path``: a file never readable by anyone else, that
 replaces an older world-readable copy instead of inheriting its mode, never writes
 through a symbolic link planted at ``path``, and never leaves a half-written report.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any
+
+from shared.atomic import replacing_file
 
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
@@ -31,18 +30,9 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-@contextmanager
-def private_file(path: Path, mode: str = "w", **open_kwargs: Any) -> Iterator[IO[Any]]:
+def private_file(path: Path, mode: str = "w", **open_kwargs: Any) -> AbstractContextManager[IO[Any]]:
     """Open a new owner-only (0600) file that replaces ``path`` when the block ends without an error."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return replacing_file(path, mode, file_mode=PRIVATE_FILE_MODE, **open_kwargs)
 
 
 def write_private_text(path: Path, text: str) -> Path:
