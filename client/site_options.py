@@ -14,7 +14,9 @@ from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping, parse_
 
 SITE_YAML_DATA_KEYS = set(SiteDataConfig.model_fields)
 # Credential keys of a full site.yaml (client.site_config.SiteFileConfig); kept in sync by a test.
-SITE_ONLY_KEYS = frozenset({"site_name", "server_address", "ca_cert", "private_key", "work_dir", "privacy", "crossval"})
+SITE_ONLY_KEYS = frozenset(
+    {"site_name", "server_address", "ca_cert", "private_key", "work_dir", "privacy", "crossval", "audit"}
+)
 
 
 def site_data_config(
