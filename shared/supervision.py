@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.processes import ManagedProcess, ProcessSet
+from shared.processes import ManagedProcess, ProcessError, ProcessSet
 
 
 @dataclass
@@ -88,7 +88,14 @@ class Supervised:
             self.ps.forget(self.proc)
         elif now >= self._restart_at:
             self._restart_at = None
-            self.proc = self._start()
+            try:
+                self.proc = self._start()
+            except ProcessError as exc:  # could not even spawn it (executable gone, no memory): try again later
+                delay = self.backoff.next_delay(0.0)
+                self.delays.append(delay)
+                self._restart_at = now + delay
+                self.say(f"{self.label} could not be started ({exc}); next try in {delay:.1f} s{self.down_note}")
+                return self.proc
             self.started_at = self._clock()
             self.restarts += 1
         return self.proc

@@ -93,6 +93,17 @@ def test_a_process_that_keeps_dying_is_restarted_later_each_time_and_listed_once
     assert "keeps stopping" in said[2] and "site.yaml: classes: missing" in said[2]  # names the cause and the log
 
 
+def test_a_process_that_cannot_be_spawned_is_tried_again_later(tmp_path: Path) -> None:
+    said: list[str] = []
+    cmds = iter([[PY, "-c", "pass"], [str(tmp_path / "gone")], [PY, "-c", "import time; time.sleep(30)"]])
+    with ProcessSet(tmp_path) as ps:
+        sup = Supervised(
+            ps, lambda: ps.start("w", next(cmds)), label="w", say=said.append, backoff=Backoff(initial_s=0.05)
+        )
+        _wait_for(lambda: sup.check().poll() is None and sup.restarts == 1)
+    assert sup.delays == [0.05, 0.1] and "could not be started" in said[1] and "next try in 0.1 s" in said[1]
+
+
 def test_rotating_log_caps_each_file_and_keeps_a_fixed_number(tmp_path: Path) -> None:
     path = tmp_path / "x.log"
     log = RotatingLog(path, max_bytes=1000, backups=2)
