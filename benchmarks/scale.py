@@ -11,12 +11,15 @@ upload bytes per round, from the sites' own audit logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psutil
 
 from benchmarks.simulation import prepare_site, run_simulated
 from server.checkpoints import read_metrics
@@ -40,7 +43,7 @@ class ScaleResult:
 
 
 class TreeMemory:
-    """Peak resident memory of this process and all its descendants (Linux ``/proc``), sampled in a thread."""
+    """Peak resident memory of this process and all its descendants (psutil), sampled in a thread."""
 
     def __init__(self, every_s: float = 0.2) -> None:
         self.every_s, self.peak_bytes = every_s, 0
@@ -62,29 +65,16 @@ class TreeMemory:
 
 
 def tree_rss(root: int) -> int:
-    """Sum of VmRSS over ``root`` and its descendants, in bytes (0 where /proc is unavailable)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    tree, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p and c not in tree]
-        tree.update(kids)
-        frontier += kids
+    """Sum of resident memory over ``root`` and its descendants, in bytes (psutil; 0 if ``root`` is gone)."""
+    try:
+        top = psutil.Process(root)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return 0
     total = 0
-    for pid in tree:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            continue
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
     return total
 
 

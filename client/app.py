@@ -27,7 +27,6 @@ Run config: ``classes``, ``image-size``, ``model``, ``seed``, ``consortium``, ``
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -44,15 +43,15 @@ app = ClientApp()
 
 
 def process_age_s() -> float:
-    """Seconds since this process started (Linux /proc; 0 elsewhere), read before any heavy import.
+    """Seconds since this process started (psutil: Linux, macOS, Windows), read before any heavy import.
 
     It is the per-message cold start: process spawn plus Flower's and this app's imports.
     """
+    import psutil
+
     try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
-        return max(0.0, time.time() - (btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")))
-    except (OSError, ValueError, IndexError, StopIteration):
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except psutil.Error:
         return 0.0
 
 

@@ -3,12 +3,16 @@
 Order and why:
 
 1. Validate site.yaml (:class:`client.site_config.SiteFileConfig`) and the
-   credentials (CA file, unencrypted OpenSSH EC key) before any connection.
+   credentials (CA file, unencrypted OpenSSH EC key) before any connection,
+   then probe the server (:func:`client.tls_check.probe_server`): a
+   certificate this site cannot trust stops here; an unreachable server is
+   named once (:mod:`client.connection_watch`) and the SuperNode retries.
 2. Check the data exactly as ``fedrad-site check`` does and refuse to start
    when it cannot train: a site that joins and then fails every round only
    slows the consortium down (the round waits up to ``round_timeout_s``).
 3. Start the site's warm worker (client/site_worker.py: torch, the model and
-   the data stay loaded between rounds; restarted if it dies) and Flower's
+   the data stay loaded between rounds; restarted with backoff if it dies,
+   :mod:`shared.supervision`) and Flower's
    SuperNode (client/supernode.py) with the site key, the consortium CA, the
    server address and node config ``site-config`` / ``site-name`` /
    ``worker-socket`` (the per-message ClientApp forwards to the worker).
@@ -33,12 +37,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from client.approval import approvals_path, load_approvals
+from client.connection_watch import ConnectionWatch
 from client.site_config import SiteFileConfig, load_site_file, site_node_config
 from client.site_worker import start_site_worker
 from client.supernode import (
@@ -47,17 +53,21 @@ from client.supernode import (
     flower_exit_code,
     start_supernode,
 )
-from client.tls_check import server_certificate_problem
+from client.tls_check import CA_FILE, CERT, probe_server
 from shared.config import ConfigError
 from shared.keys import SiteKeyError, check_private_key
-from shared.processes import ProcessSet, exit_on_sigterm, free_port
+from shared.logs import LogFollower
+from shared.processes import ManagedProcess, ProcessSet, exit_on_sigterm, free_port
+from shared.supervision import Supervised
 
-# SuperNode log lines worth showing the operator (the rest stays in the log file).
+# SuperNode log lines worth showing the operator (the rest stays in the log file). Flower's
+# "Connection attempt failed, retrying" lines are not among them: ConnectionWatch says why instead.
 _SHOW = re.compile(
     r"(Starting Flower SuperNode|SuperNode ID|Connection successful|Receiving: \w+ message|Sending: \w+|"
-    r"Connection attempt failed|retrying|Exit Code|ERROR|Failed)",
+    r"Giving up|Exit Code|ERROR|Failed)",
     re.IGNORECASE,
 )
+LOG_TAIL_LINES = 400  # of a SuperNode's log kept in memory to explain its exit
 HINTS: dict[int, str] = {
     305: (
         "the server refused this site: its key is not registered (ask the coordinator to enroll site.pub and "
@@ -136,9 +146,14 @@ def run_site(
     console = console or Console()
     config = Path(config).resolve()
     cfg = preflight(config)
-    problem = server_certificate_problem(cfg.server_address, Path(cfg.ca_cert))
-    if problem:  # Flower would retry a TLS failure forever without saying why
-        raise SiteStartError(f"not connecting: {problem}")
+
+    def warn(line: str) -> None:
+        console.print(line, style="yellow", markup=False, highlight=False)
+
+    watch = ConnectionWatch(cfg.server_address, Path(cfg.ca_cert), config, warn)
+    probe = probe_server(cfg.server_address, Path(cfg.ca_cert))
+    if probe.kind in (CERT, CA_FILE):  # the bundle or the server must change: retrying cannot help
+        raise SiteStartError(f"not connecting: {probe.advice(config)}")
     if not skip_check:
         console.print(f"checking data in {cfg.data} …")
         ok, verdict = check_data(cfg)
@@ -158,9 +173,19 @@ def run_site(
 
     for note in start_audit(config, cfg):
         console.print(note)
+    if not probe.ok:  # down or blocked now: say why before Flower's first retry line
+        watch.report(probe)
     exit_on_sigterm()
     with ProcessSet(work / "logs") as ps:
-        worker, socket_path = start_site_worker(ps, cfg.site_name, config)
+        first_worker, socket_path = start_site_worker(ps, cfg.site_name, config)
+        worker = Supervised(
+            ps,
+            lambda: start_site_worker(ps, cfg.site_name, config, socket_path=socket_path)[0],
+            label="site worker",
+            say=warn,
+            proc=first_worker,
+            down_note="; meanwhile each message is computed by the ClientApp itself (slower)",
+        )
         node_config = site_node_config(config, cfg, socket_path)
         refused_since: float | None = None
         while True:
@@ -178,25 +203,15 @@ def run_site(
                 )
             except SuperNodeError as exc:
                 raise ConfigError(str(exc)) from None
-            start = _size(proc.log_path)
             console.print(
                 f"site {cfg.site_name!r} connecting to {cfg.server_address} (log: {proc.log_path}); Ctrl-C to stop"
             )
             if on_started is not None:
                 on_started(proc.log_path)
-            offset = start
-            while proc.poll() is None:
-                offset = _echo_new_lines(proc.log_path, offset, console)
-                if worker.poll() is not None:
-                    console.print(
-                        f"site worker stopped (status {worker.returncode}, log {worker.log_path}); restarting it"
-                    )
-                    worker, _ = start_site_worker(ps, cfg.site_name, config, socket_path=socket_path)
-                time.sleep(0.5)
-            _echo_new_lines(proc.log_path, offset, console)
-            text = _read_from(proc.log_path, start)
+            connected, text = _follow(proc, worker, watch, console)
+            ps.forget(proc)  # its leftovers (SuperExec) stop now; a retry adds no entry to the process list
             now = time.monotonic()
-            if "SuperNode ID" in text:  # it was connected: a refusal now starts a new retry window
+            if connected:  # it was connected: a refusal now starts a new retry window
                 refused_since = None
             if flower_exit_code(text) == 305 and max_retries is None:
                 refused_since = refused_since or now
@@ -211,29 +226,30 @@ def run_site(
             raise SiteStartError(explain_exit(text, proc.returncode) + f" (log: {proc.log_path})")
 
 
-def _size(path: Path) -> int:
+def _follow(proc: ManagedProcess, worker: Supervised, watch: ConnectionWatch, console: Console) -> tuple[bool, str]:
+    """Echo the SuperNode's log until it exits, keeping the worker up; (it connected, its last lines).
+
+    The log is appended across restarts and rotated when large, so it is read
+    with a :class:`LogFollower` from where this SuperNode's output starts.
+    """
+    follower = LogFollower(proc.log_path, proc.log_start)
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    connected = False
+
+    def echo() -> None:
+        nonlocal connected
+        for line in follower.read_lines():
+            tail.append(line)
+            connected = connected or "SuperNode ID" in line
+            if not watch.on_line(line) and _SHOW.search(line):
+                console.print(line.strip(), highlight=False, markup=False)
+
     try:
-        return Path(path).stat().st_size
-    except OSError:
-        return 0
-
-
-def _read_from(path: Path, offset: int) -> str:
-    """The log from ``offset`` on: this SuperNode's lines only (the file is appended across restarts)."""
-    with Path(path).open("rb") as fh:
-        fh.seek(offset)
-        return fh.read().decode(errors="replace")
-
-
-def _echo_new_lines(path: Path, offset: int, console: Console) -> int:
-    try:
-        with Path(path).open("rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-    except OSError:
-        return offset
-    end = data.rfind(b"\n") + 1
-    for line in data[:end].decode(errors="replace").splitlines():
-        if _SHOW.search(line):
-            console.print(line.strip(), highlight=False, markup=False)
-    return offset + end
+        while proc.poll() is None:
+            echo()
+            worker.check()
+            time.sleep(0.5)
+        echo()
+    finally:
+        follower.close()
+    return connected, "\n".join(tail)

@@ -187,6 +187,22 @@ def serve(socket_path: Path, site_config: Path, site_name: str, parent_pid: int 
             pass
 
 
+def _check_site_config(site_config: Path) -> None:
+    """Exit 2 with one line naming the file when site.yaml does not parse (edited since ``start`` checked it).
+
+    Without this the worker would start, warm up and fail at the first message;
+    dying at once lets ``fedrad-site start`` say the worker cannot start, with this line.
+    """
+    from client.site_config import load_site_file
+    from shared.config import ConfigError
+
+    try:
+        load_site_file(site_config)
+    except (ConfigError, OSError) as exc:
+        print(f"site worker not started: {exc}", flush=True)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True, type=Path)
@@ -195,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
     exit_on_sigterm()
+    _check_site_config(args.site_config)
     try:
         serve(args.socket, args.site_config, args.site_name, args.parent_pid)
     except KeyboardInterrupt:

@@ -25,6 +25,10 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import psutil
+
+from shared.logs import LOG_BACKUPS, LOG_MAX_BYTES, RotatingLog
+
 # Environment every FedRad child gets. Flower reads these at import time.
 QUIET_ENV: dict[str, str] = {
     "FLWR_TELEMETRY_ENABLED": "0",  # no usage telemetry to flower.ai
@@ -50,6 +54,7 @@ THREAD_ENV_KEYS: tuple[str, ...] = (
 
 
 _ANSI = re.compile(rb"\x1b\[[0-9;]*m")
+_MAX_LINE = 64 * 1024
 
 
 class ProcessError(RuntimeError):
@@ -161,58 +166,63 @@ def wait_for_port(host: str, port: int, timeout: float = 30.0, proc: ManagedProc
 
 
 # ---------------------------------------------------------------- process tree
-# A process is identified by (pid, start time in clock ticks), not by pid alone:
-# on a shared machine a recorded pid may be reused by someone else's process
-# before we signal it, and we must never signal a process we did not start.
+# A process is identified by (pid, start time in ms since the epoch, from psutil), not by pid
+# alone: on a shared machine a recorded pid may be reused by someone else's process before we
+# signal it, and we must never signal a process we did not start. psutil finds the tree the same
+# way on Linux and macOS (a /proc walk found nothing on macOS and left Flower's SuperExec running).
 ProcessId = tuple[int, int]
 
 
-def _stat_fields(pid: int | str) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (index 0 = state, 1 = ppid, 19 = starttime)."""
+def _start_ms(proc: psutil.Process) -> int:
+    return round(proc.create_time() * 1000)
+
+
+def _live(ident: ProcessId) -> psutil.Process | None:
+    """The process with this identity if it still runs (same start time, not a zombie), else None."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-    except OSError:
+        proc = psutil.Process(ident[0])
+        if _start_ms(proc) != ident[1] or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except psutil.Error:
         return None
 
 
 def proc_id(pid: int) -> ProcessId | None:
-    """``(pid, starttime)`` of a live process, or None."""
-    fields = _stat_fields(pid)
-    return (pid, int(fields[19])) if fields and len(fields) > 19 else None
+    """``(pid, start time)`` of a live process, or None."""
+    try:
+        return (pid, _start_ms(psutil.Process(pid)))
+    except psutil.Error:
+        return None
 
 
 def descendants(pid: int) -> list[ProcessId]:
-    """All live descendants of ``pid`` (Linux /proc; empty elsewhere), found by parent links.
+    """All live descendants of ``pid``, found by parent links (``psutil``: Linux, macOS, BSD, Windows).
 
     Needed because Flower starts ``flower-superexec`` with ``start_new_session=True``,
     so a signal to our child's process group does not reach it.
     """
-    children: dict[int, list[ProcessId]] = {}
-    proc = Path("/proc")
-    if proc.is_dir():
-        for entry in proc.iterdir():
-            if entry.name.isdigit() and (fields := _stat_fields(entry.name)) and len(fields) > 19:
-                children.setdefault(int(fields[1]), []).append((int(entry.name), int(fields[19])))
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
     out: list[ProcessId] = []
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            out.append(child)
-            stack.append(child[0])
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            out.append((child.pid, _start_ms(child)))
     return out
 
 
 def is_running(ident: ProcessId) -> bool:
     """True while the process exists, is the same one (start time), and is not a zombie."""
-    fields = _stat_fields(ident[0])
-    return bool(fields) and len(fields) > 19 and int(fields[19]) == ident[1] and fields[0] != "Z"
+    return _live(ident) is not None
 
 
 def _signal_ids(idents: Iterable[ProcessId], sig: int) -> None:
     for ident in idents:
-        if is_running(ident):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(ident[0], sig)
+        if (proc := _live(ident)) is not None:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
 
 
 class ManagedProcess:
@@ -227,14 +237,17 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         timestamps: bool = True,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_backups: int = LOG_BACKUPS,
     ) -> None:
+        """``log_max_bytes``/``log_backups``: the log's cap (see :mod:`shared.logs`); it is appended across restarts."""
         self.name = name
         self.cmd = [str(c) for c in cmd]
         self.log_path = Path(log_path)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._known: set[ProcessId] = set()  # descendants seen so far (they may outlive this process)
-        self._log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "ab", 0)  # 0640
+        self._log = RotatingLog(self.log_path, max_bytes=log_max_bytes, backups=log_backups)  # 0640; closed in stop()
         self._log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(self.cmd)}\n".encode())
+        self.log_start = self._log.size()  # this run's output starts here (see shared.logs.LogFollower)
         try:
             self.popen = subprocess.Popen(
                 self.cmd,
@@ -260,14 +273,15 @@ class ManagedProcess:
         what make round-time breakdowns and incident reports possible.
         """
         assert self.popen.stdout is not None
-        for line in iter(self.popen.stdout.readline, b""):
+        stdout = self.popen.stdout
+        for line in iter(lambda: stdout.readline(_MAX_LINE), b""):  # a line without end must not fill memory
             now = time.time()
             stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d} "
             try:
                 self._log.write(stamp.encode() + _ANSI.sub(b"", line))
-            except ValueError:  # log closed by stop(); drain silently
+            except OSError:  # disk full: keep draining, or the child blocks on a full pipe
                 pass
-        self.popen.stdout.close()
+        stdout.close()
 
     @property
     def pid(self) -> int:
@@ -365,9 +379,17 @@ class ProcessSet:
     anywhere still stops everything that was started.
     """
 
-    def __init__(self, log_dir: Path, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        threads: int = 1,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_backups: int = LOG_BACKUPS,
+    ) -> None:
         self.log_dir = Path(log_dir)
         self.threads = threads
+        self.log_max_bytes, self.log_backups = log_max_bytes, log_backups
         self.procs: list[ManagedProcess] = []
         atexit.register(self.stop_all)
 
@@ -387,9 +409,20 @@ class ProcessSet:
             self.log_dir / (log_name or f"{name}.log"),
             env=child_env(env, threads=self.threads),
             cwd=cwd,
+            log_max_bytes=self.log_max_bytes,
+            log_backups=self.log_backups,
         )
         self.procs.append(proc)
         return proc
+
+    def forget(self, proc: ManagedProcess, timeout: float = 5.0) -> None:
+        """Stop what is left of ``proc`` (its descendants; it may have exited) and drop it from the set.
+
+        A supervisor calls this before restarting a process, so the set holds
+        the live process, not one entry per restart.
+        """
+        stop_processes([proc], timeout)
+        self.procs = [p for p in self.procs if p is not proc]
 
     def all_procs(self) -> set[ProcessId]:
         """Every started process and every descendant seen so far (for leak checks with :func:`is_running`)."""
