@@ -31,6 +31,7 @@ Under systemd/docker, ``Restart=on-failure`` restarts it after such an exit.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -155,6 +156,7 @@ def run_site(
             f"review and approve with `fedrad-site approve --config {config}`"
         )
     exit_on_sigterm()
+    restrict_umask()
     with ProcessSet(work / "logs") as ps:
         worker, socket_path = start_site_worker(ps, cfg.site_name, config)
         node_config = site_node_config(config, cfg, socket_path)
@@ -205,6 +207,18 @@ def run_site(
                     time.sleep(REFUSED_RETRY_EVERY_S)
                     continue
             raise SiteStartError(explain_exit(text, proc.returncode) + f" (log: {proc.log_path})")
+
+
+def restrict_umask(mask: int = 0o027) -> int:
+    """Add ``mask`` to this process's umask (inherited by every child); return the new umask.
+
+    Why: what the site writes while it runs (SuperNode and worker logs, the audit log, privacy ledgers,
+    unpacked code) must not be readable by other local users: files 0640 and folders 0750 at most, readable
+    by the service account's group (docs/runbook.md, "What the site host must be"). Never loosens.
+    """
+    old = os.umask(mask)
+    os.umask(old | mask)
+    return old | mask
 
 
 def _size(path: Path) -> int:
