@@ -35,6 +35,7 @@ Under systemd/docker, ``Restart=on-failure`` restarts it after such an exit.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import deque
@@ -176,6 +177,7 @@ def run_site(
     if not probe.ok:  # down or blocked now: say why before Flower's first retry line
         watch.report(probe)
     exit_on_sigterm()
+    restrict_umask()
     with ProcessSet(work / "logs") as ps:
         first_worker, socket_path = start_site_worker(ps, cfg.site_name, config)
         worker = Supervised(
@@ -209,7 +211,8 @@ def run_site(
             if on_started is not None:
                 on_started(proc.log_path)
             connected, text = _follow(proc, worker, watch, console)
-            ps.forget(proc)  # its leftovers (SuperExec) stop now; a retry adds no entry to the process list
+            for done in [p for p in ps.procs if p is proc or p.name == f"superexec-{cfg.site_name}"]:
+                ps.forget(done)  # it and its SuperExec stop now; a retry adds no entry to the process list
             now = time.monotonic()
             if connected:  # it was connected: a refusal now starts a new retry window
                 refused_since = None
@@ -224,6 +227,18 @@ def run_site(
                     time.sleep(REFUSED_RETRY_EVERY_S)
                     continue
             raise SiteStartError(explain_exit(text, proc.returncode) + f" (log: {proc.log_path})")
+
+
+def restrict_umask(mask: int = 0o027) -> int:
+    """Add ``mask`` to this process's umask (inherited by every child); return the new umask.
+
+    Why: what the site writes while it runs (SuperNode and worker logs, the audit log, privacy ledgers,
+    unpacked code) must not be readable by other local users: files 0640 and folders 0750 at most, readable
+    by the service account's group (docs/runbook.md, "What the site host must be"). Never loosens.
+    """
+    old = os.umask(mask)
+    os.umask(old | mask)
+    return old | mask
 
 
 def _follow(proc: ManagedProcess, worker: Supervised, watch: ConnectionWatch, console: Console) -> tuple[bool, str]:

@@ -11,6 +11,13 @@ Why these flags (Flower 1.42, verified; see docs/flower-notes.md):
   which avoids Flower's space-separated ``k=v`` parsing (paths with spaces).
 * ``--port``: the SuperNode's own Runtime API for its ClientApp processes,
   bound to 127.0.0.1; each SuperNode on a host needs its own port.
+* ``--isolation process`` + ``--superexec-auth-secret-file`` + ``--ssl-*``: in
+  Flower's default ``subprocess`` isolation the SuperNode starts its own
+  SuperExec and ignores any secret, so every local user could claim tasks on
+  the Runtime API. FedRad starts the SuperExec itself
+  (:func:`superexec_command`, Flower's with task tokens passed in files:
+  client/superexec.py) with the site's secret and the Runtime API's
+  certificate (client/runtime_api.py).
 * No ``--allow-runtime-dependency-installation``: the SuperNode never installs
   packages (that is its default); telemetry is off via :func:`shared.processes.child_env`.
 * ``--max-retries``/``--max-wait-time`` unset: the SuperNode keeps reconnecting
@@ -20,9 +27,11 @@ Why these flags (Flower 1.42, verified; see docs/flower-notes.md):
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from client.runtime_api import TOKEN_DIR_ENV, RuntimeApiError, RuntimeCredentials, ensure_runtime_credentials
 from shared.processes import ManagedProcess, ProcessSet, executable
 
 NodeConfigValue = bool | int | float | str
@@ -59,11 +68,16 @@ def supernode_command(
     private_key: Path | None,
     node_config: Path | None,
     runtime_port: int,
+    runtime: RuntimeCredentials,
     max_retries: int | None = None,
     max_wait_time: float | None = None,
     insecure: bool = False,
 ) -> list[str]:
-    """The ``flower-supernode`` command line. ``insecure`` exists only to prove the server refuses it."""
+    """The ``flower-supernode`` command line. ``insecure`` (to the server) exists only to prove the server refuses it.
+
+    The Runtime API always needs ``runtime``'s secret and serves TLS; nothing runs a ClientApp until a SuperExec
+    started with :func:`superexec_command` connects to it.
+    """
     cmd = [executable("flower-supernode"), "--superlink", superlink]
     if insecure:
         cmd.append("--insecure")
@@ -73,12 +87,37 @@ def supernode_command(
         cmd += ["--auth-supernode-private-key", str(private_key)]
     if node_config is not None:
         cmd += ["--node-config", str(node_config)]
-    cmd += ["--host", "127.0.0.1", "--port", str(runtime_port), "--isolation", "subprocess"]
+    cmd += ["--host", "127.0.0.1", "--port", str(runtime_port), "--isolation", "process"]
+    cmd += ["--superexec-auth-secret-file", str(runtime.secret)]
+    cmd += ["--ssl-certfile", str(runtime.cert), "--ssl-keyfile", str(runtime.key)]
+    cmd += ["--ssl-ca-certfile", str(runtime.cert)]  # self-signed: its own CA
     if max_retries is not None:
         cmd += ["--max-retries", str(max_retries)]
     if max_wait_time is not None:
         cmd += ["--max-wait-time", str(max_wait_time)]
     return cmd
+
+
+def superexec_command(*, runtime_port: int, runtime: RuntimeCredentials, parent_pid: int) -> list[str]:
+    """The SuperExec (Flower's, via client/superexec.py) that claims this SuperNode's tasks and runs each ClientApp.
+
+    It signs ``acquire-task`` with the secret, verifies the Runtime API's certificate (it and every ClientApp it
+    starts get ``--root-certificates``), and exits when ``parent_pid`` (the SuperNode) does. No
+    ``--allow-runtime-dependency-installation``: nothing is installed at run time.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "client.superexec",  # flower-superexec, but task tokens never on a command line
+        "--runtime-api-address",
+        f"127.0.0.1:{runtime_port}",
+        "--root-certificates",
+        str(runtime.cert),
+        "--superexec-auth-secret-file",
+        str(runtime.secret),
+        "--parent-pid",
+        str(parent_pid),
+    ]
 
 
 def start_supernode(
@@ -95,28 +134,42 @@ def start_supernode(
     max_wait_time: float | None = None,
     cwd: Path | None = None,
 ) -> ManagedProcess:
-    """Start one site's SuperNode through ``ps``.
+    """Start one site's SuperNode and its SuperExec through ``ps``; return the SuperNode.
 
     ``work_dir`` becomes the SuperNode's ``FLWR_HOME``: Flower unpacks each
     run's FAB (the code the consortium sends) under ``work_dir/apps``, so sites
-    on one host never share app folders. The process is returned as soon as it
-    is spawned; readiness is visible on the server (``flwr supernode ls``).
+    on one host never share app folders; the Runtime API credentials live in
+    ``work_dir/runtime-api/``. The SuperExec writes to the SuperNode's log (as
+    it did when Flower started it), so ClientApp output stays in one place; it
+    waits until the SuperNode's Runtime API is up and exits with the
+    SuperNode. This returns as soon as both are spawned; readiness is
+    visible on the server (``flwr supernode ls``).
     """
     work_dir = Path(work_dir)
     for label, path in (("CA certificate", ca_cert), ("site private key", private_key)):
         if not Path(path).is_file():
             raise SuperNodeError(f"{label} {path} not found; check the site bundle (fedrad-site keygen / enroll).")
     cfg = write_node_config(work_dir / "node-config.toml", node_config)
+    try:
+        runtime = ensure_runtime_credentials(work_dir)
+    except RuntimeApiError as exc:
+        raise SuperNodeError(str(exc)) from None
     cmd = supernode_command(
         superlink=superlink,
         ca_cert=ca_cert,
         private_key=private_key,
         node_config=cfg,
         runtime_port=runtime_port,
+        runtime=runtime,
         max_retries=max_retries,
         max_wait_time=max_wait_time,
     )
-    return ps.start(f"supernode-{name}", cmd, env={"FLWR_HOME": str(work_dir)}, cwd=cwd or work_dir)
+    env, log_name = {"FLWR_HOME": str(work_dir)}, f"supernode-{name}.log"
+    node = ps.start(f"supernode-{name}", cmd, env=env, cwd=cwd or work_dir, log_name=log_name)
+    exec_cmd = superexec_command(runtime_port=runtime_port, runtime=runtime, parent_pid=node.pid)
+    exec_env = {**env, TOKEN_DIR_ENV: str(runtime.tokens)}
+    ps.start(f"superexec-{name}", exec_cmd, env=exec_env, cwd=cwd or work_dir, log_name=log_name)
+    return node
 
 
 def flower_exit_code(log_text: str) -> int | None:

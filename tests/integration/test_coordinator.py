@@ -182,7 +182,7 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         assert all(c["auc-ci-low"] <= c["auc"] <= c["auc-ci-high"] for c in with_ci), with_ci
         # No calls home, no installs: every process seen had telemetry, update checks and installs off.
         seen = {name.rsplit("/", 1)[-1] for name in envs}
-        assert {"flower-superlink", "flower-supernode", "flower-superexec"} <= seen, seen
+        assert {"flower-superlink", "flower-supernode", "client.superexec"} <= seen, seen  # a site's SuperExec
         for name, env in envs.items():
             assert {k: env.get(k) for k in NO_CALLS_HOME} == NO_CALLS_HOME, (name, env)
         # Nothing derived from a patient reached the server side: no ID, UID or file name in any server file.
@@ -235,7 +235,7 @@ def _flower_envs(ps: ProcessSet) -> dict[str, dict[str, str]]:
             raw = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             continue
-        exe = next((a.decode() for a in argv[:3] if b"flwr" in a or b"flower" in a), None)
+        exe = next((a.decode() for a in argv[:3] if b"flwr" in a or b"flower" in a or b"superexec" in a), None)
         if exe:
             found[exe] = dict(kv.decode().split("=", 1) for kv in raw.split(b"\0") if b"=" in kv)
     return found

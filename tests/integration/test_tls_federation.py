@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from client.approval import approve_installed
+from client.runtime_api import ensure_runtime_credentials
 from client.site_config import load_site_file, site_node_config
 from client.site_start import explain_exit
 from client.site_worker import start_site_worker
@@ -322,6 +323,7 @@ def test_plaintext_client_is_refused(fed: Fed) -> None:
         private_key=None,
         node_config=None,
         runtime_port=free_port(),
+        runtime=ensure_runtime_credentials(fed.tmp / "sites" / "plain"),
         max_retries=0,
         max_wait_time=10,
         insecure=True,
@@ -390,6 +392,7 @@ def test_clock_skew_behind_is_tolerated_ahead_is_refused_and_explained(fed: Fed)
             private_key=private,
             node_config=None,
             runtime_port=free_port(),
+            runtime=ensure_runtime_credentials(fed.tmp / "sites" / f"skew{skew}"),
             max_wait_time=20,
         )
         cmd = [sys.executable, "-c", SKEWED_SUPERNODE, str(skew), *cmd[1:]]
