@@ -3,7 +3,7 @@
 ``generalization`` trains pooled, local-only and federated models and scores every model on every
 site; ``scale`` runs N synthetic hospitals on Flower's simulation engine; the other subcommands run
 the scripts in ``benchmarks/`` (``overhead``: bench_round_overhead.py, ``privacy``, ``secagg``,
-``compression``, ``ingest``, ``training``, ``levers``, ``scale-sweep``, ``proxy-attacks``: bench_<name>.py) and pass
+``compression``, ``ingest``, ``training``, ``levers``, ``scale-sweep``, ``proxy-attacks``, ``audit-append``: bench_<name>.py) and pass
 every argument after the subcommand through to them (``fedrad-bench privacy --help`` shows theirs).
 
 Exit codes as in ``fedrad-server``: 0 success, 1 the answer is "no" (a benchmark stopped),
@@ -232,6 +232,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "training": ("benchmarks.bench_training", "Training throughput of train_model vs a bare PyTorch loop."),
     "levers": ("benchmarks.bench_levers", "What the preprocessing and augmentation levers add (pooled model)."),
     "scale-sweep": ("benchmarks.bench_scale", "`scale` at N = 5, 10, 25, 50 sites, with a fit of time against images."),
+    "audit-append": (
+        "benchmarks.bench_audit_append",
+        "Time per audit-log append: unsigned, signed, signed + pin file.",
+    ),
     "proxy-attacks": (
         "benchmarks.bench_proxy_attacks",
         "The fleet proxy under the review's attacks: memory, connection floods, slow clients during rounds.",

@@ -27,6 +27,7 @@ SUBCOMMANDS = [
     "levers",
     "scale-sweep",
     "proxy-attacks",
+    "audit-append",
 ]
 runner = CliRunner()
 
