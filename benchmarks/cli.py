@@ -3,7 +3,7 @@
 ``generalization`` trains pooled, local-only and federated models and scores every model on every
 site; ``scale`` runs N synthetic hospitals on Flower's simulation engine; the other subcommands run
 the scripts in ``benchmarks/`` (``overhead``: bench_round_overhead.py, ``privacy``, ``secagg``,
-``compression``, ``ingest``, ``training``, ``levers``, ``scale-sweep``, ``proxy-attacks``, ``audit-append``: bench_<name>.py) and pass
+``compression``, ``ingest``, ``training``, ``throughput``, ``levers``, ``scale-sweep``, ``proxy-attacks``, ``audit-append``: bench_<name>.py) and pass
 every argument after the subcommand through to them (``fedrad-bench privacy --help`` shows theirs).
 
 Exit codes as in ``fedrad-server``: 0 success, 1 the answer is "no" (a benchmark stopped),
@@ -230,6 +230,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "compression": ("benchmarks.bench_compression", "Upload bytes and model quality: float32 vs fp16 site uploads."),
     "ingest": ("benchmarks.bench_ingest", "Ingest throughput vs a bare pydicom loop, and the cache speed-up."),
     "training": ("benchmarks.bench_training", "Training throughput of train_model vs a bare PyTorch loop."),
+    "throughput": (
+        "benchmarks.bench_throughput",
+        "Training images/s on the site's device, threads and precision: train_model vs a bare PyTorch loop.",
+    ),
     "levers": ("benchmarks.bench_levers", "What the preprocessing and augmentation levers add (pooled model)."),
     "scale-sweep": ("benchmarks.bench_scale", "`scale` at N = 5, 10, 25, 50 sites, with a fit of time against images."),
     "audit-append": (

@@ -88,6 +88,7 @@ def prepare_site(
         "classes": list(classes),
         "image_size": image_size,
         "cache_dir": str(Path(cache_dir or folder / "cache").resolve()),
+        "threads": 1,  # simulated sites share this machine's cores
     }
     if labels is not None:
         doc["labels"] = str(Path(labels).resolve())

@@ -58,8 +58,20 @@ def render_check(report: dict, console: Console, max_rows: int = 20) -> None:
             console.print(f"… and {len(labels['problems']) - max_rows} more (use --json for the full list)")
     if report["cache"].get("warning"):
         console.print(f"[yellow]warning:[/] {report['cache']['warning']}")
+    if report.get("hardware"):
+        render_hardware(report["hardware"], console)
     colour = "green" if report["ok"] else "red"
     console.print(f"[bold {colour}]{report['verdict']}[/]")
+
+
+def render_hardware(hw: dict, console: Console) -> None:
+    """What this site trains on (:meth:`shared.hardware.Hardware.to_json`), as ``start`` will use it."""
+    memory = f", {hw['memory_bytes'] / 2**30:.1f} GiB" if hw.get("memory_bytes") else ""
+    precision = f"mixed precision {hw['amp_dtype']}" if hw.get("amp_dtype") else "float32"
+    console.print(
+        f"[bold]Trains on[/] {hw['device']} ({hw['name']}{memory}), {hw['threads']} threads, {precision}",
+        highlight=False,
+    )
 
 
 def render_segmentation(seg: dict, console: Console, max_rows: int = 20) -> None:

@@ -33,6 +33,12 @@ LabelColOpt = typer.Option(None, "--label-column", help="Label column name in th
 SizeOpt = typer.Option(None, "--image-size", help="Model input side in pixels (default 64).")
 CacheOpt = typer.Option(None, "--cache-dir", help="Preprocessed-tensor cache (default: beside the data folder).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables.")
+DeviceOpt = typer.Option(
+    None, "--device", help="auto, cpu, cuda or cuda:N (default: site.yaml's device, else auto: the GPU if any)."
+)
+ThreadsOpt = typer.Option(
+    None, "--threads", min=1, help="torch CPU threads (default: site.yaml's threads, else every core)."
+)
 
 
 def _print_json(obj: dict) -> None:
@@ -58,9 +64,12 @@ def check(
         "the DICOM SEG files in the export to their images and report problems.",
     ),
 ) -> None:
-    """Scan the export, join the labels and say which images are usable, and why the others are not."""
-    from client.check_view import render_check
+    """Scan the export, join the labels and say which images are usable, and why the others are not.
+
+    Also says what this site will train on (site.yaml's device, threads and mixed precision)."""
+    from client.check_view import render_check, render_hardware
     from client.site_options import site_data_config
+    from shared.hardware import site_hardware
     from shared.site_data import check_site
 
     cfg = site_data_config(
@@ -74,6 +83,7 @@ def check(
         cache_dir,
         task="segmentation" if segments else "classification",
     )
+    hardware = site_hardware(cfg, config or "site.yaml").to_json()  # a GPU asked for but absent: exit 2, here
     if cfg.labels is None:  # a segmentation-only site: the SEGs are its labels
         from client.check_view import render_segmentation
         from shared.tasks.segmentation.data import check_segments_only
@@ -81,17 +91,19 @@ def check(
         names = name_list(segments)
         with progress_bar("Scanning DICOM", enabled=not as_json) as update:
             report = check_segments_only(cfg, names, on_progress=update)
+        report["hardware"] = hardware
         if as_json:
             _print_json(report)
         else:
             render_segmentation(report["segmentation"], out)
+            render_hardware(hardware, out)
             out.print(report["verdict"])
         if not report["ok"]:
             raise typer.Exit(EXIT_NO)
         return
     with progress_bar("Scanning DICOM", enabled=not as_json) as update:
         result = check_site(cfg, on_progress=update)
-    report = result.to_json()
+    report = {**result.to_json(), "hardware": hardware}
     if segments:
         from shared.tasks.segmentation.data import match_site_masks
 
@@ -101,7 +113,7 @@ def check(
     if as_json:
         _print_json(report)
     else:
-        render_check(report, out)
+        render_check(report, out)  # with the hardware line
         if "segmentation" in report:
             from client.check_view import render_segmentation
 
@@ -138,7 +150,8 @@ def train_local(
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9),
     seed: int = typer.Option(0, "--seed"),
     site_name: str = typer.Option("local-site", "--site-name", help="Recorded in the model's provenance."),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads (1 is fastest when sites share cores)."),
+    device: str | None = DeviceOpt,
+    threads: int | None = ThreadsOpt,
     segments: str | None = typer.Option(
         None,
         "--segments",
@@ -171,8 +184,9 @@ def train_local(
         seed=seed,
         site_name=site_name,
         threads=threads,
+        device=device,
     )
-    summary = run_train_local(cfg, opts, out_path, show_progress=not as_json, console=out, task=task)
+    summary = run_train_local(cfg, opts, out_path, show_progress=not as_json, console=out, task=task, config=config)
     if as_json:
         _print_json(summary)
 
@@ -192,6 +206,8 @@ def evaluate(
     explain: int = typer.Option(
         0, "--explain", min=0, help="Add Grad-CAM overlays for K cases per class to the report."
     ),
+    device: str | None = DeviceOpt,
+    threads: int | None = ThreadsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Evaluate a model on this site's labelled images: metrics, plots and an HTML report in OUT."""
@@ -210,6 +226,8 @@ def evaluate(
         show_progress=not as_json,
         console=out,
         explain=explain,
+        device=device,
+        threads=threads,
     )
     if as_json:
         _print_json(metrics)
@@ -239,6 +257,8 @@ def finetune(
     seed: int = typer.Option(0, "--seed"),
     site_name: str = typer.Option("local-site", "--site-name", help="Recorded in the model's provenance."),
     n_bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
+    device: str | None = DeviceOpt,
+    threads: int | None = ThreadsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Fine-tune the global model on this site's data and compare it with the global model on held-out patients."""
@@ -253,6 +273,8 @@ def finetune(
         seed=seed,
         site_name=site_name,
         n_bootstrap=n_bootstrap,
+        device=device,
+        threads=threads,
     )
     summary = run_finetune(
         model_path,

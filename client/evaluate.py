@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from client.site_options import site_data_config
+from client.site_options import command_hardware, site_data_config
 from shared.config import ConfigError
 from shared.modelfile import load_model_file
 from shared.tasks import get_task
@@ -33,8 +33,12 @@ def run_evaluate(
     show_progress: bool = True,
     console: Console | None = None,
     explain: int = 0,
+    device: str | None = None,
+    threads: int | None = None,
 ) -> dict:
-    """Evaluate and write the report; returns the metrics dict (also in OUT/metrics.json)."""
+    """Evaluate and write the report; returns the metrics dict (also in OUT/metrics.json).
+
+    The model runs on site.yaml's ``device`` / ``threads`` (``device`` / ``threads`` override them)."""
     loaded = load_model_file(model_path)
     cfg = site_data_config(
         config,
@@ -47,6 +51,7 @@ def run_evaluate(
         cache_dir,
         task=loaded.task,
     )
+    command_hardware(cfg, config, device, threads)
     task = get_task(loaded.task)
     refusal = task.unsupported("explain") if explain else None
     if refusal:

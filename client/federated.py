@@ -19,6 +19,10 @@ flagged with ``held-out = 0``.
 Only aggregate numbers ever leave the site: example counts, mean loss,
 accuracy, AUC and timings — no per-case values, keys or paths.
 
+Hardware: each run trains and evaluates on the site's own ``device``, ``threads`` and
+``amp`` from site.yaml (:mod:`shared.hardware`), never on anything the server says; the
+weights sent back are CPU tensors whatever trained them.
+
 Every task goes through the same code: the run config's task
 (:class:`shared.tasks.TaskSpec`) says how the site's export becomes cases,
 which loss the one training loop uses and which aggregate figures an
@@ -37,6 +41,7 @@ from pathlib import Path
 import torch
 
 from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping
+from shared.hardware import Hardware, activate, site_hardware
 from shared.models import norm_layer_names
 from shared.tasks import TaskSpec
 from shared.tasks.base import TaskDataset
@@ -57,6 +62,7 @@ class SiteData:
     site_name: str
     work_dir: Path
     manufacturers: dict[str, int] = field(default_factory=dict)  # usable images per scanner manufacturer
+    hardware: Hardware | None = None  # site.yaml's device/threads/amp (None: shared.hardware.active())
 
 
 def _site_work_dir(site_config: Path, values: Mapping) -> Path:
@@ -75,6 +81,7 @@ def load_site_data(site_config: Path, task: TaskSpec, seed: int, site_name: str 
     cfg: SiteDataConfig = site_data_config(config=site_config, task=task.type)
     cfg.image_size = task.image_size  # the model needs the task's size; the cache is keyed by it
     kind = task.task
+    hardware = site_hardware(cfg, site_config)  # before the data: a GPU asked for but absent fails fast
     data = kind.load_site(cfg, list(task.outputs), site_config)
     values = load_yaml_mapping(site_config)
     try:
@@ -92,6 +99,7 @@ def load_site_data(site_config: Path, task: TaskSpec, seed: int, site_name: str 
         site_name=str(site_name or values.get("site_name") or "site"),
         work_dir=_site_work_dir(site_config, values),
         manufacturers=dict(getattr(data, "manufacturers", {}) or {}),  # where the task's loader counted them
+        hardware=hardware,
     )
 
 
@@ -209,7 +217,7 @@ def train_round(
     t0 = time.perf_counter()
     if config.get("dp-level") != "image":
         carry = OptimizerCarry(optimizer_store.load_before(rnd)) if optimizer_store is not None else None
-        history = train_model(model, data.train, train_config(task, config), carry=carry)
+        history = train_model(model, data.train, train_config(task, config), carry=carry, hardware=data.hardware)
         if optimizer_store is not None:
             optimizer_store.save(rnd, carry.state)
     else:
@@ -230,7 +238,7 @@ def train_round(
     metrics.update({"train-s": time.perf_counter() - t0, **dp_metrics})
     if keep_local:
         store.save(rnd, norm_state(model))
-    return {k: v.detach() for k, v in model.state_dict().items()}, metrics
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics  # CPU whatever trained it
 
 
 def evaluate_round(
@@ -283,6 +291,8 @@ class SiteSession:
         data = load_site_data(
             Path(str(site_config)), task, int(run_config.get("seed", 0)), node_config.get("site-name")
         )
+        if data.hardware is not None:  # the site's device and threads for every message of the run
+            activate(data.hardware)
         return cls(
             task,
             data,

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from client.site_options import site_data_config
+from client.site_options import command_hardware, site_data_config
 from shared.cli_support import progress_bar
 from shared.config import ConfigError
 from shared.modelfile import load_model_file, save_model_file
@@ -38,6 +38,8 @@ class FinetuneOptions:
     seed: int = 0
     site_name: str = "local-site"
     n_bootstrap: int = 1000
+    device: str | None = None  # None: site.yaml's device (default auto)
+    threads: int | None = None  # None: site.yaml's threads (default auto)
 
 
 def run_finetune(
@@ -56,7 +58,6 @@ def run_finetune(
 
     What is scored is the model's task's (:meth:`shared.tasks.Task.local_scores`): AUC and its operating point for
     classification, Dice per segment label for segmentation, each with its bootstrap 95 % CI."""
-    torch.set_num_threads(1)
     base = load_model_file(model_path)
     task = get_task(base.task)
     cfg = site_data_config(
@@ -70,6 +71,7 @@ def run_finetune(
         cache_dir,
         task=base.task,
     )
+    command_hardware(cfg, config, opts.device, opts.threads)
     with progress_bar("Loading DICOM", enabled=show_progress):
         dataset = task.load_site(cfg, base.outputs, Path(cfg.data))
     if len(dataset) < 4:

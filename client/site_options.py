@@ -9,8 +9,12 @@ folder, so a site bundle can be moved as a whole.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.config import ConfigError, SiteDataConfig, load_yaml_mapping, parse_model
+
+if TYPE_CHECKING:
+    from shared.hardware import Hardware
 
 SITE_YAML_DATA_KEYS = set(SiteDataConfig.model_fields)
 # Credential keys of a full site.yaml (client.site_config.SiteFileConfig); kept in sync by a test.
@@ -71,3 +75,23 @@ def site_data_config(
         if flags.get(name) is not None:  # flags are relative to the working directory, not to site.yaml
             setattr(cfg, name, Path(flags[name]).resolve())
     return cfg
+
+
+def command_hardware(
+    cfg: SiteDataConfig, config: Path | None, device: str | None = None, threads: int | None = None
+) -> Hardware:
+    """What a site command trains on: ``--device`` / ``--threads`` over site.yaml's ``device`` / ``threads`` over
+    ``auto``; activated for this process (:func:`shared.hardware.activate`). Errors name the flag or the file."""
+    from pydantic import ValidationError
+
+    from shared.hardware import activate, resolve_hardware
+
+    chosen = cfg.model_copy()
+    for flag, name, value in (("--device", "device", device), ("--threads", "threads", threads)):
+        if value is not None:
+            try:  # validated on assignment: the same rules as the site.yaml key
+                setattr(chosen, name, value)
+            except ValidationError as exc:
+                raise ConfigError(f"{flag}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    where = "--device" if device is not None else f"{config if config is not None else 'site.yaml'}: key 'device'"
+    return activate(resolve_hardware(chosen.device, chosen.threads, chosen.amp, where=where))

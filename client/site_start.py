@@ -91,8 +91,12 @@ class SiteStartError(RuntimeError):
 
 
 def preflight(config: Path) -> SiteFileConfig:
-    """Validate site.yaml and the credentials; every problem is a :class:`ConfigError` naming the key/file."""
+    """Validate site.yaml, the credentials and the device it asks for; every problem is a :class:`ConfigError`
+    naming the key/file (a ``device: cuda`` without a usable GPU stops here, not in the worker)."""
+    from shared.hardware import site_hardware
+
     cfg = load_site_file(config)
+    site_hardware(cfg, config)
     if not Path(cfg.ca_cert).is_file():
         raise ConfigError(f"{config}: ca_cert {cfg.ca_cert} not found (copy ca.crt from the site bundle)")
     try:
@@ -164,6 +168,9 @@ def run_site(
                 f"Run `fedrad-site check --config {config}` for the details and fix the data or labels first."
             )
         console.print(f"data check: {verdict}")
+    from shared.hardware import site_hardware
+
+    console.print(f"trains on: {site_hardware(cfg, config).describe()}", highlight=False)
     work = Path(cfg.work_dir or config.parent / "work")
     if not load_approvals(approvals_path(work)):
         console.print(

@@ -11,7 +11,10 @@ own process: slower, same results.
 
 What the worker trusts: it reads the data settings from the site.yaml given on
 its own command line, never from the message, and it runs the FedRad code
-installed at the site. It keeps one :class:`client.federated.SiteSession` in
+installed at the site. It trains on that site.yaml's ``device`` and ``threads``
+(default: the GPU when there is one, every core): it is started with that many
+threads in its environment (:func:`worker_threads`), unlike Flower's own
+processes, which stay at one. It keeps one :class:`client.federated.SiteSession` in
 memory per run (a new run re-reads the data, so files added between runs are
 seen). Requests are served one at a time, as the SuperNode sends them.
 """
@@ -28,10 +31,13 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.worker_protocol import PROTOCOL, FrameError, recv_frame, send_frame
-from shared.processes import ManagedProcess, ProcessSet, exit_on_sigterm
+from shared.processes import ManagedProcess, ProcessSet, exit_on_sigterm, thread_env
+
+if TYPE_CHECKING:
+    from shared.hardware import Hardware
 
 # Run-config keys that shape a session; a change of any of them opens a new one.
 SESSION_KEYS = ("task-type", "classes", "labels", "image-size", "model", "seed", "consortium", "run-dir")
@@ -50,6 +56,7 @@ def start_site_worker(
     Pass ``socket_path`` to restart a worker on the path a running SuperNode already knows.
     """
     path = socket_path or socket_path_for(name)
+    env = thread_env(worker_threads(site_config))
     cmd = [
         sys.executable,
         "-m",
@@ -63,7 +70,23 @@ def start_site_worker(
         "--parent-pid",
         str(os.getpid()),
     ]
-    return ps.start(f"worker-{name}", cmd, cwd=cwd), path
+    return ps.start(f"worker-{name}", cmd, env=env, cwd=cwd), path
+
+
+def worker_threads(site_config: Path) -> int:
+    """The worker's torch threads: site.yaml's ``threads`` (``auto``: every core this process may use).
+
+    No torch import. A site.yaml that no longer parses gives 1: the worker itself then exits with the
+    file's error (:func:`_check_site_config`), which is what the operator needs to see.
+    """
+    from client.site_config import load_site_file
+    from shared.config import ConfigError
+    from shared.hardware import resolve_threads
+
+    try:
+        return resolve_threads(load_site_file(site_config).threads)
+    except (ConfigError, OSError):
+        return 1
 
 
 @dataclass
@@ -134,17 +157,18 @@ def _serve_one(worker: SiteWorker, conn: socket.socket) -> None:
             print(f"could not send the reply: {exc}", flush=True)
 
 
-def _warm_up() -> None:
-    """Pay torch's one-time costs now, not in round 1: import, first model, first AdamW step."""
+def _warm_up(hardware: Hardware) -> None:
+    """Pay torch's one-time costs now, not in round 1: import, first model, first AdamW step (on the GPU: its
+    context and kernels)."""
     import torch
 
+    from shared.hardware import activate
     from shared.models import build_model
-    from shared.processes import apply_thread_limit
 
-    apply_thread_limit()
-    model = build_model("smallcnn", 2, 32)
+    activate(hardware)
+    model = build_model("smallcnn", 2, 32).to(hardware.torch_device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss = model(torch.zeros(2, 1, 32, 32)).sum()
+    loss = model(torch.zeros(2, 1, 32, 32, device=hardware.torch_device)).sum()
     loss.backward()
     opt.step()
 
@@ -159,7 +183,9 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def serve(socket_path: Path, site_config: Path, site_name: str, parent_pid: int | None = None) -> None:
+def serve(
+    socket_path: Path, site_config: Path, site_name: str, parent_pid: int | None = None, hardware: Hardware | None = None
+) -> None:
     """Bind first (so early ClientApps queue instead of falling back), then warm up, then serve forever."""
     if parent_pid:
         _exit_with_parent(parent_pid)
@@ -172,8 +198,9 @@ def serve(socket_path: Path, site_config: Path, site_name: str, parent_pid: int 
     try:
         print(f"site worker for {site_name!r} listening on {socket_path}", flush=True)
         t0 = time.perf_counter()
-        _warm_up()
-        print(f"warm in {time.perf_counter() - t0:.2f} s", flush=True)
+        hardware = hardware or _site_hardware(site_config)
+        _warm_up(hardware)
+        print(f"warm in {time.perf_counter() - t0:.2f} s; training on {hardware.describe()}", flush=True)
         worker = SiteWorker({"site-config": str(site_config), "site-name": site_name})
         while True:
             conn, _ = server.accept()
@@ -199,6 +226,19 @@ def _check_site_config(site_config: Path) -> None:
     try:
         load_site_file(site_config)
     except (ConfigError, OSError) as exc:
+        print(f"site worker not started: {exc}", flush=True)
+        raise SystemExit(2) from None
+
+
+def _site_hardware(site_config: Path) -> Hardware:
+    """site.yaml's device/threads/amp; exit 2 with the file's message when the GPU it asks for is absent."""
+    from client.site_config import load_site_file
+    from shared.config import ConfigError
+    from shared.hardware import site_hardware
+
+    try:
+        return site_hardware(load_site_file(site_config), site_config)
+    except ConfigError as exc:
         print(f"site worker not started: {exc}", flush=True)
         raise SystemExit(2) from None
 

@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from client.site_options import command_hardware
 from shared.cli_support import progress_bar
 from shared.config import ConfigError, SiteDataConfig
 from shared.modelfile import save_model_file
@@ -36,7 +36,8 @@ class TrainLocalOptions:
     val_fraction: float = 0.2
     seed: int = 0
     site_name: str = "local-site"
-    threads: int = 1
+    threads: int | None = None  # None: site.yaml's threads (default auto: every core)
+    device: str | None = None  # None: site.yaml's device (default auto: the GPU when there is one)
 
 
 def run_train_local(
@@ -46,17 +47,19 @@ def run_train_local(
     show_progress: bool = True,
     console: Console | None = None,
     task: TaskSpec | None = None,
+    config: Path | None = None,
 ) -> dict:
     """Load the site, split, train, pick the threshold, write the model file; return a JSON-able summary.
 
     ``task``: what to train (default: classification of ``cfg.classes`` at ``cfg.image_size``); the task says how
-    the site's export becomes cases, how they split by patient and what the validation figures are."""
+    the site's export becomes cases, how they split by patient and what the validation figures are. It trains on
+    ``cfg``'s device and threads (``opts`` override them; ``config`` names the site.yaml in errors)."""
     task = task or TaskSpec("classification", tuple(cfg.classes), opts.model or "smallcnn", cfg.image_size)
     kind = task.task
     refusal = kind.unsupported("scanner-augment") if opts.scanner_augment else None
     if refusal:
         raise ConfigError(f"--scanner-augment: {refusal}; leave it out")
-    torch.set_num_threads(opts.threads)
+    hardware = command_hardware(cfg, config, opts.device, opts.threads)
     with progress_bar("Loading DICOM", enabled=show_progress):
         data = kind.load_site(cfg, list(task.outputs), Path(cfg.data))
     train, val = data, None
@@ -100,6 +103,7 @@ def run_train_local(
                 "train_images": len(train),
                 "val_images": len(val) if val is not None else 0,
                 "train_config": train_cfg.to_dict(),
+                "hardware": {"device": hardware.device, "name": hardware.name, "amp": hardware.amp_dtype},
             },
         },
     )
@@ -115,6 +119,7 @@ def run_train_local(
         "val_counts": kind.output_counts(val) if val is not None else {},
         "threshold": threshold,
         "seconds": round(seconds, 2),
+        "hardware": hardware.to_json(),
         "history": history,
         "final": history[-1] if history else {},
     }
@@ -163,6 +168,7 @@ def _render_summary(summary: dict, console: Console, headline: str) -> None:
         ),
         ("operating threshold", "0.5 (default)" if summary["threshold"] is None else f"{summary['threshold']:.3f}"),
         ("time", f"{summary['seconds']:.1f} s"),
+        ("trained on", summary["hardware"]["device"] + f" ({summary['hardware']['threads']} threads)"),
         ("model file", summary["model_file"]),
     ]
     for k, v in rows:

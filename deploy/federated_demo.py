@@ -198,8 +198,8 @@ def setup(out: Path, scale: float, rounds: int, local_epochs: int, seed: int, st
             unseen[s.name] = s
             continue
         bundle = enroll_site(cdir, s.name).bundle_dir
-        site_yaml[s.name] = fill_site_yaml(
-            bundle / "site.yaml", data=s.dicom_dir, labels=s.labels_csv, cache_dir=out / "cache" / s.name
+        site_yaml[s.name] = fill_site_yaml(  # threads: 1, as every process the demo runs on this one machine
+            bundle / "site.yaml", data=s.dicom_dir, labels=s.labels_csv, cache_dir=out / "cache" / s.name, threads=1
         )
         sha = approve_installed(load_site_file(site_yaml[s.name]).work_dir, note="demo")  # = `fedrad-site approve`
         console.print(f"enrolled {s.name}: bundle {bundle}; site approved FedRad code {sha[:16]}…")

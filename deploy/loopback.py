@@ -91,9 +91,11 @@ def write_site_yaml(
     key: Path,
     image_size: int,
     classes: list[str] | None = None,
+    threads: int | str = 1,
 ) -> Path:
     """A full site.yaml (data keys + credentials) for a synthetic site folder (``dicom/`` + ``labels.csv``)
-    or for explicit :class:`SiteFiles`."""
+    or for explicit :class:`SiteFiles`. ``threads: 1`` by default: the loopback consortium runs every site
+    on this one machine, and several processes at several threads each slow each other down many times."""
     files = site if isinstance(site, SiteFiles) else SiteFiles(site / "dicom", site / "labels.csv")
     doc = {
         "site_name": name,
@@ -105,6 +107,7 @@ def write_site_yaml(
         "image_size": image_size,
         "cache_dir": str(files.cache_dir or path.parent / "cache"),
         "work_dir": str(path.parent / "work"),
+        "threads": threads,
     }
     if files.labels is not None:
         doc["labels"] = str(files.labels)

@@ -19,7 +19,9 @@ import time). So flip, rotation and zoom are folded into one 2×3 matrix per
 image, the sampling grid is built by broadcasting, and the whole batch is
 resampled with a single ``F.grid_sample``; intensity jitter and noise are
 fused vectorised ops. Total ≈ 4–6 % of a training step. Random numbers come
-from the caller's ``torch.Generator`` so training is reproducible by seed.
+from the caller's ``torch.Generator`` so training is reproducible by seed; they
+are drawn on the batch's device (the generator must be there too), so a batch
+on the GPU is augmented on the GPU.
 """
 
 from __future__ import annotations
@@ -47,15 +49,15 @@ class BatchAugment(StrengthAugment):
 
     def __init__(self, strength: float = 1.0) -> None:
         super().__init__(strength)
-        self._coords: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._coords: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _base(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixel-centre coordinates in [-1, 1] (align_corners=False), cached per image size."""
-        if (h, w) not in self._coords:
+    def _base(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel-centre coordinates in [-1, 1] (align_corners=False), cached per image size and device."""
+        if (h, w, device) not in self._coords:
             xs = ((torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1).view(1, 1, w)
             ys = ((torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1).view(1, h, 1)
-            self._coords[(h, w)] = (xs, ys)
-        return self._coords[(h, w)]
+            self._coords[(h, w, device)] = (xs.to(device), ys.to(device))
+        return self._coords[(h, w, device)]
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not self.enabled:
@@ -63,7 +65,7 @@ class BatchAugment(StrengthAugment):
         s = self.strength
         b, _, h, w = x.shape
         # One draw for all per-image parameters: flip, angle, zoom, scale, shift, noise std.
-        u = torch.rand(b, 6, generator=generator, dtype=torch.float32)
+        u = torch.rand(b, 6, generator=generator, dtype=torch.float32, device=x.device)
         flip = torch.where(u[:, 0] < min(0.5 * s, 0.5), -1.0, 1.0)
         angle = (2 * u[:, 1] - 1) * math.radians(self.max_rotate_deg * s)
         zoom = 1.0 + (2 * u[:, 2] - 1) * (self.max_zoom * s)
@@ -71,7 +73,7 @@ class BatchAugment(StrengthAugment):
         sin = (torch.sin(angle) / zoom).view(b, 1, 1)
         f = flip.view(b, 1, 1)
         # Pull-back map about the image centre: input = R(angle)/zoom · diag(flip, 1) · output.
-        xs, ys = self._base(h, w)
+        xs, ys = self._base(h, w, x.device)
         grid = torch.stack((f * cos * xs - sin * ys, f * sin * xs + cos * ys), dim=-1)
         # Border padding repeats edge pixels instead of adding black corners the model could key on.
         out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
@@ -80,7 +82,7 @@ class BatchAugment(StrengthAugment):
         scale = (1.0 + (2 * u[:, 3] - 1) * (self.max_scale * s)).view(view).to(x.dtype)
         shift = ((2 * u[:, 4] - 1) * (self.max_shift * s)).view(view).to(x.dtype)
         std = (u[:, 5] * (self.max_noise_std * s)).view(view).to(x.dtype)
-        noise = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        noise = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
         return torch.addcmul(torch.addcmul(shift, out, scale), noise, std)
 
 

@@ -7,6 +7,7 @@ error that names the key, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -164,6 +165,34 @@ class SiteDataConfig(StrictModel):
     classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)
     image_size: int = Field(64, ge=16, le=1024)
     cache_dir: Path | None = Field(None, description="Preprocessed tensor cache; default DATA/../.fedrad-cache.")
+    device: str = Field(
+        "auto",
+        validate_default=True,
+        description="What trains: auto (the first GPU when torch sees one, else the CPU), cpu, cuda or cuda:N.",
+    )
+    threads: int | Literal["auto"] = Field(
+        "auto", description="torch CPU threads: auto (every core this process may use) or a number."
+    )
+    amp: bool = Field(True, description="Mixed precision on a GPU (bf16, or fp16 with loss scaling); never on CPU.")
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_name(cls, v: object) -> str:
+        name = str(v).strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", name):
+            raise ValueError("must be auto, cpu, cuda or cuda:N (N the GPU's index, e.g. cuda:1)")
+        return name
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _thread_count(cls, v: object) -> int | str:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, str) and v.strip().isdigit())):
+            raise ValueError("must be auto or a whole number of threads >= 1")
+        if int(v) < 1:
+            raise ValueError("must be auto or a whole number of threads >= 1")
+        return int(v)
 
     @model_validator(mode="after")
     def _check(self) -> SiteDataConfig:

@@ -33,6 +33,8 @@ from flwr.supercore.privacy_accounting import GaussianPrivacyEvent, NeighboringR
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from torch import nn
 
+from shared import hardware as hwmod
+from shared.hardware import Hardware
 from shared.tasks.base import TaskDataset
 from shared.training import TrainConfig, seed_everything, task_of
 
@@ -146,25 +148,45 @@ def train_model_private(
     clipping_norm: float,
     on_batch: Callable[[int, int], None] | None = None,
     layers: str = "all",
+    hardware: Hardware | None = None,
 ) -> list[dict]:
     """DP-SGD: train ``model`` in place for ``cfg.epochs`` × :func:`steps_per_epoch` Poisson-sampled steps.
 
     ``layers``: ``all`` (a BatchNorm-free model) or ``head`` (only the classifier of a pretrained
     feature extractor, which stays frozen: the usual way to fine-tune under DP from a public model).
     Returns one history dict per epoch (``epoch``, ``loss``, ``train_acc``,
-    ``images_per_s``) like :func:`shared.training.train_model`. FedProx's
+    ``images_per_s``) like :func:`shared.training.train_model`, on ``hardware``
+    (default :func:`shared.hardware.active`; float32, the model back on the CPU after). FedProx's
     proximal term is not applied: its gradient is not per image. A step whose
     Poisson sample is empty (probability about e^-batch_size) is skipped.
     """
+    n = len(data)
+    if n < 2:
+        raise ValueError(f"need at least 2 training images, got {n}")
+    hw = hardware or hwmod.active()
+    with hwmod.placed(model, hw, data.images.ndim):  # float32 on the device: Opacus' per-image gradients, no autocast
+        return _train_private(model, data, cfg, noise_multiplier, clipping_norm, on_batch, layers, hw)
+
+
+def _train_private(
+    model: nn.Module,
+    data: TaskDataset,
+    cfg: TrainConfig,
+    noise_multiplier: float,
+    clipping_norm: float,
+    on_batch: Callable[[int, int], None] | None,
+    layers: str,
+    hw: Hardware,
+) -> list[dict]:
+    """:func:`train_model_private` with the model already on ``hw``'s device."""
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
     trained, frozen = _private_part(model, layers)
     n = len(data)
-    if n < 2:
-        raise ValueError(f"need at least 2 training images, got {n}")
-    seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    seed_everything(cfg.seed, deterministic=not hw.is_cuda)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the Poisson samples: always drawn on the CPU
+    aug_gen = torch.Generator(hw.torch_device).manual_seed(cfg.seed) if hw.is_cuda else gen
     task = task_of(data)
     per_image_loss = task.per_image_loss(data, cfg.class_weighted)
     if per_image_loss is None:
@@ -193,7 +215,10 @@ def train_model_private(
                 idx = torch.nonzero(torch.rand(n, generator=gen) < q).flatten()
                 if len(idx) == 0:
                     continue
-                x, y = augment(images[idx], targets[idx], gen)
+                x, y = images[idx], targets[idx]
+                if hw.is_cuda:
+                    x, y = hwmod.to_device(x, hw.torch_device), hwmod.to_device(y, hw.torch_device)
+                x, y = augment(x, y, aug_gen)
                 logits = private(frozen(x))
                 per_image = per_image_loss(logits, y)
                 optimizer.zero_grad(set_to_none=True)

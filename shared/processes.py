@@ -85,9 +85,7 @@ def child_env(extra: Mapping[str, str] | None = None, *, threads: int = 1) -> di
     env.update(QUIET_ENV)
     for key, value in TUNING_ENV_DEFAULTS.items():
         env.setdefault(key, value)
-    for key in THREAD_ENV_KEYS:
-        env[key] = str(threads)
-    env["FEDRAD_TORCH_THREADS"] = str(threads)
+    env.update(thread_env(threads))
     path = env.get("PATH", "")
     bdir = str(bin_dir())
     if path.split(os.pathsep)[0] != bdir:
@@ -95,6 +93,13 @@ def child_env(extra: Mapping[str, str] | None = None, *, threads: int = 1) -> di
     if extra:
         env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment that gives a child ``threads`` threads (OpenMP, MKL, OpenBLAS, torch via
+    ``FEDRAD_TORCH_THREADS``); pass it as ``env`` to :meth:`ProcessSet.start` for a child that trains with more
+    than the set's default (the site worker: site.yaml's ``threads``)."""
+    return {**{key: str(threads) for key in THREAD_ENV_KEYS}, "FEDRAD_TORCH_THREADS": str(threads)}
 
 
 def apply_thread_limit(default: int = 1) -> int:

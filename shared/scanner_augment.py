@@ -68,9 +68,10 @@ class ScannerAugment(StrengthAugment):
         b, c, h, w = x.shape
         if c != 1:
             raise ValueError(f"scanner augmentation re-images grey-scale X-rays: expected 1 channel, got {c}")
-        u = torch.rand(b, 17, generator=generator, dtype=torch.float32)
-        ys = torch.linspace(-1, 1, h).view(1, 1, h, 1)
-        xs = torch.linspace(-1, 1, w).view(1, 1, 1, w)
+        dev = x.device  # random numbers and constants on the batch's device (the generator's too)
+        u = torch.rand(b, 17, generator=generator, dtype=torch.float32, device=dev)
+        ys = torch.linspace(-1, 1, h, device=dev).view(1, 1, h, 1)
+        xs = torch.linspace(-1, 1, w, device=dev).view(1, 1, 1, w)
         col = lambda i: u[:, i].view(b, 1, 1, 1)  # noqa: E731 - one uniform per image, broadcastable
 
         # Uneven exposure: linear gradient in a random direction plus a radial term about a random centre.
@@ -95,7 +96,7 @@ class ScannerAugment(StrengthAugment):
 
         # Detector / scatter blur: one separable Gaussian per image (grouped convolution over the batch).
         sigma = (u[:, 10] * (self.max_blur_px * s)).clamp_min(1e-3).view(b, 1)
-        taps = torch.arange(-self.blur_radius, self.blur_radius + 1, dtype=torch.float32).view(1, -1)
+        taps = torch.arange(-self.blur_radius, self.blur_radius + 1, dtype=torch.float32, device=dev).view(1, -1)
         kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
         kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(x.dtype)
         r = self.blur_radius
@@ -117,7 +118,7 @@ class ScannerAugment(StrengthAugment):
 
         # Quantum / electronic noise, then the ingest window so the value range is the inference one.
         std = col(15) * (self.max_noise_std * s)
-        out = out + torch.randn(out.shape, generator=generator, dtype=out.dtype) * std
+        out = out + torch.randn(out.shape, generator=generator, dtype=out.dtype, device=dev) * std
         return torch.where(col(16) < self.p, _rewindow(out), x)
 
 

@@ -9,10 +9,20 @@ DP-SGD is :mod:`shared.private_training`, for tasks with a per-image loss.
 The whole site's data is a tensor, so batches are taken by indexing with a
 random permutation per epoch: no DataLoader, no worker processes, no
 per-sample Python (``benchmarks/bench_training.py`` measures the difference).
+
+Where it runs is the site's :class:`shared.hardware.Hardware` (site.yaml ``device``,
+``threads``, ``amp``): on CUDA the model and each batch go to the GPU (pinned,
+non-blocking copies), the batch is augmented there, the forward pass runs under
+mixed precision (bf16, or fp16 with a gradient scaler) with ``channels_last`` for 2D
+convnets, and the model comes back to the CPU in the default layout, so weights
+saved or sent are CPU float32 whatever trained them. On CPU none of that happens:
+CPU training is bit-for-bit what it always was (``benchmarks/bench_throughput.py``
+measures both against a bare PyTorch loop).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -23,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared import hardware as hwmod
+from shared.hardware import Hardware
 from shared.lr_schedule import check_schedule, scheduled_lr
 
 
@@ -79,12 +91,16 @@ class OptimizerCarry:
     state: dict | None = None  # AdamW.state_dict() after the last call; None = start fresh
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, and ask torch for deterministic kernels (warn, don't fail, if none)."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels (warn, don't fail, if none).
+
+    ``deterministic=False`` (training on a GPU) lets cuDNN pick its fastest kernels: mixed-precision GPU
+    training is not bit-reproducible anyway, and the deterministic ones cost up to a few times the time.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def task_of(data: object):  # noqa: ANN201 - shared.tasks.Task
@@ -102,6 +118,7 @@ def train_model(
     on_epoch: Callable[[dict], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     carry: OptimizerCarry | None = None,
+    hardware: Hardware | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``data``; return one history dict per epoch.
 
@@ -112,10 +129,13 @@ def train_model(
     ``val_auc`` or ``val_dice``). ``on_epoch`` gets each dict as it is made;
     ``on_batch`` gets (steps done, total steps) over the whole run. With
     ``carry``, AdamW starts from ``carry.state`` (when set; the learning rate
-    and weight decay stay ``cfg``'s) and leaves its final state there. The
-    global RNGs are seeded from ``cfg.seed``, so the same model, data and
-    config give the same weights. A last batch of a single image is skipped
-    (BatchNorm cannot train on one).
+    and weight decay stay ``cfg``'s) and leaves its final state there (on the
+    CPU). The global RNGs are seeded from ``cfg.seed``, so the same model, data
+    and config give the same weights (on CPU, bit for bit). A last batch of a
+    single image is skipped (BatchNorm cannot train on one).
+
+    ``hardware`` (default :func:`shared.hardware.active`) says where: see the
+    module docstring. The model is returned where it came from (the CPU).
 
     BatchNorm running statistics are re-estimated during the last epoch as a
     plain average over its batches (no extra forward passes): the default
@@ -123,23 +143,46 @@ def train_model(
     after 20 steps, which on a small site makes eval-mode predictions collapse
     to one class although training accuracy is perfect.
     """
-    task = task_of(data)
+    hw = hardware or hwmod.active()
     n = len(data)
     if n < 2:
         raise ValueError(f"need at least 2 training images, got {n}")
-    seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    with hwmod.using(hw), hwmod.placed(model, hw, data.images.ndim) as channels_last:
+        return _train(model, data, cfg, val, on_epoch, on_batch, carry, hw, channels_last)
+
+
+def _train(
+    model: nn.Module,
+    data,  # noqa: ANN001
+    cfg: TrainConfig,
+    val,  # noqa: ANN001
+    on_epoch: Callable[[dict], None] | None,
+    on_batch: Callable[[int, int], None] | None,
+    carry: OptimizerCarry | None,
+    hw: Hardware,
+    channels_last: bool,
+) -> list[dict]:
+    """:func:`train_model`'s loop, with the model already on ``hw``'s device."""
+    task = task_of(data)
+    n = len(data)
+    dev = hw.torch_device
+    seed_everything(cfg.seed, deterministic=not hw.is_cuda)
+    gen = torch.Generator().manual_seed(cfg.seed)  # batch order: always drawn on the CPU
+    # Augmentation draws on the batch's device (a CUDA batch is augmented on the GPU), seeded the same way.
+    aug_gen = torch.Generator(dev).manual_seed(cfg.seed) if hw.is_cuda else gen
     augment = task.augment(cfg.augment, cfg.scanner_augment)
     loss_fn = task.loss(data, cfg.class_weighted)
     images, targets = data.images, task.targets(data)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if carry is not None and carry.state is not None:
-        optimizer.load_state_dict(carry.state)
+        optimizer.load_state_dict(carry.state)  # moves the moments to the parameters' device
         for group in optimizer.param_groups:  # the moments carry over; the rate and decay are this call's
             group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
     mu = float(cfg.proximal_mu)
     anchor = [p.detach().clone() for p in params] if mu > 0 else []
+    amp = hw.is_cuda and hw.amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda") if amp and hw.needs_grad_scaler else None
 
     bs = cfg.batch_size
     starts = [s for s in range(0, n, bs) if n - s >= 2]
@@ -151,23 +194,42 @@ def train_model(
             group["lr"] = scheduled_lr(cfg.lr, epoch - 1, cfg.epochs, cfg.lr_schedule)
         bn_saved = _start_bn_average(model) if epoch == cfg.epochs else None
         perm = torch.randperm(n, generator=gen)
-        loss_sum = torch.zeros(())
-        correct: torch.Tensor | None = torch.zeros((), dtype=torch.long)
+        loss_sum = torch.zeros((), device=dev)  # summed on the device: no per-batch host sync
+        correct: torch.Tensor | None = torch.zeros((), dtype=torch.long, device=dev)
         seen = 0
         t0 = time.perf_counter()
         try:
             for s in starts:
                 idx = perm[s : s + bs]
-                x, y = augment(images[idx], targets[idx], gen)
-                logits = model(x)
-                loss = loss_fn(logits, y)
+                x, y = images[idx], targets[idx]
+                if hw.is_cuda:
+                    x, y = hwmod.to_device(x, dev), hwmod.to_device(y, dev)
+                x, y = augment(x, y, aug_gen)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if amp:
+                    with hwmod.autocast(hw):
+                        logits = model(x)
+                    loss = loss_fn(logits.float(), y)  # the task's loss in float32, whatever it does inside
+                else:
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if mu > 0:
+                        scaler.unscale_(optimizer)  # the proximal gradient below is unscaled
+                else:
+                    loss.backward()
                 if mu > 0:  # gradient of mu/2·||w − w0||², added directly instead of through autograd
                     for p, p0 in zip(params, anchor):
                         if p.grad is not None:
                             p.grad.add_(p.detach() - p0, alpha=mu)
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 with torch.no_grad():
                     loss_sum += loss.detach() * len(idx)
                     right = task.correct(logits, y)
@@ -179,6 +241,7 @@ def train_model(
         finally:  # a callback may raise to cancel training; never leave BN in averaging mode
             if bn_saved is not None:
                 _end_bn_average(bn_saved)
+        hwmod.synchronize(hw)  # the epoch's time includes the GPU's queued work
         elapsed = time.perf_counter() - t0
         record = {
             "epoch": epoch,
@@ -195,8 +258,19 @@ def train_model(
             on_epoch(record)
     model.eval()
     if carry is not None:
-        carry.state = optimizer.state_dict()
+        carry.state = _on_cpu(optimizer.state_dict()) if hw.is_cuda else optimizer.state_dict()
     return history
+
+
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` (an optimizer's state dict) with every tensor on the CPU: carried state stays at the site, on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -220,13 +294,29 @@ def _end_bn_average(saved: list[tuple[nn.Module, float | None, torch.Tensor]]) -
         m.num_batches_tracked += count
 
 
-def batched_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Model outputs for ``images`` in batches, in eval mode without gradients; the model's mode is restored."""
+def batched_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int, hardware: Hardware | None = None
+) -> torch.Tensor:
+    """Model outputs for ``images`` in batches, in eval mode without gradients; the model's mode is restored.
+
+    Runs on ``hardware`` (default :func:`shared.hardware.active`), or where the model already is; the
+    outputs are always on the CPU (float32 on a GPU), where metrics are computed.
+    """
+    hw = hardware or hwmod.active()
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            out = [model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+        with hwmod.placed(model, hw, images.ndim) as channels_last, torch.inference_mode():
+            dev = hwmod.device_of(model)
+            if dev.type == "cpu":
+                out = [model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+            else:
+                out = []
+                for i in range(0, images.shape[0], batch_size):
+                    x = hwmod.to_device(images[i : i + batch_size], dev, channels_last)
+                    with hwmod.autocast(hw) if hw.is_cuda and hw.device == str(dev) else contextlib.nullcontext():
+                        out.append(model(x).float())
+                out = [o.cpu() for o in out]
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 0)

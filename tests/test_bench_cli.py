@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     "compression",
     "ingest",
     "training",
+    "throughput",
     "levers",
     "scale-sweep",
     "proxy-attacks",

@@ -19,6 +19,8 @@ CLI = [sys.executable, "-m", "client"]
 
 def run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
+    if args[0] in ("train-local", "evaluate", "finetune"):  # one thread: tests share the machine's cores
+        args = (*args, "--threads", "1")
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=240, env=env)
 
 

@@ -55,7 +55,11 @@ def make_consortium(tmp_path: Path, cohort: list[SiteSummary], *, rounds: int, r
     for name, data in zip(("site-a", "site-b"), cohort[:2], strict=True):
         bundle = enroll_site(c, name).bundle_dir
         path = fill_site_yaml(
-            bundle / "site.yaml", data=data.dicom_dir, labels=data.labels_csv, cache_dir=tmp_path / "cache" / name
+            bundle / "site.yaml",
+            data=data.dicom_dir,
+            labels=data.labels_csv,
+            cache_dir=tmp_path / "cache" / name,
+            threads=1,
         )
         approve_installed(load_site_file(path).work_dir)
         site_cmd[name] = [executable("fedrad-site"), "start", "--config", str(path)]

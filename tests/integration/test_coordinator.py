@@ -70,7 +70,11 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
     for name, data in zip(("site-a", "site-b"), small_cohort[:2], strict=True):
         bundle = enroll_site(c, name).bundle_dir  # demo key generation
         site_yaml[name] = fill_site_yaml(
-            bundle / "site.yaml", data=data.dicom_dir, labels=data.labels_csv, cache_dir=tmp_path / "cache" / name
+            bundle / "site.yaml",
+            data=data.dicom_dir,
+            labels=data.labels_csv,
+            cache_dir=tmp_path / "cache" / name,
+            threads=1,
         )
         if name == "site-a":  # consents to cross-site evaluation of its local model (the file appears later)
             doc = yaml.safe_load(site_yaml[name].read_text())

@@ -31,7 +31,7 @@ def test_segmentation_benchmark_scores_dice_per_label(tmp_path: Path) -> None:
     }
     for name in ("site-2", "unseen-1"):  # segmentation-only sites: a site.yaml with data and no label CSV
         (tmp_path / "yaml" / name).mkdir(parents=True)
-        (tmp_path / "yaml" / name / "site.yaml").write_text(f"data: {cohort[name] / 'dicom'}\n")
+        (tmp_path / "yaml" / name / "site.yaml").write_text(f"data: {cohort[name] / 'dicom'}\nthreads: 1\n")
     out = tmp_path / "bench"
     cmd = [
         sys.executable,

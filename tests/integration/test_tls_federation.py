@@ -108,6 +108,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
                         "classes": ["normal", "nodule"],
                         "image_size": 32,
                         "work_dir": str(tmp / "sites" / name / "work"),
+                        "threads": 1,
                     }
                 )
             )

@@ -56,6 +56,7 @@ def _site_yaml(tmp_path: Path, server_address: str) -> Path:
         ca_cert=bundle / "ca.crt",
         work_dir=tmp_path / "work",
         server_address=server_address,
+        threads=1,
     )
 
 

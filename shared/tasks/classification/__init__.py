@@ -108,7 +108,9 @@ class ClassificationTask(Task):
         from shared.tasks.classification.evaluation import class_weights
 
         weight = class_weights(data.labels, len(data.classes)) if class_weighted else None
-        return lambda logits, y: F.cross_entropy(logits, y, weight=weight)
+        if weight is None:
+            return lambda logits, y: F.cross_entropy(logits, y)
+        return lambda logits, y: F.cross_entropy(logits, y, weight=weight.to(logits.device))
 
     def per_image_loss(self, data: SiteDataset, class_weighted: bool = True) -> Callable:
         """Cross entropy per image times its class weight, never normalised by the batch (DP-SGD)."""
@@ -118,7 +120,7 @@ class ClassificationTask(Task):
         from shared.tasks.classification.evaluation import class_weights
 
         weight = class_weights(data.labels, len(data.classes)) if class_weighted else torch.ones(len(data.classes))
-        return lambda logits, y: F.cross_entropy(logits, y, reduction="none") * weight[y]
+        return lambda logits, y: F.cross_entropy(logits, y, reduction="none") * weight.to(y.device)[y]
 
     def augment(self, strength: float, scanner: float) -> Callable:
         from shared.augment import build_augment

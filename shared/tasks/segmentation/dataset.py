@@ -81,7 +81,8 @@ def flip_pairs(
     images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip each (image, mask) pair left-right with probability 0.5, the same draw for both."""
-    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).view(-1, *[1] * (images.ndim - 1))
+    draw = torch.rand(images.shape[0], generator=generator, device=images.device)
+    flip = (draw < 0.5).view(-1, *[1] * (images.ndim - 1))
     return torch.where(flip, images.flip(-1), images), torch.where(flip, masks.flip(-1), masks)
 
 
