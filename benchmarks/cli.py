@@ -3,7 +3,8 @@
 ``generalization`` trains pooled, local-only and federated models and scores every model on every
 site; ``scale`` runs N synthetic hospitals on Flower's simulation engine; the other subcommands run
 the scripts in ``benchmarks/`` (``overhead``: bench_round_overhead.py, ``privacy``, ``secagg``,
-``compression``, ``ingest``, ``training``, ``levers``, ``scale-sweep``, ``proxy-attacks``, ``audit-append``: bench_<name>.py) and pass
+``compression``, ``ingest``, ``training``, ``levers``, ``scale-sweep``, ``proxy-attacks``, ``audit-append``,
+``cache-memory``: bench_<name>.py) and pass
 every argument after the subcommand through to them (``fedrad-bench privacy --help`` shows theirs).
 
 Exit codes as in ``fedrad-server``: 0 success, 1 the answer is "no" (a benchmark stopped),
@@ -235,6 +236,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "audit-append": (
         "benchmarks.bench_audit_append",
         "Time per audit-log append: unsigned, signed, signed + pin file.",
+    ),
+    "cache-memory": (
+        "benchmarks.bench_cache_memory",
+        "Peak RSS of training from the sharded image cache at 10k and 100k images.",
     ),
     "proxy-attacks": (
         "benchmarks.bench_proxy_attacks",

@@ -164,6 +164,13 @@ class SiteDataConfig(StrictModel):
     classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)
     image_size: int = Field(64, ge=16, le=1024)
     cache_dir: Path | None = Field(None, description="Preprocessed tensor cache; default DATA/../.fedrad-cache.")
+    data_workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Processes reading cached images during training and evaluation; default 0 on a CPU "
+        "(the training process reads them), up to 4 with a GPU (shared/batches.py).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SiteDataConfig:

@@ -6,9 +6,12 @@ once: seeded batches, the lr schedule, FedProx's proximal term, the carried
 optimizer, BatchNorm statistics re-estimated over the last epoch. Per-image
 DP-SGD is :mod:`shared.private_training`, for tasks with a per-image loss.
 
-The whole site's data is a tensor, so batches are taken by indexing with a
-random permutation per epoch: no DataLoader, no worker processes, no
-per-sample Python (``benchmarks/bench_training.py`` measures the difference).
+Batches follow a seeded permutation per epoch and are fetched by
+:class:`shared.batches.BatchReader`: plain indexing when the images are an
+in-memory tensor (``benchmarks/bench_training.py`` measures it), a DataLoader
+over the cache's shards when they are packed (a site's real data: memory that
+does not grow with the number of images). Same order, same pixels, same
+weights either way.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.batches import BatchReader
 from shared.lr_schedule import check_schedule, scheduled_lr
 
 
@@ -132,6 +136,7 @@ def train_model(
     augment = task.augment(cfg.augment, cfg.scanner_augment)
     loss_fn = task.loss(data, cfg.class_weighted)
     images, targets = data.images, task.targets(data)
+    read = BatchReader(images)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if carry is not None and carry.state is not None:
@@ -156,9 +161,8 @@ def train_model(
         seen = 0
         t0 = time.perf_counter()
         try:
-            for s in starts:
-                idx = perm[s : s + bs]
-                x, y = augment(images[idx], targets[idx], gen)
+            for idx, batch in read(perm, starts, bs):
+                x, y = augment(batch, targets[idx], gen)
                 logits = model(x)
                 loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
@@ -193,6 +197,7 @@ def train_model(
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
+    read.close()
     model.eval()
     if carry is not None:
         carry.state = optimizer.state_dict()
@@ -220,13 +225,15 @@ def _end_bn_average(saved: list[tuple[nn.Module, float | None, torch.Tensor]]) -
         m.num_batches_tracked += count
 
 
-def batched_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def batched_logits(model: nn.Module, images, batch_size: int) -> torch.Tensor:  # noqa: ANN001 - tensor or packed
     """Model outputs for ``images`` in batches, in eval mode without gradients; the model's mode is restored."""
     was_training = model.training
     model.eval()
+    read = BatchReader(images)
     try:
         with torch.inference_mode():
-            out = [model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+            out = [model(x) for x in read.sequential(batch_size)]
     finally:
+        read.close()
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 0)

@@ -28,6 +28,7 @@ SUBCOMMANDS = [
     "scale-sweep",
     "proxy-attacks",
     "audit-append",
+    "cache-memory",
 ]
 runner = CliRunner()
 

@@ -50,7 +50,7 @@ class TaskDataset(Protocol):
     task for targets, loss and augmentation, so a dataset is trained the way its task says."""
 
     task_name: ClassVar[str]
-    images: torch.Tensor  # (N, C, *spatial) float32
+    images: torch.Tensor  # (N, C, *spatial) float32: a tensor, or shared.packed.PackedImages (read per batch)
     groups: list[str]  # patient grouping key per case (site-local; never leaves the site)
 
     def __len__(self) -> int: ...
