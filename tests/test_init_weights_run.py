@@ -22,7 +22,7 @@ from shared.config import ConfigError
 from shared.modelfile import load_model_file
 from shared.models import build_model
 from shared.tasks import TaskSpec
-from tests.test_weights_import import torchvision_state
+from tests.torchvision_files import torchvision_state
 
 pytestmark = pytest.mark.timeout(300)
 CLASSES = ("normal", "nodule", "mass")  # three outputs: an ImageNet or two-class head cannot fit
