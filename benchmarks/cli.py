@@ -230,6 +230,7 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "compression": ("benchmarks.bench_compression", "Upload bytes and model quality: float32 vs fp16 site uploads."),
     "ingest": ("benchmarks.bench_ingest", "Ingest throughput vs a bare pydicom loop, and the cache speed-up."),
     "training": ("benchmarks.bench_training", "Training throughput of train_model vs a bare PyTorch loop."),
+    "backbones": ("benchmarks.bench_backbones", "Clinical backbones at 224-512 px: size, speed, weight import time."),
     "levers": ("benchmarks.bench_levers", "What the preprocessing and augmentation levers add (pooled model)."),
     "scale-sweep": ("benchmarks.bench_scale", "`scale` at N = 5, 10, 25, 50 sites, with a fit of time against images."),
     "audit-append": (

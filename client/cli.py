@@ -123,7 +123,15 @@ def train_local(
     image_size: int | None = SizeOpt,
     cache_dir: Path | None = CacheOpt,
     model: str | None = typer.Option(
-        None, "--model", help="Architecture: smallcnn (default), densenet121, resnet18; unet with --segments."
+        None,
+        "--model",
+        help="Architecture: smallcnn (default), densenet121, resnet18, resnet50, efficientnet_b0; unet with --segments.",
+    ),
+    init_weights: Path | None = typer.Option(
+        None,
+        "--init-weights",
+        help="Start from these weights: a FedRad model file of the task, or a plain PyTorch state dict "
+        "(ImageNet, torchxrayvision, a colleague's checkpoint); the import report is printed.",
     ),
     epochs: int = typer.Option(15, "--epochs", min=1, help="Training epochs."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default 32 (8 with --segments)."),
@@ -171,6 +179,7 @@ def train_local(
         seed=seed,
         site_name=site_name,
         threads=threads,
+        init_weights=init_weights,
     )
     summary = run_train_local(cfg, opts, out_path, show_progress=not as_json, console=out, task=task)
     if as_json:

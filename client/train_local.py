@@ -21,6 +21,7 @@ from rich.table import Table
 from shared.cli_support import progress_bar
 from shared.config import ConfigError, SiteDataConfig
 from shared.modelfile import save_model_file
+from shared.start_weights import StartWeights, load_start_weights
 from shared.tasks import TaskSpec
 from shared.training import TrainConfig, seed_everything, train_model
 
@@ -37,6 +38,7 @@ class TrainLocalOptions:
     seed: int = 0
     site_name: str = "local-site"
     threads: int = 1
+    init_weights: Path | None = None  # start from a FedRad model file or a plain state dict (shared.start_weights)
 
 
 def run_train_local(
@@ -57,6 +59,12 @@ def run_train_local(
     if refusal:
         raise ConfigError(f"--scanner-augment: {refusal}; leave it out")
     torch.set_num_threads(opts.threads)
+    seed_everything(opts.seed)  # before anything slow: a model or weights file that cannot work fails at once
+    try:
+        model = task.build_model()
+    except ValueError as exc:  # e.g. an input too small for the architecture
+        raise ConfigError(f"--model {task.model} --image-size {task.image_size}: {exc}") from None
+    start = _start_from(opts.init_weights, task, model, console if show_progress else None)
     with progress_bar("Loading DICOM", enabled=show_progress):
         data = kind.load_site(cfg, list(task.outputs), Path(cfg.data))
     train, val = data, None
@@ -66,8 +74,6 @@ def run_train_local(
         except ValueError:  # too few patients to split: train on all, no validation figures
             train, val = data, None
 
-    seed_everything(opts.seed)
-    model = task.build_model()
     defaults = TrainConfig.for_task(kind)
     train_cfg = TrainConfig.for_task(
         kind,
@@ -100,6 +106,7 @@ def run_train_local(
                 "train_images": len(train),
                 "val_images": len(val) if val is not None else 0,
                 "train_config": train_cfg.to_dict(),
+                **({"init_weights": start.provenance} if start else {}),
             },
         },
     )
@@ -117,10 +124,23 @@ def run_train_local(
         "seconds": round(seconds, 2),
         "history": history,
         "final": history[-1] if history else {},
+        "init_weights": start.provenance if start else None,
     }
     if show_progress and console is not None:
         _render_summary(summary, console, kind.headline_metric)
     return summary
+
+
+def _start_from(path: Path | None, task: TaskSpec, model, console: Console | None) -> StartWeights | None:  # noqa: ANN001
+    """Load ``--init-weights`` into ``model`` and print where each tensor went; None without the option."""
+    if path is None:
+        return None
+    start = load_start_weights(path, task, model)
+    model.load_state_dict(start.state_dict)
+    if console is not None:
+        for line in start.lines(full_report="the model file's provenance.extra.init_weights"):
+            console.print(line, highlight=False, soft_wrap=True)
+    return start
 
 
 def _train_with_progress(model, train, val, train_cfg: TrainConfig, show: bool) -> list[dict]:

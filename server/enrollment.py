@@ -189,7 +189,7 @@ def write_bundle(directory: Path, cfg: ConsortiumConfig, site: EnrolledSite, bun
         "consortium": cfg.name,
         "site_name": site.name,
         "server_address": cfg.address,
-        "task": cfg.task.model_dump(),
+        "task": cfg.task.model_dump(mode="json", exclude={"init_weights"}),  # a server-host path: not the site's
         "site_key_fingerprint": site.fingerprint,
     }
     write_atomic(bundle / "bundle.json", json.dumps(info, indent=2) + "\n")

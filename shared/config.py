@@ -72,8 +72,9 @@ class TaskConfig(StrictModel):
     )
     init_weights: Path | None = Field(
         None,
-        description="A FedRad model file on the server host to start from "
-        "(transfer learning); read locally, never downloaded.",
+        description="Weights on the server host to start from (transfer learning): a FedRad model file of "
+        "this task, or a plain PyTorch state dict (ImageNet, torchxrayvision, a colleague's checkpoint) mapped "
+        "onto the model by shared.weights_import; read locally, never downloaded.",
     )
 
     @field_validator("type")
@@ -112,9 +113,12 @@ class TaskConfig(StrictModel):
         task = get_task(info.data["type"])
         v = v.strip() or task.default_model
         if v != task.default_model:  # no torch import for the default (site.yaml checks run in light processes)
-            known = sorted(task.model_registry())
-            if v not in known:
-                raise ValueError(f"{v!r} is not a {task.name} architecture; use one of {', '.join(known)}")
+            registry = task.model_registry()
+            if v not in registry:
+                raise ValueError(f"{v!r} is not a {task.name} architecture; use one of {', '.join(sorted(registry))}")
+            minimum, size = getattr(registry[v], "min_image_size", 0), info.data.get("image_size")
+            if size is not None and size < minimum:  # a builder may say what its strides need
+                raise ValueError(f"{v} needs task.image_size of at least {minimum} px, got {size}")
         return v
 
     @property

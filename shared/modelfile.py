@@ -55,7 +55,9 @@ REQUIRED_KEYS = (
     "provenance",
 )
 PROVENANCE_KEYS = ("trained_by", "kind", "rounds", "epochs", "created", "fedrad_version", "weights_sha256", "extra")
-PROVENANCE_KINDS = ("local", "federated", "finetuned")  # finetuned: a global model adapted at one site
+PROVENANCE_KINDS = ("local", "federated", "finetuned", "imported")
+# finetuned: a global model adapted at one site; imported: a plain state dict mapped onto the architecture
+# (shared.weights_import), the start of a run, its import report under extra.imported_from
 
 
 class ModelFileError(Exception):
