@@ -84,6 +84,13 @@ def test_check_counts_every_finding_and_a_bad_cell_is_a_clear_error(site: Path, 
     proc = _cli("check", "--config", str(site), "--labels", str(bad_labels))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "line 2, column 'consolidation': 'maybe'" in " ".join(proc.stderr.split())
+    # `fedrad-site start`'s preflight reads the finding columns too (no 'label' column in this CSV)
+    from client.site_config import SiteFileConfig
+    from client.site_start import check_data
+
+    creds = {"site_name": "st-ml", "server_address": "h:1", "ca_cert": "ca.crt", "private_key": "site.key"}
+    ok, verdict = check_data(SiteFileConfig(**yaml.safe_load(site.read_text()), **creds))
+    assert ok and verdict.startswith(f"ready to train: {N_IMAGES} labelled images, 4 of 4 findings")
 
 
 def test_train_local_then_evaluate_with_grad_cam_per_finding(site: Path, tmp_path: Path) -> None:
