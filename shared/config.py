@@ -191,6 +191,13 @@ class SiteDataConfig(StrictModel):
     image_size: int = Field(64, ge=16, le=1024)
     cache_dir: Path | None = Field(None, description="Preprocessed tensor cache; default DATA/../.fedrad-cache.")
 
+    @field_validator("findings")
+    @classmethod
+    def _finding_names(cls, v: list[str] | None) -> list[str] | None:
+        from shared.tasks import get_task
+
+        return None if v is None else get_task("multilabel").check_outputs(list(v))  # the task's naming rules
+
     @model_validator(mode="after")
     def _check(self) -> SiteDataConfig:
         TaskConfig(classes=self.classes)  # reuse the class-list rules

@@ -357,3 +357,11 @@ def test_a_multilabel_model_file_carries_findings_thresholds_and_policy(tmp_path
             path, model, preprocess=pre, threshold=[0.4, 0.5], provenance={"trained_by": "t", "kind": "local"}, **common
         )
     assert "multilabel smallcnn" in loaded.task_mismatch(TaskSpec("classification", ("a", "b"), "smallcnn", 32))
+
+
+def test_site_yaml_findings_follow_the_tasks_naming_rules(tmp_path: Path) -> None:
+    from shared.config import SiteDataConfig
+
+    with pytest.raises(ConfigError, match="site.yaml: key 'findings'.*matches pleural_effusion"):
+        parse_model(SiteDataConfig, {"data": str(tmp_path), "findings": ["Pleural Effusion"]}, "site.yaml")
+    assert parse_model(SiteDataConfig, {"data": str(tmp_path), "findings": FINDINGS}, "site.yaml").findings == FINDINGS
