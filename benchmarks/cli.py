@@ -69,10 +69,15 @@ def generalization(
     task: str = typer.Option(
         "classification",
         "--task",
-        help="classification (AUC) or segmentation (Dice per label; "
-        "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`).",
+        help="classification (AUC), segmentation (Dice per label; "
+        "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`) or multilabel "
+        "(macro AUC and AUC per finding; `fedrad-site synth --task multilabel`).",
     ),
-    labels: str = typer.Option("nodule,lung", "--labels", help="Segmentation: the SEG segment names, comma-separated."),
+    labels: str = typer.Option(
+        "nodule,lung",
+        "--labels",
+        help="Segmentation: the SEG segment names; multilabel: the findings (label CSV columns); comma-separated.",
+    ),
     finetune_epochs: int = typer.Option(
         0,
         "--finetune-epochs",

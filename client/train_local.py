@@ -66,7 +66,7 @@ def run_train_local(
         raise ConfigError(f"--model {task.model} --image-size {task.image_size}: {exc}") from None
     start = _start_from(opts.init_weights, task, model, console if show_progress else None)
     with progress_bar("Loading DICOM", enabled=show_progress):
-        data = kind.load_site(cfg, list(task.outputs), Path(cfg.data))
+        data = task.load_site(cfg, Path(cfg.data))
     train, val = data, None
     if opts.val_fraction > 0:
         try:
@@ -166,6 +166,14 @@ def _train_with_progress(model, train, val, train_cfg: TrainConfig, show: bool) 
         return train_model(model, train, train_cfg, val=val, on_epoch=on_epoch)
 
 
+def _threshold_text(threshold: float | list[float] | None) -> str:
+    if threshold is None:
+        return "0.5 (default)"
+    if isinstance(threshold, list):  # one per output (multilabel: per finding)
+        return ", ".join(f"{t:.3f}" for t in threshold)
+    return f"{threshold:.3f}"
+
+
 def _render_summary(summary: dict, console: Console, headline: str) -> None:
     table = Table(title="Local training", title_justify="left")
     table.add_column("")
@@ -181,7 +189,7 @@ def _render_summary(summary: dict, console: Console, headline: str) -> None:
             for key in ("val_auc", "val_dice")
             if final.get(key) is not None
         ),
-        ("operating threshold", "0.5 (default)" if summary["threshold"] is None else f"{summary['threshold']:.3f}"),
+        ("operating threshold", _threshold_text(summary["threshold"])),
         ("time", f"{summary['seconds']:.1f} s"),
         ("model file", summary["model_file"]),
     ]

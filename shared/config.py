@@ -50,7 +50,8 @@ class TaskConfig(StrictModel):
     type: str = Field(
         "classification",
         description="The task: classification (one label per image), segmentation "
-        "(a mask per segment label, from DICOM SEG files), or a registered plug-in task.",
+        "(a mask per segment label, from DICOM SEG files), multilabel (several findings per image), "
+        "or a registered plug-in task.",
     )
     classes: list[str] | None = Field(
         None,
@@ -61,6 +62,15 @@ class TaskConfig(StrictModel):
         None,
         validate_default=True,
         description="Segmentation: the DICOM SEG segment names to learn, one output channel each.",
+    )
+    findings: list[str] | None = Field(
+        None,
+        validate_default=True,
+        description="Multilabel: the findings, one column each in the sites' label CSVs (docs/multilabel.md).",
+    )
+    uncertain: str | None = Field(
+        None,
+        description="Multilabel: what an uncertain (-1) label trains as: ignore (masked out, default), ones, zeros.",
     )
     image_size: int = Field(64, ge=16, le=1024)
     model: str = Field(
@@ -84,7 +94,7 @@ class TaskConfig(StrictModel):
 
         return get_task(v.strip().lower()).name
 
-    @field_validator("classes", "labels")
+    @field_validator("classes", "labels", "findings")
     @classmethod
     def _outputs_as_the_task_names_them(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
         from shared.tasks import get_task
@@ -102,6 +112,15 @@ class TaskConfig(StrictModel):
         if v is None and info.field_name == "classes":
             v = list(DEFAULT_CLASSES)
         return task.check_outputs(list(v or []))
+
+    @field_validator("uncertain")
+    @classmethod
+    def _setting_of_the_task(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from shared.tasks import get_task
+
+        if v is None or "type" not in info.data:
+            return v
+        return dict(get_task(info.data["type"]).check_options({info.field_name: v}))[info.field_name]
 
     @field_validator("model")
     @classmethod
@@ -130,9 +149,11 @@ class TaskConfig(StrictModel):
 
     def spec(self) -> TaskSpec:
         """The consortium's task as the one typed description the run config, sites and model files carry."""
-        from shared.tasks import TaskSpec
+        from shared.tasks import TaskSpec, get_task
 
-        return TaskSpec(self.type, tuple(self.outputs), self.model, self.image_size)
+        task = get_task(self.type)
+        options = task.check_options({k: v for k in task.options if (v := getattr(self, k, None)) is not None})
+        return TaskSpec(self.type, tuple(self.outputs), self.model, self.image_size, options)
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(image_size=self.image_size)
@@ -166,8 +187,20 @@ class SiteDataConfig(StrictModel):
     key: LabelKey = "SOPInstanceUID"
     label_column: str = "label"
     classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)
+    findings: list[str] | None = Field(
+        None,
+        description="Multi-label: the finding columns of the label CSV (1 positive, 0 negative, -1 uncertain, "
+        "blank unknown); set, `fedrad-site check` and `start` check them instead of a class column.",
+    )
     image_size: int = Field(64, ge=16, le=1024)
     cache_dir: Path | None = Field(None, description="Preprocessed tensor cache; default DATA/../.fedrad-cache.")
+
+    @field_validator("findings")
+    @classmethod
+    def _finding_names(cls, v: list[str] | None) -> list[str] | None:
+        from shared.tasks import get_task
+
+        return None if v is None else get_task("multilabel").check_outputs(list(v))  # the task's naming rules
 
     @model_validator(mode="after")
     def _check(self) -> SiteDataConfig:
