@@ -3,7 +3,7 @@
 ``generalization`` trains pooled, local-only and federated models and scores every model on every
 site; ``scale`` runs N synthetic hospitals on Flower's simulation engine; the other subcommands run
 the scripts in ``benchmarks/`` (``overhead``: bench_round_overhead.py, ``privacy``, ``secagg``,
-``compression``, ``ingest``, ``training``, ``levers``, ``scale-sweep``, ``proxy-attacks``, ``audit-append``: bench_<name>.py) and pass
+``compression``, ``ingest``, ``ingest-fullsize``, ``training``, ``levers``, ``scale-sweep``, ``proxy-attacks``, ``audit-append``: bench_<name>.py) and pass
 every argument after the subcommand through to them (``fedrad-bench privacy --help`` shows theirs).
 
 Exit codes as in ``fedrad-server``: 0 success, 1 the answer is "no" (a benchmark stopped),
@@ -234,6 +234,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "secagg": ("benchmarks.bench_secagg", "SecAgg+ vs plain FedAvg: same aggregate, cost in time and bytes."),
     "compression": ("benchmarks.bench_compression", "Upload bytes and model quality: float32 vs fp16 site uploads."),
     "ingest": ("benchmarks.bench_ingest", "Ingest throughput vs a bare pydicom loop, and the cache speed-up."),
+    "ingest-fullsize": (
+        "benchmarks.bench_ingest_fullsize",
+        "Ingest of 2,000-3,000 px radiographs (uncompressed, JPEG 2000) vs bare pydicom, 1 and all workers.",
+    ),
     "training": ("benchmarks.bench_training", "Training throughput of train_model vs a bare PyTorch loop."),
     "backbones": ("benchmarks.bench_backbones", "Clinical backbones at 224-512 px: size, speed, weight import time."),
     "levers": ("benchmarks.bench_levers", "What the preprocessing and augmentation levers add (pooled model)."),

@@ -28,6 +28,7 @@ SUBCOMMANDS = [
     "scale-sweep",
     "proxy-attacks",
     "audit-append",
+    "ingest-fullsize",
 ]
 runner = CliRunner()
 
