@@ -29,6 +29,7 @@ SUBCOMMANDS = [
     "proxy-attacks",
     "audit-append",
     "cache-memory",
+    "ingest-fullsize",
 ]
 runner = CliRunner()
 
