@@ -16,6 +16,7 @@ import torch
 from shared.config import ConfigError, SiteDataConfig
 from shared.imaging.scan import ProgressFn, ScanResult, scan_site
 from shared.labels import JoinResult, record_key
+from shared.packed import from_scan
 from shared.splits import stratified_group_split
 from shared.tasks.multilabel.dataset import MultilabelDataset
 from shared.tasks.multilabel.labels import FindingJoin, join_finding_labels, read_finding_labels
@@ -92,20 +93,18 @@ def check_multilabel_site(
 
 
 def build_multilabel_dataset(check: MultilabelCheck, uncertain: str = "ignore") -> MultilabelDataset:
-    """Stack the cached tensors of every matched image with its finding values."""
+    """Every matched image with its finding values, the images read from the cache on demand."""
     size = check.config.image_size
     matched = check.join.matched
-    images = np.empty((len(matched), 1, size, size), dtype=np.float32)
+    images = from_scan(check.scan, [rec for rec, _ in matched], (size, size), workers=check.config.data_workers)
     groups, keys, paths = [], [], []
-    for i, (rec, _) in enumerate(matched):
-        images[i, 0] = check.scan.load_image(rec)
+    for rec, _ in matched:
         groups.append(rec.header.patient_id or rec.header.study_instance_uid or rec.path)
         keys.append(record_key(rec, check.config.key))
         paths.append(rec.path)
-    check.scan.flush_cache()
     values = np.array([v for _, v in matched], dtype=np.float32).reshape(len(matched), len(check.findings))
     return MultilabelDataset(
-        images=torch.from_numpy(images),
+        images=images,
         values=torch.from_numpy(values),
         findings=list(check.findings),
         uncertain=uncertain,

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.packed import PackedImages, cat, take
 from shared.tasks.multilabel import UNCERTAIN_POLICIES
 from shared.training import batched_logits
 
@@ -32,7 +33,7 @@ class MultilabelDataset:
 
     task_name: ClassVar[str] = "multilabel"
 
-    images: torch.Tensor  # (N, 1, S, S) float32, intensities windowed to about [0, 1]
+    images: torch.Tensor | PackedImages  # (N, 1, S, S) float32, intensities windowed to about [0, 1]
     values: torch.Tensor  # (N, F) float32: 1, 0, -1 or NaN, as the label CSV writes them
     findings: list[str]
     uncertain: str = "ignore"  # the consortium's policy for -1 at training time
@@ -60,7 +61,7 @@ class MultilabelDataset:
         idx = torch.as_tensor(index, dtype=torch.long)
         pick = idx.tolist()
         return MultilabelDataset(
-            images=self.images[idx],
+            images=take(self.images, idx),
             values=self.values[idx],
             findings=list(self.findings),
             uncertain=self.uncertain,
@@ -128,7 +129,7 @@ def nan_masked_bce(pos_weight: torch.Tensor | None = None):  # noqa: ANN201 - Ca
     return loss
 
 
-def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+def predict_proba(model: nn.Module, images: torch.Tensor | PackedImages, batch_size: int = 256) -> np.ndarray:
     """Probability per finding (N, F) float32: independent sigmoids; eval mode, no gradients, mode restored."""
     return torch.sigmoid(batched_logits(model, images, batch_size).float()).numpy()
 
@@ -141,7 +142,7 @@ def concat_multilabel(parts: list[MultilabelDataset]) -> MultilabelDataset:
     if any(p.findings != first.findings for p in parts):
         raise ValueError("datasets have different findings")
     return MultilabelDataset(
-        images=torch.cat([p.images for p in parts]),
+        images=cat([p.images for p in parts]),
         values=torch.cat([p.values for p in parts]),
         findings=list(first.findings),
         uncertain=first.uncertain,
