@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.paired_comparison import paired_difference  # noqa: E402
 from shared.config import SiteDataConfig  # noqa: E402
 from shared.models import build_model  # noqa: E402
+from shared.packed import to_tensor  # noqa: E402
 from shared.site_data import load_site_dataset  # noqa: E402
 from shared.splits import stratified_group_split  # noqa: E402
 from shared.synth import write_cohort  # noqa: E402
@@ -91,7 +92,8 @@ def load(cohort: Path, name: str, cache: Path) -> SiteDataset:
 def run_setting(setting: Setting, sites: dict[str, SiteDataset], seed: int, epochs: int) -> dict[str, float]:
     """Train the pooled model of one seed; its AUC per training site's held-out patients, their mean, and unseen."""
     data = {
-        n: replace(d, images=setting.transform(d.images.float())) if setting.transform else d for n, d in sites.items()
+        n: replace(d, images=setting.transform(to_tensor(d.images))) if setting.transform else d
+        for n, d in sites.items()
     }
     train, test = [], {}
     for name in TRAINING_SITES:

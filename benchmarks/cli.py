@@ -3,7 +3,8 @@
 ``generalization`` trains pooled, local-only and federated models and scores every model on every
 site; ``scale`` runs N synthetic hospitals on Flower's simulation engine; the other subcommands run
 the scripts in ``benchmarks/`` (``overhead``: bench_round_overhead.py, ``privacy``, ``secagg``,
-``compression``, ``ingest``, ``training``, ``throughput``, ``levers``, ``scale-sweep``, ``proxy-attacks``, ``audit-append``: bench_<name>.py) and pass
+``compression``, ``ingest``, ``ingest-fullsize``, ``training``, ``throughput``, ``levers``, ``scale-sweep``,
+``proxy-attacks``, ``audit-append``, ``cache-memory``: bench_<name>.py) and pass
 every argument after the subcommand through to them (``fedrad-bench privacy --help`` shows theirs).
 
 Exit codes as in ``fedrad-server``: 0 success, 1 the answer is "no" (a benchmark stopped),
@@ -69,10 +70,15 @@ def generalization(
     task: str = typer.Option(
         "classification",
         "--task",
-        help="classification (AUC) or segmentation (Dice per label; "
-        "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`).",
+        help="classification (AUC), segmentation (Dice per label; "
+        "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`) or multilabel "
+        "(macro AUC and AUC per finding; `fedrad-site synth --task multilabel`).",
     ),
-    labels: str = typer.Option("nodule,lung", "--labels", help="Segmentation: the SEG segment names, comma-separated."),
+    labels: str = typer.Option(
+        "nodule,lung",
+        "--labels",
+        help="Segmentation: the SEG segment names; multilabel: the findings (label CSV columns); comma-separated.",
+    ),
     finetune_epochs: int = typer.Option(
         0,
         "--finetune-epochs",
@@ -229,16 +235,25 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "secagg": ("benchmarks.bench_secagg", "SecAgg+ vs plain FedAvg: same aggregate, cost in time and bytes."),
     "compression": ("benchmarks.bench_compression", "Upload bytes and model quality: float32 vs fp16 site uploads."),
     "ingest": ("benchmarks.bench_ingest", "Ingest throughput vs a bare pydicom loop, and the cache speed-up."),
+    "ingest-fullsize": (
+        "benchmarks.bench_ingest_fullsize",
+        "Ingest of 2,000-3,000 px radiographs (uncompressed, JPEG 2000) vs bare pydicom, 1 and all workers.",
+    ),
     "training": ("benchmarks.bench_training", "Training throughput of train_model vs a bare PyTorch loop."),
     "throughput": (
         "benchmarks.bench_throughput",
         "Training images/s on the site's device, threads and precision: train_model vs a bare PyTorch loop.",
     ),
+    "backbones": ("benchmarks.bench_backbones", "Clinical backbones at 224-512 px: size, speed, weight import time."),
     "levers": ("benchmarks.bench_levers", "What the preprocessing and augmentation levers add (pooled model)."),
     "scale-sweep": ("benchmarks.bench_scale", "`scale` at N = 5, 10, 25, 50 sites, with a fit of time against images."),
     "audit-append": (
         "benchmarks.bench_audit_append",
         "Time per audit-log append: unsigned, signed, signed + pin file.",
+    ),
+    "cache-memory": (
+        "benchmarks.bench_cache_memory",
+        "Peak RSS of training from the sharded image cache at 10k and 100k images.",
     ),
     "proxy-attacks": (
         "benchmarks.bench_proxy_attacks",

@@ -31,7 +31,7 @@ def load_all(task: TaskSpec, data: Path, labels: Path | None, cache_dir: Path) -
     (segmentation: the images with a usable DICOM SEG)."""
     classes = list(task.outputs) if task.task.outputs_key == "classes" else list(DEFAULT_CLASSES)
     cfg = SiteDataConfig(data=data, labels=labels, classes=classes, image_size=task.image_size, cache_dir=cache_dir)
-    return task.task.load_site(cfg, list(task.outputs), data)
+    return task.load_site(cfg, data)
 
 
 def pool(task: TaskSpec, parts: list[Dataset]) -> Dataset:

@@ -21,7 +21,10 @@ def render_check(report: dict, console: Console, max_rows: int = 20) -> None:
         f"[bold]Site check[/] {report['data']}: {img['files']} files, "
         f"[green]{img['usable']} usable[/], [yellow]{img['rejected']} rejected[/]"
     )
-    console.print(_counts_table("Labelled usable images per class", report["classes"], "class"))
+    if "findings" in report:  # a multi-label CSV: one column per finding
+        render_findings(report["findings"], console)
+    else:
+        console.print(_counts_table("Labelled usable images per class", report["classes"], "class"))
     for title, field, header in (
         ("Modalities", "modalities", "modality"),
         ("Manufacturers", "manufacturers", "manufacturer"),
@@ -72,6 +75,16 @@ def render_hardware(hw: dict, console: Console) -> None:
         f"[bold]Trains on[/] {hw['device']} ({hw['name']}{memory}), {hw['threads']} threads, {precision}",
         highlight=False,
     )
+
+
+def render_findings(findings: dict, console: Console) -> None:
+    """Labelled usable images per finding of a multi-label CSV: positive, negative, uncertain (-1), blank."""
+    table = Table(title="Labelled usable images per finding", title_justify="left")
+    for col in ("finding", "positive", "negative", "uncertain (-1)", "unknown (blank)"):
+        table.add_column(col, justify="left" if col == "finding" else "right")
+    for name, c in findings.items():
+        table.add_row(name, *(str(c[k]) for k in ("positive", "negative", "uncertain", "unknown")))
+    console.print(table)
 
 
 def render_segmentation(seg: dict, console: Console, max_rows: int = 20) -> None:

@@ -31,6 +31,12 @@ KeyOpt = typer.Option(
 )
 LabelColOpt = typer.Option(None, "--label-column", help="Label column name in the CSV (default: label).")
 SizeOpt = typer.Option(None, "--image-size", help="Model input side in pixels (default 64).")
+FindingsOpt = typer.Option(
+    None,
+    "--findings",
+    help="Finding columns of a multi-label CSV, e.g. effusion,nodule (1, 0, -1 uncertain, blank); default: site.yaml's "
+    "'findings'.",
+)
 CacheOpt = typer.Option(None, "--cache-dir", help="Preprocessed-tensor cache (default: beside the data folder).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables.")
 DeviceOpt = typer.Option(
@@ -63,6 +69,7 @@ def check(
         help="Segment labels, e.g. nodule,lung: also match "
         "the DICOM SEG files in the export to their images and report problems.",
     ),
+    findings: str | None = FindingsOpt,
 ) -> None:
     """Scan the export, join the labels and say which images are usable, and why the others are not.
 
@@ -101,8 +108,15 @@ def check(
         if not report["ok"]:
             raise typer.Exit(EXIT_NO)
         return
+    if findings:
+        cfg.findings = name_list(findings)
     with progress_bar("Scanning DICOM", enabled=not as_json) as update:
-        result = check_site(cfg, on_progress=update)
+        if cfg.findings:  # a multi-label CSV: a column per finding instead of label_column
+            from shared.tasks.multilabel.data import check_multilabel_site
+
+            result = check_multilabel_site(cfg, list(cfg.findings), on_progress=update)
+        else:
+            result = check_site(cfg, on_progress=update)
     report = {**result.to_json(), "hardware": hardware}
     if segments:
         from shared.tasks.segmentation.data import match_site_masks
@@ -135,7 +149,15 @@ def train_local(
     image_size: int | None = SizeOpt,
     cache_dir: Path | None = CacheOpt,
     model: str | None = typer.Option(
-        None, "--model", help="Architecture: smallcnn (default), densenet121, resnet18; unet with --segments."
+        None,
+        "--model",
+        help="Architecture: smallcnn (default), densenet121, resnet18, resnet50, efficientnet_b0; unet with --segments.",
+    ),
+    init_weights: Path | None = typer.Option(
+        None,
+        "--init-weights",
+        help="Start from these weights: a FedRad model file of the task, or a plain PyTorch state dict "
+        "(ImageNet, torchxrayvision, a colleague's checkpoint); the import report is printed.",
     ),
     epochs: int = typer.Option(15, "--epochs", min=1, help="Training epochs."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default 32 (8 with --segments)."),
@@ -158,6 +180,10 @@ def train_local(
         help="Segment labels, e.g. nodule,lung: train a "
         "segmentation model on the export's DICOM SEGs (no label CSV needed).",
     ),
+    findings: str | None = FindingsOpt,
+    uncertain: str | None = typer.Option(
+        None, "--uncertain", help="Multi-label: an uncertain (-1) label trains as ignore (default), ones or zeros."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a local baseline on this site's data only; nothing leaves the site."""
@@ -165,14 +191,23 @@ def train_local(
     from client.train_local import TrainLocalOptions, run_train_local
     from shared.tasks import TaskSpec, get_task
 
+    # --segments names a segmentation task's outputs, --findings (or site.yaml's findings) a multilabel task's
     seg = name_list(segments)
-    kind = get_task("segmentation" if seg else "classification")  # --segments names a segmentation task's outputs
+    kind = get_task("segmentation" if seg else "classification")
     cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir, task=kind.name)
+    found = [] if seg else name_list(findings) or list(cfg.findings or [])
+    kind = get_task("multilabel") if found else kind
+    flag = "--segments" if seg else "--findings" if found else "--classes"
     try:
-        outputs = kind.check_outputs(seg or list(cfg.classes))
+        outputs = kind.check_outputs(seg or found or list(cfg.classes))
     except ValueError as exc:
-        raise ConfigError(f"--{'segments' if seg else 'classes'}: {exc}") from None
-    task = TaskSpec(kind.name, tuple(outputs), model or kind.default_model, cfg.image_size)
+        raise ConfigError(f"{flag}: {exc}") from None
+    try:
+        options = kind.check_options({"uncertain": uncertain} if uncertain else {})
+    except ValueError as exc:
+        raise ConfigError(f"--uncertain: {exc}") from None
+    cfg.findings = found or None
+    task = TaskSpec(kind.name, tuple(outputs), model or kind.default_model, cfg.image_size, options)
     opts = TrainLocalOptions(
         model=task.model,
         epochs=epochs,
@@ -185,6 +220,7 @@ def train_local(
         site_name=site_name,
         threads=threads,
         device=device,
+        init_weights=init_weights,
     )
     summary = run_train_local(cfg, opts, out_path, show_progress=not as_json, console=out, task=task, config=config)
     if as_json:
@@ -309,7 +345,8 @@ def synth(
     task: str = typer.Option(
         "classification",
         "--task",
-        help="classification, or segmentation: also a DICOM SEG (nodule, lung) beside every image.",
+        help="classification, segmentation (also a DICOM SEG (nodule, lung) beside every image), or multilabel "
+        "(effusion, nodule, cardiomegaly, consolidation; labels.csv has a column per finding: 1, 0, -1, blank).",
     ),
     test_images: int = typer.Option(
         0,

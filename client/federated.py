@@ -82,7 +82,7 @@ def load_site_data(site_config: Path, task: TaskSpec, seed: int, site_name: str 
     cfg.image_size = task.image_size  # the model needs the task's size; the cache is keyed by it
     kind = task.task
     hardware = site_hardware(cfg, site_config)  # before the data: a GPU asked for but absent fails fast
-    data = kind.load_site(cfg, list(task.outputs), site_config)
+    data = task.load_site(cfg, site_config)  # under the consortium's settings of the task
     values = load_yaml_mapping(site_config)
     try:
         train, held = kind.split(data, EVAL_FRACTION, seed)

@@ -73,7 +73,7 @@ def run_finetune(
     )
     command_hardware(cfg, config, opts.device, opts.threads)
     with progress_bar("Loading DICOM", enabled=show_progress):
-        dataset = task.load_site(cfg, base.outputs, Path(cfg.data))
+        dataset = base.spec.load_site(cfg, Path(cfg.data))  # as the model was trained (e.g. its uncertainty policy)
     if len(dataset) < 4:
         raise ConfigError(
             f"{cfg.data}: {len(dataset)} usable labelled images; fine-tuning needs a few of each "
@@ -112,6 +112,7 @@ def run_finetune(
         classes=base.classes,
         labels=base.labels or None,
         task=base.task,
+        task_options=base.task_options,
         preprocess=base.preprocess,
         threshold=base.threshold,
         provenance={

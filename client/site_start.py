@@ -110,12 +110,18 @@ def check_data(cfg: SiteFileConfig) -> tuple[bool, str]:
     """``fedrad-site check`` on the site's data: (ok, verdict).
 
     A site.yaml without ``labels`` is a segmentation-only site: its check is the
-    images and DICOM SEGs of the export (:func:`shared.tasks.segmentation.data.check_seg_export`), not 2 labelled classes.
+    images and DICOM SEGs of the export (:func:`shared.tasks.segmentation.data.check_seg_export`), not 2 labelled classes;
+    one with ``findings`` has a multi-label CSV, checked per finding (:mod:`shared.tasks.multilabel.data`).
     """
     if cfg.labels is None:
         from shared.tasks.segmentation.data import check_seg_export
 
         return check_seg_export(cfg.data_config())
+    if cfg.findings:  # a multi-label CSV (one column per finding)
+        from shared.tasks.multilabel.data import check_multilabel_site
+
+        result = check_multilabel_site(cfg.data_config(), list(cfg.findings))
+        return result.ok, result.verdict()
     from shared.site_data import check_site
 
     result = check_site(cfg.data_config())

@@ -19,12 +19,12 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from shared.tasks.base import TaskDataset
 from shared.training import task_of
 
 INTENSITY_BINS = 10  # keys follow client.outbound_guard.STATS_KEY
+STATS_BATCH = 256
 
 
 def safe_name(text: str) -> str:
@@ -43,8 +43,13 @@ def site_statistics(parts: list[TaskDataset], manufacturers: Mapping[str, int]) 
     for name, n in manufacturers.items():
         key = f"manufacturer:{safe_name(name)}"
         out[key] = out.get(key, 0) + int(n)
-    images = [p.images for p in parts if len(p)]
-    means = torch.cat(images).flatten(1).mean(dim=1).clamp(0.0, 1.0).numpy() if images else np.zeros(0)
+    # image by image, a batch at a time: a site's images are read from the cache, never all held at once
+    means = [
+        p.images[i : i + STATS_BATCH].flatten(1).mean(dim=1).clamp(0.0, 1.0).numpy()
+        for p in parts
+        for i in range(0, len(p), STATS_BATCH)
+    ]
+    means = np.concatenate(means) if means else np.zeros(0)
     hist, _ = np.histogram(means, bins=INTENSITY_BINS, range=(0.0, 1.0))
     out.update({f"intensity-bin:{i}": int(n) for i, n in enumerate(hist)})
     return out

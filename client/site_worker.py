@@ -184,7 +184,11 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def serve(
-    socket_path: Path, site_config: Path, site_name: str, parent_pid: int | None = None, hardware: Hardware | None = None
+    socket_path: Path,
+    site_config: Path,
+    site_name: str,
+    parent_pid: int | None = None,
+    hardware: Hardware | None = None,
 ) -> None:
     """Bind first (so early ClientApps queue instead of falling back), then warm up, then serve forever."""
     if parent_pid:

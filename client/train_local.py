@@ -21,6 +21,7 @@ from client.site_options import command_hardware
 from shared.cli_support import progress_bar
 from shared.config import ConfigError, SiteDataConfig
 from shared.modelfile import save_model_file
+from shared.start_weights import StartWeights, load_start_weights
 from shared.tasks import TaskSpec
 from shared.training import TrainConfig, seed_everything, train_model
 
@@ -38,6 +39,7 @@ class TrainLocalOptions:
     site_name: str = "local-site"
     threads: int | None = None  # None: site.yaml's threads (default auto: every core)
     device: str | None = None  # None: site.yaml's device (default auto: the GPU when there is one)
+    init_weights: Path | None = None  # start from a FedRad model file or a plain state dict (shared.start_weights)
 
 
 def run_train_local(
@@ -60,8 +62,14 @@ def run_train_local(
     if refusal:
         raise ConfigError(f"--scanner-augment: {refusal}; leave it out")
     hardware = command_hardware(cfg, config, opts.device, opts.threads)
+    seed_everything(opts.seed)  # before anything slow: a model or weights file that cannot work fails at once
+    try:
+        model = task.build_model()
+    except ValueError as exc:  # e.g. an input too small for the architecture
+        raise ConfigError(f"--model {task.model} --image-size {task.image_size}: {exc}") from None
+    start = _start_from(opts.init_weights, task, model, console if show_progress else None)
     with progress_bar("Loading DICOM", enabled=show_progress):
-        data = kind.load_site(cfg, list(task.outputs), Path(cfg.data))
+        data = task.load_site(cfg, Path(cfg.data))
     train, val = data, None
     if opts.val_fraction > 0:
         try:
@@ -69,8 +77,6 @@ def run_train_local(
         except ValueError:  # too few patients to split: train on all, no validation figures
             train, val = data, None
 
-    seed_everything(opts.seed)
-    model = task.build_model()
     defaults = TrainConfig.for_task(kind)
     train_cfg = TrainConfig.for_task(
         kind,
@@ -104,6 +110,7 @@ def run_train_local(
                 "val_images": len(val) if val is not None else 0,
                 "train_config": train_cfg.to_dict(),
                 "hardware": {"device": hardware.device, "name": hardware.name, "amp": hardware.amp_dtype},
+                **({"init_weights": start.provenance} if start else {}),
             },
         },
     )
@@ -122,10 +129,23 @@ def run_train_local(
         "hardware": hardware.to_json(),
         "history": history,
         "final": history[-1] if history else {},
+        "init_weights": start.provenance if start else None,
     }
     if show_progress and console is not None:
         _render_summary(summary, console, kind.headline_metric)
     return summary
+
+
+def _start_from(path: Path | None, task: TaskSpec, model, console: Console | None) -> StartWeights | None:  # noqa: ANN001
+    """Load ``--init-weights`` into ``model`` and print where each tensor went; None without the option."""
+    if path is None:
+        return None
+    start = load_start_weights(path, task, model)
+    model.load_state_dict(start.state_dict)
+    if console is not None:
+        for line in start.lines(full_report="the model file's provenance.extra.init_weights"):
+            console.print(line, highlight=False, soft_wrap=True)
+    return start
 
 
 def _train_with_progress(model, train, val, train_cfg: TrainConfig, show: bool) -> list[dict]:
@@ -151,6 +171,14 @@ def _train_with_progress(model, train, val, train_cfg: TrainConfig, show: bool) 
         return train_model(model, train, train_cfg, val=val, on_epoch=on_epoch)
 
 
+def _threshold_text(threshold: float | list[float] | None) -> str:
+    if threshold is None:
+        return "0.5 (default)"
+    if isinstance(threshold, list):  # one per output (multilabel: per finding)
+        return ", ".join(f"{t:.3f}" for t in threshold)
+    return f"{threshold:.3f}"
+
+
 def _render_summary(summary: dict, console: Console, headline: str) -> None:
     table = Table(title="Local training", title_justify="left")
     table.add_column("")
@@ -166,7 +194,7 @@ def _render_summary(summary: dict, console: Console, headline: str) -> None:
             for key in ("val_auc", "val_dice")
             if final.get(key) is not None
         ),
-        ("operating threshold", "0.5 (default)" if summary["threshold"] is None else f"{summary['threshold']:.3f}"),
+        ("operating threshold", _threshold_text(summary["threshold"])),
         ("time", f"{summary['seconds']:.1f} s"),
         ("trained on", summary["hardware"]["device"] + f" ({summary['hardware']['threads']} threads)"),
         ("model file", summary["model_file"]),

@@ -92,6 +92,7 @@ def write_site_yaml(
     image_size: int,
     classes: list[str] | None = None,
     threads: int | str = 1,
+    min_count: int | None = None,
 ) -> Path:
     """A full site.yaml (data keys + credentials) for a synthetic site folder (``dicom/`` + ``labels.csv``)
     or for explicit :class:`SiteFiles`. ``threads: 1`` by default: the loopback consortium runs every site
@@ -111,6 +112,8 @@ def write_site_yaml(
     }
     if files.labels is not None:
         doc["labels"] = str(files.labels)
+    if min_count is not None:  # privacy.min_count: tests with small held-out parts lower it
+        doc["privacy"] = {"min_count": min_count}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -126,6 +129,7 @@ def start_loopback_consortium(
     name: str = "TestConsortium",
     warm_workers: bool = True,
     proxy_flags: Sequence[str] = (),
+    min_count: int | None = None,
 ) -> LoopbackConsortium:
     """Start the server side and one SuperNode (+ warm worker) per entry of ``sites``
     (name → synthetic site folder, or :class:`SiteFiles`)."""
@@ -163,6 +167,7 @@ def start_loopback_consortium(
                 key=key,
                 image_size=image_size,
                 classes=classes,
+                min_count=min_count,
             )
             worker, socket_path = start_site_worker(ps, site_name, site_yaml) if warm_workers else (None, None)
             node_config = site_node_config(site_yaml, load_site_file(site_yaml), socket_path)

@@ -317,17 +317,30 @@ def _say(text: str) -> None:
 
 
 def initial_state(s: RunSettings, model) -> dict:  # noqa: ANN001 - torch.nn.Module
-    """Round 1's weights: ``init-weights`` (a local FedRad model file of the same task) if given, else ``model``'s own."""
-    if not s.init_weights:
-        return model.state_dict()
-    from shared.modelfile import load_model_file
+    """Round 1's weights: ``init-weights`` if given (:func:`initial_weights`), else ``model``'s own."""
+    return initial_weights(s, model)[0]
 
-    loaded = load_model_file(s.init_weights)
-    mismatch = loaded.task_mismatch(s.task)
-    if mismatch:
-        raise RunConfigError(f"task.init_weights {s.init_weights}: {mismatch}; the task is {s.describe()}")
-    _say(f"init weights from {s.init_weights} sha256={loaded.weights_sha256}")
-    return loaded.model.state_dict()
+
+def initial_weights(s: RunSettings, model) -> tuple[dict, dict | None]:  # noqa: ANN001 - torch.nn.Module
+    """Round 1's weights and where they came from (kept in every round's model file), or ``model``'s own and None.
+
+    ``init-weights`` is a FedRad model file of the same task, or a plain PyTorch state dict mapped onto the
+    architecture (:mod:`shared.weights_import`; ``fedrad-server start`` converts one before the run and prints
+    its report, so here it usually arrives as a FedRad model file that carries that report)."""
+    if not s.init_weights:
+        return model.state_dict(), None
+    import copy
+
+    from shared.modelfile import ModelFileError
+    from shared.start_weights import load_start_weights
+
+    try:
+        start = load_start_weights(s.init_weights, s.task, copy.deepcopy(model))
+    except ModelFileError as exc:
+        raise RunConfigError(f"task.init_weights: {exc}") from None
+    for line in start.lines():
+        _say(line)
+    return start.state_dict, start.provenance
 
 
 def run_crossval(grid: Grid, s: RunSettings) -> None:
@@ -406,10 +419,10 @@ def main(grid: Grid, context: Context) -> None:
         make_private(strategy, DpSettings(s.dp_noise_multiplier, s.dp_clipping_norm, s.dp_delta))
     if s.image_dp:  # each site trains with DP-SGD and accounts its own ε; an update without it is not known private
         strategy.required_train_metrics = ("dp-epsilon",)
-    task = RunTask(s.task, s.consortium, strategy.name, s.seed)
+    state, start_weights = initial_weights(s, model)
+    task = RunTask(s.task, s.consortium, strategy.name, s.seed, init_weights=start_weights)
     run = RunDir(s.run_dir)
     point = run.prepare(task, resume=s.resume)
-    state = initial_state(s, model)
     start = 1
     if point is not None:
         state, start = point.state_dict, point.last_round + 1

@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,8 @@ class RunTask:
     consortium: str
     strategy: str
     seed: int
+    # where round 1's weights came from (shared.start_weights), kept in every round's provenance; None: fresh
+    init_weights: Mapping[str, Any] | None = field(default=None, compare=False)
 
     # state.json's names for the task (kept from before the task seam, so older run folders resume)
     @property
@@ -258,7 +260,12 @@ class RunDir:
                 "trained_by": task.consortium,
                 "kind": "federated",
                 "rounds": rnd,
-                "extra": {"strategy": task.strategy, "seed": task.seed, **({"privacy": privacy} if privacy else {})},
+                "extra": {
+                    "strategy": task.strategy,
+                    "seed": task.seed,
+                    **({"privacy": privacy} if privacy else {}),
+                    **({"init_weights": dict(task.init_weights)} if task.init_weights else {}),
+                },
             },
         )
         copy_atomic(path, self.path / LATEST_FILE)

@@ -407,8 +407,8 @@ task:                        # what is learned; every site must use the same
   classes: {json.dumps(t.classes)}   # classification: last class = positive class
   # labels: [nodule, lung]   # segmentation instead of classes: the SEG segment names, one output channel each
   image_size: {t.image_size}             # model input side, pixels
-  model: {t.model}             # classification: smallcnn, smallcnn-gn (GroupNorm: per-image DP), smallcnn-eq / smallcnn-gn-eq (histogram-equalised input), resnet18, densenet121; segmentation: unet
-  # init_weights: pretrained.pt  # start from a FedRad model file of this task (relative to this folder; never downloaded)
+  model: {t.model}             # classification: smallcnn, smallcnn-gn (GroupNorm: per-image DP), smallcnn-eq / smallcnn-gn-eq (histogram-equalised input), resnet18; clinical backbones at 224-512 px: densenet121, resnet50, efficientnet_b0; segmentation: unet
+  # init_weights: pretrained.pt  # start from a FedRad model file of this task, or a plain PyTorch state dict (ImageNet, torchxrayvision: mapped onto the model, report printed by `start`); relative to this folder; never downloaded
 
 rounds: {cfg.rounds}                   # federated rounds
 local_epochs: {cfg.local_epochs}              # epochs each site trains per round

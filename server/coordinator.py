@@ -39,6 +39,7 @@ from rich.table import Table
 from server.consortium import ConsortiumConfig, load_consortium
 from server.enrollment import EnrollmentError, load_registry, pki_dir, site_public_key, write_enrolled_keys
 from server.fleet_proxy import start_fleet_proxy
+from server.init_weights import prepare_init_weights
 from server.pki import PkiError, server_tls
 from server.statistics import STATS_FILE
 from server.superlink import (
@@ -348,6 +349,11 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
         run_dir = directory / RUNS_DIR / (opts.run_name or _run_name())
         if run_dir.exists():
             raise EnrollmentError(f"{run_dir} exists; choose another run name or use --resume.")
+    init_file = None
+    if opts.mode == "train":  # a plain state dict is imported here, where its report is seen (server.init_weights)
+        init_file = prepare_init_weights(
+            cfg, run_dir, resume=opts.resume, say=lambda line: console.print(line, highlight=False)
+        )
     listen = opts.listen or f"0.0.0.0:{cfg.port}"
     state = directory / STATE_DIR
     exit_on_sigterm()
@@ -401,6 +407,8 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
                 run_config = cfg.to_run_config(
                     run_dir=run_dir, resume=opts.resume, mode=opts.mode, crossval_model=opts.crossval_model or ""
                 )
+                if init_file is not None:
+                    run_config["init-weights"] = str(init_file.resolve())
                 run_dir.mkdir(parents=True, exist_ok=True)
                 app_dir = stage_app(state / "app", SOURCE_ROOT, config_defaults=run_config)
                 run_id = submit_run(link, app_dir)

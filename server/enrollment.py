@@ -189,7 +189,7 @@ def write_bundle(directory: Path, cfg: ConsortiumConfig, site: EnrolledSite, bun
         "consortium": cfg.name,
         "site_name": site.name,
         "server_address": cfg.address,
-        "task": cfg.task.model_dump(),
+        "task": cfg.task.model_dump(mode="json", exclude={"init_weights"}),  # a server-host path: not the site's
         "site_key_fingerprint": site.fingerprint,
     }
     write_atomic(bundle / "bundle.json", json.dumps(info, indent=2) + "\n")
@@ -211,10 +211,14 @@ def site_yaml_template(cfg: ConsortiumConfig, site_name: str) -> str:
 
     A segmentation consortium's template leaves ``labels`` commented out: its labels are the DICOM SEGs in ``data``.
     """
+    columns = "one column per finding" if cfg.task.findings else "a label column"
     labels_line = (
-        "labels: /path/to/labels.csv          # CSV with a key column and a label column"
+        f"labels: /path/to/labels.csv          # CSV with a key column and {columns}"
         if cfg.task.spec().task.label_csv
         else f"# labels: /path/to/labels.csv        # not needed: {cfg.task.type} reads its labels from `data`"
+    )
+    findings_line = (  # a multi-label CSV: `check` and `start` read these columns (1, 0, -1 uncertain, blank)
+        f"findings: {json.dumps(cfg.task.findings)}\n" if cfg.task.findings else ""
     )
     return f"""\
 # FedRad site settings for {site_name!r} (consortium {cfg.name!r}).
@@ -231,7 +235,7 @@ label_column: label
 
 # --- the consortium's task (set by the coordinator; must match)
 classes: {json.dumps(cfg.task.classes or list(DEFAULT_CLASSES))}
-image_size: {cfg.task.image_size}
+{findings_line}image_size: {cfg.task.image_size}
 
 # --- credentials (from the site bundle and `fedrad-site keygen`)
 site_name: {site_name}

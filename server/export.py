@@ -105,10 +105,9 @@ def export_model(
         what = "FedRad model file (load with shared.modelfile.load_model_file)"
     else:
         gap = export_graph(loaded.model, loaded.preprocess.image_size, fmt, out, activation=task.probabilities)
-        kind = (
-            "class probabilities" if task.outputs_key == "classes" else f"a probability map per {task.outputs_key[:-1]}"
+        what = (
+            f"{fmt} graph: float32 images (N, 1, S, S) → {task.exported_output()}; max gap to the checkpoint {gap:.1e}"
         )
-        what = f"{fmt} graph: float32 images (N, 1, S, S) → {kind}; max gap to the checkpoint {gap:.1e}"
     bench = _read_json_option("--benchmark", benchmark, "results.json", ("matrix", "columns"))
     cross = _read_json_option("--crossval", crossval, "crossval.json", ("matrix", "sites"))
     card = out.with_name(out.name + ".md")

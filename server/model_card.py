@@ -25,6 +25,33 @@ def enrolled_sites(consortium_dir: Path) -> list[str]:
         return []
 
 
+def start_line(start: dict | None) -> str:
+    """Where round 1's weights came from (``task.init_weights``; :mod:`shared.start_weights`), in one line."""
+    if not start:
+        return "* initial weights: random (the architecture's own initialisation; nothing pretrained)"
+    if start.get("kind") == "fedrad-model":
+        return (
+            f"* initial weights: FedRad model `{Path(str(start.get('file'))).name}` "
+            f"(weights sha256 `{str(start.get('weights_sha256'))[:16]}…`, trained by {start.get('trained_by')})"
+        )
+    unplaced = list(start.get("unplaced") or {})
+    share = start.get("params_placed", 0) / start["params"] if start.get("params") else 0.0
+    head = start.get("head") or []
+    fresh = all(k in (start.get("left_at_init") or []) for k in head)
+    return (
+        f"* initial weights: the state dict `{Path(str(start.get('file'))).name}` (file sha256 "
+        f"`{str(start.get('file_sha256'))[:16]}…`), imported: {start.get('placed')} of {start.get('tensors')} tensors "
+        f"({share:.1%} of the parameters)"
+        + ("; first convolution: the file's RGB filters summed into one channel" if start.get("first_conv") else "")
+        + (f"; head ({', '.join(head)}) trained from a fresh init" if head and fresh else "")
+        + (
+            f"; {len(unplaced)} file key(s) not used: {', '.join(unplaced[:4])}{' …' if len(unplaced) > 4 else ''}"
+            if unplaced
+            else ""
+        )
+    )
+
+
 def model_card(
     model: LoadedModel,
     run_dir: Path | None,
@@ -69,6 +96,7 @@ def model_card(
             if extra.get("averaged_rounds")
             else []
         ),
+        start_line(extra.get("init_weights")),
         f"* training sites: {', '.join(sites) if sites else 'not recorded in this folder'}",
         f"* sites per round: {sorted({r.get('sites_answered') for r in rows}) if rows else '?'}",
         "* differential privacy: "

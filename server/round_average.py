@@ -74,6 +74,7 @@ def write_round_average(run_dir: Path, last_round: int, k: int, round_path) -> d
         classes=avg.classes,
         labels=avg.labels or None,
         task=avg.task,
+        task_options=avg.task_options,
         preprocess=avg.preprocess,
         threshold=avg.threshold,
         provenance={

@@ -51,7 +51,8 @@ class TaskConfig(StrictModel):
     type: str = Field(
         "classification",
         description="The task: classification (one label per image), segmentation "
-        "(a mask per segment label, from DICOM SEG files), or a registered plug-in task.",
+        "(a mask per segment label, from DICOM SEG files), multilabel (several findings per image), "
+        "or a registered plug-in task.",
     )
     classes: list[str] | None = Field(
         None,
@@ -63,6 +64,15 @@ class TaskConfig(StrictModel):
         validate_default=True,
         description="Segmentation: the DICOM SEG segment names to learn, one output channel each.",
     )
+    findings: list[str] | None = Field(
+        None,
+        validate_default=True,
+        description="Multilabel: the findings, one column each in the sites' label CSVs (docs/multilabel.md).",
+    )
+    uncertain: str | None = Field(
+        None,
+        description="Multilabel: what an uncertain (-1) label trains as: ignore (masked out, default), ones, zeros.",
+    )
     image_size: int = Field(64, ge=16, le=1024)
     model: str = Field(
         "",
@@ -73,8 +83,9 @@ class TaskConfig(StrictModel):
     )
     init_weights: Path | None = Field(
         None,
-        description="A FedRad model file on the server host to start from "
-        "(transfer learning); read locally, never downloaded.",
+        description="Weights on the server host to start from (transfer learning): a FedRad model file of "
+        "this task, or a plain PyTorch state dict (ImageNet, torchxrayvision, a colleague's checkpoint) mapped "
+        "onto the model by shared.weights_import; read locally, never downloaded.",
     )
 
     @field_validator("type")
@@ -84,7 +95,7 @@ class TaskConfig(StrictModel):
 
         return get_task(v.strip().lower()).name
 
-    @field_validator("classes", "labels")
+    @field_validator("classes", "labels", "findings")
     @classmethod
     def _outputs_as_the_task_names_them(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
         from shared.tasks import get_task
@@ -103,6 +114,15 @@ class TaskConfig(StrictModel):
             v = list(DEFAULT_CLASSES)
         return task.check_outputs(list(v or []))
 
+    @field_validator("uncertain")
+    @classmethod
+    def _setting_of_the_task(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from shared.tasks import get_task
+
+        if v is None or "type" not in info.data:
+            return v
+        return dict(get_task(info.data["type"]).check_options({info.field_name: v}))[info.field_name]
+
     @field_validator("model")
     @classmethod
     def _model_of_the_task(cls, v: str, info: ValidationInfo) -> str:
@@ -113,9 +133,12 @@ class TaskConfig(StrictModel):
         task = get_task(info.data["type"])
         v = v.strip() or task.default_model
         if v != task.default_model:  # no torch import for the default (site.yaml checks run in light processes)
-            known = sorted(task.model_registry())
-            if v not in known:
-                raise ValueError(f"{v!r} is not a {task.name} architecture; use one of {', '.join(known)}")
+            registry = task.model_registry()
+            if v not in registry:
+                raise ValueError(f"{v!r} is not a {task.name} architecture; use one of {', '.join(sorted(registry))}")
+            minimum, size = getattr(registry[v], "min_image_size", 0), info.data.get("image_size")
+            if size is not None and size < minimum:  # a builder may say what its strides need
+                raise ValueError(f"{v} needs task.image_size of at least {minimum} px, got {size}")
         return v
 
     @property
@@ -127,9 +150,11 @@ class TaskConfig(StrictModel):
 
     def spec(self) -> TaskSpec:
         """The consortium's task as the one typed description the run config, sites and model files carry."""
-        from shared.tasks import TaskSpec
+        from shared.tasks import TaskSpec, get_task
 
-        return TaskSpec(self.type, tuple(self.outputs), self.model, self.image_size)
+        task = get_task(self.type)
+        options = task.check_options({k: v for k in task.options if (v := getattr(self, k, None)) is not None})
+        return TaskSpec(self.type, tuple(self.outputs), self.model, self.image_size, options)
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(image_size=self.image_size)
@@ -163,6 +188,11 @@ class SiteDataConfig(StrictModel):
     key: LabelKey = "SOPInstanceUID"
     label_column: str = "label"
     classes: list[str] = Field(default_factory=lambda: ["normal", "nodule"], min_length=2)
+    findings: list[str] | None = Field(
+        None,
+        description="Multi-label: the finding columns of the label CSV (1 positive, 0 negative, -1 uncertain, "
+        "blank unknown); set, `fedrad-site check` and `start` check them instead of a class column.",
+    )
     image_size: int = Field(64, ge=16, le=1024)
     cache_dir: Path | None = Field(None, description="Preprocessed tensor cache; default DATA/../.fedrad-cache.")
     device: str = Field(
@@ -193,6 +223,21 @@ class SiteDataConfig(StrictModel):
         if int(v) < 1:
             raise ValueError("must be auto or a whole number of threads >= 1")
         return int(v)
+
+    data_workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Processes reading cached images during training and evaluation; default 0 on a CPU "
+        "(the training process reads them), up to 4 with a GPU (shared/batches.py).",
+    )
+
+    @field_validator("findings")
+    @classmethod
+    def _finding_names(cls, v: list[str] | None) -> list[str] | None:
+        from shared.tasks import get_task
+
+        return None if v is None else get_task("multilabel").check_outputs(list(v))  # the task's naming rules
 
     @model_validator(mode="after")
     def _check(self) -> SiteDataConfig:

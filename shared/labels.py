@@ -58,16 +58,7 @@ def _decode(raw: bytes, path: Path) -> str:
     raise ConfigError(f"{path}: cannot decode the file as UTF-8 or Latin-1")  # latin-1 never fails; kept for clarity
 
 
-def read_csv_columns(
-    path: Path, columns: list[str], hint: str, what: str = "label file"
-) -> list[tuple[int, list[str]]]:
-    """(line number, stripped cells of ``columns``) per non-empty row of an Excel-made CSV.
-
-    Shared by the label CSV and the segmentation mask manifest, so both cope with the same
-    encodings and delimiters. Raises ConfigError naming the file, column or line; ``hint``
-    says which setting names the columns.
-    """
-    path = Path(path)
+def _open_csv(path: Path, what: str):  # noqa: ANN202 - (header, csv reader over the remaining lines)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -84,7 +75,24 @@ def read_csv_columns(
     except csv.Error:
         dialect = csv.excel
     reader = csv.reader(text.splitlines(), dialect)
-    header = [h.strip() for h in next(reader)]
+    return [h.strip() for h in next(reader)], reader
+
+
+def csv_header(path: Path, what: str = "label file") -> list[str]:
+    """The column names of an Excel-made CSV (as :func:`read_csv_columns` reads it); ConfigError naming the file."""
+    return _open_csv(Path(path), what)[0]
+
+
+def read_csv_columns(
+    path: Path, columns: list[str], hint: str, what: str = "label file"
+) -> list[tuple[int, list[str]]]:
+    """(line number, stripped cells of ``columns``) per non-empty row of an Excel-made CSV.
+
+    Shared by the label CSV and the segmentation mask manifest, so both cope with the same
+    encodings and delimiters. Raises ConfigError naming the file, column or line; ``hint``
+    says which setting names the columns.
+    """
+    header, reader = _open_csv(Path(path), what)
     missing = [c for c in columns if c not in header]
     if missing:
         raise ConfigError(

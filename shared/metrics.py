@@ -268,6 +268,19 @@ def _bootstrap_auc(score: np.ndarray, pos_draw: np.ndarray, neg_draw: np.ndarray
     return twice_pairs / (2.0 * pos_draw.shape[1] * neg_draw.shape[1])
 
 
+def auc_replicates(y_true: np.ndarray, score: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """ROC AUC of ``n_bootstrap`` stratified bootstrap replicates, (B,), of a 0/1 target with both classes present.
+
+    The same resampling as :func:`evaluate_predictions` (within each class), exposed so figures built from several
+    AUCs (a multi-label macro AUC) can average the replicates before taking the interval."""
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    s = np.asarray(score, dtype=float).ravel()
+    neg_draw, pos_draw = _stratified_draws(y, 2, n_bootstrap, rng)
+    if neg_draw is None or pos_draw is None:
+        raise ValueError("AUC replicates need cases of both classes")
+    return _bootstrap_auc(s, pos_draw, neg_draw, np.flatnonzero(y == 0))
+
+
 def percentile_ci(reps: np.ndarray) -> list[float]:
     lo, hi = np.percentile(reps, [2.5, 97.5])
     return [float(lo), float(hi)]

@@ -11,14 +11,16 @@ Layout (format_version 1)::
 
     format: "fedrad-model"          format_version: 1
     architecture: {name, kwargs}    num_classes, classes, input_size [1, S, S]
-    preprocess: PreprocessConfig    threshold: float | None
+    preprocess: PreprocessConfig    threshold: float | [float per output] | None
     state_dict: {key: tensor}
     provenance: {trained_by, kind: local|federated, rounds, epochs, created (UTC ISO),
                  fedrad_version, weights_sha256, extra: dict}
     task: a task name of shared.tasks           (absent in older files: classification)
-    labels: [output names]                      (a task whose outputs are named "labels", e.g.
-                                                 segmentation; classes is then [] and the
-                                                 architecture comes from that task's registry)
+    labels: [output names]                      (every task but classification, e.g. segmentation's
+                                                 labels or multilabel's findings; classes is then []
+                                                 and the architecture comes from that task's registry)
+    task_options: {name: value}                 (the task's settings it was trained under, e.g.
+                                                 multilabel's uncertain; absent: the task's defaults)
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ REQUIRED_KEYS = (
     "provenance",
 )
 PROVENANCE_KEYS = ("trained_by", "kind", "rounds", "epochs", "created", "fedrad_version", "weights_sha256", "extra")
-PROVENANCE_KINDS = ("local", "federated", "finetuned")  # finetuned: a global model adapted at one site
+PROVENANCE_KINDS = ("local", "federated", "finetuned", "imported")
+# finetuned: a global model adapted at one site; imported: a plain state dict mapped onto the architecture
+# (shared.weights_import), the start of a run, its import report under extra.imported_from
 
 
 class ModelFileError(Exception):
@@ -69,23 +73,31 @@ class LoadedModel:
     model: nn.Module
     classes: list[str]
     preprocess: PreprocessConfig
-    threshold: float | None
+    threshold: float | list[float] | None  # a list: one threshold per output (multilabel: per finding)
     provenance: dict
     architecture: str
     arch_kwargs: dict = field(default_factory=dict)
     weights_sha256: str = ""
     task: str = "classification"
-    labels: list[str] = field(default_factory=list)  # segmentation: segment names, one output channel each
+    labels: list[str] = field(default_factory=list)  # every task but classification: its output names
+    task_options: dict[str, str] = field(default_factory=dict)  # the task's settings it was trained under
 
     @property
     def outputs(self) -> list[str]:
-        """Names of the output channels: the classes, or the segment labels (whichever its task names)."""
-        return list(getattr(self, get_task(self.task).outputs_key))
+        """Names of the output channels: the classes, or the task's other output names (segment labels, findings)."""
+        return list(self.classes if get_task(self.task).outputs_key == "classes" else self.labels)
 
     @property
     def spec(self) -> TaskSpec:
-        """The task this model serves."""
-        return TaskSpec(self.task, tuple(self.outputs), self.architecture, self.preprocess.image_size)
+        """The task this model serves (with the settings it was trained under)."""
+        kind = get_task(self.task)
+        return TaskSpec(
+            self.task,
+            tuple(self.outputs),
+            self.architecture,
+            self.preprocess.image_size,
+            kind.check_options({k: v for k, v in self.task_options.items() if k in kind.options}),
+        )
 
     def task_mismatch(self, task: TaskSpec) -> str | None:
         """Why this model cannot serve ``task`` (type, architecture, outputs, input size), e.g.
@@ -169,6 +181,7 @@ def save_model_file(
     provenance: dict,
     labels: list[str] | None = None,
     task: str | None = None,
+    task_options: Mapping[str, str] | None = None,
 ) -> str:
     """Write a model file atomically and return its weights SHA-256.
 
@@ -177,20 +190,29 @@ def save_model_file(
     ``fedrad_version`` and ``weights_sha256`` are filled in here. The weights
     are checked against a freshly built ``architecture`` so every saved file
     can be loaded. ``task`` names the task (default: segmentation when ``labels`` are given, else
-    classification); a task whose outputs are its ``labels`` has no ``classes``.
+    classification); every task but classification names its outputs in ``labels`` and has no ``classes``.
+    ``threshold`` is one probability, or one per output; ``task_options`` the task's settings (:attr:`Task.options`).
     """
     classes = [str(c) for c in classes]
     kind = get_task(task or ("classification" if labels is None else "segmentation"))
-    outputs = [str(x) for x in (labels if kind.outputs_key == "labels" else classes) or []]
-    if kind.outputs_key == "labels" and (classes or not outputs):
+    by_labels = kind.outputs_key != "classes"
+    outputs = [str(x) for x in (labels if by_labels else classes) or []]
+    if by_labels and (classes or not outputs):
         raise ValueError(f"a {kind.name} model file has output labels and no classes")
+    options = dict(kind.check_options(dict(task_options or {})))
     state = model.state_dict() if isinstance(model, nn.Module) else model
     state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     ref = kind.build_model(architecture, len(outputs), preprocess.image_size, **arch_kwargs).state_dict()
     problem = _state_dict_mismatch(ref, state)
     if problem:
         raise ValueError(f"weights do not match architecture {architecture!r}: {problem}")
-    if threshold is not None:
+    if isinstance(threshold, (list, tuple)):
+        threshold = [float(t) for t in threshold]
+        if len(threshold) != len(outputs) or not all(0.0 <= t <= 1.0 for t in threshold):
+            raise ValueError(
+                f"threshold must be one probability in [0, 1] per output ({len(outputs)}), got {threshold}"
+            )
+    elif threshold is not None:
         threshold = float(threshold)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a probability in [0, 1] or None, got {threshold}")
@@ -226,8 +248,10 @@ def save_model_file(
         "provenance": prov,
         "task": kind.name,
     }
-    if kind.outputs_key == "labels":
+    if by_labels:
         doc["labels"] = outputs
+    if kind.options:
+        doc["task_options"] = options
     _check_plain(doc, "model file")
     doc["state_dict"] = state
 
@@ -309,10 +333,18 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
         kind = get_task(str(task))
     except ValueError as exc:
         raise ModelFileError(f"{path}: {exc}") from None
-    labels = doc.get("labels") if kind.outputs_key == "labels" else []
-    if not isinstance(labels, list) or (kind.outputs_key == "labels" and not labels):
+    by_labels = kind.outputs_key != "classes"
+    labels = doc.get("labels") if by_labels else []
+    if not isinstance(labels, list) or (by_labels and not labels):
         raise ModelFileError(f"{path}: a {task} model file needs 'labels' (its output names), got {labels!r}")
-    outputs = labels if kind.outputs_key == "labels" else classes
+    outputs = labels if by_labels else classes
+    options = doc.get("task_options") or {}
+    try:
+        if not isinstance(options, dict):
+            raise ValueError(f"'task_options' must be a mapping, got {options!r}")
+        options = dict(kind.check_options(options))
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
     name, kwargs = arch["name"], dict(arch.get("kwargs") or {})
     registry = kind.model_registry()
     if name not in registry:
@@ -351,4 +383,5 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
         weights_sha256=actual,
         task=task,
         labels=[str(x) for x in labels],
+        task_options=options,
     )

@@ -16,6 +16,7 @@ GROUPS = 8  # GroupNorm groups in smallcnn-gn (fewer where a layer has fewer cha
 # Architectures without BatchNorm: the ones per-image DP (DP-SGD) can train.
 BATCHNORM_FREE_MODELS = ("smallcnn-gn", "smallcnn-gn-eq")
 INTENSITY_LAYERS = ("none", "equalize")  # what a SmallCNN does to its input first (shared.intensity)
+BACKBONE_MIN_SIZE = 32  # densenet121, resnet50, efficientnet_b0 downsample 32-fold before the head
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
@@ -111,11 +112,80 @@ def _smallcnn_gn_eq(num_classes: int, image_size: int, **kwargs) -> nn.Module:
     return SmallCNN(num_classes, image_size, **{"norm": "group", "intensity": "equalize", **kwargs})
 
 
+def _need_size(name: str, image_size: int, minimum: int) -> None:
+    """Refuse an input the network cannot see: its strides shrink the image ``minimum``-fold before the head."""
+    if image_size < minimum:
+        raise ValueError(
+            f"{name}: image_size {image_size} is too small; {name} needs at least {minimum} px "
+            f"(it downsamples {minimum}-fold before its classifier). Use image_size {minimum} or more "
+            "(clinical setting: 224-512)"
+        )
+
+
+def _backbone(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Mark a clinical backbone's builder with the smallest input it takes (config validation reads it)."""
+    builder.min_image_size = BACKBONE_MIN_SIZE  # type: ignore[attr-defined]
+    return builder
+
+
+@_backbone
 def _densenet121(num_classes: int, image_size: int, **kwargs) -> nn.Module:
     from monai.networks.nets import DenseNet121
 
+    _need_size("densenet121", image_size, BACKBONE_MIN_SIZE)
     kwargs.pop("pretrained", None)  # never download weights
     return DenseNet121(spatial_dims=2, in_channels=1, out_channels=num_classes, pretrained=False, **kwargs)
+
+
+@_backbone
+def _resnet50(num_classes: int, image_size: int, **kwargs) -> nn.Module:
+    """ResNet-50 laid out as torchvision's (stride-2 7×7 stem, no bias in the shortcut convolutions), so an
+    ImageNet state dict maps onto it name for name (:mod:`shared.weights_import`). MONAI's defaults (stride-1
+    stem, shortcut bias) are MedicalNet's 3D layout and would cost 4× the compute at 224-512 px."""
+    from monai.networks.nets import resnet50
+
+    _need_size("resnet50", image_size, BACKBONE_MIN_SIZE)
+    kwargs.pop("pretrained", None)  # never download weights
+    options = {"conv1_t_stride": 2, "bias_downsample": False, **kwargs}
+    return resnet50(pretrained=False, spatial_dims=2, n_input_channels=1, num_classes=num_classes, **options)
+
+
+# EfficientNet-B0's stages (MONAI's EfficientNetBN table): repeats, kernel, stride, expansion, in/out channels, SE.
+_EFFICIENTNET_B0_BLOCKS = [
+    "r1_k3_s11_e1_i32_o16_se0.25",
+    "r2_k3_s22_e6_i16_o24_se0.25",
+    "r2_k5_s22_e6_i24_o40_se0.25",
+    "r3_k3_s22_e6_i40_o80_se0.25",
+    "r3_k5_s11_e6_i80_o112_se0.25",
+    "r4_k5_s22_e6_i112_o192_se0.25",
+    "r1_k3_s11_e6_i192_o320_se0.25",
+]
+
+
+@_backbone
+def _efficientnet_b0(num_classes: int, image_size: int, **kwargs) -> nn.Module:
+    """EfficientNet-B0 (5.3M parameters; ImageNet-level accuracy at a fifth of ResNet-50's compute).
+
+    Built with MONAI's ``EfficientNet`` at the task's own ``image_size`` (its "same" padding is computed for
+    the input size; ``EfficientNetBN`` fixes 224). MONAI's memory-efficient swish is a custom autograd function
+    that ONNX cannot export; ``nn.SiLU`` is the same function as one native op (same memory in training)."""
+    from monai.networks.nets import EfficientNet
+
+    _need_size("efficientnet_b0", image_size, BACKBONE_MIN_SIZE)
+    kwargs.pop("pretrained", None)  # never download weights
+    options = {"dropout_rate": 0.2, "drop_connect_rate": 0.2, **kwargs}
+    model = EfficientNet(
+        _EFFICIENTNET_B0_BLOCKS,
+        spatial_dims=2,
+        in_channels=1,
+        num_classes=num_classes,
+        image_size=image_size,
+        **options,
+    )
+    for module in model.modules():
+        if hasattr(module, "_swish"):
+            module._swish = nn.SiLU()
+    return model
 
 
 def _resnet18(num_classes: int, image_size: int, **kwargs) -> nn.Module:
@@ -132,7 +202,11 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "smallcnn-gn-eq": _smallcnn_gn_eq,
     "densenet121": _densenet121,
     "resnet18": _resnet18,
+    "resnet50": _resnet50,
+    "efficientnet_b0": _efficientnet_b0,
 }
+# The clinical backbones: ImageNet-style networks for 224-512 px radiographs (tests run them at 32-64 px).
+CLINICAL_BACKBONES = ("densenet121", "resnet50", "efficientnet_b0")
 
 
 def build_model(name: str, num_classes: int, image_size: int, **kwargs) -> nn.Module:

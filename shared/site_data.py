@@ -1,7 +1,8 @@
 """One call from a site's configuration to a QC report and a trainable dataset.
 
 ``check_site`` scans the export and joins the labels; ``load_site_dataset``
-does the same and stacks the cached tensors. The report (``SiteCheck.to_json``)
+does the same and points the dataset at the cached images (nothing is loaded:
+:class:`shared.packed.PackedImages`). The report (``SiteCheck.to_json``)
 holds counts, relative paths and keys the site already owns, nothing else.
 """
 
@@ -11,13 +12,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from shared.config import ConfigError, SiteDataConfig
 from shared.imaging import EXPLANATIONS, Reason, ScanResult, scan_site
 from shared.imaging.scan import ProgressFn
 from shared.labels import JoinResult, join_labels, read_labels, record_key
+from shared.packed import from_scan
 from shared.tasks.classification.dataset import SiteDataset
 
 MIN_CLASSES_TO_TRAIN = 2
@@ -107,23 +108,20 @@ def check_site(config: SiteDataConfig, on_progress: ProgressFn | None = None, wo
 
 
 def build_dataset(check: SiteCheck) -> SiteDataset:
-    """Stack the cached tensors of every matched image into one in-memory dataset, (N, 1, *one array's shape)."""
+    """Every matched image as a dataset, (N, 1, *one array's shape), its images read from the cache on demand."""
     size = check.config.image_size
-    images = np.empty((0, 1, size, size), dtype=np.float32)  # no image: an empty batch of radiographs
+    records = [rec for rec, _ in check.join.matched]
+    # the rank is the data's (its modality's): (S, S) for a radiograph, (D, S, S) for a volume; (S, S) if empty
+    images = from_scan(check.scan, records, (size, size), workers=check.config.data_workers)
     labels, groups, keys, paths = [], [], [], []
-    for i, (rec, label) in enumerate(check.join.matched):
-        image = check.scan.load_image(rec)
-        if i == 0:  # the rank is the data's (its modality's): (S, S) for a radiograph, (D, S, S) for a volume
-            images = np.empty((len(check.join.matched), 1, *image.shape), dtype=np.float32)
-        images[i, 0] = image
+    for rec, label in check.join.matched:
         labels.append(label)
         # Patients group the split; without a PatientID each study (or image) is its own group.
         groups.append(rec.header.patient_id or rec.header.study_instance_uid or rec.path)
         keys.append(record_key(rec, check.config.key))
         paths.append(rec.path)
-    check.scan.flush_cache()  # persists any entry rebuilt above
     return SiteDataset(
-        images=torch.from_numpy(images),
+        images=images,
         labels=torch.tensor(labels, dtype=torch.long),
         classes=list(check.config.classes),
         groups=groups,

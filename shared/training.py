@@ -6,9 +6,12 @@ once: seeded batches, the lr schedule, FedProx's proximal term, the carried
 optimizer, BatchNorm statistics re-estimated over the last epoch. Per-image
 DP-SGD is :mod:`shared.private_training`, for tasks with a per-image loss.
 
-The whole site's data is a tensor, so batches are taken by indexing with a
-random permutation per epoch: no DataLoader, no worker processes, no
-per-sample Python (``benchmarks/bench_training.py`` measures the difference).
+Batches follow a seeded permutation per epoch and are fetched by
+:class:`shared.batches.BatchReader`: plain indexing when the images are an
+in-memory tensor (``benchmarks/bench_training.py`` measures it), a DataLoader
+over the cache's shards when they are packed (a site's real data: memory that
+does not grow with the number of images). Same order, same pixels, same
+weights either way.
 
 Where it runs is the site's :class:`shared.hardware.Hardware` (site.yaml ``device``,
 ``threads``, ``amp``): on CUDA the model and each batch go to the GPU (pinned,
@@ -34,6 +37,7 @@ import torch
 from torch import nn
 
 from shared import hardware as hwmod
+from shared.batches import BatchReader
 from shared.hardware import Hardware
 from shared.lr_schedule import check_schedule, scheduled_lr
 
@@ -173,6 +177,7 @@ def _train(
     augment = task.augment(cfg.augment, cfg.scanner_augment)
     loss_fn = task.loss(data, cfg.class_weighted)
     images, targets = data.images, task.targets(data)
+    read = BatchReader(images, pin_memory=hw.is_cuda)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if carry is not None and carry.state is not None:
@@ -199,9 +204,8 @@ def _train(
         seen = 0
         t0 = time.perf_counter()
         try:
-            for s in starts:
-                idx = perm[s : s + bs]
-                x, y = images[idx], targets[idx]
+            for idx, batch in read(perm, starts, bs):
+                x, y = batch, targets[idx]
                 if hw.is_cuda:
                     x, y = hwmod.to_device(x, dev), hwmod.to_device(y, dev)
                 x, y = augment(x, y, aug_gen)
@@ -256,6 +260,7 @@ def _train(
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
+    read.close()
     model.eval()
     if carry is not None:
         carry.state = _on_cpu(optimizer.state_dict()) if hw.is_cuda else optimizer.state_dict()
@@ -295,7 +300,10 @@ def _end_bn_average(saved: list[tuple[nn.Module, float | None, torch.Tensor]]) -
 
 
 def batched_logits(
-    model: nn.Module, images: torch.Tensor, batch_size: int, hardware: Hardware | None = None
+    model: nn.Module,
+    images,  # noqa: ANN001 - a tensor or shared.packed.PackedImages
+    batch_size: int,
+    hardware: Hardware | None = None,
 ) -> torch.Tensor:
     """Model outputs for ``images`` in batches, in eval mode without gradients; the model's mode is restored.
 
@@ -305,18 +313,20 @@ def batched_logits(
     hw = hardware or hwmod.active()
     was_training = model.training
     model.eval()
+    read = BatchReader(images, pin_memory=hw.is_cuda)
     try:
         with hwmod.placed(model, hw, images.ndim) as channels_last, torch.inference_mode():
             dev = hwmod.device_of(model)
             if dev.type == "cpu":
-                out = [model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+                out = [model(x) for x in read.sequential(batch_size)]
             else:
                 out = []
-                for i in range(0, images.shape[0], batch_size):
-                    x = hwmod.to_device(images[i : i + batch_size], dev, channels_last)
+                for x in read.sequential(batch_size):
+                    x = hwmod.to_device(x, dev, channels_last)
                     with hwmod.autocast(hw) if hw.is_cuda and hw.device == str(dev) else contextlib.nullcontext():
                         out.append(model(x).float())
                 out = [o.cpu() for o in out]
     finally:
+        read.close()
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 0)

@@ -29,6 +29,8 @@ SUBCOMMANDS = [
     "scale-sweep",
     "proxy-attacks",
     "audit-append",
+    "cache-memory",
+    "ingest-fullsize",
 ]
 runner = CliRunner()
 

@@ -124,28 +124,34 @@ def test_changed_file_is_decoded_again(export: Path, tmp_path: Path) -> None:
     assert again.cache.decoded == 1
 
 
-def test_corrupt_cache_is_rebuilt_not_trusted(export: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["shard", "index", "both"])
+def test_corrupt_cache_is_rebuilt_not_trusted(export: Path, tmp_path: Path, damage: str) -> None:
     cache = tmp_path / "cache"
     first = scan_site(export, PARAMS, cache)
     rec = next(r for r in first.usable if r.path == "u12.dcm")
     good = first.load_image(rec).copy()
-    (pack,) = (cache / "tensors").rglob("*.npy")
-    pack.write_bytes(b"garbage")
-    (cache / "records.json").write_text("{not json")
+    (shard,) = (cache / "packs").rglob("*.npy")
+    if damage in ("shard", "both"):
+        shard.write_bytes(b"garbage")
+    if damage in ("index", "both"):
+        (cache / "index.sqlite").write_bytes(b"{not a database" * 100)
     again = scan_site(export, PARAMS, cache)
-    assert again.cache.decoded > 0
+    assert again.cache.decoded == (len(again.usable) + 1 if damage == "shard" else len(again.records))
     rec2 = next(r for r in again.usable if r.path == "u12.dcm")
     np.testing.assert_array_equal(again.load_image(rec2), good)
+    third = scan_site(export, PARAMS, cache)  # and the rebuilt cache is whole again
+    assert third.cache.decoded == 0
 
 
-def test_non_finite_rows_in_the_pack_are_decoded_again(export: Path, tmp_path: Path) -> None:
+def test_a_damaged_row_in_a_shard_is_decoded_again(export: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = scan_site(export, PARAMS, cache)
     good = {r.path: first.load_image(r).copy() for r in first.usable}
-    (pack,) = (cache / "tensors").rglob("*.npy")
-    arr = np.load(pack)
-    arr[0, 0, 0] = np.nan  # e.g. a bit flip on disk
-    np.save(pack, arr)
+    (shard,) = (cache / "packs").rglob("*.npy")
+    arr = np.load(shard, mmap_mode="r+")
+    arr[0, 0, 0] ^= 0x0100  # a bit flip on disk: still a valid uint16, caught by the row's CRC
+    arr.flush()
+    del arr
     again = scan_site(export, PARAMS, cache)
     for rec in again.usable:
         np.testing.assert_array_equal(again.load_image(rec), good[rec.path])

@@ -34,14 +34,22 @@ def _wait_for(predicate, timeout: float = 15.0) -> None:  # noqa: ANN001
         time.sleep(0.02)
 
 
+def _detached_children(pid: int) -> int:
+    """How many descendants of `pid` run in a session of their own (out of reach of a process-group signal)."""
+    try:
+        return sum(os.getsid(child) != os.getsid(pid) for child, _ in descendants(pid))
+    except ProcessLookupError:
+        return 0
+
+
 def test_stop_reaches_a_grandchild_in_its_own_session(tmp_path: Path) -> None:
     """The tree is found with psutil (any OS), so stopping a process also stops what it detached."""
     with ProcessSet(tmp_path) as ps:
         proc = ps.start("parent", [PY, "-c", DETACHING_PARENT])
-        _wait_for(lambda: len(descendants(proc.pid)) == 1)
+        # Between fork and setsid the grandchild still shares the parent's session: wait past that window.
+        _wait_for(lambda: _detached_children(proc.pid) == 1)
         (grandchild,) = descendants(proc.pid)
         assert psutil.Process(grandchild[0]).ppid() == proc.pid
-        assert os.getsid(grandchild[0]) != os.getsid(proc.pid)  # out of reach of a process-group signal
         assert grandchild in ps.all_procs()
         proc.stop(timeout=2)
         assert not is_running(grandchild) and proc.returncode is not None

@@ -78,7 +78,7 @@ def test_segmentation_task_goes_into_the_run_config_and_classification_stays_the
         ({**SEG_TASK, "classes": ["a", "b"]}, "task.classes", "names its outputs in task.labels"),
         ({**SEG_TASK, "labels": ["left-lung"]}, "task.labels", "letters, digits"),
         ({**SEG_TASK, "labels": ["lung", "lung"]}, "task.labels", "unique"),
-        ({"type": "detection"}, "task.type", "known: classification, segmentation"),
+        ({"type": "detection"}, "task.type", "known: classification, multilabel, segmentation"),
     ],
 )
 def test_a_wrong_segmentation_task_names_the_key(task: dict, key: str, words: str) -> None:

@@ -6,12 +6,13 @@ series go beside it. A modality has
 
 * ``name``: its registry key (``"planar"``);
 * ``rank``: the dimensions of one preprocessed array, 2 for planar images (S, S), 3 for
-  volumes (D, S, S). Code downstream never assumes it: the ingest cache records each pack's
-  array shape and :func:`shared.site_data.build_dataset` stacks whatever shape it finds;
+  volumes (D, S, S). Code downstream never assumes it: the ingest cache records each shard's
+  row shape and :func:`shared.site_data.build_dataset` reads whatever shape it finds;
 * ``check(ds, header)``: which objects it accepts; returns for an accepted object, raises
   the :class:`~shared.imaging.reasons.Rejection` saying why not otherwise;
 * ``decode(ds, header)`` → a decoded object (pixels plus what is left to apply; it carries
-  ``.modality``, the name), and ``preprocess(decoded, params)`` → float32 array of ``rank`` dims;
+  ``.modality``, the name), and ``preprocess(decoded, params)`` → float32 array of ``rank`` dims
+  in [0, 1] (the cache stores it as uint16: :mod:`shared.imaging.pack`);
 * ``reasons``: the reason codes its ``check`` and ``decode`` can raise.
 
 :func:`read_image` is the one path from file bytes to a decoded object: generic DICOM parsing and
@@ -29,10 +30,9 @@ Adding a modality (say ``volume`` for CT/MR) touches exactly:
    ``planar`` (the more specific modality is tried first);
 3. ``shared/imaging/reasons.py``: only for reason codes no modality had yet (a code and its
    explanation);
-4. ``shared/imaging/cache.py``: only if one export mixes modalities of different array shapes
-   (a folder's pack stacks rows of one shape today);
-5. ``shared/imaging/scan.py``: only if one model input comes from several files (a CT series
-   stored as one file per slice): today one accepted file is one array.
+4. ``shared/imaging/scan.py``: only if one model input comes from several files (a CT series
+   stored as one file per slice): today one accepted file is one array. (One export may mix array
+   shapes: the cache keeps each shape in its own shards.)
 
 The model and training side (3D networks, ``shared/models.py``) is a separate step; nothing in
 ``shared/imaging`` or ``shared/site_data.py`` assumes rank 2.

@@ -3,7 +3,8 @@
 One pass reads, hashes, decodes and preprocesses each file, each by its modality
 (:mod:`shared.imaging.modality`); results go to the
 :class:`~shared.imaging.cache.IngestCache`, so the next scan of an unchanged
-export reads neither DICOM headers nor pixels. Files that need decoding are
+export reads neither DICOM headers nor pixels; each image goes to a cache shard as
+soon as it is decoded, so a scan that crashes keeps what it finished. Files that need decoding are
 spread over worker processes when there are enough of them to pay for the
 workers' start-up (decoding is CPU-bound and pydicom holds the GIL).
 """
@@ -25,6 +26,7 @@ from shared.config import PreprocessConfig
 from shared.imaging.cache import IngestCache
 from shared.imaging.dicom_reader import ImageHeader
 from shared.imaging.modality import preprocess, read_image
+from shared.imaging.pack import from_pack, to_pack
 from shared.imaging.reasons import Reason, Rejection
 
 ProgressFn = Callable[[int, int], None]
@@ -59,21 +61,36 @@ class ScanResult:
         return [r for r in self.records if not r.usable]
 
     def load_image(self, record: FileRecord) -> np.ndarray:
-        """The preprocessed array of a usable record (its modality's rank: (S, S) for a radiograph); rebuilt from
-        the DICOM file if the cache entry is gone."""
+        """The model input of a usable record, float32 (its modality's rank: (S, S) for a radiograph); rebuilt
+        from the DICOM file if the cache entry is gone or damaged. The same bits as a cache hit
+        (:func:`shared.imaging.pack.quantize`)."""
         img = self.cache.get_tensor(record.sha256)
         if img is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # as in decode_file
-                _, decoded = read_image((self.data_dir / record.path).read_bytes())
-            img = preprocess(decoded, self.cache.params)
-            self.cache.put_tensor(record.sha256, img)
-            self.cache.decoded += 1
+            row = self.rebuild(record)
+            img = from_pack(row)
         return img
 
+    def rebuild(self, record: FileRecord) -> np.ndarray:
+        """Decode ``record`` again and cache it; its uint16 row."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # as in decode_file
+            _, decoded = read_image((self.data_dir / record.path).read_bytes())
+        row = to_pack(preprocess(decoded, self.cache.params))
+        self.cache.put_tensor(record.sha256, row)
+        self.cache.decoded += 1
+        return row
+
+    def ensure_cached(self, records: list[FileRecord]) -> None:
+        """Decode any of ``records`` whose image is not in the cache (a shard dropped since the scan), then
+        commit, so every one of them can be located (:meth:`IngestCache.locate`)."""
+        for record in records:
+            if not self.cache.has_tensor(record.sha256):
+                self.rebuild(record)
+        self.flush_cache()
+
     def flush_cache(self) -> None:
-        """Persist the cache: indexes plus the pack of this folder's usable images."""
-        self.cache.flush(list(dict.fromkeys(r.sha256 for r in self.usable)))
+        """Persist the cache: commit what was written, hand back the shards being written."""
+        self.cache.flush()
 
 
 def list_files(data_dir: Path) -> tuple[list[Path], list[FileRecord]]:
@@ -108,7 +125,7 @@ def decode_file(path: str, params: PreprocessConfig) -> tuple[str, dict, np.ndar
         warnings.simplefilter("ignore", UserWarning)  # pydicom's complaints become reasons, not noise
         try:
             header, decoded = read_image(raw)
-            image = preprocess(decoded, params)
+            image = to_pack(preprocess(decoded, params))  # uint16: half the bytes back from a worker
             return sha, _entry("", "", header, usable=True), image
         except Rejection as rej:
             return sha, _entry(rej.reason.value, rej.detail, rej.header), None
@@ -176,7 +193,7 @@ def scan_site(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist or is not a folder")
-    cache = IngestCache(cache_dir, params, data_dir)
+    cache = IngestCache(cache_dir, params)
     files, problems = list_files(data_dir)
     results: dict[Path, FileRecord] = {}
     todo: list[tuple[Path, os.stat_result | None]] = []
@@ -188,7 +205,7 @@ def scan_site(
             results[path] = FileRecord(rel, reason=Reason.UNREADABLE.value, detail=f"cannot read file: {exc.strerror}")
             continue
         sha = cache.memo_sha(path, stat)
-        known = cache.records.get(sha) if sha else None
+        known = cache.record(sha) if sha else None
         if known is not None and (not known["usable"] or cache.has_tensor(sha)):
             cache.hits += 1
             results[path] = _record(rel, sha, known)

@@ -9,6 +9,9 @@ With ``task="segmentation"`` each image also gets a DICOM SEG next to it
 (``SEG0001[.dcm]`` beside ``IMG0001[.dcm]``) holding its ``nodule`` and ``lung``
 ground truth (see :mod:`shared.synth.seg_writer`); images, labels.csv and every
 random draw are the same as for the default ``task="classification"``.
+With ``task="multilabel"`` the patients also have effusion, cardiomegaly and
+consolidation at the site's own prevalences, and labels.csv has one column per
+finding instead of ``label`` (1, 0, -1 uncertain, blank; :mod:`shared.synth.findings`).
 
 Each patient has 1–3 studies (one image each) of the *same* anatomy with a
 small positioning jitter and the same label, so images of one patient are
@@ -37,6 +40,7 @@ from pydicom.uid import generate_uid
 
 from shared.synth.anatomy import DEFAULT_DIFFICULTY, expose_with_geometry, sample_patient
 from shared.synth.dicom_writer import ImageMeta, build_dataset, encode_pixels, write_dicom
+from shared.synth.findings import FINDINGS, add_findings, draw_findings, finding_prevalence, label_cells
 from shared.synth.masks import anatomy_masks
 from shared.synth.profiles import TRAINING_PROFILES, UNSEEN_PROFILES, SiteProfile, derive_profile
 
@@ -48,9 +52,10 @@ FOLLOW_UP_JITTER_PX = 3  # positioning jitter between a patient's studies, on th
 MIN_SITE_IMAGES = 4
 TEST_EXPORT = "test"  # site-<k>/test/: a site's separate test export (write_cohort's test_images)
 TEST_SEED_OFFSET = 7777  # its patients: other seeds' patients, other accession numbers (seed % 1000)
-Task = Literal["classification", "segmentation"]
-TASKS: tuple[str, ...] = ("classification", "segmentation")
+Task = Literal["classification", "segmentation", "multilabel"]
+TASKS: tuple[str, ...] = ("classification", "segmentation", "multilabel")
 EXPORT_LABELLED: frozenset[str] = frozenset({"segmentation"})  # tasks whose labels are DICOM SEGs beside the images
+PER_FINDING: frozenset[str] = frozenset({"multilabel"})  # tasks whose labels.csv has one column per finding
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,9 @@ def write_site(
         shutil.rmtree(dicom_dir)
     t0 = time.perf_counter()
     look = profile.look(shift)
-    plan = _plan(_rng(seed, profile), n_images, profile.prevalence)
+    findings = finding_prevalence(profile) if task in PER_FINDING else None  # (prevalences, uncertainty factor)
+    nodules = findings[0][FINDINGS.index("nodule")] if findings else profile.prevalence
+    plan = _plan(_rng(seed, profile), n_images, nodules)
     rows: list[dict[str, str]] = []
     total_bytes = 0
     study_no = 0
@@ -146,6 +153,9 @@ def write_site(
         prng = _rng(seed, profile, pidx)
         pid = f"{profile.id_prefix}{(seed * 7919 + (pidx + 1) * 104729) % 10**7:07d}"
         patient = sample_patient(prng, sick, difficulty, look)
+        present = draw_findings(prng, findings[0], sick) if findings else None
+        if present:
+            add_findings(patient, prng, present, difficulty)
         birth = date(1930, 1, 1) + timedelta(days=int(prng.integers(0, 365 * 70)))
         first = date(2019, 1, 1) + timedelta(days=int(prng.integers(0, 365 * 5)))
         sex = "F" if prng.random() < 0.5 else "M"
@@ -185,20 +195,26 @@ def write_site(
                     _uid(seed, profile.name, pid, "seg-dimensions", j),
                 )
                 total_bytes += write_dicom(dicom_dir / rel.with_name(rel.name.replace("IMG", "SEG")), seg)
-            rows.append(
-                {
-                    "SOPInstanceUID": meta.sop_uid,
-                    "label": CLASSES[int(sick)],
-                    "AccessionNumber": meta.accession,
-                    "StudyInstanceUID": study_uid,
-                    "path": rel.as_posix(),
-                }
-            )
+            row = {
+                "SOPInstanceUID": meta.sop_uid,
+                "label": CLASSES[int(sick)],
+                "AccessionNumber": meta.accession,
+                "StudyInstanceUID": study_uid,
+                "path": rel.as_posix(),
+            }
+            if present:  # one column per finding, as the study's report was labelled, instead of one label
+                del row["label"]
+                row.update(label_cells(prng, present, findings[1]))
+            rows.append(row)
+    columns = ([c for c in LABEL_COLUMNS if c != "label"] + list(FINDINGS)) if findings else list(LABEL_COLUMNS)
     with open(out_dir / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    counts = {c: sum(r["label"] == c for r in rows) for c in CLASSES}
+    if findings:  # certain positives per finding
+        counts = {f: sum(r[f] == "1" for r in rows) for f in FINDINGS}
+    else:
+        counts = {c: sum(r["label"] == c for r in rows) for c in CLASSES}
     return SiteSummary(
         name=out_dir.name,
         path=out_dir,

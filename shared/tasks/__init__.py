@@ -20,6 +20,7 @@ __all__ = ["FEATURES", "Task", "TaskSpec", "get_task", "register_task", "task_na
 BUILTIN_TASKS: dict[str, str] = {
     "classification": "shared.tasks.classification",
     "segmentation": "shared.tasks.segmentation",
+    "multilabel": "shared.tasks.multilabel",
 }
 PLUGINS_ENV = "FEDRAD_TASK_PLUGINS"
 

@@ -21,7 +21,7 @@ the package, a module named in ``FEDRAD_TASK_PLUGINS`` that calls
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -50,7 +50,7 @@ class TaskDataset(Protocol):
     task for targets, loss and augmentation, so a dataset is trained the way its task says."""
 
     task_name: ClassVar[str]
-    images: torch.Tensor  # (N, C, *spatial) float32
+    images: torch.Tensor  # (N, C, *spatial) float32: a tensor, or shared.packed.PackedImages (read per batch)
     groups: list[str]  # patient grouping key per case (site-local; never leaves the site)
 
     def __len__(self) -> int: ...
@@ -62,12 +62,15 @@ class Task:
     """One kind of learning problem. Subclass it, set the class attributes, implement the methods."""
 
     name: ClassVar[str]
-    outputs_key: ClassVar[str]  # config / run-config / model-file key naming the outputs: "classes" or "labels"
+    outputs_key: ClassVar[str]  # config / run-config key naming the outputs: "classes", "labels" or "findings"
     default_model: ClassVar[str]
     headline_metric: ClassVar[str]  # the aggregate metric that ranks rounds and models (higher is better)
     supports: ClassVar[frozenset[str]] = frozenset()  # names from FEATURES
     label_csv: ClassVar[bool] = True  # a site needs a label CSV; False: its labels come with the export (DICOM SEG)
     train_defaults: ClassVar[Mapping[str, Any]] = {}  # TrainConfig values this task prefers (batch_size, lr, ...)
+    # The consortium's settings of this task beyond its outputs (task.<name> in consortium.yaml, carried by
+    # TaskSpec.options): name → allowed values, the first the default. Multilabel: uncertain (ignore|ones|zeros).
+    options: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     # -- the consortium's description -------------------------------------------------------------
     def check_outputs(self, names: list[str]) -> list[str]:
@@ -78,6 +81,22 @@ class Task:
         if len(set(names)) != len(names):
             raise ValueError(f"task.{self.outputs_key} must be unique, got {names}")
         return names
+
+    def check_options(self, given: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        """The task's settings from ``given`` (missing: the default), sorted pairs; ValueError names the setting."""
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            has = (
+                f"its settings: {', '.join(self.options)}" if self.options else "it has no settings beyond its outputs"
+            )
+            raise ValueError(f"task.{unknown[0]} is not used by a {self.name} task ({has}); remove it")
+        out = []
+        for name, allowed in sorted(self.options.items()):
+            value = str(given.get(name) or allowed[0]).strip().lower()
+            if value not in allowed:
+                raise ValueError(f"task.{name} must be one of {', '.join(allowed)}, got {given.get(name)!r}")
+            out.append((name, value))
+        return tuple(out)
 
     def model_registry(self) -> Mapping[str, Callable[..., nn.Module]]:
         """Architecture names → builders ``builder(num_outputs, image_size, **kwargs)``."""
@@ -104,6 +123,12 @@ class Task:
         """The model's outputs as a viewer wants them (an exported graph ends with this)."""
         return logits
 
+    def exported_output(self) -> str:
+        """What an exported graph returns, in words (the export's file list)."""
+        return (
+            "class probabilities" if self.outputs_key == "classes" else f"a probability map per {self.outputs_key[:-1]}"
+        )
+
     def intended_use(self, outputs: list[str]) -> str:
         """The model card's one line of what the model is for."""
         return f"{self.name} of radiographs ({', '.join(outputs)})"
@@ -114,7 +139,9 @@ class Task:
 
     # -- a site's data ----------------------------------------------------------------------------
     def load_site(self, cfg: SiteDataConfig, outputs: list[str], source: Path) -> TaskDataset:
-        """The site's usable, labelled cases for this task; ConfigError (naming ``source``) when too few."""
+        """The site's usable, labelled cases for this task; ConfigError (naming ``source``) when too few.
+
+        A task with :attr:`options` also takes them as keyword arguments (:meth:`TaskSpec.load_site` passes them)."""
         raise NotImplementedError
 
     def split(self, data: TaskDataset, fraction: float, seed: int) -> tuple[TaskDataset, TaskDataset]:
@@ -175,12 +202,13 @@ class Task:
         cases, write the report folder (per-case results: it stays at the site), return the metrics."""
         raise NotImplementedError
 
-    def operating_threshold(self, model: nn.Module, val: TaskDataset) -> float | None:
-        """The threshold a local model file records, chosen on validation cases; None: the task has none."""
+    def operating_threshold(self, model: nn.Module, val: TaskDataset) -> float | list[float] | None:
+        """The threshold a local model file records, chosen on validation cases (one per output where each output
+        is its own yes/no question); None: the task has none."""
         return None
 
     def local_scores(
-        self, model: nn.Module, data: TaskDataset, *, threshold: float | None, n_bootstrap: int, seed: int
+        self, model: nn.Module, data: TaskDataset, *, threshold: Any, n_bootstrap: int, seed: int
     ) -> dict[str, Any]:
         """Figures of ``model`` on a site's own test patients, with 95 % CIs (``<key>_ci95``), headline first:
         what ``fedrad-site finetune`` shows before and after (stays at the site)."""
@@ -223,6 +251,9 @@ class TaskSpec:
     outputs: tuple[str, ...]
     model: str
     image_size: int
+    # The task's settings (Task.options), sorted (name, value) pairs; () = the task's defaults. Not part of
+    # equality: a model trained under another setting (e.g. uncertainty policy) still serves the task.
+    options: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def task(self) -> Task:
@@ -235,19 +266,25 @@ class TaskSpec:
         return self.task.headline_metric
 
     def describe(self) -> str:
-        return f"a {self.type} {self.model} for {list(self.outputs)} at {self.image_size} px"
+        settings = "".join(f", {k} {v}" for k, v in self.options)
+        return f"a {self.type} {self.model} for {list(self.outputs)} at {self.image_size} px{settings}"
 
     def build_model(self, **kwargs: Any) -> nn.Module:
         return self.task.build_model(self.model, len(self.outputs), self.image_size, **kwargs)
 
+    def load_site(self, cfg: SiteDataConfig, source: Path) -> TaskDataset:
+        """The site's cases for this task (:meth:`Task.load_site`), under the consortium's settings of the task."""
+        return self.task.load_site(cfg, list(self.outputs), source, **dict(self.options))
+
     def model_file_outputs(self) -> dict[str, Any]:
-        """``task``, ``classes`` and ``labels`` as :func:`shared.modelfile.save_model_file` takes them: the outputs
-        under the key the task names them by, the other one empty."""
-        by_labels = self.task.outputs_key == "labels"
+        """``task``, ``classes``, ``labels`` and ``task_options`` as :func:`shared.modelfile.save_model_file` takes
+        them: a classification task's outputs are its ``classes``, every other task's its ``labels``."""
+        by_labels = self.task.outputs_key != "classes"
         return {
             "task": self.type,
             "classes": [] if by_labels else list(self.outputs),
             "labels": list(self.outputs) if by_labels else None,
+            "task_options": dict(self.options),
         }
 
     def to_run_config(self) -> dict[str, str | int]:
@@ -257,8 +294,10 @@ class TaskSpec:
             "task-type": self.type,
             "classes": "",
             "labels": "",
+            "findings": "",
             "model": self.model,
             "image-size": self.image_size,
+            "task-options": ",".join(f"{k}={v}" for k, v in self.options),
         }
         rc[key] = ",".join(self.outputs)
         return rc
@@ -278,7 +317,12 @@ class TaskSpec:
         except ValueError as exc:
             raise ValueError(f"'{task.outputs_key}' {exc}") from None
         model = str(rc.get("model") or "").strip() or task.default_model
-        return cls(task.name, tuple(outputs), model, int(rc.get("image-size", 64)))
+        try:
+            pairs = (p.partition("=") for p in name_list(rc.get("task-options")))
+            options = task.check_options({k.strip(): v.strip() for k, _, v in pairs})
+        except ValueError as exc:
+            raise ValueError(f"'task-options' {exc}") from None
+        return cls(task.name, tuple(outputs), model, int(rc.get("image-size", 64)), options)
 
     def mismatch(self, other: TaskSpec) -> str | None:
         """Why a model made for ``other`` does not fit this task; None when it does."""

@@ -1,10 +1,11 @@
-"""A site's usable, labelled images as in-memory tensors, ready to train or evaluate.
+"""A site's usable, labelled images with their labels, ready to train or evaluate.
 
-Images are small after preprocessing (64×64 float32 = 16 KiB), so a whole site
-fits in memory; every epoch after the first reads RAM, and every process after
-the first reads the on-disk tensor cache instead of decoding DICOM again.
-Nothing here leaves the site: keys, paths and patient groups are for local
-splits and local reports only.
+A real site's ``images`` are :class:`shared.packed.PackedImages`, addresses of
+rows in the on-disk cache's shards read batch by batch, so memory does not
+grow with the site; tests and synthetic data may pass an in-memory tensor
+instead, and both work everywhere (:func:`shared.packed.take`,
+:func:`shared.packed.cat`). Nothing here leaves the site: keys, paths and
+patient groups are for local splits and local reports only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import ClassVar
 
 import torch
 
+from shared.packed import PackedImages, cat, take
+
 
 @dataclass
 class SiteDataset:
@@ -21,7 +24,7 @@ class SiteDataset:
 
     task_name: ClassVar[str] = "classification"
 
-    images: torch.Tensor  # (N, 1, S, S) float32, intensities windowed to about [0, 1]
+    images: torch.Tensor | PackedImages  # (N, 1, S, S) float32, intensities windowed to [0, 1]
     labels: torch.Tensor  # (N,) int64, index into ``classes``
     classes: list[str]
     groups: list[str] = field(default_factory=list)  # patient grouping key per case (site-local)
@@ -37,7 +40,7 @@ class SiteDataset:
         idx = torch.as_tensor(index, dtype=torch.long)
         pick = idx.tolist()
         return SiteDataset(
-            images=self.images[idx],
+            images=take(self.images, idx),
             labels=self.labels[idx],
             classes=list(self.classes),
             groups=[self.groups[i] for i in pick] if self.groups else [],
@@ -58,7 +61,7 @@ def concat_datasets(parts: list[SiteDataset]) -> SiteDataset:
     if any(p.classes != classes for p in parts):
         raise ValueError("datasets have different class lists")
     return SiteDataset(
-        images=torch.cat([p.images for p in parts]),
+        images=cat([p.images for p in parts]),
         labels=torch.cat([p.labels for p in parts]),
         classes=list(classes),
         groups=[f"{i}:{g}" for i, p in enumerate(parts) for g in p.groups],

@@ -20,6 +20,7 @@ from shared.config import ConfigError, SiteDataConfig
 from shared.imaging.planar import model_input_spacing
 from shared.imaging.scan import ScanResult, scan_site
 from shared.imaging.segmentation import SegReport, match_segmentations, seg_files
+from shared.packed import from_scan
 from shared.splits import stratified_group_split
 from shared.tasks.segmentation.dataset import SegDataset
 
@@ -49,22 +50,18 @@ def load_seg_dataset(
     by_uid = {r.header.sop_instance_uid: r for r in scan.usable}
     uids = [u for u in report.masks if u in by_uid]
     size = config.image_size
-    images = np.empty((len(uids), 1, size, size), dtype=np.float32)
+    images = from_scan(scan, [by_uid[u] for u in uids], (size, size), workers=config.data_workers)
     groups, spacing = [], []
-    for i, uid in enumerate(uids):
+    for uid in uids:
         rec = by_uid[uid]
-        images[i, 0] = scan.load_image(rec)
         groups.append(rec.header.patient_id or rec.header.study_instance_uid or rec.path)
         spacing.append(model_input_spacing(rec.header, size))  # HD95 in mm where the image says its pixel size
-    scan.flush_cache()
     masks = (
         torch.from_numpy(np.stack([report.masks[u] for u in uids]))
         if uids
         else torch.zeros((0, len(labels), size, size), dtype=torch.bool)
     )
-    data = SegDataset(
-        images=torch.from_numpy(images), masks=masks.bool(), labels=list(labels), groups=groups, spacing=spacing
-    )
+    data = SegDataset(images=images, masks=masks.bool(), labels=list(labels), groups=groups, spacing=spacing)
     return data, report
 
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
+from shared.batches import BatchReader
+from shared.packed import PackedImages, cat, take
 from shared.training import batched_logits
 
 
@@ -30,7 +33,7 @@ class SegDataset:
 
     task_name: ClassVar[str] = "segmentation"
 
-    images: torch.Tensor  # (N, 1, S, S) float32, intensities windowed to about [0, 1]
+    images: torch.Tensor | PackedImages  # (N, 1, S, S) float32 in [0, 1]; packed: read from the cache per batch
     masks: torch.Tensor  # (N, L, S, S) bool, channels in ``labels`` order
     labels: list[str]
     groups: list[str] = field(default_factory=list)  # patient grouping key per case (site-local)
@@ -62,7 +65,7 @@ class SegDataset:
         """The cases at ``index``, in that order."""
         idx = torch.as_tensor(index, dtype=torch.long)
         return SegDataset(
-            images=self.images[idx],
+            images=take(self.images, idx),
             masks=self.masks[idx],
             labels=list(self.labels),
             groups=[self.groups[i] for i in idx.tolist()] if self.groups else [],
@@ -95,10 +98,24 @@ def evaluate_segmentation_loss(model: nn.Module, data: SegDataset, threshold: fl
     """``val_loss`` (the training loss) and ``val_dice`` (mean Dice over cases and labels) on ``data``."""
     from shared.tasks.segmentation.metrics import dice_per_case
 
-    logits = batched_logits(model, data.images, 64)
-    loss = float(seg_loss()(logits, data.masks.float()))
-    dice = dice_per_case(torch.sigmoid(logits) >= threshold, data.masks)
-    return {"val_loss": loss, "val_dice": float(dice.mean())}
+    # A batch at a time: the logits of a whole site are as large as its images. Both terms of the loss are
+    # means over equally sized images, so the size-weighted mean of the batch losses is the site's loss.
+    loss_fn, loss_sum, dice, start = seg_loss(), 0.0, [], 0
+    was_training = model.training
+    model.eval()
+    read = BatchReader(data.images)
+    try:
+        with torch.inference_mode():
+            for x in read.sequential(64):
+                logits, masks = model(x), data.masks[start : start + len(x)]
+                loss_sum += float(loss_fn(logits, masks.float())) * len(x)
+                dice.append(dice_per_case(torch.sigmoid(logits) >= threshold, masks))
+                start += len(x)
+    finally:
+        read.close()
+        model.train(was_training)
+    dice_all = np.concatenate(dice) if dice else np.zeros(0)
+    return {"val_loss": loss_sum / max(1, start), "val_dice": float(dice_all.mean())}
 
 
 def concat_seg_datasets(parts: list[SegDataset]) -> SegDataset:
@@ -110,7 +127,7 @@ def concat_seg_datasets(parts: list[SegDataset]) -> SegDataset:
     if any(p.labels != labels for p in parts):
         raise ValueError("datasets have different segment labels")
     return SegDataset(
-        images=torch.cat([p.images for p in parts]),
+        images=cat([p.images for p in parts]),
         masks=torch.cat([p.masks for p in parts]),
         labels=list(labels),
         groups=[f"{i}:{g}" for i, p in enumerate(parts) for g in p.groups] if all(p.groups for p in parts) else [],

@@ -62,7 +62,7 @@ def evaluate_local(
         out_dir,
         metrics,
         result,
-        data.images.numpy(),
+        data.images,  # the overlay reads its few cases only
         pred.numpy(),
         data.masks.numpy(),
         case_ids,

@@ -47,7 +47,7 @@ def overlay_figure(
     fig = Figure(figsize=(3.0 * len(cases), 3.6), layout="constrained")
     for j, i in enumerate(cases):
         ax = fig.add_subplot(1, len(cases), j + 1)
-        ax.imshow(images[i, 0], cmap="gray", vmin=0, vmax=1)
+        ax.imshow(np.asarray(images[i, 0]), cmap="gray", vmin=0, vmax=1)  # an array, a tensor or packed images
         for k in range(len(labels)):
             color = COLORS[k % len(COLORS)]
             for mask, style in ((ref[i, k], "solid"), (pred[i, k], "dashed")):
