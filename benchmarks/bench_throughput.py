@@ -7,7 +7,9 @@ oneDNN / cuDNN kernel choice) is not timed. The bare loop is what a careful engi
 hand: index a random permutation, copy to the device (pinned, non-blocking), forward, loss,
 backward, step. ``train_model`` runs as a site runs it: augmentation (``--augment``, FedRad's
 default 1), class-weighted loss, its per-epoch statistics and BatchNorm re-estimate, the model
-placed on the device and back. Runs alternate; reported are the best of ``--repeats`` by wall
+placed on the device and back. A third arm, ``packed``, trains on the same images written
+to the site cache's uint16 shards and read back through the DataLoader (``shared.batches``), as a
+real site's training reads them. Runs alternate; reported are the best of ``--repeats`` by wall
 clock, and the median of the ratios of neighbouring runs. Target: >= 0.9 on CPU, >= 0.95 on a
 GPU (issue 22); exit 1 below the target for the device.
 
@@ -21,6 +23,7 @@ import copy
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,6 +87,24 @@ def fedrad_loop(model: torch.nn.Module, data: SiteDataset, batch_size: int, hw: 
     return len(data) - (len(data) % batch_size == 1)
 
 
+def packed_site(data: SiteDataset, root: Path) -> SiteDataset:
+    """``data``'s images written to a cache's shards under ``root`` and addressed from there (the site's path)."""
+    import hashlib
+
+    from shared.config import PreprocessConfig
+    from shared.imaging.cache import IngestCache
+    from shared.packed import from_cache
+
+    size = int(data.images.shape[-1])
+    cache = IngestCache(root, PreprocessConfig(image_size=size))
+    shas = [hashlib.sha256(f"throughput-{i}".encode()).hexdigest() for i in range(len(data))]
+    for sha, image in zip(shas, data.images[:, 0].numpy(), strict=True):
+        cache.put_tensor(sha, image)
+    cache.flush()
+    images = from_cache(cache, shas, (size, size))
+    return SiteDataset(images=images, labels=data.labels, classes=list(data.classes))
+
+
 def random_site(steps: int, batch_size: int, size: int, seed: int = 0) -> SiteDataset:
     """``steps`` batches of random (1, size, size) images in [0, 1] with random labels, both classes present."""
     g = torch.Generator().manual_seed(seed)
@@ -107,15 +128,19 @@ def measure(args: argparse.Namespace, hw: hwmod.Hardware) -> dict:
     warm = random_site(args.warmup, args.batch_size, args.image_size, seed=1)
     bare_loop(copy.deepcopy(init), warm, args.batch_size, hw)  # warm-up: not timed
     fedrad_loop(copy.deepcopy(init), warm, args.batch_size, hw, args.augment)
-    runs: dict[str, list[float]] = {"bare": [], "fedrad": []}
-    for _ in range(args.repeats):
-        for name in ("fedrad", "bare"):
-            model = copy.deepcopy(init)
-            if name == "bare":
-                seconds, images = timed(bare_loop, model, data, args.batch_size, hw)
-            else:
-                seconds, images = timed(fedrad_loop, model, data, args.batch_size, hw, args.augment)
-            runs[name].append(images / seconds)
+    runs: dict[str, list[float]] = {"bare": [], "fedrad": [], "packed": []}
+    with tempfile.TemporaryDirectory(prefix="fedrad-throughput-") as tmp:
+        packed = packed_site(data, Path(tmp))
+        fedrad_loop(copy.deepcopy(init), packed_site(warm, Path(tmp) / "warm"), args.batch_size, hw, args.augment)
+        for _ in range(args.repeats):
+            for name in ("fedrad", "packed", "bare"):
+                model = copy.deepcopy(init)
+                if name == "bare":
+                    seconds, images = timed(bare_loop, model, data, args.batch_size, hw)
+                else:
+                    source = packed if name == "packed" else data
+                    seconds, images = timed(fedrad_loop, model, source, args.batch_size, hw, args.augment)
+                runs[name].append(images / seconds)
     best = {k: max(v) for k, v in runs.items()}
     return {
         "model": args.model,
@@ -127,7 +152,10 @@ def measure(args: argparse.Namespace, hw: hwmod.Hardware) -> dict:
         "bare_images_per_s": round(best["bare"], 2),
         "fedrad_images_per_s": round(best["fedrad"], 2),
         "ratio_best": round(best["fedrad"] / best["bare"], 3),
+        "packed_images_per_s": round(best["packed"], 2),
         "ratio_median_pairs": round(statistics.median(f / b for f, b in zip(runs["fedrad"], runs["bare"])), 3),
+        "packed_ratio_best": round(best["packed"] / best["bare"], 3),
+        "packed_ratio_median_pairs": round(statistics.median(f / b for f, b in zip(runs["packed"], runs["bare"])), 3),
         "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
         "target": TARGET["cuda" if hw.is_cuda else "cpu"],
     }
@@ -166,11 +194,17 @@ def main(argv: list[str] | None = None) -> int | str:
         )
         print(f"bare PyTorch loop : {result['bare_images_per_s']:9.2f} images/s  (runs {result['runs']['bare']})")
         print(f"FedRad train_model: {result['fedrad_images_per_s']:9.2f} images/s  (runs {result['runs']['fedrad']})")
+        print(f"FedRad from packs : {result['packed_images_per_s']:9.2f} images/s  (runs {result['runs']['packed']})")
+        print(
+            f"packs / bare      : {result['packed_ratio_best']:9.3f} best, {result['packed_ratio_median_pairs']:.3f} "
+            "median of neighbouring pairs"
+        )
         print(
             f"ratio             : {result['ratio_best']:9.3f} best, {result['ratio_median_pairs']:.3f} median of "
             f"neighbouring pairs (target >= {result['target']})"
         )
-    return 0 if result["ratio_median_pairs"] >= result["target"] else 1
+    worst = min(result["ratio_median_pairs"], result["packed_ratio_median_pairs"])
+    return 0 if worst >= result["target"] else 1
 
 
 if __name__ == "__main__":
