@@ -29,6 +29,7 @@ SUBCOMMANDS = [
     "proxy-attacks",
     "audit-append",
     "ingest-fullsize",
+    "big-model",
 ]
 runner = CliRunner()
 
