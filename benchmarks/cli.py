@@ -4,7 +4,7 @@
 site; ``scale`` runs N synthetic hospitals on Flower's simulation engine; the other subcommands run
 the scripts in ``benchmarks/`` (``overhead``: bench_round_overhead.py, ``privacy``, ``secagg``,
 ``compression``, ``ingest``, ``ingest-fullsize``, ``training``, ``throughput``, ``levers``, ``scale-sweep``,
-``proxy-attacks``, ``audit-append``, ``cache-memory``: bench_<name>.py) and pass
+``proxy-attacks``, ``audit-append``, ``cache-memory``, ``big-model``: bench_<name>.py) and pass
 every argument after the subcommand through to them (``fedrad-bench privacy --help`` shows theirs).
 
 Exit codes as in ``fedrad-server``: 0 success, 1 the answer is "no" (a benchmark stopped),
@@ -258,6 +258,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "proxy-attacks": (
         "benchmarks.bench_proxy_attacks",
         "The fleet proxy under the review's attacks: memory, connection floods, slow clients during rounds.",
+    ),
+    "big-model": (
+        "benchmarks.bench_big_model",
+        "A ResNet-50-sized model over TLS and the fleet proxy: round vs raw HTTPS copy, proxy memory, fp16.",
     ),
 }
 

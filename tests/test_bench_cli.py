@@ -31,6 +31,7 @@ SUBCOMMANDS = [
     "audit-append",
     "cache-memory",
     "ingest-fullsize",
+    "big-model",
 ]
 runner = CliRunner()
 
