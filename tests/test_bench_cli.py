@@ -32,6 +32,7 @@ SUBCOMMANDS = [
     "cache-memory",
     "ingest-fullsize",
     "big-model",
+    "backbones",
 ]
 runner = CliRunner()
 

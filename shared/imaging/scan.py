@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import PreprocessConfig
+from shared.hardware import usable_cores
 from shared.imaging.cache import IngestCache
 from shared.imaging.dicom_reader import ImageHeader
 from shared.imaging.modality import preprocess, read_image
@@ -164,9 +165,12 @@ def _mark_duplicates(records: list[FileRecord]) -> None:
 
 
 def default_workers(n_files: int) -> int:
-    """Worker processes for ``n_files`` to decode: FEDRAD_INGEST_WORKERS, else up to 4 cores' worth."""
+    """Worker processes for ``n_files`` to decode: FEDRAD_INGEST_WORKERS, else every core this process may use.
+
+    Memory is bounded by the workers, not the data: each holds one decoded file at a time (a 3,000 px
+    radiograph and its float copy, ~100 MB), and results stream to the cache's shards as they come."""
     configured = os.environ.get("FEDRAD_INGEST_WORKERS")
-    cores = int(configured) if configured and configured.isdigit() else min(os.cpu_count() or 1, 4)
+    cores = int(configured) if configured and configured.isdigit() else usable_cores()
     return max(1, min(cores, n_files // MIN_FILES_PER_WORKER))
 
 
