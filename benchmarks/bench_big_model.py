@@ -423,6 +423,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="resnet50", help="the big model (default resnet50: 23.5M parameters)")
     parser.add_argument("--scale", type=float, default=0.03, help="synthetic site size (a handful of images)")
     parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
+    parser.add_argument(
+        "--superlink-state",
+        choices=("sqlite", "memory"),
+        default="sqlite",
+        help="the SuperLink's --database as FedRad deploys it (sqlite), or in memory: how much Flower's object store costs",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.rounds < 2:
@@ -442,7 +448,14 @@ def main(argv: list[str] | None = None) -> None:
     cohort = write_cohort(root / "cohort", n_sites=args.sites, unseen=0, scale=args.scale, seed=0)
     t0 = time.monotonic()
     with ProcessSet(root / "logs") as ps:
-        lc = start_loopback_consortium(ps, root, {s.name: s.path for s in cohort}, image_size=IMAGE_SIZE, name="Bench")
+        lc = start_loopback_consortium(
+            ps,
+            root,
+            {s.name: s.path for s in cohort},
+            image_size=IMAGE_SIZE,
+            name="Bench",
+            persistent_state=args.superlink_state == "sqlite",
+        )
         _, raw_port = start_raw_server(ps, lc.tls.server_cert, lc.tls.server_key, REPO)
         lc.wait_until_online()
         say(f"{args.sites} site(s) online after {time.monotonic() - t0:.0f} s; logs in {root / 'logs'}")
@@ -451,7 +464,12 @@ def main(argv: list[str] | None = None) -> None:
             t_arm = time.monotonic()
             results.append(run_arm(lc, ps, root, arm, args.rounds, raw_port))
             say(f"{arm.label}: {args.rounds} rounds in {time.monotonic() - t_arm:.0f} s")
-    report = {**summary(results, args.sites), "rounds": args.rounds, "image_size": IMAGE_SIZE}
+    report = {
+        **summary(results, args.sites),
+        "rounds": args.rounds,
+        "image_size": IMAGE_SIZE,
+        "superlink_state": args.superlink_state,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return

@@ -130,15 +130,22 @@ def start_loopback_consortium(
     warm_workers: bool = True,
     proxy_flags: Sequence[str] = (),
     min_count: int | None = None,
+    persistent_state: bool = True,
 ) -> LoopbackConsortium:
     """Start the server side and one SuperNode (+ warm worker) per entry of ``sites``
-    (name → synthetic site folder, or :class:`SiteFiles`)."""
+    (name → synthetic site folder, or :class:`SiteFiles`). ``persistent_state=False`` keeps the SuperLink's
+    state in memory (benchmarks comparing Flower's sqlite object store; a restart then forgets the SuperNodes)."""
     root = Path(root)
     tls = init_pki(root / "pki", name, "127.0.0.1:9443")
     link = start_superlink(
-        ps, tls=tls, port=free_port(), database=root / "state" / "sl.db", flwr_home=root / "server-home"
+        ps,
+        tls=tls,
+        port=free_port(),
+        database=root / "state" / "sl.db" if persistent_state else None,
+        flwr_home=root / "server-home",
     )
     keys = {site_name: generate_site_keys(root / "sites" / site_name / "keys") for site_name in sites}
+    (root / "state").mkdir(parents=True, exist_ok=True)
     enrolled = root / "state" / "fleet-keys.pub"  # as the coordinator does: the proxy lets only these keys in
     enrolled.write_text("".join(pub.read_text() for _, pub in keys.values()))
     proxy = f"127.0.0.1:{free_port()}"
