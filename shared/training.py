@@ -26,9 +26,10 @@ measures both against a bare PyTorch loop).
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -299,6 +300,20 @@ def _end_bn_average(saved: list[tuple[nn.Module, float | None, torch.Tensor]]) -
         m.num_batches_tracked += count
 
 
+INFERENCE_PIXELS = 256 * 128 * 128  # pixels (or voxels) one inference batch holds at most: 256 images at 128 px
+
+
+def inference_batch_size(requested: int, spatial: Sequence[int]) -> int:
+    """``requested``, or fewer so a batch holds at most :data:`INFERENCE_PIXELS` pixels.
+
+    Why: evaluation asks for 256 images a batch, which at 64 px is 1M pixels; a DenseNet121 at 224 px
+    keeps every dense block's concatenated features of the whole batch, and 256 of them took several GB
+    of RSS. Outputs do not depend on the batch size (eval mode), so the cap changes memory, not results.
+    """
+    pixels = max(1, math.prod(int(d) for d in spatial))
+    return max(1, min(int(requested), INFERENCE_PIXELS // pixels))
+
+
 def batched_logits(
     model: nn.Module,
     images,  # noqa: ANN001 - a tensor or shared.packed.PackedImages
@@ -308,9 +323,11 @@ def batched_logits(
     """Model outputs for ``images`` in batches, in eval mode without gradients; the model's mode is restored.
 
     Runs on ``hardware`` (default :func:`shared.hardware.active`), or where the model already is; the
-    outputs are always on the CPU (float32 on a GPU), where metrics are computed.
+    outputs are always on the CPU (float32 on a GPU), where metrics are computed. ``batch_size`` is capped
+    by :func:`inference_batch_size`, so a 512 px backbone does not evaluate 256 images at once.
     """
     hw = hardware or hwmod.active()
+    batch_size = inference_batch_size(batch_size, images.shape[2:])
     was_training = model.training
     model.eval()
     read = BatchReader(images, pin_memory=hw.is_cuda)

@@ -126,3 +126,18 @@ def test_placing_on_the_cpu_leaves_the_model_alone() -> None:
     with placed(model, Hardware.cpu(1)) as channels_last:
         assert channels_last is False
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_inference_batches_are_capped_by_pixels_not_by_count() -> None:
+    """256 images a batch at 64 px as before; a 512 px backbone evaluates 16 at a time, a volume fewer."""
+    from shared.training import inference_batch_size
+
+    assert inference_batch_size(256, (64, 64)) == 256
+    assert inference_batch_size(256, (224, 224)) == 83
+    assert inference_batch_size(256, (512, 512)) == 16
+    assert inference_batch_size(256, (128, 256, 256)) == 1
+    model = build_model("smallcnn", 2, 32)
+    images = torch.rand(10, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    from shared.training import batched_logits
+
+    assert torch.allclose(batched_logits(model, images, 3), batched_logits(model, images, 10), atol=1e-6)
