@@ -25,7 +25,8 @@ from tests.volume_label_factory import (
 )
 
 LABELS = ["Sphere", "BOX"]  # matched case-insensitively to the SEG's "sphere", "box"
-ACQUISITIONS = [("HFS", False), ("FFP", True), ("FFS", False)]  # FFP slices run feet → head: descending z
+# (position, descending): FFP's slices run head → feet; SAG is a sagittal stack, slices stepping to the right
+ACQUISITIONS = [("HFS", False), ("FFP", True), ("FFS", False), ("SAG", True)]
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,9 @@ def test_shuffled_seg_frames_land_on_the_canonical_grid(
 ) -> None:
     ct = series[position]
     path = write_seg(ct, tmp_path / "seg.dcm", fractional=fractional)
-    z = [
-        float(g.PlanePositionSequence[0].ImagePositionPatient[2])
-        for g in pydicom.dcmread(path).PerFrameFunctionalGroupsSequence
-    ]
-    assert z != sorted(z) and z != sorted(z, reverse=True)  # the frames really are out of slice order
+    groups = pydicom.dcmread(path).PerFrameFunctionalGroupsSequence
+    order = [ct.stack.patient_to_index(g.PlanePositionSequence[0].ImagePositionPatient)[0] for g in groups]
+    assert order != sorted(order) and order != sorted(order, reverse=True)  # frames really are out of slice order
 
     result = seg_labels(path, ct.target, LABELS)
 

@@ -24,8 +24,15 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetSt
 from shared.imaging.volume_geometry import VolumeGeometry, slice_stack_geometry, to_canonical
 from shared.imaging.volume_labels import SeriesTarget
 
-# ImageOrientationPatient (row direction, column direction) per patient position
-ORIENTATIONS = {"HFS": (1, 0, 0, 0, 1, 0), "FFP": (1, 0, 0, 0, -1, 0), "FFS": (-1, 0, 0, 0, 1, 0)}
+# ImageOrientationPatient (row direction, column direction) per acquisition: axial in three patient
+# positions, and a sagittal stack (rows run feet-wards, slices step to the left) whose slice axis becomes
+# canonical axis 2, so no reader may assume that slices are canonical axis 0.
+ORIENTATIONS = {
+    "HFS": (1, 0, 0, 0, 1, 0),
+    "FFP": (1, 0, 0, 0, -1, 0),
+    "FFS": (-1, 0, 0, 0, 1, 0),
+    "SAG": (0, 1, 0, 0, 0, -1),
+}
 SHAPE = (10, 24, 20)  # slices, rows, columns
 PIXEL_SPACING = (0.8, 0.7)  # row spacing, column spacing (mm)
 SLICE_STEP = 2.5
@@ -56,13 +63,17 @@ class CtSeries:
 
 
 def write_ct_series(folder: Path, position: str = "HFS", descending: bool = False) -> CtSeries:
-    """10 axial CT slices of 24×20 pixels in ``position``; slices step towards S (or I when ``descending``)."""
+    """10 CT slices of 24×20 pixels in ``position`` (an :data:`ORIENTATIONS` key).
+
+    Axial slices step towards S (towards I when ``descending``); sagittal ones towards L (R)."""
     folder.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid, for_uid = generate_uid(), generate_uid(), generate_uid()
     iop = ORIENTATIONS[position]
-    step = np.array([0.0, 0.0, -SLICE_STEP if descending else SLICE_STEP])
     row_dir, col_dir = np.array(iop[:3], float), np.array(iop[3:], float)
-    centre = np.array([0.0, 0.0, 40.0 if descending else 17.5])  # the same field of view for every position
+    normal = np.abs(np.cross(row_dir, col_dir))
+    step = normal * (-SLICE_STEP if descending else SLICE_STEP)
+    # the first slice's centre: the same field of view around the phantom for every acquisition
+    centre = np.array([0.0, 0.0, 26.0]) - step * (SHAPE[0] - 1) / 2
     first = centre - col_dir * PIXEL_SPACING[0] * (SHAPE[1] - 1) / 2 - row_dir * PIXEL_SPACING[1] * (SHAPE[2] - 1) / 2
     stack = slice_stack_geometry(iop, first, step, PIXEL_SPACING, SHAPE, for_uid)
     rng = np.random.default_rng(0)
@@ -81,7 +92,7 @@ def write_ct_series(folder: Path, position: str = "HFS", descending: bool = Fals
         ds.ReferringPhysicianName = ""
         ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, k + 1
         ds.Manufacturer = "TestVendor"
-        ds.PatientPosition = position
+        ds.PatientPosition = "HFS" if position == "SAG" else position
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = for_uid, ""
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.ImageOrientationPatient = list(iop)
