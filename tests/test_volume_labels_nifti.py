@@ -19,7 +19,7 @@ from shared.imaging.volume_labels_nifti import (
 from tests.volume_label_factory import CtSeries, expected_labels, shapes, write_ct_series, write_nifti
 
 LABELS = ["sphere", "box"]
-ACQUISITIONS = [("HFS", False), ("FFP", True), ("FFS", False), ("SAG", True)]
+ACQUISITIONS = [("HFS", False), ("FFP", True), ("FFS", False), ("SAG", True), ("OBL", False)]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from tests.volume_label_factory import (
 )
 
 LABELS = ["sphere", "Box"]
-ACQUISITIONS = [("HFS", False), ("FFP", True), ("FFS", False), ("SAG", True)]
+ACQUISITIONS = [("HFS", False), ("FFP", True), ("FFS", False), ("SAG", True), ("OBL", False)]
 MIN_DICE = 0.95  # per label; contours at the 0.5 iso-line between pixel centres in fact give the exact mask
 
 

@@ -26,7 +26,7 @@ from tests.volume_label_factory import (
 
 LABELS = ["Sphere", "BOX"]  # matched case-insensitively to the SEG's "sphere", "box"
 # (position, descending): FFP's slices run head → feet; SAG is a sagittal stack, slices stepping to the right
-ACQUISITIONS = [("HFS", False), ("FFP", True), ("FFS", False), ("SAG", True)]
+ACQUISITIONS = [("HFS", False), ("FFP", True), ("FFS", False), ("SAG", True), ("OBL", False)]
 
 
 @pytest.fixture(scope="module")

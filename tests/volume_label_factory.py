@@ -25,13 +25,14 @@ from shared.imaging.volume_geometry import VolumeGeometry, slice_stack_geometry,
 from shared.imaging.volume_labels import SeriesTarget
 
 # ImageOrientationPatient (row direction, column direction) per acquisition: axial in three patient
-# positions, and a sagittal stack (rows run feet-wards, slices step to the left) whose slice axis becomes
+# positions, an oblique axial one, and a sagittal stack (rows run feet-wards, slices step to the left) whose slice axis becomes
 # canonical axis 2, so no reader may assume that slices are canonical axis 0.
 ORIENTATIONS = {
     "HFS": (1, 0, 0, 0, 1, 0),
     "FFP": (1, 0, 0, 0, -1, 0),
     "FFS": (-1, 0, 0, 0, 1, 0),
     "SAG": (0, 1, 0, 0, 0, -1),
+    "OBL": (np.cos(0.3), np.sin(0.3), 0, -np.sin(0.3), np.cos(0.3), 0),  # axial, rotated 17 degrees: kept, not resampled
 }
 SHAPE = (10, 24, 20)  # slices, rows, columns
 PIXEL_SPACING = (0.8, 0.7)  # row spacing, column spacing (mm)
@@ -92,10 +93,10 @@ def write_ct_series(folder: Path, position: str = "HFS", descending: bool = Fals
         ds.ReferringPhysicianName = ""
         ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, k + 1
         ds.Manufacturer = "TestVendor"
-        ds.PatientPosition = "HFS" if position == "SAG" else position
+        ds.PatientPosition = position if position in ("HFS", "FFP", "FFS") else "HFS"
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = for_uid, ""
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = list(iop)
+        ds.ImageOrientationPatient = [round(float(v), 8) for v in iop]
         ds.ImagePositionPatient = [float(v) for v in stack.index_to_patient((k, 0, 0))]
         ds.PixelSpacing = list(PIXEL_SPACING)
         ds.SliceThickness = SLICE_STEP
