@@ -32,7 +32,7 @@ ORIENTATIONS = {
     "FFP": (1, 0, 0, 0, -1, 0),
     "FFS": (-1, 0, 0, 0, 1, 0),
     "SAG": (0, 1, 0, 0, 0, -1),
-    "OBL": (np.cos(0.3), np.sin(0.3), 0, -np.sin(0.3), np.cos(0.3), 0),  # axial, rotated 17 degrees: kept, not resampled
+    "OBL": (np.cos(0.3), np.sin(0.3), 0, -np.sin(0.3), np.cos(0.3), 0),  # axial turned 17 degrees
 }
 SHAPE = (10, 24, 20)  # slices, rows, columns
 PIXEL_SPACING = (0.8, 0.7)  # row spacing, column spacing (mm)

@@ -17,6 +17,10 @@ Policy shared by the sources (one place, so SEG, RTSTRUCT and NIfTI agree):
   nested structures survive; the overlap is counted in :attr:`VolumeLabels.overlap_voxels`.
 * **Placement**: never by frame, file or contour order; every piece is placed by its patient
   position and must land on the series' voxel grid within :data:`GRID_TOLERANCE` voxels.
+
+The sources: :mod:`~shared.imaging.volume_labels_seg`, :mod:`~shared.imaging.volume_labels_rtstruct`,
+:mod:`~shared.imaging.volume_labels_nifti` (with its manifest); :mod:`~shared.imaging.volume_labels_match`
+pairs a site's SEG/RTSTRUCT files with its series; :mod:`~shared.imaging.volume_grid` places planes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 
 from shared.imaging.volume_geometry import VolumeGeometry
 
+AXIS_NAMES = ("S", "P", "L")  # what canonical array axes 0, 1, 2 grow towards, for messages
 GRID_TOLERANCE = 0.1  # voxels: how far a label voxel centre may lie from the series' (float32 / DS rounding, not drift)
 
 
@@ -256,9 +261,6 @@ def fmt_mm(vector: Iterable[float]) -> str:
     """An LPS vector as people read it: ``L +5.00, P +0.00, S -1.25 mm``."""
     x, y, z = (round(float(v), 2) + 0.0 for v in vector)  # no "-0.00"
     return f"L {x:+.2f}, P {y:+.2f}, S {z:+.2f} mm"
-
-
-AXIS_NAMES = ("S", "P", "L")  # canonical array axes 0, 1, 2
 
 
 @dataclass(frozen=True)
