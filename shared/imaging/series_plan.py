@@ -16,8 +16,10 @@ header reads, and a good one is decoded once, straight into its place (:mod:`sha
   is noted, not rejected. Rejected when a slope/intercept is unusable or RescaleType names different units.
 
 Tolerances (:class:`PlanParams`): a step between slices is regular within ``max(position_tolerance_mm,
-spacing_tolerance × median step)`` (0.02 mm or 1 %: DICOM positions are decimal strings, often rounded); a step
-that is a whole multiple of the median within that tolerance is a gap of missing slices; directions agree within
+spacing_tolerance × spacing)`` of the spacing (0.05 mm or 2 %: DICOM positions are decimal strings, often rounded
+to 0.01 mm; the spacing is the mean of the steps near the median step); a step that is a whole multiple of the
+spacing within that tolerance is a gap of missing slices; two slices closer than ``position_tolerance_mm`` share a
+position; directions agree within
 ``orientation_tolerance`` per direction cosine; a tilt (GantryDetectorTilt, or the angle between the slice step and
 the normal) up to ``max_tilt_degrees`` is accepted.
 """
@@ -59,8 +61,8 @@ class PlanParams:
     """What makes a stack of slices a volume (module docstring: tolerances)."""
 
     min_slices: int = 8  # fewer is a key image or partial export, not a volume a 3D model can use
-    spacing_tolerance: float = 0.01  # fraction of the slice spacing
-    position_tolerance_mm: float = 0.02  # absolute floor, for rounded DICOM decimal strings
+    spacing_tolerance: float = 0.02  # fraction of the slice spacing
+    position_tolerance_mm: float = 0.05  # absolute floor, for rounded DICOM decimal strings
     orientation_tolerance: float = 1e-3  # per direction cosine (about 0.06°)
     pixel_spacing_tolerance_mm: float = 1e-3
     max_tilt_degrees: float = 0.1
@@ -361,7 +363,9 @@ def _order_and_space(
 
     steps = np.diff(along)
     _check_duplicates(ordered, positions, steps, params)
-    base = float(np.median(steps))
+    median = float(np.median(steps))
+    near = steps[np.abs(steps - median) <= max(params.position_tolerance_mm, params.spacing_tolerance * median)]
+    base = float(near.mean())  # the spacing: steps that alternate with rounding average out
     tol = max(params.position_tolerance_mm, params.spacing_tolerance * base)
     _check_steps(ordered, positions, steps, base, tol)
 
