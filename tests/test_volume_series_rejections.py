@@ -294,3 +294,23 @@ def test_series_split_by_frame_of_reference_and_sorted_by_key(tmp_path: Path) ->
     verdicts = plan_series([r for p in b + a for r in read_slice_records(p)])
     assert [v.key.frame_of_reference_uid for v in verdicts] == sorted([series["for"], other["for"]])
     assert all(isinstance(v, SeriesPlan) for v in verdicts)
+
+
+def test_two_spacings_in_equal_numbers_are_uneven_not_a_crash() -> None:
+    """Steps 1, 1, 3, 3 mm: the median (2 mm) is no step at all; planned from records alone (no files)."""
+    from shared.imaging.slice_records import SliceRecord
+
+    def rec(i: int, z: float) -> SliceRecord:
+        return SliceRecord(
+            path=f"s{i}.dcm",
+            sop_instance_uid=f"1.2.{i}",
+            series_instance_uid="1.2.3",
+            position=(0.0, 0.0, z),
+            orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+            pixel_spacing=(1.0, 1.0),
+            rows=4,
+            columns=4,
+        )
+
+    (verdict,) = plan_series([rec(i, z) for i, z in enumerate([0.0, 1.0, 2.0, 5.0, 8.0])], PlanParams(min_slices=2))
+    assert isinstance(verdict, SeriesRejection) and verdict.reason == Reason.SERIES_UNEVEN_SPACING
