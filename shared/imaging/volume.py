@@ -183,7 +183,9 @@ class VolumeModality:
     rank: int = RANK
     reasons: frozenset[Reason] = REASONS
 
-    def plan(self, records: Iterable[SliceRecord], params: PlanParams | None = None) -> list:
+    def plan(
+        self, records: Iterable[SliceRecord], params: PlanParams | None = None
+    ) -> list[SeriesPlan | SeriesRejection]:
         return plan_series(records, params)
 
     def assemble(self, plan: SeriesPlan, out: np.ndarray | str | Path | None = None, **kw) -> Volume:
