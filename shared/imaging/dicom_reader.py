@@ -11,12 +11,14 @@ pixels become a model input, is a modality's business (:mod:`shared.imaging.moda
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import get_decoder
+from pydicom.pixels import get_decoder, iter_pixels
 from pydicom.uid import UID
 
 from shared.imaging.reasons import Reason, Rejection
@@ -61,6 +63,53 @@ def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
         return int(value) if value not in (None, "") else default
     except Exception:
         return default
+
+
+def _floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+    """``count`` finite numbers from a (multi-valued) element; ``None`` when absent or malformed, never an exception."""
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        items = [value] if isinstance(value, (str, bytes, int, float)) else list(value)
+        out = tuple(float(v) for v in items)
+    except Exception:  # malformed DS/IS strings, wrong VR, odd containers
+        return None
+    if len(out) != count or not all(math.isfinite(v) for v in out):
+        return None
+    return out
+
+
+def _number(ds: pydicom.Dataset, keyword: str, default: float | None) -> float | None:
+    """One finite number; ``default`` when the element is absent or empty, ``None`` when it is malformed."""
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return default
+        out = float(value)
+    except Exception:
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except Exception:
+        return None
+
+
+def _strings(ds: pydicom.Dataset, keyword: str) -> tuple[str, ...]:
+    """A multi-valued code string (ImageType, FrameType) as upper-case values; ``()`` when absent or malformed."""
+    try:
+        value = ds.get(keyword)
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else list(value)
+        return tuple(str(v).strip().upper() for v in items)
+    except Exception:
+        return ()
 
 
 def parse_dataset(raw: bytes) -> pydicom.Dataset:
@@ -146,24 +195,45 @@ def _check_decodable(ds: pydicom.Dataset) -> None:
         raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{uid.name} ({ts}): no installed decoder")
 
 
+def _decode_error(exc: BaseException, header: ImageHeader) -> Rejection:
+    """The :class:`Rejection` for a decoder failure (shared by whole-object and frame-by-frame decoding)."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise exc
+    msg = str(exc)
+    lowered = msg.lower()
+    if (
+        "less than expected" in lowered
+        or "truncat" in lowered
+        or "insufficient" in lowered
+        or isinstance(exc, EOFError)
+    ):
+        return Rejection(Reason.TRUNCATED, f"pixel data shorter than its header says ({msg[:160]})")
+    if isinstance(exc, (NotImplementedError, RuntimeError)) and "plugin" in lowered:
+        return Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{header.transfer_syntax}: {msg[:160]}")
+    return Rejection(Reason.CORRUPT_PIXEL_DATA, f"{type(exc).__name__}: {msg[:160]}")
+
+
 def pixel_array(ds: pydicom.Dataset, header: ImageHeader) -> np.ndarray:
     """The stored pixel values, decoded; any decoder failure becomes a :class:`Rejection` (any modality)."""
     _check_decodable(ds)
     try:
         arr = ds.pixel_array
     except BaseException as exc:  # Rust decoders (pylibjpeg-rle) raise pyo3's PanicException, a BaseException
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        msg = str(exc)
-        lowered = msg.lower()
-        if (
-            "less than expected" in lowered
-            or "truncat" in lowered
-            or "insufficient" in lowered
-            or isinstance(exc, EOFError)
-        ):
-            raise Rejection(Reason.TRUNCATED, f"pixel data shorter than its header says ({msg[:160]})") from None
-        if isinstance(exc, (NotImplementedError, RuntimeError)) and "plugin" in lowered:
-            raise Rejection(Reason.UNDECODABLE_TRANSFER_SYNTAX, f"{header.transfer_syntax}: {msg[:160]}") from None
-        raise Rejection(Reason.CORRUPT_PIXEL_DATA, f"{type(exc).__name__}: {msg[:160]}") from None
+        raise _decode_error(exc, header) from None
     return arr
+
+
+def iter_frames(ds: pydicom.Dataset, header: ImageHeader) -> Iterator[np.ndarray]:
+    """The stored values of each frame in turn (a multi-frame volume never needs all its frames decoded at once).
+
+    Failures become the same :class:`Rejection` codes as :func:`pixel_array`."""
+    _check_decodable(ds)
+    frames = iter_pixels(ds)
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except BaseException as exc:  # as in pixel_array
+            raise _decode_error(exc, header) from None
+        yield frame

@@ -26,6 +26,19 @@ class Reason(str, Enum):
     CONSTANT_IMAGE = "constant-image"
     DUPLICATE_FILE = "duplicate-file"
     DUPLICATE_SOP_INSTANCE = "duplicate-sop-instance"
+    # CT/MR series (shared/imaging/series_plan.py): one verdict for a whole series, naming its files.
+    MISSING_GEOMETRY = "missing-geometry"
+    UNSUPPORTED_MULTI_FRAME = "unsupported-multi-frame"
+    SERIES_LOCALIZER = "series-localizer"
+    SERIES_TOO_FEW_SLICES = "series-too-few-slices"
+    SERIES_MISSING_SLICES = "series-missing-slices"
+    SERIES_DUPLICATE_POSITION = "series-duplicate-position"
+    SERIES_UNEVEN_SPACING = "series-uneven-spacing"
+    SERIES_MIXED_ORIENTATION = "series-mixed-orientation"
+    SERIES_MIXED_MATRIX = "series-mixed-matrix"
+    SERIES_MIXED_PIXEL_SPACING = "series-mixed-pixel-spacing"
+    SERIES_GANTRY_TILT = "series-gantry-tilt"
+    SERIES_RESCALE = "series-inconsistent-rescale"
 
 
 EXPLANATIONS: dict[Reason, str] = {
@@ -43,6 +56,29 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.CONSTANT_IMAGE: "Every pixel has the same value (a blank image).",
     Reason.DUPLICATE_FILE: "A byte-identical copy of another file in the export; the first copy is used.",
     Reason.DUPLICATE_SOP_INSTANCE: "Another file carries the same SOPInstanceUID with different content; the first is used.",
+    Reason.MISSING_GEOMETRY: "A CT/MR slice lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing, so it "
+    "cannot be placed in the patient; re-export the series from the scanner or PACS, not from a viewer.",
+    Reason.UNSUPPORTED_MULTI_FRAME: "A multi-frame object that is not an Enhanced CT/MR image with per-frame position "
+    "and orientation (e.g. cine, a plain multi-frame CT); export the series as one file per slice or as Enhanced CT/MR.",
+    Reason.SERIES_LOCALIZER: "The series holds only localizer (scout) images, which are not a volume; nothing to do.",
+    Reason.SERIES_TOO_FEW_SLICES: "The series has fewer slices than a volume needs (a key image, a single slice, or a "
+    "partial export); export the whole series.",
+    Reason.SERIES_MISSING_SLICES: "Slices are missing: the positions have a gap of whole slices; re-send the complete "
+    "series from PACS.",
+    Reason.SERIES_DUPLICATE_POSITION: "Several different images share one slice position (several echoes, phases, "
+    "b-values or a repeated acquisition in one series); export each stack as its own series.",
+    Reason.SERIES_UNEVEN_SPACING: "The distance between slices is not constant (variable-thickness reconstruction or "
+    "merged acquisitions); use a reconstruction with regular spacing.",
+    Reason.SERIES_MIXED_ORIENTATION: "The slices of the series are not all parallel (e.g. a tri-planar localizer or "
+    "merged planes); export each plane as its own series.",
+    Reason.SERIES_MIXED_MATRIX: "The slices of the series have different matrix sizes (rows x columns); export a "
+    "series reconstructed with one matrix.",
+    Reason.SERIES_MIXED_PIXEL_SPACING: "The slices of the series have different pixel spacing (field of view changed "
+    "within the series); export a series reconstructed with one field of view.",
+    Reason.SERIES_GANTRY_TILT: "The series was acquired with a tilted gantry (slices sheared along the table); "
+    "use a reconstruction corrected for tilt, or one without tilt.",
+    Reason.SERIES_RESCALE: "The slices' rescale (RescaleSlope/Intercept/Type) is unusable or mixes units, so the "
+    "slices cannot be put on one intensity scale; re-export the series from the scanner.",
 }
 
 

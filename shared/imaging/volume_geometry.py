@@ -107,6 +107,20 @@ def canonical_transform(geometry: VolumeGeometry) -> tuple[tuple[int, int, int],
     return (perm[0], perm[1], perm[2]), flips  # type: ignore[return-value]
 
 
+def canonical_geometry(geometry: VolumeGeometry) -> VolumeGeometry:
+    """The geometry :func:`to_canonical` gives ``geometry``'s array, known before any pixel is read."""
+    perm, flips = canonical_transform(geometry)
+    affine = np.eye(4)
+    affine[:3, :3] = geometry.affine[:3, list(perm)]
+    affine[:3, 3] = geometry.affine[:3, 3]
+    shape = tuple(geometry.shape[a] for a in perm)
+    for t, flip in enumerate(flips):
+        if flip:
+            affine[:3, 3] = affine[:3, 3] + affine[:3, t] * (shape[t] - 1)  # the old last voxel is the new first
+            affine[:3, t] = -affine[:3, t]
+    return VolumeGeometry(shape, affine, geometry.frame_of_reference_uid)  # type: ignore[arg-type]
+
+
 def to_canonical(volume: np.ndarray, geometry: VolumeGeometry) -> tuple[np.ndarray, VolumeGeometry]:
     """``volume`` (3D, array order of ``geometry``) reordered so axis 0 → S, 1 → P, 2 → L; its new geometry.
 
@@ -115,13 +129,38 @@ def to_canonical(volume: np.ndarray, geometry: VolumeGeometry) -> tuple[np.ndarr
         raise ValueError(f"volume shape {volume.shape} does not match its geometry {geometry.shape}")
     perm, flips = canonical_transform(geometry)
     out = np.transpose(volume, perm)
-    affine = np.eye(4)
-    affine[:3, :3] = geometry.affine[:3, list(perm)]
-    affine[:3, 3] = geometry.affine[:3, 3]
     for t, flip in enumerate(flips):
         if flip:
             out = np.flip(out, axis=t)
-            n = out.shape[t]
-            affine[:3, 3] = affine[:3, 3] + affine[:3, t] * (n - 1)  # the old last voxel is the new first
-            affine[:3, t] = -affine[:3, t]
-    return out, VolumeGeometry(out.shape, affine, geometry.frame_of_reference_uid)
+    return out, canonical_geometry(geometry)
+
+
+def acquisition_view(canonical: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """A view of a canonical-order array in ``geometry``'s (acquisition) array order: the inverse of :func:`to_canonical`.
+
+    Why: assembly writes slice ``k`` into ``view[k]`` and the values land directly in canonical layout, so a
+    preallocated (memory-mapped) canonical array is filled without a second copy."""
+    perm, flips = canonical_transform(geometry)
+    expected = tuple(geometry.shape[a] for a in perm)
+    if canonical.shape != expected:
+        raise ValueError(f"canonical array shape {canonical.shape} is not {expected}")
+    out = canonical
+    for t, flip in enumerate(flips):
+        if flip:
+            out = np.flip(out, axis=t)
+    return np.transpose(out, np.argsort(perm))
+
+
+def resampled_geometry(geometry: VolumeGeometry, spacing: Sequence[float]) -> VolumeGeometry:
+    """``geometry`` resampled to ``spacing`` mm along array axes 0, 1, 2: same directions, same first voxel centre.
+
+    The new grid keeps the first voxel centre (the affine's origin) and holds every point whose centre lies within
+    the old grid's centres: ``n' = floor((n - 1) * old / new) + 1`` along each axis."""
+    new = np.asarray(spacing, dtype=np.float64)
+    if new.shape != (3,) or not np.all(np.isfinite(new)) or np.any(new <= 0):
+        raise ValueError(f"a target spacing is three positive millimetre values, got {spacing!r}")
+    old = np.asarray(geometry.spacing)
+    shape = tuple(int(np.floor((n - 1) * o / s + 1e-6)) + 1 for n, o, s in zip(geometry.shape, old, new))
+    affine = geometry.affine.copy()
+    affine[:3, :3] = geometry.directions * new
+    return VolumeGeometry(shape, affine, geometry.frame_of_reference_uid)  # type: ignore[arg-type]
