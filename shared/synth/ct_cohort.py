@@ -106,6 +106,7 @@ class _SiteWriter:
     """Writes one site's patients; collects their manifest records."""
 
     def __init__(self, out_dir: Path, profile: CTSiteProfile, seed: int, size: int, unseen: bool) -> None:
+        self.site = out_dir.name  # the folder: what "site" means in the manifest (a profile name may differ)
         self.dicom_dir = out_dir / "dicom"
         self.profile, self.seed, self.size, self.unseen = profile, seed, size, unseen
         self.suffix = ".dcm" if profile.dcm_suffix else ""
@@ -152,8 +153,10 @@ class _SiteWriter:
             frame_of_reference_uid=_uid(seed, p.name, pid, "frame-of-reference"),
         )
         study_dir = Path(pid) / ("ST" + hashlib.sha1(study_uid.encode()).hexdigest()[:8].upper())
-        self.patients.append({"site": p.name, "patient_id": pid, "patient_index": pidx, "phantom": phantom.to_dict()})
-        base = {"site": p.name, "unseen": self.unseen, "patient_id": pid, "study_uid": study_uid}
+        self.patients.append(
+            {"site": self.site, "patient_id": pid, "patient_index": pidx, "phantom": phantom.to_dict()}
+        )
+        base = {"site": self.site, "unseen": self.unseen, "patient_id": pid, "study_uid": study_uid}
         base["frame_of_reference_uid"] = study.frame_of_reference_uid
         base["position"] = position
 
