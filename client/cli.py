@@ -365,15 +365,19 @@ def synth(
         "series, four patient positions, junk series to reject), labelled by DICOM SEG or RTSTRUCT, "
         "with manifest.json; --scale multiplies its 6 patients a site.",
     ),
-    size: int = typer.Option(48, "--size", min=16, max=128, help="CT only: image columns (volumes ~size^3)."),
+    size: int | None = typer.Option(
+        None, "--size", min=16, max=128, help="CT only: image columns, volumes about size^3 (default 48)."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write synthetic sites as real DICOM for dry runs and demos: chest radiographs plus labels.csv, or CT series."""
-    from client.synth_command import check_modality_options, run_ct_synth, run_synth
+    from client.synth_command import CT_DEFAULT_SIZE, check_modality_options, run_ct_synth, run_synth
 
-    modality, task = check_modality_options(modality, task, test_images, difficulty, shift)
+    modality, task = check_modality_options(modality, task, test_images, difficulty, shift, size)
     if modality == "ct":
-        summary = run_ct_synth(out_dir, sites, 1 if unseen is None else unseen, seed, scale, size, overwrite)
+        summary = run_ct_synth(
+            out_dir, sites, 1 if unseen is None else unseen, seed, scale, size or CT_DEFAULT_SIZE, overwrite
+        )
         if as_json:
             _print_json(summary)
             return

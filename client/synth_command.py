@@ -58,16 +58,24 @@ def run_synth(
 MODALITIES = ("xr", "ct")
 CT_TASKS = ("segmentation",)
 CT_DEFAULT_PATIENTS = 6
+CT_DEFAULT_SIZE = 48  # shared.synth.ct_cohort.DEFAULT_SIZE, without importing scipy for a radiograph run
 
 
 def check_modality_options(
-    modality: str, task: str | None, test_images: int, difficulty: float | None, shift: float
+    modality: str,
+    task: str | None,
+    test_images: int,
+    difficulty: float | None,
+    shift: float,
+    size: int | None = None,
 ) -> tuple[str, str]:
     """(modality, task) after the command line's defaults; a clear error for options the modality lacks."""
     modality = modality.lower()
     if modality not in MODALITIES:
         raise ConfigError(f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     if modality == "xr":
+        if size is not None:
+            raise ConfigError("--size: a CT option (radiographs keep each site's own matrix); add --modality ct")
         return modality, task or "classification"
     if task is not None and task not in CT_TASKS:
         raise ConfigError(

@@ -46,7 +46,9 @@ def test_layout_and_manifest(cohort):
     for site in manifest["sites"]:
         own = read_manifest(root / site["name"])  # each site folder describes itself
         assert own["series"] == [s for s in manifest["series"] if s["site"] == site["name"]]
+    keys = set(manifest["series"][0])
     for rec in manifest["series"]:
+        assert set(rec) == keys  # every record has the same fields, junk or not
         for f in rec["files"]:
             assert (root / rec["site"] / "dicom" / f).is_file()
             assert Path(f).parent.as_posix() == rec["dir"]
@@ -226,6 +228,7 @@ def test_command_line_writes_a_ct_cohort(tmp_path):
         (["--task", "multilabel"], "segmentation"),
         (["--test-images", "8"], "not available with --modality ct"),
         (["--modality", "mr"], "--modality must be one of"),
+        (["--modality", "xr"], "--size: a CT option"),
     ],
 )
 def test_command_line_refuses_what_ct_does_not_do(tmp_path, extra, message):
@@ -233,3 +236,10 @@ def test_command_line_refuses_what_ct_does_not_do(tmp_path, extra, message):
     result = CliRunner().invoke(site_cli, args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "c").exists()
+
+
+def test_cli_default_size_is_the_cohort_default():
+    from client.synth_command import CT_DEFAULT_SIZE
+    from shared.synth.ct_cohort import DEFAULT_SIZE
+
+    assert CT_DEFAULT_SIZE == DEFAULT_SIZE

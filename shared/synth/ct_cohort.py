@@ -14,6 +14,19 @@ Layout (mirrors the radiograph cohort's ``site-<k>/dicom/<PatientID>/<study>/``)
 Files are ``IMG0001.dcm`` or ``IMG0001`` (per site). Each patient has one study with one
 labelled axial series; the phantom parameters of every patient are in the manifest
 (:meth:`~shared.synth.ct_phantom.CTPhantom.from_dict` rebuilds ground truth anywhere).
+
+The manifest: ``format``, ``modality`` ("CT"), ``seed``, ``size``, ``labels`` (name → value),
+``sites`` (name, unseen, profile: every :class:`CTSiteProfile` field), ``patients`` (site,
+patient_id, patient_index, phantom) and ``series``, one record per image series with the same
+fields for all: site, unseen, patient_id, study_uid, frame_of_reference_uid, position,
+series_uid, series_number, description, sop_class_uid, encoding, transfer_syntax, dir and
+files (relative to ``<site>/dicom/``), n_frames, kernel, rescale [slope, intercept],
+padding_hu, geometry (orientation, pixel_spacing, slice_spacing, slice_thickness, shape,
+first_position, affine: the [slice, row, column] stack in instance order → LPS mm, as
+:func:`~shared.imaging.volume_geometry.slice_stack_geometry` builds it; for a junk copy the
+full acquisition it was cut from; none for a localizer), label (format SEG or RTSTRUCT, path,
+series_uid, sop_uid, present: which segments are non-empty; none for junk) and junk (a
+:data:`~shared.synth.ct_junk.JUNK_REASONS` code, or none).
 Everything is a pure function of ``seed`` (UIDs too), so the same call writes
 byte-identical files.
 
@@ -201,7 +214,10 @@ class _SiteWriter:
                 "dir": folder.as_posix(),
                 "files": files,
                 "n_frames": len(dss),
-                "geometry": None,
+                "kernel": str(dss[0].ConvolutionKernel),
+                "rescale": [float(dss[0].RescaleSlope), float(dss[0].RescaleIntercept)],
+                "padding_hu": None,
+                "geometry": None,  # two projections, no slice stack
                 "label": None,
                 "junk": LOCALIZER,
             }
@@ -281,7 +297,7 @@ class _SiteWriter:
             "kernel": p.kernel.name,
             "rescale": [p.rescale_slope, p.rescale_intercept],
             "padding_hu": p.padding_hu if p.circular_fov else None,
-            "geometry": _grid_record(grid),
+            "geometry": _grid_record(grid),  # junk copies: the full acquisition they were cut from
             "label": label,
             "junk": junk,
         }

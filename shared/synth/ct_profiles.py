@@ -64,15 +64,15 @@ class CTSiteProfile:
     slice_spacing_mm: float  # between slice centres (from the positions)
     slice_thickness_mm: float  # reconstructed thickness (may exceed the spacing: overlapping slices)
     fov_mm: float  # reconstruction diameter; PixelSpacing = fov / columns
-    positions: tuple[str, ...] = ("HFS",)  # cycled over the site's patients
+    positions: tuple[PatientPosition, ...] = ("HFS",)  # cycled over the site's patients
     reverse_scan: bool = False  # True: slices run caudocranial for head-first (craniocaudal for feet-first)
-    encoding: str = "classic"
+    encoding: Encoding = "classic"
     signed: bool = False  # int16 (BitsStored 16) or uint16 (BitsStored 12)
     rescale_intercept: float = -1024.0
     rescale_slope: float = 1.0
     circular_fov: bool = False  # pixels outside the reconstruction circle hold PixelPaddingValue
     padding_hu: float = -2000.0
-    label_format: str = "SEG"
+    label_format: LabelFormat = "SEG"
     lesions: LesionTraits = field(default_factory=LesionTraits)
     kvp: float = 120.0
     localizers: bool = True  # the export includes the scout images of each study
