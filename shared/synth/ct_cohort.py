@@ -131,49 +131,63 @@ class _SiteWriter:
         self.bytes += write_dicom(self.dicom_dir / rel, ds)
         return rel.as_posix()
 
-    def patient(self, pidx: int, n_patients: int) -> None:
-        p, seed = self.profile, self.seed
-        rng = _rng(seed, p, pidx)
-        position = p.position(pidx)
+    def _acquire(self, rng: np.random.Generator, pidx: int) -> tuple[CTPhantom, SliceGrid, np.ndarray, dict]:
+        """Draw the patient, place the scan, reconstruct and encode: (phantom, grid, stored pixels, label masks)."""
+        p = self.profile
         shape = p.matrix(self.size)
         origin = (rng.uniform(-10.0, 10.0), rng.uniform(-15.0, 15.0), rng.uniform(-400.0, -100.0))
         scan_z = float(rng.uniform(-20.0, 10.0))  # scan centre in the phantom's frame (0 = liver dome)
         half = 0.8 * (shape[0] - 1) * p.slice_spacing_mm / 2
         phantom = sample_ct_patient(rng, p.lesions, (scan_z - half, scan_z + half), origin)
         centre = (round(rng.uniform(-8.0, 8.0), 1), round(rng.uniform(-8.0, 8.0), 1), phantom.origin[2] + scan_z)
-        grid = axial_grid(position, shape, p.fov_mm, p.slice_spacing_mm, p.slice_thickness_mm, centre, p.reverse_scan)
+        grid = axial_grid(
+            p.position(pidx), shape, p.fov_mm, p.slice_spacing_mm, p.slice_thickness_mm, centre, p.reverse_scan
+        )
         hu = reconstruct(phantom, grid, p.kernel, rng)
         lo, hi = p.stored_range
         stored = encode_hu(hu, p.rescale_slope, p.rescale_intercept, lo, hi, np.int16 if p.signed else np.uint16)
         if p.circular_fov:
             stored[:, outside_fov(grid, p.fov_mm)] = round((p.padding_hu - p.rescale_intercept) / p.rescale_slope)
-        masks = phantom.masks(grid.points())
+        return phantom, grid, stored, phantom.masks(grid.points())
 
+    def _study(self, rng: np.random.Generator, pidx: int) -> CTStudyMeta:
+        p, seed = self.profile, self.seed
         pid = f"{p.id_prefix}{(seed * 7919 + (pidx + 1) * 104729) % 10**7:07d}"
-        study_uid = _uid(seed, p.name, pid, "study")
         birth = date(1935, 1, 1) + timedelta(days=int(rng.integers(0, 365 * 65)))
         when = date(2019, 1, 1) + timedelta(days=int(rng.integers(0, 365 * 5)))
-        study = CTStudyMeta(
+        return CTStudyMeta(
             patient_id=pid,
             patient_name=f"SYNTHETIC^{p.id_prefix}{pidx + 1:04d}",
             birth_date=birth.strftime("%Y%m%d"),
             sex="F" if rng.random() < 0.5 else "M",
-            study_uid=study_uid,
+            study_uid=_uid(seed, p.name, pid, "study"),
             accession=f"{p.id_prefix}{seed % 1000:03d}{pidx + 1:06d}",
             study_date=when.strftime("%Y%m%d"),
             study_time=f"{int(rng.integers(7, 20)):02d}{int(rng.integers(0, 60)):02d}{int(rng.integers(0, 60)):02d}",
             study_id="1",
             frame_of_reference_uid=_uid(seed, p.name, pid, "frame-of-reference"),
         )
+
+    def patient(self, pidx: int, n_patients: int) -> None:
+        """One patient's study: scout (if the site exports them), labelled axial series, junk copies."""
+        rng = _rng(self.seed, self.profile, pidx)
+        position = self.profile.position(pidx)
+        phantom, grid, stored, masks = self._acquire(rng, pidx)
+        study = self._study(rng, pidx)
+        pid, study_uid = study.patient_id, study.study_uid
         study_dir = Path(pid) / ("ST" + hashlib.sha1(study_uid.encode()).hexdigest()[:8].upper())
         self.patients.append(
             {"site": self.site, "patient_id": pid, "patient_index": pidx, "phantom": phantom.to_dict()}
         )
-        base = {"site": self.site, "unseen": self.unseen, "patient_id": pid, "study_uid": study_uid}
-        base["frame_of_reference_uid"] = study.frame_of_reference_uid
-        base["position"] = position
-
-        if p.localizers:
+        base = {
+            "site": self.site,
+            "unseen": self.unseen,
+            "patient_id": pid,
+            "study_uid": study_uid,
+            "frame_of_reference_uid": study.frame_of_reference_uid,
+            "position": position,
+        }
+        if self.profile.localizers:
             self._localizer(phantom, grid, study, study_dir, position, base)
         sources, files = self._axial(stored, grid, study, study_dir, position, "axial", None)
         label = self._label(sources, grid, masks, study, study_dir)
