@@ -39,7 +39,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
 def test_layout_and_manifest(cohort):
     root, manifest = cohort
     assert manifest["format"] == MANIFEST_FORMAT and manifest["modality"] == "CT" and manifest["seed"] == 4
-    assert manifest["labels"] == {"liver": 1, "lesion": 2, "lung": 3, "spine": 4}
+    assert manifest["labels"] == {"liver": 1, "lung": 2, "spine": 3, "lesion": 4}
     assert [s["name"] for s in manifest["sites"]] == ["site-1", "site-2", "site-3", "unseen-1"]
     assert [s["unseen"] for s in manifest["sites"]] == [False, False, False, True]
     assert len(manifest["patients"]) == 12

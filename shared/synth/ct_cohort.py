@@ -377,7 +377,7 @@ def _manifest(seed: int, size: int, sites: list[CTSiteSummary], profiles: list[C
         "seed": seed,
         "size": size,
         "labels": dict(LABELS),
-        "label_rule": "segments overlap: lesion lies inside liver or lung; the label map paints lesion last",
+        "label_rule": "segments overlap (lesion lies inside liver or lung); in a label map the higher value wins",
         "paths": "series dir/files and label path are relative to <site>/dicom/",
         "sites": [_site_entry(s, p) for s, p in zip(sites, profiles)],
         "patients": [pt for s in sites for pt in s.patients],

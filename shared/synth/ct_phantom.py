@@ -19,15 +19,18 @@ every RTSTRUCT):
 ====  ========  ===================================================================
  0    (none)    air, fat, soft tissue, heart, discs, canal
  1    liver     the liver, *including* the lesions inside it
- 2    lesion    liver lesions and lung nodules
- 3    lung      both lungs, *including* the nodules inside them
- 4    spine     bone of the vertebrae (bodies and arches; not the discs)
+ 2    lung      both lungs, *including* the nodules inside them
+ 3    spine     bone of the vertebrae (bodies and arches; not the discs)
+ 4    lesion    liver lesions and lung nodules
 ====  ========  ===================================================================
 
 The structures are drawn the way a clinician outlines organs (a liver contour goes
 around its tumours), so ``lesion`` overlaps ``liver`` or ``lung`` and nothing else
-overlaps. The label map (:meth:`CTPhantom.label_map`) paints lesion last: a lesion
-voxel is 2.
+overlaps. Where segments overlap the higher number wins (:meth:`CTPhantom.label_map`:
+a lesion voxel is 4), which is also what FedRad's volume label reader does when a
+task lists the names in this order (:mod:`shared.imaging.volume_labels`: the later
+name in the task's list wins). A task that wants only the liver and its tumours asks
+for ``["liver", "lesion"]`` and gets 1 and 2.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-LABELS: dict[str, int] = {"liver": 1, "lesion": 2, "lung": 3, "spine": 4}
-SEGMENT_NAMES: tuple[str, ...] = tuple(LABELS)  # in label-value order
+LABELS: dict[str, int] = {"liver": 1, "lung": 2, "spine": 3, "lesion": 4}
+SEGMENT_NAMES: tuple[str, ...] = tuple(LABELS)  # in label-value order: nested structures last (they win overlaps)
 
 AIR_HU = -1000.0
 FAT_HU = -100.0
@@ -154,7 +157,7 @@ class CTPhantom:
         return {name: s[name] for name in SEGMENT_NAMES}
 
     def label_map(self, points: np.ndarray) -> np.ndarray:
-        """uint8 labels (:data:`LABELS`) at LPS ``points``; lesion painted last."""
+        """uint8 labels (:data:`LABELS`) at LPS ``points``; where segments overlap the higher value wins."""
         return label_map_from_masks(self.masks(points))
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -186,10 +189,10 @@ class CTPhantom:
 
 
 def label_map_from_masks(masks: dict[str, np.ndarray]) -> np.ndarray:
-    """Overlapping segment masks → one uint8 label map (later names in :data:`SEGMENT_NAMES` order win, lesion last)."""
+    """Overlapping segment masks → one uint8 label map; the higher value (later in :data:`SEGMENT_NAMES`) wins."""
     first = next(iter(masks.values()))
     out = np.zeros(first.shape, dtype=np.uint8)
-    for name in ("spine", "lung", "liver", "lesion"):
+    for name in SEGMENT_NAMES:
         out[masks[name]] = LABELS[name]
     return out
 

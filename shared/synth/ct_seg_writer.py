@@ -1,8 +1,9 @@
 """Wrap a synthetic CT series' ground truth in a DICOM Segmentation (SEG) with highdicom.
 
 One BINARY segment per structure, numbered as the phantom's labels
-(:data:`~shared.synth.ct_phantom.LABELS`: 1 liver, 2 lesion, 3 lung, 4 spine). Segments
-overlap where the phantom's structures do (a lesion lies inside its liver or lung).
+(:data:`~shared.synth.ct_phantom.LABELS`: 1 liver, 2 lung, 3 spine, 4 lesion). Segments
+overlap where the phantom's structures do (a lesion lies inside its liver or lung; the
+higher segment number wins when they are merged into one label map).
 Every segment is described and every frame kept (``omit_empty_frames=False``): a patient
 without lesions carries an explicit all-empty ``lesion`` segment, "looked, found none".
 
