@@ -332,7 +332,9 @@ def finetune(
 def synth(
     out_dir: Path = typer.Argument(..., help="Folder to write the synthetic sites into."),
     sites: int = typer.Option(3, "--sites", min=1, max=8, help="Number of training sites."),
-    unseen: int = typer.Option(0, "--unseen", min=0, max=4, help="Extra sites with a different scanner."),
+    unseen: int | None = typer.Option(
+        None, "--unseen", min=0, max=4, help="Extra sites with a different scanner (default: 0 radiographs, 1 CT)."
+    ),
     seed: int = typer.Option(0, "--seed"),
     scale: float = typer.Option(1.0, "--scale", min=0.01, help="Multiply the default site sizes."),
     shift: float = typer.Option(
@@ -342,11 +344,12 @@ def synth(
         None, "--difficulty", help="Higher = fainter nodules (0 obvious, 1 barely visible)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace sites already in OUT_DIR."),
-    task: str = typer.Option(
-        "classification",
+    task: str | None = typer.Option(
+        None,
         "--task",
-        help="classification, segmentation (also a DICOM SEG (nodule, lung) beside every image), or multilabel "
-        "(effusion, nodule, cardiomegaly, consolidation; labels.csv has a column per finding: 1, 0, -1, blank).",
+        help="classification (the radiographs' default), segmentation (also a DICOM SEG (nodule, lung) beside every "
+        "image), or multilabel (effusion, nodule, cardiomegaly, consolidation; labels.csv has a column per finding: "
+        "1, 0, -1, blank). CT is always segmentation.",
     ),
     test_images: int = typer.Option(
         0,
@@ -355,12 +358,42 @@ def synth(
         help="Also write site-<k>/test/: this many images of "
         "other patients per training site, the benchmark's test set there (0: none).",
     ),
+    modality: str = typer.Option(
+        "xr",
+        "--modality",
+        help="xr: chest radiographs (default). ct: CT volumes (classic, compressed and enhanced multi-frame DICOM "
+        "series, four patient positions, junk series to reject), labelled by DICOM SEG or RTSTRUCT, "
+        "with manifest.json; --scale multiplies its 6 patients a site.",
+    ),
+    size: int | None = typer.Option(
+        None, "--size", min=16, max=128, help="CT only: image columns, volumes about size^3 (default 48)."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Write synthetic chest radiograph sites as real DICOM plus labels.csv, for dry runs and demos."""
-    from client.synth_command import run_synth
+    """Write synthetic sites as real DICOM for dry runs and demos: chest radiographs plus labels.csv, or CT series."""
+    from client.synth_command import CT_DEFAULT_SIZE, check_modality_options, run_ct_synth, run_synth
 
-    summary = run_synth(out_dir, sites, unseen, seed, scale, shift, difficulty, overwrite, task, test_images)
+    modality, task = check_modality_options(modality, task, test_images, difficulty, shift, size)
+    if modality == "ct":
+        summary = run_ct_synth(
+            out_dir, sites, 1 if unseen is None else unseen, seed, scale, size or CT_DEFAULT_SIZE, overwrite
+        )
+        if as_json:
+            _print_json(summary)
+            return
+        from rich.table import Table
+
+        table = Table(title=f"Synthetic CT cohort in {out_dir}", title_justify="left")
+        for col in ("site", "patients", "series", "junk", "encoding", "labels"):
+            table.add_column(col)
+        for s in summary["sites"]:
+            table.add_row(
+                s["name"], str(s["patients"]), str(s["series"]), str(s["junk_series"]), s["encoding"], s["labels"]
+            )
+        out.print(table)
+        out.print(f"manifest: {summary['manifest']}")
+        return
+    summary = run_synth(out_dir, sites, unseen or 0, seed, scale, shift, difficulty, overwrite, task, test_images)
     if as_json:
         _print_json(summary)
     else:

@@ -20,6 +20,12 @@ Entry points: :func:`write_cohort`, :func:`write_site`, :func:`render_image`;
 ``fedrad-site synth OUT`` on the command line.
 ``task="segmentation"`` also writes a DICOM SEG (``nodule``, ``lung``) beside each
 image, from the same anatomy and positioning (:mod:`shared.synth.masks`).
+
+CT (``fedrad-site synth OUT --modality ct``): :func:`shared.synth.ct_cohort.write_ct_cohort`
+writes axial CT series of an analytic trunk phantom (:mod:`shared.synth.ct_phantom`: liver,
+lesion, lung, spine) as classic, compressed or Enhanced CT DICOM, in four patient positions,
+labelled by SEG or RTSTRUCT, with scouts and broken series a reader must reject, and a
+``manifest.json``. Not imported here: it pulls in scipy, and radiograph-only callers never need it.
 """
 
 from shared.synth.anatomy import DEFAULT_DIFFICULTY, render_image
