@@ -116,6 +116,10 @@ class Task:
             return None
         return f"{FEATURES.get(feature, feature)} is not available for {self.name} tasks"
 
+    def input_shape(self, image_size: int) -> tuple[int, ...]:
+        """One model input's shape (C, *spatial) at ``image_size``: a 2D task's (1, S, S); a 3D task's patch."""
+        return (1, image_size, image_size)
+
     def describe_output(self) -> str:
         """What the model returns, for model cards and logs."""
         return f"one output per {self.outputs_key[:-1]}"
