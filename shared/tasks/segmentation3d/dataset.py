@@ -6,8 +6,9 @@ assembled, canonical (axis 0 → Superior, 1 → Posterior, 2 → Left: :mod:`sh
 resampled to the consortium's spacing and windowed to [0, 1]. Cases differ in shape, so there is no
 (N, C, *spatial) tensor: :class:`VolumeCases` keeps one array per case, normally an ``np.memmap`` of the
 site's volume cache, and nothing here reads a whole volume into RAM except the one case being scored
-(:mod:`shared.tasks.segmentation3d.inference`). A site's memory therefore does not grow with its number
-of cases; training reads patches (:mod:`shared.tasks.segmentation3d.sampling`).
+(:mod:`shared.tasks.segmentation3d.inference`). Mapped pages once read are handed back
+(:func:`release_pages`) after each case and each batch. A site's memory therefore does not grow with its
+number of cases; training reads patches (:mod:`shared.tasks.segmentation3d.sampling`).
 
 Stored intensities: float (16/32/64 bit) are used as they are; integer volumes (e.g. uint16, the cache's
 quantised form) need ``intensity_scale``, the factor that maps a stored value to [0, 1] (1/65535 for the
@@ -16,7 +17,9 @@ full uint16 range). Reading a region always gives float32 (:meth:`VolumeCases.re
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from os import PathLike
@@ -163,18 +166,23 @@ class VolumeCases:
 
     # -- reading ------------------------------------------------------------------------------------
     def read_image(self, i: int, region: tuple[slice, ...] | None = None) -> np.ndarray:
-        """Case ``i``'s intensities over ``region`` (default: the whole volume) as float32 in [0, 1]."""
+        """Case ``i``'s intensities over ``region`` (default: the whole volume): a float32 copy in [0, 1]."""
         raw = self.images[i][region] if region is not None else self.images[i]
-        out = np.asarray(raw, dtype=np.float32)
+        out = np.array(raw, dtype=np.float32)
         scale = self.intensity_scale[i]
         if scale is not None:
-            out = out * np.float32(scale)
+            out *= np.float32(scale)
         return out
 
     def read_labels(self, i: int, region: tuple[slice, ...] | None = None) -> np.ndarray:
-        """Case ``i``'s label map over ``region`` (default: the whole volume), uint8."""
+        """Case ``i``'s label map over ``region`` (default: the whole volume): a uint8 copy."""
         raw = self.label_maps[i][region] if region is not None else self.label_maps[i]
-        return np.asarray(raw, dtype=np.uint8)
+        return np.array(raw, dtype=np.uint8)
+
+    def release(self, i: int) -> None:
+        """Drop case ``i``'s memory-mapped pages from this process's resident set (see :func:`release_pages`)."""
+        release_pages(self.images[i])
+        release_pages(self.label_maps[i])
 
     def shape(self, i: int) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.images[i].shape)  # type: ignore[return-value]
@@ -192,6 +200,7 @@ class VolumeCases:
         counts = np.zeros(256, dtype=np.int64)
         for z in slabs(self.shape(i)):
             counts += np.bincount(self.read_labels(i, (z,)).ravel(), minlength=256)
+        self.release(i)
         if counts[n_classes:].any():
             bad = int(np.flatnonzero(counts[n_classes:])[0]) + n_classes
             raise ValueError(
@@ -215,6 +224,22 @@ def slabs(shape: tuple[int, ...]) -> list[slice]:
     """Runs of axis-0 slices of at most :data:`SLAB_VOXELS` voxels: a label map is scanned a slab at a time."""
     step = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
     return [slice(z, min(shape[0], z + step)) for z in range(0, shape[0], step)]
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Tell the kernel this process no longer needs ``array``'s mapped pages (``MADV_DONTNEED``); nothing for an
+    in-memory array.
+
+    Why: pages of a memory-mapped file that were read stay in the process's resident set while the mapping
+    lives, so an epoch of patches from every case, or an evaluation of every volume, would grow it towards
+    the whole cache (the reason the 2D cache reads with ``pread``: ``docs/architecture.md``). The pages stay
+    in the page cache, so reading them again costs a minor fault, not a disk read.
+    """
+    mapping = getattr(array, "_mmap", None)  # np.memmap (and its views) keep their mmap.mmap here
+    if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    with contextlib.suppress(ValueError, OSError):  # a closed mapping, or a platform without madvise
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _check_spacing(s: Sequence[float], i: int) -> Spacing3:

@@ -65,4 +65,5 @@ def evaluate_cases(model: nn.Module, data: VolumeCases, with_hd95: bool = True, 
         pred = logits.argmax(0).to(torch.uint8).numpy()
         del logits
         cases.append(score_case(pred, ref, k, data.spacing[i], with_hd95=with_hd95))
+        data.release(i)
     return Evaluation(cases=cases, loss=float(np.mean(losses)) if losses else float("nan"))

@@ -69,10 +69,13 @@ def volume_logits(
 def predict_volume(model: nn.Module, data: VolumeCases, i: int) -> np.ndarray:
     """Case ``i``'s predicted label map (D, H, W) uint8: the argmax over background and segments."""
     logits = volume_logits(model, data.read_image(i), data.sampling.patch_size)
+    data.release(i)
     return logits.argmax(0).to(torch.uint8).numpy()
 
 
 def iter_case_logits(model: nn.Module, data: VolumeCases) -> Iterator[tuple[int, torch.Tensor]]:
     """(case index, logits) for every case in turn; only one case's volumes are held at a time."""
     for i in range(len(data)):
-        yield i, volume_logits(model, data.read_image(i), data.sampling.patch_size)
+        logits = volume_logits(model, data.read_image(i), data.sampling.patch_size)
+        data.release(i)
+        yield i, logits

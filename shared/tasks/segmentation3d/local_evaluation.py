@@ -14,12 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from shared.tasks.segmentation3d.dataset import VolumeCases
 from shared.tasks.segmentation3d.evaluation import evaluate_cases
 from shared.tasks.segmentation3d.inference import predict_volume
-from shared.tasks.segmentation3d.report import case_view, montage_cases, write_seg3d_report
+from shared.tasks.segmentation3d.report import CaseView, case_view, montage_cases, write_seg3d_report
 
 
 def evaluate_volumes(
@@ -44,20 +45,17 @@ def evaluate_volumes(
     }
     if model_info:
         metrics["model"] = model_info
-    views = [
-        case_view(
-            data.case_ids[i],
-            role,
-            data.read_image(i),
-            data.read_labels(i),
-            predict_volume(model, data, i),
-            result.dice[i],
-            data.spacing[i],
-        )
-        for i, role in montage_cases(result.dice)
-    ]
+    views = [_view(model, data, i, role, result.dice[i]) for i, role in montage_cases(result.dice)]
     write_seg3d_report(out_dir, metrics, result, data.case_ids, views, model_info or {})
     return metrics
+
+
+def _view(model: nn.Module, data: VolumeCases, i: int, role: str, dice: np.ndarray) -> CaseView:
+    """A montage case's slices: its volumes read (and released) once more, predicted again."""
+    pred = predict_volume(model, data, i)
+    view = case_view(data.case_ids[i], role, data.read_image(i), data.read_labels(i), pred, dice, data.spacing[i])
+    data.release(i)
+    return view
 
 
 def evaluate_local(

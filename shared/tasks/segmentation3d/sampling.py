@@ -15,8 +15,9 @@ padded with 0 (the image's window minimum; label 0, background), as MONAI's ``Sp
 
 Memory: candidate centres are not every foreground voxel (millions in a liver) but a uniform sample of
 at most :data:`CANDIDATES` voxels per class and case (6 bytes each: 6 KiB per class and case), found
-once per dataset in one streamed pass over each label map (:func:`~shared.tasks.segmentation3d.dataset.slabs`), and
-kept on the dataset across federated rounds. A patch reads only its own region of the memmap.
+once per dataset by streaming each label map a slab at a time (:func:`~shared.tasks.segmentation3d.dataset.slabs`:
+one pass to count the classes, one to sample them), and kept on the dataset across federated rounds. A
+patch reads only its own region of the memmap.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def centre_candidates(data: VolumeCases, i: int, k: int = CANDIDATES) -> list[np
                 flat = flat[np.sort(rng.choice(flat.size, size=rng.binomial(flat.size, keep_p[c]), replace=False))]
             if flat.size:
                 picked[c].append(flat + z.start * shape[1] * shape[2])
+    data.release(i)
     out = []
     for c in range(len(counts)):
         flat = np.concatenate(picked[c]) if picked[c] else np.zeros(0, dtype=np.int64)
@@ -137,6 +139,8 @@ class PatchBatches:
 
     def _batch(self, part: list[tuple[int, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = zip(*(read_patch(self.data, case, centre, self.patch) for case, centre in part), strict=True)
+        for case in {case for case, _ in part}:
+            self.data.release(case)
         idx = torch.tensor([case for case, _ in part], dtype=torch.long)
         x = torch.from_numpy(np.stack(images)[:, None])
         y = torch.from_numpy(np.stack(labels)[:, None]).long()
