@@ -156,6 +156,8 @@ def test_each_architecture_maps_a_patch_to_background_and_label_logits(name: str
     with pytest.raises(ValueError, match="multiple of 8"):
         build_seg3d_model(name, 2, 20)
     assert not is_2d_convnet(model, PatchBatches(make_cases(2), 2).sample_ndim)  # never channels_last on CUDA
+    hist = train_model(model, make_cases(2, patch=16, patches_per_case=1), TrainConfig(epochs=1, batch_size=2))
+    assert np.isfinite(hist[0]["loss"])  # one step through the loop
 
 
 def test_the_task_is_registered_with_its_metric_rules() -> None:
