@@ -104,9 +104,13 @@ def export_model(
         shutil.copyfile(src, out)
         what = "FedRad model file (load with shared.modelfile.load_model_file)"
     else:
-        gap = export_graph(loaded.model, loaded.preprocess.image_size, fmt, out, activation=task.probabilities)
+        shape = task.input_shape(loaded.preprocess.image_size)
+        gap = export_graph(
+            loaded.model, loaded.preprocess.image_size, fmt, out, activation=task.probabilities, shape=shape
+        )
+        dims = ", ".join(["1", *["S"] * (len(shape) - 1)])
         what = (
-            f"{fmt} graph: float32 images (N, 1, S, S) → {task.exported_output()}; max gap to the checkpoint {gap:.1e}"
+            f"{fmt} graph: float32 images (N, {dims}) → {task.exported_output()}; max gap to the checkpoint {gap:.1e}"
         )
     bench = _read_json_option("--benchmark", benchmark, "results.json", ("matrix", "columns"))
     cross = _read_json_option("--crossval", crossval, "crossval.json", ("matrix", "sites"))

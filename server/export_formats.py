@@ -1,7 +1,7 @@
 """Export a FedRad model for clinical integration: TorchScript or ONNX, checked against the checkpoint.
 
-The exported graph takes a float32 batch ``(N, 1, S, S)`` of images already
-preprocessed the FedRad way (the model card says how) and returns what the
+The exported graph takes a float32 batch ``(N, 1, S, S)`` of images (``(N, 1, S, S, S)`` patches for
+a 3D task: :meth:`shared.tasks.Task.input_shape`) already preprocessed the FedRad way (the model card says how) and returns what the
 model's task calls probabilities (:meth:`shared.tasks.Task.probabilities`:
 softmax over classes, a sigmoid map per segment label), so an integrator
 needs no FedRad code to run it.
@@ -35,11 +35,19 @@ class _Probabilities(torch.nn.Module):
         return self.activation(self.model(images))
 
 
-def check_images(image_size: int, images: torch.Tensor | None = None) -> torch.Tensor:
+CHECK_VOLUMES = 2  # 3D inputs (a task's input_shape with three spatial axes): patches are large
+
+
+def check_images(
+    image_size: int, images: torch.Tensor | None = None, shape: tuple[int, ...] | None = None
+) -> torch.Tensor:
+    """The inputs an export is checked on: the caller's, else fixed-seed random ones of ``shape`` (one input's
+    (C, *spatial), :meth:`shared.tasks.Task.input_shape`; default (1, S, S))."""
     if images is not None:
         return images[:CHECK_IMAGES].float()
+    shape = tuple(shape or (1, image_size, image_size))
     g = torch.Generator().manual_seed(0)
-    return torch.rand((CHECK_IMAGES, 1, image_size, image_size), generator=g)
+    return torch.rand((CHECK_IMAGES if len(shape) <= 3 else CHECK_VOLUMES, *shape), generator=g)
 
 
 def export_graph(
@@ -50,12 +58,14 @@ def export_graph(
     images: torch.Tensor | None = None,
     tolerance: float = 1e-5,
     activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> float:
     """Write ``model`` as ``fmt`` to ``dest``; return the largest |probability gap| to the checkpoint.
 
-    ``activation``: the task's (:meth:`shared.tasks.Task.probabilities`); default softmax over classes."""
+    ``activation``: the task's (:meth:`shared.tasks.Task.probabilities`); default softmax over classes.
+    ``shape``: one input's (C, *spatial) (:meth:`shared.tasks.Task.input_shape`); default (1, S, S)."""
     wrapped = _Probabilities(model, activation or (lambda logits: torch.softmax(logits, dim=1))).eval()
-    x = check_images(image_size, images)
+    x = check_images(image_size, images, shape)
     with torch.no_grad():
         expected = wrapped(x).numpy()
     dest = Path(dest)

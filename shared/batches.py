@@ -14,6 +14,11 @@ else none on a CPU (reading a batch costs far less than training on it; a
 worker would only take a core from the model) and up to 4 when CUDA is there
 to be fed. They persist across the epochs of one :func:`shared.training.train_model`
 call. Pinned memory when CUDA is available, so copies to the GPU can overlap.
+
+What the loop trains on each step is a task's choice (:meth:`shared.tasks.Task.train_batches`):
+a :class:`TrainBatches`. Every 2D task takes the default, :class:`ImageBatches` (whole images in a
+seeded permutation, as above); a task whose cases are too large to be a batch (3D volumes) draws
+patches instead, from the same generator, so the loop stays one loop.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -127,3 +133,51 @@ class BatchReader:
         iterator = getattr(loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (case index per sample, inputs, targets)
+
+
+class TrainBatches(Protocol):
+    """One training run's batches, as a task hands them to :func:`shared.training.train_model`.
+
+    The loop owns the random generator and passes it to :meth:`epoch` at the start of every epoch, so the
+    same seed gives the same batches whatever the task draws (an order, patches, ...).
+    """
+
+    sample_ndim: int  # rank of a batch of inputs (N, C, *spatial): 4 for 2D images, 5 for 3D patches
+    steps: int  # optimizer steps per epoch (at least 1)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        """The epoch's batches ``(idx, x, y)``; draws from ``generator`` before returning (not lazily)."""
+        ...
+
+    def close(self) -> None:
+        """Release worker processes or open files; called once, when training ends (or fails)."""
+        ...
+
+
+class ImageBatches:
+    """Whole images in a seeded permutation per epoch, ``targets[idx]`` beside them: every 2D task's batches.
+
+    Exactly the loop's batches from before tasks could choose them: one ``randperm`` per epoch, batches of
+    ``batch_size`` in that order, a last batch of a single image skipped (BatchNorm cannot train on one).
+    """
+
+    def __init__(
+        self, images: torch.Tensor | PackedImages, targets: torch.Tensor, batch_size: int, pin_memory: bool
+    ) -> None:
+        self.n = int(images.shape[0])
+        self.batch_size = int(batch_size)
+        self.starts = [s for s in range(0, self.n, self.batch_size) if self.n - s >= 2]
+        self.steps = len(self.starts)
+        self.sample_ndim = int(images.ndim)
+        self.targets = targets
+        self._read = BatchReader(images, pin_memory=pin_memory)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        perm = torch.randperm(self.n, generator=generator)  # drawn now, before the epoch's augmentation draws
+        return ((idx, x, self.targets[idx]) for idx, x in self._read(perm, self.starts, self.batch_size))
+
+    def close(self) -> None:
+        self._read.close()

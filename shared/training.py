@@ -11,7 +11,10 @@ Batches follow a seeded permutation per epoch and are fetched by
 in-memory tensor (``benchmarks/bench_training.py`` measures it), a DataLoader
 over the cache's shards when they are packed (a site's real data: memory that
 does not grow with the number of images). Same order, same pixels, same
-weights either way.
+weights either way. That is the default of :meth:`shared.tasks.Task.train_batches`;
+a task whose cases cannot be batched whole (3D volumes) supplies its own
+:class:`shared.batches.TrainBatches` (patches), drawn from the loop's same
+seeded generator, and everything else below stays the loop's.
 
 Where it runs is the site's :class:`shared.hardware.Hardware` (site.yaml ``device``,
 ``threads``, ``amp``): on CUDA the model and each batch go to the GPU (pinned,
@@ -38,7 +41,7 @@ import torch
 from torch import nn
 
 from shared import hardware as hwmod
-from shared.batches import BatchReader
+from shared.batches import BatchReader, TrainBatches
 from shared.hardware import Hardware
 from shared.lr_schedule import check_schedule, scheduled_lr
 
@@ -152,8 +155,12 @@ def train_model(
     n = len(data)
     if n < 2:
         raise ValueError(f"need at least 2 training images, got {n}")
-    with hwmod.using(hw), hwmod.placed(model, hw, data.images.ndim) as channels_last:
-        return _train(model, data, cfg, val, on_epoch, on_batch, carry, hw, channels_last)
+    batches = task_of(data).train_batches(data, cfg.batch_size, pin_memory=hw.is_cuda)
+    try:
+        with hwmod.using(hw), hwmod.placed(model, hw, batches.sample_ndim) as channels_last:
+            return _train(model, data, cfg, val, on_epoch, on_batch, carry, hw, channels_last, batches)
+    finally:
+        batches.close()
 
 
 def _train(
@@ -166,10 +173,10 @@ def _train(
     carry: OptimizerCarry | None,
     hw: Hardware,
     channels_last: bool,
+    batches: TrainBatches,
 ) -> list[dict]:
-    """:func:`train_model`'s loop, with the model already on ``hw``'s device."""
+    """:func:`train_model`'s loop, with the model already on ``hw``'s device; ``batches`` are the task's."""
     task = task_of(data)
-    n = len(data)
     dev = hw.torch_device
     seed_everything(cfg.seed, deterministic=not hw.is_cuda)
     gen = torch.Generator().manual_seed(cfg.seed)  # batch order: always drawn on the CPU
@@ -177,8 +184,6 @@ def _train(
     aug_gen = torch.Generator(dev).manual_seed(cfg.seed) if hw.is_cuda else gen
     augment = task.augment(cfg.augment, cfg.scanner_augment)
     loss_fn = task.loss(data, cfg.class_weighted)
-    images, targets = data.images, task.targets(data)
-    read = BatchReader(images, pin_memory=hw.is_cuda)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if carry is not None and carry.state is not None:
@@ -190,23 +195,20 @@ def _train(
     amp = hw.is_cuda and hw.amp_dtype is not None
     scaler = torch.amp.GradScaler("cuda") if amp and hw.needs_grad_scaler else None
 
-    bs = cfg.batch_size
-    starts = [s for s in range(0, n, bs) if n - s >= 2]
-    total_steps, step = cfg.epochs * len(starts), 0
+    total_steps, step = cfg.epochs * batches.steps, 0
     history: list[dict] = []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = scheduled_lr(cfg.lr, epoch - 1, cfg.epochs, cfg.lr_schedule)
         bn_saved = _start_bn_average(model) if epoch == cfg.epochs else None
-        perm = torch.randperm(n, generator=gen)
+        epoch_batches = batches.epoch(gen)  # draws the epoch's order (or patches) from gen, before augmenting
         loss_sum = torch.zeros((), device=dev)  # summed on the device: no per-batch host sync
         correct: torch.Tensor | None = torch.zeros((), dtype=torch.long, device=dev)
         seen = 0
         t0 = time.perf_counter()
         try:
-            for idx, batch in read(perm, starts, bs):
-                x, y = batch, targets[idx]
+            for idx, x, y in epoch_batches:
                 if hw.is_cuda:
                     x, y = hwmod.to_device(x, dev), hwmod.to_device(y, dev)
                 x, y = augment(x, y, aug_gen)
@@ -261,7 +263,6 @@ def _train(
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-    read.close()
     model.eval()
     if carry is not None:
         carry.state = _on_cpu(optimizer.state_dict()) if hw.is_cuda else optimizer.state_dict()

@@ -21,6 +21,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "classification": "shared.tasks.classification",
     "segmentation": "shared.tasks.segmentation",
     "multilabel": "shared.tasks.multilabel",
+    "segmentation3d": "shared.tasks.segmentation3d",
 }
 PLUGINS_ENV = "FEDRAD_TASK_PLUGINS"
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from shared.batches import TrainBatches
     from shared.config import SiteDataConfig
 
 # What a task may support beyond plain training and evaluation; consortium.yaml, the run config and the
@@ -115,6 +116,10 @@ class Task:
             return None
         return f"{FEATURES.get(feature, feature)} is not available for {self.name} tasks"
 
+    def input_shape(self, image_size: int) -> tuple[int, ...]:
+        """One model input's shape (C, *spatial) at ``image_size``: a 2D task's (1, S, S); a 3D task's patch."""
+        return (1, image_size, image_size)
+
     def describe_output(self) -> str:
         """What the model returns, for model cards and logs."""
         return f"one output per {self.outputs_key[:-1]}"
@@ -152,6 +157,16 @@ class Task:
     def targets(self, data: TaskDataset) -> torch.Tensor:
         """The training targets of ``data``, indexable like its images."""
         raise NotImplementedError
+
+    def train_batches(self, data: TaskDataset, batch_size: int, pin_memory: bool) -> TrainBatches:
+        """What the loop trains on, step by step (:class:`shared.batches.TrainBatches`).
+
+        Default: whole images of ``data.images`` in a seeded permutation per epoch with :meth:`targets` beside
+        them (:class:`shared.batches.ImageBatches`). A task whose cases cannot be a batch (3D volumes of
+        different shapes) returns its own, e.g. patches drawn from the loop's generator."""
+        from shared.batches import ImageBatches
+
+        return ImageBatches(data.images, self.targets(data), batch_size, pin_memory)
 
     def loss(self, data: TaskDataset, class_weighted: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The training loss ``loss(logits, targets)`` for ``data`` (mean over the batch)."""
