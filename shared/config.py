@@ -73,6 +73,22 @@ class TaskConfig(StrictModel):
         None,
         description="Multilabel: what an uncertain (-1) label trains as: ignore (masked out, default), ones, zeros.",
     )
+    spacing: float | list[float] | str | None = Field(
+        None,
+        description="3D segmentation: the voxel size every site resamples its volumes to, mm: one number "
+        "(isotropic) or [S, P, L] (default 1.5).",
+    )
+    window: str | None = Field(
+        None,
+        description="3D segmentation of CT: the intensity window, a preset (soft_tissue, lung, bone, brain) or "
+        "'level/width' in HU (default soft_tissue). MR volumes are normalised per volume instead.",
+    )
+    patches_per_case: int | str | None = Field(
+        None, description="3D segmentation: training patches drawn from each volume per epoch (default 4)."
+    )
+    foreground: float | str | None = Field(
+        None, description="3D segmentation: share of patches centred on a segment rather than anywhere (default 0.5)."
+    )
     image_size: int = Field(64, ge=16, le=1024)
     model: str = Field(
         "",
@@ -114,14 +130,16 @@ class TaskConfig(StrictModel):
             v = list(DEFAULT_CLASSES)
         return task.check_outputs(list(v or []))
 
-    @field_validator("uncertain")
+    @field_validator("uncertain", "spacing", "window", "patches_per_case", "foreground")
     @classmethod
-    def _setting_of_the_task(cls, v: str | None, info: ValidationInfo) -> str | None:
+    def _setting_of_the_task(cls, v: object, info: ValidationInfo) -> str | None:
         from shared.tasks import get_task
 
         if v is None or "type" not in info.data:
-            return v
-        return dict(get_task(info.data["type"]).check_options({info.field_name: v}))[info.field_name]
+            return None if v is None else str(v)
+        if isinstance(v, list):  # spacing: [S, P, L]
+            v = "x".join(f"{float(x):g}" for x in v)
+        return dict(get_task(info.data["type"]).check_options({info.field_name: str(v)}))[info.field_name]
 
     @field_validator("model")
     @classmethod

@@ -163,7 +163,21 @@ def test_each_architecture_maps_a_patch_to_background_and_label_logits(name: str
 def test_the_task_is_registered_with_its_metric_rules() -> None:
     assert TASK.name == "segmentation3d" and TASK.outputs_key == "labels" and TASK.headline_metric == "dice-mean"
     assert TASK.input_shape(32) == (1, 32, 32, 32)
-    assert TASK.check_options({}) == (("foreground", "0.5"), ("patches_per_case", "4"))
+    assert TASK.check_options({}) == (
+        ("foreground", "0.5"),
+        ("patches_per_case", "4"),
+        ("spacing", "1.5x1.5x1.5"),
+        ("window", "soft_tissue"),
+    )
+    assert dict(TASK.check_options({"spacing": "3, 1.5, 1.5", "window": "-600 / 1500"})) == {
+        "foreground": "0.5",
+        "patches_per_case": "4",
+        "spacing": "3x1.5x1.5",
+        "window": "-600/1500",
+    }
+    for bad in ({"spacing": "0"}, {"spacing": "1x2"}, {"window": "liver"}, {"window": "40/0"}):
+        with pytest.raises(ValueError, match=f"task.{next(iter(bad))}"):
+            TASK.check_options(bad)
     with pytest.raises(ValueError, match="not 'mean'"):
         TASK.check_outputs(["mean"])
     assert TASK.unsupported("image-dp") and TASK.unsupported("finetune") is None

@@ -189,11 +189,23 @@ def test_evaluate_writes_the_report_with_axial_and_coronal_montages(trained: tor
     assert len((tmp_path / "report" / "predictions.csv").read_text().splitlines()) == 6
 
 
-def test_the_load_site_hook_says_it_is_not_connected(tmp_path: Path) -> None:
+def test_a_ct_export_loads_as_cases_read_from_the_cache(tmp_path: Path) -> None:
+    """DICOM series + SEG/RTSTRUCT → cases at the consortium's spacing, images read patch by patch from the cache."""
     from shared.config import SiteDataConfig
+    from shared.imaging.volume_store import StoredArray
+    from shared.synth.ct_cohort import write_ct_cohort
 
-    with pytest.raises(NotImplementedError, match="volume cache is not connected"):
-        TASK.load_site(SiteDataConfig(data=tmp_path), LABELS, tmp_path / "site.yaml")
+    write_ct_cohort(tmp_path / "ct", n_sites=1, seed=1, unseen=0, patients_per_site=2, size=32)
+    cfg = SiteDataConfig(data=tmp_path / "ct" / "site-1" / "dicom", image_size=16, cache_dir=tmp_path / "cache")
+    data = TASK.load_site(cfg, ["liver", "lesion"], tmp_path / "site.yaml", spacing="8", patches_per_case="2")
+    assert len(data) == 2 and data.sampling.patch_size == 16 and data.sampling.patches_per_case == 2
+    assert all(isinstance(a, StoredArray) for a in data.images + data.label_maps)  # nothing held in memory
+    assert all(s == (8.0, 8.0, 8.0) for s in data.spacing)
+    image = data.read_image(0)
+    assert image.dtype == np.float32 and 0.0 <= image.min() and image.max() <= 1.0
+    assert data.presence()[:, 0].all()  # every patient has a liver
+    with pytest.raises(ValueError, match="task.spacing"):
+        TASK.load_site(cfg, ["liver"], tmp_path / "site.yaml", spacing="0")
 
 
 def test_a_3d_model_file_exports_as_onnx_with_a_softmax_over_background_and_labels(

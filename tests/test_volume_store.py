@@ -58,3 +58,10 @@ def test_an_unwritable_cache_keeps_arrays_in_memory(tmp_path: Path) -> None:
     stored = store.put("s", "image", _volume(), {})
     np.testing.assert_array_equal(stored[1:2, :, :], _volume()[1:2])
     assert store.get("s", "image") is stored
+
+
+def test_partial_indexes_and_numpy_conversion_read_like_an_array(tmp_path: Path) -> None:
+    stored = VolumeStore(tmp_path).put("s", "image", _volume(), {})
+    np.testing.assert_array_equal(stored[2:4], _volume()[2:4])
+    np.testing.assert_array_equal(stored[1:3, 2:5], _volume()[1:3, 2:5])
+    np.testing.assert_array_equal(np.array(stored, dtype=np.float32), _volume().astype(np.float32))

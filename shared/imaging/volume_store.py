@@ -71,11 +71,17 @@ class StoredArray:
         """The whole array (evaluation of one volume at a time)."""
         return self[:, :, :]
 
-    def __getitem__(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        out = self.read()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, index: slice | tuple[slice, ...]) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) > 3 or not all(isinstance(s, slice) for s in index):
+            raise TypeError("a stored volume is read by up to three slices, e.g. v[z0:z1, y0:y1, x0:x1]")
+        index = index + (slice(None),) * (3 - len(index))
         if self.memory is not None:
             return np.array(self.memory[index])
-        if not (isinstance(index, tuple) and len(index) == 3 and all(isinstance(s, slice) for s in index)):
-            raise TypeError("a stored volume is read by three slices, e.g. v[z0:z1, y0:y1, x0:x1]")
         (z0, z1, zs), (y0, y1, ys), (x0, x1, xs) = (s.indices(n) for s, n in zip(index, self.shape))
         if zs != 1 or ys != 1 or xs != 1:
             raise ValueError("a stored volume is read with step 1")

@@ -61,7 +61,22 @@ class Segmentation3DTask(Task):
     options = {
         "patches_per_case": ("4", "1", "2", "8", "16", "32"),
         "foreground": ("0.5", "0.33", "0.67", "1"),
+        # free values, checked by check_options: the voxel size (mm) and the CT window every site preprocesses to
+        "spacing": ("1.5",),
+        "window": ("soft_tissue",),
     }
+    FREE_OPTIONS = ("spacing", "window")
+
+    def check_options(self, given: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        """The fixed-choice settings as the base class checks them; ``spacing`` and ``window`` parsed (a bad
+        one: ValueError naming it) and kept in their one written form, e.g. ``3x1.5x1.5`` and ``-600/1500``."""
+        from shared.tasks.segmentation3d.site import spacing_option, window_option
+
+        fixed = {k: v for k, v in given.items() if k not in self.FREE_OPTIONS}
+        base = dict(super().check_options(fixed))
+        base["spacing"] = spacing_option(given.get("spacing") or self.options["spacing"][0])
+        base["window"] = window_option(given.get("window") or self.options["window"][0])
+        return tuple(sorted(base.items()))
 
     def check_outputs(self, names: list[str]) -> list[str]:
         if not names:
@@ -126,6 +141,8 @@ class Segmentation3DTask(Task):
         source: Path,
         patches_per_case: str = "4",
         foreground: str = "0.5",
+        spacing: str = "1.5",
+        window: str = "soft_tissue",
     ) -> VolumeCases:
         from dataclasses import replace
 
@@ -133,7 +150,7 @@ class Segmentation3DTask(Task):
         from shared.tasks.segmentation3d.dataset import PatchSampling
         from shared.tasks.segmentation3d.site import load_volume_cases
 
-        data = load_volume_cases(cfg, list(outputs))
+        data = load_volume_cases(cfg, list(outputs), spacing=spacing, window=window)
         if len(data) < MIN_CASES:
             raise ConfigError(
                 f"{source}: {len(data)} volume(s) of {cfg.data} have a label map with segments {list(outputs)}; "

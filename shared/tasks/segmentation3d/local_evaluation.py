@@ -75,7 +75,10 @@ def evaluate_local(
 
     size = int(loaded.preprocess.image_size)
     cfg.image_size = size
-    data = load_volume_cases(cfg, list(loaded.labels))
+    options = dict(getattr(loaded, "task_options", None) or {})  # the spacing and window it was trained at
+    data = load_volume_cases(
+        cfg, list(loaded.labels), spacing=options.get("spacing", "1.5"), window=options.get("window", "soft_tissue")
+    )
     if len(data) == 0:
         raise ConfigError(f"{cfg.data}: no volume has a label map with segments {loaded.labels}")
     data = replace(data, sampling=replace(data.sampling, patch_size=size))
