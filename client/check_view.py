@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
@@ -104,3 +106,46 @@ def render_segmentation(seg: dict, console: Console, max_rows: int = 20) -> None
     for p in seg["problems"][:max_rows]:
         files.add_row(p["path"], p["kind"], p["detail"])
     console.print(files)
+
+
+def render_volumes(report: dict, console: Console, max_rows: int = 30) -> None:
+    """The series of ``fedrad-site check --volumes``: one row per series, then the problems by kind."""
+    counts = report["series"]
+    console.print(
+        f"[bold]CT/MR series[/] in {report['data']}: {counts['found']} found, {counts['usable']} usable, "
+        f"{counts['rejected']} rejected; {report['label_files']} SEG/RTSTRUCT file(s)"
+    )
+    table = Table(title=f"Series (first {min(max_rows, len(report['series_list']))})", title_justify="left")
+    for col in ("series folder", "modality", "slices", "spacing mm (S, P, L)", "acquired", "labels / why not usable"):
+        table.add_column(col)
+    for row in report["series_list"][:max_rows]:
+        spacing = " x ".join(f"{v:g}" for v in row.get("spacing_mm", [])) or "-"
+        detail = row.get("detail", "")
+        detail = detail if len(detail) <= 90 else detail[:89] + "…"  # the whole detail is in --json
+        why = (row.get("labels") or "[yellow]no labels[/]") if row["usable"] else f"[red]{row['reason']}[/]: {detail}"
+        table.add_row(
+            str(Path(row["first_file"]).parent),
+            row["modality"],
+            str(row["slices"] or row["files"]),
+            spacing,
+            row.get("acquisition", "-"),
+            why,
+        )
+    console.print(table)
+    if report["rejected_by_reason"]:
+        reasons = Table(title="Rejected series", title_justify="left")
+        for col in ("reason", "series", "what it means"):
+            reasons.add_column(col)
+        for reason, info in report["rejected_by_reason"].items():
+            reasons.add_row(reason, str(info["count"]), info["explanation"])
+        console.print(reasons)
+    labels = report.get("labels")
+    if labels and labels["problems_by_kind"]:
+        kinds = Table(title="Label problems", title_justify="left")
+        for col in ("problem", "count", "what to do"):
+            kinds.add_column(col)
+        for kind, info in labels["problems_by_kind"].items():
+            kinds.add_row(kind, str(info["count"]), info["what_to_do"])
+        console.print(kinds)
+    if report["file_problems"]:
+        console.print(f"{len(report['file_problems'])} file(s) are not DICOM or could not be read (see --json)")

@@ -70,6 +70,12 @@ def check(
         "the DICOM SEG files in the export to their images and report problems.",
     ),
     findings: str | None = FindingsOpt,
+    volumes: bool = typer.Option(
+        False,
+        "--volumes",
+        help="The export holds CT/MR series (3D segmentation): check each series from its headers (slices, "
+        "spacing, orientation, gaps) and, with --segments, which have SEG/RTSTRUCT/NIfTI labels.",
+    ),
 ) -> None:
     """Scan the export, join the labels and say which images are usable, and why the others are not.
 
@@ -91,6 +97,22 @@ def check(
         task="segmentation" if segments else "classification",
     )
     hardware = site_hardware(cfg, config or "site.yaml").to_json()  # a GPU asked for but absent: exit 2, here
+    if volumes:
+        from client.check_view import render_volumes
+        from shared.tasks.segmentation3d.site import check_volume_site
+
+        with progress_bar("Reading DICOM headers", enabled=not as_json) as update:
+            report = check_volume_site(cfg, name_list(segments), on_progress=update)
+        report["hardware"] = hardware
+        if as_json:
+            _print_json(report)
+        else:
+            render_volumes(report, out)
+            render_hardware(hardware, out)
+            out.print(report["verdict"])
+        if not report["ok"]:
+            raise typer.Exit(EXIT_NO)
+        return
     if cfg.labels is None:  # a segmentation-only site: the SEGs are its labels
         from client.check_view import render_segmentation
         from shared.tasks.segmentation.data import check_segments_only

@@ -63,3 +63,25 @@ def test_a_series_without_labels_and_a_broken_one_are_reported(tmp_path: Path) -
     kinds = [p["kind"] for p in report["problems"]]
     assert "label-missing" in kinds and "label-series-missing" in kinds
     assert scan.to_json()["series"] == {"found": 2, "usable": 1, "rejected": 1}
+
+
+def test_check_volumes_lists_series_labels_and_problems(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from client.cli import app
+
+    data, series = _export(tmp_path)
+    (series[1].folder / "ct04.dcm").unlink()
+    args = ["check", "--data", str(data), "--volumes", "--segments", "sphere,box", "--cache-dir", str(tmp_path / "c")]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 1, result.output  # one labelled series: not enough to train
+    report = json.loads(result.output)
+    assert report["series"] == {"found": 2, "usable": 1, "rejected": 1}
+    rows = {r["first_file"].split("/")[0]: r for r in report["series_list"]}
+    assert rows["hfs"]["labels"] == "hfs-seg.dcm" and rows["hfs"]["spacing_mm"] == [2.5, 0.8, 0.7]
+    assert rows["ffp"]["reason"] == "series-missing-slices" and "ffp/ct03.dcm" in rows["ffp"]["detail"]
+    assert "cannot train 3D segmentation" in report["verdict"]
+    text = CliRunner().invoke(app, args, env={"COLUMNS": "160"})
+    assert "series-missing-slices" in text.output and "hfs-seg.dcm" in text.output

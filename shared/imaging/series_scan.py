@@ -131,7 +131,7 @@ class VolumeScan:
                 reason: {"count": n, "explanation": EXPLANATIONS[Reason(reason)]}
                 for reason, n in by_reason.most_common()
             },
-            "series_list": [s.summary() for s in self.series],
+            "series_list": [s.summary() for s in sorted(self.series, key=lambda s: s.files[:1])],
             "label_files": len(self.label_files),
             "other_objects": self.other_modalities,
             "file_problems": [asdict(p) for p in self.problems],
@@ -266,8 +266,12 @@ def scan_series(
     cache_dir: Path | None = None,
     plan_params: PlanParams | None = None,
     on_progress: ProgressFn | None = None,
+    decode: bool = True,
 ) -> VolumeScan:
-    """Scan ``data_dir`` for CT/MR series; never raises for file content, only for a missing data folder."""
+    """Scan ``data_dir`` for CT/MR series; never raises for file content, only for a missing data folder.
+
+    ``decode=False`` stops after planning (headers only: every geometry verdict, no pixels, nothing stored):
+    what ``fedrad-site check --volumes`` shows in seconds; decoding problems then appear when a run starts."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist or is not a folder")
@@ -282,7 +286,8 @@ def scan_series(
         entry = _entry_from_plan(plan, by_key)
         if isinstance(plan, SeriesPlan):
             _patient(entry, data_dir)
-            _cache_series(scan, entry, plan, shas, params)
+            if decode:
+                _cache_series(scan, entry, plan, shas, params)
         scan.series.append(entry)
         if on_progress is not None:
             on_progress("series", done, len(plans))
@@ -332,6 +337,7 @@ class SeriesLabels:
 
     maps: dict[str, StoredArray] = field(default_factory=dict)  # series uid → uint8 label map
     report: dict = field(default_factory=dict)  # VolumeLabelReport.to_json()
+    sources: dict[str, str] = field(default_factory=dict)  # series uid → the label file (or manifest) it came from
 
 
 def attach_labels(scan: VolumeScan, labels: Sequence[str], manifest: Path | None = None) -> SeriesLabels:
@@ -342,7 +348,7 @@ def attach_labels(scan: VolumeScan, labels: Sequence[str], manifest: Path | None
     from shared.imaging.volume_labels_match import match_volume_labels
     from shared.imaging.volume_labels_nifti import match_volume_mask_manifest
 
-    usable = [s for s in scan.usable if s.native is not None and s.geometry is not None]
+    usable = [s for s in scan.usable if s.native is not None]
     targets = [SeriesTarget(s.native, s.series_uid, s.sop_uids, s.frame_of_reference_uid, s.folder) for s in usable]
     if manifest is not None:
         report = match_volume_mask_manifest(targets, Path(manifest), list(labels))
@@ -350,10 +356,11 @@ def attach_labels(scan: VolumeScan, labels: Sequence[str], manifest: Path | None
         paths = [scan.data_dir / p for p in scan.label_files]
         report = match_volume_labels(targets, paths, list(labels), scan.data_dir)
     out = SeriesLabels(report=report.to_json())
+    out.sources = {uid: r.source for uid, r in report.results.items() if r.label_map is not None}
     names = "|".join(labels)
     for entry in usable:
         label_map = report.label_maps.get(entry.series_uid)
-        if label_map is None:
+        if label_map is None or entry.geometry is None:  # no labels, or a header-only scan: reported, not stored
             continue
         key = hashlib.sha256(f"{entry.key}|{names}|{hashlib.sha256(label_map.tobytes()).hexdigest()}".encode())
         key_s = key.hexdigest()[:32]
