@@ -79,10 +79,11 @@ def model_card(
         "Validate on local data (`fedrad-site evaluate`) before any use at a new site.",
         "",
         "## Model",
-        f"* architecture `{model.architecture}`, input 1×{pre.image_size}×{pre.image_size}, output "
-        + kind.describe_output(),
+        f"* architecture `{model.architecture}`, input {kind.describe_input(pre.image_size, model.task_options)}, "
+        "output " + kind.describe_output(),
         f"* weights sha256 `{model.weights_sha256}`; operating threshold {model.threshold}",
         f"* preprocessing: {json.dumps(pre.model_dump())}",
+        *(f"* {line}" for line in kind.card_preprocessing(model.task_options)),
         *(f"* file `{name}`: {what}" for name, what in files.items()),
         "",
         "## Training",
@@ -163,8 +164,7 @@ def model_card(
         "## Known limitations",
         "* Trained on the consortium's sites only; scanners, populations and protocols not among them may see lower accuracy "
         "(the benchmark's unseen-site column is the best estimate).",
-        "* Inputs must be preprocessed exactly as above (pad to square, area resample, percentile window); raw DICOM pixel "
-        "values give meaningless outputs.",
+        f"* {kind.input_requirement()}",
         "* The threshold was chosen on validation data (Youden's J); a site should recalibrate it for its own prevalence.",
     ]
     return "\n".join(lines) + "\n"

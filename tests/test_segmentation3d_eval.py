@@ -221,7 +221,8 @@ def test_a_3d_model_file_exports_as_onnx_with_a_softmax_over_background_and_labe
     c = tmp_path / "consortium"
     init_consortium(c, "CT Export", "127.0.0.1:9443")
     run = RunDir(c / "runs" / "r1")
-    task = RunTask(TaskSpec("segmentation3d", tuple(LABELS), "unet", 32), "CT Export", "fedavg", 0)
+    options = TASK.check_options({"spacing": "3x1.5x1.5", "window": "lung"})
+    task = RunTask(TaskSpec("segmentation3d", tuple(LABELS), "unet", 32, options), "CT Export", "fedavg", 0)
     run.prepare(task, resume=False)
     run.save_round(1, trained.state_dict(), task=task, num_server_rounds=1, metrics={"round": 1, "eval": {}})
     result = export_model(c, tmp_path / "ct.onnx", fmt="onnx")
@@ -232,4 +233,7 @@ def test_a_3d_model_file_exports_as_onnx_with_a_softmax_over_background_and_labe
     with torch.no_grad():
         expected = torch.softmax(trained(x), dim=1).numpy()
     assert got.shape == (1, 3, 32, 32, 32) and np.abs(got - expected).max() < 1e-4
-    assert "(N, 1, S, S, S)" in Path(result["model_card"]).read_text()
+    card = Path(result["model_card"]).read_text()
+    assert "(N, 1, S, S, S)" in card and "input 1×32×32×32 patches" in card
+    assert "spacing: resampled to 3x1.5x1.5 mm" in card and "CT lung (level -600 HU, width 1500 HU)" in card
+    assert "LPS patient coordinates" in card and "pad to square" not in card

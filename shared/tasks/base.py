@@ -134,6 +134,21 @@ class Task:
             "class probabilities" if self.outputs_key == "classes" else f"a probability map per {self.outputs_key[:-1]}"
         )
 
+    def describe_input(self, image_size: int, options: Mapping[str, str]) -> str:
+        """The model card's input shape, in words."""
+        return f"1×{image_size}×{image_size}"
+
+    def card_preprocessing(self, options: Mapping[str, str]) -> list[str]:
+        """Model-card lines on how inputs are prepared beyond the preprocessing record (orientation, spacing...)."""
+        return []
+
+    def input_requirement(self) -> str:
+        """The model card's warning on what inputs the model needs."""
+        return (
+            "Inputs must be preprocessed exactly as above (pad to square, area resample, percentile window); raw "
+            "DICOM pixel values give meaningless outputs."
+        )
+
     def intended_use(self, outputs: list[str]) -> str:
         """The model card's one line of what the model is for."""
         return f"{self.name} of radiographs ({', '.join(outputs)})"

@@ -110,6 +110,30 @@ class Segmentation3DTask(Task):
     def input_shape(self, image_size: int) -> tuple[int, ...]:
         return (1, image_size, image_size, image_size)
 
+    def describe_input(self, image_size: int, options: Mapping[str, str]) -> str:
+        return f"1×{image_size}×{image_size}×{image_size} patches (a sliding window covers the whole volume)"
+
+    def card_preprocessing(self, options: Mapping[str, str]) -> list[str]:
+        from shared.imaging.volume_geometry import CANONICAL
+        from shared.imaging.volume_preprocess import WINDOW_PRESETS
+
+        window = options.get("window", self.options["window"][0])
+        level_width = WINDOW_PRESETS.get(window) or tuple(float(v) for v in window.split("/"))
+        return [
+            f"orientation: {CANONICAL} patient coordinates, array axes (S, P, L): axis 0 towards Superior, 1 towards "
+            "Posterior, 2 towards the patient's Left (any acquisition is reoriented, never resampled, to this)",
+            f"spacing: resampled to {options.get('spacing', self.options['spacing'][0])} mm (S x P x L), trilinear "
+            "(label maps nearest neighbour)",
+            f"windowing: CT {window} (level {level_width[0]:g} HU, width {level_width[1]:g} HU) to [0, 1]; MR "
+            "normalised per volume (0.5th percentile of all voxels to 0, 99.5th of the body to 1)",
+        ]
+
+    def input_requirement(self) -> str:
+        return (
+            "Volumes must be assembled from their DICOM series, reoriented, resampled and windowed exactly as above "
+            "(FedRad's series reader does this); raw voxel values or another orientation give meaningless outputs."
+        )
+
     def describe_output(self) -> str:
         return "a logit map for background and each segment label (softmax; the argmax is the label map)"
 
