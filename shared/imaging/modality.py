@@ -1,8 +1,7 @@
 """The modality seam: what kind of DICOM object a site's export holds, and how it becomes a model input.
 
 A :class:`Modality` is one kind of imaging data FedRad can train on. Today there is one,
-``planar`` (single-frame projection radiographs, :mod:`shared.imaging.planar`); CT or MR
-series go beside it. A modality has
+``planar`` (single-frame projection radiographs, :mod:`shared.imaging.planar`). A modality has
 
 * ``name``: its registry key (``"planar"``);
 * ``rank``: the dimensions of one preprocessed array, 2 for planar images (S, S), 3 for
@@ -22,20 +21,11 @@ the rejections every modality shares (not DICOM, DICOMDIR, SEG, no pixel data:
 modality, ``planar``, is tried last), so with ``planar`` alone every verdict is what it always was. :func:`preprocess` sends a decoded object to
 its own modality. :mod:`shared.imaging.scan` calls only these two.
 
-Adding a modality (say ``volume`` for CT/MR) touches exactly:
-
-1. ``shared/imaging/volume.py`` (new): the checks, decoder and preprocessing, and a ``VOLUME``
-   object with ``name``, ``rank`` and ``reasons`` (:mod:`shared.imaging.planar` is the template);
-2. ``shared/imaging/modality.py`` (this file): import it and add it to ``MODALITIES`` before
-   ``planar`` (the more specific modality is tried first);
-3. ``shared/imaging/reasons.py``: only for reason codes no modality had yet (a code and its
-   explanation);
-4. ``shared/imaging/scan.py``: only if one model input comes from several files (a CT series
-   stored as one file per slice): today one accepted file is one array. (One export may mix array
-   shapes: the cache keeps each shape in its own shards.)
-
-The model and training side (3D networks, ``shared/models.py``) is a separate step; nothing in
-``shared/imaging`` or ``shared/site_data.py`` assumes rank 2.
+CT/MR series do not come through here: one model input spans many files, so they have their own path,
+:mod:`shared.imaging.series_scan` (headers → series plans → assembled, canonical volumes → one cached array per
+series). Adding another one-file-one-input modality touches exactly: its module beside
+:mod:`shared.imaging.planar` (checks, decoder, preprocessing, ``name``, ``rank``, ``reasons``), ``MODALITIES``
+here (before ``planar``: the more specific modality is tried first), and :mod:`shared.imaging.reasons` for new codes.
 """
 
 from __future__ import annotations
