@@ -85,3 +85,14 @@ def test_check_volumes_lists_series_labels_and_problems(tmp_path: Path) -> None:
     assert "cannot train 3D segmentation" in report["verdict"]
     text = CliRunner().invoke(app, args, env={"COLUMNS": "160"})
     assert "series-missing-slices" in text.output and "hfs-seg.dcm" in text.output
+
+
+def test_worker_processes_assemble_the_same_volumes(tmp_path: Path) -> None:
+    data, _ = _export(tmp_path)
+    params = VolumeParams(target_spacing_mm=(2.0, 1.0, 1.0))
+    one = scan_series(data, params, None, workers=1)
+    two = scan_series(data, params, tmp_path / "cache", workers=2)
+    assert two.assembled == 2
+    by_uid = {e.series_uid: e.image.read() for e in one.usable}
+    for entry in two.usable:
+        np.testing.assert_array_equal(entry.image.read(), by_uid[entry.series_uid])

@@ -18,9 +18,11 @@ new series, and a series is never stored half: the store writes whole arrays onl
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -267,6 +269,7 @@ def scan_series(
     plan_params: PlanParams | None = None,
     on_progress: ProgressFn | None = None,
     decode: bool = True,
+    workers: int | None = None,
 ) -> VolumeScan:
     """Scan ``data_dir`` for CT/MR series; never raises for file content, only for a missing data folder.
 
@@ -282,16 +285,83 @@ def scan_series(
         by_key.setdefault(group_key(rec), []).append(rec)
     plans = plan_series(records, plan_params)
     scan = VolumeScan(data_dir, [], label_files, dict(others.most_common()), problems, store)
-    for done, plan in enumerate(plans, 1):
+    todo: list[tuple[SeriesEntry, SeriesPlan]] = []
+    for plan in plans:
         entry = _entry_from_plan(plan, by_key)
+        scan.series.append(entry)
         if isinstance(plan, SeriesPlan):
             _patient(entry, data_dir)
             if decode:
-                _cache_series(scan, entry, plan, shas, params)
-        scan.series.append(entry)
+                entry.key = series_key(plan, shas, params)
+                stored = store.get(entry.key, "image")
+                if stored is None:
+                    todo.append((entry, plan))
+                else:
+                    _attach(entry, stored)
+                    scan.cached += 1
+    n_workers = assembly_workers([p for _, p in todo]) if workers is None else max(1, workers)
+    built = _build_all([p for _, p in todo], data_dir, params, n_workers)
+    for done, ((entry, _), result) in enumerate(zip(todo, built), 1):
+        if isinstance(result, Rejection):
+            entry.usable, entry.reason, entry.detail = False, result.reason.value, result.detail
+        else:
+            model_input, meta = result
+            _attach(entry, store.put(entry.key, "image", model_input, meta))
+            scan.assembled += 1
         if on_progress is not None:
-            on_progress("series", done, len(plans))
+            on_progress("series", done, len(todo))
     return scan
+
+
+def _attach(entry: SeriesEntry, stored: StoredArray) -> None:
+    entry.image = stored
+    entry.geometry = VolumeGeometry(stored.shape, np.asarray(stored.meta["affine"]), entry.frame_of_reference_uid)
+
+
+def build_model_input(plan: SeriesPlan, data_dir: str, params: VolumeParams) -> tuple[np.ndarray, dict] | Rejection:
+    """Decode, assemble and preprocess one series: (uint16 model input, store metadata), or why not.
+
+    Runs in worker processes: plain picklable values in and out, never raises for file content."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            volume = assemble(plan, open_dataset=lambda p: read_dataset(str(Path(data_dir) / p)))
+            model_input, geometry = preprocess_volume(volume.array, volume.geometry, volume.dicom_modality, params)
+    except Rejection as rej:
+        return Rejection(rej.reason, rej.detail)  # without its header: it crosses a process boundary
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # a decoder bug on one odd series must not stop the site
+        return Rejection(Reason.CORRUPT_PIXEL_DATA, f"{type(exc).__name__}: {str(exc)[:160]}")
+    meta = {"affine": geometry.affine.tolist(), "frame_of_reference_uid": geometry.frame_of_reference_uid}
+    return to_pack(model_input), meta
+
+
+def assembly_workers(plans: Sequence[SeriesPlan]) -> int:
+    """Processes to assemble ``plans`` with: every core this process may use, fewer when memory is short.
+
+    Each worker holds one series at a time: its float32 volume, the resampled copy and the uint16 result, about
+    3× the largest series' float32 size; the workers together may use half of the memory now available."""
+    import psutil
+
+    from shared.hardware import usable_cores
+
+    if len(plans) < 2:
+        return 1
+    largest = max(len(p.slices) * p.geometry.shape[1] * p.geometry.shape[2] * 4 for p in plans)
+    by_memory = int(psutil.virtual_memory().available * 0.5 // max(3 * largest, 1))
+    return max(1, min(usable_cores(), len(plans), by_memory))
+
+
+def _build_all(plans: list[SeriesPlan], data_dir: Path, params: VolumeParams, workers: int):  # noqa: ANN202
+    if workers <= 1:
+        for plan in plans:
+            yield build_model_input(plan, str(data_dir), params)
+        return
+    # fork: workers start in milliseconds; they run pydicom, NumPy and SciPy only (as shared.imaging.scan's)
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        yield from pool.map(build_model_input, plans, [str(data_dir)] * len(plans), [params] * len(plans))
 
 
 def _patient(entry: SeriesEntry, data_dir: Path) -> None:
@@ -303,31 +373,6 @@ def _patient(entry: SeriesEntry, data_dir: Path) -> None:
         entry.patient_id = str(ds.get("PatientID", "") or "").strip()
     except Exception:  # noqa: BLE001 - the header was read before; a vanished file is caught at assembly
         entry.patient_id = ""
-
-
-def _cache_series(
-    scan: VolumeScan, entry: SeriesEntry, plan: SeriesPlan, shas: dict[str, str], params: VolumeParams
-) -> None:
-    """Find or make the series' model input in the store; a decode failure turns the entry into a rejection."""
-    entry.key = series_key(plan, shas, params)
-    stored = scan.store.get(entry.key, "image")
-    if stored is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                volume = assemble(plan, open_dataset=lambda p: read_dataset(str(scan.data_dir / p)))
-            model_input, geometry = preprocess_volume(volume.array, volume.geometry, volume.dicom_modality, params)
-            del volume
-        except Rejection as rej:
-            entry.usable, entry.reason, entry.detail = False, rej.reason.value, rej.detail
-            return
-        meta = {"affine": geometry.affine.tolist(), "frame_of_reference_uid": geometry.frame_of_reference_uid}
-        stored = scan.store.put(entry.key, "image", to_pack(model_input), meta)
-        scan.assembled += 1
-    else:
-        scan.cached += 1
-    entry.image = stored
-    entry.geometry = VolumeGeometry(stored.shape, np.asarray(stored.meta["affine"]), entry.frame_of_reference_uid)
 
 
 # -- labels ------------------------------------------------------------------------------------------
