@@ -206,6 +206,15 @@ def train_local(
     uncertain: str | None = typer.Option(
         None, "--uncertain", help="Multi-label: an uncertain (-1) label trains as ignore (default), ones or zeros."
     ),
+    volumes: bool = typer.Option(
+        False, "--volumes", help="CT/MR series: train 3D segmentation (with --segments; --image-size is the patch)."
+    ),
+    spacing: str | None = typer.Option(
+        None, "--spacing", help="With --volumes: voxel size to resample to, mm: 1.5 or 3x1.5x1.5 (S x P x L)."
+    ),
+    window: str | None = typer.Option(
+        None, "--window", help="With --volumes: CT window, soft_tissue (default), lung, bone, brain or level/width."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a local baseline on this site's data only; nothing leaves the site."""
@@ -215,7 +224,9 @@ def train_local(
 
     # --segments names a segmentation task's outputs, --findings (or site.yaml's findings) a multilabel task's
     seg = name_list(segments)
-    kind = get_task("segmentation" if seg else "classification")
+    if (volumes and not seg) or ((spacing or window) and not volumes):
+        raise ConfigError("--volumes needs --segments (the label names), and --spacing/--window need --volumes")
+    kind = get_task("segmentation3d" if volumes else "segmentation" if seg else "classification")
     cfg = site_data_config(config, data, labels, classes, key, label_column, image_size, cache_dir, task=kind.name)
     found = [] if seg else name_list(findings) or list(cfg.findings or [])
     kind = get_task("multilabel") if found else kind
@@ -224,10 +235,11 @@ def train_local(
         outputs = kind.check_outputs(seg or found or list(cfg.classes))
     except ValueError as exc:
         raise ConfigError(f"{flag}: {exc}") from None
+    given = {"uncertain": uncertain, "spacing": spacing, "window": window}
     try:
-        options = kind.check_options({"uncertain": uncertain} if uncertain else {})
+        options = kind.check_options({k: v for k, v in given.items() if v})
     except ValueError as exc:
-        raise ConfigError(f"--uncertain: {exc}") from None
+        raise ConfigError(f"--{str(exc).split()[0].removeprefix('task.')}: {exc}") from None
     cfg.findings = found or None
     task = TaskSpec(kind.name, tuple(outputs), model or kind.default_model, cfg.image_size, options)
     opts = TrainLocalOptions(

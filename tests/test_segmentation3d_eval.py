@@ -237,3 +237,23 @@ def test_a_3d_model_file_exports_as_onnx_with_a_softmax_over_background_and_labe
     assert "(N, 1, S, S, S)" in card and "input 1×32×32×32 patches" in card
     assert "spacing: resampled to 3x1.5x1.5 mm" in card and "CT lung (level -600 HU, width 1500 HU)" in card
     assert "LPS patient coordinates" in card and "pad to square" not in card
+
+
+def test_train_local_on_ct_series_writes_a_3d_model_file_with_its_preprocessing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from client.cli import app
+    from shared.modelfile import load_model_file
+    from shared.synth.ct_cohort import write_ct_cohort
+
+    write_ct_cohort(tmp_path / "ct", n_sites=1, seed=2, unseen=0, patients_per_site=3, size=32)
+    site = ["--data", str(tmp_path / "ct" / "site-1" / "dicom"), "--cache-dir", str(tmp_path / "cache")]
+    refused = CliRunner().invoke(app, ["train-local", *site, "--volumes", "--out", str(tmp_path / "x.pt")])
+    assert refused.exit_code == 2 and "--volumes needs --segments" in refused.output
+    args = ["train-local", *site, "--volumes", "--segments", "liver,lesion", "--spacing", "8", "--window", "-50/400"]
+    args += ["--image-size", "16", "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "local.pt"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    loaded = load_model_file(tmp_path / "local.pt")
+    assert loaded.task == "segmentation3d" and list(loaded.labels) == ["liver", "lesion"]
+    assert loaded.task_options["spacing"] == "8x8x8" and loaded.task_options["window"] == "-50/400"
