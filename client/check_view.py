@@ -104,3 +104,57 @@ def render_segmentation(seg: dict, console: Console, max_rows: int = 20) -> None
     for p in seg["problems"][:max_rows]:
         files.add_row(p["path"], p["kind"], p["detail"])
     console.print(files)
+
+
+def render_volumes(report: dict, console: Console, max_rows: int = 20) -> None:
+    """``fedrad-site check --volumes``: the export's CT/MR series (usable or why not) and, with --segments,
+    the label matching (:func:`shared.tasks.segmentation3d.check.check_volume_site`)."""
+    series = report["series"]
+    spacing = "×".join(f"{v:g}" for v in report["spacing_mm"])
+    console.print(
+        f"[bold]Volume check[/] {report['data']}: {series['found']} series, [green]{series['usable']} usable[/], "
+        f"[yellow]{series['rejected']} rejected[/]; {report['label_files']} label object(s); "
+        f"model input at {spacing} mm, window {report['window']}",
+        highlight=False,
+    )
+    table = Table(title="Series", title_justify="left")
+    for col in ("first file", "modality", "slices", "spacing mm", "model shape", "verdict"):
+        table.add_column(col)
+    for s in report["series_list"][:max_rows]:
+        verdict = "usable" if s["usable"] else s["reason"]
+        table.add_row(
+            s["first_file"],
+            s["modality"],
+            str(s["slices"] or s["files"]),
+            "×".join(f"{v:g}" for v in s.get("spacing_mm", [])),
+            "×".join(str(v) for v in s.get("model_shape", [])),
+            verdict,
+        )
+    console.print(table)
+    if len(report["series_list"]) > max_rows:
+        console.print(f"… and {len(report['series_list']) - max_rows} more (use --json for the full list)")
+    for s in [s for s in report["series_list"] if not s["usable"]][:max_rows]:
+        console.print(f"[yellow]{s['reason']}[/] {s['first_file']}: {s['detail']}", highlight=False)
+    if report["rejected_by_reason"]:
+        reasons = Table(title="Rejected series by reason", title_justify="left")
+        for col in ("reason", "series", "what it means"):
+            reasons.add_column(col)
+        for reason, info in report["rejected_by_reason"].items():
+            reasons.add_row(reason, str(info["count"]), info["explanation"])
+        console.print(reasons)
+    for p in report["file_problems"][:max_rows]:
+        console.print(f"[yellow]file problem:[/] {p['path']}: {p['reason']} ({p['detail']})", highlight=False)
+    labels = report.get("labels")
+    if labels is not None:
+        console.print(
+            f"[bold]Labels[/] ({', '.join(labels['labels'])}): {labels['series_with_labels']} series with a label map"
+        )
+        if labels["problems_by_kind"]:
+            kinds = Table(title="Label problems", title_justify="left")
+            for col in ("problem", "count", "what to do"):
+                kinds.add_column(col)
+            for kind, info in labels["problems_by_kind"].items():
+                kinds.add_row(kind, str(info["count"]), info["what_to_do"])
+            console.print(kinds)
+    if report["cache"].get("warning"):
+        console.print(f"[yellow]warning:[/] {report['cache']['warning']}")
