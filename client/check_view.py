@@ -108,44 +108,59 @@ def render_segmentation(seg: dict, console: Console, max_rows: int = 20) -> None
     console.print(files)
 
 
-def render_volumes(report: dict, console: Console, max_rows: int = 30) -> None:
-    """The series of ``fedrad-site check --volumes``: one row per series, then the problems by kind."""
-    counts = report["series"]
+def render_volumes(report: dict, console: Console, max_rows: int = 20) -> None:
+    """``fedrad-site check --volumes``: the export's CT/MR series (usable or why not) and, with --segments,
+    the label matching (:func:`shared.tasks.segmentation3d.check.check_volume_site`)."""
+    series = report["series"]
+    spacing = "×".join(f"{v:g}" for v in report["spacing_mm"])
     console.print(
-        f"[bold]CT/MR series[/] in {report['data']}: {counts['found']} found, {counts['usable']} usable, "
-        f"{counts['rejected']} rejected; {report['label_files']} SEG/RTSTRUCT file(s)"
+        f"[bold]Volume check[/] {report['data']}: {series['found']} series, [green]{series['usable']} usable[/], "
+        f"[yellow]{series['rejected']} rejected[/]; {report['label_files']} label object(s); "
+        f"model input at {spacing} mm, window {report['window']}",
+        highlight=False,
     )
-    table = Table(title=f"Series (first {min(max_rows, len(report['series_list']))})", title_justify="left")
-    for col in ("series folder", "modality", "slices", "spacing mm (S, P, L)", "acquired", "labels / why not usable"):
+    table = Table(title="Series", title_justify="left")
+    for col in ("series folder", "modality", "slices", "spacing mm", "acquired", "model shape", "labels / verdict"):
         table.add_column(col)
-    for row in report["series_list"][:max_rows]:
-        spacing = " x ".join(f"{v:g}" for v in row.get("spacing_mm", [])) or "-"
-        detail = row.get("detail", "")
-        detail = detail if len(detail) <= 90 else detail[:89] + "…"  # the whole detail is in --json
-        why = (row.get("labels") or "[yellow]no labels[/]") if row["usable"] else f"[red]{row['reason']}[/]: {detail}"
+    for s in report["series_list"][:max_rows]:
+        if s["usable"]:
+            verdict = s.get("labels") or ("[yellow]no labels[/]" if "labels" in report else "usable")
+        else:
+            verdict = f"[red]{s['reason']}[/]"
         table.add_row(
-            str(Path(row["first_file"]).parent),
-            row["modality"],
-            str(row["slices"] or row["files"]),
-            spacing,
-            row.get("acquisition", "-"),
-            why,
+            str(Path(s["first_file"]).parent),
+            s["modality"],
+            str(s["slices"] or s["files"]),
+            "×".join(f"{v:g}" for v in s.get("spacing_mm", [])),
+            s.get("acquisition", ""),
+            "×".join(str(v) for v in s.get("model_shape", [])),
+            verdict,
         )
     console.print(table)
+    if len(report["series_list"]) > max_rows:
+        console.print(f"… and {len(report['series_list']) - max_rows} more (use --json for the full list)")
+    for s in [s for s in report["series_list"] if not s["usable"]][:max_rows]:
+        console.print(f"[yellow]{s['reason']}[/] {s['first_file']}: {s['detail']}", highlight=False)
     if report["rejected_by_reason"]:
-        reasons = Table(title="Rejected series", title_justify="left")
+        reasons = Table(title="Rejected series by reason", title_justify="left")
         for col in ("reason", "series", "what it means"):
             reasons.add_column(col)
         for reason, info in report["rejected_by_reason"].items():
             reasons.add_row(reason, str(info["count"]), info["explanation"])
         console.print(reasons)
+    for p in report["file_problems"][:max_rows]:
+        console.print(f"[yellow]file problem:[/] {p['path']}: {p['reason']} ({p['detail']})", highlight=False)
     labels = report.get("labels")
-    if labels and labels["problems_by_kind"]:
-        kinds = Table(title="Label problems", title_justify="left")
-        for col in ("problem", "count", "what to do"):
-            kinds.add_column(col)
-        for kind, info in labels["problems_by_kind"].items():
-            kinds.add_row(kind, str(info["count"]), info["what_to_do"])
-        console.print(kinds)
-    if report["file_problems"]:
-        console.print(f"{len(report['file_problems'])} file(s) are not DICOM or could not be read (see --json)")
+    if labels is not None:
+        console.print(
+            f"[bold]Labels[/] ({', '.join(labels['labels'])}): {labels['series_with_labels']} series with a label map"
+        )
+        if labels["problems_by_kind"]:
+            kinds = Table(title="Label problems", title_justify="left")
+            for col in ("problem", "count", "what to do"):
+                kinds.add_column(col)
+            for kind, info in labels["problems_by_kind"].items():
+                kinds.add_row(kind, str(info["count"]), info["what_to_do"])
+            console.print(kinds)
+    if report["cache"].get("warning"):
+        console.print(f"[yellow]warning:[/] {report['cache']['warning']}")

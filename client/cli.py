@@ -73,8 +73,19 @@ def check(
     volumes: bool = typer.Option(
         False,
         "--volumes",
-        help="The export holds CT/MR series (3D segmentation): check each series from its headers (slices, "
-        "spacing, orientation, gaps) and, with --segments, which have SEG/RTSTRUCT/NIfTI labels.",
+        help="The export holds CT/MR series (3D segmentation): scan it as series, assembled and cached at "
+        "--spacing/--window, with --segments matched from its SEG/RTSTRUCT files (or the NIfTI manifest 'masks').",
+    ),
+    spacing: str | None = typer.Option(
+        None,
+        "--spacing",
+        help="With --volumes: the consortium's voxel size in mm, e.g. 1.5 or 3x1.5x1.5 (default 1.5).",
+    ),
+    window: str | None = typer.Option(
+        None,
+        "--window",
+        help="With --volumes: the consortium's CT window, a preset (soft_tissue, lung, bone, brain) or level/width "
+        "(default soft_tissue).",
     ),
 ) -> None:
     """Scan the export, join the labels and say which images are usable, and why the others are not.
@@ -85,6 +96,15 @@ def check(
     from shared.hardware import site_hardware
     from shared.site_data import check_site
 
+    if (spacing or window) and not volumes:
+        raise ConfigError("--spacing and --window describe CT/MR volumes: add --volumes")
+    if not (volumes or segments or labels or findings) and config is not None:
+        from shared.config import load_yaml_mapping
+
+        values = load_yaml_mapping(config)
+        if values.get("labels") is None and not values.get("findings"):  # a segmentation-only site.yaml
+            _check_label_free(config, data, cache_dir, as_json)
+            return
     cfg = site_data_config(
         config,
         data,
@@ -94,15 +114,22 @@ def check(
         label_column,
         image_size,
         cache_dir,
-        task="segmentation" if segments else "classification",
+        task="segmentation3d" if volumes else "segmentation" if segments else "classification",
     )
     hardware = site_hardware(cfg, config or "site.yaml").to_json()  # a GPU asked for but absent: exit 2, here
-    if volumes:
+    if volumes:  # CT/MR series: the path a 3D segmentation run takes, at the consortium's spacing and window
         from client.check_view import render_volumes
-        from shared.tasks.segmentation3d.site import check_volume_site
+        from shared.tasks.segmentation3d.check import check_volume_site
 
-        with progress_bar("Reading DICOM headers", enabled=not as_json) as update:
-            report = check_volume_site(cfg, name_list(segments), on_progress=update)
+        names = name_list(segments)
+        with progress_bar("Scanning series", enabled=not as_json) as update:
+            report = check_volume_site(
+                cfg,
+                names,
+                spacing=spacing or "1.5",
+                window=window or "soft_tissue",
+                on_progress=lambda stage, done, total: update(done, total),
+            )
         report["hardware"] = hardware
         if as_json:
             _print_json(report)
@@ -155,6 +182,32 @@ def check(
 
             render_segmentation(report["segmentation"], out)
     if not report["ok"]:
+        raise typer.Exit(EXIT_NO)
+
+
+def _check_label_free(config: Path, data: Path | None, cache_dir: Path | None, as_json: bool) -> None:
+    """``check`` of a site.yaml without ``labels``: what ``fedrad-site start`` checks before joining (CT/MR series
+    or images, with their labels), then what the site trains on; exit 1 when it cannot train."""
+    from client.check_view import render_hardware
+    from client.site_options import site_data_config
+    from shared.hardware import site_hardware
+    from shared.site_data import check_label_free_site
+
+    cfg = site_data_config(config, data, cache_dir=cache_dir, task="segmentation")
+    hardware = site_hardware(cfg, config).to_json()
+    ok, verdict = check_label_free_site(cfg)
+    report = {"ok": ok, "verdict": verdict, "data": str(cfg.data), "labels_file": None, "hardware": hardware}
+    if as_json:
+        _print_json(report)
+    else:
+        render_hardware(hardware, out)
+        out.print(verdict, highlight=False)
+        out.print(
+            "Segment names come with each run: `--segments a,b` matches them to the images (`--volumes --segments "
+            "a,b` to CT/MR series) and lists every problem.",
+            highlight=False,
+        )
+    if not ok:
         raise typer.Exit(EXIT_NO)
 
 

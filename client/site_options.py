@@ -60,7 +60,8 @@ def site_data_config(
     for name, flag in required:
         if values.get(name) is None:
             hint = (
-                f" ({task} needs the label CSV; a segmentation-only site may leave 'labels' out)"
+                f" ({task} needs the label CSV; a segmentation-only site may leave 'labels' out: "
+                "`fedrad-site check --segments`, or `--volumes` for CT/MR series, checks it)"
                 if name == "labels"
                 else ""
             )

@@ -109,14 +109,14 @@ def preflight(config: Path) -> SiteFileConfig:
 def check_data(cfg: SiteFileConfig) -> tuple[bool, str]:
     """``fedrad-site check`` on the site's data: (ok, verdict).
 
-    A site.yaml without ``labels`` is a segmentation-only site: its check is the
-    images and DICOM SEGs of the export (:func:`shared.tasks.segmentation.data.check_seg_export`), not 2 labelled classes;
+    A site.yaml without ``labels`` is a segmentation-only site: its check is the export's CT/MR series or its
+    images, each with their labels (:func:`shared.site_data.check_label_free_site`), not 2 labelled classes;
     one with ``findings`` has a multi-label CSV, checked per finding (:mod:`shared.tasks.multilabel.data`).
     """
     if cfg.labels is None:
-        from shared.tasks.segmentation.data import check_seg_export
+        from shared.site_data import check_label_free_site
 
-        return check_seg_export(cfg.data_config())
+        return check_label_free_site(cfg.data_config())
     if cfg.findings:  # a multi-label CSV (one column per finding)
         from shared.tasks.multilabel.data import check_multilabel_site
 

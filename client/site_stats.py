@@ -4,7 +4,7 @@
 reply passes the same outbound guard as training replies, which withholds
 every count below the site's ``privacy.min_count``. What a site reports:
 
-* ``images``: labelled usable images;
+* ``images``: labelled usable cases (an image; a volume for a 3D task);
 * ``class:<name>``: images per output of the task (a class; a segment: images where it is present);
 * ``manufacturer:<name>``: usable images per scanner manufacturer (the
   name reduced to letters, digits, space and ``._-``, at most 40 characters);
@@ -24,7 +24,6 @@ from shared.tasks.base import TaskDataset
 from shared.training import task_of
 
 INTENSITY_BINS = 10  # keys follow client.outbound_guard.STATS_KEY
-STATS_BATCH = 256
 
 
 def safe_name(text: str) -> str:
@@ -43,12 +42,8 @@ def site_statistics(parts: list[TaskDataset], manufacturers: Mapping[str, int]) 
     for name, n in manufacturers.items():
         key = f"manufacturer:{safe_name(name)}"
         out[key] = out.get(key, 0) + int(n)
-    # image by image, a batch at a time: a site's images are read from the cache, never all held at once
-    means = [
-        p.images[i : i + STATS_BATCH].flatten(1).mean(dim=1).clamp(0.0, 1.0).numpy()
-        for p in parts
-        for i in range(0, len(p), STATS_BATCH)
-    ]
+    # case by case as the task reads them (a batch of images, a volume slab by slab): never all held at once
+    means = [task_of(p).mean_intensities(p) for p in parts]
     means = np.concatenate(means) if means else np.zeros(0)
     hist, _ = np.histogram(means, bins=INTENSITY_BINS, range=(0.0, 1.0))
     out.update({f"intensity-bin:{i}": int(n) for i, n in enumerate(hist)})

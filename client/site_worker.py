@@ -40,7 +40,18 @@ if TYPE_CHECKING:
     from shared.hardware import Hardware
 
 # Run-config keys that shape a session; a change of any of them opens a new one.
-SESSION_KEYS = ("task-type", "classes", "labels", "image-size", "model", "seed", "consortium", "run-dir")
+SESSION_KEYS = (
+    "task-type",
+    "classes",
+    "labels",
+    "findings",
+    "task-options",  # e.g. a 3D task's spacing and window: the data are read again under the new ones
+    "image-size",
+    "model",
+    "seed",
+    "consortium",
+    "run-dir",
+)
 
 
 def socket_path_for(name: str) -> Path:

@@ -134,6 +134,11 @@ class RunTask:
         return self.task.image_size
 
     @property
+    def task_options(self) -> dict[str, str]:
+        """The task's settings (e.g. a 3D task's spacing and window): a resumed run keeps them."""
+        return dict(self.task.options)
+
+    @property
     def best_metric(self) -> str:
         """The aggregated evaluation figure that picks ``best.pt`` (higher is better): the task's headline."""
         return self.task.headline_metric
@@ -191,7 +196,9 @@ class RunDir:
                 f"{self.path} already holds a run (last finished round {last}); "
                 "resume it (resume=true / --resume) or use a new run folder"
             )
-        for key in ("task_type", "model", "classes", "image_size", "strategy"):
+        for key in ("task_type", "model", "classes", "image_size", "strategy", "task_options"):
+            if key == "task_options" and key not in state:  # a folder from before task settings were recorded
+                continue
             if state.get(key, "classification" if key == "task_type" else None) != getattr(task, key):
                 raise CheckpointError(
                     f"{self.path / STATE_FILE}: the run was trained with {key}={state.get(key)!r}, "
@@ -312,6 +319,7 @@ class RunDir:
                 "model": task.model,
                 "classes": list(task.classes),
                 "image_size": task.image_size,
+                "task_options": task.task_options,
                 "consortium": task.consortium,
                 "seed": task.seed,
                 "best": best or None,

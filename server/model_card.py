@@ -79,11 +79,18 @@ def model_card(
         "Validate on local data (`fedrad-site evaluate`) before any use at a new site.",
         "",
         "## Model",
-        f"* architecture `{model.architecture}`, input {kind.describe_input(pre.image_size, model.task_options)}, "
+        f"* architecture `{model.architecture}`, input {'×'.join(map(str, kind.input_shape(pre.image_size)))}, "
         "output " + kind.describe_output(),
-        f"* weights sha256 `{model.weights_sha256}`; operating threshold {model.threshold}",
-        f"* preprocessing: {json.dumps(pre.model_dump())}",
+        f"* weights sha256 `{model.weights_sha256}`"
+        + (f"; operating threshold {model.threshold}" if model.threshold is not None else ""),
+        f"* preprocessing: {kind.preprocessing_note(pre.image_size, model.task_options)} "
+        f"({json.dumps(pre.model_dump())})",
         *(f"* {line}" for line in kind.card_preprocessing(model.task_options)),
+        *(
+            [f"* task settings: {', '.join(f'{k} {v}' for k, v in sorted(model.task_options.items()))}"]
+            if model.task_options
+            else []
+        ),
         *(f"* file `{name}`: {what}" for name, what in files.items()),
         "",
         "## Training",
@@ -114,7 +121,7 @@ def model_card(
         e = last["eval"]
         lines.append(
             f"* federated evaluation, round {last['round']}, sites' held-out patients pooled ({e.get('num-examples')} "
-            f"images): {kind.summarize(e, model.outputs)}. "
+            f"cases): {kind.summarize(e, model.outputs)}. "
             "Sites send aggregates only, so this figure has no per-site breakdown or interval."
         )
     else:
@@ -164,7 +171,14 @@ def model_card(
         "## Known limitations",
         "* Trained on the consortium's sites only; scanners, populations and protocols not among them may see lower accuracy "
         "(the benchmark's unseen-site column is the best estimate).",
-        f"* {kind.input_requirement()}",
-        "* The threshold was chosen on validation data (Youden's J); a site should recalibrate it for its own prevalence.",
+        f"* Inputs must be preprocessed exactly as above ({kind.preprocessing_note(pre.image_size, model.task_options)}); "
+        "raw DICOM pixel values give meaningless outputs.",
+        *(
+            [
+                "* The threshold was chosen on validation data (Youden's J); a site should recalibrate it for its own prevalence."
+            ]
+            if model.threshold is not None
+            else []
+        ),
     ]
     return "\n".join(lines) + "\n"

@@ -141,6 +141,16 @@ class TaskConfig(StrictModel):
             v = "x".join(f"{float(x):g}" for x in v)
         return dict(get_task(info.data["type"]).check_options({info.field_name: str(v)}))[info.field_name]
 
+    @field_validator("image_size")
+    @classmethod
+    def _image_size_of_the_task(cls, v: int, info: ValidationInfo) -> int:
+        from shared.tasks import get_task
+
+        if "type" in info.data:  # light (no torch): e.g. a 3D patch side must divide by its network's levels
+            task = get_task(info.data["type"])
+            task.check_image_size(task.default_model, v)
+        return v
+
     @field_validator("model")
     @classmethod
     def _model_of_the_task(cls, v: str, info: ValidationInfo) -> str:
@@ -150,6 +160,10 @@ class TaskConfig(StrictModel):
             return v
         task = get_task(info.data["type"])
         v = v.strip() or task.default_model
+        if (
+            v != task.default_model and info.data.get("image_size") is not None
+        ):  # the default's: _image_size_of_the_task
+            task.check_image_size(v, int(info.data["image_size"]))
         if v != task.default_model:  # no torch import for the default (site.yaml checks run in light processes)
             registry = task.model_registry()
             if v not in registry:

@@ -107,6 +107,19 @@ def check_site(config: SiteDataConfig, on_progress: ProgressFn | None = None, wo
     return SiteCheck(config=config, scan=scan, join=join_labels(scan.records, rows, config.key, config.classes))
 
 
+def check_label_free_site(config: SiteDataConfig) -> tuple[bool, str]:
+    """(ok, verdict) of a site without a label CSV (a segmentation-only site) before it joins: an export of
+    CT/MR series is checked as volumes from their headers
+    (:func:`shared.tasks.segmentation3d.check.volume_readiness`: usable series and their SEG/RTSTRUCT or NIfTI
+    labels), any other as radiographs with DICOM SEGs (:func:`shared.tasks.segmentation.data.check_seg_export`).
+    The segment names come with each run, so neither matches segments (``fedrad-site check --segments`` does)."""
+    from shared.tasks.segmentation.data import check_seg_export
+    from shared.tasks.segmentation3d.check import volume_readiness
+
+    volumes = volume_readiness(config)
+    return volumes if volumes is not None else check_seg_export(config)
+
+
 def build_dataset(check: SiteCheck) -> SiteDataset:
     """Every matched image as a dataset, (N, 1, *one array's shape), its images read from the cache on demand."""
     size = check.config.image_size

@@ -121,6 +121,27 @@ def test_resume_refuses_what_does_not_fit(tmp_path: Path) -> None:
         run.prepare(TASK, resume=True)
 
 
+def test_resume_keeps_the_task_settings(tmp_path: Path) -> None:
+    """A 3D run resumed at another voxel size would mix two preprocessings in one model: refused, naming both."""
+    from shared.tasks import get_task
+
+    def ct(spacing: str) -> RunTask:
+        options = get_task("segmentation3d").check_options({"spacing": spacing})
+        return RunTask(TaskSpec("segmentation3d", ("liver",), "unet", 16, options), "CT", "fedavg", 0)
+
+    run = RunDir(tmp_path)
+    run.prepare(ct("2"), resume=False)
+    model = ct("2").task.build_model()
+    run.save_round(1, model.state_dict(), task=ct("2"), num_server_rounds=3, metrics={})
+    assert run.prepare(ct("2"), resume=True).last_round == 1
+    with pytest.raises(CheckpointError, match="task_options=.*'spacing': '2x2x2'.*'spacing': '3x3x3'"):
+        run.prepare(ct("3"), resume=True)
+    state = json.loads((tmp_path / "state.json").read_text())
+    del state["task_options"]  # a folder written before the settings were recorded still resumes
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    assert run.prepare(ct("3"), resume=True).last_round == 1
+
+
 def test_resume_of_an_empty_folder_starts_at_round_one(tmp_path: Path) -> None:
     assert RunDir(tmp_path / "new").prepare(TASK, resume=True) is None
     assert (tmp_path / "new").is_dir()

@@ -234,7 +234,7 @@ def test_a_3d_model_file_exports_as_onnx_with_a_softmax_over_background_and_labe
         expected = torch.softmax(trained(x), dim=1).numpy()
     assert got.shape == (1, 3, 32, 32, 32) and np.abs(got - expected).max() < 1e-4
     card = Path(result["model_card"]).read_text()
-    assert "(N, 1, S, S, S)" in card and "input 1×32×32×32 patches" in card
+    assert "(N, 1, S, S, S)" in card and "input 1×32×32×32," in card
     assert "spacing: resampled to 3x1.5x1.5 mm" in card and "CT lung (level -600 HU, width 1500 HU)" in card
     assert "LPS patient coordinates" in card and "pad to square" not in card
 

@@ -71,8 +71,17 @@ def test_check_segments_without_a_label_csv(seg_site: Path) -> None:
     assert report["ok"] and report["segmentation"]["images_with_masks"] == 20
 
 
+def test_plain_check_of_a_label_free_site_is_the_start_check(seg_site: Path) -> None:
+    """`check --config site.yaml` (what the bundle's README says to run) without `labels`: the readiness check
+    `start` makes (images and SEGs), not a demand for a label CSV."""
+    proc = run("check", "--config", str(seg_site), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["verdict"].startswith("ready for segmentation") and report["labels_file"] is None
+
+
 def test_classification_commands_name_the_missing_label_csv(seg_site: Path, tmp_path: Path) -> None:
-    proc = run("check", "--config", str(seg_site))
+    proc = run("train-local", "--config", str(seg_site), "--out", str(tmp_path / "m.pt"))
     assert proc.returncode == 2 and "labels" in proc.stderr and "Traceback" not in proc.stderr
 
 

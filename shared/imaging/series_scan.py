@@ -268,13 +268,11 @@ def scan_series(
     cache_dir: Path | None = None,
     plan_params: PlanParams | None = None,
     on_progress: ProgressFn | None = None,
-    decode: bool = True,
     workers: int | None = None,
 ) -> VolumeScan:
     """Scan ``data_dir`` for CT/MR series; never raises for file content, only for a missing data folder.
 
-    ``decode=False`` stops after planning (headers only: every geometry verdict, no pixels, nothing stored):
-    what ``fedrad-site check --volumes`` shows in seconds; decoding problems then appear when a run starts."""
+    ``workers``: processes assembling series (default :func:`assembly_workers`)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist or is not a folder")
@@ -291,14 +289,13 @@ def scan_series(
         scan.series.append(entry)
         if isinstance(plan, SeriesPlan):
             _patient(entry, data_dir)
-            if decode:
-                entry.key = series_key(plan, shas, params)
-                stored = store.get(entry.key, "image")
-                if stored is None:
-                    todo.append((entry, plan))
-                else:
-                    _attach(entry, stored)
-                    scan.cached += 1
+            entry.key = series_key(plan, shas, params)
+            stored = store.get(entry.key, "image")
+            if stored is None:
+                todo.append((entry, plan))
+            else:
+                _attach(entry, stored)
+                scan.cached += 1
     n_workers = assembly_workers([p for _, p in todo]) if workers is None else max(1, workers)
     built = _build_all([p for _, p in todo], data_dir, params, n_workers)
     for done, ((entry, _), result) in enumerate(zip(todo, built), 1):
@@ -405,7 +402,7 @@ def attach_labels(scan: VolumeScan, labels: Sequence[str], manifest: Path | None
     names = "|".join(labels)
     for entry in usable:
         label_map = report.label_maps.get(entry.series_uid)
-        if label_map is None or entry.geometry is None:  # no labels, or a header-only scan: reported, not stored
+        if label_map is None or entry.geometry is None:  # no labels (reported), or no model input to pair with
             continue
         key = hashlib.sha256(f"{entry.key}|{names}|{hashlib.sha256(label_map.tobytes()).hexdigest()}".encode())
         key_s = key.hexdigest()[:32]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -110,6 +111,10 @@ class Task:
             dict(self.model_registry()), f"{self.name} architecture", name, num_outputs, image_size, **kwargs
         )
 
+    def check_image_size(self, model: str, image_size: int) -> None:
+        """ValueError (naming ``task.image_size``) when ``model`` cannot take inputs of ``image_size``; light (no
+        torch): consortium.yaml and the run config are checked with it before any model is built."""
+
     def unsupported(self, feature: str) -> str | None:
         """None when the task supports ``feature``, else the sentence that refuses it."""
         if feature in self.supports:
@@ -134,20 +139,13 @@ class Task:
             "class probabilities" if self.outputs_key == "classes" else f"a probability map per {self.outputs_key[:-1]}"
         )
 
-    def describe_input(self, image_size: int, options: Mapping[str, str]) -> str:
-        """The model card's input shape, in words."""
-        return f"1×{image_size}×{image_size}"
-
     def card_preprocessing(self, options: Mapping[str, str]) -> list[str]:
-        """Model-card lines on how inputs are prepared beyond the preprocessing record (orientation, spacing...)."""
+        """Model-card lines on how inputs are prepared beyond :meth:`preprocessing_note` (orientation, spacing...)."""
         return []
 
-    def input_requirement(self) -> str:
-        """The model card's warning on what inputs the model needs."""
-        return (
-            "Inputs must be preprocessed exactly as above (pad to square, area resample, percentile window); raw "
-            "DICOM pixel values give meaningless outputs."
-        )
+    def preprocessing_note(self, image_size: int, options: Mapping[str, str]) -> str:
+        """How a DICOM image becomes this task's model input, in words (the model card: inputs must be made so)."""
+        return "pad to square, area resample, percentile window"
 
     def intended_use(self, outputs: list[str]) -> str:
         """The model card's one line of what the model is for."""
@@ -260,6 +258,18 @@ class Task:
         """Cases per output (a class; a segment present), for the coordinator's data statistics."""
         return {}
 
+    def mean_intensities(self, data: TaskDataset) -> np.ndarray:
+        """Each case's mean model-input intensity, clipped to [0, 1] (the coordinator's intensity histogram,
+        ``fedrad-server stats``); read a batch of images at a time, never all at once."""
+        import numpy as np
+
+        batch = 256
+        means = [
+            data.images[i : i + batch].flatten(1).mean(dim=1).clamp(0.0, 1.0).numpy()
+            for i in range(0, len(data), batch)
+        ]
+        return np.concatenate(means) if means else np.zeros(0)
+
     def metric_bounds(self, key: str) -> tuple[float, float] | None:
         """The range a valid value of this task's metric ``key`` lies in (the server rejects a reply outside it)."""
         return (0.0, float("inf")) if key.endswith("-examples") else None
@@ -352,7 +362,12 @@ class TaskSpec:
             options = task.check_options({k.strip(): v.strip() for k, _, v in pairs})
         except ValueError as exc:
             raise ValueError(f"'task-options' {exc}") from None
-        return cls(task.name, tuple(outputs), model, int(rc.get("image-size", 64)), options)
+        size = int(rc.get("image-size", 64))
+        try:
+            task.check_image_size(model, size)
+        except ValueError as exc:
+            raise ValueError(f"'image-size' {exc}") from None
+        return cls(task.name, tuple(outputs), model, size, options)
 
     def mismatch(self, other: TaskSpec) -> str | None:
         """Why a model made for ``other`` does not fit this task; None when it does."""

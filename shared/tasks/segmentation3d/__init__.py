@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from shared.tasks.base import Task
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 SEGMENT_LABEL_PATTERN = r"^[A-Za-z0-9_.]{1,40}$"  # as the 2D task's: labels name metric keys (dice-<label>)
 N_BOOTSTRAP = 200  # per-site Dice intervals of a federated evaluation (as the 2D task)
 MIN_CASES = 2  # a training part and a held-out part
+PATCH_MULTIPLE = 8  # every architecture's four levels halve the patch three times (models._check_size)
 
 
 class Segmentation3DTask(Task):
@@ -52,9 +54,9 @@ class Segmentation3DTask(Task):
     # no image-dp: DP-SGD clips per-sample gradients of whole images (Opacus over data.images); a patch is not
     # a patient, and per-patient accounting over patches drawn from the same volume is not built.
     # no explain: saliency of a 3D segmentation (per voxel, per label) has no report yet.
-    # no stats: the coordinator's intensity histogram reads data.images as one (N, 1, S, S) tensor.
+    # stats: volumes per segment present and each volume's mean intensity (mean_intensities), read slab by slab.
     # no scanner-augment: its transforms are written for 2D radiographs.
-    supports = frozenset({"finetune", "onnx"})
+    supports = frozenset({"finetune", "onnx", "stats"})
     label_csv = False  # the labels are the label maps that come with the volumes
     # batch 2 patches (MONAI's 3D tutorials; 4 patches per case make an epoch), AdamW 1e-3 for the small nets
     train_defaults = {"epochs": 50, "batch_size": 2, "lr": 1e-3}
@@ -72,7 +74,7 @@ class Segmentation3DTask(Task):
         one: ValueError naming it) and kept in their one written form, e.g. ``3x1.5x1.5`` and ``-600/1500``."""
         from shared.tasks.segmentation3d.site import spacing_option, window_option
 
-        fixed = {k: v for k, v in given.items() if k not in self.FREE_OPTIONS}
+        fixed = {k: _number_text(v) for k, v in given.items() if k not in self.FREE_OPTIONS}
         base = dict(super().check_options(fixed))
         base["spacing"] = spacing_option(given.get("spacing") or self.options["spacing"][0])
         base["window"] = window_option(given.get("window") or self.options["window"][0])
@@ -97,6 +99,13 @@ class Segmentation3DTask(Task):
             raise ValueError(f"a uint8 label map holds at most {MAX_LABELS} segments, got {len(names)}")
         return names
 
+    def check_image_size(self, model: str, image_size: int) -> None:
+        if image_size < PATCH_MULTIPLE or image_size % PATCH_MULTIPLE:
+            raise ValueError(
+                f"task.image_size is the side of the cubic patch and must be a multiple of {PATCH_MULTIPLE} for "
+                f"{model} (four levels, each halving the patch), e.g. 16, 32, 64 or 96; got {image_size}"
+            )
+
     def model_registry(self) -> Mapping[str, Callable[..., nn.Module]]:
         from shared.tasks.segmentation3d.models import SEG3D_MODEL_BUILDERS
 
@@ -109,9 +118,6 @@ class Segmentation3DTask(Task):
 
     def input_shape(self, image_size: int) -> tuple[int, ...]:
         return (1, image_size, image_size, image_size)
-
-    def describe_input(self, image_size: int, options: Mapping[str, str]) -> str:
-        return f"1×{image_size}×{image_size}×{image_size} patches (a sliding window covers the whole volume)"
 
     def card_preprocessing(self, options: Mapping[str, str]) -> list[str]:
         from shared.imaging.volume_geometry import CANONICAL
@@ -128,12 +134,6 @@ class Segmentation3DTask(Task):
             "normalised per volume (0.5th percentile of all voxels to 0, 99.5th of the body to 1)",
         ]
 
-    def input_requirement(self) -> str:
-        return (
-            "Volumes must be assembled from their DICOM series, reoriented, resampled and windowed exactly as above "
-            "(FedRad's series reader does this); raw voxel values or another orientation give meaningless outputs."
-        )
-
     def describe_output(self) -> str:
         return "a logit map for background and each segment label (softmax; the argmax is the label map)"
 
@@ -144,6 +144,14 @@ class Segmentation3DTask(Task):
 
     def exported_output(self) -> str:
         return "a probability map per class (background, then each segment label), summing to 1 per voxel"
+
+    def preprocessing_note(self, image_size: int, options: Mapping[str, str]) -> str:
+        spacing = str(options.get("spacing") or self.options["spacing"][0]).replace("x", "×")
+        window = options.get("window") or self.options["window"][0]
+        return (
+            f"each series in canonical S-P-L order, resampled to {spacing} mm voxels, CT window {window} "
+            f"(MR: normalised per volume), predicted in sliding {image_size}³ windows with Gaussian blending"
+        )
 
     def intended_use(self, outputs: list[str]) -> str:
         return f"the 3D segmentation of {', '.join(outputs)} in CT/MR volumes"
@@ -277,6 +285,20 @@ class Segmentation3DTask(Task):
         present = data.presence().sum(axis=0)
         return {label: int(n) for label, n in zip(data.labels, present, strict=True)}
 
+    def mean_intensities(self, data: VolumeCases) -> np.ndarray:
+        """Each volume's mean intensity, read slab by slab (a volume is never held whole for this)."""
+        import numpy as np
+
+        from shared.tasks.segmentation3d.dataset import slabs
+
+        means = np.zeros(len(data))
+        for i in range(len(data)):
+            shape = data.shape(i)
+            total = sum(float(data.read_image(i, (z,)).sum(dtype=np.float64)) for z in slabs(shape))
+            means[i] = total / max(1, int(np.prod(shape)))
+            data.release(i)
+        return np.clip(means, 0.0, 1.0)
+
     def metric_bounds(self, key: str) -> tuple[float, float] | None:
         from shared.tasks.segmentation3d.metric_keys import count_key, is_fraction
 
@@ -293,6 +315,14 @@ class Segmentation3DTask(Task):
         from shared.tasks.segmentation3d.metric_keys import metric_keys
 
         return ["num-examples", "loss", *metric_keys(outputs)]
+
+
+def _number_text(value: Any) -> Any:
+    """``1.0`` → ``"1"``, ``"0.50"`` → ``"0.5"``: a number in consortium.yaml matches its choice however written."""
+    try:
+        return f"{float(str(value).strip()):g}" if value is not None and str(value).strip() else value
+    except ValueError:
+        return value  # not a number: the base check names it
 
 
 TASK = Segmentation3DTask()

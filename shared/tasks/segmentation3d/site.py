@@ -74,7 +74,7 @@ def load_volume_cases(
 ) -> VolumeCases:
     """The site's labelled series for segments ``labels`` (value k of a label map = ``labels[k - 1]``), at the
     consortium's ``spacing`` and ``window``; unusable series and label problems are what ``fedrad-site check
-    --volumes`` reports (:func:`check_volume_site`)."""
+    --volumes`` reports (:func:`shared.tasks.segmentation3d.check.check_volume_site`)."""
     from shared.imaging.series_scan import attach_labels, scan_series
     from shared.tasks.segmentation3d.dataset import VolumeCases
 
@@ -90,41 +90,3 @@ def load_volume_cases(
         case_ids=[e.folder or e.series_uid for e in cases],
         intensity_scale=1.0 / float(SCALE),
     )
-
-
-MIN_LABELLED_SERIES = 2  # as load_site: a training part and a held-out part
-
-
-def check_volume_site(cfg: SiteDataConfig, labels: list[str], on_progress=None) -> dict:  # noqa: ANN001
-    """``fedrad-site check --volumes``: the export's series from headers only (every geometry verdict, no pixels
-    decoded), which have labels for ``labels`` and every problem with its file, and a verdict."""
-    from shared.config import ConfigError
-    from shared.imaging.series_scan import attach_labels, scan_series
-    from shared.imaging.volume_preprocess import VolumeParams
-
-    data = Path(cfg.data)
-    if not data.is_dir():
-        raise ConfigError(f"data folder {data} does not exist or is not a folder (set --data or 'data' in site.yaml)")
-    progress = (lambda stage, done, total: on_progress(done, total)) if on_progress else None
-    scan = scan_series(data, VolumeParams(), cfg.resolved_cache_dir(), on_progress=progress, decode=False)
-    report = scan.to_json()
-    labelled = 0
-    if labels:
-        found = attach_labels(scan, labels, cfg.masks)
-        for row in report["series_list"]:
-            row["labels"] = found.sources.get(row["series_uid"], "")
-        labelled = len(found.sources)
-        report["labels"] = found.report
-    n_usable = report["series"]["usable"]
-    if not labels:
-        ok = n_usable >= MIN_LABELLED_SERIES
-        verdict = f"{n_usable} usable series; name the segments (--segments liver,lesion) to match their labels"
-    else:
-        ok = labelled >= MIN_LABELLED_SERIES
-        verdict = (
-            f"ready for 3D segmentation: {labelled} of {n_usable} usable series have labels of {labels}"
-            if ok
-            else f"cannot train 3D segmentation: {labelled} series with labels of {labels}, need at least "
-            f"{MIN_LABELLED_SERIES}"
-        )
-    return {"ok": ok, "verdict": verdict, "data": str(data), **report}
