@@ -30,6 +30,8 @@ SUBCOMMANDS = [
     "proxy-attacks",
     "audit-append",
     "cache-memory",
+    "volume-inference",
+    "volume-memory",
     "ingest-fullsize",
     "big-model",
     "backbones",
