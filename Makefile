@@ -35,6 +35,8 @@ bench: install
 	$(PY) -m benchmarks.cli compression
 	$(PY) -m benchmarks.cli scale-sweep
 	$(PY) -m benchmarks.cli levers
+	$(PY) -m benchmarks.cli volume-inference
+	$(PY) -m benchmarks.cli volume-memory
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-run demo-federated

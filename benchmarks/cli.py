@@ -4,8 +4,9 @@
 site; ``scale`` runs N synthetic hospitals on Flower's simulation engine; the other subcommands run
 the scripts in ``benchmarks/`` (``overhead``: bench_round_overhead.py, ``privacy``, ``secagg``,
 ``compression``, ``ingest``, ``ingest-fullsize``, ``training``, ``throughput``, ``levers``, ``scale-sweep``,
-``proxy-attacks``, ``audit-append``, ``cache-memory``, ``big-model``: bench_<name>.py) and pass
-every argument after the subcommand through to them (``fedrad-bench privacy --help`` shows theirs).
+``proxy-attacks``, ``audit-append``, ``cache-memory``, ``volume-inference``, ``volume-memory``, ``big-model``:
+bench_<name>.py) and pass every argument after the subcommand through to them (``fedrad-bench privacy --help``
+shows theirs).
 
 Exit codes as in ``fedrad-server``: 0 success, 1 the answer is "no" (a benchmark stopped),
 2 bad invocation or configuration, 3 internal error.
@@ -71,13 +72,20 @@ def generalization(
         "classification",
         "--task",
         help="classification (AUC), segmentation (Dice per label; "
-        "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`) or multilabel "
-        "(macro AUC and AUC per finding; `fedrad-site synth --task multilabel`).",
+        "the sites' images need DICOM SEGs, e.g. `fedrad-site synth --task segmentation`), multilabel "
+        "(macro AUC and AUC per finding; `fedrad-site synth --task multilabel`) or segmentation3d (Dice per "
+        "label on CT/MR volumes with SEG/RTSTRUCT labels, e.g. `fedrad-site synth --modality ct`).",
     ),
     labels: str = typer.Option(
         "nodule,lung",
         "--labels",
         help="Segmentation: the SEG segment names; multilabel: the findings (label CSV columns); comma-separated.",
+    ),
+    task_options: str = typer.Option(
+        "",
+        "--task-options",
+        help="The task's settings as a consortium sets them under task:, comma-separated name=value, e.g. "
+        "segmentation3d's spacing=8,window=soft_tissue,patches_per_case=8 (default: the task's own).",
     ),
     finetune_epochs: int = typer.Option(
         0,
@@ -155,6 +163,7 @@ def generalization(
         cpus=cpus,
         task_type=task_type,
         labels=segments,
+        task_options=_options(task_options),
         finetune_epochs=finetune_epochs,
         equalize_lever=equalize_lever,
         scanner_augment_lever=scanner_augment_lever,
@@ -180,6 +189,19 @@ def generalization(
 
     render_results(results)
     out.print(f"report: {report}")
+
+
+def _options(text: str) -> dict[str, str]:
+    """``"a=1,b=2"`` → ``{"a": "1", "b": "2"}``; ConfigError for an item without ``=``."""
+    from shared.config import ConfigError
+
+    pairs = {}
+    for item in name_list(text):
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ConfigError(f"--task-options: {item!r} is not name=value (e.g. spacing=8)")
+        pairs[name.strip()] = value.strip()
+    return pairs
 
 
 @app.command()
@@ -254,6 +276,14 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "cache-memory": (
         "benchmarks.bench_cache_memory",
         "Peak RSS of training from the sharded image cache at 10k and 100k images.",
+    ),
+    "volume-inference": (
+        "benchmarks.bench_volume_inference",
+        "3D sliding-window inference: FedRad's volume path vs bare MONAI, same network, windows and threads.",
+    ),
+    "volume-memory": (
+        "benchmarks.bench_volume_memory",
+        "Peak RSS of 3D segmentation training from the volume cache at 10 and 100 volumes.",
     ),
     "proxy-attacks": (
         "benchmarks.bench_proxy_attacks",

@@ -48,6 +48,7 @@ from shared.lr_schedule import LR_SCHEDULES
 from shared.modelfile import load_model_file
 from shared.models import MODEL_BUILDERS
 from shared.synth.cohort import TEST_EXPORT
+from shared.synth.ct_cohort import MANIFEST as CT_MANIFEST
 from shared.tasks import TaskSpec, get_task, task_names
 from shared.training import TrainConfig
 
@@ -123,9 +124,11 @@ class BenchSite:
             return cls(name, base / str(values["data"]), labels)
         if (folder / "dicom").is_dir() and (folder / "labels.csv").is_file():
             return cls(name, folder / "dicom", folder / "labels.csv")
+        if (folder / "dicom").is_dir() and (folder / CT_MANIFEST).is_file():  # a CT site: its labels are in dicom/
+            return cls(name, folder / "dicom", None)
         raise ConfigError(
-            f"{folder}: not a site folder; expected site.yaml, or dicom/ and labels.csv "
-            "(what `fedrad-site synth` writes)"
+            f"{folder}: not a site folder; expected site.yaml, dicom/ and labels.csv (what `fedrad-site synth` "
+            f"writes), or dicom/ and {CT_MANIFEST} (`fedrad-site synth --modality ct`)"
         )
 
 
@@ -146,6 +149,9 @@ class BenchConfig:
     adabn: bool = True  # also score each federated model with BN statistics re-estimated at the unseen site
     task_type: str = "classification"  # or "segmentation": a UNet on DICOM SEG masks, scored by Dice per label
     labels: list[str] = field(default_factory=list)  # segmentation: the SEG segment names, one output channel each
+    # The task's settings (Task.options, e.g. segmentation3d's spacing, window, patches_per_case), as a consortium
+    # sets them under task: in consortium.yaml; {} = the task's defaults. Every arm reads the sites under them.
+    task_options: dict[str, str] = field(default_factory=dict)
     finetune_epochs: int = 0  # > 0: also "<strategy> + finetune", each site's model tuned on its own training patients
     engine: str = (
         "simulation"  # or "deployment": federated runs on a loopback consortium (benchmarks.deployment_engine)
@@ -167,6 +173,10 @@ class BenchConfig:
             kind.check_outputs(self.outputs)
         except ValueError as exc:
             raise ConfigError(f"--{'classes' if kind.outputs_key == 'classes' else 'labels'}: {exc}") from None
+        try:
+            self._options = kind.check_options(self.task_options) if self.task_options else ()
+        except ValueError as exc:
+            raise ConfigError(f"--task-options: {exc}") from None
         if self.finetune_epochs < 0 or (self.finetune_epochs and kind.unsupported("finetune")):
             raise ConfigError(f"--finetune-epochs: a number of epochs >= 0 ({kind.unsupported('finetune') or 'ok'})")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -239,7 +249,7 @@ class BenchConfig:
     def task(self, variant: ArmVariant = PLAIN) -> TaskSpec:
         """The benchmark's task; with an equalising ``variant``, the same model with that input layer."""
         model = self.model + EQUALIZE_SUFFIX if variant.equalize else self.model
-        return TaskSpec(self.task_type, tuple(self.outputs), model, self.image_size)
+        return TaskSpec(self.task_type, tuple(self.outputs), model, self.image_size, self._options)
 
     def run_config(self, strategy: str, seed: int, run_dir: Path, n_sites: int, variant: ArmVariant = PLAIN) -> dict:
         return {
@@ -417,11 +427,15 @@ def _run_benchmark(
     site_tests = [f"{s.name} test" for s in sites]
     results = summarise(cells[metrics[0]], columns, site_tests, [s.name for s in sites], list(unseen_data))
     results["metric"] = metrics[0]
-    if len(metrics) > 1:  # segmentation: the cross-site matrix of each label's Dice too
-        results["metric_matrices"] = {
-            m: summarise(cells[m], columns, site_tests, [s.name for s in sites], list(unseen_data))["matrix"]
+    if len(metrics) > 1:  # segmentation: each label's Dice summarised as the headline is (matrix, models, paired)
+        best = results["verdict"].get("best_federated")
+        per_label = {
+            m: summarise(cells[m], columns, site_tests, [s.name for s in sites], list(unseen_data), best)
             for m in metrics[1:]
         }
+        results["metric_matrices"] = {m: r["matrix"] for m, r in per_label.items()}
+        results["metric_models"] = {m: r["models"] for m, r in per_label.items()}
+        results["metric_paired"] = {m: r["paired"] for m, r in per_label.items()}
     results.update(
         config=asdict(cfg),
         engine=deployed.description if deployed is not None else ENGINE,
@@ -502,9 +516,18 @@ class FederatedModels:
         return lambda col: per_site.get(col, glob)
 
 
-def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names: list[str], unseen: list[str]) -> dict:
+def summarise(
+    cells: dict,
+    columns: list[str],
+    site_tests: list[str],
+    site_names: list[str],
+    unseen: list[str],
+    best: str | None = None,
+) -> dict:
     """Mean ± sd (and the values) over seeds per cell; per model the mean over site test sets, unseen score, ratio
-    to pooled; the verdict; and paired per-seed differences (:mod:`benchmarks.paired_comparison`)."""
+    to pooled; the verdict; and paired per-seed differences (:mod:`benchmarks.paired_comparison`). ``best``: the
+    federated model the verdict and pairs are about (a label's figures follow the headline's best); default the
+    strategy with the highest site mean."""
     matrix = {m: {c: _mean_sd(v) for c, v in row.items()} for m, row in cells.items()}
     models: dict[str, dict] = {}
     series: dict[str, dict[str, list[float]]] = {}  # model → column (and SITE_MEAN) → value per seed
@@ -522,9 +545,11 @@ def summarise(cells: dict, columns: list[str], site_tests: list[str], site_names
         m["ratio_to_pooled"] = round(mean / pooled, 4) if pooled and mean is not None else None
     federated = [m for m in models if not m.startswith(("pooled", "local "))]
     strategies = [m for m in federated if "+" not in m]  # matched budget; "+ AdaBN" / "+ finetune" are levers on top
-    verdict, best = {}, None
+    verdict = {}
+    if best not in strategies:
+        best = None
     if strategies:
-        best = max(strategies, key=lambda m: models[m]["site_mean"]["mean"] or 0)
+        best = best or max(strategies, key=lambda m: models[m]["site_mean"]["mean"] or 0)
         verdict = _verdict(best, models, matrix, site_names, unseen)
         with_levers = max(federated, key=lambda m: models[m]["site_mean"]["mean"] or 0)
         if with_levers != best:

@@ -151,6 +151,19 @@ def heat_map(results: dict, path: Path) -> Path:
     return path
 
 
+def _summary_html(models: dict, esc) -> str:  # noqa: ANN001 - html.escape
+    """A label's summary: per model the site-test mean ± sd, its ratio to pooled and each unseen site."""
+    unseen = list(next(iter(models.values()))["unseen"]) if models else []
+    head = "".join(f"<th>{esc(u)}</th>" for u in unseen)
+    rows = "".join(
+        f"<tr><td>{esc(m)}</td><td>{_fmt(r['site_mean'])}</td><td>{r['ratio_to_pooled'] or '–'}</td>"
+        + "".join(f"<td>{_fmt(r['unseen'][u])}</td>" for u in unseen)
+        + "</tr>"
+        for m, r in models.items()
+    )
+    return f"<table><tr><th>model</th><th>site test sets</th><th>× pooled</th>{head}</tr>{rows}</table><p></p>"
+
+
 def write_report(results: dict, out: Path) -> Path:
     """``report.html`` (tables + the two charts) next to ``results.json``."""
     out = Path(out)
@@ -158,8 +171,11 @@ def write_report(results: dict, out: Path) -> Path:
     cfg, cols = results["config"], results["columns"]
     esc = html.escape
     title = esc(metric_title(results))
+    label_models = results.get("metric_models") or {}
     per_label = "".join(
-        f"<h3>{esc(metric_title(results, metric))}</h3><table><tr><th>model</th>{''.join(f'<th>{esc(c)}</th>' for c in cols)}</tr>"
+        f"<h3>{esc(metric_title(results, metric))}</h3>"
+        + (_summary_html(label_models[metric], esc) if metric in label_models else "")
+        + f"<table><tr><th>model</th>{''.join(f'<th>{esc(c)}</th>' for c in cols)}</tr>"
         + "".join(
             f"<tr><td>{esc(m)}</td>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in cols) + "</tr>"
             for m, row in matrix_.items()
@@ -167,11 +183,18 @@ def write_report(results: dict, out: Path) -> Path:
         + "</table>"
         for metric, matrix_ in (results.get("metric_matrices") or {}).items()
     )
+    kind = cfg.get("task_type") or "classification"
+    size = cfg["image_size"]
     task = (
-        f"segmentation of {esc(', '.join(cfg.get('labels') or []))}"
-        if cfg.get("task_type") == "segmentation"
+        f"{'3D ' if kind == 'segmentation3d' else ''}segmentation of {esc(', '.join(cfg.get('labels') or []))}"
+        if kind.startswith("segmentation")
+        else "multilabel classification"
+        if kind == "multilabel"
         else "classification"
     )
+    if cfg.get("task_options"):
+        task += f" ({esc(', '.join(f'{k} {v}' for k, v in cfg['task_options'].items()))})"
+    shape = f"{size}³ patches" if kind == "segmentation3d" else f"{size}×{size}"
     rows = "".join(
         f"<tr><td>{esc(m)}</td><td>{_fmt(r['site_mean'])}</td><td>{r['ratio_to_pooled'] or '–'}</td>"
         + "".join(f"<td>{_fmt(r['unseen'][u])}</td>" for u in r["unseen"])
@@ -191,7 +214,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 <h1>Generalization across hospitals</h1>
 <p>{esc(results["engine"])}. {cfg["seeds"]} seed(s); matched budget: {cfg["rounds"]} rounds × {cfg["local_epochs"]} local
 epochs federated = {cfg["rounds"] * cfg["local_epochs"]} epochs for pooled and local-only models. Model {esc(cfg["model"])},
-{cfg["image_size"]}×{cfg["image_size"]}, {task}. Test sets (images): {esc(_test_sets(results))}. {title} mean ± sd over seeds.</p>
+{shape}, {task}. Test sets (images): {esc(_test_sets(results))}. {title} mean ± sd over seeds.</p>
 <h2>Summary</h2>
 <p>Best federated strategy: <b>{esc(str(v.get("best_federated")))}</b>, {v.get("ratio_to_pooled")} × pooled mean {title} over site
 test sets. Beats each site's local-only model on that site's test set: {esc(str(v.get("beats_local_on_own_test")))};

@@ -73,6 +73,7 @@ def comparisons(
       mean), histogram equalisation at both;
     * the best federated model against each site's local-only model, on that site's own test set and on each
       unseen site: does joining the consortium pay for every hospital?
+    * the best federated model against pooled, on the site mean and each unseen site: what federation costs.
     """
     rows = []
 
@@ -99,4 +100,6 @@ def comparisons(
         for name in site_names:
             for column in (f"{name} test", *unseen):
                 add(best, f"local {name}", column)
+        for column in (SITE_MEAN, *unseen):  # the price of federation, seed by seed (the ratio's paired twin)
+            add(best, "pooled", column)
     return rows

@@ -30,6 +30,8 @@ SUBCOMMANDS = [
     "proxy-attacks",
     "audit-append",
     "cache-memory",
+    "volume-inference",
+    "volume-memory",
     "ingest-fullsize",
     "big-model",
     "backbones",
@@ -77,3 +79,14 @@ def test_generalization_refuses_a_bad_invocation_with_exit_2(tmp_path: Path) -> 
     assert res.exit_code == 2 and "fedsgd" in res.output, res.output
     res = runner.invoke(bench_cli, ["generalization", "--sites", str(tmp_path), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "at least 2 training sites" in res.output, res.output
+
+
+def test_generalization_refuses_bad_task_options_with_exit_2(tmp_path: Path) -> None:
+    base = ["generalization", "--sites", str(tmp_path / "a"), "--sites", str(tmp_path / "b"), "--out", str(tmp_path)]
+    base += ["--task", "segmentation3d", "--labels", "liver,lesion"]
+    res = runner.invoke(bench_cli, [*base, "--task-options", "spacing"])
+    assert res.exit_code == 2 and "name=value" in res.output, res.output
+    res = runner.invoke(bench_cli, [*base, "--task-options", "spacing=0"])
+    assert res.exit_code == 2 and "task.spacing" in res.output, res.output
+    res = runner.invoke(bench_cli, [*base, "--task-options", "colour=red"])
+    assert res.exit_code == 2 and "task.colour" in res.output, res.output
