@@ -41,7 +41,7 @@ from urllib.parse import parse_qs
 from rich.console import Console
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 
 from shared.dashboard.widgets import Page, banner, page, section
 
@@ -324,6 +324,10 @@ def serve_dashboard(source: PageSource, options: DashboardOptions, console: Cons
     )
     try:
         server.run()
+    except SystemExit:  # uvicorn logs a bind failure and exits
+        raise DashboardError(
+            f"cannot listen on {options.host}:{options.port}: is another dashboard using it?"
+        ) from None
     except OSError as exc:
         raise DashboardError(f"cannot listen on {options.host}:{options.port}: {exc.strerror}") from None
     if not server.started:  # uvicorn logs a bind failure and returns
@@ -339,7 +343,10 @@ class DashboardThread:
         self.thread = threading.Thread(target=self._run, name="fedrad-dashboard", daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve())
+        try:
+            asyncio.run(self.server.serve())
+        except SystemExit:  # uvicorn exits when it cannot bind; __enter__ reports it
+            pass
 
     def __enter__(self) -> DashboardThread:
         self.thread.start()
