@@ -34,7 +34,7 @@ from shared.dashboard.server import (
 from shared.processes import free_port
 
 with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its test client; httpx is what is installed
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
 HOSTILE = "<img src=x onerror=alert(1)>"
