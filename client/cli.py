@@ -607,20 +607,22 @@ def dashboard(
     privacy settings and evaluation reports. Serves on 127.0.0.1 until Ctrl-C."""
     from client.dashboard import SitePage
 
-    source = SitePage(config, reports=reports)
-    try:
-        if as_json:
-            source.wait_for_check()
-            _print_json(source.page())
-            return
-        from shared.dashboard.server import DashboardError, dashboard_options, serve_dashboard
+    if as_json:
+        source = SitePage(config, reports=reports)
+        source.wait_for_check()
+        _print_json(source.page())
+        return
+    from shared.dashboard.server import DashboardError, dashboard_options, serve_dashboard
 
+    try:
+        options = dashboard_options(host, port, tls_cert, tls_key, token_file)  # a refused bind: before any work
+        source = SitePage(config, reports=reports)
         try:
-            serve_dashboard(source, dashboard_options(host, port, tls_cert, tls_key, token_file), out)
-        except DashboardError as exc:
-            raise ConfigError(str(exc)) from None
-    finally:
-        source.close()
+            serve_dashboard(source, options, out)
+        finally:
+            source.close()
+    except DashboardError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 audit_app = typer.Typer(help="What this site sent: verify and show the outbound audit log.", no_args_is_help=True)

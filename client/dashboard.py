@@ -10,6 +10,7 @@ background (:mod:`client.dashboard_check`). Sections, in order: ``sent`` (what l
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -71,6 +72,17 @@ def _guarded(id: str, title: str, build: Callable[[], w.Section]) -> w.Section:
         return build()
     except Exception as exc:  # noqa: BLE001 - shown on the page instead
         return w.section(id, title, [w.banner(f"{id}-error", "error", f"{type(exc).__name__}: {exc}")])
+
+
+def _finite(obj: Any) -> Any:
+    """The page with every NaN or infinity (an edited log line can hold one) as None: JSON has neither."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 class SitePage:
@@ -143,9 +155,18 @@ class SitePage:
     def _page(self) -> w.Page:
         self._reload_config()
         self.check.request()  # starts a check when the last one is older than the refresh interval
-        audit: AuditState = self._audit.get()
-        identity: Identity = self._identity.get()
-        self._reports.get()
+        try:
+            audit: AuditState = self._audit.get()
+        except Exception as exc:  # noqa: BLE001 - read_audit catches what a log does; this is the net
+            audit = AuditState(self.log, problem=f"{type(exc).__name__}: {exc}")
+        try:
+            identity: Identity = self._identity.get()
+        except Exception as exc:  # noqa: BLE001
+            identity = Identity(f"cannot fingerprint the installed code: {exc}", "", "")
+        try:
+            self._reports.get()
+        except Exception:  # noqa: BLE001 - the last list stays; the section says where it looked
+            pass
         sections = [
             _guarded("sent", "What left this hospital", lambda: audit_section(audit)),
             _guarded("data", "Data check", lambda: check_section(self.check)),
@@ -157,8 +178,8 @@ class SitePage:
             warning = w.banner("site-config", "error", f"site.yaml was edited and no longer loads: {self._cfg_problem}")
             sections[0]["widgets"].insert(0, warning)
         now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        subtitle = f"{self.cfg.site_name}: read-only, on this machine only; updated {now} UTC"
-        return w.page(self.title, subtitle, sections, refresh_s=REFRESH_S)
+        subtitle = f"{self.cfg.site_name}: read-only, for this hospital only; updated {now} UTC"
+        return _finite(w.page(self.title, subtitle, sections, refresh_s=REFRESH_S))
 
     def documents(self) -> dict[str, Any]:
         from shared.dashboard.server import Document

@@ -9,6 +9,8 @@ not verify they are still shown, marked as unverified, since they are the eviden
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +55,33 @@ def read_audit(log: Path, key_of: Any) -> AuditState:
         state.error = str(exc)
     except ConfigError as exc:
         state.problem = str(exc)
+    except OSError as exc:
+        state.problem = f"{state.log}: cannot read it ({exc.strerror}); the dashboard's account needs read access"
+    except Exception as exc:  # noqa: BLE001 - a line verify() cannot count (e.g. a list as run): show, not crash
+        state.problem = f"verify failed on a line it cannot read: {type(exc).__name__}: {exc}"
     try:
-        state.entries = load_entries(state.log)
+        state.entries = [_light(e) for e in load_entries(state.log)]
     except OSError as exc:
         state.problem = state.problem or f"{state.log}: cannot read it ({exc.strerror})"
     return state
+
+
+def _light(entry: Any) -> dict[str, Any]:
+    """An entry as the page needs it: the arrays' digests (hundreds per model) become their count."""
+    if not isinstance(entry, dict):
+        return {"type": "UNREADABLE LINE"}
+    if isinstance(entry.get("arrays"), dict):
+        entry["arrays"] = len(entry["arrays"])
+    return entry
+
+
+def _scalar(v: Any) -> Any:
+    """A table cell from a log line, which may have been edited: a finite number or a string (or None)."""
+    if v is None or isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
+        return v
+    if isinstance(v, float) and math.isfinite(v):
+        return v
+    return json.dumps(v) if isinstance(v, dict | list) else str(v)
 
 
 def _short_time(value: Any) -> str:
@@ -89,6 +113,7 @@ def _reason_cell(entry: dict[str, Any]) -> Any:
     reason = entry.get("reason")
     if reason is None:
         return ""
+    reason = str(reason)
     kind = entry.get("type")
     level = "error" if kind in ("refused", "error") else "info"
     return w.cell(reason, level)
@@ -106,12 +131,12 @@ def _type_cell(entry: dict[str, Any]) -> Any:
 def _row(entry: dict[str, Any]) -> list[Any]:
     withheld, dropped = _decisions(entry, "withhold"), _decisions(entry, "drop")
     return [
-        entry.get("seq"),
+        _scalar(entry.get("seq")),
         _short_time(entry.get("time")),
-        entry.get("run"),
-        entry.get("round"),
+        _scalar(entry.get("run")),
+        _scalar(entry.get("round")),
         _type_cell(entry),
-        entry.get("bytes"),
+        _scalar(entry.get("bytes")),
         _metrics(entry),
         w.cell("; ".join(withheld), "warn") if withheld else "",
         w.cell("; ".join(dropped), "error") if dropped else "",
@@ -136,7 +161,7 @@ def bytes_chart(entries: list[dict[str, Any]]) -> w.Widget:
     per: dict[Any, Counter] = defaultdict(Counter)
     for e in _messages(entries):
         try:
-            per[e.get("run")][e.get("round")] += int(e.get("bytes") or 0)
+            per[_scalar(e.get("run"))][_scalar(e.get("round"))] += int(e.get("bytes") or 0)
         except (TypeError, ValueError):
             continue
     runs = sorted(per, key=_run_key)[-MAX_RUNS_CHARTED:]
@@ -154,7 +179,7 @@ def messages_chart(entries: list[dict[str, Any]]) -> w.Widget:
     """Messages per run, stacked by type (train, evaluate, query, refused, ...)."""
     per: dict[Any, Counter] = defaultdict(Counter)
     for e in _messages(entries):
-        per[e.get("run")][str(e.get("type"))] += 1
+        per[_scalar(e.get("run"))][str(e.get("type"))] += 1
     runs = sorted(per, key=_run_key)[-MAX_RUNS_COUNTED:]
     kinds = sorted({k for run in runs for k in per[run]})
     return w.bars(
@@ -173,7 +198,7 @@ def epsilon_chart(entries: list[dict[str, Any]]) -> w.Widget | None:
     for e in _messages(entries):
         metrics = e.get("metrics")
         if isinstance(metrics, dict) and "dp-epsilon" in metrics:
-            per[e.get("run")].append((e.get("round"), metrics["dp-epsilon"]))
+            per[_scalar(e.get("run"))].append((_scalar(e.get("round")), metrics["dp-epsilon"]))
     if not per:
         return None
     series = [(f"run {run}", sorted(per[run], key=lambda p: _run_key(p[0]))) for run in sorted(per, key=_run_key)]

@@ -108,8 +108,8 @@ class ReportIndex:
     """Reports found under the roots, with ids that stay the same while the dashboard runs."""
 
     def __init__(self, roots: list[Path], skip: list[Path]) -> None:
-        self.roots = [Path(r) for r in roots]
-        self.skip = [Path(s) for s in skip]
+        self.roots = [Path(r).resolve() for r in roots]
+        self.skip = [Path(s).resolve() for s in skip]
         self._ids: dict[Path, str] = {}
         self.reports: list[Report] = []
 
@@ -138,6 +138,7 @@ class ReportIndex:
         except OSError:
             written = 0.0
         name = next((str(path.parent.relative_to(r)) for r in self.roots if r in path.parents), str(path.parent))
+        name = path.parent.name if name == "." else name
         return Report(doc_id, path, metrics_path, name, kind, written, headline, cases)
 
 
