@@ -118,7 +118,8 @@ class SitePage:
     # -- the parts, each cached ------------------------------------------------------------------------
 
     def _audit_key(self) -> tuple:
-        return _stat_key(self.log, head_path(self.log), self.config.parent / self.cfg.private_key)
+        key = Path(self.cfg.private_key)
+        return _stat_key(self.log, head_path(self.log), key, key.with_name("site.pub"))
 
     def _read_audit(self) -> AuditState:
         from client.audit_site import verify_key

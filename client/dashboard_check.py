@@ -83,6 +83,22 @@ class CheckCommand:
                 pass
 
 
+def _slim(report: dict[str, Any]) -> dict[str, Any]:
+    """What the page shows of a report kept for ten minutes: a big export's per-file lists (every rejected or
+    unlabelled file) become one example per reason and the first label problems, with their totals."""
+    examples: dict[str, dict[str, Any]] = {}
+    for r in report.get("rejected") or []:
+        if isinstance(r, dict):
+            examples.setdefault(str(r.get("reason")), r)
+    report["rejected"] = list(examples.values())
+    report.pop("unlabelled", None)
+    labels = report.get("labels")
+    if isinstance(labels, dict) and isinstance(labels.get("problems"), list):
+        labels["problems_total"] = len(labels["problems"])
+        labels["problems"] = labels["problems"][:MAX_ROWS]
+    return report
+
+
 def _result(code: int, stdout: str, stderr: str, seconds: float) -> CheckResult:
     """The command's JSON report (exit 0: can train, 1: cannot), or its error line (exit 2, 3)."""
     report = None
@@ -92,7 +108,7 @@ def _result(code: int, stdout: str, stderr: str, seconds: float) -> CheckResult:
         except ValueError:
             report = None
     if isinstance(report, dict):
-        return CheckResult(_now(), seconds, code, report)
+        return CheckResult(_now(), seconds, code, _slim(report))
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     reason = lines[-1] if lines else f"the check exited with code {code} and printed nothing"
     if code < 0:
@@ -164,6 +180,7 @@ def _images_widgets(r: dict[str, Any]) -> list[w.Widget]:
     """A planar export (classification, multi-label): counts, rejections, classes, label problems."""
     img, labels = r.get("images", {}), r.get("labels", {})
     problems = labels.get("problems", [])
+    n_problems = labels.get("problems_total", len(problems))
     out = [
         w.tiles(
             "data-totals",
@@ -173,7 +190,7 @@ def _images_widgets(r: dict[str, Any]) -> list[w.Widget]:
                 ("rejected files", img.get("rejected"), "warn" if img.get("rejected") else None),
                 ("label rows", labels.get("rows")),
                 ("labelled images", labels.get("matched")),
-                ("label problems", len(problems), "warn" if problems else None),
+                ("label problems", n_problems, "warn" if n_problems else None),
                 ("usable without a label", r.get("unlabelled_images")),
             ],
         )
@@ -198,7 +215,7 @@ def _images_widgets(r: dict[str, Any]) -> list[w.Widget]:
             "data-label-problems",
             ("key", "problem", "detail"),
             [[p.get("key"), p.get("reason"), p.get("detail")] for p in problems[:MAX_ROWS]],
-            title=f"Label problems ({min(len(problems), MAX_ROWS)} of {len(problems)} shown)",
+            title=f"Label problems ({min(n_problems, MAX_ROWS)} of {n_problems} shown)",
             empty="no label problems",
         )
     )
@@ -210,17 +227,6 @@ def _images_widgets(r: dict[str, Any]) -> list[w.Widget]:
     ):
         if r.get(field):
             out.append(_counts_table(f"data-{field.replace('_', '-')}", title, r[field], header))
-    seg = r.get("segmentation")
-    if seg:
-        out.append(
-            w.table(
-                "data-seg-problems",
-                ("problem", "files", "what to do"),
-                [[k, v.get("count"), v.get("what_to_do")] for k, v in seg.get("problems_by_kind", {}).items()],
-                title=f"Segmentations: {seg.get('images_with_masks')} images with masks",
-                empty="no SEG problems",
-            )
-        )
     return out
 
 
@@ -246,23 +252,6 @@ def _rejected_widgets(r: dict[str, Any], unit: str) -> list[w.Widget]:
             y_label=unit,
         ),
     ]
-
-
-def _volume_widgets(r: dict[str, Any]) -> list[w.Widget]:
-    """A CT/MR export checked as series (``check --volumes``)."""
-    s = r.get("series", {})
-    out = [
-        w.tiles(
-            "data-totals",
-            [
-                ("series", s.get("found")),
-                ("usable series", s.get("usable"), "ok" if s.get("usable") else "error"),
-                ("rejected series", s.get("rejected"), "warn" if s.get("rejected") else None),
-                ("label objects", r.get("label_files")),
-            ],
-        )
-    ]
-    return out + _rejected_widgets(r, "series")
 
 
 def _hardware(hw: dict[str, Any] | None) -> list[w.Widget]:
@@ -305,9 +294,7 @@ def check_section(check: BackgroundCheck) -> w.Section:
         widgets.append(w.banner("data-status", "error", f"the data check failed: {result.error} ({when})"))
         return w.section("data", "Data check", widgets, note=_note(check))
     widgets.append(w.banner("data-status", "ok" if r.get("ok") else "error", f"{r.get('verdict', '')} ({when})"))
-    if "series" in r:
-        widgets += _volume_widgets(r)
-    elif "images" in r:
+    if "images" in r:
         widgets += _images_widgets(r)
     else:  # a segmentation-only site.yaml: the command says whether it can train, segment names come with a run
         widgets.append(
