@@ -4,7 +4,7 @@
 returns the page model (:mod:`shared.dashboard.widgets`) every couple of seconds, so it only re-reads what
 changed (the audit log by its file status, the reports every half minute, site.yaml's identity every
 minute) and never raises: a part that fails is a section with an error banner. The data check runs in the
-background (:mod:`client.dashboard_check`). Sections, in order: ``sent`` (what left this hospital),
+background (:mod:`client.dashboard_check`). Sections, in order: ``audit`` (what left this hospital),
 ``data``, ``code``, ``privacy``, ``reports``; every widget id is stable (docs/dashboards.md lists them).
 """
 
@@ -169,7 +169,7 @@ class SitePage:
         except Exception:  # noqa: BLE001 - the last list stays; the section says where it looked
             pass
         sections = [
-            _guarded("sent", "What left this hospital", lambda: audit_section(audit)),
+            _guarded("audit", "What left this hospital", lambda: audit_section(audit)),
             _guarded("data", "Data check", lambda: check_section(self.check)),
             _guarded("code", "Code approval", lambda: code_section(self.cfg, identity, audit.entries)),
             _guarded("privacy", "Privacy settings", lambda: privacy_section(self.cfg, identity, self.config)),

@@ -167,7 +167,7 @@ def bytes_chart(entries: list[dict[str, Any]]) -> w.Widget:
     runs = sorted(per, key=_run_key)[-MAX_RUNS_CHARTED:]
     rounds = sorted({r for run in runs for r in per[run]}, key=_run_key)
     return w.bars(
-        "sent-bytes",
+        "audit-bytes",
         "Bytes sent per round" + (f" (the latest {MAX_RUNS_CHARTED} runs)" if len(per) > MAX_RUNS_CHARTED else ""),
         [f"round {r}" for r in rounds],
         [(f"run {run}", [per[run].get(r, 0) for r in rounds]) for run in runs],
@@ -183,7 +183,7 @@ def messages_chart(entries: list[dict[str, Any]]) -> w.Widget:
     runs = sorted(per, key=_run_key)[-MAX_RUNS_COUNTED:]
     kinds = sorted({k for run in runs for k in per[run]})
     return w.bars(
-        "sent-messages",
+        "audit-messages",
         "Messages per run" + (f" (the latest {MAX_RUNS_COUNTED} runs)" if len(per) > MAX_RUNS_COUNTED else ""),
         [f"run {run}" for run in runs],
         [(kind, [per[run].get(kind, 0) for run in runs]) for kind in kinds],
@@ -202,7 +202,7 @@ def epsilon_chart(entries: list[dict[str, Any]]) -> w.Widget | None:
     if not per:
         return None
     series = [(f"run {run}", sorted(per[run], key=lambda p: _run_key(p[0]))) for run in sorted(per, key=_run_key)]
-    return w.line("sent-epsilon", "Privacy spent: ε after each round (per-image DP)", series, y_label="ε")
+    return w.line("audit-epsilon", "Privacy spent: ε after each round (per-image DP)", series, y_label="ε")
 
 
 def _human(n: int) -> str:
@@ -217,33 +217,33 @@ def _human(n: int) -> str:
 def _banner(state: AuditState) -> w.Widget:
     if not state.exists:
         return w.banner(
-            "sent-verify",
+            "audit-status",
             "info",
             f"nothing has left this hospital: there is no audit log at {state.log} (this site has sent nothing "
             "yet, or work_dir in site.yaml is wrong)",
         )
     if state.error is not None:
-        return w.banner("sent-verify", "error", f"the audit log does not verify: {state.error}")
+        return w.banner("audit-status", "error", f"the audit log does not verify: {state.error}")
     if state.problem is not None or state.summary is None:
-        return w.banner("sent-verify", "error", f"the audit log could not be checked: {state.problem}")
+        return w.banner("audit-status", "error", f"the audit log could not be checked: {state.problem}")
     s = state.summary
     signature = "signature ok" if s.signature.startswith("valid") else f"signature: {s.signature}"
     level = "ok" if s.signature.startswith("valid") or s.signature == "nothing to sign yet" else "warn"
-    return w.banner("sent-verify", level, f"verified: {s.entries} messages, {s.bytes} bytes, {signature}")
+    return w.banner("audit-status", level, f"verified: {s.entries} messages, {s.bytes} bytes, {signature}")
 
 
 def _tiles(state: AuditState) -> w.Widget:
-    labels = ("messages", "bytes sent", "runs", "rounds", "guard violations", "withheld metrics", "refusals")
+    labels = ("messages", "bytes", "runs", "rounds", "guard violations", "withheld metrics", "refusals")
     if not state.exists:
-        return w.tiles("sent-totals", [(label, 0) for label in labels])
+        return w.tiles("audit-totals", [(label, 0) for label in labels])
     s = state.summary
     if s is None:  # the totals of a log that does not verify are not evidence of anything
-        return w.tiles("sent-totals", [(label, "?", "error") for label in labels])
+        return w.tiles("audit-totals", [(label, "?", "error") for label in labels])
     return w.tiles(
-        "sent-totals",
+        "audit-totals",
         [
             ("messages", s.entries),
-            ("bytes sent", s.bytes),
+            ("bytes", s.bytes),
             ("runs", s.runs),
             ("rounds", s.rounds),
             ("guard violations", s.violations, "error" if s.violations else "ok"),
@@ -266,11 +266,11 @@ def _evidence(state: AuditState) -> w.Widget:
             ("pinned heads", "not checked here: `fedrad-site audit verify --pinned FILE` checks them"),
         ]
         items += [(f"note {i}", note) for i, note in enumerate(s.notes, start=1)]
-    return w.kv("sent-evidence", items, title="Evidence")
+    return w.kv("audit-evidence", items, title="Evidence")
 
 
 def audit_section(state: AuditState) -> w.Section:
-    """The section's widgets, ids ``sent-*``: banner, tiles, log table, charts, evidence."""
+    """The section's widgets, ids ``audit-*``: banner, tiles, log table, charts, evidence."""
     newest = list(reversed(state.entries))[:MAX_ROWS]
     shown = len(newest)
     title = f"Outbound messages, newest first ({shown} of {len(state.entries)} lines)"
@@ -279,7 +279,7 @@ def audit_section(state: AuditState) -> w.Section:
     widgets = [
         _banner(state),
         _tiles(state),
-        w.table("sent-log", COLUMNS, [_row(e) for e in newest], title=title, empty="nothing sent yet"),
+        w.table("audit-entries", COLUMNS, [_row(e) for e in newest], title=title, empty="nothing sent yet"),
         bytes_chart(state.entries),
         messages_chart(state.entries),
     ]
@@ -293,4 +293,4 @@ def audit_section(state: AuditState) -> w.Section:
     )
     if len(state.entries) > MAX_ROWS:
         note += f" The table shows the last {MAX_ROWS} lines; `fedrad-site audit show --last 0` lists all."
-    return w.section("sent", "What left this hospital", widgets, note=note)
+    return w.section("audit", "What left this hospital", widgets, note=note)

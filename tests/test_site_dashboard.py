@@ -127,29 +127,29 @@ def test_sent_section_totals_are_verify_s_and_the_log_table_shows_guard_and_refu
     _send(config)
     summary = verify(_log(config), load_public_key(config.parent / "site.pub"))
     _, page = _page(config)
-    assert [s["id"] for s in page["sections"]] == ["sent", "data", "code", "privacy", "reports"]
+    assert [s["id"] for s in page["sections"]] == ["audit", "data", "code", "privacy", "reports"]
     json.dumps(page, allow_nan=False)  # plain JSON
-    banner = _widget(page, "sent-verify")
+    banner = _widget(page, "audit-status")
     assert banner["level"] == "ok"
     assert banner["text"] == f"verified: 5 messages, {summary.bytes} bytes, signature ok"
-    assert _tile(page, "sent-totals", "bytes sent")["value"] == str(summary.bytes)
-    assert _tile(page, "sent-totals", "messages")["value"] == "5"
-    assert _tile(page, "sent-totals", "refusals")["value"] == "2"
-    assert _tile(page, "sent-totals", "withheld metrics")["value"] == "1"
-    assert _tile(page, "sent-totals", "guard violations")["value"] == "1"
-    table = _widget(page, "sent-log")
+    assert _tile(page, "audit-totals", "bytes")["value"] == str(summary.bytes)
+    assert _tile(page, "audit-totals", "messages")["value"] == "5"
+    assert _tile(page, "audit-totals", "refusals")["value"] == "2"
+    assert _tile(page, "audit-totals", "withheld metrics")["value"] == "1"
+    assert _tile(page, "audit-totals", "guard violations")["value"] == "1"
+    table = _widget(page, "audit-entries")
     rows = [dict(zip(table["columns"], r)) for r in table["rows"]]
     assert [r["#"] for r in rows] == [5, 4, 3, 2, 1]  # newest first
     assert rows[0]["reason"] == {"text": HOSTILE, "level": "error"}  # a plain string, never markup
     assert "is not approved there" in rows[1]["reason"]["text"]
     assert "metric:auc" in rows[2]["withheld"]["text"] and "metric:worst-case" in rows[2]["dropped"]["text"]
     assert f"{HOSTILE}=1" in rows[2]["metrics sent"]
-    bars = _widget(page, "sent-bytes")
+    bars = _widget(page, "audit-bytes")
     assert bars["groups"] == ["round 1", "round 2"]
     assert {s["name"]: s["values"] for s in bars["series"]}["run 7"] == [1000, 2000]
-    messages = _widget(page, "sent-messages")
+    messages = _widget(page, "audit-messages")
     assert messages["groups"] == ["run 7", "run 8", "run 9"] and messages["stacked"] is True
-    eps = _widget(page, "sent-epsilon")
+    eps = _widget(page, "audit-epsilon")
     assert eps["series"] == [{"name": "run 7", "points": [[1, 1.5], [2, 3.0]]}]
     # the refusal for unapproved code is waiting for approval, with its fingerprint
     waiting = _widget(page, "code-waiting")
@@ -167,15 +167,15 @@ def test_a_tampered_log_shows_the_verify_error_and_no_totals(tmp_path: Path) -> 
     _send(config)
     log = _log(config)
     source, page = _page(config)
-    assert _widget(page, "sent-verify")["level"] == "ok"
+    assert _widget(page, "audit-status")["level"] == "ok"
     log.write_bytes(log.read_bytes().replace(b'"round":2', b'"round":5', 1))  # one line edited
     with pytest.raises(Exception) as exc:
         verify(log, load_public_key(config.parent / "site.pub"))
     page = source.page()  # the edit is seen at the next poll, not after a cache's age
-    banner = _widget(page, "sent-verify")
+    banner = _widget(page, "audit-status")
     assert banner["level"] == "error" and str(exc.value) in banner["text"]
-    assert _tile(page, "sent-totals", "bytes sent")["value"] == "?"
-    assert "UNVERIFIED" in _widget(page, "sent-log")["title"]  # the lines are still shown as evidence
+    assert _tile(page, "audit-totals", "bytes")["value"] == "?"
+    assert "UNVERIFIED" in _widget(page, "audit-entries")["title"]  # the lines are still shown as evidence
 
 
 def test_odd_log_values_still_give_plain_json(tmp_path: Path) -> None:
@@ -184,25 +184,25 @@ def test_odd_log_values_still_give_plain_json(tmp_path: Path) -> None:
     odd = {"run": 1, "round": float("nan"), "type": HOSTILE, "bytes": 5, "metrics": {"x": float("inf")}}
     append_entry(_log(config), odd, _settings(config))
     source, page = _page(config)
-    assert HOSTILE in json.dumps(page, allow_nan=False) and _widget(page, "sent-verify")["level"] == "ok"
-    row = dict(zip(_widget(page, "sent-log")["columns"], _widget(page, "sent-log")["rows"][0]))
+    assert HOSTILE in json.dumps(page, allow_nan=False) and _widget(page, "audit-status")["level"] == "ok"
+    row = dict(zip(_widget(page, "audit-entries")["columns"], _widget(page, "audit-entries")["rows"][0]))
     assert row["round"] == "nan" and row["type"] == HOSTILE and row["metrics sent"] == "x=inf"
     append_entry(_log(config), {**odd, "run": [1]}, _settings(config))  # verify() cannot count this line
     page = source.page()
     json.dumps(page, allow_nan=False)
-    assert _widget(page, "sent-verify")["level"] == "error"
-    assert _widget(page, "sent-log")["rows"][0][2] == "[1]"  # the lines are still shown
+    assert _widget(page, "audit-status")["level"] == "error"
+    assert _widget(page, "audit-entries")["rows"][0][2] == "[1]"  # the lines are still shown
 
 
 def test_a_site_that_never_sent_anything_renders(tmp_path: Path) -> None:
     config = _site(tmp_path, corrupt=False)
     approve_installed(config.parent / "work")
     _, page = _page(config)
-    banner = _widget(page, "sent-verify")
+    banner = _widget(page, "audit-status")
     assert banner["level"] == "info" and "nothing has left this hospital" in banner["text"]
-    assert _tile(page, "sent-totals", "bytes sent")["value"] == "0"
-    assert _widget(page, "sent-log")["rows"] == []
-    assert _widget(page, "sent-bytes")["groups"] == []
+    assert _tile(page, "audit-totals", "bytes")["value"] == "0"
+    assert _widget(page, "audit-entries")["rows"] == []
+    assert _widget(page, "audit-bytes")["groups"] == []
     assert _widget(page, "code-status")["level"] == "ok"
     assert _widget(page, "code-waiting")["rows"] == []
     assert _widget(page, "reports-list")["rows"] == [] and _widget(page, "reports-links")["items"] == []
@@ -282,7 +282,7 @@ def test_cli_json_prints_the_page_after_the_check_with_verify_s_bytes(tmp_path: 
     res = _cli("dashboard", "--config", str(config), "--json")
     assert res.returncode == 0, res.stderr
     page = json.loads(res.stdout)
-    assert _tile(page, "sent-totals", "bytes sent")["value"] == str(json.loads(verified.stdout)["bytes"])
+    assert _tile(page, "audit-totals", "bytes")["value"] == str(json.loads(verified.stdout)["bytes"])
     assert _widget(page, "data-status")["level"] == "ok"  # waited for the check
     assert _widget(page, "data-rejected")["rows"][0][0] == "truncated"
     refused = _cli("dashboard", "--config", str(config), "--host", "0.0.0.0")
