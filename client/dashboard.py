@@ -94,7 +94,6 @@ class SitePage:
         *,
         reports: list[Path] | None = None,
         check_runner: Callable[[Path], Any] | None = None,
-        start_check: bool = True,
     ) -> None:
         self.config = Path(config).resolve()
         self.cfg: SiteFileConfig = load_site_file(self.config)  # a broken site.yaml stops the command (exit 2)
@@ -112,8 +111,7 @@ class SitePage:
         self.reports = ReportIndex(roots, skip)
         self._reports = _Cached(self.reports.scan, REPORTS_EVERY_S)
         self.check = BackgroundCheck(self.config, check_runner)
-        if start_check:
-            self.check.request()
+        self.check.request()  # the first check starts now, in the background
 
     # -- the parts, each cached ------------------------------------------------------------------------
 
