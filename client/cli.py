@@ -318,7 +318,12 @@ def train_local(
 @handle_errors
 def evaluate(
     model_path: Path = typer.Option(..., "--model", "-m", help="A FedRad model file (local or global)."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Report folder (stays at the site)."),
+    out_dir: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Report folder (stays at the site); default with --config: WORK_DIR/reports/<model>-<UTC time>.",
+    ),
     config: Path | None = ConfigOpt,
     data: Path | None = DataOpt,
     labels: Path | None = LabelsOpt,
@@ -336,6 +341,13 @@ def evaluate(
     """Evaluate a model on this site's labelled images: metrics, plots and an HTML report in OUT."""
     from client.evaluate import run_evaluate
 
+    if out_dir is None:
+        if config is None:
+            raise ConfigError("--out: name the report folder, or give --config site.yaml (reports go to its work dir)")
+        from client.site_config import default_report_dir
+
+        out_dir = default_report_dir(config, model_path)
+        err.print(f"report folder: {out_dir}", highlight=False, soft_wrap=True)
     metrics = run_evaluate(
         model_path,
         out_dir,
@@ -571,6 +583,46 @@ def approve(
     out.print(f"installed FedRad code: {installed}")
     for e in entries:
         out.print(f"  {e['sha256']}  {e.get('approved_at', '')}  {e.get('note', '')}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def dashboard(
+    config: Path = SiteConfigOpt,
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to serve on; off this machine needs TLS and a token."
+    ),
+    port: int = typer.Option(8351, "--port", min=1, max=65535, help="Port to serve on."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) to serve HTTPS with."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="Its private key (PEM)."),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="A file (mode 600) holding the token every request must carry."
+    ),
+    reports: list[Path] = typer.Option(
+        [], "--reports", help="Also list the evaluation reports under this folder (repeatable)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the page model once (after the data check) and exit."),
+) -> None:
+    """A read-only web page of this site: what it sent (the verified audit log), its data check, approved code,
+    privacy settings and evaluation reports. Serves on 127.0.0.1 until Ctrl-C."""
+    from client.dashboard import SitePage
+
+    if as_json:
+        source = SitePage(config, reports=reports)
+        source.wait_for_check()
+        _print_json(source.page())
+        return
+    from shared.dashboard.server import DashboardError, dashboard_options, serve_dashboard
+
+    try:
+        options = dashboard_options(host, port, tls_cert, tls_key, token_file)  # a refused bind: before any work
+        source = SitePage(config, reports=reports)
+        try:
+            serve_dashboard(source, options, out)
+        finally:
+            source.close()
+    except DashboardError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 audit_app = typer.Typer(help="What this site sent: verify and show the outbound audit log.", no_args_is_help=True)

@@ -93,6 +93,29 @@ def load_site_file(path: Path) -> SiteFileConfig:
     return cfg
 
 
+REPORTS_FOLDER = "reports"  # WORK_DIR/reports: evaluation reports by default (``fedrad-site evaluate``)
+
+
+def site_work_dir(config: Path) -> Path:
+    """The work dir a site.yaml names (``work_dir``, relative to its folder), else ``work`` beside it.
+
+    Lenient on purpose: a data-only site.yaml (``check``, ``evaluate``) has no credentials to validate.
+    """
+    config = Path(config)
+    value = load_yaml_mapping(config).get("work_dir")
+    folder = config.resolve().parent
+    return folder / str(value) if value else folder / "work"
+
+
+def default_report_dir(config: Path, model: Path) -> Path:
+    """Where ``fedrad-site evaluate --config site.yaml`` writes without ``--out``: one new folder per report,
+    ``WORK_DIR/reports/<model file name>-<UTC time>`` (the site dashboard lists the reports there)."""
+    from datetime import UTC, datetime
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return site_work_dir(config) / REPORTS_FOLDER / f"{Path(model).stem}-{stamp}"
+
+
 def site_node_config(config: Path, cfg: SiteFileConfig, worker_socket: Path | None = None) -> dict[str, str | int]:
     """Flower node config for this site's SuperNode: what the per-message ClientApp needs, without reading site.yaml.
 
