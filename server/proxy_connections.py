@@ -17,7 +17,7 @@ to uvicorn's own h11 protocol:
   still sends: a client refused with 401 could otherwise push its whole 63 MB body anyway.
 
 The body has its own deadline in the handler (:func:`body_deadline_s`), where its declared size is known.
-:func:`harden_tls` leaves TLS 1.2 only with forward-secret AEAD suites (no CBC), and TLS 1.3.
+:func:`harden_tls` (shared/tls_policy.py) leaves TLS 1.2 only with forward-secret AEAD suites (no CBC), and TLS 1.3.
 :class:`RateLimitedLog` keeps a flood of refused requests from filling the disk with one line each.
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections import Counter
 from typing import Any
@@ -33,12 +32,15 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from shared.tls_policy import harden_tls
+
+__all__ = ["GuardedH11Protocol", "RateLimitedLog", "guarded_protocol", "harden_tls"]
+
 HEADER_TIMEOUT_S = 10.0  # Flower's headers are < 1 KiB and are sent in one write
 MAX_CONNECTIONS_PER_CLIENT = 32  # per remote address; a SuperNode uses one or two
 CLOSE_GRACE_S = 1.0  # after a refusal: time for the answer to leave before the socket is dropped
 BODY_GRACE_S = 10.0
 MIN_BODY_BYTES_PER_S = 64 * 1024  # a 5 MB object chunk may take 10 s + 80 s on a 0.5 Mbit/s link
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # forward secrecy, AEAD only; TLS 1.3 suites are all AEAD
 
 log = logging.getLogger("fedrad.fleet_proxy")
 
@@ -116,14 +118,6 @@ def guarded_protocol(header_timeout_s: float, max_per_client: int) -> type[Guard
         (GuardedH11Protocol,),
         {"header_timeout_s": header_timeout_s, "max_per_client": max_per_client, "open_per_client": Counter()},
     )
-
-
-def harden_tls(context: ssl.SSLContext) -> ssl.SSLContext:
-    """TLS 1.2 with ECDHE + AEAD suites only, or TLS 1.3; no compression, no renegotiation."""
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(TLS12_CIPHERS)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    return context
 
 
 class RateLimitedLog(logging.Filter):
