@@ -18,7 +18,7 @@ from shared.dashboard.widgets import Section, banner, cell, kv, line, links, sec
 from shared.tasks import get_task
 
 AVERAGED_FILE = "averaged.pt"
-MAX_ROUND_FILES = 100  # the checkpoint table lists the newest round files; older ones are counted
+MAX_ROUND_FILES = 20  # the checkpoint table lists the newest round files; older ones are counted
 
 
 @dataclass
@@ -413,9 +413,6 @@ def checkpoints_section(run: RunView | None) -> Section:
     best = state.get("best") or {}
     averaged = state.get("averaged") or {}
     rows = []
-    for p in rounds[older:]:
-        digits = p.stem.removeprefix("round-")
-        rows.append([p.name, int(digits) if digits.isdigit() else "–", _size(p), _when(p), ""])
     named = (
         (BEST_FILE, best.get("round"), f"best {run.headline} {fmt(best.get(run.headline))}" if best else ""),
         (LATEST_FILE, state.get("last_round"), "the last finished round"),
@@ -425,6 +422,9 @@ def checkpoints_section(run: RunView | None) -> Section:
         p = run.path / name
         if p.is_file():
             rows.append([name, rnd if rnd is not None else "–", _size(p), _when(p), what])
+    for p in reversed(rounds[older:]):  # newest first, after the named files
+        digits = p.stem.removeprefix("round-")
+        rows.append([p.name, int(digits) if digits.isdigit() else "–", _size(p), _when(p), ""])
     for r in rows:
         if pub is not None and r[0] == pub.name:
             r[4] = cell(f"published; {r[4]}".rstrip("; "), "ok")
