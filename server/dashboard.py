@@ -29,17 +29,16 @@ from typing import Any
 from server.consortium import CONSORTIUM_YAML, ConsortiumConfig, load_consortium
 from server.coordinator import CROSSVAL_DIR, CURRENT_RUN_JSON, RUNS_DIR, STATE_DIR, STATS_DIR
 from server.crossval import CROSSVAL_FILE
+from server.dashboard_curves import curves_section, site_curves_section
 from server.dashboard_data import bench_id, bench_section, crossval_section, latest_file, stats_section
 from server.dashboard_files import FileCache, FileProblem, signature
 from server.dashboard_runs import (
     RunView,
     checkpoints_section,
     current_run_section,
-    curves_section,
     published,
     read_run,
     runs_section,
-    site_curves_section,
 )
 from server.statistics import STATS_FILE
 from shared.dashboard import widgets as w

@@ -1,4 +1,4 @@
-"""The coordinator dashboard's run sections: the current run live, its curves (global and per site), past runs and
+"""The coordinator dashboard's run sections: reading a run folder, the current run live, past runs and
 checkpoints. Built only from a run folder (``server/checkpoints.py``'s layout), ``metrics.jsonl`` as
 ``server/app.py`` writes it, and ``site-names.json`` (``server/coordinator.py``).
 """
@@ -14,7 +14,7 @@ from typing import Any
 from server.checkpoints import BEST_FILE, LATEST_FILE, METRICS_FILE, STATE_FILE, CheckpointError, RunDir
 from server.coordinator import SITE_NAMES_JSON
 from server.dashboard_files import FileCache, FileProblem, fmt, megabytes, num, read_metrics_lines, slug
-from shared.dashboard.widgets import Section, banner, cell, kv, line, links, section, table, text
+from shared.dashboard.widgets import Section, banner, cell, kv, links, section, table, text
 from shared.tasks import get_task
 
 AVERAGED_FILE = "averaged.pt"
@@ -127,7 +127,7 @@ def status_level(status: str) -> str:
     return "warn"
 
 
-def _sub(row: Mapping, key: str) -> dict:
+def part(row: Mapping, key: str) -> dict:
     value = row.get(key)
     return value if isinstance(value, dict) else {}
 
@@ -143,13 +143,13 @@ def failure_kind(reason: str) -> str:
     return "validation"
 
 
-def _failures(row: Mapping) -> list[dict]:
+def failures_of(row: Mapping) -> list[dict]:
     return [f for f in row.get("failures") or [] if isinstance(f, dict)]
 
 
-def _no_reply(row: Mapping) -> int:
+def no_reply(row: Mapping) -> int:
     """Sites asked to train that did not answer in time (counted in ``sites_failed``, not named in ``failures``)."""
-    trained = sum(1 for f in _failures(row) if not str(f.get("reason", "")).startswith("evaluate: "))
+    trained = sum(1 for f in failures_of(row) if not str(f.get("reason", "")).startswith("evaluate: "))
     return max(0, int(num(row.get("sites_failed")) or 0) - trained)
 
 
@@ -195,146 +195,19 @@ def last_round_table(run: RunView, last: Mapping | None) -> dict:
     """Who answered the last finished round, who was left out and why (as each site or the server stated it)."""
     out: list[list[Any]] = []
     if last is not None:
-        answered = _sub(last, "site_metrics")
+        answered = part(last, "site_metrics")
         for node in sorted(answered, key=run.label):
             parts = [k for k in ("train", "eval") if isinstance(answered[node], dict) and answered[node].get(k)]
             out.append([run.label(node), cell("answered", "ok"), " and ".join(parts) or "–"])
-        for f in _failures(last):
+        for f in failures_of(last):
             reason = str(f.get("reason", ""))
             out.append([run.label(f.get("node")), cell(failure_kind(reason), "error"), reason])
-        if _no_reply(last):
-            out.append(["–", cell("no reply", "warn"), f"{_no_reply(last)} site(s) asked did not answer in time"])
+        if no_reply(last):
+            out.append(["–", cell("no reply", "warn"), f"{no_reply(last)} site(s) asked did not answer in time"])
         if not answered and num(last.get("sites_answered")):  # a row from before per-site metrics were recorded
             out.insert(0, ["–", cell("answered", "ok"), f"{last['sites_answered']} site(s) (not named in this row)"])
     title = f"Round {last['round']}: sites" if last else "Last round"
     return table("run-last-round", ["site", "outcome", "detail"], out, title=title, empty="no round finished yet")
-
-
-# ---------------------------------------------------------------- curves
-def _points(rows: list[dict], get) -> list[tuple[int, Any]]:  # noqa: ANN001 - row -> value
-    return [(r["round"], get(r)) for r in rows]
-
-
-def curves_section(run: RunView | None) -> Section:
-    title = "Per-round curves"
-    if run is None:
-        return section("curves", title, [text("curves-none", "No run yet.")])
-    rows, h = run.rows, run.headline
-    evaluated = [r for r in rows if _sub(r, "eval")]
-    widgets = [
-        line(
-            "curve-headline",
-            f"{h}: federated evaluation on the sites' held-out patients",
-            [(h, _points(evaluated, lambda r: _sub(r, "eval").get(h)))],
-            y_label=h,
-        ),
-        line(
-            "curve-loss",
-            "Loss",
-            [
-                ("training loss", _points(rows, lambda r: _sub(r, "train").get("train-loss"))),
-                ("evaluation loss", _points(evaluated, lambda r: _sub(r, "eval").get("loss"))),
-            ],
-            y_label="loss",
-        ),
-        line(
-            "curve-examples",
-            "Examples per round (all sites)",
-            [
-                ("training", _points(rows, lambda r: _sub(r, "train").get("num-examples"))),
-                ("evaluation", _points(evaluated, lambda r: _sub(r, "eval").get("num-examples"))),
-            ],
-            y_label="examples",
-        ),
-    ]
-    eps = [r for r in rows if num(_sub(r, "privacy").get("epsilon")) is not None]
-    if eps:
-        delta = _sub(eps[-1], "privacy").get("delta")
-        per_image = _sub(eps[-1], "privacy").get("level") == "image"
-        widgets.append(
-            line(
-                "curve-epsilon",
-                f"Differential privacy spent: ε at δ = {delta}" + (" (per image, largest site)" if per_image else ""),
-                [("ε", _points(eps, lambda r: _sub(r, "privacy").get("epsilon")))],
-                y_label="ε",
-            )
-        )
-
-    def traffic(direction: str):  # noqa: ANN202
-        def get(r: Mapping) -> float | None:
-            per_site, n = num(_sub(r, "bytes_per_site").get(direction)), num(r.get("sites_answered"))
-            return per_site * n / 1e6 if per_site is not None and n is not None else None
-
-        return get
-
-    widgets.append(
-        line(
-            "curve-bytes",
-            "Model traffic per round (MB, all answering sites)",
-            [("to the sites", _points(rows, traffic("down"))), ("from the sites", _points(rows, traffic("up")))],
-            y_label="MB",
-        )
-    )
-    kinds = ("norm screen", "validation", "site error or refusal", "evaluation")
-    series = [
-        (k, _points(rows, lambda r, k=k: sum(failure_kind(str(f.get("reason", ""))) == k for f in _failures(r))))
-        for k in kinds
-    ]
-    widgets.append(
-        line(
-            "curve-rejections",
-            "Replies left out per round",
-            [*series, ("no reply in time", _points(rows, _no_reply))],
-            y_label="replies",
-        )
-    )
-    widgets.append(
-        line(
-            "curve-seconds",
-            "Seconds per round",
-            [
-                ("whole round", _points(rows, lambda r: r.get("seconds"))),
-                ("training wave", _points(rows, lambda r: _sub(r, "timing").get("train_wave_s"))),
-                ("evaluation wave", _points(rows, lambda r: _sub(r, "timing").get("evaluate_wave_s"))),
-                ("waiting for sites", _points(rows, lambda r: _sub(r, "timing").get("wait_sites_s"))),
-            ],
-            y_label="s",
-        )
-    )
-    return section("curves", title, [*banners("curves", run.problems), *widgets], note=f"run {run.name}")
-
-
-def site_curves_section(run: RunView | None) -> Section:
-    """Each site's own figures per round (``site_metrics``), series named by enrolled site."""
-    title = "Per-site curves"
-    if run is None:
-        return section("site-curves", title, [text("site-curves-none", "No run yet.")])
-    h = run.headline
-    evals: dict[str, list] = {}
-    losses: dict[str, list] = {}
-    for r in run.rows:
-        for node, m in _sub(r, "site_metrics").items():
-            if not isinstance(m, dict):
-                continue
-            name = run.label(node)
-            if _sub(m, "eval"):
-                evals.setdefault(name, []).append((r["round"], _sub(m, "eval").get(h)))
-            if _sub(m, "train"):
-                losses.setdefault(name, []).append((r["round"], _sub(m, "train").get("train-loss")))
-    note = (
-        ""
-        if any("site_metrics" in r for r in run.rows) or not run.rows
-        else "This run's metrics.jsonl has no per-site figures (written before FedRad recorded them)."
-    )
-    return section(
-        "site-curves",
-        title,
-        [
-            line("site-curve-headline", f"{h} at each site (its held-out patients)", sorted(evals.items()), y_label=h),
-            line("site-curve-train-loss", "Training loss at each site", sorted(losses.items()), y_label="loss"),
-        ],
-        note=note,
-    )
 
 
 # ---------------------------------------------------------------- past runs and checkpoints
