@@ -308,6 +308,19 @@ def wait_for_sites(grid: Grid, min_sites: int, timeout: float, poll_s: float = 0
         time.sleep(poll_s)
 
 
+def site_metrics_row(train: Mapping[int, Mapping], evaluate: Mapping[int, Mapping]) -> dict[str, dict]:
+    """metrics.jsonl's ``site_metrics``: ``{"<node id>": {"train": {...} | None, "eval": {...} | None}}``, each
+    accepted reply's own aggregate metrics (what the site sent; the round figures are their combination)."""
+    nodes = sorted(set(train) | set(evaluate))
+    return {
+        str(n): {
+            "train": dict(train[n]) if n in train else None,
+            "eval": dict(evaluate[n]) if n in evaluate else None,
+        }
+        for n in nodes
+    }
+
+
 def _bytes(arrays: ArrayRecord) -> int:
     return sum(len(a.data) for a in arrays.values())
 
@@ -511,6 +524,7 @@ def main(grid: Grid, context: Context) -> None:
                 "evaluate_wave_s": round(t_eval - t_agg, 3),
             },
             "bytes_per_site": {"down": model_bytes * (2 if n_eval else 1), "up": model_bytes, "model": model_bytes},
+            "site_metrics": site_metrics_row(outcome.site_metrics, eval_out.site_metrics if eval_out else {}),
         }
         t_ck = time.monotonic()
         auc = (eval_metrics or {}).get(task.best_metric)  # AUC, or mean Dice for segmentation

@@ -4,7 +4,7 @@
 consortium.yaml); ``renew-server-cert``, ``renew-ca-cert`` and
 ``protect-ca-key`` look after the CA (server/ca_commands.py); ``enroll``
 registers a site's public key and writes its bundle; ``start`` runs the server and one federated run to its verdict;
-``status`` and ``export`` read the consortium folder. Exit codes: 0 success,
+``status``, ``dashboard`` (a read-only web page) and ``export`` read the consortium folder. Exit codes: 0 success,
 1 the answer is "no" (sites missing, run failed), 2 bad invocation or
 configuration, 3 internal error.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from server.ca_secret import PassphraseFileOpt, PassphrasePromptOpt
-from shared.cli_support import EXIT_NO, cli_app, err, handle_errors, out
+from shared.cli_support import EXIT_NO, EXIT_USAGE, cli_app, err, handle_errors, out
 
 app = cli_app(
     "fedrad-server",
@@ -141,11 +141,19 @@ def start(
         help="Resume the last run if it did not complete, else start a new one (for systemd/docker restarts).",
     ),
     listen: str | None = ListenOpt,
+    dashboard_port: int | None = typer.Option(
+        None,
+        "--dashboard-port",
+        min=1,
+        max=65535,
+        help="Also serve the read-only dashboard (`fedrad-server dashboard`) on 127.0.0.1:PORT while the run lasts.",
+    ),
 ) -> None:
     """Start the server, wait for the sites, run the federated training and report its real status."""
     from server.coordinator import StartOptions
 
-    result = _session(directory, StartOptions(resume=resume, auto_resume=auto_resume, listen=listen), out)
+    opts = StartOptions(resume=resume, auto_resume=auto_resume, listen=listen, dashboard_port=dashboard_port)
+    result = _session(directory, opts, out)
     colour = "green" if result.ok else "red"
     out.print(f"run {result.run_id}: [bold {colour}]{result.status}[/] {result.details}".rstrip(), highlight=False)
     out.print(f"checkpoints and metrics: {result.run_dir}")
@@ -217,6 +225,41 @@ def status(
         render_status(st, out)
     if any(level == "error" for level, _ in status_problems(st)):
         raise typer.Exit(EXIT_NO)  # an expired certificate: monitoring sees a failure, not a green check
+
+
+@app.command()
+@handle_errors
+def dashboard(
+    directory: Path = DirArg,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on; off loopback it needs TLS and a token."),
+    port: int = typer.Option(8350, "--port", min=1, max=65535, help="TCP port."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) for https."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="Its private key (PEM)."),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="A file (mode 600) holding the token every request must carry."
+    ),
+    benchmark: list[Path] = typer.Option(
+        [],
+        "--benchmark",
+        help="A `fedrad-bench generalization` results.json to show (repeatable; DIR/benchmarks/*/ are always shown).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the page model once as JSON and exit."),
+) -> None:
+    """Serve a read-only web page of the consortium: sites, the current run live, curves, past runs, checkpoints,
+    data statistics and benchmark results (built from the files in DIR; it changes nothing)."""
+    from server.dashboard import CoordinatorPage
+
+    source = CoordinatorPage(directory, benchmarks=benchmark)
+    if as_json:
+        print(json.dumps(source.page(), indent=2, allow_nan=False))
+        return
+    from shared.dashboard.server import DashboardError, dashboard_options, serve_dashboard
+
+    try:
+        serve_dashboard(source, dashboard_options(host, port, tls_cert, tls_key, token_file), out)
+    except DashboardError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 @app.command()

@@ -44,6 +44,7 @@ from server.pki import PkiError, server_tls
 from server.statistics import STATS_FILE
 from server.superlink import (
     ControlClient,
+    NodeStatus,
     SuperLink,
     SuperLinkError,
     is_finished,
@@ -51,7 +52,16 @@ from server.superlink import (
     start_superlink,
     submit_run,
 )
-from shared.processes import ProcessError, ProcessSet, executable, exit_on_sigterm, free_port, proc_id, run_cli
+from shared.processes import (
+    ProcessError,
+    ProcessSet,
+    executable,
+    exit_on_sigterm,
+    free_port,
+    port_open,
+    proc_id,
+    run_cli,
+)
 
 STATE_DIR = "state"
 RUNS_DIR = "runs"
@@ -61,6 +71,9 @@ LOGS_DIR = "logs"
 SERVER_JSON = "server.json"  # present while `start` runs: pid, loopback address (read by `status`)
 ENROLLED_KEYS = "fleet-keys.pub"  # written at start from the registry: the only keys the fleet proxy lets through
 CURRENT_RUN_JSON = "current-run.json"  # last submitted run: id, dir, status
+SITE_NAMES_JSON = "site-names.json"  # RUN_DIR/site-names.json: {node id: enrolled site name} (update_site_names)
+DASHBOARD = "dashboard"  # the process `start --dashboard-port` runs beside the session (logs/dashboard.log)
+NAMES_EVERY_S = 5.0  # how often follow_run asks the SuperLink for new nodes to name
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -78,6 +91,7 @@ class StartOptions:
     live: bool | None = None  # rich live display; default: only on a terminal
     mode: str = "train"  # "stats": ask every site for data statistics instead of training (DIR/stats/<run>/)
     crossval_model: Path | None = None  # mode "crossval": the model evaluated everywhere (DIR/crossval/<run>/)
+    dashboard_port: int | None = None  # serve `fedrad-server dashboard` on 127.0.0.1:PORT beside the session
 
 
 @dataclass
@@ -153,7 +167,27 @@ def sync_registrations(control: ControlClient, directory: Path) -> dict[str, str
 
 def online_sites(control: ControlClient) -> dict[str, str]:
     """``{site name: status}`` as the SuperLink sees it (latest node per name)."""
-    return {n.name: n.status for n in sorted(control.nodes(), key=lambda n: n.node_id) if n.status != "unregistered"}
+    return {name: n.status for name, n in site_nodes(control).items()}
+
+
+def site_nodes(control: ControlClient) -> dict[str, NodeStatus]:
+    """``{site name: its SuperNode}`` as the SuperLink sees it (latest registered node per name)."""
+    return {n.name: n for n in sorted(control.nodes(), key=lambda n: n.node_id) if n.status != "unregistered"}
+
+
+def update_site_names(run_dir: Path, nodes: list[NodeStatus]) -> bool:
+    """Add the SuperNodes' enrolled names to ``RUN_DIR/site-names.json`` (``{node id: site name}``); True if it
+    changed. The ServerApp knows sites only by Flower node id (metrics.jsonl's ``failures``, ``site_metrics``);
+    this file lets the dashboard name them after the server stopped. Entries are never dropped: a rotated
+    key's old node id still names the rounds it answered."""
+    path = Path(run_dir) / SITE_NAMES_JSON
+    known = read_json(path)
+    known = known if isinstance(known, dict) else {}
+    names = {**known, **{str(n.node_id): n.name for n in nodes if n.name}}
+    if names == known:
+        return False
+    _write_json(path, dict(sorted(names.items())))
+    return True
 
 
 def _sites_table(enrolled: list[str], status: dict[str, str], need: int, left: float) -> Table:
@@ -286,14 +320,22 @@ def follow_run(
     live: bool,
     poll_s: float,
 ) -> SessionResult:
-    """Show rounds as they finish; return when the run's status is ``finished:*``."""
+    """Show rounds as they finish; return when the run's status is ``finished:*``.
+
+    Also keeps ``RUN_DIR/site-names.json`` up to date (:func:`update_site_names`) as sites join. A process
+    that stops during the run ends the session with its log, except the dashboard (``--dashboard-port``),
+    which is only watched: the run goes on without it."""
     tail = MetricsTail(run_dir / "metrics.jsonl")
     rows: list[RoundRow] = []
     raw: list[dict[str, Any]] = []
     t0 = time.monotonic()
+    next_names = t0
     with Live(console=console, auto_refresh=False) if live else _NoLive() as view:
         while True:
             info = control.run(run_id)
+            if time.monotonic() >= next_names:
+                update_site_names(run_dir, control.nodes())
+                next_names = time.monotonic() + NAMES_EVERY_S
             for r in tail.new_rows():
                 raw.append(r)
                 rows.append(round_row(r))
@@ -304,8 +346,15 @@ def follow_run(
                 view.update(_rounds_table(rows, total_rounds, info["status"], time.monotonic() - t0), refresh=True)
             if is_finished(info["status"]):
                 return SessionResult(run_id, run_dir, str(info["status"]), str(info.get("details") or ""), raw)
-            for proc in ps.procs:
-                if proc.poll() is not None:
+            for proc in list(ps.procs):
+                if proc.poll() is not None and proc.name == DASHBOARD:
+                    console.print(
+                        f"[yellow]the dashboard stopped (exit {proc.returncode}); the run goes on. "
+                        f"See {proc.log_path}[/]",
+                        highlight=False,
+                    )
+                    ps.forget(proc)
+                elif proc.poll() is not None:
                     raise CoordinatorError(
                         f"{proc.name} stopped (exit {proc.returncode}) during run {run_id}; see {proc.log_path}.\n"
                         f"{proc.log_tail(15)}"
@@ -356,6 +405,11 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
         )
     listen = opts.listen or f"0.0.0.0:{cfg.port}"
     state = directory / STATE_DIR
+    if opts.dashboard_port is not None and port_open("127.0.0.1", opts.dashboard_port):
+        raise CoordinatorError(
+            f"--dashboard-port {opts.dashboard_port}: something already listens on 127.0.0.1:{opts.dashboard_port} "
+            "(another dashboard?); choose another port"
+        )
     exit_on_sigterm()
     with ProcessSet(directory / LOGS_DIR) as ps:
         try:
@@ -390,6 +444,8 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
                 "started_at": time.time(),
             },
         )
+        if opts.dashboard_port is not None:
+            start_dashboard(ps, directory, opts.dashboard_port, console)
         console.print(f"{len(regs)} enrolled site(s) registered with the SuperLink")
         for orphan in orphans:
             console.print(
@@ -447,6 +503,18 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
             if run_id is not None:
                 _stop_if_running(link, run_id)
             (state / SERVER_JSON).unlink(missing_ok=True)
+
+
+def start_dashboard(ps: ProcessSet, directory: Path, port: int, console: Console) -> None:
+    """``fedrad-server dashboard DIR --port PORT`` as a child of the session (loopback, read-only): it reads the
+    same files as after the run and is stopped with the session's other processes. Not waited for: the run
+    does not depend on it (it needs a few seconds of imports before it answers)."""
+    proc = ps.start(
+        DASHBOARD,
+        [executable("fedrad-server"), "dashboard", str(directory), "--host", "127.0.0.1", "--port", str(port)],
+        cwd=SOURCE_ROOT,
+    )
+    console.print(f"dashboard: http://127.0.0.1:{port}/ (read-only; log {proc.log_path})", highlight=False)
 
 
 def _name_stats_sites(run_dir: Path, control: ControlClient) -> None:

@@ -64,9 +64,9 @@ def model_card(
     prov, pre = model.provenance, model.preprocess
     kind = get_task(model.task)
     extra = prov.get("extra") or {}
-    rows = []
-    if run_dir is not None and (run_dir / "metrics.jsonl").is_file():
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from server.checkpoints import read_metrics
+
+    rows = read_metrics(run_dir) if run_dir is not None else []  # a run still writing: its torn last line is skipped
     evals = [r for r in rows if r.get("eval")]
     last = evals[-1] if evals else None
     privacy = extra.get("privacy")

@@ -45,20 +45,20 @@ def collect_status(directory: Path) -> dict[str, Any]:
     cfg = load_consortium(directory)
     sites = load_registry(directory)
     server = server_running(directory)
-    online: dict[str, str] | None = None
+    nodes: dict[str, Any] | None = None  # site name -> server.superlink.NodeStatus while the server runs
     if server is not None:
-        from server.coordinator import online_sites
+        from server.coordinator import site_nodes
         from server.superlink import ControlClient, SuperLinkError
 
     current = read_json(directory / STATE_DIR / CURRENT_RUN_JSON)
     if server is not None:
         try:
             with ControlClient(server["superlink"], pki_dir(directory) / "ca.crt") as control:
-                online = online_sites(control)
+                nodes = site_nodes(control)
                 if current and current.get("run_id") is not None:  # the live status, not the last one written
                     current["status"] = control.run(int(current["run_id"]))["status"]
         except SuperLinkError:
-            online = None
+            nodes = None
     run_dir = Path(current["run_dir"]) if current and current.get("run_dir") else last_run_dir(directory)
     run: dict[str, Any] | None = None
     if run_dir is not None:
@@ -93,9 +93,12 @@ def collect_status(directory: Path) -> dict[str, Any]:
                 "name": n,
                 "fingerprint": s.fingerprint,
                 "enrolled_at": s.enrolled_at,
-                "status": (online or {}).get(n, "not connected")
+                "status": (nodes[n].status if n in (nodes or {}) else "not connected")
                 if server is not None
                 else "unknown (server not running)",
+                # from the SuperLink while the server runs: its Flower node id, and when it last heard from it
+                "node_id": nodes[n].node_id if n in (nodes or {}) else None,
+                "last_seen": (nodes[n].last_seen or None) if n in (nodes or {}) else None,
             }
             for n, s in sorted(sites.items())
         ],

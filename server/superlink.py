@@ -167,6 +167,25 @@ class NodeStatus:
     status: str  # "registered" (never connected), "online", "offline", "unregistered"
     public_key_pem: str
     last_activated_at: str
+    last_seen: str = ""  # ISO time (UTC) of its last heartbeat (online) or of going offline; "" if never seen
+
+
+def last_seen(info: Any) -> str:
+    """When the SuperLink last heard from a node (a Flower ``NodeInfo``): online, its last heartbeat (the SuperLink
+    keeps ``online_until`` = heartbeat + patience × interval); offline, when it was marked so; "" when never."""
+    from datetime import UTC, datetime
+
+    from flwr.common.constant import HEARTBEAT_PATIENCE
+
+    try:
+        if info.status == "online" and info.HasField("online_until"):
+            beat = float(info.online_until) - HEARTBEAT_PATIENCE * float(info.heartbeat_interval)
+            return datetime.fromtimestamp(beat, tz=UTC).isoformat(timespec="seconds")
+        if info.HasField("last_deactivated_at"):
+            return str(info.last_deactivated_at)
+    except (TypeError, ValueError, OverflowError, OSError):
+        pass
+    return ""
 
 
 def is_finished(status: str) -> bool:
@@ -241,7 +260,10 @@ class ControlClient:
         from flwr.proto.control_pb2 import ListNodesRequest
 
         res = self._call("ListNodes", ListNodesRequest(), "listing SuperNodes")
-        return [NodeStatus(int(n.node_id), n.name, n.status, n.public_key, n.last_activated_at) for n in res.nodes_info]
+        return [
+            NodeStatus(int(n.node_id), n.name, n.status, n.public_key, n.last_activated_at, last_seen(n))
+            for n in res.nodes_info
+        ]
 
     def run(self, run_id: int) -> dict[str, Any]:
         """A run's status (``status`` like ``finished:completed``), timing and traffic."""

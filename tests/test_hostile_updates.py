@@ -147,7 +147,7 @@ def test_a_huge_update_is_screened_out_and_the_round_continues(model: torch.nn.M
             reply(13, huge, train_metrics(5)),
         ],
     )
-    assert out.accepted == [11, 12]
+    assert out.accepted == [11, 12] and sorted(out.site_metrics) == [11, 12]  # the screened-out site's are not kept
     ((node, reason),) = out.rejected
     assert node == 13 and "median" in reason and "max_update_ratio 10" in reason
     w = out.arrays.to_torch_state_dict()["classifier.weight"]

@@ -296,7 +296,7 @@ def test_invalid_replies_are_rejected_and_the_round_continues(model: torch.nn.Mo
     ]
     out = s.aggregate_train(1, replies)
     reasons = dict(out.rejected)
-    assert out.accepted == [1]
+    assert out.accepted == [1] and out.site_metrics == {1: train_metrics(4)}  # only accepted sites' own figures
     assert "NaN" in reasons[2] and "shape [3]" in reasons[3] and "dtype float64" in reasons[4]
     assert "missing ['classifier.bias']" in reasons[5] and "must be positive" in reasons[6]
     assert "finite" in reasons[7] and "ArrayRecord" in reasons[8]
@@ -320,6 +320,8 @@ def test_extra_metrics_are_dropped_and_eval_auc_weighted(model: torch.nn.Module)
         ],
     )
     assert out.accepted == [1, 2] and "[0, 1]" in dict(out.rejected)[3]
+    assert sorted(out.site_metrics) == [1, 2] and out.site_metrics[2]["auc-examples"] == 0
+    assert "patient-42" not in out.site_metrics[1]  # a site's figures as validated, not as sent
     m = out.metrics
     assert m["auc"] == pytest.approx(0.8)  # the site without an AUC does not drag it to 0
     assert m["accuracy"] == pytest.approx((0.9 * 10 + 0.5 * 30) / 40) and m["num-examples"] == 40

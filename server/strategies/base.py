@@ -47,6 +47,9 @@ class TrainOutcome:
     metrics: dict = field(default_factory=dict)
     accepted: list[int] = field(default_factory=list)  # node ids
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (node id, reason)
+    # node id -> each accepted site's own aggregate metrics, as its validated reply carried them (the coordinator's
+    # per-site curves; nothing beyond what the site already sent)
+    site_metrics: dict[int, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class EvalOutcome:
     metrics: dict | None
     accepted: list[int] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    site_metrics: dict[int, dict] = field(default_factory=dict)  # node id -> its own evaluation metrics
 
 
 class FedRadStrategy:
@@ -163,6 +167,7 @@ class FedRadStrategy:
             clean.append(Message(content=content, metadata=msg.metadata))
             weights.append(float(metrics[WEIGHT_KEY]))
             out.accepted.append(node)
+            out.site_metrics[node] = dict(metrics)
         out.accepted.sort()
         for node, reason in out.rejected:
             log.warning("round %d: reply from node %d rejected: %s", rnd, node, reason)
@@ -221,6 +226,7 @@ class FedRadStrategy:
         ):
             clean.append(Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), metadata=msg.metadata))
             out.accepted.append(node)
+            out.site_metrics[node] = dict(metrics)
         out.accepted.sort()
         for node, reason in out.rejected:
             log.warning("round %d: evaluation from node %d rejected: %s", rnd, node, reason)

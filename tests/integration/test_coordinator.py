@@ -16,6 +16,7 @@ Every process goes through ``shared.processes.ProcessSet`` and none is left behi
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -30,11 +31,12 @@ import yaml
 from client.audit import AuditError
 from client.audit import verify as verify_audit
 from client.site_config import fill_site_yaml
+from server.dashboard import CoordinatorPage
 from server.enrollment import enroll_site, init_consortium
 from server.export import export_model
 from server.status import collect_status
 from shared.modelfile import load_model_file
-from shared.processes import ProcessSet, executable, free_port
+from shared.processes import ProcessSet, executable, free_port, port_open
 from shared.synth import SiteSummary
 from tests.integration.cleanup import stop_all_and_check
 
@@ -89,6 +91,7 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         assert res.returncode == 0 and json.loads(res.stdout)["added"] is True, res.stderr
 
     server_cmd = [executable("fedrad-server"), "start", str(c), "--listen", f"127.0.0.1:{port}"]
+    web_layer = importlib.util.find_spec("shared.dashboard.server") is not None
     site_cmd = {n: [executable("fedrad-site"), "start", "--config", str(p)] for n, p in site_yaml.items()}
     ps = ProcessSet(tmp_path / "logs")
     started = set()
@@ -107,7 +110,8 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         # 2. Both sites join once the server listens (before that they would back off for up to ~15 s).
         cfg["wait_for_sites_s"] = 60
         cfg_path.write_text(yaml.safe_dump(cfg))
-        second = ps.start("server-2", server_cmd, env=WIDE, cwd=REPO)
+        dash_port = free_port()  # the dashboard beside the session (`start --dashboard-port`)
+        second = ps.start("server-2", [*server_cmd, "--dashboard-port", str(dash_port)], env=WIDE, cwd=REPO)
         deadline = time.monotonic() + 40
         while "listening for sites" not in second.log_text():
             assert second.poll() is None and time.monotonic() < deadline, second.log_tail()
@@ -115,8 +119,11 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         sites = {n: ps.start(n, cmd, env=WIDE, cwd=REPO) for n, cmd in site_cmd.items()}
         envs: dict[str, dict[str, str]] = {}
         deadline = time.monotonic() + 180 - (time.monotonic() - t_start) - 15
+        live_page = None
         while second.poll() is None and time.monotonic() < deadline:  # watch every process FedRad started
             envs.update(_flower_envs(ps))
+            if live_page is None and web_layer:
+                live_page = _dashboard_page(dash_port)
             time.sleep(0.5)
         started |= ps.all_procs()
         rc = second.wait(timeout=5)
@@ -131,6 +138,16 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         assert json.loads((run_dir / "state.json").read_text())["last_round"] == ROUNDS
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
         assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+        # the coordinator named the sites' node ids for the dashboard; it names them after the server stopped
+        names = json.loads((run_dir / "site-names.json").read_text())
+        assert sorted(names.values()) == ["site-a", "site-b"] and set(rows[-1]["site_metrics"]) <= set(names)
+        page = CoordinatorPage(c).page()
+        dash = {wd["id"]: wd for sec in page["sections"] for wd in sec["widgets"]}
+        assert sorted(s["name"] for s in dash["site-curve-train-loss"]["series"]) == ["site-a", "site-b"]
+        assert len(dash["curve-headline"]["series"][0]["points"]) == ROUNDS
+        if web_layer:  # the dashboard served the live page during the run, and stopped with the session
+            assert live_page is not None and live_page["title"] == "Coord Test: FedRad coordinator", live_page
+            assert not port_open("127.0.0.1", dash_port)
         st = collect_status(c)  # in-process: a CLI call costs seconds of imports on a loaded box
         assert st["server_running"] is False and st["run"]["status"] == "finished:completed"
         assert st["run"]["last_round"] == ROUNDS and {s["name"] for s in st["sites"]} == {"site-a", "site-b"}
@@ -228,6 +245,17 @@ NO_CALLS_HOME = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 }
+
+
+def _dashboard_page(port: int) -> dict | None:
+    """The dashboard's page model, or None while it is not answering yet."""
+    import httpx
+
+    try:
+        res = httpx.get(f"http://127.0.0.1:{port}/api/page", timeout=5)
+    except httpx.HTTPError:
+        return None
+    return res.json() if res.status_code == 200 else None
 
 
 def _flower_envs(ps: ProcessSet) -> dict[str, dict[str, str]]:

@@ -110,6 +110,11 @@ def test_one_round_writes_checkpoints(fed: Fed) -> None:
     assert r["train"]["num-examples"] > 0 and 0.0 <= r["train"]["train-acc"] <= 1.0
     assert r["train"]["warm-worker"] == 1.0 and r["eval"]["warm-worker"] == 1.0  # both sites' workers did the work
     assert r["eval"]["num-examples"] > 0  # the last round is always evaluated
+    # each site's own aggregates (the dashboard's per-site curves): they add up to the round's figures
+    per_site = r["site_metrics"]
+    assert len(per_site) == 2 and all(m["train"] and m["eval"] for m in per_site.values()), per_site
+    assert sum(m["train"]["num-examples"] for m in per_site.values()) == r["train"]["num-examples"]
+    assert sum(m["eval"]["num-examples"] for m in per_site.values()) == r["eval"]["num-examples"]
     model = load_model_file(fed.run_dir / "round-0001.pt")
     assert model.weights_sha256 == r["weights_sha256"] == load_model_file(fed.run_dir / "latest.pt").weights_sha256
     assert model.provenance["kind"] == "federated" and model.provenance["rounds"] == 1
@@ -258,6 +263,7 @@ def test_site_refuses_a_run_whose_code_it_has_not_approved(fed: Fed) -> None:
     row = read_metrics(fed.run_dir)[-1]
     assert row["round"] == 3 and row["sites_answered"] == 1 and row["sites_failed"] == 1, row
     assert len(row["failures"]) == 2  # its training and (last round) evaluation messages
+    assert len(row["site_metrics"]) == 1 and str(row["failures"][0]["node"]) not in row["site_metrics"]
     for failure in row["failures"]:
         assert "not approved" in failure["reason"] and code_sha256(fed.app_dir) in failure["reason"], failure
     assert worker_log.read_text().count(" train round ") == served_before  # refused before any data was read
