@@ -11,6 +11,7 @@ re-sent round is an exact duplicate, which MLflow's SQL store keeps once. Read a
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,7 @@ class MlflowBackend:
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
             raise TrackingError(f"tracking.mlflow needs MLflow: pip install 'fedrad[mlflow]' ({exc})") from None
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
         if self.uri.startswith(("http://", "https://")):
             for key, value in HTTP_DEFAULTS.items():  # an operator's own setting wins
                 os.environ.setdefault(key, value)
