@@ -4,7 +4,8 @@
 consortium.yaml); ``renew-server-cert``, ``renew-ca-cert`` and
 ``protect-ca-key`` look after the CA (server/ca_commands.py); ``enroll``
 registers a site's public key and writes its bundle; ``start`` runs the server and one federated run to its verdict;
-``status``, ``dashboard`` (a read-only web page) and ``export`` read the consortium folder. Exit codes: 0 success,
+``status``, ``dashboard`` (a read-only web page) and ``export`` read the consortium folder; ``track`` (re)sends a run to
+the experiment trackers. Exit codes: 0 success,
 1 the answer is "no" (sites missing, run failed), 2 bad invocation or
 configuration, 3 internal error.
 """
@@ -295,6 +296,34 @@ def export(
         f"exported {info['source']} -> {info['out']} as {info['format']} (rounds {info['rounds']}, "
         f"sha256 {info['weights_sha256'][:16]}…{gap}); model card {info['model_card']}"
     )
+
+
+@app.command()
+@handle_errors
+def track(
+    directory: Path = DirArg,
+    run_dir: Path | None = typer.Option(None, "--run", help="A run folder (default: the current/last run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was sent as JSON."),
+) -> None:
+    """Send a run's rounds, run config and model card to consortium.yaml's trackers (MLflow, TensorBoard).
+
+    `start` already does this every round; use `track` when a tracker was down, or was added after the run.
+    Idempotent: a round a tracker already holds is not sent again."""
+    from rich.markup import escape
+
+    from server.tracking import track_run
+
+    report = track_run(directory, run_dir, say=lambda line: err.print(f"[yellow]{escape(line)}[/]", highlight=False))
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, r in report.items():
+            state = f"[red]failed[/]: {escape(r['error'])}" if r["error"] else "[green]ok[/]"
+            out.print(
+                f"{name}: {state}; {r['sent']} round(s) sent, holds rounds up to {r['last_round']}", highlight=False
+            )
+    if any(r["error"] for r in report.values()):
+        raise typer.Exit(EXIT_NO)
 
 
 def _register_ca_commands() -> None:

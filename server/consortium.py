@@ -13,8 +13,10 @@ Flower run config of the issue-3 contract (the keys declared in pyproject's
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -200,6 +202,97 @@ class PrivacySettings(StrictModel):
     secure_aggregation: SecAggConfig | None = Field(None, description="SecAgg+; absent = off.")
 
 
+# Tracking backends: what each needs installed, and the extra that installs it (pyproject's optional-dependencies).
+TRACKING_PACKAGES = {
+    "mlflow": ("mlflow", "MLflow", "mlflow"),
+    "tensorboard": ("tensorboard", "TensorBoard", "tensorboard"),
+}
+# Where MLflow can keep runs: a database FedRad's extra can write (SQLite), or a server the consortium runs.
+MLFLOW_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql")
+
+
+def importable(module: str) -> bool:
+    """Whether ``import module`` would find it, without importing it (MLflow takes about a second to import)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None  # None: import blocked (tests, or a broken install)
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class MlflowTracking(StrictModel):
+    """``tracking.mlflow``: per-round aggregates, ε, the run config and the model card, as one MLflow run per FedRad run."""
+
+    uri: str = Field(
+        "sqlite:///mlflow.db",
+        min_length=1,
+        description="Tracking URI: sqlite:///FILE (relative to the consortium folder; artifacts in mlartifacts/ "
+        "beside it), or the consortium's MLflow server, http(s)://HOST:PORT.",
+    )
+    experiment: str | None = Field(
+        None, min_length=1, max_length=200, description="Experiment name; default: the consortium's name."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _a_store_mlflow_writes(cls, uri: str) -> str:
+        scheme = uri.partition(":")[0].split("+")[0].lower() if ":" in uri else ""
+        if scheme in ("", "file"):
+            raise ValueError(
+                "MLflow 3 refuses its file store (./mlruns) by default; use sqlite:///mlflow.db (a file in the "
+                "consortium folder) or your MLflow server's http(s)://HOST:PORT"
+            )
+        if scheme not in MLFLOW_SCHEMES:
+            raise ValueError(f"must start with one of {', '.join(s + ':' for s in MLFLOW_SCHEMES)}")
+        if scheme == "sqlite" and (not uri.startswith("sqlite:///") or ":memory:" in uri or uri == "sqlite:///"):
+            raise ValueError("a SQLite store is a file: sqlite:///mlflow.db (relative) or sqlite:////abs/path.db")
+        return uri
+
+    def anchored(self, base_dir: Path) -> str:
+        """The URI with a relative SQLite file taken relative to ``base_dir`` (the consortium folder)."""
+        if not self.uri.startswith("sqlite:///"):
+            return self.uri
+        path = self.uri.removeprefix("sqlite:///")
+        return self.uri if path.startswith("/") else f"sqlite:///{(Path(base_dir) / path).resolve()}"
+
+
+class TensorBoardTracking(StrictModel):
+    """``tracking.tensorboard``: TensorBoard event files, one subfolder per run (``tensorboard --logdir DIR``)."""
+
+    dir: Path = Field(Path("tensorboard"), description="Event files folder (relative to the consortium folder).")
+
+
+class TrackingSettings(StrictModel):
+    """``tracking:`` in consortium.yaml: where the server's per-round aggregates also go. Absent = nowhere.
+
+    Only what the server already holds is sent (aggregate metrics, ε, the run config, the model card)."""
+
+    mlflow: MlflowTracking | None = Field(None, description="An MLflow tracking store; absent = off.")
+    tensorboard: TensorBoardTracking | None = Field(None, description="TensorBoard event files; absent = off.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_named_backend_is_on(cls, data: Any) -> Any:
+        # `mlflow:` with nothing after it (YAML null) or `mlflow: true` means "on, with the defaults", never "off".
+        if isinstance(data, dict):
+            return {k: {} if v is None or v is True else v for k, v in data.items()}
+        return data
+
+    @property
+    def enabled(self) -> list[str]:
+        return [name for name in TRACKING_PACKAGES if getattr(self, name) is not None]
+
+    def missing_packages(self) -> list[str]:
+        """One sentence per enabled backend whose package is not installed (empty: all there)."""
+        return [
+            f"tracking.{name} needs {label}: pip install 'fedrad[{extra}]'"
+            for name in self.enabled
+            for module, label, extra in [TRACKING_PACKAGES[name]]
+            if not importable(module)
+        ]
+
+
 StrategyConfig = Annotated[
     FedAvgStrategy
     | FedBNStrategy
@@ -259,6 +352,9 @@ class ConsortiumConfig(StrictModel):
     seed: int = 0
     evaluate_every: int = Field(1, ge=1)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    tracking: TrackingSettings = Field(
+        default_factory=TrackingSettings, description="Experiment tracking (MLflow, TensorBoard); absent = none."
+    )
 
     _host_port = field_validator("address")(check_host_port)
 
@@ -366,7 +462,9 @@ class ConsortiumConfig(StrictModel):
 def parse_consortium(data: dict, source: str = CONSORTIUM_YAML, base_dir: Path | None = None) -> ConsortiumConfig:
     """Validate a mapping; every problem is a :class:`ConfigError` naming the key.
 
-    Relative paths (``task.init_weights``) resolve against ``base_dir`` when given (the consortium folder).
+    Relative paths (``task.init_weights``, ``tracking.tensorboard.dir``, a ``tracking.mlflow.uri`` SQLite file) resolve
+    against ``base_dir`` when given (the consortium folder). A tracking backend whose package is not installed is an
+    error here, before anything starts.
     """
     strategy = data.get("strategy")
     if isinstance(strategy, str):  # shorthand: `strategy: fedavg`
@@ -376,11 +474,17 @@ def parse_consortium(data: dict, source: str = CONSORTIUM_YAML, base_dir: Path |
         got = strategy.get("name")
         raise ConfigError(f"{source}: key 'strategy.name': must be one of {', '.join(STRATEGY_NAMES)} (got {got!r})")
     try:
-        return parse_model(ConsortiumConfig, data, source, base_dir)
+        cfg = parse_model(ConsortiumConfig, data, source, base_dir)
     except ConfigError as exc:  # pydantic names union members: 'strategy.fedprox.eta' -> 'strategy.eta'
         raise ConfigError(
             re.sub(r"'strategy\.(" + "|".join(STRATEGY_NAMES) + r")\.", r"'strategy.", str(exc))
         ) from None
+    missing = cfg.tracking.missing_packages()
+    if missing:
+        raise ConfigError("\n".join(f"{source}: {line}" for line in missing))
+    if base_dir is not None and cfg.tracking.mlflow is not None:
+        cfg.tracking.mlflow.uri = cfg.tracking.mlflow.anchored(base_dir)
+    return cfg
 
 
 def load_consortium(directory: Path) -> ConsortiumConfig:
@@ -455,4 +559,12 @@ evaluate_every: {cfg.evaluate_every}            # federated evaluation every N r
 #   # Secure aggregation (SecAgg+): the server sees only the sum of the sites' updates; needs >= 2 sites,
 #   # not with fedmedian/fedtrimmedavg/krum (they need each update). Costs 4 message waves a round and 2x upload.
 #   secure_aggregation: {{threshold_fraction: 0.67}}
+
+# Experiment tracking (optional; docs/coordinator.md): every round's aggregate metrics and epsilon, the run config and
+# the model card also go to MLflow and/or TensorBoard. Only what the server already holds: nothing new leaves a site.
+# Needs pip install 'fedrad[mlflow]' or 'fedrad[tensorboard]'. `fedrad-server track DIR` re-sends a run.
+# tracking:
+#   mlflow: {{uri: "sqlite:///mlflow.db"}}   # a file here (artifacts in mlartifacts/), or your server: http://HOST:5000;
+#                                          # experiment: <name> (default: the consortium name)
+#   tensorboard: {{dir: tensorboard}}        # one subfolder per run: tensorboard --logdir DIR/tensorboard
 """

@@ -30,10 +30,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from server.consortium import ConsortiumConfig, load_consortium
@@ -62,6 +63,9 @@ from shared.processes import (
     proc_id,
     run_cli,
 )
+
+if TYPE_CHECKING:
+    from server.tracking import Tracker
 
 STATE_DIR = "state"
 RUNS_DIR = "runs"
@@ -319,12 +323,14 @@ def follow_run(
     console: Console,
     live: bool,
     poll_s: float,
+    tracker: Tracker | None = None,
 ) -> SessionResult:
     """Show rounds as they finish; return when the run's status is ``finished:*``.
 
     Also keeps ``RUN_DIR/site-names.json`` up to date (:func:`update_site_names`) as sites join. A process
     that stops during the run ends the session with its log, except the dashboard (``--dashboard-port``),
-    which is only watched: the run goes on without it."""
+    which is only watched: the run goes on without it.
+    With a ``tracker`` (``tracking:`` in consortium.yaml) every committed round also goes to MLflow/TensorBoard."""
     tail = MetricsTail(run_dir / "metrics.jsonl")
     rows: list[RoundRow] = []
     raw: list[dict[str, Any]] = []
@@ -344,6 +350,8 @@ def follow_run(
                     console.print(f"round {rr.round}/{total_rounds}: sites {rr.sites}, {rr.metrics}, {rr.seconds} s")
             if live:
                 view.update(_rounds_table(rows, total_rounds, info["status"], time.monotonic() - t0), refresh=True)
+            if tracker is not None:
+                tracker.sync(run_dir)  # never raises: a tracking failure is a warning, not the run's end
             if is_finished(info["status"]):
                 return SessionResult(run_id, run_dir, str(info["status"]), str(info.get("details") or ""), raw)
             for proc in list(ps.procs):
@@ -457,6 +465,7 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
             f"logs in {directory / LOGS_DIR}"
         )
         run_id = None
+        tracker = None
         try:
             with link.control() as control:
                 wait_for_sites(control, sorted(sites), cfg.min_sites, cfg.wait_for_sites_s, console, live, opts.poll_s)
@@ -482,7 +491,13 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
                     f"run {run_id} submitted{' (resume)' if opts.resume else ''}: {cfg.rounds} rounds of "
                     f"{cfg.strategy.name}, checkpoints in {run_dir}"
                 )
-                result = follow_run(link, control, ps, run_id, run_dir, cfg.rounds, console, live, opts.poll_s)
+                if opts.mode == "train" and cfg.tracking.enabled:  # after the submit: training never waits on it
+                    tracker = _start_tracking(directory, cfg, run_dir, run_config, console)
+                result = follow_run(
+                    link, control, ps, run_id, run_dir, cfg.rounds, console, live, opts.poll_s, tracker=tracker
+                )
+                if tracker is not None:
+                    _finish_tracking(tracker, directory, run_dir, result.status)
                 if opts.mode == "stats":
                     _name_stats_sites(run_dir, control)
                 elif opts.mode == "crossval":
@@ -502,6 +517,8 @@ def start(directory: Path, opts: StartOptions | None = None, console: Console | 
         finally:
             if run_id is not None:
                 _stop_if_running(link, run_id)
+            if tracker is not None and not tracker.finished:  # Ctrl-C, SIGTERM, a process that died
+                _finish_tracking(tracker, directory, run_dir, "interrupted")
             (state / SERVER_JSON).unlink(missing_ok=True)
 
 
@@ -515,6 +532,40 @@ def start_dashboard(ps: ProcessSet, directory: Path, port: int, console: Console
         cwd=SOURCE_ROOT,
     )
     console.print(f"dashboard: http://127.0.0.1:{port}/ (read-only; log {proc.log_path})", highlight=False)
+
+
+def _start_tracking(
+    directory: Path, cfg: ConsortiumConfig, run_dir: Path, run_config: dict[str, Any], console: Console
+) -> Tracker | None:
+    """The run's trackers (:mod:`server.tracking`), opened; a backend that cannot open is a warning."""
+    from server.tracking import Tracker
+
+    tracker = Tracker.from_settings(
+        cfg.tracking,
+        say=lambda line: console.print(f"[yellow]{escape(line)}[/]", highlight=False, soft_wrap=True),
+        resend_hint=f"fedrad-server track {directory} --run {run_dir}",
+    )
+    try:
+        tracker.start(run_dir, run_config, cfg)
+    except Exception as exc:  # noqa: BLE001 - e.g. the run folder unwritable: the run goes on without tracking
+        tracker.say(f"warning: tracking could not start ({exc}); training goes on")
+        return None
+    opened = [b.name for b in tracker.backends if b.name not in tracker.failed]
+    if opened:
+        console.print(f"tracking: every round also goes to {', '.join(opened)}")
+    return tracker
+
+
+def _finish_tracking(tracker: Tracker, directory: Path, run_dir: Path, status: str) -> None:
+    """The last rounds, the model card and the run's end to the trackers; never raises."""
+    from server.tracking import run_model_card
+
+    try:
+        tracker.sync(run_dir)
+        tracker.finish(run_model_card(directory, run_dir), status)
+    except Exception as exc:  # noqa: BLE001 - tracking never decides the run's verdict
+        tracker.say(f"warning: tracking could not finish ({exc})")
+        tracker.finished = True
 
 
 def _name_stats_sites(run_dir: Path, control: ControlClient) -> None:

@@ -35,8 +35,10 @@ class LiveConsortium:
         return self.folder / "runs"
 
 
-def make_consortium(tmp_path: Path, cohort: list[SiteSummary], *, rounds: int, round_timeout: int) -> LiveConsortium:
-    """Two enrolled, approved sites (site-a, site-b) and the commands that start everything."""
+def make_consortium(
+    tmp_path: Path, cohort: list[SiteSummary], *, rounds: int, round_timeout: int, tracking: dict | None = None
+) -> LiveConsortium:
+    """Two enrolled, approved sites (site-a, site-b) and the commands that start everything (``tracking:`` if given)."""
     port = free_port()
     c = tmp_path / "consortium"
     init_consortium(c, "Fault Test", f"127.0.0.1:{port}")
@@ -50,6 +52,8 @@ def make_consortium(tmp_path: Path, cohort: list[SiteSummary], *, rounds: int, r
         wait_for_sites_s=90,
         local_epochs=1,
     )
+    if tracking is not None:
+        cfg["tracking"] = tracking
     cfg_path.write_text(yaml.safe_dump(cfg))
     site_cmd = {}
     for name, data in zip(("site-a", "site-b"), cohort[:2], strict=True):

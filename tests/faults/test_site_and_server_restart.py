@@ -10,7 +10,8 @@ One 6-round run of two sites over TLS on 127.0.0.1, and along the way:
 3. the server is killed (SIGKILL of ``fedrad-server start``, its SuperLink,
    proxy and ServerApp) after round 3 is checkpointed, and restarted with
    ``fedrad-server start --resume``: only rounds 4-6 run, round 4 starts from
-   exactly round 3's saved weights (sha256), and no finished round is lost.
+   exactly round 3's saved weights (sha256), and no finished round is lost; its MLflow run (``tracking:``) is
+   continued, with one step per round and none twice.
 
 When site-b is back depends on timing the test does not control: Flower refuses
 a restarted key until the old session's heartbeats lapse (~60 s), and that
@@ -41,7 +42,7 @@ ROUND_TIMEOUT = 30
 
 
 def test_site_killed_rejoins_and_server_resumes(tmp_path: Path, small_cohort: list[SiteSummary]) -> None:
-    live = make_consortium(tmp_path, small_cohort, rounds=ROUNDS, round_timeout=ROUND_TIMEOUT)
+    live = make_consortium(tmp_path, small_cohort, rounds=ROUNDS, round_timeout=ROUND_TIMEOUT, tracking={"mlflow": {}})
     c, server_cmd, site_cmd = live.folder, live.server_cmd, live.site_cmd
     ps = ProcessSet(tmp_path / "logs")
     started: set = set()
@@ -83,6 +84,7 @@ def test_site_killed_rejoins_and_server_resumes(tmp_path: Path, small_cohort: li
         assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))  # nothing lost, nothing re-run
         assert rows[3]["start_weights_sha256"] == saved  # round 4 started from round 3's saved weights
         assert load_model_file(run_dir / "latest.pt").provenance["rounds"] == ROUNDS
+        _check_one_mlflow_run(c, run_dir)
         rejoined = [r["round"] for r in rows[2:] if r["sites_answered"] == 2]
         assert rejoined, (
             f"site-b never answered again: {[(r['round'], r['sites_answered']) for r in rows]}\n"
@@ -99,3 +101,16 @@ def test_site_killed_rejoins_and_server_resumes(tmp_path: Path, small_cohort: li
         )
     finally:
         started = stop_all_and_check(ps, started)
+
+
+def _check_one_mlflow_run(c: Path, run_dir: Path) -> None:
+    """Tracking rode out the kill: the resumed session continued the same MLflow run, one step per round, none twice."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{c / 'mlflow.db'}")
+    run = client.get_run(json.loads((run_dir / "tracking.json").read_text())["mlflow"]["run_id"])
+    assert [r.info.run_id for r in client.search_runs([run.info.experiment_id])] == [run.info.run_id]
+    assert run.info.status == "FINISHED"
+    for key in ("round/seconds", "round/sites", "train/loss"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, ROUNDS + 1)), key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/auc")] == [ROUNDS]  # evaluate_every

@@ -8,7 +8,8 @@ One consortium (2 enrolled sites, real synthetic DICOM data):
 2. the server is started again and both sites join (``fedrad-site start``:
    data check, SuperNode), the run trains a round (train + evaluate) and
    the command exits 0 reporting ``finished:completed``; checkpoints,
-   ``status --json`` and ``export`` agree.
+   ``status --json`` and ``export`` agree, and the run's MLflow run and TensorBoard events (``tracking:``) read
+   back with one step per round.
 
 Every process goes through ``shared.processes.ProcessSet`` and none is left behind.
 """
@@ -16,7 +17,6 @@ Every process goes through ``shared.processes.ProcessSet`` and none is left behi
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -66,6 +66,7 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         wait_for_sites_s=WAIT,
         local_epochs=1,
         average_last_rounds=3,
+        tracking={"mlflow": {}, "tensorboard": {}},  # sqlite:///mlflow.db and tensorboard/ in the consortium folder
     )  # publishes averaged.pt: the mean of the (here only) last rounds
     cfg_path.write_text(yaml.safe_dump(cfg))
     site_yaml = {}
@@ -91,7 +92,6 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         assert res.returncode == 0 and json.loads(res.stdout)["added"] is True, res.stderr
 
     server_cmd = [executable("fedrad-server"), "start", str(c), "--listen", f"127.0.0.1:{port}"]
-    web_layer = importlib.util.find_spec("shared.dashboard.server") is not None
     site_cmd = {n: [executable("fedrad-site"), "start", "--config", str(p)] for n, p in site_yaml.items()}
     ps = ProcessSet(tmp_path / "logs")
     started = set()
@@ -122,7 +122,7 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         live_page = None
         while second.poll() is None and time.monotonic() < deadline:  # watch every process FedRad started
             envs.update(_flower_envs(ps))
-            if live_page is None and web_layer:
+            if live_page is None:
                 live_page = _dashboard_page(dash_port)
             time.sleep(0.5)
         started |= ps.all_procs()
@@ -145,9 +145,11 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         dash = {wd["id"]: wd for sec in page["sections"] for wd in sec["widgets"]}
         assert sorted(s["name"] for s in dash["site-curve-train-loss"]["series"]) == ["site-a", "site-b"]
         assert len(dash["curve-headline"]["series"][0]["points"]) == ROUNDS
-        if web_layer:  # the dashboard served the live page during the run, and stopped with the session
-            assert live_page is not None and live_page["title"] == "Coord Test: FedRad coordinator", live_page
-            assert not port_open("127.0.0.1", dash_port)
+        # the dashboard served the live page during the run, and stopped with the session
+        assert live_page is not None and live_page["title"] == "Coord Test: FedRad coordinator", live_page
+        assert not port_open("127.0.0.1", dash_port)
+        assert "tracking: every round also goes to mlflow, tensorboard" in log and "tracking.mlflow failed" not in log
+        _check_tracking(c, run_dir, rows, tmp_path)
         st = collect_status(c)  # in-process: a CLI call costs seconds of imports on a loaded box
         assert st["server_running"] is False and st["run"]["status"] == "finished:completed"
         assert st["run"]["last_round"] == ROUNDS and {s["name"] for s in st["sites"]} == {"site-a", "site-b"}
@@ -238,6 +240,37 @@ def test_start_waits_names_missing_site_then_completes(tmp_path: Path, small_coh
         print(f"\ncoordinator test: missing-site wait {waited:.1f} s, total {time.monotonic() - t_start:.1f} s")
     finally:
         started = stop_all_and_check(ps, started)
+
+
+def _check_tracking(c: Path, run_dir: Path, rows: list[dict], tmp_path: Path) -> None:
+    """The run as the coordinator tracked it, read back with MLflow's and TensorBoard's own APIs."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    client = MlflowClient(f"sqlite:///{c / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("Coord Test")  # the consortium's name
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == run_dir.name and run.info.status == "FINISHED", run.info
+    assert json.loads((run_dir / "tracking.json").read_text())["mlflow"]["run_id"] == run.info.run_id
+    headline = run.data.tags["fedrad.headline_metric"]
+    assert headline == "eval/auc"
+    steps = [r["round"] for r in rows]
+    assert steps == list(range(1, ROUNDS + 1))
+    for key in (headline, "round/seconds", "round/sites", "train/loss"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == steps, key
+    assert [m.value for m in client.get_metric_history(run.info.run_id, headline)] == pytest.approx(
+        [r["eval"]["auc"] for r in rows]
+    )
+    params = run.data.params
+    assert params["strategy"] == "fedavg" and params["num-server-rounds"] == str(ROUNDS), params
+    assert "model_card.md" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    card = client.download_artifacts(run.info.run_id, "model_card.md", str(tmp_path))
+    assert "# Model card: Coord Test" in Path(card).read_text()
+    events = EventAccumulator(str(c / "tensorboard" / run_dir.name), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars(headline)] == steps
+    assert [e.step for e in events.Scalars("round/seconds")] == steps
+    assert "model_card/text_summary" in events.Tags()["tensors"]
 
 
 NO_CALLS_HOME = {
