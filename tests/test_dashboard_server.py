@@ -185,6 +185,8 @@ def test_widgets_refuse_links_off_the_dashboard() -> None:
         with pytest.raises(ValueError):
             W.links("l", [("x", href)])
     assert W.line("c", "", [("a", [(1, float("nan")), (2, 0.5)])])["series"][0]["points"] == [[1, None], [2, 0.5]]
+    run_id = 15412963251319949038  # a Flower run id: beyond a double's exact integers, so it travels as text
+    assert W.table("t", ["run", "bytes"], [[run_id, 130]])["rows"] == [["15412963251319949038", 130]]
 
 
 # -- the bind policy ---------------------------------------------------------------------------------------------

@@ -45,6 +45,18 @@ def _num(v: Any) -> float | int | None:
     return int(f) if isinstance(v, int) else f
 
 
+JS_SAFE_INT = 2**53  # a browser's numbers are doubles: larger integers (Flower's run and node ids) travel as text
+
+
+def _plain(v: Any) -> Any:
+    """A table value the browser shows exactly: an integer beyond 2**53 becomes its decimal text."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= JS_SAFE_INT:
+        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
 def cell(text: Any, level: str | None = None) -> Any:
     """A table cell; with ``level`` it is drawn coloured (ok/warn/error/info)."""
     if level is None:
@@ -71,7 +83,7 @@ def banner(id: str, level: str, text: str) -> Widget:
 def table(
     id: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str = "", empty: str = "nothing yet"
 ) -> Widget:
-    rows = [list(r) for r in rows]
+    rows = [[_plain(v) for v in r] for r in rows]
     for r in rows:
         if len(r) != len(columns):
             raise ValueError(f"table {id!r}: a row has {len(r)} cells for {len(columns)} columns")
