@@ -298,6 +298,29 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float,
     return replies
 
 
+def silent_nodes(messages: Iterable[Message], replies: Iterable[Message]) -> list[int]:
+    """Node ids that were sent a message and did not answer it in time (metrics.jsonl's ``no_reply``)."""
+    answered = {int(r.metadata.src_node_id) for r in replies}
+    return sorted({int(m.metadata.dst_node_id) for m in messages} - answered)
+
+
+def write_progress(run_dir: Path, rnd: int, wave: str, messages: Iterable[Message] = ()) -> None:
+    """``RUN_DIR/progress.json``: the wave in flight and the sites it waits for, for the live dashboard.
+
+    Written (atomically) as each wave starts; the rounds themselves are committed by ``state.json``."""
+    from server.checkpoints import PROGRESS_FILE, write_json_atomic
+
+    write_json_atomic(
+        Path(run_dir) / PROGRESS_FILE,
+        {
+            "round": rnd,
+            "wave": wave,
+            "nodes": sorted({int(m.metadata.dst_node_id) for m in messages}),
+            "since": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+
+
 def wait_for_sites(grid: Grid, min_sites: int, timeout: float, poll_s: float = 0.5) -> int:
     """Wait up to ``timeout`` s for ``min_sites`` connected sites; return how many there are (maybe fewer)."""
     deadline = time.monotonic() + timeout
@@ -465,11 +488,13 @@ def main(grid: Grid, context: Context) -> None:
         if strategy.dp is not None:
             round_config["dp-epsilon-next"] = epsilon_next(strategy, available)  # sites with max_epsilon check it
         msgs = strategy.configure_train(rnd, arrays, round_config, grid, available)
+        write_progress(s.run_dir, rnd, "train", msgs)
         if secagg is None:
             replies = send_and_receive(grid, msgs, timeout=timeout)
             t_train = time.monotonic()
             outcome = strategy.aggregate_train(rnd, replies)
             missing = len(msgs) - len(replies)
+            no_reply = {"train": silent_nodes(msgs, replies)}
         else:  # the same round config, sent through SecAgg+: the server only ever holds the sum
             nodes = [int(m.metadata.dst_node_id) for m in msgs]
             wave = secure_train_wave(
@@ -479,6 +504,7 @@ def main(grid: Grid, context: Context) -> None:
             outcome = strategy.aggregate_train(rnd, wave.replies)
             outcome.accepted = wave.contributors if outcome.arrays is not None else []
             missing = len(msgs) - len(wave.contributors)
+            no_reply = {"train": sorted(set(nodes) - set(wave.contributors))}  # SecAgg+: silent or dropped out
         if outcome.arrays is None:
             reasons = "; ".join(f"node {n}: {r}" for n, r in outcome.rejected) or "none"
             raise RuntimeError(
@@ -497,7 +523,10 @@ def main(grid: Grid, context: Context) -> None:
         if rnd % s.evaluate_every == 0 or rnd == s.num_server_rounds:
             eval_msgs = strategy.configure_evaluate(rnd, arrays, {"seed": s.seed, "server-round": rnd}, grid, available)
             n_eval = len(eval_msgs)
-            eval_out = strategy.aggregate_evaluate(rnd, send_and_receive(grid, eval_msgs, timeout=timeout))
+            write_progress(s.run_dir, rnd, "evaluate", eval_msgs)
+            eval_replies = send_and_receive(grid, eval_msgs, timeout=timeout)
+            no_reply["evaluate"] = silent_nodes(eval_msgs, eval_replies)
+            eval_out = strategy.aggregate_evaluate(rnd, eval_replies)
         t_eval = time.monotonic()
         eval_metrics = eval_out.metrics if eval_out else None
         failures = [{"node": n, "reason": r} for n, r in outcome.rejected] + (
@@ -509,6 +538,7 @@ def main(grid: Grid, context: Context) -> None:
             "sites_answered": len(outcome.accepted),
             "sites_failed": len(outcome.rejected) + missing,
             "failures": failures,
+            "no_reply": no_reply,  # node ids per wave that were asked and did not answer in time
             "train": outcome.metrics,
             "eval": eval_metrics,
             "privacy": image_privacy_report(

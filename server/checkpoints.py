@@ -13,6 +13,8 @@ Layout (the contract with ``fedrad-server status/export/start --resume``)::
     RUN_DIR/metrics.jsonl       one JSON object per finished round
     RUN_DIR/strategy-state.pt   server optimizer state (FedAdam/FedYogi moments), if any
     RUN_DIR/state.json          the commit point: last finished round, strategy, seed, hashes
+    RUN_DIR/progress.json       the wave in flight (round, train/evaluate, the sites asked, since when), for
+                                the live dashboard only: never read by a resume
 
 Crash safety: every file is written to a temporary name and renamed into place
 (readers never see half a file), and ``state.json`` is written *last*, so it
@@ -44,6 +46,7 @@ STATE_FILE = "state.json"
 METRICS_FILE = "metrics.jsonl"
 STRATEGY_STATE_FILE = "strategy-state.pt"
 LATEST_FILE = "latest.pt"
+PROGRESS_FILE = "progress.json"
 BEST_FILE = "best.pt"
 STATE_FORMAT = "fedrad-run-state"
 STATE_VERSION = 1

@@ -11,7 +11,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from server.checkpoints import BEST_FILE, LATEST_FILE, METRICS_FILE, STATE_FILE, CheckpointError, RunDir
+from server.checkpoints import (
+    BEST_FILE,
+    LATEST_FILE,
+    METRICS_FILE,
+    PROGRESS_FILE,
+    STATE_FILE,
+    CheckpointError,
+    RunDir,
+)
 from server.coordinator import SITE_NAMES_JSON
 from server.dashboard_files import FileCache, FileProblem, fmt, megabytes, num, read_metrics_lines, slug
 from shared.dashboard.widgets import Section, banner, cell, kv, links, section, table, text
@@ -33,6 +41,7 @@ class RunView:
     names: dict[str, str]  # Flower node id -> enrolled site name
     status: str
     problems: list[str] = field(default_factory=list)  # "file: what is wrong", shown as banners
+    progress: dict | None = None  # progress.json: the wave in flight (round, wave, nodes, since)
 
     @property
     def name(self) -> str:
@@ -102,7 +111,11 @@ def read_run(
         best = (state or {}).get("best") or {}
         headline = next((k for k in best if k not in ("round", "file")), "score")
     planned = planned or ((state or {}).get("num_server_rounds") if state else None)
-    view = RunView(path, state, rows, headline, planned, names, "", problems)
+    try:
+        progress = files.json_object(path / PROGRESS_FILE)
+    except FileProblem:
+        progress = None  # written atomically; a stale or odd one only hides the live line
+    view = RunView(path, state, rows, headline, planned, names, "", problems, progress)
     view.status = live_status or folder_status(view)
     return view
 
@@ -149,8 +162,19 @@ def failures_of(row: Mapping) -> list[dict]:
 
 def no_reply(row: Mapping) -> int:
     """Sites asked to train that did not answer in time (counted in ``sites_failed``, not named in ``failures``)."""
+    named = row.get("no_reply")
+    if isinstance(named, dict) and isinstance(named.get("train"), list):
+        return len(named["train"])
     trained = sum(1 for f in failures_of(row) if not str(f.get("reason", "")).startswith("evaluate: "))
     return max(0, int(num(row.get("sites_failed")) or 0) - trained)
+
+
+def silent_nodes(row: Mapping) -> list[tuple[str, Any]]:
+    """(wave, node id) of every site asked and silent, where the row names them (rows since ``no_reply``)."""
+    named = row.get("no_reply")
+    if not isinstance(named, dict):
+        return []
+    return [(wave, node) for wave in ("train", "evaluate") for node in named.get(wave) or []]
 
 
 def banners(prefix: str, problems: list[str]) -> list[dict]:
@@ -186,9 +210,21 @@ def current_run_section(run: RunView | None, run_id: Any) -> Section:
         banner("run-status", status_level(run.status), f"{run.name}: {run.status}"),
         *banners("run", run.problems),
     ]
+    now = in_flight(run)
+    if now:
+        widgets.append(banner("run-now", "info", now))
     widgets.append(kv("run-info", info))
     widgets.append(last_round_table(run, last))
     return section("run", title, widgets)
+
+
+def in_flight(run: RunView) -> str | None:
+    """ "round 3: train wave, waiting for site-a, site-b since 12:00:03" while a round is in flight, else None."""
+    p = run.progress
+    if not p or "running" not in run.status or not isinstance(p.get("round"), int) or p["round"] <= run.last_round:
+        return None
+    asked = ", ".join(sorted(run.label(n) for n in p.get("nodes") or [])) or "no site"
+    return f"round {p['round']}: {p.get('wave', '?')} wave, asked {asked}, since {p.get('since', '?')}"
 
 
 def last_round_table(run: RunView, last: Mapping | None) -> dict:
@@ -202,7 +238,12 @@ def last_round_table(run: RunView, last: Mapping | None) -> dict:
         for f in failures_of(last):
             reason = str(f.get("reason", ""))
             out.append([run.label(f.get("node")), cell(failure_kind(reason), "error"), reason])
-        if no_reply(last):
+        silent = silent_nodes(last)
+        for wave, node in silent:
+            out.append(
+                [run.label(node), cell("no reply", "warn"), f"{wave}: asked, no answer within the round timeout"]
+            )
+        if no_reply(last) and not silent:  # a row from before the silent sites were named
             out.append(["–", cell("no reply", "warn"), f"{no_reply(last)} site(s) asked did not answer in time"])
         if not answered and num(last.get("sites_answered")):  # a row from before per-site metrics were recorded
             out.insert(0, ["–", cell("answered", "ok"), f"{last['sites_answered']} site(s) (not named in this row)"])

@@ -379,3 +379,17 @@ def test_start_refuses_a_dashboard_port_that_is_taken(cdir: Path) -> None:
         port = busy.getsockname()[1]
         with pytest.raises(CoordinatorError, match=f"--dashboard-port {port}"):
             start_session(cdir, StartOptions(dashboard_port=port))
+
+
+def test_silent_sites_are_named_and_the_wave_in_flight_is_shown(cdir: Path) -> None:
+    from server.dashboard_runs import RunView, current_run_section
+
+    row = app_row(1, ["101"], [], no_reply=1) | {"round": 1, "no_reply": {"train": [202], "evaluate": []}}
+    progress = {"round": 2, "wave": "train", "nodes": [101, 202], "since": "2025-01-01T10:02:00+00:00"}
+    run = RunView(cdir / "runs" / "r", {"last_round": 1}, [row], "auc", 3, NODES, "running", [], progress)
+    built = {wd["id"]: wd for wd in current_run_section(run, 7)["widgets"]}
+    assert built["run-now"]["text"] == "round 2: train wave, asked site-a, site-b, since 2025-01-01T10:02:00+00:00"
+    rows = built["run-last-round"]["rows"]
+    assert ["site-b", {"text": "no reply", "level": "warn"}, "train: asked, no answer within the round timeout"] in rows
+    run.status = "finished:completed"  # a finished run has no wave in flight, whatever progress.json says
+    assert "run-now" not in {wd["id"] for wd in current_run_section(run, 7)["widgets"]}

@@ -128,8 +128,12 @@ def test_dashboards_in_a_browser(tmp_path: Path, small_cohort: list[SiteSummary]
             page.wait_for_selector("[data-widget='sites-table'] tbody tr")
             deadline = time.monotonic() + 240
             seen_rounds: list[int] = []
+            waves: set[str] = set()  # the live "round k: train wave, asked …" line (progress.json)
             while time.monotonic() < deadline:
                 assert server.poll() in (None, 0), server.log_tail()
+                now = page.locator("[data-widget='run-now']")
+                if now.count():
+                    waves.add((now.first.text_content() or "").split(",")[0])
                 text = _tile(page, "round")
                 m = re.match(r"(\d+)\s*/\s*(\d+)", text)
                 if m and (not seen_rounds or int(m.group(1)) != seen_rounds[-1]):
@@ -147,6 +151,7 @@ def test_dashboards_in_a_browser(tmp_path: Path, small_cohort: list[SiteSummary]
             assert text.startswith(f"{ROUNDS}"), text
             seen_rounds.append(ROUNDS)
             assert len(set(seen_rounds)) >= 2 and seen_rounds == sorted(seen_rounds), seen_rounds  # it advanced
+            assert any(re.fullmatch(r"round \d: (train|evaluate) wave", w) for w in waves), waves
             points = page.locator("[data-widget='curve-headline'] circle.point")
             assert points.count() == ROUNDS, points.count()
             refusal = page.locator("[data-widget='sites-table'] tr", has_text="site-b").text_content() or ""
@@ -183,5 +188,8 @@ def test_dashboards_in_a_browser(tmp_path: Path, small_cohort: list[SiteSummary]
             page.screenshot(path=str(ARTIFACTS / "site-b.png"), full_page=True)
         for name, proc in sites.items():
             assert proc.poll() is None, f"{name} stopped: {proc.log_tail()}"
+        run_dir = next((c / "runs").iterdir())
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        assert [r["no_reply"] for r in rows] == [{"train": [], "evaluate": []}] * ROUNDS  # site-b answered: a refusal
     finally:
         started = stop_all_and_check(ps, started | ps.all_procs())
