@@ -423,12 +423,18 @@ def verify(log: Path, public: ec.EllipticCurvePublicKey | None = None, pinned: P
     return summary
 
 
+def _countable(value: object) -> object:
+    """A run or round id as a set member: a list or object (never written by FedRad) counts by its JSON text."""
+    return value if value is None or isinstance(value, str | int | float | bool) else json.dumps(value, sort_keys=True)
+
+
 def _count(summary: AuditSummary, entry: dict[str, Any], runs: set, rounds: set) -> None:
     summary.bytes += int(entry.get("bytes", 0))
     kind = str(entry.get("type"))
     summary.by_type[kind] = summary.by_type.get(kind, 0) + 1
-    runs.add(entry.get("run"))
-    rounds.add((entry.get("run"), entry.get("round")))
+    run, rnd = _countable(entry.get("run")), _countable(entry.get("round"))
+    runs.add(run)
+    rounds.add((run, rnd))
     decisions = entry.get("guard", [])
     summary.violations += sum(d.get("action") == "drop" for d in decisions)
     summary.withheld += sum(d.get("action") == "withhold" for d in decisions)

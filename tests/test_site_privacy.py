@@ -236,3 +236,14 @@ def test_site_statistics_counts_classes_manufacturers_and_intensity() -> None:
         and stats["intensity-bin:9"] == 2
         and sum(v for k, v in stats.items() if k.startswith("intensity-bin:")) == 5
     )
+
+
+def test_audit_verify_counts_a_line_whose_run_is_a_list(tmp_path: Path) -> None:
+    """A chained line with an odd run id (not one FedRad writes) is counted, not a crash of `audit verify`."""
+    from client.audit import append_entry, verify
+
+    log = tmp_path / "outbound.jsonl"
+    append_entry(log, {"run": [1, 2], "round": {"a": 1}, "type": "train", "bytes": 10})
+    append_entry(log, {"run": 3, "round": 1, "type": "train", "bytes": 5})
+    summary = verify(log)
+    assert (summary.entries, summary.runs, summary.rounds, summary.bytes) == (2, 2, 2, 15)
