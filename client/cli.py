@@ -15,6 +15,7 @@ import typer
 
 from shared.cli_support import EXIT_NO, cli_app, err, handle_errors, out, progress_bar
 from shared.config import ConfigError
+from shared.dashboard.cli_options import HostOpt, TlsCertOpt, TlsKeyOpt, TokenFileOpt
 from shared.names import name_list
 
 app = cli_app(
@@ -589,15 +590,11 @@ def approve(
 @handle_errors
 def dashboard(
     config: Path = SiteConfigOpt,
-    host: str = typer.Option(
-        "127.0.0.1", "--host", help="Address to serve on; off this machine needs TLS and a token."
-    ),
+    host: str = HostOpt,
     port: int = typer.Option(8351, "--port", min=1, max=65535, help="Port to serve on."),
-    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) to serve HTTPS with."),
-    tls_key: Path | None = typer.Option(None, "--tls-key", help="Its private key (PEM)."),
-    token_file: Path | None = typer.Option(
-        None, "--token-file", help="A file (mode 600) holding the token every request must carry."
-    ),
+    tls_cert: Path | None = TlsCertOpt,
+    tls_key: Path | None = TlsKeyOpt,
+    token_file: Path | None = TokenFileOpt,
     reports: list[Path] = typer.Option(
         [], "--reports", help="Also list the evaluation reports under this folder (repeatable)."
     ),
@@ -606,23 +603,14 @@ def dashboard(
     """A read-only web page of this site: what it sent (the verified audit log), its data check, approved code,
     privacy settings and evaluation reports. Serves on 127.0.0.1 until Ctrl-C."""
     from client.dashboard import SitePage
+    from shared.dashboard.cli_options import serve_from_cli
 
     if as_json:
         source = SitePage(config, reports=reports)
         source.wait_for_check()
         _print_json(source.page())
         return
-    from shared.dashboard.server import DashboardError, dashboard_options, serve_dashboard
-
-    try:
-        options = dashboard_options(host, port, tls_cert, tls_key, token_file)  # a refused bind: before any work
-        source = SitePage(config, reports=reports)
-        try:
-            serve_dashboard(source, options, out)
-        finally:
-            source.close()
-    except DashboardError as exc:
-        raise ConfigError(str(exc)) from None
+    serve_from_cli(lambda: SitePage(config, reports=reports), host, port, tls_cert, tls_key, token_file)
 
 
 audit_app = typer.Typer(help="What this site sent: verify and show the outbound audit log.", no_args_is_help=True)

@@ -18,7 +18,8 @@ from pathlib import Path
 import typer
 
 from server.ca_secret import PassphraseFileOpt, PassphrasePromptOpt
-from shared.cli_support import EXIT_NO, EXIT_USAGE, cli_app, err, handle_errors, out
+from shared.cli_support import EXIT_NO, cli_app, err, handle_errors, out
+from shared.dashboard.cli_options import HostOpt, TlsCertOpt, TlsKeyOpt, TokenFileOpt
 
 app = cli_app(
     "fedrad-server",
@@ -232,13 +233,11 @@ def status(
 @handle_errors
 def dashboard(
     directory: Path = DirArg,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on; off loopback it needs TLS and a token."),
+    host: str = HostOpt,
     port: int = typer.Option(8350, "--port", min=1, max=65535, help="TCP port."),
-    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) for https."),
-    tls_key: Path | None = typer.Option(None, "--tls-key", help="Its private key (PEM)."),
-    token_file: Path | None = typer.Option(
-        None, "--token-file", help="A file (mode 600) holding the token every request must carry."
-    ),
+    tls_cert: Path | None = TlsCertOpt,
+    tls_key: Path | None = TlsKeyOpt,
+    token_file: Path | None = TokenFileOpt,
     benchmark: list[Path] = typer.Option(
         [],
         "--benchmark",
@@ -250,17 +249,12 @@ def dashboard(
     data statistics and benchmark results (built from the files in DIR; it changes nothing)."""
     from server.dashboard import CoordinatorPage
 
-    source = CoordinatorPage(directory, benchmarks=benchmark)
     if as_json:
-        print(json.dumps(source.page(), indent=2, allow_nan=False))
+        print(json.dumps(CoordinatorPage(directory, benchmarks=benchmark).page(), indent=2, allow_nan=False))
         return
-    from shared.dashboard.server import DashboardError, dashboard_options, serve_dashboard
+    from shared.dashboard.cli_options import serve_from_cli
 
-    try:
-        serve_dashboard(source, dashboard_options(host, port, tls_cert, tls_key, token_file), out)
-    except DashboardError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE) from None
+    serve_from_cli(lambda: CoordinatorPage(directory, benchmarks=benchmark), host, port, tls_cert, tls_key, token_file)
 
 
 @app.command()
