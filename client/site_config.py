@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from client.pacs_config import PacsSettings
 from shared.config import SiteDataConfig, StrictModel, check_host_port, load_yaml_mapping, parse_model
 
 SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -73,6 +74,9 @@ class SiteFileConfig(SiteDataConfig):
     privacy: SitePrivacy = Field(default_factory=SitePrivacy, description="Outbound limits and run requirements.")
     crossval: CrossvalConsent = Field(default_factory=CrossvalConsent, description="Cross-site evaluation consent.")
     audit: SiteAuditPins = Field(default_factory=SiteAuditPins, description="Pinning the audit log's heads.")
+    pacs: PacsSettings = Field(
+        default_factory=PacsSettings, description="The site's DICOM node and its PACS (client/pacs_config.py)."
+    )
 
     _host_port = field_validator("server_address")(check_host_port)
 
