@@ -551,6 +551,46 @@ SiteConfigOpt = typer.Option(..., "--config", "-c", help="site.yaml of this site
 
 @app.command()
 @handle_errors
+def fetch(
+    config: Path = typer.Option(..., "--config", "-c", help="site.yaml with a pacs section (docs/pacs.md)."),
+    accessions: Path | None = typer.Option(
+        None, "--accessions", help="CSV with an AccessionNumber (or StudyInstanceUID) column; a label CSV will do."
+    ),
+    since: str | None = typer.Option(None, "--since", help="Instead of a list: studies from this date (YYYY-MM-DD)."),
+    until: str | None = typer.Option(None, "--until", help="… up to this date (default today)."),
+    modality: str | None = typer.Option(None, "--modality", help="With --since: only these modalities, e.g. CR,DX."),
+    via: str = typer.Option("dimse", "--via", help="dimse (C-FIND + C-GET/C-MOVE: pacs.peer) or dicomweb."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Query PACS and retrieve studies (by accession list, or by date range and modality) into the site's data.
+
+    Studies land in pacs.node.receive_dir (default DATA/received) as STUDY/SERIES/SOP.dcm; exit 0 when every study
+    asked for is here, 1 when some are missing or refused, 2 on a configuration or input problem."""
+    from client.fetch_request import date_request, load_fetch_site, read_accession_csv
+    from client.fetch_view import render_fetch
+    from client.pacs_fetch import fetch as run_fetch
+
+    if (accessions is None) == (since is None):
+        raise ConfigError("give --accessions CSV, or --since DATE (with --until and --modality if wanted)")
+    if accessions is not None and (until or modality):
+        raise ConfigError("--until and --modality go with --since, not with --accessions")
+    site = load_fetch_site(config)
+    request = (
+        read_accession_csv(accessions) if accessions is not None else date_request(since, until, name_list(modality))
+    )
+    with progress_bar("Querying and retrieving", enabled=not as_json) as update:
+        summary = run_fetch(site, request, via, on_progress=lambda stage, done, total: update(done, total))
+    report = summary.to_json()
+    if as_json:
+        _print_json(report)
+    else:
+        render_fetch(report, out)
+    if not report["ok"]:
+        raise typer.Exit(EXIT_NO)
+
+
+@app.command()
+@handle_errors
 def approve(
     config: Path = SiteConfigOpt,
     code_hash: str | None = typer.Option(

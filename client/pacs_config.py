@@ -25,6 +25,7 @@ pacs:
     url: https://pacs.hospital.example/dicom-web
     token_file: dicomweb.token  # optional bearer token (mode 600)
     ca: pacs-ca.crt             # optional CA for https
+    timeout_s: 60               # optional: seconds to wait for one answer
 ```
 """
 
@@ -115,6 +116,7 @@ class DicomWebSettings(StrictModel):
     url: str = Field(description="The service's base URL, e.g. https://pacs.example/dicom-web.")
     token_file: Path | None = Field(None, description="A file (mode 600) holding a bearer token.")
     ca: Path | None = Field(None, description="CA certificate for https, if not the system's.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for an answer to one request.")
 
     @field_validator("url")
     @classmethod

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 SITE_YAML_DATA_KEYS = set(SiteDataConfig.model_fields)
 # Credential keys of a full site.yaml (client.site_config.SiteFileConfig); kept in sync by a test.
 SITE_ONLY_KEYS = frozenset(
-    {"site_name", "server_address", "ca_cert", "private_key", "work_dir", "privacy", "crossval", "audit"}
+    {"site_name", "server_address", "ca_cert", "private_key", "work_dir", "privacy", "crossval", "audit", "pacs"}
 )
 
 
@@ -66,11 +66,17 @@ def site_data_config(
                 else ""
             )
             raise ConfigError(f"no {name} folder/file given: pass {flag} or set '{name}' in site.yaml (--config){hint}")
-    if SITE_ONLY_KEYS & set(values):  # a full site.yaml (fedrad-site start): validate all of it, use the data part
+    if (SITE_ONLY_KEYS - {"pacs"}) & set(values):  # a full site.yaml (fedrad-site start): validate all, use the data
         from client.site_config import SiteFileConfig
 
         parse_model(SiteFileConfig, values, source, base_dir)
-        values = {k: v for k, v in values.items() if k not in SITE_ONLY_KEYS}
+    elif values.get("pacs") is not None:  # a data-only site.yaml that fetches from PACS: its pacs part is valid too
+        from client.pacs_config import PacsSettings
+
+        if not isinstance(values["pacs"], dict):
+            raise ConfigError(f"{source}: 'pacs' must be a mapping (docs/pacs.md)")
+        parse_model(PacsSettings, values["pacs"], f"{source} (pacs)", base_dir)
+    values = {k: v for k, v in values.items() if k not in SITE_ONLY_KEYS}
     cfg = parse_model(SiteDataConfig, values, source, base_dir)
     for name in ("data", "labels", "cache_dir"):
         if flags.get(name) is not None:  # flags are relative to the working directory, not to site.yaml
