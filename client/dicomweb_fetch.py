@@ -23,6 +23,7 @@ from shared.config import ConfigError
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 STUDY_FIELDS = ["AccessionNumber", "StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedInstances"]
 ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)
+MAX_PAGES = 1000
 
 
 def read_bearer_token(path: Path) -> str:
@@ -86,14 +87,24 @@ class DicomWebBackend:
                 ) from None
             raise StudyRefused(f"HTTP {code}", f"{reason} ({what})") from None
 
+    def _search(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+        """Every match, page by page (offset); stops at an empty page or one with nothing new (a server that
+        ignores offset would otherwise be asked forever)."""
+        items: dict[str, dict[str, Any]] = {}
+        for _ in range(MAX_PAGES):
+            page = self._call(
+                "QIDO-RS search",
+                lambda: self.client.search_for_studies(search_filters=filters, fields=STUDY_FIELDS, offset=len(items)),
+            )
+            fresh = {_first(i, "0020000D"): i for i in page or [] if _first(i, "0020000D") not in items}
+            if not fresh:
+                break
+            items.update(fresh)
+        return list(items.values())
+
     def find(self, query: StudyQuery) -> list[FoundStudy]:
-        filters = query.to_json()
-        hits = self._call(
-            "QIDO-RS search",
-            lambda: self.client.search_for_studies(search_filters=filters, fields=STUDY_FIELDS, get_remaining=True),
-        )
         found = []
-        for item in hits or []:
+        for item in self._search(query.to_json()):
             try:
                 uid = check_uid(_first(item, "0020000D"), "StudyInstanceUID")
             except ReceivedInstanceError:

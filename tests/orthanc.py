@@ -104,16 +104,23 @@ def orthanc_config(root: Path, http_port: int, dicom_port: int, modalities: dict
 
 @contextmanager
 def running_orthanc(
-    root: Path, ps: ProcessSet, modalities: dict[str, tuple[str, int]] | None = None, timeout: float = 60
+    root: Path,
+    ps: ProcessSet,
+    modalities: dict[str, tuple[str, int]] | None = None,
+    timeout: float = 60,
+    overrides: dict[str, Any] | None = None,
 ) -> Iterator[Orthanc]:
-    """Start Orthanc under ``ps`` (stopped with it) and wait until its REST API answers; skip if not installed."""
+    """Start Orthanc under ``ps`` (stopped with it) and wait until its REST API answers; skip if not installed.
+
+    ``overrides`` replaces keys of the generated configuration (e.g. ``{"DicomCheckCalledAet": True}``)."""
     exe = orthanc_path()
     if exe is None:
         pytest.skip(f"no Orthanc for the PACS tests: {ENABLE}")
     http_port, dicom_port = free_port(), free_port()
     root.mkdir(parents=True, exist_ok=True)
     cfg_path = root / "orthanc.json"
-    cfg_path.write_text(json.dumps(orthanc_config(root, http_port, dicom_port, modalities or {}), indent=2))
+    config = {**orthanc_config(root, http_port, dicom_port, modalities or {}), **(overrides or {})}
+    cfg_path.write_text(json.dumps(config, indent=2))
     proc = ps.start("orthanc", [exe, str(cfg_path)], cwd=root)
     client = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30)
     deadline = time.monotonic() + timeout
