@@ -14,6 +14,7 @@ temporary storage node there for the run (accepting ``allowed_callers`` only) an
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import ssl
 import threading
@@ -158,6 +159,29 @@ def _values(ds: Dataset, keyword: str) -> list[str]:
     return [str(v) for v in value]
 
 
+class ConnectErrors(logging.Handler):
+    """While in use, the reason pynetdicom logs for a failed connection (refused, TLS), which it does not raise."""
+
+    PREFIX = "TCP Initialisation Error:"
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last: str | None = None
+        self.logger = logging.getLogger("pynetdicom.transport")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            self.last = message[len(self.PREFIX) :].strip()
+
+    def __enter__(self) -> ConnectErrors:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+
+
 class StorageSink:
     """Stores instances arriving by C-STORE (C-GET's sub-operations or the temporary C-MOVE node) in the tree."""
 
@@ -234,14 +258,15 @@ class DimseBackend:
                 seen["reject"] = (prim.result, prim.source_str, prim.reason_str)
 
         hs = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse), *(handlers or [])]
-        assoc = ae.associate(
-            self.peer.host,
-            self.peer.port,
-            ae_title=self.peer.ae_title,
-            ext_neg=roles,
-            evt_handlers=hs,
-            tls_args=self.tls,
-        )
+        with ConnectErrors() as connect_errors:
+            assoc = ae.associate(
+                self.peer.host,
+                self.peer.port,
+                ae_title=self.peer.ae_title,
+                ext_neg=roles,
+                evt_handlers=hs,
+                tls_args=self.tls,
+            )
         if assoc.is_established:
             return assoc
         where = f"{self.peer.host}:{self.peer.port}"
@@ -255,13 +280,17 @@ class DimseBackend:
                 raise TransientPacsError(message)
             raise PacsUnavailable(message)
         if "open" not in seen:
-            raise TransientPacsError(
-                f"cannot connect to {where} (nothing listening there, a firewall, or no answer within {t:g} s)"
-            )
+            why = connect_errors.last or f"no answer within {t:g} s"
+            if "SSL" in why or "certificate" in why.lower():
+                raise PacsUnavailable(
+                    f"TLS to PACS at {where} failed: {why}; check pacs.peer.tls (ca: the CA that signed PACS's "
+                    f"certificate; host: a name in that certificate)"
+                )
+            raise TransientPacsError(f"cannot connect to {where} ({why}: nothing listening there, or a firewall?)")
         if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
             raise PacsUnavailable(f"PACS at {where} accepted none of the presentation contexts asked for")
-        tls = " (a TLS handshake failure? check pacs.peer.tls)" if self.tls else ""
-        raise TransientPacsError(f"PACS at {where} did not complete the association{tls}")
+        hint = "check pacs.peer.tls" if self.tls else "does PACS expect DICOM over TLS? then set pacs.peer.tls"
+        raise TransientPacsError(f"PACS at {where} closed the connection without answering the association ({hint})")
 
     def _query_assoc(self) -> Association:
         if self._query is None or not self._query.is_established:

@@ -10,20 +10,24 @@ import csv
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
 import pytest
 import yaml
 from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.presentation import StoragePresentationContexts
 from typer.testing import CliRunner
 
 from client.cli import app
 from client.dicomweb_fetch import read_bearer_token
-from client.fetch_request import date_request, read_accession_csv
-from client.pacs_fetch import PacsUnavailable, StudyRefused, TransientPacsError, with_retries
+from client.dimse_fetch import TRANSFER_SYNTAXES
+from client.fetch_request import date_request, load_fetch_site, read_accession_csv
+from client.pacs_fetch import PacsUnavailable, StudyRefused, TransientPacsError, fetch, with_retries
 from client.received_tree import ReceivedInstanceError, instance_path, store_part10
+from server.pki import create_ca, issue_server_cert
 from shared.config import ConfigError
 from shared.processes import ProcessSet, free_port
 from shared.synth import write_cohort
@@ -164,11 +168,63 @@ def test_dicomweb_by_accession_and_by_date_and_modality(tmp_path: Path, pacs: Pa
         assert_fetched_as_uploaded(other / "data" / "received", pacs, only=cr)
 
 
-def test_cmove_to_a_temporary_storage_node(tmp_path: Path, pacs: Pacs) -> None:
+def test_cmove_to_a_temporary_storage_node_or_to_a_running_receive(tmp_path: Path, pacs: Pacs) -> None:
     site = make_site(tmp_path, pacs, retrieve="move")
     code, report = fetch_json(site, "--accessions", str(site / "accessions.csv"))
     assert code == 1 and report["retrieve"] == "C-MOVE" and report["missing"] == [ABSENT], report
     assert report["fetched"]["instances"] == 8
+    assert_fetched_as_uploaded(site / "data" / "received", pacs)
+
+    # `fedrad-site receive` holds the node's port: PACS sends there, fetch counts what lands in the tree
+    other = make_site(tmp_path / "with-receive", pacs, retrieve="move")
+    stand_in = AE(ae_title="FEDRAD")
+    for cx in StoragePresentationContexts:
+        stand_in.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+    received = other / "data" / "received"
+
+    def store(event) -> int:
+        store_part10(received, event.encoded_dataset())
+        return 0
+
+    server = stand_in.start_server(("127.0.0.1", pacs.node_port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    try:
+        code, report = fetch_json(other, "--accessions", str(other / "accessions.csv"))
+    finally:
+        server.shutdown()
+    assert code == 1 and report["fetched"]["instances"] == 8 and report["fetched"]["studies"] == 8, report
+    assert_fetched_as_uploaded(received, pacs)
+
+
+def test_tls_to_pacs(tmp_path: Path, pacs: Pacs) -> None:
+    """Orthanc serving DICOM over TLS: fetched with pacs.peer.tls.ca; plain DICOM or the wrong CA say why not."""
+    create_ca(tmp_path / "pki", "Hospital")
+    issue_server_cert(tmp_path / "pki", ["127.0.0.1"])
+    create_ca(tmp_path / "other", "Elsewhere")
+    pki = tmp_path / "pki"
+    tls = {
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(pki / "server.crt"),
+        "DicomTlsPrivateKey": str(pki / "server.key"),
+        "DicomTlsTrustedCertificates": str(pki / "ca.crt"),
+        "DicomTlsRemoteCertificateRequired": False,
+    }
+    with ProcessSet(tmp_path / "logs") as ps, running_orthanc(tmp_path / "orthanc", ps, overrides=tls) as orthanc:
+        orthanc.upload(pacs.uploaded.values())
+        site = make_site(tmp_path, replace(pacs, dicom_port=orthanc.dicom_port))
+        request = read_accession_csv(site / "accessions.csv")
+        outcomes = {}
+        for name, peer_tls in (
+            ("plain", None),
+            ("other-ca", {"ca": str(tmp_path / "other/ca.crt")}),
+            ("ok", {"ca": str(pki / "ca.crt")}),
+        ):
+            cfg = yaml.safe_load((site / "site.yaml").read_text())
+            cfg["pacs"]["peer"]["tls"] = peer_tls
+            (site / "site.yaml").write_text(yaml.safe_dump(cfg))
+            outcomes[name] = fetch(load_fetch_site(site / "site.yaml"), request, backoff=0.01).to_json()
+    assert "does PACS expect DICOM over TLS" in outcomes["plain"]["unavailable"]
+    assert "CERTIFICATE_VERIFY_FAILED" in outcomes["other-ca"]["unavailable"]
+    assert outcomes["ok"]["unavailable"] is None and outcomes["ok"]["fetched"]["instances"] == 8
     assert_fetched_as_uploaded(site / "data" / "received", pacs)
 
 
