@@ -4,7 +4,7 @@
 site; ``scale`` runs N synthetic hospitals on Flower's simulation engine; the other subcommands run
 the scripts in ``benchmarks/`` (``overhead``: bench_round_overhead.py, ``privacy``, ``secagg``,
 ``compression``, ``ingest``, ``ingest-fullsize``, ``training``, ``throughput``, ``levers``, ``scale-sweep``,
-``proxy-attacks``, ``audit-append``, ``cache-memory``, ``volume-inference``, ``volume-memory``, ``big-model``:
+``proxy-attacks``, ``audit-append``, ``cache-memory``, ``volume-inference``, ``volume-memory``, ``big-model``, ``pacs-fetch``:
 bench_<name>.py) and pass every argument after the subcommand through to them (``fedrad-bench privacy --help``
 shows theirs).
 
@@ -288,6 +288,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "proxy-attacks": (
         "benchmarks.bench_proxy_attacks",
         "The fleet proxy under the review's attacks: memory, connection floods, slow clients during rounds.",
+    ),
+    "pacs-fetch": (
+        "benchmarks.bench_pacs_fetch",
+        "fedrad-site fetch of N studies from a local Orthanc by C-GET, C-MOVE and DICOMweb vs DCMTK findscu + getscu.",
     ),
     "big-model": (
         "benchmarks.bench_big_model",
