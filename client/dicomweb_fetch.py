@@ -74,7 +74,11 @@ class DicomWebBackend:
             return fn()
         except requests.exceptions.SSLError as exc:
             raise PacsUnavailable(f"{self.settings.url}: TLS failed ({exc}); check pacs.dicomweb.ca") from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError,  # the connection dropped mid-study
+        ) as exc:
             raise TransientPacsError(f"cannot reach {self.settings.url} ({type(exc).__name__})") from None
         except requests.exceptions.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else 0
