@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from client.cli import app
 from client.dicomweb_fetch import read_bearer_token
-from client.dimse_fetch import TRANSFER_SYNTAXES
+from client.dimse_support import TRANSFER_SYNTAXES
 from client.fetch_request import date_request, load_fetch_site, read_accession_csv
 from client.pacs_fetch import PacsUnavailable, StudyRefused, TransientPacsError, fetch, with_retries
 from client.received_tree import ReceivedInstanceError, instance_path, store_part10
