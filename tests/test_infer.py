@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ import pydicom
 import pytest
 import torch
 import yaml
+from pydicom.uid import generate_uid
 
 from client.infer import InferOptions, run_infer
 from client.infer_common import finding_code
@@ -49,7 +51,7 @@ from shared.processes import free_port
 from shared.site_data import load_site_dataset
 from shared.synth import cohort_profiles, write_site
 from shared.synth.findings import FINDINGS
-from shared.tasks import TaskSpec
+from shared.tasks import TaskSpec, get_task
 from shared.training import batched_logits
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -87,6 +89,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> dict:
     profile = cohort_profiles(1, 0, seed=4)[0]
     cls = write_site(root / "cls", profile, 16, seed=4)
     seg = write_site(root / "seg", profile, 6, seed=5, task="segmentation")
+    two_views = _add_second_view(cls.dicom_dir, cls.labels_csv)
     cls_yaml = _site_yaml(root, "cls", cls.dicom_dir, labels=str(cls.labels_csv))
     seg_yaml = _site_yaml(root, "seg", seg.dicom_dir)
     opts = TrainLocalOptions(epochs=2, threads=1, device="cpu", site_name="site-1")
@@ -114,14 +117,47 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "cls": _studies(cls.labels_csv),
         "seg": _studies(seg.labels_csv),
     }
-    return {"root": root, "cls": cls_yaml, "seg": seg_yaml, "studies": studies, "labels": cls.labels_csv}
+    return {
+        "root": root,
+        "cls": cls_yaml,
+        "seg": seg_yaml,
+        "studies": studies,
+        "labels": cls.labels_csv,
+        "two_views": two_views,
+    }
 
 
-def _studies(labels_csv: Path) -> list[str]:
+def _add_second_view(data: Path, labels_csv: Path) -> str:
+    """Give the first study a second image (a lateral film: another series, unlabelled) and a text report (no
+    image: the scan rejects it); its StudyInstanceUID."""
+    from tests.dicom_factory import write_structured_report
+
+    first = sorted(_rows(labels_csv), key=lambda r: r["StudyInstanceUID"])[0]
+    path = data / first["path"]
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.ViewPosition = generate_uid(), 2, "LL"
+    ds.PixelData = np.ascontiguousarray(np.fliplr(ds.pixel_array)).tobytes()  # another picture of the patient
+    ds.save_as(path.parent / "IMG0002.dcm", enforce_file_format=True)
+    report = write_structured_report(path.parent / "REPORT.dcm")
+    report.StudyInstanceUID, report.AccessionNumber = ds.StudyInstanceUID, ds.AccessionNumber
+    report.save_as(path.parent / "REPORT.dcm", enforce_file_format=True)
+    return str(ds.StudyInstanceUID)
+
+
+def _rows(labels_csv: Path) -> list[dict]:
     import csv
 
     with open(labels_csv, newline="") as fh:
-        return sorted({row["StudyInstanceUID"] for row in csv.DictReader(fh)})
+        return list(csv.DictReader(fh))
+
+
+def _studies(labels_csv: Path) -> list[str]:
+    return sorted({row["StudyInstanceUID"] for row in _rows(labels_csv)})
+
+
+def _single_image_studies(sites: dict) -> list[str]:
+    return [u for u in sites["studies"]["cls"] if u != sites["two_views"]]
 
 
 def _sources(data: Path) -> dict[str, pydicom.Dataset]:
@@ -155,30 +191,42 @@ def _files(out: Path, kind: str) -> list[Path]:
     return sorted(out.rglob(f"{kind}-*.dcm"))
 
 
-def _expected_findings(config: Path, model_path: Path, task: str) -> dict[str, np.ndarray]:
-    """SOPInstanceUID → the model's probabilities, computed as ``fedrad-site evaluate`` does: the labelled site
-    dataset from the cache, the task's probabilities; one image a batch (an infer study of one image)."""
+def _expected_findings(config: Path, model_path: Path) -> dict[str, np.ndarray]:
+    """SOPInstanceUID → the model's probabilities for every usable image of the export: its cached model input
+    (the scan with the model file's preprocessing) through the model and the task's probabilities, one image a
+    batch (a convolution's last bits may depend on the batch: infer's batch is one study, here one image each)."""
     loaded = load_model_file(model_path)
     cfg = site_data_config(config, image_size=SIZE)
-    data, _ = load_site_dataset(cfg)
+    scan = scan_site(Path(cfg.data), loaded.preprocess, cfg.resolved_cache_dir())
+    task = get_task(loaded.task)
     out = {}
+    for rec in scan.usable:
+        logits = batched_logits(loaded.model, from_scan(scan, [rec], (SIZE, SIZE)), 1).float()
+        out[rec.header.sop_instance_uid] = task.probabilities(logits).numpy()[0]
+    return out
+
+
+def _same_as_evaluate(config: Path, loaded, expected: dict[str, np.ndarray]) -> None:  # noqa: ANN001
+    """What ``fedrad-site evaluate`` computes for the labelled images (its dataset, its predict_proba) is the same."""
+    from shared.tasks.classification.evaluation import predict_proba
+
+    cfg = site_data_config(config, image_size=SIZE)
+    data, _ = load_site_dataset(cfg)
     for i, rel in enumerate(data.paths):
         sop = str(pydicom.dcmread(Path(cfg.data) / rel, stop_before_pixels=True).SOPInstanceUID)
-        logits = batched_logits(loaded.model, data.images[i : i + 1], 1).float()
-        proba = torch.softmax(logits, 1) if task == "classification" else torch.sigmoid(logits)
-        out[sop] = proba.numpy()[0]
-    return out
+        assert np.array_equal(predict_proba(loaded.model, data.images[i : i + 1], 1)[0], expected[sop])
 
 
 # -- SR: classification and multilabel ------------------------------------------------------------------------
 def test_classification_sr_carries_the_models_probabilities_and_decisions(sites: dict, tmp_path: Path) -> None:
-    study = sites["studies"]["cls"][:3]
+    study = _single_image_studies(sites)[:3]  # one image each
     out = tmp_path / "out"
     summary = _infer(sites["cls"], sites["root"] / "cls.pt", studies=study, to="folder", out=out)
     assert summary["exit_code"] == 0 and summary["failed"] == 0 and not summary["missing"]
     loaded = load_model_file(sites["root"] / "cls.pt")
     assert isinstance(loaded.threshold, float)  # train-local's Youden threshold: the decision rule uses it
-    expected = _expected_findings(sites["cls"], sites["root"] / "cls.pt", "classification")
+    expected = _expected_findings(sites["cls"], sites["root"] / "cls.pt")
+    _same_as_evaluate(sites["cls"], loaded, expected)
     sources = _sources(Path(site_data_config(sites["cls"]).data))
     files = _files(out, "SR")
     assert len(files) == 3  # one SR per study
@@ -234,10 +282,10 @@ def _algorithm_items(sr: pydicom.Dataset) -> dict[str, list[str]]:
 
 def test_multilabel_sr_per_finding_threshold_and_private_codes(sites: dict, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    studies = sites["studies"]["cls"][:4]
+    studies = _single_image_studies(sites)[:4]
     summary = _infer(sites["cls"], sites["root"] / "ml.pt", studies=studies, to="folder", out=out)
     assert summary["exit_code"] == 0
-    expected = _expected_findings(sites["cls"], sites["root"] / "ml.pt", "multilabel")
+    expected = _expected_findings(sites["cls"], sites["root"] / "ml.pt")
     for path in _files(out, "SR"):
         assert _dciodvfy(path) == list(ALLOWED_WARNINGS) * 3  # 'consolidation' is private: declared and used
         sr = pydicom.dcmread(path)
@@ -259,7 +307,7 @@ def test_multilabel_sr_per_finding_threshold_and_private_codes(sites: dict, tmp_
 
 def test_explain_writes_a_labelled_grad_cam_secondary_capture(sites: dict, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    study = sites["studies"]["cls"][0]
+    study = _single_image_studies(sites)[0]
     summary = _infer(sites["cls"], sites["root"] / "cls.pt", studies=[study], to="folder", out=out, explain=True)
     assert summary["exit_code"] == 0
     (sc_path,) = _files(out, "SC")  # a binary classifier: the positive class's Grad-CAM, one per image
@@ -278,6 +326,44 @@ def test_explain_writes_a_labelled_grad_cam_secondary_capture(sites: dict, tmp_p
     assert pixels.ndim == 3 and pixels.shape[2] == 3
     band = pixels[:10]  # the text band above the image: black with yellow and white letters
     assert (band.reshape(-1, 3) == 0).all(axis=1).mean() > 0.5 and (band[..., 2] < 50).any()
+
+
+def test_a_study_of_two_views_is_one_sr_referencing_both_and_a_capture_each(sites: dict, tmp_path: Path) -> None:
+    """The study has a PA and a lateral film (two series) and a text report the scan rejects: one SR with a group
+    per image and class, its evidence both series; one Grad-CAM capture per image; the report logged as skipped."""
+    out = tmp_path / "out"
+    study = sites["two_views"]
+    summary = _infer(sites["cls"], sites["root"] / "ml.pt", studies=[study], to="folder", out=out, explain=True)
+    assert summary["exit_code"] == 0 and summary["studies"][0]["images"] == 2
+    expected = _expected_findings(sites["cls"], sites["root"] / "ml.pt")
+    (sr_path,) = _files(out, "SR")
+    _dciodvfy(sr_path)
+    sr = pydicom.dcmread(sr_path)
+    found = read_findings(sr)
+    assert len(found) == 2
+    for sop, per_finding in found.items():
+        for j, name in enumerate(FINDINGS):
+            code = finding_code(name)
+            assert per_finding[(code.scheme_designator, code.value)]["probability"] == float(expected[sop][j])
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == study
+    referenced = {
+        (series.SeriesInstanceUID, ref.ReferencedSOPInstanceUID)
+        for series in evidence.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    sources = _sources(Path(site_data_config(sites["cls"]).data))
+    assert referenced == {(sources[sop].SeriesInstanceUID, sop) for sop in found}
+    assert len({series for series, _ in referenced}) == 2
+    captures = [pydicom.dcmread(p) for p in _files(out, "SC")]
+    explained = {sc.SourceImageSequence[0].ReferencedSOPInstanceUID for sc in captures}
+    assert explained == set(found) and len({sc.SeriesInstanceUID for sc in captures}) == 1
+    for path in _files(out, "SC"):
+        _dciodvfy(path)
+    events = read_log(Path(summary["log"]))
+    assert {e["sop_instance_uid"] for e in events if e["event"] == "read"} == set(found)
+    (skipped,) = [e for e in events if e["event"] == "skipped"]
+    assert skipped["file"].endswith("REPORT.dcm") and skipped["reason"] == "no-pixel-data"
 
 
 def test_explain_is_refused_for_a_task_without_saliency(sites: dict, tmp_path: Path) -> None:
@@ -361,7 +447,7 @@ def test_accession_csv_and_a_missing_study(sites: dict, tmp_path: Path) -> None:
 
 
 def test_cli_json_exit_codes_and_the_log(sites: dict, tmp_path: Path) -> None:
-    study = sites["studies"]["cls"][0]
+    study = _single_image_studies(sites)[0]
     out = tmp_path / "out"
     proc = _cli(
         "infer", "--model", str(sites["root"] / "cls.pt"), "--config", str(sites["cls"]),
@@ -410,7 +496,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 class StorageSCP:
     """A pynetdicom storage SCP on a free loopback port, keeping what it receives (optionally failing a kind)."""
 
-    def __init__(self, ae_title: str = "TESTPACS", callers: list[str] | None = None, fail_modality: str = "") -> None:
+    def __init__(
+        self,
+        ae_title: str = "TESTPACS",
+        callers: list[str] | None = None,
+        fail_modality: str = "",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
 
         self.ae_title, self.port = ae_title, free_port()
@@ -423,7 +515,10 @@ class StorageSCP:
         if callers is not None:
             ae.require_calling_aet = callers
         self.server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._store)],
+            ssl_context=ssl_context,
         )
 
     def _store(self, event) -> int:  # noqa: ANN001 - pynetdicom Event
@@ -457,14 +552,14 @@ def test_c_store_to_a_storage_scp_and_the_log_lists_every_object(sites: dict, tm
         config = _pacs_yaml(
             sites, "pacs-ok", {"peer": scp.peer(), "node": {"ae_title": "FEDRADSITE", "allowed_callers": ["TESTPACS"]}}
         )
-        studies = sites["studies"]["cls"][:2]
+        studies = [sites["two_views"], _single_image_studies(sites)[0]]  # 3 images: 2 SRs, 3 captures
         summary = _infer(config, sites["root"] / "cls.pt", studies=studies, to="pacs", explain=True)
     finally:
         scp.close()
     assert summary["exit_code"] == 0 and summary["failed"] == 0
     assert summary["destination"] == f"C-STORE TESTPACS@127.0.0.1:{scp.port}"
     sent = {d["sop_instance_uid"]: d for d in summary["objects"]}
-    assert {d["kind"] for d in sent.values()} == {"SR", "SC"} and len(sent) == 4
+    assert sorted(d["kind"] for d in sent.values()) == ["SC", "SC", "SC", "SR", "SR"]
     assert all(d["status"] == "0x0000 success" for d in sent.values())
     assert {str(ds.SOPInstanceUID) for ds in scp.received} == set(sent)
     assert set(scp.callers) == {"FEDRADSITE"}  # pacs.node.ae_title is the calling AE
@@ -477,7 +572,7 @@ def test_c_store_to_a_storage_scp_and_the_log_lists_every_object(sites: dict, tm
 
 
 def test_rejected_association_and_failure_status_are_reported_per_object(sites: dict) -> None:
-    study = sites["studies"]["cls"][:1]
+    study = _single_image_studies(sites)[:1]
     scp = StorageSCP(callers=["SOMEONEELSE"])
     try:
         config = _pacs_yaml(sites, "pacs-reject", {"peer": scp.peer()})
@@ -506,6 +601,56 @@ def test_rejected_association_and_failure_status_are_reported_per_object(sites: 
     assert summary["exit_code"] == 1 and "no association with NOBODY@" in summary["objects"][0]["status"]
 
 
+def test_c_store_over_tls_checks_the_pacs_certificate(sites: dict, tmp_path: Path) -> None:
+    """pacs.peer.tls: the PACS's certificate must chain to tls.ca (and name 127.0.0.1); a plain association to a TLS
+    port fails and says so."""
+    from server.pki import create_ca, issue_server_cert
+
+    create_ca(tmp_path / "pki", "Hospital PACS")
+    tls = issue_server_cert(tmp_path / "pki", ["127.0.0.1"])
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tls.server_cert, tls.server_key)
+    study = _single_image_studies(sites)[:1]
+    scp = StorageSCP(ssl_context=server)
+    try:
+        secure = _pacs_yaml(sites, "pacs-tls", {"peer": {**scp.peer(), "tls": {"ca": str(tls.ca_cert)}}})
+        summary = _infer(secure, sites["root"] / "cls.pt", studies=study, to="pacs")
+        assert summary["exit_code"] == 0 and summary["destination"].endswith("(TLS)")
+        assert [str(ds.StudyInstanceUID) for ds in scp.received] == study
+        plain = _pacs_yaml(sites, "pacs-plain", {"peer": {**scp.peer(), "timeout_s": 3}})
+        summary = _infer(plain, sites["root"] / "cls.pt", studies=study, to="pacs")
+        assert summary["exit_code"] == 1 and "does it expect TLS" in summary["objects"][0]["status"]
+    finally:
+        scp.close()
+
+
+def test_c_store_to_dcmtk_storescp(sites: dict, tmp_path: Path) -> None:
+    """Another implementation than ours: DCMTK's storescp receives the SEGs as files; they are the ones written."""
+    from shared.processes import processes, wait_for_port
+
+    exe = shutil.which("storescp")
+    if exe is None:
+        pytest.skip("DCMTK's storescp is not installed: apt-get install dcmtk")
+    port, received = free_port(), tmp_path / "received"
+    received.mkdir()
+    studies = sites["studies"]["seg"][:2]
+    with processes(tmp_path / "logs") as ps:
+        proc = ps.start("storescp", [exe, "--aetitle", "DCMTKSCP", "--output-directory", str(received), str(port)])
+        wait_for_port("127.0.0.1", port, timeout=30, proc=proc)
+        config = sites["root"] / "seg-dcmtk.yaml"
+        doc = yaml.safe_load(sites["seg"].read_text())
+        doc["pacs"] = {"peer": {"ae_title": "DCMTKSCP", "host": "127.0.0.1", "port": port, "timeout_s": 10}}
+        config.write_text(yaml.safe_dump(doc))
+        summary = _infer(config, sites["root"] / "seg.pt", studies=studies, to="pacs", out=tmp_path / "copies")
+    assert summary["exit_code"] == 0
+    sent = [d for d in summary["objects"] if d["destination"].startswith("DCMTKSCP@")]
+    assert len(sent) == 2 and all(d["status"] == "0x0000 success" for d in sent)
+    got = {str(pydicom.dcmread(f).SOPInstanceUID) for f in received.iterdir()}
+    assert got == {d["sop_instance_uid"] for d in sent}
+    copies = [d for d in summary["objects"] if d["status"] == "written"]  # --out with --to pacs: a local copy each
+    assert {d["sop_instance_uid"] for d in copies} == got
+
+
 def test_stow_rs_to_orthanc(sites: dict, tmp_path: Path) -> None:
     from shared.processes import processes
     from tests.orthanc import running_orthanc
@@ -514,7 +659,10 @@ def test_stow_rs_to_orthanc(sites: dict, tmp_path: Path) -> None:
     with processes(tmp_path / "logs") as ps, running_orthanc(tmp_path / "orthanc", ps) as pacs:
         config = sites["root"] / "seg-web.yaml"
         doc = yaml.safe_load(sites["seg"].read_text())
-        doc["pacs"] = {"dicomweb": {"url": pacs.dicomweb_url}}
+        token = tmp_path / "dicomweb.token"
+        token.write_text("not-checked-by-this-orthanc\n")
+        token.chmod(0o600)
+        doc["pacs"] = {"dicomweb": {"url": pacs.dicomweb_url, "token_file": str(token)}}
         config.write_text(yaml.safe_dump(doc))
         summary = _infer(config, sites["root"] / "seg.pt", studies=studies, to="pacs", via="dicomweb")
         assert summary["exit_code"] == 0, summary["objects"]
