@@ -115,7 +115,7 @@ def _destination(opts: InferOptions) -> Destination:
     return Destination(opts.to, Path(opts.out) if opts.out is not None else None, opts.via, pacs, calling)
 
 
-def _task_for(loaded: LoadedModel, model_path: Path, explain: bool) -> Task:
+def infer_task(loaded: LoadedModel, model_path: Path, explain: bool) -> Task:
     task = get_task(loaded.task)
     refusal = task.unsupported("infer")
     if refusal or task.infer_result not in INFER_RESULTS:
@@ -141,7 +141,7 @@ def run_infer(
     ConfigError (exit 2) for what is wrong before anything runs, including when no requested study is in the
     export; a missing study among others, or an object not delivered, is in the summary with exit code 1."""
     loaded = load_model_file(opts.model)
-    task = _task_for(loaded, opts.model, opts.explain)
+    task = infer_task(loaded, opts.model, opts.explain)
     destination = _destination(opts)
     requests = read_requests(opts.studies, opts.accessions)
     cfg = site_data_config(opts.config, image_size=loaded.preprocess.image_size, task=loaded.task, labelled=False)

@@ -59,10 +59,11 @@ def _key(name: str) -> str:
 
 
 def private_code(name: str):  # noqa: ANN201 - highdicom.sr.CodedConcept
-    """A ``99FEDRAD`` concept for ``name``: value (16 characters at most, DICOM's SH) and meaning the name."""
+    """A ``99FEDRAD`` concept for ``name``: value and meaning the name (a name longer than CodeValue's 16
+    characters goes to LongCodeValue, as highdicom does: two long names never collide)."""
     from highdicom.sr import CodedConcept
 
-    return CodedConcept(value=name[:16], scheme_designator=PRIVATE_SCHEME, meaning=name[:64])
+    return CodedConcept(value=name, scheme_designator=PRIVATE_SCHEME, meaning=name[:64])
 
 
 def private_scheme() -> Dataset:

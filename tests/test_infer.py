@@ -305,6 +305,29 @@ def test_multilabel_sr_per_finding_threshold_and_private_codes(sites: dict, tmp_
             assert [values[f]["probability"] for f in FINDINGS] == [float(v) for v in expected[sop]]
 
 
+def test_long_private_names_stay_apart(sites: dict, tmp_path: Path) -> None:
+    """Finding names longer than a CodeValue (16 characters) are LongCodeValues, so two such names never merge."""
+    names = ("pleural_thickening_left", "pleural_thickening_right")
+    spec = TaskSpec("multilabel", names, "smallcnn", SIZE)
+    torch.manual_seed(2)
+    save_model_file(
+        tmp_path / "long.pt",
+        spec.build_model(),
+        architecture="smallcnn",
+        arch_kwargs={},
+        preprocess=PreprocessConfig(image_size=SIZE),
+        threshold=None,
+        provenance={"trained_by": "demo-consortium", "kind": "federated", "rounds": 1},
+        **spec.model_file_outputs(),
+    )
+    study = _single_image_studies(sites)[:1]
+    assert _infer(sites["cls"], tmp_path / "long.pt", studies=study, to="folder", out=tmp_path)["exit_code"] == 0
+    (path,) = _files(tmp_path, "SR")
+    _dciodvfy(path)
+    ((_, per_finding),) = read_findings(pydicom.dcmread(path)).items()
+    assert set(per_finding) == {("99FEDRAD", n) for n in names}
+
+
 def test_explain_writes_a_labelled_grad_cam_secondary_capture(sites: dict, tmp_path: Path) -> None:
     out = tmp_path / "out"
     study = _single_image_studies(sites)[0]
@@ -376,6 +399,16 @@ def test_explain_is_refused_for_a_task_without_saliency(sites: dict, tmp_path: P
             out=tmp_path,
             explain=True,
         )
+
+
+def test_a_task_without_dicom_results_is_refused_in_its_own_words() -> None:
+    """3D segmentation writes no DICOM yet (its masks live on a resampled volume): refused before anything runs."""
+    from types import SimpleNamespace
+
+    from client.infer import infer_task
+
+    with pytest.raises(ConfigError, match="results back to PACS as DICOM .* not available for segmentation3d"):
+        infer_task(SimpleNamespace(task="segmentation3d"), Path("ct.pt"), explain=False)
 
 
 # -- SEG ------------------------------------------------------------------------------------------------------
