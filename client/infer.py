@@ -33,7 +33,15 @@ from pydicom.uid import generate_uid
 
 from client.infer_common import ModelIdentity
 from client.infer_log import InferLog, new_log_path
-from client.infer_send import Delivery, ResultObject, send_dicomweb, send_dimse, write_folder
+from client.infer_send import (
+    Delivery,
+    ResultObject,
+    bearer_headers,
+    send_dicomweb,
+    send_dimse,
+    tls_context,
+    write_folder,
+)
 from client.infer_studies import StudyImages, find_studies, read_requests
 from client.pacs_config import PacsSettings
 from client.site_config import site_work_dir
@@ -111,6 +119,10 @@ def _destination(opts: InferOptions) -> Destination:
         )
     if opts.to == "pacs" and opts.via == "dicomweb" and pacs.dicomweb is None:
         raise ConfigError(f"--via dicomweb: {opts.config} has no pacs.dicomweb (url, token_file, ca); add it")
+    if opts.to == "pacs" and opts.via == "dimse" and pacs.peer.tls is not None:
+        tls_context(pacs.peer.tls)  # its files load now, not after the model ran
+    if opts.to == "pacs" and opts.via == "dicomweb":
+        bearer_headers(pacs.dicomweb)
     calling = pacs.node.ae_title if pacs.node is not None else DEFAULT_CALLING_AE
     return Destination(opts.to, Path(opts.out) if opts.out is not None else None, opts.via, pacs, calling)
 

@@ -87,12 +87,31 @@ def write_folder(objects: Sequence[ResultObject], out: Path) -> list[Delivery]:
     return results
 
 
-def _tls_context(tls: TlsFiles) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert is not None and tls.key is not None:
-        context.load_cert_chain(str(tls.cert), str(tls.key))
+def tls_context(tls: TlsFiles) -> ssl.SSLContext:
+    """The client side of DICOM over TLS: TLS 1.2 or later, the PACS's certificate checked against ``tls.ca`` (the
+    system's CAs without one) and its host name, our certificate shown when ``tls.cert`` is set. ConfigError when
+    the files cannot be loaded."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca) if tls.ca else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.cert is not None and tls.key is not None:
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"pacs.peer.tls: cannot load the TLS files ({exc})") from None
     return context
+
+
+def bearer_headers(web: DicomWebSettings) -> dict[str, str]:
+    """The Authorization header from ``token_file`` (none without one); ConfigError when it cannot be read."""
+    if web.token_file is None:
+        return {}
+    try:
+        token = Path(web.token_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"pacs.dicomweb.token_file {web.token_file}: {exc.strerror or exc}") from None
+    if not token:
+        raise ConfigError(f"pacs.dicomweb.token_file {web.token_file} is empty")
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _status_text(code: int) -> str:
@@ -117,12 +136,7 @@ def send_dimse(objects: Sequence[ResultObject], peer: PeerSettings, calling_ae: 
     ae.connection_timeout = peer.timeout_s
     for sop_class in dict.fromkeys(obj.sop_class_uid for obj in objects):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    tls_args = None
-    if peer.tls is not None:
-        try:
-            tls_args = (_tls_context(peer.tls), peer.host)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"pacs.peer.tls: cannot load the TLS files ({exc})") from None
+    tls_args = (tls_context(peer.tls), peer.host) if peer.tls is not None else None
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         why = _association_failure(assoc, destination)
@@ -176,16 +190,7 @@ def send_dicomweb(objects: Sequence[ResultObject], web: DicomWebSettings) -> lis
     session.trust_env = False  # the hospital's PACS, not a proxy from the environment
     if web.ca is not None:
         session.verify = str(web.ca)
-    headers = {}
-    if web.token_file is not None:
-        try:
-            token = Path(web.token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"pacs.dicomweb.token_file {web.token_file}: {exc.strerror or exc}") from None
-        if not token:
-            raise ConfigError(f"pacs.dicomweb.token_file {web.token_file} is empty")
-        headers["Authorization"] = f"Bearer {token}"
-    client = DICOMwebClient(web.url, session=session, headers=headers)
+    client = DICOMwebClient(web.url, session=session, headers=bearer_headers(web))
     results: list[Delivery] = []
     by_study: dict[str, list[ResultObject]] = {}
     for obj in objects:

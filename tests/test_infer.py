@@ -653,6 +653,9 @@ def test_c_store_over_tls_checks_the_pacs_certificate(sites: dict, tmp_path: Pat
         plain = _pacs_yaml(sites, "pacs-plain", {"peer": {**scp.peer(), "timeout_s": 3}})
         summary = _infer(plain, sites["root"] / "cls.pt", studies=study, to="pacs")
         assert summary["exit_code"] == 1 and "does it expect TLS" in summary["objects"][0]["status"]
+        broken = _pacs_yaml(sites, "pacs-noca", {"peer": {**scp.peer(), "tls": {"ca": str(tmp_path / "no.crt")}}})
+        with pytest.raises(ConfigError, match="pacs.peer.tls: cannot load the TLS files"):
+            _infer(broken, sites["root"] / "cls.pt", studies=study, to="pacs")  # before the model runs
     finally:
         scp.close()
 
