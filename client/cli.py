@@ -371,6 +371,78 @@ def evaluate(
 
 @app.command()
 @handle_errors
+def infer(
+    model_path: Path = typer.Option(
+        ..., "--model", "-m", help="A FedRad model file (classification, multilabel, segmentation)."
+    ),
+    config: Path = typer.Option(..., "--config", "-c", help="site.yaml: the export ('data'), the PACS ('pacs')."),
+    study: list[str] = typer.Option([], "--study", help="StudyInstanceUID of a study in the export (repeatable)."),
+    accessions: Path | None = typer.Option(
+        None, "--accessions", help="CSV of studies: a column AccessionNumber or StudyInstanceUID."
+    ),
+    to: str = typer.Option("folder", "--to", help="folder (--out DIR) or pacs (site.yaml's pacs.peer / dicomweb)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for the objects (one file each, a folder per study); with --to pacs a copy."
+    ),
+    via: str = typer.Option("dimse", "--via", help="--to pacs by dimse (C-STORE to pacs.peer) or dicomweb (STOW-RS)."),
+    explain: bool = typer.Option(
+        False, "--explain", help="Also a Grad-CAM overlay per image as a Secondary Capture marked NOT FOR DIAGNOSIS."
+    ),
+    device: str | None = DeviceOpt,
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="torch CPU threads (default: site.yaml's threads, else 1)."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run a model on studies of the export and write the results as DICOM (SR, SEG, Grad-CAM capture) to a
+    folder or PACS; every run is logged in WORK_DIR/infer/. Exit 0: all delivered; 1: some study or object not."""
+    from client.infer import InferOptions, run_infer
+
+    opts = InferOptions(
+        model=model_path,
+        config=config,
+        studies=list(study),
+        accessions=accessions,
+        to=to,
+        out=out_dir,
+        via=via,
+        explain=explain,
+        device=device,
+        threads=threads,
+    )
+    summary = run_infer(opts, show_progress=not as_json)
+    if as_json:
+        _print_json(summary)
+    else:
+        _render_infer(summary)
+    raise typer.Exit(summary["exit_code"])
+
+
+def _render_infer(summary: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"Results to {summary['destination']}", title_justify="left")
+    for name in ("study", "object", "SOP instance", "status"):
+        table.add_column(name)
+    for d in summary["objects"]:
+        mark = "[green]ok[/]" if d["ok"] else "[red]failed[/]"
+        table.add_row(d["study_uid"], d["kind"], d["sop_instance_uid"], f"{mark} {escape(d['status'])}")
+    out.print(table)
+    for study in summary["studies"]:
+        if study.get("error"):
+            err.print(f"[red]study {study['study_uid']}:[/] {escape(study['error'])}", highlight=False)
+    for gone in summary["missing"]:
+        err.print(f"[yellow]missing:[/] {escape(gone['message'])}", highlight=False, soft_wrap=True)
+    out.print(
+        f"{summary['delivered']} object(s) delivered, {summary['failed']} failed; log: {summary['log']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+@handle_errors
 def finetune(
     model_path: Path = typer.Option(..., "--model", "-m", help="The global model file to adapt."),
     out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the fine-tuned model file (.pt)."),

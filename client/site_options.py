@@ -33,8 +33,10 @@ def site_data_config(
     image_size: int | None = None,
     cache_dir: Path | None = None,
     task: str = "classification",
+    labelled: bool = True,
 ) -> SiteDataConfig:
-    """The site's data settings for ``task``: a segmentation task reads DICOM SEGs, so it needs no label CSV."""
+    """The site's data settings for ``task``: a segmentation task reads DICOM SEGs, so it needs no label CSV;
+    ``labelled=False``: the command reads no labels at all (``fedrad-site infer``), only the export."""
     values: dict = {}
     source = "command line"
     base_dir = None
@@ -55,7 +57,7 @@ def site_data_config(
             values[name] = value
     from shared.tasks import get_task
 
-    needs_csv = get_task(task).label_csv
+    needs_csv = labelled and get_task(task).label_csv
     required = (("data", "--data"), ("labels", "--labels")) if needs_csv else (("data", "--data"),)
     for name, flag in required:
         if values.get(name) is None:

@@ -185,6 +185,24 @@ def model_input_spacing(header: ImageHeader, image_size: int) -> tuple[float, fl
     return (float(spacing[0]) * scale, float(spacing[1]) * scale)
 
 
+def to_native_grid(plane: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """An (S, S) map on the model-input grid → (rows, columns) float32 on the source image's pixels.
+
+    The inverse of :func:`preprocess_image`'s geometry (pad to a centred square of the longer side, resample to
+    S): resample the map to that square (bilinear; box filter when it shrinks), then cut the image out of the
+    padding. What ``fedrad-site infer`` puts a predicted mask or a saliency map back onto the source image with.
+    """
+    side = max(rows, columns)
+    full = np.asarray(
+        Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F").resize(
+            (side, side), Image.Resampling.BILINEAR if side >= plane.shape[0] else Image.Resampling.BOX
+        ),
+        dtype=np.float32,
+    )
+    top, left = (side - rows) // 2, (side - columns) // 2
+    return np.ascontiguousarray(full[top : top + rows, left : left + columns])
+
+
 @dataclass(frozen=True)
 class Planar:
     """The :class:`~shared.imaging.modality.Modality` of projection radiographs."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import importlib
 import os
 
-from shared.tasks.base import FEATURES, Task, TaskSpec
+from shared.tasks.base import FEATURES, INFER_RESULTS, Task, TaskSpec
 
-__all__ = ["FEATURES", "Task", "TaskSpec", "get_task", "register_task", "task_names"]
+__all__ = ["FEATURES", "INFER_RESULTS", "Task", "TaskSpec", "get_task", "register_task", "task_names"]
 
 # name → module holding the task's ``TASK``: one line per built-in task.
 BUILTIN_TASKS: dict[str, str] = {

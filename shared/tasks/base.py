@@ -42,7 +42,12 @@ FEATURES: dict[str, str] = {
     "onnx": "graph export (fedrad-server export --format torchscript|onnx)",
     "explain": "saliency maps (fedrad-site evaluate --explain)",
     "finetune": "fine-tuning a global model at a site (fedrad-site finetune)",
+    "infer": "results back to PACS as DICOM (fedrad-site infer)",
 }
+
+# What ``fedrad-site infer`` writes for a task (:attr:`Task.infer_result`): a Structured Report of coded
+# findings with each output's probability, or a DICOM SEG with one segment per output.
+INFER_RESULTS = ("findings", "segments")
 
 
 class TaskDataset(Protocol):
@@ -73,6 +78,9 @@ class Task:
     # The consortium's settings of this task beyond its outputs (task.<name> in consortium.yaml, carried by
     # TaskSpec.options): name → allowed values, the first the default. Multilabel: uncertain (ignore|ones|zeros).
     options: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    # What `fedrad-site infer` writes (a name from INFER_RESULTS), for a task that supports "infer": "findings"
+    # (predict gives one probability per output and image) or "segments" (a probability map per output).
+    infer_result: ClassVar[str | None] = None
 
     # -- the consortium's description -------------------------------------------------------------
     def check_outputs(self, names: list[str]) -> list[str]:
@@ -165,6 +173,41 @@ class Task:
     def split(self, data: TaskDataset, fraction: float, seed: int) -> tuple[TaskDataset, TaskDataset]:
         """(train, held-out) by patient; ValueError when the site is too small to split."""
         raise NotImplementedError
+
+    # -- inference on unlabelled images (fedrad-site infer) --------------------------------------
+    def predict(self, model: nn.Module, images: torch.Tensor) -> np.ndarray:
+        """The model's probabilities for unlabelled model inputs, float32: (N, outputs) for a task whose
+        :attr:`infer_result` is "findings", (N, outputs, *spatial) maps for "segments"."""
+        from shared.training import batched_logits
+
+        return self.probabilities(batched_logits(model, images, 64).float()).numpy().astype("float32", copy=False)
+
+    def decide(self, proba: np.ndarray, threshold: float | list[float] | None) -> np.ndarray:
+        """Each output's yes/no from :meth:`predict`'s probabilities at the model file's ``threshold`` (one, or one
+        per output; None: 0.5), same shape, bool."""
+        import numpy as np
+
+        cut = np.broadcast_to(np.asarray(0.5 if threshold is None else threshold, dtype=np.float64), proba.shape[1:2])
+        return proba >= cut.reshape(1, -1, *([1] * (proba.ndim - 2)))
+
+    def decision_rule(self, outputs: list[str], threshold: float | list[float] | None) -> str:
+        """How :meth:`decide` turns probabilities into yes/no, in words (written into the result object)."""
+        if isinstance(threshold, (list, tuple)):
+            cuts = ", ".join(f"{o} {t:.4g}" for o, t in zip(outputs, threshold, strict=True))
+            return f"each output present when its probability >= its threshold ({cuts}; the model file's)"
+        where = "the model file's threshold" if threshold is not None else "no threshold in the model file"
+        return f"each output present when its probability >= {0.5 if threshold is None else threshold:.4g} ({where})"
+
+    def saliency(self, model: nn.Module, images: torch.Tensor, output: int) -> np.ndarray:
+        """(N, *spatial) float32 in [0, 1]: where the model looked for ``output`` (a task supporting "explain")."""
+        raise NotImplementedError(self.unsupported("explain") or f"{self.name}: no saliency")
+
+    def explain_outputs(self, proba: np.ndarray, decided: np.ndarray) -> list[int]:
+        """Which outputs of one image (its row of probabilities and decisions) a saliency map is drawn for."""
+        import numpy as np
+
+        present = [int(i) for i in np.flatnonzero(decided)]
+        return present or [int(np.argmax(proba))]
 
     # -- training (the one loop in shared.training asks for these) --------------------------------
     def targets(self, data: TaskDataset) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from shared.tasks.base import Task
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -38,7 +39,8 @@ class ClassificationTask(Task):
     outputs_key = "classes"
     default_model = "smallcnn"
     headline_metric = "auc"
-    supports = frozenset({"image-dp", "scanner-augment", "stats", "onnx", "explain", "finetune"})
+    supports = frozenset({"image-dp", "scanner-augment", "stats", "onnx", "explain", "finetune", "infer"})
+    infer_result = "findings"
 
     def check_outputs(self, names: list[str]) -> list[str]:
         names = super().check_outputs(names)
@@ -70,6 +72,36 @@ class ClassificationTask(Task):
     def summarize(self, metrics: Mapping[str, Any], outputs: list[str]) -> str:
         nan = float("nan")
         return f"AUC {metrics.get('auc', nan):.3f}, accuracy {metrics.get('accuracy', nan):.3f}"
+
+    def decide(self, proba: np.ndarray, threshold: float | list[float] | None) -> np.ndarray:
+        """One class per image: with two classes and a threshold, the positive (last) class when its probability
+        reaches it; otherwise the most probable class."""
+        import numpy as np
+
+        if proba.shape[1] == 2 and isinstance(threshold, (int, float)):
+            pick = (proba[:, 1] >= threshold).astype(np.int64)
+        else:
+            pick = proba.argmax(axis=1)
+        return np.eye(proba.shape[1], dtype=bool)[pick]
+
+    def decision_rule(self, outputs: list[str], threshold: float | list[float] | None) -> str:
+        if len(outputs) == 2 and isinstance(threshold, (int, float)):
+            return (
+                f"{outputs[1]} when its probability >= {threshold:.4g} (the model file's operating threshold), "
+                f"else {outputs[0]}"
+            )
+        return "the most probable class (the model file has no operating threshold)"
+
+    def saliency(self, model: nn.Module, images: torch.Tensor, output: int) -> np.ndarray:
+        from shared.tasks.classification.explain import grad_cam_maps
+
+        return grad_cam_maps(model, images, output)
+
+    def explain_outputs(self, proba: np.ndarray, decided: np.ndarray) -> list[int]:
+        """Two classes: the positive class (as the evaluation report's Grad-CAM); more: the class decided."""
+        import numpy as np
+
+        return [len(proba) - 1] if len(proba) == 2 else [int(np.argmax(decided))]
 
     def load_site(self, cfg: SiteDataConfig, outputs: list[str], source: Path) -> SiteDataset:
         from shared.config import ConfigError

@@ -27,6 +27,17 @@ def last_conv_layer(model: torch.nn.Module) -> str:
     return names[-1]
 
 
+def grad_cam_maps(model: torch.nn.Module, images: torch.Tensor, output: int) -> np.ndarray:
+    """(N, S, S) float32 Grad-CAM maps of output ``output`` for ``images`` (N, 1, S, S), each scaled to [0, 1]
+    (MONAI's default normaliser); the model is left in eval mode."""
+    from monai.visualize import GradCAM
+
+    model = model.eval()
+    cam = GradCAM(nn_module=model, target_layers=last_conv_layer(model))
+    x = images.float().clone().requires_grad_(True)
+    return cam(x, class_idx=int(output)).detach().numpy()[:, 0].astype(np.float32, copy=False)
+
+
 def pick_cases(y: np.ndarray, proba: np.ndarray, k: int) -> list[tuple[int, str]]:
     """(case index, why) per class: the k most confident correct cases, then the most confident mistake."""
     picks: list[tuple[int, str]] = []
@@ -50,16 +61,11 @@ def grad_cam_figure(
     path: Path,
 ) -> Path:
     """Write a grid of image | Grad-CAM overlay for the chosen cases to ``path`` (PNG)."""
-    from monai.visualize import GradCAM
-
     picks = pick_cases(y, proba, k)
     if not picks:
         raise ValueError("no cases to explain")
-    model = model.eval()
-    cam = GradCAM(nn_module=model, target_layers=last_conv_layer(model))
     index = [i for i, _ in picks]
-    x = images[index].float().clone().requires_grad_(True)
-    maps = cam(x, class_idx=int(len(classes) - 1)).detach().numpy()[:, 0]  # evidence for the positive class
+    maps = grad_cam_maps(model, images[index], len(classes) - 1)  # evidence for the positive class
     fig = Figure(figsize=(4.2, 2.1 * len(picks)), layout="constrained")
     for row, ((i, why), heat) in enumerate(zip(picks, maps, strict=True)):
         img = images[i, 0].numpy()

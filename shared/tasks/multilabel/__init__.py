@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from shared.tasks.base import Task
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -37,7 +38,8 @@ class MultilabelTask(Task):
     outputs_key = "findings"
     default_model = "smallcnn"
     headline_metric = "auc-macro"
-    supports = frozenset({"scanner-augment", "stats", "onnx", "explain", "finetune"})
+    supports = frozenset({"scanner-augment", "stats", "onnx", "explain", "finetune", "infer"})
+    infer_result = "findings"
     options = {"uncertain": UNCERTAIN_POLICIES}
 
     def check_outputs(self, names: list[str]) -> list[str]:
@@ -79,6 +81,11 @@ class MultilabelTask(Task):
         return f"macro AUC {metrics.get('auc-macro', nan):.3f}, micro AUC {metrics.get('auc-micro', nan):.3f}" + (
             f"; AUC per finding: {per}" if per else ""
         )
+
+    def saliency(self, model: nn.Module, images: torch.Tensor, output: int) -> np.ndarray:
+        from shared.tasks.classification.explain import grad_cam_maps
+
+        return grad_cam_maps(model, images, output)  # that finding's own output, as the evaluation report's
 
     # -- a site's data ----------------------------------------------------------------------------
     def load_site(

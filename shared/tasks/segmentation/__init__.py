@@ -40,7 +40,8 @@ class SegmentationTask(Task):
     outputs_key = "labels"
     default_model = "unet"
     headline_metric = "dice-mean"
-    supports = frozenset({"onnx", "stats", "finetune"})
+    supports = frozenset({"onnx", "stats", "finetune", "infer"})
+    infer_result = "segments"  # predict: a sigmoid map per label; decide: >= 0.5, as predict_masks
     label_csv = False  # the labels are the DICOM SEGs (or the PNG/NIfTI mask manifest) of the export
     train_defaults = {"epochs": 20, "batch_size": 8, "lr": 3e-3}  # UNets usually want 1e-3..1e-2
 
