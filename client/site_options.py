@@ -19,8 +19,10 @@ if TYPE_CHECKING:
 SITE_YAML_DATA_KEYS = set(SiteDataConfig.model_fields)
 # Credential keys of a full site.yaml (client.site_config.SiteFileConfig); kept in sync by a test.
 SITE_ONLY_KEYS = frozenset(
-    {"site_name", "server_address", "ca_cert", "private_key", "work_dir", "privacy", "crossval", "audit"}
+    {"site_name", "server_address", "ca_cert", "private_key", "work_dir", "privacy", "crossval", "audit", "pacs"}
 )
+# Keys that make a site.yaml a full one (validated whole); a data-only site.yaml may still hold pacs (receive).
+FULL_SITE_KEYS = SITE_ONLY_KEYS - {"pacs"}
 
 
 def site_data_config(
@@ -66,11 +68,15 @@ def site_data_config(
                 else ""
             )
             raise ConfigError(f"no {name} folder/file given: pass {flag} or set '{name}' in site.yaml (--config){hint}")
-    if SITE_ONLY_KEYS & set(values):  # a full site.yaml (fedrad-site start): validate all of it, use the data part
+    if FULL_SITE_KEYS & set(values):  # a full site.yaml (fedrad-site start): validate all of it, use the data part
         from client.site_config import SiteFileConfig
 
         parse_model(SiteFileConfig, values, source, base_dir)
-        values = {k: v for k, v in values.items() if k not in SITE_ONLY_KEYS}
+    elif "pacs" in values:  # a site that receives from PACS before it is enrolled: its pacs section still counts
+        from client.pacs_config import PacsSettings
+
+        parse_model(PacsSettings, values["pacs"] or {}, f"{source} (pacs)")
+    values = {k: v for k, v in values.items() if k not in SITE_ONLY_KEYS}
     cfg = parse_model(SiteDataConfig, values, source, base_dir)
     for name in ("data", "labels", "cache_dir"):
         if flags.get(name) is not None:  # flags are relative to the working directory, not to site.yaml
