@@ -7,17 +7,15 @@ SOP classes FedRad reads (:mod:`client.dicom_net`), with Verification for C-ECHO
   address is not in ``allowed_hosts`` (when set), or that calls another AE title than ours is refused with an
   A-ASSOCIATE-RJ and logged. With ``tls``, the node speaks only TLS; with ``tls.ca`` the peer must also show a
   certificate from that CA.
-* **What is kept**: each object gets the site scan's verdict (:func:`shared.imaging.object_check.check_object`:
-  the same checks and reason codes as ``fedrad-site check``; SEG and RTSTRUCT are labels and accepted). A refused
-  object is not stored and is answered with failure status 0xC000 ("cannot understand"), its reason code in the
-  Error Comment; a Study/Series/SOP Instance UID that is no valid UID with 0xA900. Accepted objects are written as
-  sent (the encoded dataset after a Part 10 file meta header, no decode and re-encode) to
-  ``RECEIVE_DIR/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` through a temporary file in the same
-  folder, fsync and rename (:func:`shared.atomic.write_atomic`), so a reader never sees half a file. A UID is
-  validated before it names a path, so no UID can leave the receive folder.
-* **Duplicates**: a SOPInstanceUID already stored is kept once: success, counted as a duplicate.
-* **Out of space**: a write that fails (disk full, folder not writable) answers 0xA700 (out of resources); the
-  sender may retry later; nothing half-written stays.
+* **What is kept** (:mod:`client.receive_store`): each object gets the site scan's verdict
+  (:func:`shared.imaging.object_check.check_object`: the same checks and reason codes as ``fedrad-site check``;
+  SEG and RTSTRUCT are labels and accepted). A refused object is not stored and is answered with failure status
+  0xC000 ("cannot understand"), its reason code in the Error Comment; a Study/Series/SOP Instance UID that is no
+  valid UID with 0xA900 (a UID is validated before it names a path, so no UID can leave the receive folder).
+  Accepted objects are written as sent to ``RECEIVE_DIR/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``
+  atomically (temporary file in the same folder, fsync, rename). An SOPInstanceUID already stored is kept once
+  (success, counted as a duplicate). A write that fails (disk full, folder not writable) answers 0xA700 (out of
+  resources); the sender may retry later; nothing half-written stays.
 * **Log**: one line per association in ``WORK_DIR/receive/receive.jsonl`` (:mod:`client.receive_log`), at the site.
 
 The next ``fedrad-site check`` sees the new files (they are under ``data`` by default) and decodes only them: the
@@ -26,17 +24,14 @@ ingest cache knows every older file by path, size and modification time (:mod:`s
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 from pynetdicom import AE, evt
 
 from client.dicom_net import (
@@ -47,18 +42,10 @@ from client.dicom_net import (
     transfer_syntaxes,
 )
 from client.pacs_config import NodeSettings
-from client.receive_log import INVALID_UID, OUT_OF_RESOURCES, AssociationStats, ReceiveLog, utc_now
-from shared.atomic import write_atomic
+from client.receive_log import AssociationStats, ReceiveLog, utc_now
+from client.receive_store import DUPLICATE, SUCCESS, ReceiveStore
 from shared.config import ConfigError
-from shared.imaging.dicom_reader import parse_dataset
-from shared.imaging.object_check import check_object
-from shared.imaging.reasons import Rejection
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES_STATUS = 0xA700
-DATASET_MISMATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-FILE_MODE = 0o640  # the site's service account and its group (the account that runs check and start)
 REFUSE_CALLING, REFUSE_CALLED, REFUSE_NO_REASON = 0x03, 0x07, 0x01  # A-ASSOCIATE-RJ diagnostics (source: user)
 
 
@@ -75,10 +62,7 @@ class Totals:
     stored: int = 0
     duplicate: int = 0
     bytes: int = 0
-    rejected: Counter = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.rejected = Counter()
+    rejected: Counter = field(default_factory=Counter)
 
     def to_json(self) -> dict:
         return {
@@ -89,12 +73,6 @@ class Totals:
             "rejected": dict(self.rejected),
             "bytes": self.bytes,
         }
-
-
-def valid_uid(value: object) -> str | None:
-    """``value`` as a UID safe to use as a file name (DICOM's UID syntax: digits and dots, at most 64), else None."""
-    text = str(value or "").strip().rstrip("\x00")
-    return text if text and UID(text).is_valid else None
 
 
 class ReceiveNode:
@@ -114,9 +92,8 @@ class ReceiveNode:
         self.log = ReceiveLog(log_path)
         self.on_entry = on_entry
         self.totals = Totals()
+        self.store = ReceiveStore(self.receive_dir, node.check_pixels)
         self._lock = threading.Lock()
-        self._index: dict[str, Path] = {}  # SOPInstanceUID -> stored file
-        self._writing: set[str] = set()
         self._active: dict[int, AssociationStats] = {}
         self._server: HandshakeInThreadServer | None = None
         self._thread: threading.Thread | None = None
@@ -131,7 +108,7 @@ class ReceiveNode:
             raise ReceiveError(f"receive folder {self.receive_dir} cannot be created ({exc.strerror})") from None
         if not os.access(self.receive_dir, os.W_OK | os.X_OK):
             raise ReceiveError(f"receive folder {self.receive_dir} is not writable by this account")
-        self._index = self._existing()
+        already = self.store.load_index()
         ssl_context = server_ssl_context(self.node.tls) if self.node.tls is not None else None
         ae = AE(ae_title=self.node.ae_title)
         ae.maximum_pdu_size = self.node.max_pdu
@@ -172,7 +149,7 @@ class ReceiveNode:
                 "allowed_callers": list(self.node.allowed_callers),
                 "allowed_hosts": list(self.node.allowed_hosts),
                 "receive_dir": str(self.receive_dir),
-                "already_stored": len(self._index),
+                "already_stored": already,
             }
         )
 
@@ -287,76 +264,25 @@ class ReceiveNode:
         meta = event.file_meta
         meta.SourceApplicationEntityTitle = stats.calling_ae
         body = event.encoded_dataset(include_meta=False)
+        outcome = self.store.store(meta, body)
         stats.bytes += len(body)
-        status, reason, detail, sop = self._store(meta, body, stats)
         with self._lock:
             self.totals.bytes += len(body)
-            if status == SUCCESS:
-                if reason == "duplicate":
-                    self.totals.duplicate += 1
-                else:
-                    self.totals.stored += 1
+            if outcome.stored:
+                self.totals.stored += 1
+            elif outcome.what == DUPLICATE:
+                self.totals.duplicate += 1
             else:
-                self.totals.rejected[reason] += 1
-        if status == SUCCESS:
-            return SUCCESS
-        stats.reject(reason, detail, sop)
-        return _failure(status, f"{reason}: {detail}")
-
-    def _store(self, meta, body: bytes, stats: AssociationStats) -> tuple[int, str, str, str]:
-        """(status, reason or kind, detail, SOPInstanceUID) for one object; stores it when it is accepted."""
-        head = io.BytesIO()
-        head.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(head, meta, enforce_standard=True)
-        raw = head.getvalue() + body
-        affected = str(meta.get("MediaStorageSOPInstanceUID", ""))
-        try:
-            ds = parse_dataset(raw)
-        except Rejection as rej:
-            return CANNOT_UNDERSTAND, rej.reason.value, rej.detail, affected
-        uids = [valid_uid(ds.get(k)) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
-        sop = str(ds.get("SOPInstanceUID", "") or affected)
-        if None in uids:
-            bad = [k for k, v in zip(("Study", "Series", "SOP"), uids) if v is None]
-            return DATASET_MISMATCH, INVALID_UID, f"{'/'.join(bad)}InstanceUID is not a valid UID", sop
-        study, series, sop = uids  # type: ignore[misc]
-        if sop != affected:
-            return DATASET_MISMATCH, INVALID_UID, "SOPInstanceUID differs from the request's", sop
-        path = self.receive_dir / study / series / f"{sop}.dcm"
-        with self._lock:
-            if sop in self._index or sop in self._writing or path.exists():
-                stats.duplicate += 1
-                return SUCCESS, "duplicate", "", sop
-        try:
-            verdict = check_object(ds, path.name, pixels=self.node.check_pixels)
-        except Rejection as rej:
-            return CANNOT_UNDERSTAND, rej.reason.value, rej.detail, sop
-        with self._lock:
-            if sop in self._index or sop in self._writing:  # the same object from a parallel association
-                stats.duplicate += 1
-                return SUCCESS, "duplicate", "", sop
-            self._writing.add(sop)
-        try:
-            write_atomic(path, raw, mode=FILE_MODE)
-        except OSError as exc:
-            return OUT_OF_RESOURCES_STATUS, OUT_OF_RESOURCES, f"cannot write: {exc.strerror or exc}", sop
-        finally:
-            with self._lock:
-                self._writing.discard(sop)
-        with self._lock:
-            self._index[sop] = path
-        stats.stored += 1
-        stats.stored_by_kind[verdict.kind] += 1
-        return SUCCESS, verdict.kind, "", sop
-
-    def _existing(self) -> dict[str, Path]:
-        """SOPInstanceUID -> file of everything already in the receive folder (names are the UIDs)."""
-        index: dict[str, Path] = {}
-        for root, _dirs, names in os.walk(self.receive_dir):
-            for name in names:
-                if name.endswith(".dcm") and not name.startswith("."):
-                    index.setdefault(name[:-4], Path(root) / name)
-        return index
+                self.totals.rejected[outcome.what] += 1
+        if outcome.stored:
+            stats.stored += 1
+            stats.stored_by_kind[outcome.what] += 1
+        elif outcome.what == DUPLICATE:
+            stats.duplicate += 1
+        else:
+            stats.reject(outcome.what, outcome.detail, outcome.sop_instance_uid)
+            return _failure(outcome.status, f"{outcome.what}: {outcome.detail}")
+        return SUCCESS
 
 
 def _failure(status: int, comment: str):

@@ -7,9 +7,9 @@ subject when one was shown), ``accepted`` (false with ``refused``: why the assoc
 ``stored``, ``duplicate``, ``rejected`` (by reason code), ``bytes`` received, ``seconds``, and up to
 :data:`MAX_LISTED` ``rejections`` (SOPInstanceUID, reason, detail).
 
-Reason codes are the scan's (:mod:`shared.imaging.reasons`) plus three of the node's own: ``invalid-uid`` (a
-Study/Series/SOP Instance UID that is no valid UID, so it cannot name a file), ``not-dicom`` (the dataset does not
-parse) and ``out-of-resources`` (the file could not be written: disk full, folder not writable).
+Reason codes are the scan's (:mod:`shared.imaging.reasons`) plus two of the node's own: ``invalid-uid`` (a
+Study/Series/SOP Instance UID that is no valid UID, so it cannot name a file) and ``out-of-resources`` (the file
+could not be written: disk full, folder not writable).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ SUBCOMMANDS = [
     "ingest-fullsize",
     "big-model",
     "backbones",
+    "pacs-receive",
 ]
 runner = CliRunner()
 

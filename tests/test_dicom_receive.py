@@ -24,7 +24,7 @@ import yaml
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
-from client import dicom_receive
+from client import receive_store
 from client.dicom_net import client_ssl_context
 from client.dicom_receive import ReceiveNode
 from client.pacs_config import NodeSettings, TlsFiles
@@ -252,7 +252,7 @@ def test_a_failed_write_answers_out_of_resources_and_leaves_nothing(node, radiog
     def disk_full(path: Path, data: bytes, *, mode: int) -> Path:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(dicom_receive, "write_atomic", disk_full)
+    monkeypatch.setattr(receive_store, "write_atomic", disk_full)
     assert send(node.port, [ds])[0].Status == 0xA700
     assert not stored_path(node, ds).exists()
     monkeypatch.undo()
