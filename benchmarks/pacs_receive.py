@@ -6,7 +6,7 @@ detector noise; a fraction JPEG 2000 lossless, the rest uncompressed), then send
 
 - ``storescp``: DCMTK's storage SCP writing each object to a folder per study (``+xa -su``), no checks, no fsync
   (the baseline: what receiving costs with nothing done on arrival), and with ``+B`` (the bytes as received,
-  as FedRad writes them, instead of a re-encoded dataset);
+  as FedRad writes them, instead of a re-encoded dataset; one flat folder, as storescp cannot sort then);
 - FedRad (``fedrad-site receive``'s :class:`~client.dicom_receive.ReceiveNode`): each object checked as
   ``fedrad-site check`` would check it (pixels decoded), written atomically (temporary file, fsync, rename) to
   STUDY/SERIES/SOP.dcm; and again with ``check_pixels: false`` (header checks only);
@@ -49,9 +49,11 @@ def _files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
 
 
-def _wait_listening(port: int, timeout: float = 10.0) -> None:
+def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"storescp exited: {process.stderr.read().decode()[-1000:] if process.stderr else ''}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -75,14 +77,14 @@ def baseline(source: Path, out: Path, bit_preserving: bool = False) -> float:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     port = free_port()
-    options = ["+B"] if bit_preserving else []
+    options = ["+B"] if bit_preserving else ["-su", "ST"]  # storescp sorts into study folders only when decoding
     scp = subprocess.Popen(
-        [_tool("storescp"), "-aet", "FEDRAD", "+xa", *options, "-od", str(out), "-su", "ST", str(port)],
+        [_tool("storescp"), "-aet", "FEDRAD", "+xa", *options, "-od", str(out), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_listening(port)
+        _wait_listening(port, scp)
         seconds = send(source, port)
     finally:
         scp.terminate()
