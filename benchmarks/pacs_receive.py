@@ -36,6 +36,7 @@ from shared.processes import free_port
 
 J2K = "1.2.840.10008.1.2.4.90"
 UNCOMPRESSED = "1.2.840.10008.1.2.1"
+MAX_PDU = 65536  # both receivers offer the same (pacs.node.max_pdu's default; storescp's own default is 16 KiB)
 
 
 def _tool(name: str) -> str:
@@ -79,7 +80,7 @@ def baseline(source: Path, out: Path, bit_preserving: bool = False) -> float:
     port = free_port()
     options = ["+B"] if bit_preserving else ["-su", "ST"]  # storescp sorts into study folders only when decoding
     scp = subprocess.Popen(
-        [_tool("storescp"), "-aet", "FEDRAD", "+xa", *options, "-od", str(out), str(port)],
+        [_tool("storescp"), "-aet", "FEDRAD", "+xa", "-pdu", str(MAX_PDU), *options, "-od", str(out), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -100,7 +101,7 @@ def fedrad(source: Path, out: Path, check_pixels: bool) -> float:
     from client.pacs_config import NodeSettings
 
     shutil.rmtree(out, ignore_errors=True)
-    settings = NodeSettings(allowed_callers=["BENCH"], port=free_port(), check_pixels=check_pixels, max_pdu=1 << 20)
+    settings = NodeSettings(allowed_callers=["BENCH"], port=free_port(), check_pixels=check_pixels, max_pdu=MAX_PDU)
     node = ReceiveNode(settings, out / "received", out / "receive.jsonl")
     node.start()
     try:
