@@ -54,15 +54,15 @@ def write_fullsize(folder: Path, n: int, sizes: list[int], transfer_syntax: str,
         side = sizes[i % len(sizes)]
         film = upsample(render_image(rng, base, has_nodule=bool(i % 2)), side)
         film = np.clip(film + rng.normal(0.0, 0.01, film.shape).astype(np.float32), 0.0, 1.0)
-        uid = generate_uid(entropy_srcs=[str(seed), transfer_syntax, str(i)])
+        uid = [generate_uid(entropy_srcs=[str(seed), transfer_syntax, str(i), part]) for part in "ABC"]  # ≤ 64 chars
         meta = ImageMeta(
             patient_id=f"FS{i:05d}",
             patient_name=f"FULLSIZE^{i}",
             birth_date="19600101",
             sex="F",
-            study_uid=uid + ".1",
-            series_uid=uid + ".2",
-            sop_uid=uid + ".3",
+            study_uid=uid[0],
+            series_uid=uid[1],
+            sop_uid=uid[2],
             accession=f"FS{i:06d}",
             study_date="20260101",
             study_time="120000",

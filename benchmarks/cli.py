@@ -5,7 +5,7 @@ site; ``scale`` runs N synthetic hospitals on Flower's simulation engine; the ot
 the scripts in ``benchmarks/`` (``overhead``: bench_round_overhead.py, ``privacy``, ``secagg``,
 ``compression``, ``ingest``, ``ingest-fullsize``, ``training``, ``throughput``, ``levers``, ``scale-sweep``,
 ``proxy-attacks``, ``audit-append``, ``cache-memory``, ``volume-inference``, ``volume-memory``, ``big-model``, ``pacs-fetch``:
-bench_<name>.py) and pass every argument after the subcommand through to them (``fedrad-bench privacy --help``
+bench_<name>.py; ``pacs-receive``: pacs_receive.py) and pass every argument after the subcommand through to them (``fedrad-bench privacy --help``
 shows theirs).
 
 Exit codes as in ``fedrad-server``: 0 success, 1 the answer is "no" (a benchmark stopped),
@@ -292,6 +292,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "pacs-fetch": (
         "benchmarks.bench_pacs_fetch",
         "fedrad-site fetch of N studies from a local Orthanc by C-GET, C-MOVE and DICOMweb vs DCMTK findscu + getscu.",
+    ),
+    "pacs-receive": (
+        "benchmarks.pacs_receive",
+        "Receiving from PACS: storescu to FedRad's storage node vs to DCMTK's storescp, then the ingest.",
     ),
     "big-model": (
         "benchmarks.bench_big_model",

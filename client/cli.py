@@ -700,6 +700,22 @@ def approve(
 
 @app.command()
 @handle_errors
+def receive(
+    config: Path = SiteConfigOpt,
+    json_log: bool = typer.Option(
+        False, "--json-log", help="Print each log entry as one JSON line on stdout (for journald) instead of text."
+    ),
+) -> None:
+    """Run this site's DICOM storage node (site.yaml pacs.node): PACS sends studies here, they land in the data
+    folder, one folder per study; refused callers and unusable objects are logged in WORK_DIR/receive. Runs until
+    Ctrl-C or SIGTERM (docs/pacs.md)."""
+    from client.receive_run import run_receive
+
+    run_receive(config, out, json_log=json_log)
+
+
+@app.command()
+@handle_errors
 def dashboard(
     config: Path = SiteConfigOpt,
     host: str = HostOpt,

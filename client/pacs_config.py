@@ -12,9 +12,10 @@ pacs:
     bind: 127.0.0.1             # an address of this machine PACS can reach (0.0.0.0: every interface)
     port: 11112
     allowed_callers: [PACS1]    # calling AE titles accepted; every other association is rejected
-    allowed_hosts: []           # optional: also only these peer addresses
+    allowed_hosts: []           # optional: also only these peer addresses (IPs or networks, 10.1.2.0/24)
     receive_dir: /srv/dicom/received   # default: DATA/received; one folder per study
     tls: {cert: node.crt, key: node.key, ca: pacs-ca.crt}   # optional; with ca, peers must show a certificate
+    check_pixels: true          # decode each image on arrival, as check does (false: header checks only)
   peer:                         # the PACS (fetch, infer --to pacs)
     ae_title: PACS1
     host: pacs.hospital.example
@@ -31,6 +32,7 @@ pacs:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -73,13 +75,20 @@ class NodeSettings(StrictModel):
         min_length=1, description="Calling AE titles accepted; every other association is rejected."
     )
     allowed_hosts: list[str] = Field(
-        default_factory=list, description="If set, only associations from these peer addresses are accepted."
+        default_factory=list,
+        description="If set, only associations from these peer addresses (IP addresses or networks such as "
+        "10.1.2.0/24) are accepted.",
     )
     receive_dir: Path | None = Field(
         None, description="Where received studies land, one folder each; default DATA/received (inside the export)."
     )
     tls: TlsFiles | None = Field(None, description="Serve DICOM over TLS; with tls.ca, peers must show a certificate.")
     max_pdu: int = Field(65536, ge=4096, le=1 << 24, description="Largest PDU accepted, bytes.")
+    check_pixels: bool = Field(
+        True,
+        description="Decode every image on arrival, as `fedrad-site check` does, and refuse what does not decode; "
+        "false: header checks only (the next check still rejects undecodable pixels).",
+    )
 
     _ae = field_validator("ae_title")(_check_ae)
 
@@ -87,6 +96,31 @@ class NodeSettings(StrictModel):
     @classmethod
     def _callers(cls, value: list[str]) -> list[str]:
         return [_check_ae(v) for v in value]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            try:
+                ipaddress.ip_network(host.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{host!r} is not an IP address or network (e.g. 10.1.2.3 or 10.1.2.0/24); host names are not "
+                    "resolved"
+                ) from None
+        return [h.strip() for h in value]
+
+    def host_allowed(self, address: str) -> bool:
+        """Whether a peer at ``address`` may associate (always, when ``allowed_hosts`` is empty)."""
+        if not self.allowed_hosts:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:  # a dual-stack socket's IPv4 peer
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(h, strict=False) for h in self.allowed_hosts)
 
     @model_validator(mode="after")
     def _server_tls(self) -> NodeSettings:

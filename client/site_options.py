@@ -21,6 +21,8 @@ SITE_YAML_DATA_KEYS = set(SiteDataConfig.model_fields)
 SITE_ONLY_KEYS = frozenset(
     {"site_name", "server_address", "ca_cert", "private_key", "work_dir", "privacy", "crossval", "audit", "pacs"}
 )
+# Keys that make a site.yaml a full one (validated whole); a data-only site.yaml may still hold pacs (receive).
+FULL_SITE_KEYS = SITE_ONLY_KEYS - {"pacs"}
 
 
 def site_data_config(

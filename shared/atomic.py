@@ -34,6 +34,11 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
+def is_temp_file(name: str) -> bool:
+    """Whether a file name is one of :func:`replacing_file`'s temporary files (a file still being written)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def remove_stale_temps(path: Path) -> None:
     """Delete temporary files a crash left beside ``path`` (they never became ``path``)."""
     path = Path(path)

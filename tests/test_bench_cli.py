@@ -36,6 +36,7 @@ SUBCOMMANDS = [
     "big-model",
     "backbones",
     "pacs-fetch",
+    "pacs-receive",
 ]
 runner = CliRunner()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.atomic import is_temp_file
 from shared.config import PreprocessConfig
 from shared.hardware import usable_cores
 from shared.imaging.cache import IngestCache
@@ -95,7 +96,10 @@ class ScanResult:
 
 
 def list_files(data_dir: Path) -> tuple[list[Path], list[FileRecord]]:
-    """Every regular file under ``data_dir`` (sorted), plus a rejected row for each unreadable folder."""
+    """Every regular file under ``data_dir`` (sorted), plus a rejected row for each unreadable folder.
+
+    A file still being written by FedRad (``fedrad-site receive``'s temporary files, :func:`shared.atomic.is_temp_file`)
+    is not part of the export yet: it is skipped, and the finished file is seen by the next scan."""
     files: list[Path] = []
     problems: list[FileRecord] = []
 
@@ -107,7 +111,7 @@ def list_files(data_dir: Path) -> tuple[list[Path], list[FileRecord]]:
 
     for root, dirs, names in os.walk(data_dir, onerror=onerror):
         dirs[:] = sorted(d for d in dirs if d not in IGNORED_DIR_NAMES)
-        files.extend(Path(root) / n for n in sorted(names))
+        files.extend(Path(root) / n for n in sorted(names) if not is_temp_file(n))
     return files, problems
 
 
