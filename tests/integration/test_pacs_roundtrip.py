@@ -6,6 +6,8 @@
 3. A model trained on what was received gives the same predictions on the received files as on the originals.
 4. ``fedrad-site infer --to pacs`` sends an SR and a SEG back; Orthanc's REST API lists them under the source
    study, referencing the source series and instances.
+5. The received studies train one federated round (real SuperLink and SuperNode over TLS), and no identifier of
+   theirs (UIDs, accession numbers, patient IDs, file names) is in any file or log on the server side.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import pytest
 import torch
 import yaml
 
+from client.site_config import fill_site_yaml
 from client.site_options import site_data_config
 from client.train_local import TrainLocalOptions, run_train_local
+from server.enrollment import enroll_site, init_consortium
 from shared.processes import ProcessSet, executable, free_port
 from shared.synth import cohort_profiles, write_site
 from shared.tasks import TaskSpec
@@ -72,6 +76,37 @@ def _predictions(model: Path, config: Path, data: Path, out: Path) -> dict[str, 
         rows = list(csv.DictReader(fh))
     assert rows, "no cases evaluated"
     return {pydicom.dcmread(data / r["case_id"], stop_before_pixels=True).SOPInstanceUID: r["p_nodule"] for r in rows}
+
+
+def _federate_and_scan(tmp_path: Path, ps: ProcessSet, data: Path, labels: Path) -> None:
+    """One round of a one-site consortium over TLS on what the site received, then every server-side file and log
+    is searched for the received studies' UIDs, accession numbers, patient IDs and file names."""
+    port = free_port()
+    c = tmp_path / "consortium"
+    init_consortium(c, "PACS Test", f"127.0.0.1:{port}")
+    cfg = yaml.safe_load((c / "consortium.yaml").read_text())
+    cfg.update(rounds=1, min_sites=1, round_timeout_s=90, wait_for_sites_s=90, local_epochs=1)
+    (c / "consortium.yaml").write_text(yaml.safe_dump(cfg))
+    bundle = enroll_site(c, "hospital-a").bundle_dir
+    config = fill_site_yaml(bundle / "site.yaml", data=data, labels=labels, cache_dir=tmp_path / "fed-cache", threads=1)
+    assert _cli("approve", "--config", str(config)).returncode == 0
+    server = ps.start(
+        "server", [executable("fedrad-server"), "start", str(c), "--listen", f"127.0.0.1:{port}"], cwd=REPO
+    )
+    ps.start("site", [executable("fedrad-site"), "start", "--config", str(config)], cwd=REPO)
+    assert server.wait(timeout=240) == 0, server.log_tail()
+    secret: set[str] = set()
+    for f in data.rglob("*.dcm"):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        secret |= {ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.AccessionNumber, ds.PatientID}
+        secret |= {f.name, f.relative_to(data).as_posix()}
+    secret = {x for x in secret if len(x) >= 6}
+    assert len(secret) > 20, secret  # what is searched for is really there
+    server_files = [p for p in c.rglob("*") if p.is_file() and "bundles" not in p.relative_to(c).parts]
+    server_files += [p for p in (tmp_path / "logs").glob("server*.log")]
+    hits = [(str(p), x) for p in server_files for x in secret if x.encode() in p.read_bytes()]
+    assert not hits, hits[:5]
+    assert any(p.name == "metrics.jsonl" for p in server_files)  # the round did finish and was recorded
 
 
 def test_pacs_sends_fedrad_fetches_trains_and_answers(tmp_path: Path) -> None:
@@ -178,5 +213,8 @@ def test_pacs_sends_fedrad_fetches_trains_and_answers(tmp_path: Path) -> None:
             print(f"\npacs round trip: Orthanc sent {len(originals)} images in {sent:.1f} s; infer {log}")
         recv_log = (tmp_path / "work-site" / "receive" / "receive.jsonl").read_text()
         assert pacs.ae_title in recv_log
+
+        # 5. The received studies train in a real federation; none of their identifiers reaches the server side.
+        _federate_and_scan(tmp_path, ps, received, cls.labels_csv)
     finally:
         started = stop_all_and_check(ps, started)
