@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -36,6 +37,9 @@ from shared.processes import free_port
 
 J2K = "1.2.840.10008.1.2.4.90"
 UNCOMPRESSED = "1.2.840.10008.1.2.1"
+# DCMTK leaves Nagle's algorithm on unless TCP_NODELAY=1: each C-STORE then waits ~40 ms for a delayed ACK, which
+# would measure the TCP stack instead of the receivers. Both DCMTK tools run with it set.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 MAX_PDU = 65536  # both receivers offer the same (pacs.node.max_pdu's default; storescp's own default is 16 KiB)
 
 
@@ -66,7 +70,7 @@ def send(folder: Path, port: int) -> float:
     """Seconds for ``storescu`` to send every file under ``folder`` on one association."""
     args = [_tool("storescu"), "-aet", "BENCH", "-aec", "FEDRAD", "-xv", "+sd", "+r", "127.0.0.1", str(port)]
     start = time.perf_counter()
-    proc = subprocess.run([*args, str(folder)], capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run([*args, str(folder)], capture_output=True, text=True, timeout=3600, env=DCMTK_ENV)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"storescu failed: {proc.stderr[-2000:]}")
@@ -83,6 +87,7 @@ def baseline(source: Path, out: Path, bit_preserving: bool = False) -> float:
         [_tool("storescp"), "-aet", "FEDRAD", "+xa", "-pdu", str(MAX_PDU), *options, "-od", str(out), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env=DCMTK_ENV,
     )
     try:
         _wait_listening(port, scp)

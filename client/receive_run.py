@@ -67,13 +67,18 @@ def receive_settings(config: Path) -> ReceiveSettings:
     return ReceiveSettings(node, Path(receive_dir), Path(work) / RECEIVE_LOG)
 
 
+def node_from_site_yaml(config: Path, on_entry=None):
+    """The :class:`~client.dicom_receive.ReceiveNode` site.yaml describes, not started (tests, integration runs)."""
+    from client.dicom_receive import ReceiveNode
+
+    settings = receive_settings(config)
+    return ReceiveNode(settings.node, settings.receive_dir, settings.log_path, on_entry=on_entry)
+
+
 def run_receive(config: Path, console, json_log: bool = False, stop: threading.Event | None = None) -> dict:
     """Serve until ``stop`` is set or SIGINT/SIGTERM arrives; the node's totals. Each log entry is printed as it is
     written: one rich line, or (``json_log``) the JSON line itself on stdout."""
-    from client.dicom_receive import ReceiveNode
     from client.receive_log import describe
-
-    settings = receive_settings(config)
 
     def show(entry: dict) -> None:
         if json_log:
@@ -83,7 +88,7 @@ def run_receive(config: Path, console, json_log: bool = False, stop: threading.E
             console.print(describe(entry), highlight=False, soft_wrap=True)
 
     stop = stop or threading.Event()
-    node = ReceiveNode(settings.node, settings.receive_dir, settings.log_path, on_entry=show)
+    node = node_from_site_yaml(config, on_entry=show)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -29,7 +29,7 @@ from client.dicom_net import client_ssl_context
 from client.dicom_receive import ReceiveNode
 from client.pacs_config import NodeSettings, TlsFiles
 from client.receive_log import read_log
-from shared.config import PreprocessConfig
+from shared.config import ConfigError, PreprocessConfig
 from shared.imaging.scan import decode_file, scan_site
 from shared.processes import free_port
 from shared.synth.cohort import cohort_profiles, write_site
@@ -404,3 +404,32 @@ def test_pixels_are_checked_by_default_and_header_only_checks_are_a_setting(tmp_
     finally:
         node.stop(grace_s=2)
     assert NodeSettings(allowed_callers=["X"]).check_pixels is True
+
+
+def test_a_full_site_yaml_gives_the_node_its_folders_relative_to_the_file(tmp_path: Path) -> None:
+    from client.receive_run import node_from_site_yaml, receive_settings
+
+    site = {
+        "site_name": "hospital-a",
+        "server_address": "fedrad.example.org:9443",
+        "ca_cert": "ca.crt",
+        "private_key": "site.key",
+        "data": "dicom",
+        "work_dir": "state",
+        "pacs": {
+            "node": {"allowed_callers": ["PACS1"], "receive_dir": "incoming", "tls": {"cert": "n.crt", "key": "n.key"}}
+        },
+    }
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    settings = receive_settings(tmp_path / "site.yaml")
+    assert settings.receive_dir == tmp_path / "incoming"
+    assert settings.log_path == tmp_path / "state" / "receive" / "receive.jsonl"
+    assert settings.node.tls is not None and settings.node.tls.cert == tmp_path / "n.crt"
+    del site["pacs"]["node"]["receive_dir"], site["pacs"]["node"]["tls"]
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    node = node_from_site_yaml(tmp_path / "site.yaml")
+    assert node.receive_dir == tmp_path / "dicom" / "received" and node.node.port == 11112
+    site["pacs"]["node"]["allowed_callers"] = ["BAD\\AE"]
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    with pytest.raises(ConfigError, match="pacs.node.allowed_callers"):
+        receive_settings(tmp_path / "site.yaml")
