@@ -3,7 +3,8 @@
 ``RECEIVE_DIR/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``: the encoded dataset exactly as the
 sender sent it, after a Part 10 preamble and file meta header (no decode and re-encode), written through a
 temporary file in the same folder, fsync and rename (:func:`shared.atomic.write_atomic`). The three UIDs are
-validated as DICOM UIDs (digits and dots, at most 64 characters) before they name anything, so no UID can make a
+validated as DICOM UIDs (digits and dots, at most 64 characters; ``client/received_tree.py``, the layout ``fetch``
+writes too) before they name anything, so no UID can make a
 path outside the folder. Each object first gets the site scan's verdict
 (:func:`shared.imaging.object_check.check_object`). An SOPInstanceUID already stored, by this run or an earlier
 one, is kept once. Thread-safe: associations store in parallel.
@@ -19,9 +20,9 @@ from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 
 from client.receive_log import INVALID_UID, OUT_OF_RESOURCES
+from client.received_tree import INSTANCE_FILE_MODE, ReceivedInstanceError, check_uid, instance_path
 from shared.atomic import write_atomic
 from shared.imaging.dicom_reader import parse_dataset
 from shared.imaging.object_check import check_object
@@ -31,7 +32,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES_STATUS = 0xA700  # the sender may retry later
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
-FILE_MODE = 0o640  # the site's service account and its group (the account that runs check and start)
+FILE_MODE = INSTANCE_FILE_MODE  # the site's service account and its group (the account that runs check and start)
 DUPLICATE = "duplicate"
 
 
@@ -51,9 +52,11 @@ class Outcome:
 
 
 def valid_uid(value: object) -> str | None:
-    """``value`` as a UID safe to use as a file name (DICOM's UID syntax: digits and dots, at most 64), else None."""
-    text = str(value or "").strip().rstrip("\x00")
-    return text if text and UID(text).is_valid else None
+    """``value`` as a UID safe to use as a file name (the received tree's rule, shared with ``fetch``), else None."""
+    try:
+        return check_uid(value, "UID")
+    except ReceivedInstanceError:
+        return None
 
 
 class ReceiveStore:
@@ -78,7 +81,7 @@ class ReceiveStore:
         return len(index)
 
     def path_for(self, study: str, series: str, sop: str) -> Path:
-        return self.root / study / series / f"{sop}.dcm"
+        return instance_path(self.root, study, series, sop)
 
     def store(self, meta: FileMetaDataset, body: bytes) -> Outcome:
         """Check and store one object (``body``: the dataset as received, ``meta``: its file meta)."""
