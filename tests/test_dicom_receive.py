@@ -28,7 +28,7 @@ from client import receive_store
 from client.dicom_net import client_ssl_context
 from client.dicom_receive import ReceiveNode
 from client.pacs_config import NodeSettings, TlsFiles
-from client.receive_log import read_log
+from client.receive_log import describe, read_log
 from shared.config import ConfigError, PreprocessConfig
 from shared.imaging.scan import decode_file, scan_site
 from shared.processes import free_port
@@ -118,6 +118,7 @@ def test_pynetdicom_scu_stores_identical_datasets_in_study_folders_and_duplicate
     assert (line["stored"], line["duplicate"], line["rejected"]) == (len(sources), 2, {})
     assert line["bytes"] > sum(len(s.PixelData) for s in sources)
     assert oct(node.log.path.stat().st_mode & 0o777) == "0o600"
+    assert f"PACS1 @ 127.0.0.1: {len(sources)} stored, 2 duplicate(s), 0 rejected" in describe(line)
 
 
 def test_c_echo_and_a_restarted_node_knows_what_it_stored(tmp_path: Path, radiographs) -> None:
@@ -168,6 +169,7 @@ def test_unknown_calling_or_called_ae_title_is_refused_and_logged(node, radiogra
     refused = entries(node)
     assert [(e["calling_ae"], e["accepted"]) for e in refused] == [("STRANGER", False), ("PACS1", False)]
     assert "allowed_callers" in refused[0]["refused"] and "ANY-SCP" in refused[1]["refused"]
+    assert describe(refused[0]).startswith("[yellow]refused[/] STRANGER @ 127.0.0.1")
     assert everything_under(node.receive_dir) == []
 
 
