@@ -23,8 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from shared.synth.ct_phantom import LABELS, SEGMENT_NAMES
+from shared.synth.seg_writer import synthetic_binary_seg
 
-SERIES_NUMBER = 900  # after the image series, as PACS viewers sort series by number
 _ALGORITHM = hd.AlgorithmIdentificationSequence(
     name="fedrad-synth-ct", version="1", family=codes.cid7162.ArtificialIntelligence
 )
@@ -64,32 +64,6 @@ def build_ct_segmentation(
     ``sources``: the classic series' slice datasets (frame ``k`` of the masks is ``sources[k]``) or a
     one-element list with an Enhanced CT dataset (frame ``k`` is its frame ``k + 1``)."""
     stacked = np.stack([masks[name] for name in SEGMENT_NAMES], axis=-1).astype(np.uint8)
-    first = sources[0]
-    seg = hd.seg.Segmentation(
-        source_images=list(sources),
-        pixel_array=stacked,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=ct_segment_descriptions(),
-        series_instance_uid=series_uid,
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer="FedRad",
-        manufacturer_model_name="fedrad-synth",
-        software_versions="1",
-        device_serial_number="synthetic",
-        content_description="Synthetic ground truth (FedRad test cohort)",
-        content_label="GROUND_TRUTH",
-        content_date=first.StudyDate,
-        content_time=first.StudyTime,
-        omit_empty_frames=False,
-    )
-    seg.SeriesDescription = "SYNTHETIC SEGMENTATION"
-    seg.InstanceCreationDate, seg.InstanceCreationTime = first.StudyDate, first.StudyTime
-    seg.SeriesDate, seg.SeriesTime = first.StudyDate, first.StudyTime
-    for item in seg.ContributingEquipmentSequence:
-        if "ContributionDateTime" in item:
-            item.ContributionDateTime = f"{first.StudyDate}{first.StudyTime}"
-    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
-        item.DimensionOrganizationUID = dimension_uid
+    seg = synthetic_binary_seg(sources, stacked, ct_segment_descriptions(), series_uid, sop_uid, dimension_uid)
+    seg.SeriesDate, seg.SeriesTime = sources[0].StudyDate, sources[0].StudyTime
     return seg

@@ -23,7 +23,7 @@ codes and makes the result reproducible. Choices, and why:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -72,11 +72,30 @@ def build_segmentation(
 ) -> hd.seg.Segmentation:
     """A BINARY SEG of ``image`` holding ``masks[label]`` (bool, image Rows×Columns) for every segment label."""
     stacked = np.stack([masks[label] for label in SEGMENT_LABELS], axis=-1)[None].astype(np.uint8)
+    return synthetic_binary_seg(
+        [_source_metadata(image)], stacked, segment_descriptions(), series_uid, sop_uid, dimension_uid
+    )
+
+
+def synthetic_binary_seg(
+    sources: Sequence[Dataset],
+    stacked: np.ndarray,
+    descriptions: Sequence[hd.seg.SegmentDescription],
+    series_uid: str,
+    sop_uid: str,
+    dimension_uid: str,
+) -> hd.seg.Segmentation:
+    """A reproducible BINARY ground-truth SEG of ``sources`` (radiograph and CT cohorts alike).
+
+    ``stacked``: uint8 [frame, row, column, segment]. Every frame is kept; creation times follow the first
+    source's study date/time and the Dimension Organization UID is ``dimension_uid``, so the same cohort call
+    writes the same bytes."""
+    first = sources[0]
     seg = hd.seg.Segmentation(
-        source_images=[_source_metadata(image)],
+        source_images=list(sources),
         pixel_array=stacked,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segment_descriptions(),
+        segment_descriptions=list(descriptions),
         series_instance_uid=series_uid,
         series_number=SERIES_NUMBER,
         sop_instance_uid=sop_uid,
@@ -87,15 +106,15 @@ def build_segmentation(
         device_serial_number="synthetic",
         content_description="Synthetic ground truth (FedRad test cohort)",
         content_label="GROUND_TRUTH",
-        content_date=image.StudyDate,
-        content_time=image.StudyTime,
+        content_date=first.StudyDate,
+        content_time=first.StudyTime,
         omit_empty_frames=False,
     )
     seg.SeriesDescription = "SYNTHETIC SEGMENTATION"
-    seg.InstanceCreationDate, seg.InstanceCreationTime = image.StudyDate, image.StudyTime
+    seg.InstanceCreationDate, seg.InstanceCreationTime = first.StudyDate, first.StudyTime
     for item in seg.ContributingEquipmentSequence:
         if "ContributionDateTime" in item:
-            item.ContributionDateTime = f"{image.StudyDate}{image.StudyTime}"
+            item.ContributionDateTime = f"{first.StudyDate}{first.StudyTime}"
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
         item.DimensionOrganizationUID = dimension_uid
     return seg
