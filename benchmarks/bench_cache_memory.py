@@ -19,24 +19,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-GB = 1e9
-TARGET = 1.10
-
-
-def _vm(key: str) -> int:
-    """A /proc/self/status field in kB (VmHWM: peak resident set; VmRSS: now)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
+from benchmarks.memory_scaling import GB, TARGET, disk_problem, measure_sizes, peak_ratios
+from benchmarks.memory_scaling import vm_kb as _vm
 
 
 def _sha(i: int) -> str:
@@ -114,18 +103,6 @@ def train_epoch(root: Path, n: int, size: int, model_name: str, workers: int, au
     }
 
 
-def _child(phase: str, args: argparse.Namespace, root: Path, n: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_cache_memory", "--phase", phase, "--root", str(root), "--n", str(n)]
-    cmd += ["--image-size", str(args.image_size), "--model", args.model, "--workers", str(args.workers)]
-    cmd += ["--augment", str(args.augment)]
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{phase} at N={n} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> int | str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000", help="Numbers of images, comma-separated (smallest first).")
@@ -148,33 +125,31 @@ def main(argv: list[str] | None = None) -> int | str:
 
     sizes = sorted(int(s) for s in args.sizes.split(","))
     base = Path(args.dir or tempfile.gettempdir())
-    need = max(sizes) * args.image_size**2 * 2
-    free = shutil.disk_usage(base).free
-    if free < need * 1.05 + 2 * GB:
-        return (
-            f"{base} has {free / GB:.1f} GB free; {max(sizes):,} images at {args.image_size} px need "
-            f"{need / GB:.1f} GB (+2 GB margin): use a smaller --sizes or --image-size, or --dir on a larger disk"
-        )
-    rows = []
-    for n in sizes:
-        root = Path(tempfile.mkdtemp(prefix=f"fedrad-cache-memory-{n}-", dir=base))
-        try:
-            row = _child("write", args, root, n)
-            row.update(_child("train", args, root, n))
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        rows.append(row)
+    problem = disk_problem(
+        base,
+        max(sizes) * args.image_size**2 * 2,
+        2,
+        f"{max(sizes):,} images at {args.image_size} px",
+        "a smaller --sizes or --image-size",
+    )
+    if problem:
+        return problem
+    options = ["--image-size", str(args.image_size), "--model", args.model, "--workers", str(args.workers)]
+    options += ["--augment", str(args.augment)]
+
+    def show(row: dict) -> None:
         if not args.json:
             print(
-                f"N={n:>7,}  pack {row['disk_gb']:6.2f} GB written in {row['write_s']:6.1f} s "
+                f"N={row['n']:>7,}  pack {row['disk_gb']:6.2f} GB written in {row['write_s']:6.1f} s "
                 f"(writer peak {row['write_peak_mb']} MB)  |  epoch {row['train_s']:6.1f} s, "
                 f"{row['images_per_s']:7.1f} img/s, RSS before training {row['rss_before_training_mb']} MB, "
                 f"training peak {row['train_peak_mb']} MB"
                 + (f", workers' peak {row['worker_peak_mb']} MB" if args.workers else ""),
                 flush=True,
             )
-    ratio = rows[-1]["train_peak_mb"] / rows[0]["train_peak_mb"]
-    writer_ratio = rows[-1]["write_peak_mb"] / rows[0]["write_peak_mb"]
+
+    rows = measure_sizes("benchmarks.bench_cache_memory", sizes, base, "fedrad-cache-memory", options, show)
+    ratio, writer_ratio = peak_ratios(rows)
     verdict = "ok" if ratio <= TARGET else "ABOVE TARGET"
     summary = {"rows": rows, "train_peak_ratio": round(ratio, 3), "write_peak_ratio": round(writer_ratio, 3)}
     if args.json:

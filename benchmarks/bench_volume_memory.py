@@ -19,26 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.memory_scaling import GB, TARGET, disk_problem, measure_sizes, peak_ratios
+from benchmarks.memory_scaling import vm_kb as _vm
+
 MB = 1 << 20
-GB = 1e9
-TARGET = 1.10
 LABELS = ["organ", "lesion"]
-
-
-def _vm(key: str) -> int:
-    """A /proc/self/status field in kB (VmHWM: peak resident set; VmRSS: now)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def _key(i: int) -> str:
@@ -121,18 +111,6 @@ def train_epoch(root: Path, n: int, patch: int, ppc: int, model_name: str, threa
     }
 
 
-def _child(phase: str, args: argparse.Namespace, root: Path, n: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_volume_memory", "--phase", phase, "--root", str(root), "--n", str(n)]
-    cmd += ["--shape", args.shape, "--patch", str(args.patch), "--patches-per-case", str(args.patches_per_case)]
-    cmd += ["--model", args.model, "--threads", str(args.threads)]
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{phase} at N={n} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> int | str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10,100", help="Numbers of volumes, comma-separated (smallest first).")
@@ -160,32 +138,26 @@ def main(argv: list[str] | None = None) -> int | str:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     base = Path(args.dir or tempfile.gettempdir())
     voxels = shape[0] * shape[1] * shape[2]
-    need = max(sizes) * voxels * 3
-    free = shutil.disk_usage(base).free
-    if free < need * 1.05 + 1 * GB:
-        return (
-            f"{base} has {free / GB:.1f} GB free; {max(sizes):,} volumes of {args.shape} need {need / GB:.1f} GB "
-            "(+1 GB margin): use smaller --sizes or --shape, or --dir on a larger disk"
-        )
-    rows = []
-    for n in sizes:
-        root = Path(tempfile.mkdtemp(prefix=f"fedrad-volume-memory-{n}-", dir=base))
-        try:
-            row = _child("write", args, root, n)
-            row.update(_child("train", args, root, n))
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        rows.append(row)
+    problem = disk_problem(
+        base, max(sizes) * voxels * 3, 1, f"{max(sizes):,} volumes of {args.shape}", "smaller --sizes or --shape"
+    )
+    if problem:
+        return problem
+    options = ["--shape", args.shape, "--patch", str(args.patch), "--patches-per-case", str(args.patches_per_case)]
+    options += ["--model", args.model, "--threads", str(args.threads)]
+
+    def show(row: dict) -> None:
         if not args.json:
             print(
-                f"N={n:>5,}  cache {row['disk_gb']:5.2f} GB written in {row['write_s']:5.1f} s "
+                f"N={row['n']:>5,}  cache {row['disk_gb']:5.2f} GB written in {row['write_s']:5.1f} s "
                 f"(writer peak {row['write_peak_mb']} MB)  |  epoch of {row['patches']} patches {row['train_s']:6.1f} s, "
                 f"{row['patches_per_s']:5.2f} patches/s, RSS before training {row['rss_before_training_mb']} MB, "
                 f"training peak {row['train_peak_mb']} MB",
                 flush=True,
             )
-    ratio = rows[-1]["train_peak_mb"] / rows[0]["train_peak_mb"]
-    writer_ratio = rows[-1]["write_peak_mb"] / rows[0]["write_peak_mb"]
+
+    rows = measure_sizes("benchmarks.bench_volume_memory", sizes, base, "fedrad-volume-memory", options, show)
+    ratio, writer_ratio = peak_ratios(rows)
     verdict = "ok" if ratio <= TARGET else "ABOVE TARGET"
     summary = {
         "rows": rows,
