@@ -365,8 +365,9 @@ def summary(results: list[ArmResult], sites: int) -> dict[str, Any]:
 
 
 def print_table(report: dict[str, Any], rounds: int) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from shared.cli_support import report_console
 
     table = Table(
         title=f"{report['sites']} site(s) on loopback (TLS, site keys, fleet proxy), median of rounds 2..{rounds}"
@@ -393,7 +394,7 @@ def print_table(report: dict[str, Any], rounds: int) -> None:
             v = a.get(key)
             cells.append("–" if v is None else f"{v / 1e6:.1f}" if fmt == "mb" else fmt.format(v))
         table.add_row(label, *cells)
-    console = Console()
+    console = report_console()
     console.print(table)
     mem = Table(title="peak RSS, MB (VmHWM before → after the arm; per-run processes: largest sampled)")
     for col in ("arm", "proxy", "SuperLink", "ServerApp", "ClientApp"):

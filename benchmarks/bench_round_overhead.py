@@ -34,12 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from deploy.loopback import REPO, start_loopback_consortium
 from server.checkpoints import read_metrics
 from server.superlink import is_finished, stage_app, submit_run
+from shared.cli_support import report_console
 from shared.processes import ProcessSet
 from shared.synth import write_cohort
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as JSON only")
     p.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     a = p.parse_args(argv)
-    console = Console(stderr=a.json)
+    console = report_console(stderr=a.json)
     root = Path(a.keep or tempfile.mkdtemp(prefix="fedrad-bench-round-")).resolve()
     cohort = write_cohort(root / "cohort", n_sites=a.sites, unseen=0, scale=a.scale, seed=0)
     t0 = time.monotonic()

@@ -26,13 +26,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from benchmarks.bench_round_overhead import FEDRAD_CONFIG, wait_online
 from deploy.loopback import REPO, start_loopback_consortium
 from server.checkpoints import read_metrics
 from server.superlink import stage_app, submit_run
+from shared.cli_support import report_console
 from shared.modelfile import load_model_file
 from shared.processes import ProcessSet
 from shared.synth import write_cohort
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", type=Path, default=None)
     a = p.parse_args(argv)
-    console = Console(stderr=a.json)
+    console = report_console(stderr=a.json)
     root = Path(a.keep or tempfile.mkdtemp(prefix="fedrad-bench-secagg-")).resolve()
     cohort = write_cohort(root / "cohort", n_sites=a.sites, unseen=0, scale=a.scale, seed=0)
     runs: dict[str, tuple[Path, int]] = {}

@@ -27,6 +27,19 @@ EXIT_OK, EXIT_NO, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 out = Console()
 err = Console(stderr=True)
+REPORT_WIDTH = 160  # columns of a wide table written to a file or pipe
+
+
+def report_console(stderr: bool = False) -> Console:
+    """A console for wide figure tables: the terminal's width, or 160 columns when written to a file or pipe.
+
+    Why: off a terminal rich assumes 80 columns and cuts a twelve-column benchmark table to "…", so a run
+    saved to a file (as every benchmark's figures are) could not be read back. ``COLUMNS`` still wins."""
+    console = Console(stderr=stderr)
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(stderr=stderr, width=REPORT_WIDTH)
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -92,3 +92,25 @@ def test_generalization_refuses_bad_task_options_with_exit_2(tmp_path: Path) -> 
     assert res.exit_code == 2 and "task.spacing" in res.output, res.output
     res = runner.invoke(bench_cli, [*base, "--task-options", "colour=red"])
     assert res.exit_code == 2 and "task.colour" in res.output, res.output
+
+
+def test_figure_tables_written_to_a_file_are_not_cut_to_80_columns(tmp_path: Path) -> None:
+    """A benchmark's twelve-column table, saved to a file, keeps its figures (rich alone would print "…")."""
+    script = (
+        "from rich.table import Table\n"
+        "from shared.cli_support import report_console\n"
+        "t = Table(*[f'column {i}' for i in range(12)])\n"
+        "t.add_row(*[f'{1234.5 + i:.1f}' for i in range(12)])\n"
+        "report_console().print(t)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env["PYTHONPATH"] = str(REPO)
+    with (tmp_path / "out.txt").open("w") as out:
+        subprocess.run([sys.executable, "-c", script], stdout=out, env=env, check=True, cwd=REPO)
+    text = (tmp_path / "out.txt").read_text()
+    assert "…" not in text
+    assert all(f"{1234.5 + i:.1f}" in text for i in range(12))
+    narrow = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**env, "COLUMNS": "60"}, check=True
+    )
+    assert "…" in narrow.stdout  # COLUMNS still decides
