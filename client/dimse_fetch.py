@@ -14,6 +14,7 @@ temporary storage node there for the run (accepting ``allowed_callers`` only) an
 from __future__ import annotations
 
 import errno
+import threading
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -28,6 +29,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.status import QR_FIND_SERVICE_CLASS_STATUS, QR_GET_SERVICE_CLASS_STATUS, QR_MOVE_SERVICE_CLASS_STATUS
 
+from client.dicom_net import HandshakeInThreadServer, server_ssl_context
 from client.dimse_support import (
     COMMON_STORAGE,
     MAX_CONTEXTS,
@@ -36,7 +38,6 @@ from client.dimse_support import (
     StorageSink,
     client_tls,
     no_delay,
-    server_tls,
     status_text,
     storage_contexts,
 )
@@ -280,12 +281,12 @@ class DimseBackend:
         for cx in StoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
         self.sink.allowed_hosts = set(node.allowed_hosts)
-        try:
-            self._server = ae.start_server(
+        try:  # the same server as `receive`: each peer's TLS handshake in its own thread, with a time limit
+            server = ae.make_server(
                 (node.bind, node.port),
-                block=False,
-                ssl_context=server_tls(node.tls) if node.tls else None,
+                ssl_context=server_ssl_context(node.tls) if node.tls else None,
                 evt_handlers=[(evt.EVT_C_STORE, self.sink.on_store), (evt.EVT_CONN_OPEN, no_delay)],
+                server_class=HandshakeInThreadServer,
             )
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
@@ -293,6 +294,9 @@ class DimseBackend:
                     f"cannot listen on {node.bind}:{node.port} for the C-MOVE ({exc.strerror})"
                 ) from None
             self._external_node = True  # `fedrad-site receive` (or another node) has the port: it stores
+            return
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="fedrad-fetch-node", daemon=True).start()
 
     def _move(self, study: FoundStudy) -> Retrieved:
         assert self.node is not None

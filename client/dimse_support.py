@@ -85,17 +85,6 @@ def client_tls(tls: TlsFiles, host: str) -> tuple[ssl.SSLContext, str]:
     return harden_tls(ctx), host
 
 
-def server_tls(tls: TlsFiles) -> ssl.SSLContext:
-    """An ssl context for the temporary storage node (C-MOVE): our certificate; peers must show one if ``ca``."""
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca) if tls.ca else None)
-        ctx.load_cert_chain(str(tls.cert), str(tls.key))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"pacs.node.tls: cannot load the certificate files ({exc})") from None
-    ctx.verify_mode = ssl.CERT_REQUIRED if tls.ca else ssl.CERT_NONE
-    return harden_tls(ctx)
-
-
 def no_delay(event: evt.Event) -> None:
     """TCP_NODELAY on a new DICOM connection: a DIMSE message is a command PDU then a dataset PDU, and Nagle's
     algorithm would hold the second until the peer's delayed ACK (40 ms on Linux) for every query and instance."""

@@ -435,3 +435,31 @@ def test_a_full_site_yaml_gives_the_node_its_folders_relative_to_the_file(tmp_pa
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
     with pytest.raises(ConfigError, match="pacs.node.allowed_callers"):
         receive_settings(tmp_path / "site.yaml")
+
+
+def test_fetch_c_move_node_handshakes_in_each_connection_thread(tmp_path: Path, radiographs) -> None:
+    """`fetch`'s temporary C-MOVE node is the same server as `receive`: a peer that opens a TLS connection and
+    never handshakes does not stop PACS's own connection, and plain DICOM is refused."""
+    import socket
+
+    from client.dimse_fetch import DimseBackend
+    from client.pacs_config import PeerSettings
+
+    pki = make_dicom_pki(tmp_path / "pki")
+    tls = TlsFiles(cert=pki["node_cert"], key=pki["node_key"], ca=pki["ca"])
+    node = NodeSettings(allowed_callers=["PACS1"], port=free_port(), tls=tls)
+    peer = PeerSettings(ae_title="PACS1", host="127.0.0.1", port=free_port(), retrieve="move")
+    fetcher = DimseBackend(peer, node, tmp_path / "received")
+    fetcher._ensure_node()  # what the first C-MOVE does
+    ds = pydicom.dcmread(radiographs[0])
+    stalled = socket.create_connection(("127.0.0.1", node.port))  # connects, sends nothing
+    try:
+        assert not associate(node.port, [ds]).is_established  # plain DICOM
+        pacs = client_ssl_context(TlsFiles(ca=pki["ca"], cert=pki["pacs_cert"], key=pki["pacs_key"]))
+        assert [r.Status for r in send(node.port, [ds], tls=pacs)] == [0]
+    finally:
+        stalled.close()
+        fetcher.close()
+    study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    stored = pydicom.dcmread(tmp_path / "received" / study / series / f"{sop}.dcm")
+    assert stored.SOPInstanceUID == sop and stored.PixelData == ds.PixelData
